@@ -1,0 +1,48 @@
+# The two commands of the README:   make demo   and   make test
+# Everything lives in .venv; PYTHON picks the interpreter that creates it.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+# torch first, pinned: on machines without CUDA wheels (this project's CI) pip finds a local
+# CPU build; elsewhere PyPI's torch 2.13.0 is the CUDA build. The package's own range is then
+# already met, so installing the package never pulls a second torch.
+TORCH  ?= torch==2.13.0
+
+.PHONY: setup system-deps demo test test-fast bench demo-weights sample-data screenshots clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml
+	$(BIN)/pip install -q "$(TORCH)"
+	$(BIN)/pip install -q -e ".[qt,test,train]"
+	touch $@
+
+setup: $(VENV)/.installed  ## create .venv with everything (CPU or CUDA torch as the machine allows)
+
+system-deps:  ## Xvfb + Mesa + Qt xcb libraries (needed only without a display)
+	@if [ -z "$$DISPLAY" ] || [ -n "$$CI" ]; then bash scripts/system-deps.sh; fi
+
+demo: setup system-deps  ## napari with the sample case, segmented; headless: screenshot to demo_screenshot.png
+	$(BIN)/sevnet-demo --screenshot demo_screenshot.png
+
+test: setup system-deps  ## the whole suite (Qt tests under a virtual X display)
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+test-fast: setup  ## library tests only, no Qt
+	$(BIN)/python -m pytest -q -m "not qt and not slow"
+
+bench: setup system-deps  ## benchmarks -> benchmarks/results/*.json and the README table
+	$(BIN)/python -m benchmarks.run
+
+demo-weights: setup  ## regenerate the bundled demo weights (about 45 min on 2 CPU cores)
+	$(BIN)/python -m napari_sevnet.phantom data/phantoms --cases 30 --seed 1000 --shape 112 128 112
+	$(BIN)/sevnet-train --config training/configs/phantom_demo.yaml
+	$(BIN)/python -m training.publish runs/phantom_demo/best.json napari_sevnet/weights/sevnet_lite_phantom
+
+sample-data: setup  ## regenerate sample_data/ (the demo case)
+	$(BIN)/python -m napari_sevnet.phantom sample_data --cases 1 --seed 2024 --shape 128 144 128
+
+clean:
+	rm -rf $(VENV) runs data *.egg-info

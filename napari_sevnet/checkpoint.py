@@ -1,0 +1,149 @@
+"""Checkpoints as data: weights in safetensors, everything else in a JSON beside them.
+
+``name.safetensors`` holds only tensors; ``name.json`` holds what is needed to
+rebuild and use the model: the architecture and its config, the modality
+order of the input channels, the region order of the outputs, the label
+convention of the training data, the preprocessing, the patch size, and
+provenance (data, command, date, metrics). Loading never unpickles anything:
+a PyTorch pickle (``.pt``/``.pth``/``.ckpt``) is refused with a message saying so.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from napari_sevnet.errors import InputError
+from napari_sevnet.files import atomic_output, write_text_atomic
+from napari_sevnet.io import MODALITIES
+from napari_sevnet.regions import REGIONS
+
+FORMAT = "napari-sevnet-checkpoint"
+FORMAT_VERSION = 1
+REQUIRED_FIELDS = ("format", "architecture", "modalities", "regions", "preprocessing")
+PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".pkl", ".bin")
+BUNDLED = Path(__file__).parent / "weights" / "sevnet_lite_phantom.json"
+
+DEFAULT_PREPROCESSING = {"crop": "nonzero-box", "normalize": "zscore-over-brain", "patch_size": [128, 128, 128]}
+
+
+@dataclass
+class CheckpointInfo:
+    """The JSON side of a checkpoint."""
+
+    architecture: dict
+    modalities: list[str] = field(default_factory=lambda: list(MODALITIES))
+    regions: list[str] = field(default_factory=lambda: list(REGIONS))
+    label_convention: str = "brats2021"
+    preprocessing: dict = field(default_factory=lambda: dict(DEFAULT_PREPROCESSING))
+    provenance: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {"format": FORMAT, "format_version": FORMAT_VERSION, **self.__dict__}
+
+
+def _paths(path: str | os.PathLike) -> tuple[Path, Path]:
+    """(weights, json) for a path given as either file or the shared stem."""
+    path = Path(path)
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        raise InputError(
+            path,
+            "is a pickle-based PyTorch file; napari-sevnet loads only safetensors checkpoints "
+            "(a pickle can run arbitrary code when loaded). Convert it in a trusted session with "
+            "napari_sevnet.checkpoint.save_checkpoint.",
+        )
+    stem = path.with_suffix("") if path.suffix.lower() in (".json", ".safetensors") else path
+    return stem.with_suffix(".safetensors"), stem.with_suffix(".json")
+
+
+def provenance(**extra) -> dict:
+    """Who/when/how for a checkpoint: date, command line, versions, plus ``extra``."""
+    return {
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(sys.argv),
+        "torch": torch.__version__,
+        **extra,
+    }
+
+
+def save_checkpoint(path: str | os.PathLike, model: nn.Module, info: CheckpointInfo) -> Path:
+    """Write ``path``.safetensors and ``path``.json atomically (weights first, then the JSON)."""
+    from safetensors.torch import save_file
+
+    module = getattr(model, "module", model)  # unwrap DistributedDataParallel
+    weights, meta = _paths(path)
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    with atomic_output(weights) as tmp:
+        save_file(state, str(tmp), metadata={"format": FORMAT})
+    write_text_atomic(meta, json.dumps(info.to_json(), indent=2) + "\n")
+    return meta
+
+
+def read_info(path: str | os.PathLike) -> CheckpointInfo:
+    """Read and validate the JSON side of a checkpoint."""
+    _, meta = _paths(path)
+    try:
+        data = json.loads(meta.read_text())
+    except FileNotFoundError:
+        raise InputError(meta, "checkpoint description (.json) not found next to the weights") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(meta, f"unreadable checkpoint description: {exc}") from None
+    if not isinstance(data, dict):
+        raise InputError(meta, "checkpoint description must be a JSON object")
+    missing = [k for k in REQUIRED_FIELDS if k not in data]
+    if missing:
+        raise InputError(meta, f"checkpoint description lacks fields {missing}")
+    if data["format"] != FORMAT:
+        raise InputError(meta, f"not a napari-sevnet checkpoint (format {data['format']!r})")
+    arch = data["architecture"]
+    if not isinstance(arch, dict) or "name" not in arch:
+        raise InputError(meta, "architecture must be an object with a 'name'")
+    if list(data["modalities"]) != list(MODALITIES):
+        raise InputError(meta, f"model expects input channels {data['modalities']}, this version feeds {list(MODALITIES)}")
+    if list(data["regions"]) != list(REGIONS):
+        raise InputError(meta, f"model outputs regions {data['regions']}, expected {list(REGIONS)}")
+    fields = {k: data[k] for k in CheckpointInfo.__dataclass_fields__ if k in data}
+    return CheckpointInfo(**fields)
+
+
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, CheckpointInfo]:
+    """Rebuild the model described by the JSON and load the safetensors weights into it."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from napari_sevnet.model import build_model
+
+    weights, meta = _paths(path)
+    info = read_info(meta)
+    try:
+        model = build_model(info.architecture["name"], info.architecture.get("config", {}))
+    except (TypeError, ValueError) as exc:
+        raise InputError(meta, f"cannot build architecture {info.architecture}: {exc}") from None
+    if not weights.is_file():
+        raise InputError(weights, "checkpoint weights (.safetensors) not found")
+    try:
+        state = load_file(str(weights), device="cpu")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise InputError(weights, f"not a readable safetensors file ({exc})") from None
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = [line.strip() for line in str(exc).splitlines() if line.strip()][1:3]
+        raise InputError(weights, "weights do not fit the architecture in the JSON: " + "; ".join(first)) from None
+    return model.to(device).eval(), info
+
+
+def bundled_checkpoint() -> Path:
+    """The demo weights shipped inside the package (trained on phantoms; not for clinical use)."""
+    if not BUNDLED.is_file():
+        raise InputError(BUNDLED, "the bundled demo weights are missing from this installation")
+    return BUNDLED

@@ -1,0 +1,178 @@
+"""Command lines: ``sevnet-predict`` (segment cases to NIfTI + report) and ``sevnet-evaluate`` (BraTS metrics).
+
+A bad case gets one line on stderr naming the file and the problem; the batch
+goes on, and the exit code is 1 if any case failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from napari_sevnet.errors import InputError
+
+log = logging.getLogger("napari_sevnet")
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s", stream=sys.stderr)
+
+
+def expand_cases(inputs: list[str]) -> list[Path]:
+    """Each input is a case (folder or file) or a folder of case folders."""
+    from napari_sevnet.io import _strip_nifti
+
+    cases = []
+    for raw in inputs:
+        path = Path(raw)
+        if path.is_dir() and not any(_strip_nifti(p.name) for p in path.iterdir() if p.is_file()):
+            subs = sorted(p for p in path.iterdir() if p.is_dir())
+            cases.extend(subs if subs else [path])
+        else:
+            cases.append(path)
+    return cases
+
+
+def predict_main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="sevnet-predict", description="Segment brain-tumour cases with SEV-Net; writes <case>_seg.nii.gz and <case>_report.json.")
+    parser.add_argument("inputs", nargs="+", help="case folders, files of cases, or folders of case folders")
+    parser.add_argument("-o", "--output", required=True, type=Path, help="output folder")
+    parser.add_argument("--checkpoint", help="checkpoint (.json or .safetensors); default: the bundled demo weights")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--tta", action="store_true", help="average the 8 mirror flips (slower, smoother)")
+    parser.add_argument("--labels", default="2021", choices=["2021", "2023"], help="label convention of the written masks")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    parser.add_argument("--probabilities", action="store_true", help="also write <case>_prob_{WT,TC,ET}.nii.gz")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose)
+
+    from tqdm import tqdm
+
+    from napari_sevnet.inference import Predictor
+    from napari_sevnet.io import load_case, write_mask, write_volume
+    from napari_sevnet.regions import REGIONS, convention_name, volumes_ml
+
+    try:
+        predictor = Predictor(args.checkpoint, args.device, tta=args.tta)
+    except (InputError, RuntimeError) as exc:
+        print(f"sevnet-predict: error: {exc}", file=sys.stderr)
+        return 2
+    convention = convention_name(args.labels)
+    cases = expand_cases(args.inputs)
+    failed = 0
+    for path in tqdm(cases, desc="cases", unit="case", disable=None):
+        try:
+            case = load_case(path)
+            seg_path = args.output / f"{case.case_id}_seg.nii.gz"
+            report_path = args.output / f"{case.case_id}_report.json"
+            for out in (seg_path, report_path):
+                if out.exists() and not args.overwrite:
+                    raise InputError(out, "already exists; pass --overwrite to replace it")
+            result = predictor.predict(case.image)
+            write_mask(result.regions, case.grid, seg_path, convention, overwrite=args.overwrite)
+            if args.probabilities:
+                for i, r in enumerate(REGIONS):
+                    write_volume(result.probabilities[i], case.grid, args.output / f"{case.case_id}_prob_{r}.nii.gz", overwrite=args.overwrite)
+            report = {
+                "case": case.case_id,
+                "inputs": {k: str(v) for k, v in case.paths.items()},
+                "segmentation": str(seg_path),
+                "label_convention": convention,
+                "volumes_ml": volumes_ml(result.regions, case.spacing),
+                "spacing_mm": list(case.spacing),
+                "timings_s": result.timings,
+                "device": result.device,
+                "tta": args.tta,
+                "checkpoint": predictor.checkpoint,
+            }
+            _write_json(report_path, report)
+            log.debug("%s: %s", case.case_id, report["volumes_ml"])
+        except InputError as exc:
+            failed += 1
+            tqdm.write(f"sevnet-predict: error: {exc}", file=sys.stderr)
+    if failed:
+        print(f"sevnet-predict: {failed} of {len(cases)} cases failed", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _write_json(path: Path, data) -> None:
+    from napari_sevnet.files import write_text_atomic
+
+    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
+
+
+def evaluate_main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="sevnet-evaluate", description="BraTS metrics of predicted masks against reference masks.")
+    parser.add_argument("pred_dir", type=Path, help="folder of <case>_seg.nii.gz predictions")
+    parser.add_argument("gt_dir", type=Path, help="folder of reference masks or of case folders holding <case>_seg.nii.gz")
+    parser.add_argument("-o", "--output", type=Path, help="where to write metrics.csv and metrics.json (default: pred_dir)")
+    args = parser.parse_args(argv)
+    _setup_logging(False)
+
+    from napari_sevnet.io import _grid_of, _strip_nifti, read_nifti
+    from napari_sevnet.metrics import METRIC_NAMES, case_metrics, mean_metrics
+    from napari_sevnet.regions import REGIONS, guess_convention, labels_to_regions
+
+    def read_regions(path: Path):
+        data, img = read_nifti(path)
+        grid = _grid_of(img, path)
+        labels = grid.to_canonical(np.asarray(data))
+        try:
+            return labels_to_regions(labels, guess_convention(labels)), grid
+        except ValueError as exc:
+            raise InputError(path, str(exc)) from None
+
+    def segmentations(folder: Path) -> dict[str, Path]:
+        """case id -> mask file for every <case>_seg / <case>-seg NIfTI below ``folder``."""
+        found = {}
+        for p in sorted(folder.rglob("*")):
+            stem = _strip_nifti(p.name)
+            if stem and p.is_file() and stem[-4:] in ("_seg", "-seg"):
+                found.setdefault(stem[:-4], p)
+        return found
+
+    preds = segmentations(args.pred_dir)
+    if not preds:
+        print(f"sevnet-evaluate: error: {args.pred_dir}: no <case>_seg.nii.gz predictions found", file=sys.stderr)
+        return 2
+    refs = segmentations(args.gt_dir)
+    rows, per_case, failed = [], [], 0
+    for case_id, pred_path in preds.items():
+        ref = refs.get(case_id)
+        try:
+            if ref is None:
+                raise InputError(args.gt_dir, f"no reference mask for case {case_id}")
+            pred, pgrid = read_regions(pred_path)
+            truth, tgrid = read_regions(ref)
+            if pred.shape != truth.shape or not np.allclose(pgrid.affine, tgrid.affine, atol=1e-3):
+                raise InputError(pred_path, f"grid differs from the reference {ref}")
+            m = case_metrics(pred, truth, tgrid.spacing)
+        except InputError as exc:
+            failed += 1
+            print(f"sevnet-evaluate: error: {exc}", file=sys.stderr)
+            continue
+        per_case.append(m)
+        rows.append({"case": case_id, **{f"{r}_{k}": m[r][k] for r in REGIONS for k in METRIC_NAMES}})
+    if not rows:
+        return 1
+    mean = mean_metrics(per_case)
+    rows.append({"case": "mean", **{f"{r}_{k}": mean[r][k] for r in REGIONS for k in METRIC_NAMES}})
+    out = args.output or args.pred_dir
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "metrics.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    _write_json(out / "metrics.json", {"cases": rows[:-1], "mean": mean})
+    header = f"{'case':<24}" + "".join(f"{r + ' Dice':>10}{r + ' HD95':>10}" for r in REGIONS)
+    print(header)
+    for row in rows:
+        print(f"{row['case']:<24}" + "".join(f"{row[f'{r}_dice']:>10.3f}{row[f'{r}_hd95']:>10.2f}" for r in REGIONS))
+    return 1 if failed else 0

@@ -1,0 +1,23 @@
+"""The one error type a user can cause: bad files, bad checkpoints, bad paths.
+
+Every reader, writer and checkpoint loader raises :class:`InputError` with the
+offending path and a sentence saying what is wrong with it, so the CLI can
+print one line and the plugin one notification, never a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+class InputError(ValueError):
+    """A file or folder the user gave cannot be used; ``str()`` names it and why."""
+
+    def __init__(self, path: str | os.PathLike | None, problem: str):
+        self.path = None if path is None else os.fspath(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}" if self.path else problem)
+
+
+class Cancelled(Exception):
+    """Raised inside long work when the user's cancel flag is set."""

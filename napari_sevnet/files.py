@@ -1,0 +1,58 @@
+"""Atomic file output: write to a temporary file beside the target, then rename it into place.
+
+A crash, a kill or a full disk mid-write leaves the old file (or nothing)
+and no partial file under the target's name.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from napari_sevnet.errors import InputError
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextmanager
+def atomic_output(path: str | os.PathLike, *, overwrite: bool = True, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path to write; on success it is fsynced and renamed to ``path``.
+
+    With ``overwrite=False`` an existing ``path`` is refused before anything is
+    written. Permissions follow the umask like a normal ``open()`` would.
+    """
+    path = Path(path)
+    if not overwrite and path.exists():
+        raise InputError(path, "already exists; refusing to overwrite")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or ".tmp", dir=path.parent)
+        os.close(fd)
+    except OSError as exc:
+        raise InputError(path, f"could not write: {exc.strerror or exc}") from None
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise InputError(path, f"could not write: {exc.strerror or exc}") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    with atomic_output(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)

@@ -1,0 +1,253 @@
+"""Predictor: from a (4, Z, Y, X) case to nested WT/TC/ET masks, probabilities and SE attention.
+
+The pipeline is the field's standard one (nnU-Net, MONAI): crop to the
+non-zero brain box, z-score each modality over brain voxels, run the whole
+crop at once when it is small enough or MONAI's ``sliding_window_inference``
+with Gaussian weighting otherwise, optionally average the 8 mirror flips
+(test-time augmentation), paste the probabilities back into the full grid and
+threshold them into nested regions. The same code runs validation in the
+trainer, the plugin and ``sevnet-predict``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from napari_sevnet.checkpoint import CheckpointInfo, bundled_checkpoint, load_checkpoint
+from napari_sevnet.errors import Cancelled
+from napari_sevnet.model import size_divisor
+from napari_sevnet.regions import make_nested
+
+ProgressCallback = Callable[[float, str], None]
+
+#: crops up to this many voxels run in one forward pass on the CPU (else sliding windows)
+WHOLE_CROP_VOXELS_CPU = 200 * 200 * 160
+WHOLE_CROP_VOXELS_CUDA = 192 * 192 * 160
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """'auto' -> CUDA when available, else CPU; 'cuda' without a GPU is a clear error."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("CUDA was requested but no CUDA GPU is available to PyTorch")
+    return device
+
+
+def brain_box(image: np.ndarray, margin: int = 0) -> tuple[slice, slice, slice]:
+    """Bounding box of voxels non-zero in any modality (the skull-stripped brain)."""
+    nonzero = np.any(image != 0, axis=0)
+    if not nonzero.any():
+        return tuple(slice(0, n) for n in nonzero.shape)
+    box = []
+    for axis in range(3):
+        other = tuple(a for a in range(3) if a != axis)
+        idx = np.flatnonzero(nonzero.any(axis=other))
+        box.append(slice(max(int(idx[0]) - margin, 0), min(int(idx[-1]) + 1 + margin, nonzero.shape[axis])))
+    return tuple(box)
+
+
+def normalize(image: np.ndarray) -> np.ndarray:
+    """Z-score each modality over the brain (voxels non-zero in any modality); zero outside."""
+    brain = np.any(image != 0, axis=0)
+    out = np.zeros_like(image, dtype=np.float32)
+    if not brain.any():
+        return out
+    for c in range(image.shape[0]):
+        values = image[c][brain]
+        std = float(values.std())
+        out[c][brain] = (values - float(values.mean())) / (std if std > 0 else 1.0)
+    return out
+
+
+def preprocess(image: np.ndarray) -> tuple[np.ndarray, tuple[slice, slice, slice]]:
+    """Crop to the brain box and normalize: the input the networks are trained on."""
+    box = brain_box(image)
+    return normalize(image[(slice(None), *box)]), box
+
+
+@dataclass
+class Prediction:
+    """What one Predictor run returns, all on the full (Z, Y, X) grid of the input."""
+
+    regions: np.ndarray  # (3, Z, Y, X) bool, nested WT/TC/ET
+    probabilities: np.ndarray  # (3, Z, Y, X) float32 in [0, 1]
+    attention: dict[str, np.ndarray]  # stage -> mean SE excitation (C,)
+    box: tuple[slice, slice, slice]  # the brain box that was segmented
+    timings: dict[str, float] = field(default_factory=dict)
+    device: str = "cpu"
+
+
+class Predictor:
+    """Segment cases with one checkpoint.
+
+    ``Predictor()`` uses the bundled demo weights; ``Predictor(path)`` any
+    napari-sevnet checkpoint. Thread-safe for one caller at a time per
+    instance; nothing is kept between calls but the model.
+    """
+
+    def __init__(
+        self,
+        checkpoint: str | os.PathLike | None = None,
+        device: str | torch.device = "auto",
+        *,
+        tta: bool = False,
+        overlap: float = 0.5,
+        threshold: float = 0.5,
+        whole_crop_voxels: int | None = None,
+        model: torch.nn.Module | None = None,
+        info: CheckpointInfo | None = None,
+    ):
+        self.device = resolve_device(device)
+        if model is None:
+            self.checkpoint = str(checkpoint or bundled_checkpoint())
+            model, info = load_checkpoint(self.checkpoint, self.device)
+        else:
+            self.checkpoint = str(checkpoint) if checkpoint else None
+        self.model = model.to(self.device).eval()
+        self.info = info
+        self.tta = tta
+        self.overlap = overlap
+        self.threshold = threshold
+        name = info.architecture["name"] if info else "sevnet"
+        self.divisor = size_divisor(self.model, name)
+        patch = (info.preprocessing.get("patch_size") if info else None) or [128, 128, 128]
+        self.patch_size = tuple(int(p) for p in patch)
+        default_whole = WHOLE_CROP_VOXELS_CUDA if self.device.type == "cuda" else WHOLE_CROP_VOXELS_CPU
+        self.whole_crop_voxels = whole_crop_voxels if whole_crop_voxels is not None else default_whole
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ public
+
+    def predict(
+        self,
+        image: np.ndarray,
+        *,
+        progress: ProgressCallback | None = None,
+        cancel: Callable[[], bool] | threading.Event | None = None,
+    ) -> Prediction:
+        """Segment one case ``image`` (4, Z, Y, X) in the checkpoint's modality order."""
+        image = np.asarray(image)
+        if image.ndim != 4 or image.shape[0] != 4:
+            raise ValueError(f"expected a (4, Z, Y, X) image, got shape {image.shape}")
+        is_cancelled = cancel.is_set if isinstance(cancel, threading.Event) else (cancel or (lambda: False))
+        report = progress or (lambda fraction, message: None)
+        timings = {}
+        with self._lock:
+            t0 = time.perf_counter()
+            report(0.0, "preprocessing")
+            crop, box = preprocess(image)
+            timings["preprocess_s"] = time.perf_counter() - t0
+
+            t1 = time.perf_counter()
+            probs, attention = self._infer(crop, report, is_cancelled)
+            timings["inference_s"] = time.perf_counter() - t1
+
+            t2 = time.perf_counter()
+            full = np.zeros((3, *image.shape[1:]), dtype=np.float32)
+            full[(slice(None), *box)] = probs
+            regions = make_nested(full > self.threshold)
+            timings["postprocess_s"] = time.perf_counter() - t2
+            timings["total_s"] = time.perf_counter() - t0
+            report(1.0, "done")
+        return Prediction(regions=regions, probabilities=full, attention=attention, box=box, timings=timings, device=str(self.device))
+
+    def features(self, image: np.ndarray, stage: str) -> np.ndarray:
+        """Feature maps (C, Z, Y, X) of one stage on the full grid (nearest up-sampling), for display."""
+        crop, box = preprocess(np.asarray(image))
+        x, pads = self._pad(torch.from_numpy(crop)[None].to(self.device))
+        with torch.inference_mode():
+            _, _, feats = self.model.forward_with_attention(x, keep_features=True)
+        if stage not in feats:
+            raise ValueError(f"unknown stage {stage!r}; stages: {list(feats)}")
+        fmap = F.interpolate(feats[stage].float(), size=x.shape[2:], mode="trilinear", align_corners=False)
+        fmap = self._unpad(fmap, pads)[0].cpu().numpy()
+        full = np.zeros((fmap.shape[0], *image.shape[1:]), dtype=np.float32)
+        full[(slice(None), *box)] = fmap
+        return full
+
+    # ------------------------------------------------------------------ internals
+
+    def _pad(self, x: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+        pads = [(-s) % self.divisor for s in x.shape[2:]]
+        spec = []
+        for p in reversed(pads):
+            spec += [p // 2, p - p // 2]
+        return F.pad(x, spec), pads
+
+    @staticmethod
+    def _unpad(x: torch.Tensor, pads: list[int]) -> torch.Tensor:
+        sl = [slice(None), slice(None)]
+        for p, s in zip(pads, x.shape[2:]):
+            sl.append(slice(p // 2, s - (p - p // 2)))
+        return x[tuple(sl)]
+
+    def _forward(self, x: torch.Tensor, attention_sum: dict, counts: list[int]) -> torch.Tensor:
+        """Logits for a batch of windows, adding the SE excitations into ``attention_sum``."""
+        with torch.autocast("cuda", dtype=torch.float16, enabled=self.device.type == "cuda"):
+            if hasattr(self.model, "forward_with_attention"):
+                logits, attention, _ = self.model.forward_with_attention(x)
+                for name, exc in attention.items():
+                    total = exc.float().sum(0).cpu().numpy()
+                    attention_sum[name] = attention_sum.get(name, 0) + total
+                counts[0] += x.shape[0]
+            else:
+                logits = self.model(x)
+        return logits.float()
+
+    def _infer(self, crop: np.ndarray, report: ProgressCallback, is_cancelled) -> tuple[np.ndarray, dict]:
+        flips = [()]
+        if self.tta:
+            flips = [axes for n in range(4) for axes in itertools.combinations((2, 3, 4), n)]
+        x = torch.from_numpy(crop)[None].to(self.device)
+        whole = int(np.prod(crop.shape[1:])) <= self.whole_crop_voxels
+        attention_sum: dict[str, np.ndarray] = {}
+        counts = [0]
+        acc = None
+        with torch.inference_mode():
+            for i, axes in enumerate(flips):
+                if is_cancelled():
+                    raise Cancelled("segmentation cancelled")
+                xi = torch.flip(x, axes) if axes else x
+                if whole:
+                    padded, pads = self._pad(xi)
+                    logits = self._unpad(self._forward(padded, attention_sum, counts), pads)
+                else:
+                    logits = self._sliding(xi, attention_sum, counts, report, is_cancelled, i, len(flips))
+                p = torch.sigmoid(logits)
+                p = torch.flip(p, axes) if axes else p
+                acc = p if acc is None else acc + p
+                report((i + 1) / len(flips), f"pass {i + 1}/{len(flips)}")
+        probs = (acc / len(flips))[0].cpu().numpy()
+        attention = {k: v / max(counts[0], 1) for k, v in attention_sum.items()}
+        return probs, attention
+
+    def _sliding(self, x, attention_sum, counts, report, is_cancelled, pass_index, passes):
+        from monai.inferers import sliding_window_inference
+
+        roi = tuple(min(p, max(self.divisor, -(-s // self.divisor) * self.divisor)) for p, s in zip(self.patch_size, x.shape[2:]))
+        steps = 1
+        for s, r in zip(x.shape[2:], roi):
+            interval = max(int(r * (1 - self.overlap)), 1)
+            steps *= max(-(-(s - r) // interval), 0) + 1 if s > r else 1
+        done = [0]
+
+        def window_fn(batch):
+            if is_cancelled():
+                raise Cancelled("segmentation cancelled")
+            out = self._forward(batch, attention_sum, counts)
+            done[0] += batch.shape[0]
+            report((pass_index + min(done[0] / steps, 1.0)) / passes, f"window {done[0]}/{steps}")
+            return out
+
+        return sliding_window_inference(x, roi, sw_batch_size=1, predictor=window_fn, overlap=self.overlap, mode="gaussian", padding_mode="constant")

@@ -1,0 +1,407 @@
+"""Find a case's files (any BraTS naming), read them into one canonical grid, write masks back.
+
+Inside the project a case is four float32 modality arrays in the fixed order
+:data:`MODALITIES`, shaped (Z, Y, X) in the canonical orientation: the file's
+voxel axes are permuted and flipped (never resampled) so that X runs to the
+patient's Right, Y to Anterior and Z to Superior (nibabel's closest-canonical
+RAS), then stored Z-first. The file's own affine and orientation are kept so a
+mask is written back on exactly the source grid: load -> write -> load gives
+the same voxels and the same affine.
+
+Layouts recognised (``load_case`` takes a folder or any one file of a case):
+
+* BraTS 2021: ``<id>_t1, _t1ce, _t2, _flair, _seg`` (``.nii`` or ``.nii.gz``)
+* BraTS 2023: ``<id>-t1n, -t1c, -t2w, -t2f, -seg``
+* Decathlon Task01 (MSD): one 4D image ``imagesTr/<id>.nii.gz`` (FLAIR, T1w,
+  T1gd, T2w) and ``labelsTr/<id>.nii.gz``
+* anything else: an explicit ``{modality: path}`` mapping
+
+Every problem a user's files can have raises :class:`~napari_sevnet.errors.InputError`
+naming the file; writes go to a temporary file that is renamed into place.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import re
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+import nibabel as nib
+import numpy as np
+from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
+
+from napari_sevnet import regions as reg
+from napari_sevnet.errors import InputError
+from napari_sevnet.files import atomic_output
+
+MODALITIES = ("t1", "t1ce", "t2", "flair")
+MODALITY_LABELS = {"t1": "T1", "t1ce": "T1ce", "t2": "T2", "flair": "FLAIR"}
+
+#: file-name suffix (after the case id, before .nii[.gz]) -> role, per naming scheme
+NAMINGS: dict[str, dict[str, str]] = {
+    "brats2021": {"_t1": "t1", "_t1ce": "t1ce", "_t2": "t2", "_flair": "flair", "_seg": "seg"},
+    "brats2023": {"-t1n": "t1", "-t1c": "t1ce", "-t2w": "t2", "-t2f": "flair", "-seg": "seg"},
+}
+#: channel order of the Decathlon Task01 4D image
+MSD_CHANNELS = ("flair", "t1", "t1ce", "t2")
+
+#: refuse volumes whose float32 copy would exceed this many bytes (before allocating)
+MAX_VOLUME_BYTES = int(os.environ.get("SEVNET_MAX_VOLUME_BYTES", 4 * 1024**3))
+AFFINE_TOLERANCE_MM = 1e-3
+_CANONICAL = axcodes2ornt(("R", "A", "S"))
+_NIFTI_SUFFIX = re.compile(r"\.nii(\.gz)?$", re.IGNORECASE)
+
+
+@dataclass
+class SourceGrid:
+    """What is needed to write an array of the canonical grid back onto the file's grid."""
+
+    affine: np.ndarray  # the source file's voxel -> world (RAS mm) affine
+    shape: tuple[int, int, int]  # the source file's voxel shape (i, j, k)
+    orientation: np.ndarray  # nibabel ornt of the source axes
+    header: nib.Nifti1Header | None = None  # copied into written masks (qform/sform codes, units)
+
+    def to_canonical(self, data: np.ndarray) -> np.ndarray:
+        """Source (i, j, k) array -> canonical (Z, Y, X)."""
+        ras = apply_orientation(data, ornt_transform(self.orientation, _CANONICAL))
+        return np.ascontiguousarray(np.transpose(ras, (2, 1, 0)))
+
+    def from_canonical(self, data: np.ndarray) -> np.ndarray:
+        """Canonical (Z, Y, X) array -> source (i, j, k), exactly inverting :meth:`to_canonical`."""
+        ras = np.transpose(data, (2, 1, 0))
+        return np.ascontiguousarray(apply_orientation(ras, ornt_transform(_CANONICAL, self.orientation)))
+
+    @property
+    def canonical_affine(self) -> np.ndarray:
+        """Voxel (x, y, z) index of the canonical array -> world mm (for other viewers' overlays)."""
+        tf = ornt_transform(self.orientation, _CANONICAL)
+        from nibabel.orientations import inv_ornt_aff
+
+        return self.affine @ inv_ornt_aff(tf, self.shape)
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        """Voxel size in mm along canonical (Z, Y, X)."""
+        zooms = np.sqrt((self.affine[:3, :3] ** 2).sum(axis=0))  # per source axis
+        axis_of = {int(self.orientation[i, 0]): i for i in range(3)}  # RAS axis -> source axis
+        return tuple(float(zooms[axis_of[a]]) for a in (2, 1, 0))
+
+
+@dataclass
+class Case:
+    """One multi-modal MRI case on the canonical grid."""
+
+    case_id: str
+    image: np.ndarray  # (4, Z, Y, X) float32 in MODALITIES order
+    grid: SourceGrid
+    paths: dict[str, Path]  # role -> file read (a 4D MSD file appears for every modality)
+    regions: np.ndarray | None = None  # (3, Z, Y, X) bool, WT/TC/ET
+    label_convention: str | None = None  # convention the segmentation file used
+    layout: str = "brats2021"
+    metadata: dict = field(default_factory=dict)
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        return self.grid.spacing
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.image.shape[1:])
+
+
+# --------------------------------------------------------------------------- discovery
+
+
+def _strip_nifti(name: str) -> str | None:
+    return _NIFTI_SUFFIX.sub("", name) if _NIFTI_SUFFIX.search(name) else None
+
+
+def _role_of(name: str) -> tuple[str, str, str] | None:
+    """(case_id, role, naming) for a BraTS-named file, else None."""
+    stem = _strip_nifti(name)
+    if stem is None:
+        return None
+    for naming, table in NAMINGS.items():
+        # longest suffix first so '_t1ce' is not read as '_t1' + 'ce'
+        for suffix in sorted(table, key=len, reverse=True):
+            if stem.lower().endswith(suffix) and len(stem) > len(suffix):
+                return stem[: -len(suffix)], table[suffix], naming
+    return None
+
+
+def find_case_files(path: str | os.PathLike) -> tuple[str, dict[str, Path], str]:
+    """Locate the files of the case at ``path`` (a folder or one of its files).
+
+    Returns ``(case_id, {role: path}, layout)`` with roles from MODALITIES plus
+    'seg', or for the Decathlon layout ``{'image': 4D, 'seg': label}``.
+    """
+    path = Path(path)
+    _check_readable(path)
+    if path.is_file():
+        if _role_of(path.name) is None:
+            return _msd_files(path)
+        folder = path.parent
+        wanted_id = _role_of(path.name)[0]
+    else:
+        folder, wanted_id = path, None
+
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError as exc:
+        raise InputError(folder, f"cannot list folder: {exc.strerror or exc}") from None
+    found: dict[str, dict[str, list[Path]]] = {}
+    namings: dict[str, set[str]] = {}
+    for entry in entries:
+        parsed = _role_of(entry.name)
+        if parsed is None:
+            continue
+        case_id, role, naming = parsed
+        found.setdefault(case_id, {}).setdefault(role, []).append(entry)
+        namings.setdefault(case_id, set()).add(naming)
+    if wanted_id is not None:
+        found = {wanted_id: found.get(wanted_id, {})}
+    if not found:
+        nifti = [e for e in entries if _strip_nifti(e.name)]
+        if len(nifti) == 1:
+            return _msd_files(nifti[0])
+        raise InputError(
+            folder,
+            "no BraTS case files found: expected <id>_t1/_t1ce/_t2/_flair.nii.gz (2021) or "
+            "<id>-t1n/-t1c/-t2w/-t2f.nii.gz (2023), or give an explicit modality mapping",
+        )
+    if len(found) > 1:
+        raise InputError(folder, f"holds files of several cases ({', '.join(sorted(found))}); open one file or one case folder")
+    case_id, roles = next(iter(found.items()))
+    for role, files in roles.items():
+        if len(files) > 1:
+            raise InputError(folder, f"duplicate {role} files: {', '.join(f.name for f in files)}")
+    missing = [m for m in MODALITIES if m not in roles]
+    if missing:
+        raise InputError(folder, f"case {case_id!r} is missing modalities {missing} (found {sorted(roles)})")
+    layout = sorted(namings[case_id])[0] if len(namings[case_id]) == 1 else "mixed"
+    return case_id, {role: files[0] for role, files in roles.items()}, layout
+
+
+def _msd_files(image: Path) -> tuple[str, dict[str, Path], str]:
+    case_id = _strip_nifti(image.name)
+    if case_id is None:
+        raise InputError(image, "not a NIfTI file (.nii or .nii.gz)")
+    files = {"image": image}
+    if image.parent.name == "labelsTr":
+        files = {"image": image.parent.parent / "imagesTr" / image.name, "seg": image}
+    else:
+        label = image.parent.parent / "labelsTr" / image.name
+        if label.is_file():
+            files["seg"] = label
+    return case_id, files, "msd"
+
+
+def _check_readable(path: Path) -> None:
+    try:
+        path.stat()
+    except OSError as exc:
+        if getattr(exc, "errno", None) == 40:  # ELOOP
+            raise InputError(path, "symbolic link loop") from None
+        raise InputError(path, f"cannot access: {exc.strerror or exc}") from None
+    if not os.access(path, os.R_OK):
+        raise InputError(path, "permission denied (not readable)")
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def read_nifti(path: str | os.PathLike, *, allow_4d: bool = False) -> tuple[np.ndarray, nib.Nifti1Image]:
+    """Read one NIfTI file into a numeric array, checking everything a user's file can get wrong."""
+    path = Path(path)
+    _check_readable(path)
+    if path.is_dir():
+        raise InputError(path, "is a folder, expected a NIfTI file")
+    if path.stat().st_size == 0:
+        raise InputError(path, "empty file (0 bytes)")
+    try:
+        img = nib.load(str(path))
+    except Exception as exc:  # nibabel raises many types for malformed files
+        raise InputError(path, f"not a readable NIfTI file ({_describe(exc)})") from None
+    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
+        raise InputError(path, f"not a NIfTI image (nibabel read it as {type(img).__name__})")
+    shape = tuple(int(s) for s in img.shape)
+    while len(shape) > 3 and shape[-1] == 1:
+        shape = shape[:-1]
+    expected = (3, 4) if allow_4d else (3,)
+    if len(shape) not in expected:
+        raise InputError(path, f"has {len(shape)} dimensions {shape}, expected a 3D volume" + (" or one 4D image" if allow_4d else ""))
+    if min(shape) < 1:
+        raise InputError(path, f"has an empty dimension {shape}")
+    if int(np.prod(shape, dtype=np.float64)) * 4 > MAX_VOLUME_BYTES:
+        gib = np.prod(shape, dtype=np.float64) * 4 / 1024**3
+        raise InputError(path, f"dimensions {shape} need {gib:.1f} GiB as float32, over the {MAX_VOLUME_BYTES / 1024**3:.1f} GiB limit (SEVNET_MAX_VOLUME_BYTES)")
+    dtype = img.get_data_dtype()
+    if dtype.fields is not None or np.issubdtype(dtype, np.complexfloating) or dtype.kind not in "iufb":
+        raise InputError(path, f"unsupported voxel type {dtype} (RGB or complex images are not MRI intensities)")
+    try:
+        data = np.asanyarray(img.dataobj).reshape(shape)
+    except (EOFError, OSError, zlib.error, gzip.BadGzipFile, ValueError) as exc:
+        raise InputError(path, f"truncated or corrupt data ({_describe(exc)})") from None
+    affine = img.affine
+    if affine is None or not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
+        raise InputError(path, "header holds no valid voxel-to-world affine (singular or non-finite)")
+    return data, img
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _as_intensity(data: np.ndarray, path: Path) -> np.ndarray:
+    data = np.asarray(data, dtype=np.float32)
+    if not np.all(np.isfinite(data)):
+        bad = int(np.count_nonzero(~np.isfinite(data)))
+        raise InputError(path, f"{bad} voxels are NaN or infinite")
+    if not np.any(data):
+        raise InputError(path, "every voxel is zero (an empty modality)")
+    return data
+
+
+def _grid_of(img: nib.Nifti1Image, path: Path) -> SourceGrid:
+    affine = np.asarray(img.affine, dtype=np.float64)
+    header = img.header.copy()
+    return SourceGrid(affine=affine, shape=tuple(int(s) for s in img.shape[:3]), orientation=io_orientation(affine), header=header)
+
+
+def _same_grid(a: SourceGrid, b: SourceGrid, path: Path, ref: Path) -> None:
+    if a.shape != b.shape:
+        raise InputError(path, f"shape {b.shape} differs from {ref.name} {a.shape}")
+    if not np.allclose(a.affine, b.affine, atol=AFFINE_TOLERANCE_MM):
+        za = np.sqrt((a.affine[:3, :3] ** 2).sum(0)).round(3).tolist()
+        zb = np.sqrt((b.affine[:3, :3] ** 2).sum(0)).round(3).tolist()
+        what = f"voxel spacing {zb} differs from {za}" if not np.allclose(za, zb, atol=1e-3) else "affine (position/orientation) differs"
+        raise InputError(path, f"{what} of {ref.name}: modalities must share one grid")
+
+
+def load_case(
+    path: str | os.PathLike | None = None,
+    *,
+    mapping: Mapping[str, str | os.PathLike] | None = None,
+    label_convention: str | None = None,
+) -> Case:
+    """Load a case from a folder, any one of its files, or an explicit ``{role: path}`` mapping.
+
+    ``mapping`` keys are the MODALITIES plus optional 'seg'. ``label_convention``
+    forces how a segmentation is read ('brats2021', 'brats2023', 'msd'); by
+    default it is 'msd' for the Decathlon layout and guessed from the values
+    otherwise (4 present -> 2021, 3 present -> 2023).
+    """
+    if mapping is not None:
+        files = {str(k).lower(): Path(v) for k, v in mapping.items()}
+        unknown = sorted(set(files) - {*MODALITIES, "seg"})
+        if unknown:
+            raise InputError(None, f"unknown roles {unknown} in modality mapping; use {list(MODALITIES)} and 'seg'")
+        missing = [m for m in MODALITIES if m not in files]
+        if missing:
+            raise InputError(None, f"modality mapping is missing {missing}")
+        case_id, layout = _strip_nifti(files["t1"].name) or files["t1"].stem, "mapping"
+    elif path is not None:
+        case_id, files, layout = find_case_files(path)
+    else:
+        raise InputError(None, "give a case path or a modality mapping")
+
+    if layout == "msd":
+        data, img = read_nifti(files["image"], allow_4d=True)
+        if data.ndim != 4 or data.shape[3] != len(MSD_CHANNELS):
+            raise InputError(files["image"], f"Decathlon image must be 4D with {len(MSD_CHANNELS)} channels ({', '.join(MSD_CHANNELS)}), got shape {data.shape}")
+        grid = _grid_of(img, files["image"])
+        channels = {name: _as_intensity(data[..., i], files["image"]) for i, name in enumerate(MSD_CHANNELS)}
+        image = np.stack([grid.to_canonical(channels[m]) for m in MODALITIES])
+        paths = {m: files["image"] for m in MODALITIES}
+        convention = label_convention or "msd"
+    else:
+        grid = None
+        volumes = []
+        for m in MODALITIES:
+            data, img = read_nifti(files[m])
+            g = _grid_of(img, files[m])
+            if grid is None:
+                grid, ref = g, files[m]
+            else:
+                _same_grid(grid, g, files[m], ref)
+            volumes.append(grid.to_canonical(_as_intensity(data, files[m])))
+        image = np.stack(volumes)
+        paths = {m: files[m] for m in MODALITIES}
+        convention = label_convention
+
+    case = Case(case_id=case_id, image=image, grid=grid, paths=paths, layout=layout)
+    if "seg" in files:
+        seg_path = files["seg"]
+        data, img = read_nifti(seg_path)
+        _same_grid(grid, _grid_of(img, seg_path), seg_path, paths["t1"])
+        labels = grid.to_canonical(np.asarray(data))
+        try:
+            if not np.all(np.isfinite(labels)):
+                raise ValueError("segmentation holds NaN or infinite values")
+            conv = reg.convention_name(convention) if convention else reg.guess_convention(labels)
+            case.regions = reg.labels_to_regions(labels, conv)
+        except ValueError as exc:
+            raise InputError(seg_path, str(exc)) from None
+        case.label_convention = conv
+        case.paths["seg"] = seg_path
+    return case
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def atomic_write_nifti(img: nib.Nifti1Image, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Save ``img`` to ``path`` atomically; an existing file is only replaced with ``overwrite=True``."""
+    path = Path(path)
+    if _strip_nifti(path.name) is None:
+        raise InputError(path, "output name must end in .nii or .nii.gz")
+    suffix = ".nii.gz" if path.name.lower().endswith(".gz") else ".nii"
+    with atomic_output(path, overwrite=overwrite, suffix=suffix) as tmp:
+        nib.save(img, tmp)
+    return path
+
+
+def mask_image(regions: np.ndarray, grid: SourceGrid, convention: str = "brats2021") -> nib.Nifti1Image:
+    """A NIfTI label image of ``regions`` (3, Z, Y, X) on the source grid with the source affine."""
+    labels = reg.regions_to_labels(regions, convention)
+    data = grid.from_canonical(labels)
+    if data.shape != tuple(grid.shape):
+        raise ValueError(f"mask shape {data.shape} does not match the source grid {grid.shape}")
+    header = grid.header.copy() if grid.header is not None else None
+    img = nib.Nifti1Image(data.astype(np.uint8), grid.affine, header=header)
+    img.set_data_dtype(np.uint8)
+    img.header.set_slope_inter(1, 0)
+    img.header["cal_min"], img.header["cal_max"] = 0, int(data.max(initial=0))
+    img.header["descrip"] = f"napari-sevnet {reg.convention_name(convention)} labels".encode()[:79]
+    return img
+
+
+def write_mask(regions: np.ndarray, grid: SourceGrid, path: str | os.PathLike, convention: str = "brats2021", *, overwrite: bool = False) -> Path:
+    """Write nested regions as a label NIfTI on the source grid (atomic, no silent overwrite)."""
+    return atomic_write_nifti(mask_image(regions, grid, convention), path, overwrite=overwrite)
+
+
+def write_volume(volume: np.ndarray, grid: SourceGrid, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Write a float map (Z, Y, X) on the source grid (probabilities, uncertainty)."""
+    data = grid.from_canonical(np.asarray(volume, dtype=np.float32))
+    img = nib.Nifti1Image(data, grid.affine)
+    img.set_data_dtype(np.float32)
+    return atomic_write_nifti(img, path, overwrite=overwrite)
+
+
+def write_case(case: Case, folder: str | os.PathLike, case_id: str | None = None, convention: str = "brats2021") -> dict[str, Path]:
+    """Write ``case`` in BraTS 2021 layout into ``folder`` (modalities on the source grid)."""
+    case_id = case_id or case.case_id
+    folder = Path(folder)
+    written = {}
+    for i, m in enumerate(MODALITIES):
+        img = nib.Nifti1Image(case.grid.from_canonical(case.image[i]).astype(np.float32), case.grid.affine)
+        written[m] = atomic_write_nifti(img, folder / f"{case_id}_{m}.nii.gz")
+    if case.regions is not None:
+        written["seg"] = write_mask(case.regions, case.grid, folder / f"{case_id}_seg.nii.gz", convention)
+    return written

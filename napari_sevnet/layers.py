@@ -1,0 +1,131 @@
+"""Cases <-> napari layers: the npe2 reader, writer and sample data (no Qt here).
+
+Image layers are named by modality (T1, T1ce, T2, FLAIR), carry the voxel
+spacing as ``scale`` and the source grid in ``metadata['sevnet']`` so masks
+can be written back onto the scan. Regions are three Labels layers, each
+holding 0/1, in documented colours:
+
+=====  ===================  =========
+layer  region               colour
+=====  ===================  =========
+WT     whole tumour         green  #2ecc40
+TC     tumour core          red    #ff4136
+ET     enhancing tumour     yellow #ffdc00
+=====  ===================  =========
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from napari_sevnet.errors import InputError
+from napari_sevnet.io import MODALITIES, MODALITY_LABELS, Case, find_case_files, load_case, write_mask
+from napari_sevnet.regions import REGIONS, convention_name
+
+REGION_COLOURS = {"WT": "#2ecc40", "TC": "#ff4136", "ET": "#ffdc00"}
+META_KEY = "sevnet"
+SAMPLE_DATA_DIR = Path(__file__).resolve().parent.parent / "sample_data"
+
+
+def contrast_limits(volume: np.ndarray) -> tuple[float, float]:
+    """0.5-99.5 percentiles over the brain, so one bright voxel does not wash the scan out."""
+    brain = volume[volume != 0]
+    if brain.size == 0:
+        return (0.0, 1.0)
+    lo, hi = np.percentile(brain[:: max(brain.size // 200_000, 1)], [0.5, 99.5])
+    return (float(lo), float(hi if hi > lo else lo + 1))
+
+
+def region_layer_kwargs(region: str, scale, meta: dict) -> dict:
+    from napari.utils.colormaps import DirectLabelColormap
+
+    colormap = DirectLabelColormap(color_dict={None: "transparent", 0: "transparent", 1: REGION_COLOURS[region]})
+    return {"name": region, "scale": scale, "colormap": colormap, "opacity": 0.55, "metadata": {META_KEY: {**meta, "region": region}}}
+
+
+def case_layers(case: Case, visible: str = "flair") -> list[tuple]:
+    """LayerData tuples: four images (and WT/TC/ET labels when the case has a segmentation)."""
+    scale = tuple(case.spacing)
+    meta = {"case_id": case.case_id, "grid": case.grid, "paths": {k: str(v) for k, v in case.paths.items()}}
+    layers = []
+    for i, m in enumerate(MODALITIES):
+        kwargs = {
+            "name": MODALITY_LABELS[m],
+            "scale": scale,
+            "colormap": "gray",
+            "contrast_limits": contrast_limits(case.image[i]),
+            "visible": m == visible,
+            "metadata": {META_KEY: {**meta, "modality": m}},
+        }
+        layers.append((case.image[i], kwargs, "image"))
+    if case.regions is not None:
+        for i, r in enumerate(REGIONS):
+            layers.append((case.regions[i].astype(np.uint8), region_layer_kwargs(r, scale, meta), "labels"))
+    return layers
+
+
+def napari_get_reader(path):
+    """npe2 reader: claim a BraTS case folder or a file of one; else let other readers try."""
+    if isinstance(path, list):
+        if len(path) != 1:
+            return None
+        path = path[0]
+    try:
+        find_case_files(path)
+    except InputError:
+        return None
+    return read_case_layers
+
+
+def read_case_layers(path) -> list[tuple]:
+    """Read the case at ``path`` completely before returning, so a bad file adds no layer at all."""
+    path = path[0] if isinstance(path, list) else path
+    return case_layers(load_case(path))
+
+
+def write_regions(path: str, layer_data: list[tuple]) -> list[str]:
+    """npe2 writer: WT/TC/ET Labels layers -> one BraTS 2021 label NIfTI on the source grid.
+
+    The file name may end in ``.2023.nii.gz`` to write the BraTS 2023 labels.
+    """
+    by_region = {}
+    grid = None
+    for data, meta, _ in layer_data:
+        info = meta.get("metadata", {}).get(META_KEY, {})
+        region = info.get("region") or (meta.get("name") if meta.get("name") in REGIONS else None)
+        if region:
+            by_region[region] = np.asarray(data) > 0
+            grid = grid or info.get("grid")
+    missing = [r for r in REGIONS if r not in by_region]
+    if missing:
+        raise InputError(path, f"select the WT, TC and ET layers to save (missing {missing})")
+    if grid is None:
+        raise InputError(path, "these layers do not come from a case opened with napari-sevnet, so the source grid is unknown")
+    convention = convention_name("2023") if str(path).endswith((".2023.nii.gz", ".2023.nii")) else "brats2021"
+    regions = np.stack([by_region[r] for r in REGIONS])
+    return [str(write_mask(regions, grid, path, convention))]
+
+
+def phantom_sample() -> list[tuple]:
+    """A small synthetic case that opens instantly (no files involved)."""
+    from napari_sevnet.phantom import phantom_case
+
+    return case_layers(phantom_case(seed=7, shape=(96, 112, 96), case_id="phantom_sample"))
+
+
+def demo_case_folder() -> Path:
+    env = os.environ.get("SEVNET_SAMPLE_CASE")
+    if env:
+        return Path(env)
+    cases = sorted(p for p in SAMPLE_DATA_DIR.iterdir() if p.is_dir()) if SAMPLE_DATA_DIR.is_dir() else []
+    if not cases:
+        raise InputError(SAMPLE_DATA_DIR, "no demo case found (run `make sample-data` in a source checkout)")
+    return cases[0]
+
+
+def demo_case_sample() -> list[tuple]:
+    """The demo case written by ``make sample-data`` (BraTS 2021 layout, on disk)."""
+    return case_layers(load_case(demo_case_folder()))

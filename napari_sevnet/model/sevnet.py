@@ -1,0 +1,199 @@
+"""SEV-Net: V-Net (Milletari et al. 2016) with a Squeeze-and-Excitation block (Hu et al. 2018) in every stage.
+
+V-Net: one residual stage per resolution; down-sampling by a 2x2x2 convolution
+of stride 2 that doubles the channels; up-sampling by a 2x2x2 transposed
+convolution of stride 2; the decoder stage concatenates the skip connection;
+PReLU non-linearities; 5x5x5 convolutions; 16-32-64-128-256 channels with
+1-2-3-3-3 convolutions per encoder stage and 3-3-2-1 per decoder stage.
+
+SE: global average pool -> FC(C, C/r) -> ReLU -> FC(C/r, C) -> sigmoid ->
+channel rescale, applied to the stage's convolution output before the
+residual addition (as in SE-ResNet), in all five encoder and four decoder
+stages. ``se=False`` gives plain V-Net for the ablation.
+
+The faithful configuration and the lighter ones are :class:`SEVNetConfig`
+values of the same class (see :data:`CONFIGS`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+
+@dataclass
+class SEVNetConfig:
+    in_channels: int = 4
+    out_channels: int = 3
+    channels: tuple[int, ...] = (16, 32, 64, 128, 256)
+    encoder_convs: tuple[int, ...] = (1, 2, 3, 3, 3)
+    decoder_convs: tuple[int, ...] | None = None  # default: encoder_convs[:-1] reversed (3-3-2-1)
+    kernel_size: int = 5
+    se: bool = True
+    se_reduction: int = 4
+    norm: str = "instance"  # "instance", "batch" or "none"
+    dropout: float = 0.0
+
+    def __post_init__(self):
+        self.channels = tuple(int(c) for c in self.channels)
+        self.encoder_convs = tuple(int(c) for c in self.encoder_convs)
+        if self.decoder_convs is None:
+            self.decoder_convs = tuple(reversed(self.encoder_convs[:-1]))
+        self.decoder_convs = tuple(int(c) for c in self.decoder_convs)
+        if len(self.channels) != len(self.encoder_convs) or len(self.decoder_convs) != len(self.channels) - 1:
+            raise ValueError("channels and encoder_convs need one entry per level, decoder_convs one fewer")
+        if any(b != 2 * a for a, b in zip(self.channels, self.channels[1:])):
+            raise ValueError(f"V-Net doubles the channels at each level, got {self.channels}")
+        if self.kernel_size % 2 != 1:
+            raise ValueError("kernel_size must be odd")
+        if self.norm not in ("instance", "batch", "none"):
+            raise ValueError(f"norm must be instance, batch or none, not {self.norm!r}")
+
+    @property
+    def divisor(self) -> int:
+        """Input sizes must be multiples of this (one halving per level below the first)."""
+        return 2 ** (len(self.channels) - 1)
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+#: named configurations: the paper's, and lighter ones of the same class
+CONFIGS: dict[str, dict] = {
+    "faithful": dict(channels=(16, 32, 64, 128, 256), encoder_convs=(1, 2, 3, 3, 3), kernel_size=5),
+    "lite": dict(channels=(8, 16, 32, 64, 128), encoder_convs=(1, 1, 2, 2, 2), kernel_size=3),
+    "tiny": dict(channels=(4, 8, 16, 32), encoder_convs=(1, 1, 1, 1), kernel_size=3),
+}
+
+
+def _norm(kind: str, channels: int) -> nn.Module:
+    if kind == "instance":
+        return nn.InstanceNorm3d(channels, affine=True)
+    if kind == "batch":
+        return nn.BatchNorm3d(channels)
+    return nn.Identity()
+
+
+class SqueezeExcitation3d(nn.Module):
+    """Channel attention; ``forward`` returns the rescaled features and the excitation (B, C)."""
+
+    def __init__(self, channels: int, reduction: int):
+        super().__init__()
+        hidden = max(channels // reduction, 2)
+        self.fc1 = nn.Linear(channels, hidden)
+        self.fc2 = nn.Linear(hidden, channels)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        squeeze = x.mean(dim=(2, 3, 4))
+        excitation = torch.sigmoid(self.fc2(torch.relu(self.fc1(squeeze))))
+        return x * excitation[:, :, None, None, None], excitation
+
+
+class ConvStack(nn.Module):
+    """n x (conv k^3 -> norm -> PReLU), the body of a V-Net stage."""
+
+    def __init__(self, in_channels: int, channels: int, n: int, cfg: SEVNetConfig):
+        super().__init__()
+        layers = []
+        for i in range(n):
+            layers += [
+                nn.Conv3d(in_channels if i == 0 else channels, channels, cfg.kernel_size, padding=cfg.kernel_size // 2),
+                _norm(cfg.norm, channels),
+                nn.PReLU(channels),
+            ]
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.body(x)
+
+
+class Stage(nn.Module):
+    """Residual V-Net stage with optional SE: out = PReLU(SE(convs(x)) + shortcut)."""
+
+    def __init__(self, in_channels: int, channels: int, n: int, cfg: SEVNetConfig):
+        super().__init__()
+        self.convs = ConvStack(in_channels, channels, n, cfg)
+        self.se = SqueezeExcitation3d(channels, cfg.se_reduction) if cfg.se else None
+        self.act = nn.PReLU(channels)
+        self.drop = nn.Dropout3d(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
+
+    def forward(self, x, shortcut):
+        y = self.convs(self.drop(x))
+        excitation = None
+        if self.se is not None:
+            y, excitation = self.se(y)
+        return self.act(y + shortcut), excitation
+
+
+class SEVNet(nn.Module):
+    """SEV-Net / V-Net for (B, in_channels, Z, Y, X) -> (B, out_channels, Z, Y, X) region logits."""
+
+    def __init__(self, config: SEVNetConfig | None = None, **overrides):
+        super().__init__()
+        cfg = config or SEVNetConfig(**overrides)
+        self.config = cfg
+        ch = cfg.channels
+        self.input_stage = Stage(cfg.in_channels, ch[0], cfg.encoder_convs[0], cfg)
+        self.down = nn.ModuleList()
+        self.encoder = nn.ModuleList()
+        for lvl in range(1, len(ch)):
+            self.down.append(nn.Sequential(nn.Conv3d(ch[lvl - 1], ch[lvl], 2, stride=2), _norm(cfg.norm, ch[lvl]), nn.PReLU(ch[lvl])))
+            self.encoder.append(Stage(ch[lvl], ch[lvl], cfg.encoder_convs[lvl], cfg))
+        self.up = nn.ModuleList()
+        self.decoder = nn.ModuleList()
+        for i, lvl in enumerate(range(len(ch) - 1, 0, -1)):
+            # decoder stages are twice as wide as the encoder's (up-sampled half + skip half)
+            in_ch = ch[lvl] if lvl == len(ch) - 1 else 2 * ch[lvl]
+            up_ch = ch[lvl - 1]
+            out_ch = 2 * up_ch
+            self.up.append(nn.Sequential(nn.ConvTranspose3d(in_ch, up_ch, 2, stride=2), _norm(cfg.norm, up_ch), nn.PReLU(up_ch)))
+            self.decoder.append(Stage(out_ch, out_ch, cfg.decoder_convs[i], cfg))
+        self.head = nn.Conv3d(2 * ch[0], cfg.out_channels, 1)
+
+    @property
+    def stage_names(self) -> list[str]:
+        """Names of the stages in forward order: enc1..encN, dec(N-1)..dec1."""
+        n = len(self.config.channels)
+        return [f"enc{i + 1}" for i in range(n)] + [f"dec{i}" for i in range(n - 1, 0, -1)]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._run(x, None, None)
+
+    def forward_with_attention(self, x: torch.Tensor, keep_features: bool = False):
+        """Logits, {stage: excitation (B, C)} and, if asked, {stage: feature map (B, C, ...)}.
+
+        Everything is returned, nothing stored on the module, so concurrent
+        calls from worker threads cannot mix their attention.
+        """
+        attention: dict[str, torch.Tensor] = {}
+        features: dict[str, torch.Tensor] | None = {} if keep_features else None
+        logits = self._run(x, attention, features)
+        return logits, attention, features
+
+    def _run(self, x, attention, features):
+        names = iter(self.stage_names)
+
+        def record(name, out, excitation):
+            if attention is not None and excitation is not None:
+                attention[name] = excitation
+            if features is not None:
+                features[name] = out
+
+        reps = self.config.channels[0] // self.config.in_channels + 1
+        shortcut = x.repeat(1, reps, 1, 1, 1)[:, : self.config.channels[0]]
+        out, exc = self.input_stage(x, shortcut)
+        record(next(names), out, exc)
+        skips = [out]
+        for down, stage in zip(self.down, self.encoder):
+            d = down(out)
+            out, exc = stage(d, d)
+            record(next(names), out, exc)
+            skips.append(out)
+        skips.pop()  # the bottom stage is not a skip
+        for up, stage in zip(self.up, self.decoder):
+            u = torch.cat([up(out), skips.pop()], dim=1)
+            out, exc = stage(u, u)
+            record(next(names), out, exc)
+        return self.head(out)

@@ -1,0 +1,110 @@
+"""BraTS label conventions <-> the nested regions WT, TC, ET used everywhere inside.
+
+Inside the project a segmentation is a boolean array of shape (3, Z, Y, X) in
+the order of :data:`REGIONS`: whole tumour (NCR+ED+ET), tumour core (NCR+ET)
+and enhancing tumour (ET). Label values exist only at the edges:
+
+============  =====  =====  =====
+convention     NCR    ED     ET
+============  =====  =====  =====
+brats2021       1      2      4
+brats2023       1      2      3
+msd             2      1      3     (Decathlon Task01: 1 edema, 2 non-enhancing, 3 enhancing)
+============  =====  =====  =====
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+
+REGIONS = ("WT", "TC", "ET")
+REGION_NAMES = {"WT": "whole tumour", "TC": "tumour core", "ET": "enhancing tumour"}
+
+#: label value of each tumour sub-region per convention
+CONVENTIONS: dict[str, dict[str, int]] = {
+    "brats2021": {"NCR": 1, "ED": 2, "ET": 4},
+    "brats2023": {"NCR": 1, "ED": 2, "ET": 3},
+    "msd": {"NCR": 2, "ED": 1, "ET": 3},
+}
+CONVENTION_ALIASES = {"2021": "brats2021", "2023": "brats2023", "decathlon": "msd"}
+
+
+def convention_name(name: str) -> str:
+    """Canonical convention name for ``name`` ('2021', 'brats2023', 'msd', ...)."""
+    key = CONVENTION_ALIASES.get(str(name).lower(), str(name).lower())
+    if key not in CONVENTIONS:
+        raise ValueError(f"unknown label convention {name!r}; use one of {sorted(CONVENTIONS)}")
+    return key
+
+
+def guess_convention(labels: np.ndarray) -> str:
+    """The BraTS convention a label map is written in: 4 present -> 2021, 3 -> 2023.
+
+    Maps with only 0/1/2 read the same in both; 2021 is returned for them.
+    Values outside both conventions raise ``ValueError``.
+    """
+    values = set(np.unique(labels).tolist())
+    if not values <= {0, 1, 2, 3, 4}:
+        raise ValueError(f"unknown label values {sorted(values - {0, 1, 2, 3, 4})}; expected BraTS labels 0/1/2/4 or 0/1/2/3")
+    if 3 in values and 4 in values:
+        raise ValueError("label map holds both 3 and 4: neither BraTS 2021 (1/2/4) nor BraTS 2023 (1/2/3)")
+    return "brats2023" if 3 in values else "brats2021"
+
+
+def labels_to_regions(labels: np.ndarray, convention: str) -> np.ndarray:
+    """Integer label map -> nested boolean regions (3, *labels.shape) in WT, TC, ET order.
+
+    Raises ``ValueError`` naming any value the convention does not define.
+    """
+    table = CONVENTIONS[convention_name(convention)]
+    labels = np.asarray(labels)
+    if not np.issubdtype(labels.dtype, np.integer):
+        rounded = np.rint(labels)
+        if not np.array_equal(rounded, labels):
+            raise ValueError("label map holds non-integer values")
+        labels = rounded.astype(np.int16)
+    allowed = {0, *table.values()}
+    unknown = sorted(set(np.unique(labels).tolist()) - allowed)
+    if unknown:
+        raise ValueError(f"unknown label values {unknown} for convention {convention_name(convention)} (allowed {sorted(allowed)})")
+    ncr, ed, et = (labels == table[k] for k in ("NCR", "ED", "ET"))
+    return np.stack([ncr | ed | et, ncr | et, et])
+
+
+def make_nested(regions: np.ndarray) -> np.ndarray:
+    """Make edited masks nested again: ET inside TC inside WT, by adding, never removing.
+
+    The rule: a voxel marked as an inner region also belongs to every region
+    around it (TC := TC | ET, WT := WT | TC). Painting ET therefore grows TC and
+    WT with it; to remove tumour, erase it from every layer that holds it.
+    """
+    wt, tc, et = (np.asarray(regions[i], dtype=bool) for i in range(3))
+    tc = tc | et
+    return np.stack([wt | tc, tc, et])
+
+
+def regions_to_labels(regions: np.ndarray, convention: str = "brats2021", dtype=np.uint8) -> np.ndarray:
+    """Nested regions (3, ...) -> label map in ``convention`` (regions are made nested first)."""
+    table = CONVENTIONS[convention_name(convention)]
+    wt, tc, et = make_nested(regions)
+    labels = np.zeros(wt.shape, dtype=dtype)
+    labels[wt] = table["ED"]
+    labels[tc] = table["NCR"]
+    labels[et] = table["ET"]
+    return labels
+
+
+def volumes_ml(regions: np.ndarray, spacing: tuple[float, float, float]) -> dict[str, float]:
+    """Volume of each region in millilitres (1 mL = 1000 mm^3) from the voxel spacing in mm."""
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    return {name: float(np.count_nonzero(regions[i])) * voxel_ml for i, name in enumerate(REGIONS)}
+
+
+def regions_from_layers(layers: Mapping[str, np.ndarray]) -> np.ndarray:
+    """Stack a {'WT': mask, 'TC': mask, 'ET': mask} mapping into (3, ...) booleans."""
+    missing = [r for r in REGIONS if r not in layers]
+    if missing:
+        raise ValueError(f"missing region masks {missing}")
+    return np.stack([np.asarray(layers[r]) > 0 for r in REGIONS])

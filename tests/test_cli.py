@@ -1,0 +1,54 @@
+"""sevnet-predict and sevnet-evaluate from files on disk to files on disk."""
+
+import json
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+
+from napari_sevnet.cli import evaluate_main, predict_main
+
+
+def test_predict_folder_of_cases_then_evaluate(phantom_dir, random_checkpoint, tmp_path, capsys):
+    out = tmp_path / "pred"
+    assert predict_main([str(phantom_dir), "-o", str(out), "--checkpoint", str(random_checkpoint), "--labels", "2023", "--device", "cpu"]) == 0
+    for seed in range(3):
+        case = f"phantom_{seed:04d}"
+        seg = nib.load(out / f"{case}_seg.nii.gz")
+        src = nib.load(phantom_dir / case / f"{case}_t1.nii.gz")
+        assert seg.shape == src.shape and np.array_equal(seg.affine, src.affine)
+        assert set(np.unique(np.asanyarray(seg.dataobj)).tolist()) <= {0, 1, 2, 3}
+        report = json.loads((out / f"{case}_report.json").read_text())
+        assert set(report["volumes_ml"]) == {"WT", "TC", "ET"} and report["device"] == "cpu"
+        assert report["checkpoint"] == str(random_checkpoint) and report["label_convention"] == "brats2023"
+    # the reference compared with itself scores perfectly
+    assert evaluate_main([str(phantom_dir), str(phantom_dir), "-o", str(tmp_path / "self")]) == 0
+    mean = json.loads((tmp_path / "self" / "metrics.json").read_text())["mean"]
+    assert mean["WT"]["dice"] == 1.0 and mean["ET"]["hd95"] == 0.0
+    assert evaluate_main([str(out), str(phantom_dir)]) == 0
+    rows = (out / "metrics.csv").read_text().splitlines()
+    assert rows[0].startswith("case,WT_dice") and rows[-1].startswith("mean,") and len(rows) == 5
+
+
+def test_bad_case_gets_one_line_and_the_batch_continues(phantom_dir, random_checkpoint, tmp_path):
+    bad = tmp_path / "bad_case"
+    bad.mkdir()
+    (bad / "bad_case_t1.nii.gz").write_bytes(b"")
+    out = tmp_path / "pred"
+    cmd = [sys.executable, "-m", "napari_sevnet.cli_entry", "predict", str(bad), str(phantom_dir / "phantom_0000"), "-o", str(out), "--checkpoint", str(random_checkpoint)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    errors = [line for line in proc.stderr.splitlines() if "error" in line]
+    assert any("bad_case" in line and "missing modalities" in line for line in errors), proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert (out / "phantom_0000_seg.nii.gz").is_file()
+    # a second run refuses to overwrite without --overwrite
+    assert predict_main([str(phantom_dir / "phantom_0000"), "-o", str(out), "--checkpoint", str(random_checkpoint)]) == 1
+    assert predict_main([str(phantom_dir / "phantom_0000"), "-o", str(out), "--checkpoint", str(random_checkpoint), "--overwrite"]) == 0
+
+
+def test_missing_checkpoint_is_one_line(tmp_path, capsys):
+    assert predict_main([str(tmp_path), "-o", str(tmp_path / "o"), "--checkpoint", str(tmp_path / "nope.json")]) == 2
+    err = capsys.readouterr().err
+    assert "nope.json" in err and "not found" in err

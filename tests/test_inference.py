@@ -1,0 +1,77 @@
+import threading
+
+import numpy as np
+import pytest
+
+from napari_sevnet.errors import Cancelled
+from napari_sevnet.inference import Predictor, brain_box, normalize
+from napari_sevnet.phantom import make_phantom
+from napari_sevnet.regions import make_nested
+
+
+def test_normalize_is_zscore_over_brain():
+    image = np.zeros((4, 8, 8, 8), np.float32)
+    image[:, 2:6, 2:6, 2:6] = np.random.default_rng(0).uniform(100, 900, (4, 4, 4, 4))
+    out = normalize(image)
+    brain = np.any(image != 0, axis=0)
+    assert np.allclose(out[:, brain].mean(1), 0, atol=1e-5) and np.allclose(out[:, brain].std(1), 1, atol=1e-4)
+    assert not out[:, ~brain].any()
+    assert brain_box(image) == (slice(2, 6), slice(2, 6), slice(2, 6))
+
+
+@pytest.fixture(scope="module")
+def phantom():
+    return make_phantom(3, (40, 48, 44))
+
+
+@pytest.mark.parametrize("whole", [True, False])
+def test_predict_pastes_back_on_the_full_grid(random_checkpoint, phantom, whole):
+    predictor = Predictor(random_checkpoint, "cpu", whole_crop_voxels=10**9 if whole else 0)
+    seen = []
+    result = predictor.predict(phantom.image, progress=lambda f, m: seen.append(f))
+    assert result.regions.shape == (3, 40, 48, 44) and result.regions.dtype == bool
+    assert result.probabilities.shape == (3, 40, 48, 44)
+    assert np.array_equal(result.regions, make_nested(result.regions))
+    outside = np.ones((40, 48, 44), bool)
+    outside[result.box] = False
+    assert not result.probabilities[:, outside].any()
+    assert set(result.attention) == set(predictor.model.stage_names)
+    assert all(v.ndim == 1 and (0 < v).all() and (v < 1).all() for v in result.attention.values())
+    assert seen[0] == 0.0 and seen[-1] == 1.0
+    assert {"preprocess_s", "inference_s", "total_s"} <= set(result.timings)
+
+
+def test_sliding_window_matches_whole_crop_closely(random_checkpoint, phantom):
+    whole = Predictor(random_checkpoint, "cpu", whole_crop_voxels=10**9).predict(phantom.image)
+    windows = Predictor(random_checkpoint, "cpu", whole_crop_voxels=0).predict(phantom.image)
+    # instance norm sees different statistics per window, so not identical, but close
+    assert np.abs(whole.probabilities - windows.probabilities).mean() < 0.05
+
+
+def test_tta_averages_mirror_flips(random_checkpoint, phantom):
+    plain = Predictor(random_checkpoint, "cpu").predict(phantom.image)
+    tta = Predictor(random_checkpoint, "cpu", tta=True).predict(phantom.image)
+    assert not np.allclose(plain.probabilities, tta.probabilities)
+    flipped = Predictor(random_checkpoint, "cpu", tta=True).predict(phantom.image[:, :, :, ::-1].copy())
+    # TTA over all mirror flips is flip-equivariant
+    np.testing.assert_allclose(flipped.probabilities[:, :, :, ::-1], tta.probabilities, atol=1e-4)
+
+
+def test_cancel(random_checkpoint, phantom):
+    event = threading.Event()
+    event.set()
+    with pytest.raises(Cancelled):
+        Predictor(random_checkpoint, "cpu", tta=True).predict(phantom.image, cancel=event)
+
+
+def test_features_on_full_grid(random_checkpoint, phantom):
+    predictor = Predictor(random_checkpoint, "cpu")
+    fmap = predictor.features(phantom.image, "enc2")
+    assert fmap.shape == (8, 40, 48, 44)
+    with pytest.raises(ValueError, match="unknown stage"):
+        predictor.features(phantom.image, "enc9")
+
+
+def test_bad_image_shape(random_checkpoint):
+    with pytest.raises(ValueError, match=r"\(4, Z, Y, X\)"):
+        Predictor(random_checkpoint, "cpu").predict(np.zeros((3, 8, 8, 8)))

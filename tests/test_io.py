@@ -1,0 +1,245 @@
+"""Reading any BraTS layout into the canonical grid, writing masks back exactly, refusing bad files."""
+
+import gzip
+import os
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from nibabel.orientations import io_orientation
+
+from napari_sevnet import io
+from napari_sevnet.errors import InputError
+from napari_sevnet.phantom import make_phantom
+from napari_sevnet.regions import regions_to_labels
+
+SHAPE = (20, 24, 28)  # canonical (Z, Y, X)
+
+AFFINES = {
+    "LPS": np.diag([-1.0, -1.0, 1.0, 1.0]),
+    "RAS": np.diag([1.0, 1.0, 1.0, 1.0]),
+    # oblique axis order: file axes are (S, R, A) with 2 mm along S and an offset
+    "SRA": np.array([[0, 1.0, 0, 10], [0, 0, 1.0, -20], [2.0, 0, 0, 5], [0, 0, 0, 1]]),
+}
+
+
+def write_case(folder: Path, affine: np.ndarray, naming: str = "brats2021", seed: int = 0, gz: bool = True) -> tuple[Path, dict]:
+    """Write a phantom with the given file affine; returns the folder and the canonical truth."""
+    p = make_phantom(seed, SHAPE)
+    grid = io.SourceGrid(affine=affine, shape=(0, 0, 0), orientation=io_orientation(affine))
+    suffixes = {v: k for k, v in io.NAMINGS[naming].items()}
+    ext = ".nii.gz" if gz else ".nii"
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, m in enumerate(io.MODALITIES):
+        nib.save(nib.Nifti1Image(grid.from_canonical(p.image[i]), affine), folder / f"case{suffixes[m]}{ext}")
+    labels = regions_to_labels(p.regions, "brats2023" if naming == "brats2023" else "brats2021")
+    nib.save(nib.Nifti1Image(grid.from_canonical(labels), affine), folder / f"case{suffixes['seg']}{ext}")
+    return folder, {"image": p.image, "regions": p.regions}
+
+
+@pytest.mark.parametrize("orientation", list(AFFINES))
+def test_canonical_arrays_whatever_the_header(tmp_path, orientation):
+    folder, truth = write_case(tmp_path / orientation, AFFINES[orientation])
+    case = io.load_case(folder)
+    assert case.image.shape == (4, *SHAPE) and case.image.dtype == np.float32
+    np.testing.assert_array_equal(case.image, truth["image"])
+    np.testing.assert_array_equal(case.regions, truth["regions"])
+    expected_spacing = (2.0, 1.0, 1.0) if orientation == "SRA" else (1.0, 1.0, 1.0)
+    assert case.spacing == expected_spacing
+
+
+@pytest.mark.parametrize("orientation", ["LPS", "RAS", "SRA"])
+def test_load_write_load_is_exact(tmp_path, orientation):
+    folder, _ = write_case(tmp_path / "in", AFFINES[orientation])
+    case = io.load_case(folder)
+    out = io.write_mask(case.regions, case.grid, tmp_path / "out" / "case_seg.nii.gz")
+    written = nib.load(out)
+    source = nib.load(folder / "case_seg.nii.gz")
+    np.testing.assert_array_equal(written.affine, source.affine)
+    np.testing.assert_array_equal(np.asanyarray(written.dataobj), np.asanyarray(source.dataobj))
+    again = io.load_case(mapping={**{m: case.paths[m] for m in io.MODALITIES}, "seg": out})
+    np.testing.assert_array_equal(again.regions, case.regions)
+
+
+def test_write_in_2023_convention(tmp_path):
+    folder, _ = write_case(tmp_path / "in", AFFINES["LPS"])
+    case = io.load_case(folder)
+    out = io.write_mask(case.regions, case.grid, tmp_path / "m.nii.gz", "2023")
+    assert set(np.unique(np.asanyarray(nib.load(out).dataobj)).tolist()) == {0, 1, 2, 3}
+
+
+def test_lps_and_ras_copies_give_identical_arrays(tmp_path):
+    a, _ = write_case(tmp_path / "lps", AFFINES["LPS"])
+    b, _ = write_case(tmp_path / "ras", AFFINES["RAS"])
+    ca, cb = io.load_case(a), io.load_case(b)
+    np.testing.assert_array_equal(ca.image, cb.image)
+    np.testing.assert_array_equal(ca.regions, cb.regions)
+
+
+def test_brats2023_naming_and_any_file_of_the_case(tmp_path):
+    folder, truth = write_case(tmp_path / "c", AFFINES["LPS"], naming="brats2023", gz=False)
+    case = io.load_case(folder / "case-t2w.nii")
+    assert case.layout == "brats2023" and case.label_convention == "brats2023"
+    assert case.paths["t1ce"].name == "case-t1c.nii"
+    np.testing.assert_array_equal(case.regions, truth["regions"])
+
+
+def test_t1_is_not_confused_with_t1ce(tmp_path):
+    folder, truth = write_case(tmp_path / "c", AFFINES["RAS"])
+    case = io.load_case(folder / "case_t1ce.nii.gz")
+    np.testing.assert_array_equal(case.image[1], truth["image"][1])
+    np.testing.assert_array_equal(case.image[0], truth["image"][0])
+
+
+def test_decathlon_layout(tmp_path):
+    p = make_phantom(1, SHAPE)
+    affine = AFFINES["RAS"]
+    grid = io.SourceGrid(affine=affine, shape=(0, 0, 0), orientation=io_orientation(affine))
+    order = [io.MODALITIES.index(m) for m in io.MSD_CHANNELS]
+    data = np.stack([grid.from_canonical(p.image[i]) for i in order], axis=-1)
+    (tmp_path / "imagesTr").mkdir()
+    (tmp_path / "labelsTr").mkdir()
+    nib.save(nib.Nifti1Image(data, affine), tmp_path / "imagesTr" / "BRATS_001.nii.gz")
+    nib.save(nib.Nifti1Image(grid.from_canonical(regions_to_labels(p.regions, "msd")), affine), tmp_path / "labelsTr" / "BRATS_001.nii.gz")
+    for path in (tmp_path / "imagesTr" / "BRATS_001.nii.gz", tmp_path / "labelsTr" / "BRATS_001.nii.gz"):
+        case = io.load_case(path)
+        assert case.layout == "msd" and case.label_convention == "msd"
+        np.testing.assert_array_equal(case.image, p.image)
+        np.testing.assert_array_equal(case.regions, p.regions)
+
+
+def test_explicit_mapping(tmp_path):
+    folder, truth = write_case(tmp_path / "c", AFFINES["LPS"])
+    renamed = {}
+    for role, path in io.find_case_files(folder)[1].items():
+        renamed[role] = path.rename(tmp_path / f"scan_{role.upper()}.nii.gz")
+    case = io.load_case(mapping=renamed)
+    np.testing.assert_array_equal(case.image, truth["image"])
+    with pytest.raises(InputError, match="missing"):
+        io.load_case(mapping={"t1": renamed["t1"]})
+
+
+# ------------------------------------------------------------------ bad input
+
+
+def corrupt(folder: Path, kind: str) -> Path:
+    """Damage the case in ``folder`` in one way; return the file the error must name."""
+    t1 = folder / "case_t1.nii.gz"
+    if kind == "missing":
+        (folder / "case_flair.nii.gz").unlink()
+        return folder
+    if kind == "duplicate":
+        nib.save(nib.load(t1), folder / "case_t1.nii")
+        return folder
+    if kind == "zero_bytes":
+        t1.write_bytes(b"")
+    elif kind == "truncated":
+        t1.write_bytes(t1.read_bytes()[:2000])
+    elif kind == "not_nifti":
+        t1.write_bytes(gzip.compress(b"hello, this is not an image" * 50))
+    elif kind in ("shape", "spacing", "four_d", "two_d", "nan", "zeros", "complex"):
+        img = nib.load(t1)
+        data = np.asanyarray(img.dataobj)
+        affine = img.affine.copy()
+        if kind == "shape":
+            data = data[:-1]
+        elif kind == "spacing":
+            affine[0, 0] *= 1.5
+        elif kind == "four_d":
+            data = np.stack([data, data], axis=-1)
+        elif kind == "two_d":
+            data = data[:, :, 0]
+        elif kind == "nan":
+            data = data.astype(np.float32)
+            data[1, 1, 1] = np.nan
+        elif kind == "zeros":
+            data = np.zeros_like(data)
+        elif kind == "complex":
+            data = data.astype(np.complex64)
+        nib.save(nib.Nifti1Image(data, affine), t1)
+    elif kind == "seg_labels":
+        seg = folder / "case_seg.nii.gz"
+        img = nib.load(seg)
+        data = np.asanyarray(img.dataobj).copy()
+        data[0, 0, 0] = 7
+        nib.save(nib.Nifti1Image(data, img.affine), seg)
+        return seg
+    elif kind == "seg_shape":
+        seg = folder / "case_seg.nii.gz"
+        img = nib.load(seg)
+        nib.save(nib.Nifti1Image(np.asanyarray(img.dataobj)[1:], img.affine), seg)
+        return seg
+    elif kind == "two_cases":
+        nib.save(nib.load(t1), folder / "other_t1.nii.gz")
+        return folder
+    return t1
+
+
+BAD = {
+    "missing": "missing modalities",
+    "duplicate": "duplicate t1",
+    "zero_bytes": "empty file",
+    "truncated": "truncated or corrupt|not a readable NIfTI",
+    "not_nifti": "not a readable NIfTI",
+    "shape": "shape .* differs",
+    "spacing": "spacing .* differs",
+    "four_d": "4 dimensions",
+    "two_d": "2 dimensions",
+    "nan": "NaN or infinite",
+    "zeros": "every voxel is zero",
+    "complex": "unsupported voxel type",
+    "seg_labels": r"unknown label values \[7\]",
+    "seg_shape": "shape .* differs",
+    "two_cases": "several cases",
+}
+
+
+@pytest.mark.parametrize("kind", list(BAD))
+def test_bad_input_raises_input_error_naming_the_file(tmp_path, kind):
+    folder, _ = write_case(tmp_path / "c", AFFINES["LPS"])
+    culprit = corrupt(folder, kind)
+    with pytest.raises(InputError, match=BAD[kind]) as err:
+        io.load_case(folder)
+    assert err.value.path is not None
+    assert culprit.name in str(err.value)  # the message names the file at fault (or both files that disagree)
+
+
+def test_absurd_dimensions_refused_before_allocating(tmp_path):
+    hdr = nib.Nifti1Header()
+    hdr.set_data_shape((30000, 30000, 30000))
+    hdr.set_data_dtype(np.int16)
+    path = tmp_path / "huge.nii"
+    with open(path, "wb") as fh:
+        fh.write(hdr.binaryblock + b"\0" * 4 + b"\0" * 100)
+    with pytest.raises(InputError, match="GiB"):
+        io.read_nifti(path)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can read files without read permission")
+def test_unreadable_file(tmp_path):
+    folder, _ = write_case(tmp_path / "c", AFFINES["LPS"])
+    (folder / "case_t2.nii.gz").chmod(0)
+    with pytest.raises(InputError, match="permission"):
+        io.load_case(folder)
+
+
+def test_symlink_loop(tmp_path):
+    loop = tmp_path / "loop.nii.gz"
+    loop.symlink_to(loop)
+    with pytest.raises(InputError, match="link loop|cannot access"):
+        io.read_nifti(loop)
+
+
+def test_no_silent_overwrite_and_nothing_left_on_error(tmp_path):
+    folder, _ = write_case(tmp_path / "c", AFFINES["LPS"])
+    case = io.load_case(folder)
+    target = tmp_path / "out" / "m.nii.gz"
+    io.write_mask(case.regions, case.grid, target)
+    before = target.read_bytes()
+    with pytest.raises(InputError, match="already exists"):
+        io.write_mask(np.zeros_like(case.regions), case.grid, target)
+    assert target.read_bytes() == before
+    with pytest.raises(ValueError):
+        io.write_mask(case.regions[:, :-1], case.grid, tmp_path / "out" / "bad.nii.gz")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["m.nii.gz"]

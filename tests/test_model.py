@@ -1,0 +1,58 @@
+import pytest
+import torch
+
+from napari_sevnet.model import CONFIGS, SEVNet, SEVNetConfig, build_model
+
+
+def test_faithful_configuration_is_the_paper():
+    cfg = SEVNetConfig(**CONFIGS["faithful"])
+    assert cfg.channels == (16, 32, 64, 128, 256)
+    assert cfg.encoder_convs == (1, 2, 3, 3, 3)
+    assert cfg.decoder_convs == (3, 3, 2, 1)
+    assert cfg.kernel_size == 5
+    model = SEVNet(cfg)
+    kernels = {m.kernel_size for m in model.modules() if isinstance(m, torch.nn.Conv3d) and m.stride == (1, 1, 1) and m.kernel_size != (1, 1, 1)}
+    assert kernels == {(5, 5, 5)}
+    assert all(isinstance(m, torch.nn.ConvTranspose3d) for m in (u[0] for u in model.up))
+    assert all(m[0].stride == (2, 2, 2) for m in model.down)  # strided-conv down-sampling
+    assert any(isinstance(m, torch.nn.PReLU) for m in model.modules())
+
+
+@pytest.mark.parametrize("preset", ["lite", "tiny"])
+def test_forward_shapes_and_attention_in_every_stage(preset):
+    model = build_model("sevnet", {"preset": preset}).eval()
+    x = torch.randn(1, 4, 32, 32, 32)
+    with torch.inference_mode():
+        logits, attention, features = model.forward_with_attention(x, keep_features=True)
+    assert logits.shape == (1, 3, 32, 32, 32)
+    levels = len(CONFIGS[preset]["channels"])
+    assert list(attention) == model.stage_names and len(attention) == 2 * levels - 1
+    for name, exc in attention.items():
+        assert exc.shape == (1, features[name].shape[1])
+        assert torch.all((exc > 0) & (exc < 1))
+
+
+def test_se_off_is_plain_vnet():
+    vnet = build_model("vnet", {"preset": "tiny"})
+    assert not any(type(m).__name__ == "SqueezeExcitation3d" for m in vnet.modules())
+    _, attention, _ = vnet.forward_with_attention(torch.randn(1, 4, 16, 16, 16))
+    assert attention == {}
+    sev = build_model("sevnet", {"preset": "tiny"})
+    assert sum(p.numel() for p in sev.parameters()) > sum(p.numel() for p in vnet.parameters())
+
+
+def test_attention_is_returned_not_stored():
+    model = build_model("sevnet", {"preset": "tiny"}).eval()
+    a = model.forward_with_attention(torch.zeros(1, 4, 16, 16, 16))[1]
+    b = model.forward_with_attention(torch.randn(1, 4, 16, 16, 16) * 3)[1]
+    assert not torch.equal(a["enc1"], b["enc1"])
+    assert not any(isinstance(v, torch.Tensor) for v in vars(model).values())
+
+
+def test_bad_configs_rejected():
+    with pytest.raises(ValueError):
+        SEVNetConfig(channels=(8, 16, 24), encoder_convs=(1, 1, 1))
+    with pytest.raises(ValueError):
+        SEVNetConfig(kernel_size=4)
+    with pytest.raises(ValueError, match="unknown architecture"):
+        build_model("resnet9000")

@@ -1,0 +1,50 @@
+"""Checks on the real BraTS scans in ../shared/data (skipped with a reason when absent)."""
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from napari_sevnet import io
+from napari_sevnet.inference import Predictor
+from tests.conftest import real_case
+
+
+def test_brats2021_case_loads_with_expert_regions():
+    case = io.load_case(real_case("BraTS2021_00006"))
+    assert case.image.shape == (4, 155, 240, 240) and case.spacing == (1.0, 1.0, 1.0)
+    assert case.label_convention == "brats2021"
+    # README: NCR 25,506, ED 85,957, ET 26,448 voxels
+    assert case.regions.sum(axis=(1, 2, 3)).tolist() == [25506 + 85957 + 26448, 25506 + 26448, 26448]
+
+
+def test_brats2023_case_loads():
+    case = io.load_case(real_case("BraTS-GLI-00001-000") / "BraTS-GLI-00001-000-t2f.nii.gz")
+    assert case.layout == "brats2023" and case.image.shape == (4, 155, 240, 240) and case.regions is None
+
+
+def test_lps_and_ras_copies_of_a_real_case_give_identical_arrays(tmp_path):
+    src = real_case("TCGA-DU-7294")
+    lps = io.load_case(src)
+    ras_dir = tmp_path / "ras"
+    ras_dir.mkdir()
+    for role, path in lps.paths.items():
+        img = nib.load(path)
+        ras = nib.as_closest_canonical(img)
+        assert not np.array_equal(ras.affine, img.affine)  # the copy really has another header
+        nib.save(ras, ras_dir / path.name)
+    ras_case = io.load_case(ras_dir)
+    np.testing.assert_array_equal(ras_case.image, lps.image)
+    np.testing.assert_array_equal(ras_case.regions, lps.regions)
+
+
+@pytest.mark.slow
+def test_predicted_mask_lies_on_the_input_grid(random_checkpoint, tmp_path):
+    src = real_case("BraTS-GLI-00001-000")
+    case = io.load_case(src)
+    result = Predictor(random_checkpoint, "cpu").predict(case.image)
+    out = io.write_mask(result.regions, case.grid, tmp_path / "pred_seg.nii.gz", "2023")
+    written, source = nib.load(out), nib.load(case.paths["flair"])
+    assert written.shape == source.shape
+    np.testing.assert_array_equal(written.affine, source.affine)
+    back = io.load_case(mapping={**{m: case.paths[m] for m in io.MODALITIES}, "seg": out}, label_convention="2023")
+    np.testing.assert_array_equal(back.regions, result.regions)

@@ -1,0 +1,57 @@
+import numpy as np
+import pytest
+
+from napari_sevnet import regions as reg
+
+
+@pytest.mark.parametrize("convention,values", [("brats2021", (1, 2, 4)), ("brats2023", (1, 2, 3)), ("msd", (2, 1, 3))])
+def test_labels_to_regions_and_back(convention, values):
+    ncr, ed, et = values
+    labels = np.array([[[0, ncr, ed, et]]], dtype=np.uint8)
+    regions = reg.labels_to_regions(labels, convention)
+    # WT = NCR+ED+ET, TC = NCR+ET, ET
+    assert regions[:, 0, 0].tolist() == [[False, True, True, True], [False, True, False, True], [False, False, False, True]]
+    assert np.array_equal(reg.regions_to_labels(regions, convention), labels)
+
+
+def test_conversion_between_conventions():
+    labels2021 = np.array([0, 1, 2, 4])
+    regions = reg.labels_to_regions(labels2021, "2021")
+    assert reg.regions_to_labels(regions, "2023").tolist() == [0, 1, 2, 3]
+    assert reg.regions_to_labels(regions, "msd").tolist() == [0, 2, 1, 3]
+
+
+def test_unknown_labels_rejected():
+    with pytest.raises(ValueError, match=r"unknown label values \[3\]"):
+        reg.labels_to_regions(np.array([0, 1, 3]), "brats2021")
+    with pytest.raises(ValueError, match="unknown label values"):
+        reg.guess_convention(np.array([0, 7]))
+    with pytest.raises(ValueError, match="both 3 and 4"):
+        reg.guess_convention(np.array([3, 4]))
+    with pytest.raises(ValueError, match="unknown label convention"):
+        reg.convention_name("brats2099")
+
+
+def test_guess_convention():
+    assert reg.guess_convention(np.array([0, 1, 2, 4])) == "brats2021"
+    assert reg.guess_convention(np.array([0, 1, 2, 3])) == "brats2023"
+    assert reg.guess_convention(np.array([0, 2])) == "brats2021"
+
+
+def test_make_nested_adds_inner_regions_outwards():
+    wt = np.array([0, 1, 0, 0], bool)
+    tc = np.array([0, 0, 1, 0], bool)
+    et = np.array([0, 0, 0, 1], bool)
+    nested = reg.make_nested(np.stack([wt, tc, et]))
+    assert nested[0].tolist() == [False, True, True, True]
+    assert nested[1].tolist() == [False, False, True, True]
+    assert nested[2].tolist() == [False, False, False, True]
+    assert np.array_equal(reg.make_nested(nested), nested)  # idempotent
+
+
+def test_volumes_ml_uses_spacing():
+    regions = np.zeros((3, 10, 10, 10), bool)
+    regions[0, :5] = True  # 500 voxels
+    regions[1, :1] = True  # 100 voxels
+    vol = reg.volumes_ml(regions, (2.0, 1.0, 1.0))  # 2 mm^3 per voxel
+    assert vol == {"WT": 1.0, "TC": 0.2, "ET": 0.0}

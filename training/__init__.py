@@ -1,0 +1,1 @@
+"""The bundled trainer: SEV-Net and its baselines on BraTS-layout data (``sevnet-train``)."""

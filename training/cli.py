@@ -1,0 +1,57 @@
+"""``sevnet-train --config training/configs/X.yaml [key=value ...]``: train, fine-tune or resume.
+
+Runs as one process or under ``torchrun --nproc_per_node N`` (DDP). With
+``--progress-json`` every step, epoch and validation is one JSON object per
+line on stdout (the fine-tune widget reads them); errors end with one
+``{"event": "error", "message": ...}`` line and exit code 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from napari_sevnet.errors import InputError
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="sevnet-train", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", type=Path, help="YAML config (see training/configs/)")
+    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. lr=1e-4 model.name=vnet")
+    parser.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a stopped run from its last finished epoch")
+    parser.add_argument("--init", type=Path, metavar="CHECKPOINT", help="fine-tune: start from this checkpoint")
+    parser.add_argument("-o", "--output", help="run folder (overrides the config's output)")
+    parser.add_argument("--progress-json", action="store_true", help="JSON-lines progress on stdout for programs")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
+
+    from training.config import load_config
+    from training.loop import train
+
+    try:
+        config_path = args.config
+        if args.resume and config_path is None:
+            config_path = args.resume / "config.yaml"
+        overrides = list(args.overrides)
+        if args.init:
+            overrides.append(f"init={args.init}")
+        if args.output:
+            overrides.append(f"output={args.output}")
+        cfg = load_config(config_path, overrides)
+        train(cfg, resume=args.resume, progress_json=args.progress_json)
+    except (InputError, ValueError, FileNotFoundError) as exc:
+        if args.progress_json:
+            print(json.dumps({"event": "error", "message": str(exc)}), flush=True)
+        print(f"sevnet-train: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("sevnet-train: interrupted; the last finished epoch is saved (resume with --resume RUN_DIR)", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

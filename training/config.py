@@ -1,0 +1,149 @@
+"""Typed training configuration: YAML in, ``key=value`` overrides on top, effective YAML out.
+
+Paths in a config are relative to the config file's folder (no absolute paths
+in the shipped configs); overrides on the command line are relative to the
+working directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+OPTIMIZERS = ("adam", "adamw", "nadam", "sgd")
+SCHEDULES = ("poly", "cosine", "plateau", "constant")
+
+
+@dataclass
+class ModelConfig:
+    name: str = "sevnet"  # sevnet | vnet | unet3d | segresnet | eenet | unet2d
+    config: dict = field(default_factory=lambda: {"preset": "lite"})
+
+
+@dataclass
+class DataConfig:
+    roots: list[str] = field(default_factory=list)  # folders of BraTS-layout case folders (or fine-tune datasets)
+    split: str | None = None  # JSON {"train": [case ids], "val": [...]}; else k folds
+    folds: int = 5
+    fold: int = 0
+    val_cases: int | None = None  # fixed number of validation cases instead of 1/folds
+    replay_roots: list[str] = field(default_factory=list)  # original cases mixed into fine-tuning
+    replay_fraction: float = 0.5
+    cache_dir: str | None = None  # default: <output>/../.cache
+
+
+@dataclass
+class AugmentConfig:
+    foreground_fraction: float = 0.67
+    flip: bool = True
+    intensity_scale: float = 0.1
+    intensity_shift: float = 0.1
+    rotate_degrees: float = 0.0
+    elastic: bool = False
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    patch_size: list[int] = field(default_factory=lambda: [96, 96, 96])
+    batch_size: int = 2
+    epochs: int = 50
+    steps_per_epoch: int = 50
+    optimizer: str = "adamw"
+    lr: float = 3e-3
+    weight_decay: float = 1e-5
+    momentum: float = 0.99
+    schedule: str = "poly"
+    warmup_epochs: int = 0
+    amp: bool = True
+    grad_clip: float = 12.0
+    val_every: int = 5
+    seed: int = 0
+    num_workers: int = 0
+    output: str = "runs/sevnet"
+    init: str | None = None  # fine-tuning: start from this checkpoint
+    freeze_encoder: bool = False
+    label_convention: str = "brats2021"
+
+    def __post_init__(self):
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, not {self.optimizer!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, not {self.schedule!r}")
+        if len(self.patch_size) != 3 or min(self.patch_size) < 8:
+            raise ValueError(f"patch_size must be three sizes >= 8, got {self.patch_size}")
+
+
+_SECTIONS = {"model": ModelConfig, "data": DataConfig, "augment": AugmentConfig}
+
+
+def _build(cls, data: dict, where: str):
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: expected a mapping, got {type(data).__name__}")
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {unknown}; known: {sorted(names)}")
+    kwargs = {}
+    for key, value in data.items():
+        section = _SECTIONS.get(key) if cls is TrainConfig else None
+        kwargs[key] = _build(section, value, f"{where}.{key}") if section else value
+    return cls(**kwargs)
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(data: dict) -> TrainConfig:
+    return _build(TrainConfig, data or {}, "config")
+
+
+def _resolve_paths(data: dict, base: Path) -> None:
+    d = data.get("data", {})
+    for key in ("roots", "replay_roots"):
+        if key in d:
+            d[key] = [str((base / p).resolve()) if not Path(p).is_absolute() else p for p in d[key]]
+    for key in ("split", "cache_dir"):
+        if d.get(key):
+            d[key] = str((base / d[key]).resolve())
+    for key in ("init", "output"):
+        if data.get(key) and not Path(data[key]).is_absolute():
+            data[key] = str((base / data[key]).resolve())
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'optimizer.lr=1e-4' -> (['optimizer', 'lr'], 0.0001), values parsed as YAML."""
+    if "=" not in text:
+        raise ValueError(f"override {text!r} is not key=value")
+    key, value = text.split("=", 1)
+    return key.strip().split("."), yaml.safe_load(value)
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
+    """Read a YAML config (paths relative to it), apply dotted ``key=value`` overrides."""
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ValueError(f"{path}: cannot read config: {exc}") from None
+        _resolve_paths(data, path.parent)
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = data
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+        node[keys[-1]] = value
+    return from_dict(data)
+
+
+def save_config(cfg: TrainConfig, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -1,0 +1,157 @@
+"""Training data: find cases, split them, cache the preprocessed crops, sample augmented patches.
+
+Any folder of BraTS 2021 / 2023 case folders works, and so does a fine-tuning
+dataset written by the export (its cases are BraTS-layout folders too). The
+preprocessing is the Predictor's own (crop to the brain box, z-score), cached
+as ``.npy`` keyed by the source files' paths, sizes and modification times, so
+an epoch never decompresses NIfTI again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from napari_sevnet.errors import InputError
+from napari_sevnet.files import atomic_output
+from napari_sevnet.inference import preprocess
+from napari_sevnet.io import _role_of, load_case
+from training.config import AugmentConfig, DataConfig
+
+
+@dataclass
+class CaseRef:
+    case_id: str
+    folder: Path
+
+
+def discover_cases(roots: list[str | Path]) -> list[CaseRef]:
+    """Case folders (holding BraTS-named files with a segmentation) below each root, sorted by id.
+
+    A root may itself be one case folder. Fine-tuning datasets keep only their
+    latest version of each case (``dataset.json`` says which).
+    """
+    refs: dict[str, CaseRef] = {}
+    for root in roots:
+        root = Path(root)
+        if not root.is_dir():
+            raise InputError(root, "training data folder not found")
+        manifest = root / "dataset.json"
+        if manifest.is_file():
+            entries = json.loads(manifest.read_text()).get("cases", {})
+            folders = [root / e["folder"] for e in entries.values()]
+        else:
+            folders = [root, *sorted(p for p in root.iterdir() if p.is_dir())]
+        for folder in folders:
+            names = [_role_of(p.name) for p in folder.iterdir() if p.is_file()] if folder.is_dir() else []
+            roles = {n[1] for n in names if n}
+            if {"t1", "t1ce", "t2", "flair", "seg"} <= roles:
+                case_id = next(n[0] for n in names if n)
+                refs.setdefault(case_id, CaseRef(case_id, folder))
+    if not refs:
+        raise InputError(", ".join(map(str, roots)), "no labelled BraTS cases (t1, t1ce, t2, flair and seg files) found")
+    return [refs[k] for k in sorted(refs)]
+
+
+def split_cases(cases: list[CaseRef], cfg: DataConfig) -> tuple[list[CaseRef], list[CaseRef]]:
+    """Train/validation split from a JSON list, a fixed count, or fold ``cfg.fold`` of ``cfg.folds``."""
+    by_id = {c.case_id: c for c in cases}
+    if cfg.split:
+        spec = json.loads(Path(cfg.split).read_text())
+        missing = [i for i in spec.get("train", []) + spec.get("val", []) if i not in by_id]
+        if missing:
+            raise InputError(cfg.split, f"split names cases not found in the data: {missing[:5]}")
+        return [by_id[i] for i in spec["train"]], [by_id[i] for i in spec.get("val", [])]
+    if len(cases) < 2:
+        return list(cases), []
+    order = np.random.default_rng(12345).permutation(len(cases))
+    if cfg.val_cases is not None:
+        val_idx = set(order[: cfg.val_cases].tolist())
+    else:
+        folds = np.array_split(order, cfg.folds)
+        val_idx = set(folds[cfg.fold % cfg.folds].tolist())
+    return [c for i, c in enumerate(cases) if i not in val_idx], [c for i, c in enumerate(cases) if i in val_idx]
+
+
+def _cache_key(folder: Path) -> str:
+    h = hashlib.sha1()
+    for p in sorted(folder.iterdir()):
+        if p.is_file() and _role_of(p.name):
+            st = p.stat()
+            h.update(f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]
+
+
+def load_preprocessed(ref: CaseRef, cache_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(image (4, z, y, x) float32 normalized crop, regions (3, z, y, x) uint8), cached on disk."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    path = cache_dir / f"{ref.case_id}-{_cache_key(ref.folder)}.npz"
+    if path.is_file():
+        with np.load(path) as data:
+            return data["image"], data["regions"]
+    case = load_case(ref.folder)
+    image, box = preprocess(case.image)
+    regions = case.regions[(slice(None), *box)].astype(np.uint8)
+    with atomic_output(path, suffix=".npz") as tmp:
+        np.savez(tmp, image=image.astype(np.float32), regions=regions)
+    return image, regions
+
+
+def patch_transform(patch_size: list[int], aug: AugmentConfig, train: bool = True):
+    """MONAI transform: pad, foreground-weighted random crop, flips, intensity (and optional spatial) noise."""
+    from monai import transforms as T
+
+    keys = ["image", "label"]
+    steps = [
+        T.SpatialPadd(keys=[*keys, "fg"], spatial_size=patch_size, mode="constant"),
+        # sample on the single-channel WT: MONAI drops channel 0 of multi-channel labels as "background"
+        T.RandCropByPosNegLabeld(
+            keys=keys,
+            label_key="fg",
+            spatial_size=patch_size,
+            pos=aug.foreground_fraction,
+            neg=1.0 - aug.foreground_fraction,
+            num_samples=1,
+        ),
+    ]
+    if train:
+        if aug.flip:
+            steps += [T.RandFlipd(keys=keys, prob=0.5, spatial_axis=a) for a in range(3)]
+        if aug.rotate_degrees > 0:
+            r = np.deg2rad(aug.rotate_degrees)
+            steps.append(T.RandRotated(keys=keys, range_x=r, range_y=r, range_z=r, prob=0.3, mode=("bilinear", "nearest")))
+        if aug.elastic:
+            steps.append(T.Rand3DElasticd(keys=keys, sigma_range=(5, 8), magnitude_range=(50, 150), prob=0.2, mode=("bilinear", "nearest")))
+        if aug.intensity_scale > 0:
+            steps.append(T.RandScaleIntensityd(keys="image", factors=aug.intensity_scale, prob=1.0))
+        if aug.intensity_shift > 0:
+            steps.append(T.RandShiftIntensityd(keys="image", offsets=aug.intensity_shift, prob=1.0))
+    return T.Compose(steps)
+
+
+class PatchDataset(torch.utils.data.Dataset):
+    """Indexable list of cases; each item is one random augmented patch from that case."""
+
+    def __init__(self, cases: list[CaseRef], cache_dir: Path, patch_size: list[int], aug: AugmentConfig):
+        self.cases = cases
+        self.arrays = [load_preprocessed(c, cache_dir) for c in cases]
+        self.transform = patch_transform(patch_size, aug)
+
+    def __len__(self):
+        return len(self.cases)
+
+    def __getitem__(self, index):
+        image, regions = self.arrays[index]
+        item = {"image": image, "label": regions.astype(np.float32), "fg": regions[:1]}
+        out = self.transform(item)[0]
+        return torch.as_tensor(np.asarray(out["image"]), dtype=torch.float32), torch.as_tensor(np.asarray(out["label"]), dtype=torch.float32)
+
+
+def set_transform_seed(dataset: PatchDataset, seed: int) -> None:
+    """Seed MONAI's random transforms (they keep their own RandomState)."""
+    dataset.transform.set_random_state(seed=seed % (2**32))
