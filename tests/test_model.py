@@ -56,3 +56,23 @@ def test_bad_configs_rejected():
         SEVNetConfig(kernel_size=4)
     with pytest.raises(ValueError, match="unknown architecture"):
         build_model("resnet9000")
+
+
+@pytest.mark.parametrize("name", ["sevnet", "vnet", "unet3d", "unet2d", "eenet", "segresnet"])
+def test_zoo_forward_shapes(name):
+    from napari_sevnet.model import size_divisor
+
+    config = {"preset": "tiny"} if name in ("sevnet", "vnet") else {}
+    model = build_model(name, config).eval()
+    size = max(size_divisor(model, name), 16)
+    x = torch.randn(2, 4, size, 2 * size, size)
+    with torch.inference_mode():
+        assert model(x).shape == (2, 3, *x.shape[2:])
+
+
+def test_unet3d_is_depth_four_with_double_convs():
+    from napari_sevnet.model.zoo import UNet3D
+
+    model = UNet3D()
+    assert len(model.down) == 4 and all(len(b) == 4 for b in model.down)  # conv, ReLU, conv, ReLU
+    assert isinstance(model.pool, torch.nn.MaxPool3d)

@@ -8,6 +8,7 @@ working directory.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -90,11 +91,29 @@ def _build(cls, data: dict, where: str):
     unknown = sorted(set(data) - set(names))
     if unknown:
         raise ValueError(f"{where}: unknown keys {unknown}; known: {sorted(names)}")
+    hints = typing.get_type_hints(cls)
     kwargs = {}
     for key, value in data.items():
         section = _SECTIONS.get(key) if cls is TrainConfig else None
-        kwargs[key] = _build(section, value, f"{where}.{key}") if section else value
+        kwargs[key] = _build(section, value, f"{where}.{key}") if section else _coerce(value, hints[key], f"{where}.{key}")
     return cls(**kwargs)
+
+
+def _coerce(value, hint, where: str):
+    """Scalars to their declared type ('1e-4' -> 1e-4: YAML 1.1 reads that as a string)."""
+    if value is None:
+        return None
+    for scalar in (bool, int, float):
+        if hint is scalar or hint == scalar | None:
+            if scalar is bool:
+                if not isinstance(value, bool):
+                    raise ValueError(f"{where}: expected true or false, got {value!r}")
+                return value
+            try:
+                return scalar(value)
+            except (TypeError, ValueError):
+                raise ValueError(f"{where}: expected a {scalar.__name__}, got {value!r}") from None
+    return value
 
 
 def to_dict(cfg) -> dict:

@@ -12,6 +12,7 @@ from typing import Callable
 from torch import nn
 
 from napari_sevnet.model.sevnet import CONFIGS, SEVNet, SEVNetConfig
+from napari_sevnet.model.zoo import EENet, SliceUNet2D, UNet3D
 
 
 def _sevnet(config: dict) -> nn.Module:
@@ -34,13 +35,20 @@ def _segresnet(config: dict) -> nn.Module:
     return SegResNet(**defaults)
 
 
+def _zoo(cls):
+    return lambda config: cls(**config)
+
+
 BUILDERS: dict[str, Callable[[dict], nn.Module]] = {
     "sevnet": _sevnet,
     "vnet": _vnet,
     "segresnet": _segresnet,
+    "unet3d": _zoo(UNet3D),
+    "unet2d": _zoo(SliceUNet2D),
+    "eenet": _zoo(EENet),
 }
 
-#: input size multiple each architecture needs
+#: input size multiple of architectures that do not say it themselves
 DIVISORS = {"segresnet": 8}
 
 
@@ -54,7 +62,9 @@ def build_model(name: str, config: dict | None = None) -> nn.Module:
 def size_divisor(model: nn.Module, name: str) -> int:
     """Spatial sizes the model accepts are multiples of this."""
     cfg = getattr(model, "config", None)
-    return cfg.divisor if isinstance(cfg, SEVNetConfig) else DIVISORS.get(name, 16)
+    if isinstance(cfg, SEVNetConfig):
+        return cfg.divisor
+    return getattr(model, "divisor", DIVISORS.get(name, 16))
 
 
 __all__ = ["BUILDERS", "CONFIGS", "SEVNet", "SEVNetConfig", "build_model", "size_divisor"]

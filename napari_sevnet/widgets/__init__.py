@@ -1,0 +1,1 @@
+"""Dock widgets, one module each; they call the library and hold no model code."""

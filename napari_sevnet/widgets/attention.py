@@ -1,0 +1,155 @@
+"""Attention dock widget: what SEV-Net's Squeeze-and-Excitation blocks up-weighted for this case.
+
+After a Segment run, the WT/TC/ET layers carry the SE excitation of every
+stage (averaged over windows and flips). The widget draws them as a heatmap
+(stages x channels) and, for the selected stage, as bars; clicking a bar (or
+choosing a channel and pressing "Show feature map") adds that channel's
+feature map, resampled to the image grid, as an image layer over the scan.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from magicgui.widgets import ComboBox, Container, Label, PushButton, SpinBox
+
+from napari_sevnet.layers import META_KEY
+
+
+class AttentionWidget(Container):
+    def __init__(self, napari_viewer):
+        super().__init__(labels=True)
+        self._viewer = napari_viewer
+        self._source = ComboBox(label="Result", choices=self._result_layers, nullable=True, tooltip="A WT layer made by the Segment widget")
+        self._stage = ComboBox(label="Stage", choices=self._stages, tooltip="enc = encoder, dec = decoder stage; 1 = full resolution")
+        self._channel = SpinBox(label="Channel", min=0, max=0)
+        self._show = PushButton(text="Show feature map")
+        self._status = Label(value="")
+        self.extend([self._source, self._stage, self._channel, self._show, self._status])
+
+        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+        from matplotlib.figure import Figure
+
+        self.figure = Figure(figsize=(4, 4.5), tight_layout=True)
+        self.canvas = FigureCanvasQTAgg(self.figure)
+        self.canvas.setMinimumHeight(320)
+        self.native.layout().addWidget(self.canvas)
+        self.canvas.mpl_connect("button_press_event", self._on_click)
+        self._predictor = None
+        self.worker = None
+
+        self._source.changed.connect(self._on_source)
+        self._stage.changed.connect(self._on_stage)
+        self._show.changed.connect(lambda: self.show_feature_map(self._stage.value, self._channel.value))
+        self._viewer.layers.events.inserted.connect(self._refresh)
+        self._viewer.layers.events.removed.connect(self._refresh)
+        self._refresh()
+
+    # ------------------------------------------------------------------ data
+
+    def _result_layers(self, _widget=None):
+        return [layer for layer in self._viewer.layers if layer.metadata.get(META_KEY, {}).get("attention") and layer.metadata[META_KEY].get("region") == "WT"]
+
+    @property
+    def attention(self) -> dict[str, np.ndarray]:
+        layer = self._source.value
+        return layer.metadata[META_KEY]["attention"] if layer is not None else {}
+
+    def _stages(self, _widget=None):
+        return list(self.attention)
+
+    def _refresh(self, event=None):
+        self.reset_choices()
+        layers = self._result_layers()
+        if layers and self._source.value is None or (layers and self._source.value not in layers):
+            self._source.value = layers[-1]
+        self._on_source()
+
+    def _on_source(self, _value=None):
+        self._stage.reset_choices()
+        if self._stage.choices and self._stage.value is None:
+            self._stage.value = self._stage.choices[0]
+        self._on_stage()
+
+    def _on_stage(self, _value=None):
+        weights = self.attention.get(self._stage.value)
+        self._channel.max = max(len(weights) - 1, 0) if weights is not None else 0
+        self.draw()
+
+    # ------------------------------------------------------------------ plot
+
+    def draw(self):
+        self.figure.clear()
+        attention = self.attention
+        if not attention:
+            self.figure.text(0.5, 0.5, "Run Segment first:\nthe SE weights of its result appear here", ha="center", va="center")
+            self.canvas.draw_idle()
+            return
+        stages = list(attention)
+        width = max(len(v) for v in attention.values())
+        grid = np.full((len(stages), width), np.nan)
+        for i, s in enumerate(stages):
+            grid[i, : len(attention[s])] = attention[s]
+        top, bottom = self.figure.subplots(2, 1, gridspec_kw={"height_ratios": [3, 2]})
+        im = top.imshow(grid, aspect="auto", cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
+        top.set_yticks(range(len(stages)), stages)
+        top.set_xlabel("channel")
+        top.set_title("SE excitation per stage")
+        self.figure.colorbar(im, ax=top, fraction=0.05)
+        stage = self._stage.value
+        if stage in attention:
+            w = attention[stage]
+            bars = bottom.bar(range(len(w)), w, color="tab:blue", picker=True)
+            if self._channel.value < len(bars):
+                bars[self._channel.value].set_color("tab:orange")
+            bottom.set_ylim(0, 1)
+            bottom.set_title(f"{stage}: click a channel to see its feature map", fontsize=9)
+            bottom.set_xlabel("channel")
+        self._bar_axes = bottom
+        self.canvas.draw_idle()
+
+    def _on_click(self, event):
+        if event.inaxes is getattr(self, "_bar_axes", None) and event.xdata is not None:
+            channel = int(round(event.xdata))
+            if 0 <= channel <= self._channel.max:
+                self._channel.value = channel
+                self.show_feature_map(self._stage.value, channel)
+
+    # ------------------------------------------------------------------ feature maps
+
+    def show_feature_map(self, stage: str, channel: int):
+        """Compute the stage's feature maps in a worker; add channel ``channel`` as an image layer."""
+        from napari.qt.threading import thread_worker
+        from napari.utils.notifications import show_error
+
+        layer = self._source.value
+        if layer is None or stage is None:
+            return None
+        meta = layer.metadata[META_KEY]
+        try:
+            sources = [self._viewer.layers[meta["source_layers"][m]] for m in ("t1", "t1ce", "t2", "flair")]
+        except KeyError as exc:
+            show_error(f"The image layer {exc} used for this result was removed; run Segment again.")
+            return None
+        image = np.stack([np.asarray(s.data, dtype=np.float32) for s in sources])
+        checkpoint, device = meta.get("checkpoint"), meta.get("device", "cpu")
+
+        @thread_worker
+        def work():
+            from napari_sevnet.inference import Predictor
+
+            if self._predictor is None or (self._predictor.checkpoint, str(self._predictor.device)) != (checkpoint, device):
+                self._predictor = Predictor(checkpoint, device)
+            return self._predictor.features(image, stage)[channel]
+
+        def add(fmap):
+            name = f"{stage} ch{channel} feature map"
+            lo, hi = np.percentile(fmap[fmap != 0], [1, 99]) if np.any(fmap) else (0.0, 1.0)
+            self._viewer.add_image(fmap, name=name, scale=sources[0].scale, translate=sources[0].translate, colormap="inferno", blending="additive", opacity=0.6, contrast_limits=(float(lo), float(max(hi, lo + 1e-6))))
+            self._status.value = f"added '{name}'"
+
+        self._status.value = f"computing {stage} feature maps..."
+        worker = self.worker = work()
+        worker.returned.connect(add)
+        worker.errored.connect(lambda exc: show_error(f"Feature map failed: {exc}"))
+        worker.start()
+        return worker

@@ -1,0 +1,301 @@
+"""Segment dock widget: pick the four modality layers and a model, run SEV-Net in the background.
+
+Thin by design: it gathers choices, calls :class:`napari_sevnet.inference.Predictor`
+in a ``thread_worker`` (progress bar, Cancel, the GUI stays live), and adds
+the result as three new editable Labels layers WT / TC / ET. A second run adds
+new layers; edits are never replaced. The volumes panel follows painting
+(debounced) and "Make nested" applies the core rule (inner regions grow the
+outer ones; nothing is erased).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from pathlib import Path
+
+import numpy as np
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, PushButton
+from qtpy.QtCore import QObject, QTimer, Signal
+
+from napari_sevnet.errors import Cancelled, InputError
+from napari_sevnet.io import MODALITIES, MODALITY_LABELS
+from napari_sevnet.layers import META_KEY, region_layer_kwargs
+from napari_sevnet.regions import REGIONS, make_nested, volumes_ml
+
+#: normalised layer names recognised for each modality
+NAME_PATTERNS = {
+    "t1": {"t1", "t1n", "t1w", "t1native"},
+    "t1ce": {"t1ce", "t1c", "t1gd", "t1post", "t1contrast"},
+    "t2": {"t2", "t2w"},
+    "flair": {"flair", "t2f", "t2flair"},
+}
+TOOLTIPS = {
+    "model": "A napari-sevnet checkpoint (.json beside its .safetensors). Untick 'bundled demo weights' to use it.",
+    "bundled": "The demo SEV-Net trained on synthetic phantoms: for trying the tool, not for clinical use.",
+    "device": "auto = CUDA when a GPU is available, else CPU.",
+    "tta": "Average the 8 mirror flips: smoother, about 8x slower.",
+    "nested": "Make ET lie inside TC inside WT by adding voxels to the outer regions (never erasing).",
+}
+
+
+def _normalise(name: str) -> str:
+    name = re.sub(r"\s*\[\d+\]$", "", name)  # napari's ' [1]' suffix for duplicate names
+    return re.sub(r"[^a-z0-9]", "", name.lower())
+
+
+def guess_modality_layer(layers, modality: str):
+    """The image layer that holds ``modality``: our reader's metadata first, then the layer name."""
+    for layer in layers:
+        if layer.metadata.get(META_KEY, {}).get("modality") == modality:
+            return layer
+    patterns = NAME_PATTERNS[modality]
+    exact = [layer for layer in layers if _normalise(layer.name) in patterns]
+    suffix = [layer for layer in layers if any(_normalise(layer.name).endswith(p) for p in patterns)]
+    return (exact or suffix or [None])[0]
+
+
+class _Relay(QObject):
+    """Carries progress from the worker thread to the GUI thread (queued signal)."""
+
+    progressed = Signal(float, str)
+
+
+class SegmentWidget(Container):
+    def __init__(self, napari_viewer):
+        super().__init__(labels=True)
+        self._viewer = napari_viewer
+        self._modalities = {
+            m: ComboBox(label=MODALITY_LABELS[m], choices=self._image_layers, nullable=True) for m in MODALITIES
+        }
+        self._bundled = CheckBox(text="Bundled demo weights", value=True, tooltip=TOOLTIPS["bundled"])
+        self._checkpoint = FileEdit(label="Model", filter="*.json", tooltip=TOOLTIPS["model"], enabled=False)
+        self._device = ComboBox(label="Device", choices=["auto", "cpu", "cuda"], value="auto", tooltip=TOOLTIPS["device"])
+        self._tta = CheckBox(text="Test-time augmentation", value=False, tooltip=TOOLTIPS["tta"])
+        self._run = PushButton(text="Run")
+        self._cancel = PushButton(text="Cancel", enabled=False)
+        self._status = Label(value="")
+        self._volumes = Label(value="")
+        self._nested = PushButton(text="Make regions nested", enabled=False, tooltip=TOOLTIPS["nested"])
+        self.extend([*self._modalities.values(), self._bundled, self._checkpoint, self._device, self._tta, self._run, self._cancel, self._status, self._volumes, self._nested])
+
+        self._relay = _Relay()
+        self._relay.progressed.connect(self._on_progress)
+        self._debounce = QTimer()
+        self._debounce.setSingleShot(True)
+        self._debounce.setInterval(250)
+        self._debounce.timeout.connect(self.update_volumes)
+        self._predictors: dict[tuple, object] = {}
+        self._cancel_event: threading.Event | None = None
+        self._final_status = ""
+        self._pending_layers: list = []
+        self._progress = None
+        self.worker = None
+        self.result_layers: dict[str, object] = {}
+        self.last_result = None
+
+        self._bundled.changed.connect(lambda v: setattr(self._checkpoint, "enabled", not v))
+        self._run.changed.connect(self.run)
+        self._cancel.changed.connect(self.cancel)
+        self._nested.changed.connect(self.make_nested)
+        self._viewer.layers.events.inserted.connect(self._refresh_layers)
+        self._viewer.layers.events.removed.connect(self._refresh_layers)
+        self._refresh_layers()
+
+    # ------------------------------------------------------------------ choices
+
+    def _image_layers(self, _widget=None):
+        from napari.layers import Image
+
+        return [layer for layer in self._viewer.layers if isinstance(layer, Image) and layer.ndim == 3 and layer.rgb is False]
+
+    def _refresh_layers(self, event=None):
+        self.reset_choices()
+        layers = self._image_layers()
+        for m, combo in self._modalities.items():
+            if combo.value is None or combo.value not in layers:
+                guess = guess_modality_layer(layers, m)
+                if guess is not None:
+                    combo.value = guess
+
+    def set_checkpoint(self, path: str | Path | None) -> None:
+        """Use ``path`` (None: the bundled demo weights) for the next run."""
+        self._bundled.value = path is None
+        if path is not None:
+            self._checkpoint.value = Path(path)
+
+    @property
+    def checkpoint(self) -> str | None:
+        return None if self._bundled.value else str(self._checkpoint.value)
+
+    # ------------------------------------------------------------------ run
+
+    def _input_image(self):
+        chosen = {m: c.value for m, c in self._modalities.items()}
+        missing = [MODALITY_LABELS[m] for m, layer in chosen.items() if layer is None]
+        if missing:
+            raise InputError(None, f"choose an image layer for {', '.join(missing)}")
+        if len({id(layer) for layer in chosen.values()}) < 4:
+            raise InputError(None, "each modality needs its own layer (the same layer is chosen twice)")
+        shapes = {layer.data.shape for layer in chosen.values()}
+        if len(shapes) != 1:
+            raise InputError(None, f"the modality layers differ in shape: {sorted(shapes)}")
+        image = np.stack([np.asarray(chosen[m].data, dtype=np.float32) for m in MODALITIES])
+        return image, chosen
+
+    def _predictor(self, checkpoint, device, tta):
+        from napari_sevnet.inference import Predictor
+
+        key = (checkpoint, device)
+        if key not in self._predictors:
+            self._predictors = {key: Predictor(checkpoint, device)}  # keep one model in memory
+        predictor = self._predictors[key]
+        predictor.tta = tta
+        return predictor
+
+    def run(self):
+        """Start a segmentation in a worker thread; returns the worker (None if the input is invalid)."""
+        from napari.qt.threading import thread_worker
+        from napari.utils import progress
+
+        if self.worker is not None:
+            return self.worker
+        try:
+            image, chosen = self._input_image()
+        except InputError as exc:
+            self._error(exc)
+            return None
+        checkpoint, device, tta = self.checkpoint, self._device.value, self._tta.value
+        cancel = self._cancel_event = threading.Event()
+        relay = self._relay
+
+        @thread_worker
+        def work():
+            predictor = self._predictor(checkpoint, device, tta)
+            result = predictor.predict(image, progress=relay.progressed.emit, cancel=cancel)
+            return predictor, result
+
+        self._progress = progress(total=100, desc="SEV-Net segmentation")
+        self._run.enabled, self._cancel.enabled = False, True
+        self._status.value = "loading model..."
+        self._final_status = ""
+        worker = self.worker = work()
+        worker.returned.connect(lambda out: self._guarded(self._on_result, out, chosen))
+        worker.errored.connect(self._error)
+        worker.finished.connect(self._on_finished)
+        worker.start()
+        return worker
+
+    def cancel(self):
+        if self._cancel_event is not None:
+            self._cancel_event.set()
+            self._status.value = "cancelling..."
+
+    def _on_progress(self, fraction: float, message: str):
+        bar = self._progress  # updating the bar may process events, including the run's end
+        if bar is None or self.worker is None or self._final_status:
+            return  # a late message from a run that has already ended
+        bar.n = int(round(100 * fraction))
+        bar.set_description(f"SEV-Net: {message}")
+        self._status.value = message
+
+    def _on_finished(self):
+        if self._progress is not None:
+            self._progress.close()
+            self._progress = None
+        if not self._pending_layers:
+            self._done()
+
+    def _done(self):
+        self._run.enabled, self._cancel.enabled = True, False
+        self.worker = None
+        if self._final_status:
+            self._status.value = self._final_status
+
+    def _error(self, exc: BaseException):
+        from napari.utils.notifications import show_error, show_info
+
+        if isinstance(exc, Cancelled):
+            self._final_status = "cancelled"
+            show_info("Segmentation cancelled; no layers were added.")
+            return
+        message = str(exc) if isinstance(exc, (InputError, RuntimeError, ValueError)) else f"{type(exc).__name__}: {exc}"
+        self._final_status = self._status.value = "failed"
+        show_error(f"Segmentation failed: {message}")
+
+    def _guarded(self, handler, *args):
+        """Run a slot; report an exception as a notification (PyQt6 aborts on one that escapes)."""
+        try:
+            handler(*args)
+        except Exception as exc:  # noqa: BLE001 - every failure must reach the user as a message
+            self._pending_layers.clear()
+            self._error(exc)
+            if self._progress is None:  # the worker has already finished: nothing else will end the run
+                self._done()
+
+    def _schedule_volumes(self, event=None):
+        self._debounce.start()
+
+    def _on_result(self, out, chosen):
+        predictor, result = out
+        reference = chosen["flair"]
+        source = reference.metadata.get(META_KEY, {})
+        meta = {
+            "case_id": source.get("case_id"),
+            "grid": source.get("grid"),
+            "paths": source.get("paths"),
+            "checkpoint": predictor.checkpoint,
+            "device": result.device,
+            "source_layers": {m: layer.name for m, layer in chosen.items()},
+            "attention": result.attention,
+            "prediction": result.regions,  # the model's own output, to measure edits against
+        }
+        # one layer per event-loop turn: napari/vispy need ~0.2 s per Labels layer on the GUI thread
+        self._pending_layers = [(region, result.regions[i].astype(np.uint8), reference, meta) for i, region in enumerate(REGIONS)]
+        self.result_layers = {}
+        self.last_result = None
+        self._final_status = f"done in {result.timings['total_s']:.1f} s on {result.device}"
+        QTimer.singleShot(0, lambda: self._guarded(self._add_next_layer, result))
+
+    def _add_next_layer(self, result):
+        region, data, reference, meta = self._pending_layers.pop(0)
+        layer = self._viewer.add_labels(data, **region_layer_kwargs(region, reference.scale, meta))
+        layer.translate = reference.translate
+        layer.events.paint.connect(self._schedule_volumes)
+        layer.events.data.connect(self._schedule_volumes)
+        self.result_layers[region] = layer
+        if self._pending_layers:
+            QTimer.singleShot(0, lambda: self._guarded(self._add_next_layer, result))
+            return
+        self.last_result = result
+        self._nested.enabled = True
+        self.update_volumes()
+        self._done()
+
+    # ------------------------------------------------------------------ edits
+
+    def current_regions(self) -> np.ndarray | None:
+        if not self.result_layers or any(layer not in self._viewer.layers for layer in self.result_layers.values()):
+            return None
+        return np.stack([np.asarray(self.result_layers[r].data) > 0 for r in REGIONS])
+
+    def update_volumes(self) -> dict[str, float] | None:
+        regions = self.current_regions()
+        if regions is None:
+            self._volumes.value = ""
+            return None
+        spacing = tuple(float(s) for s in self.result_layers["WT"].scale)
+        vol = volumes_ml(regions, spacing)
+        self._volumes.value = "   ".join(f"{r} {v:.1f} mL" for r, v in vol.items())
+        self.volumes = vol
+        return vol
+
+    def make_nested(self):
+        regions = self.current_regions()
+        if regions is None:
+            return
+        nested = make_nested(regions)
+        for i, r in enumerate(REGIONS):
+            if not np.array_equal(nested[i], regions[i]):
+                self.result_layers[r].data = nested[i].astype(self.result_layers[r].data.dtype)
+        self.update_volumes()

@@ -1,0 +1,27 @@
+"""The npe2 manifest is valid and every python_name in it imports (no Qt needed)."""
+
+import importlib
+from pathlib import Path
+
+import yaml
+
+import napari_sevnet
+
+MANIFEST = Path(napari_sevnet.__file__).parent / "napari.yaml"
+
+
+def test_every_python_name_imports():
+    commands = yaml.safe_load(MANIFEST.read_text())["contributions"]["commands"]
+    assert len(commands) >= 6
+    for command in commands:
+        module, _, attr = command["python_name"].partition(":")
+        assert callable(getattr(importlib.import_module(module), attr)), command["id"]
+
+
+def test_npe2_validate():
+    from npe2 import PluginManifest
+
+    manifest = PluginManifest.from_file(MANIFEST)
+    manifest.validate_imports()
+    assert manifest.name == "napari-sevnet"
+    assert {w.display_name for w in manifest.contributions.widgets} == {"Segment", "Attention"}

@@ -1,0 +1,186 @@
+"""pytest-qt tests with real napari viewers (run under Xvfb via pytest-xvfb)."""
+
+from __future__ import annotations
+
+import time
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from napari_sevnet.io import load_case
+from napari_sevnet.layers import META_KEY
+from napari_sevnet.metrics import dice
+
+pytestmark = pytest.mark.qt
+
+
+def open_case(viewer, folder):
+    layers = viewer.open(str(folder), plugin="napari-sevnet")
+    return {layer.name: layer for layer in layers}
+
+
+def wait_for_run(qtbot, widget, timeout=120_000):
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=timeout)
+
+
+def test_reader_opens_folder_and_file(make_napari_viewer, phantom_dir):
+    viewer = make_napari_viewer()
+    layers = open_case(viewer, phantom_dir / "phantom_0001")
+    assert list(layers) == ["T1", "T1ce", "T2", "FLAIR", "WT", "TC", "ET"]
+    case = load_case(phantom_dir / "phantom_0001")
+    assert tuple(layers["T1"].scale) == case.spacing
+    np.testing.assert_array_equal(layers["T2"].data, case.image[2])
+    np.testing.assert_array_equal(layers["TC"].data > 0, case.regions[1])
+    lo, hi = layers["FLAIR"].contrast_limits
+    assert 0 < lo < hi
+    viewer2 = make_napari_viewer()
+    assert len(viewer2.open(str(phantom_dir / "phantom_0001" / "phantom_0001_t1ce.nii.gz"), plugin="napari-sevnet")) == 7
+
+
+def test_bad_case_adds_no_layers(make_napari_viewer, phantom_dir, tmp_path):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(phantom_dir / "phantom_0000", bad)
+    (bad / "phantom_0000_t2.nii.gz").write_bytes(b"not a nifti")
+    viewer = make_napari_viewer()
+    with pytest.raises(Exception, match="phantom_0000_t2.nii.gz"):
+        viewer.open(str(bad), plugin="napari-sevnet")
+    assert len(viewer.layers) == 0
+
+
+def test_sample_data(make_napari_viewer):
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-sevnet", "phantom")
+    assert [layer.name for layer in viewer.layers][:4] == ["T1", "T1ce", "T2", "FLAIR"]
+    viewer.open_sample("napari-sevnet", "demo_case")
+    assert len(viewer.layers) == 14
+
+
+def test_writer_round_trip(make_napari_viewer, phantom_dir, tmp_path):
+    viewer = make_napari_viewer()
+    layers = open_case(viewer, phantom_dir / "phantom_0002")
+    layers["ET"].data[layers["ET"].data.shape[0] // 2, 5:8, 5:8] = 1  # an edit
+    viewer.layers.selection = {layers["WT"], layers["TC"], layers["ET"]}
+    out = tmp_path / "edited_seg.nii.gz"
+    written = viewer.layers.save(str(out), selected=True, plugin="napari-sevnet")
+    assert written == [str(out)]
+    src = nib.load(phantom_dir / "phantom_0002" / "phantom_0002_seg.nii.gz")
+    img = nib.load(out)
+    np.testing.assert_array_equal(img.affine, src.affine)
+    again = load_case(mapping={**{m: p for m, p in load_case(phantom_dir / "phantom_0002").paths.items() if m != "seg"}, "seg": out})
+    regions = np.stack([layers[r].data > 0 for r in ("WT", "TC", "ET")])
+    from napari_sevnet.regions import make_nested
+
+    np.testing.assert_array_equal(again.regions, make_nested(regions))
+
+
+@pytest.fixture
+def segment_widget(make_napari_viewer, phantom_dir):
+    from napari_sevnet.widgets.segment import SegmentWidget
+
+    viewer = make_napari_viewer()
+    layers = open_case(viewer, phantom_dir / "phantom_0001")
+    for r in ("WT", "TC", "ET"):
+        viewer.layers.remove(layers[r])
+    widget = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    return viewer, widget
+
+
+def test_modality_layers_filled_in_from_names(make_napari_viewer):
+    from napari_sevnet.widgets.segment import SegmentWidget
+
+    viewer = make_napari_viewer()
+    for name in ("BraTS-GLI-1-t2f", "BraTS-GLI-1-t1c", "BraTS-GLI-1-t1n", "BraTS-GLI-1-t2w"):
+        viewer.add_image(np.zeros((4, 4, 4)), name=name)
+    widget = SegmentWidget(viewer)
+    assert {m: c.value.name for m, c in widget._modalities.items()} == {"t1": "BraTS-GLI-1-t1n", "t1ce": "BraTS-GLI-1-t1c", "t2": "BraTS-GLI-1-t2w", "flair": "BraTS-GLI-1-t2f"}
+
+
+def test_segment_end_to_end_with_demo_weights(qtbot, segment_widget, phantom_dir):
+    viewer, widget = segment_widget
+    ticks = []
+    from qtpy.QtCore import QTimer
+
+    heartbeat = QTimer()
+    heartbeat.setInterval(20)
+    heartbeat.timeout.connect(lambda: ticks.append(time.perf_counter()))
+    heartbeat.start()
+    worker = widget.run()
+    assert worker is not None and not widget._run.enabled
+    wait_for_run(qtbot, widget)
+    heartbeat.stop()
+    gaps = np.diff(ticks)
+    assert len(ticks) > 10 and gaps.max() < 0.2, f"event loop stalled {gaps.max() * 1000:.0f} ms"
+    truth = load_case(phantom_dir / "phantom_0001").regions
+    for i, r in enumerate(("WT", "TC", "ET")):
+        layer = widget.result_layers[r]
+        assert layer in viewer.layers and tuple(layer.scale) == tuple(viewer.layers["FLAIR"].scale)
+        assert dice(layer.data > 0, truth[i]) >= 0.8, r
+    assert set(layer.metadata[META_KEY]["attention"]) == set(widget.last_result.attention)
+    first = dict(widget.result_layers)
+    widget.run()
+    wait_for_run(qtbot, widget)
+    assert all(layer in viewer.layers for layer in first.values())  # a re-run never replaces edits
+    assert len([layer for layer in viewer.layers if layer.name.startswith("WT")]) == 2
+
+
+def test_cancel(qtbot, segment_widget):
+    viewer, widget = segment_widget
+    widget._tta.value = True
+    n_layers = len(viewer.layers)
+    widget.run()
+    widget.cancel()
+    wait_for_run(qtbot, widget)
+    assert len(viewer.layers) == n_layers and widget._status.value == "cancelled"
+
+
+def test_error_is_a_notification_not_a_crash(qtbot, segment_widget, tmp_path, monkeypatch):
+    viewer, widget = segment_widget
+    messages = []
+    monkeypatch.setattr("napari.utils.notifications.show_error", messages.append)
+    widget.set_checkpoint(tmp_path / "missing.json")
+    widget.run()
+    wait_for_run(qtbot, widget)
+    assert messages and "missing.json" in messages[0]
+    widget._modalities["t2"].value = widget._modalities["t1"].value
+    assert widget.run() is None and "chosen twice" in messages[-1]
+
+
+def test_volumes_follow_painting_and_nesting(qtbot, segment_widget):
+    viewer, widget = segment_widget
+    widget.run()
+    wait_for_run(qtbot, widget)
+    before = widget.volumes["ET"]
+    et = widget.result_layers["ET"]
+    z = et.data.shape[0] // 2
+    empty = np.argwhere(et.data[z] == 0)[0]
+    et.paint((z, *empty), 1, refresh=True)
+    et.events.paint(value=None)
+    qtbot.waitUntil(lambda: widget.volumes["ET"] > before, timeout=3000)
+    widget.make_nested()
+    regions = widget.current_regions()
+    assert (regions[1] >= regions[2]).all() and (regions[0] >= regions[1]).all()
+
+
+def test_attention_widget_shows_weights_and_adds_feature_map(qtbot, segment_widget):
+    from napari_sevnet.widgets.attention import AttentionWidget
+
+    viewer, widget = segment_widget
+    attention = AttentionWidget(viewer)
+    widget.run()
+    wait_for_run(qtbot, widget)
+    attention._refresh()
+    assert attention._source.value is widget.result_layers["WT"]
+    assert attention._stage.choices[0] == "enc1" and len(attention._stage.choices) == 9
+    assert len(attention.figure.axes) >= 2  # heatmap and bars drawn
+    attention._stage.value = "enc2"
+    n = len(viewer.layers)
+    worker = attention.show_feature_map("enc2", 3)
+    qtbot.waitUntil(lambda: len(viewer.layers) == n + 1, timeout=60_000)
+    layer = viewer.layers[-1]
+    assert layer.name == "enc2 ch3 feature map" and layer.data.shape == viewer.layers["FLAIR"].data.shape
+    assert np.any(layer.data != 0)
+    del worker

@@ -1,0 +1,196 @@
+"""The trainer: config, data, augmentation, one step, resume, fine-tune, two Gloo processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from napari_sevnet.checkpoint import load_checkpoint
+from training.config import TrainConfig, from_dict, load_config, save_config, to_dict
+from training.data import AugmentConfig, PatchDataset, discover_cases, patch_transform, split_cases
+from training.loop import region_loss, train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def small_config(phantom_dir, tmp_path, **overrides) -> TrainConfig:
+    data = {
+        "model": {"name": "sevnet", "config": {"preset": "tiny"}},
+        "data": {"roots": [str(phantom_dir)], "val_cases": 1, "cache_dir": str(tmp_path / "cache")},
+        "patch_size": [32, 32, 32],
+        "batch_size": 2,
+        "epochs": 2,
+        "steps_per_epoch": 2,
+        "val_every": 1,
+        "output": str(tmp_path / "run"),
+    }
+    data.update(overrides)
+    return from_dict(data)
+
+
+def test_config_round_trip_and_overrides(tmp_path):
+    cfg = load_config(ROOT / "training" / "configs" / "phantom_demo.yaml", ["lr=1e-4", "model.name=vnet", "augment.elastic=true"])
+    assert cfg.lr == 1e-4 and cfg.model.name == "vnet" and cfg.augment.elastic is True
+    assert Path(cfg.data.roots[0]).is_absolute() and cfg.data.roots[0].endswith("data/phantoms")
+    save_config(cfg, tmp_path / "c.yaml")
+    assert to_dict(load_config(tmp_path / "c.yaml")) == to_dict(cfg)
+    with pytest.raises(ValueError, match="unknown keys"):
+        from_dict({"learning_rate": 1})
+    with pytest.raises(ValueError, match="optimizer"):
+        from_dict({"optimizer": "lion"})
+
+
+def test_every_shipped_config_loads():
+    configs = sorted((ROOT / "training" / "configs").glob("*.yaml"))
+    assert configs
+    for path in configs:
+        load_config(path)
+
+
+def test_data_discovery_of_both_layouts_and_split(phantom_dir, tmp_path):
+    from tests.test_io import AFFINES, write_case
+
+    write_case(tmp_path / "c2023", AFFINES["RAS"], naming="brats2023")
+    refs = discover_cases([phantom_dir, tmp_path])
+    assert [r.case_id for r in refs] == ["case", "phantom_0000", "phantom_0001", "phantom_0002"]
+    (tmp_path / "split.json").write_text(json.dumps({"train": ["phantom_0000", "case"], "val": ["phantom_0002"]}))
+    cfg = small_config(phantom_dir, tmp_path).data
+    cfg.split = str(tmp_path / "split.json")
+    train_refs, val_refs = split_cases(refs, cfg)
+    assert [r.case_id for r in train_refs] == ["phantom_0000", "case"] and [r.case_id for r in val_refs] == ["phantom_0002"]
+    cfg.split, cfg.val_cases, cfg.folds = None, None, 2
+    folds = [split_cases(refs, type(cfg)(**{**cfg.__dict__, "fold": k}))[1] for k in range(2)]
+    assert sorted(r.case_id for f in folds for r in f) == sorted(r.case_id for r in refs)
+
+
+def test_preprocessing_is_cached(phantom_dir, tmp_path):
+    refs = discover_cases([phantom_dir])[:1]
+    PatchDataset(refs, tmp_path, [32, 32, 32], AugmentConfig())
+    cached = list(tmp_path.glob("*.npz"))
+    assert len(cached) == 1
+    mtime = cached[0].stat().st_mtime_ns
+    PatchDataset(refs, tmp_path, [32, 32, 32], AugmentConfig())
+    assert cached[0].stat().st_mtime_ns == mtime
+
+
+def test_augmentation_keeps_image_and_mask_aligned():
+    # the mask is a function of the image: any misalignment after crop/flip/rotation breaks it
+    rng = np.random.default_rng(0)
+    image = np.zeros((4, 40, 40, 40), np.float32)
+    image[:, 10:25, 12:30, 5:20] = 5.0
+    image += rng.normal(0, 0.01, image.shape).astype(np.float32)
+    label = np.repeat((image[:1] > 2.5).astype(np.float32), 3, axis=0)
+    transform = patch_transform([24, 24, 24], AugmentConfig(rotate_degrees=10, intensity_scale=0.0, intensity_shift=0.0))
+    transform.set_random_state(1)
+    for _ in range(8):
+        out = transform({"image": image, "label": label, "fg": label[:1]})[0]
+        img, lab = np.asarray(out["image"]), np.asarray(out["label"])
+        assert img.shape == (4, 24, 24, 24) and lab.shape == (3, 24, 24, 24)
+        agree = ((img[0] > 2.5) == (lab[0] > 0.5)).mean()
+        assert agree > 0.97
+
+
+def test_one_step_lowers_the_loss_on_a_fixed_batch(phantom_dir, tmp_path):
+    from napari_sevnet.model import build_model
+
+    torch.manual_seed(0)
+    ds = PatchDataset(discover_cases([phantom_dir]), tmp_path, [32, 32, 32], AugmentConfig())
+    ds.transform.set_random_state(0)
+    x, y = (torch.stack(t) for t in zip(*[ds[i] for i in range(2)]))
+    model = build_model("sevnet", {"preset": "tiny"})
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    loss_fn = region_loss()
+    losses = []
+    for _ in range(5):
+        opt.zero_grad()
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < losses[0]
+
+
+def test_training_writes_a_complete_run(phantom_dir, tmp_path):
+    run = train(small_config(phantom_dir, tmp_path, optimizer="nadam", schedule="cosine"))
+    for name in ("config.yaml", "data.json", "metrics.csv", "best.json", "best.safetensors", "last.json", "resume_state.pt"):
+        assert (run / name).is_file(), name
+    rows = (run / "metrics.csv").read_text().splitlines()
+    assert rows[0].startswith("epoch,train_loss") and len(rows) == 3
+    model, info = load_checkpoint(run / "best.json")
+    assert info.provenance["seed"] == 0 and info.provenance["train_cases"] and "dice" in info.metrics
+    assert list(run.glob("tensorboard/events.*"))
+
+
+def test_resume_equals_an_uninterrupted_run(phantom_dir, tmp_path, monkeypatch):
+    from training import loop
+
+    full = train(small_config(phantom_dir, tmp_path / "a", epochs=3))
+    log_row = loop._log_row
+
+    def killed_after_first_epoch(path, epoch, *args):
+        log_row(path, epoch, *args)
+        raise KeyboardInterrupt  # the epoch's state is on disk, as when a run is killed here
+
+    monkeypatch.setattr(loop, "_log_row", killed_after_first_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train(small_config(phantom_dir, tmp_path / "b", epochs=3))
+    monkeypatch.setattr(loop, "_log_row", log_row)
+    run_b = tmp_path / "b" / "run"
+    resumed = train(load_config(run_b / "config.yaml"), resume=run_b)
+    a, b = load_file(full / "last.safetensors"), load_file(resumed / "last.safetensors")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+    assert len((run_b / "metrics.csv").read_text().splitlines()) == 4  # header + 3 epochs, none twice
+
+
+def test_fine_tune_from_checkpoint_with_frozen_encoder_and_replay(phantom_dir, tmp_path):
+    base = train(small_config(phantom_dir, tmp_path / "base", epochs=1))
+    cfg = small_config(phantom_dir, tmp_path / "ft", epochs=1, init=str(base / "last.json"), freeze_encoder=True, lr=1e-2)
+    cfg.model.config = {"preset": "lite"}  # ignored: the architecture comes from the checkpoint
+    cfg.data.replay_roots = [str(phantom_dir)]
+    run = train(cfg)
+    before, after = load_file(base / "last.safetensors"), load_file(run / "last.safetensors")
+    assert torch.equal(before["input_stage.convs.body.0.weight"], after["input_stage.convs.body.0.weight"])
+    assert not torch.equal(before["head.weight"], after["head.weight"])
+    _, info = load_checkpoint(run / "last.json")
+    assert info.provenance["init"] == str(base / "last.json") and info.architecture["config"] == {"preset": "tiny"}
+
+
+def test_progress_json_lines_and_error_line(phantom_dir, tmp_path):
+    cmd = [sys.executable, "-m", "training.cli", f"data.roots=[{phantom_dir}]", "model.config.preset=tiny", "patch_size=[32,32,32]", "epochs=1", "steps_per_epoch=2", "data.val_cases=1", f"output={tmp_path / 'run'}", f"data.cache_dir={tmp_path / 'cache'}", "--progress-json"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    events = [json.loads(line) for line in proc.stdout.splitlines()]
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "start" and kinds[-1] == "done" and "step" in kinds and "validation" in kinds
+    step = next(e for e in events if e["event"] == "step")
+    assert {"epoch", "step", "loss", "eta_s"} <= set(step)
+    bad = subprocess.run([sys.executable, "-m", "training.cli", f"data.roots=[{tmp_path / 'nowhere'}]", "--progress-json"], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert bad.returncode == 1 and json.loads(bad.stdout.splitlines()[-1])["event"] == "error"
+    assert "nowhere" in bad.stderr and "Traceback" not in bad.stderr
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_end_with_identical_weights(phantom_dir, tmp_path):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517", str(ROOT / "tests" / "ddp_worker.py"), str(tmp_path),
+           f"data.roots=[{phantom_dir}]", "model.config.preset=tiny", "patch_size=[32,32,32]", "epochs=2", "steps_per_epoch=2",
+           "batch_size=1", "data.val_cases=1", f"output={tmp_path / 'run'}", f"data.cache_dir={tmp_path / 'cache'}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    w0, w1 = load_file(tmp_path / "rank0.safetensors"), load_file(tmp_path / "rank1.safetensors")
+    start = load_file(tmp_path / "run" / "last.safetensors")
+    assert w0.keys() == w1.keys()
+    for k in w0:
+        assert torch.equal(w0[k], w1[k]), k
+        assert torch.equal(w0[k], start[k]), k  # rank 0 saved the same weights
+    _, info = load_checkpoint(tmp_path / "run" / "last.json")
+    assert info.provenance["world_size"] == 2
