@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 # already met, so installing the package never pulls a second torch.
 TORCH  ?= torch==2.13.0
 
-.PHONY: setup system-deps demo test test-fast bench demo-weights sample-data screenshots clean
+.PHONY: setup system-deps demo test test-fast demo-weights demo-weights-eval sample-data screenshots clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,16 +33,25 @@ test: setup system-deps  ## the whole suite (Qt tests under a virtual X display)
 test-fast: setup  ## library tests only, no Qt
 	$(BIN)/python -m pytest -q -m "not qt and not slow"
 
-bench: setup system-deps  ## benchmarks -> benchmarks/results/*.json and the README table
-	$(BIN)/python -m benchmarks.run
-
 demo-weights: setup  ## regenerate the bundled demo weights (about 45 min on 2 CPU cores)
 	$(BIN)/python -m napari_sevnet.phantom data/phantoms --cases 30 --seed 1000 --shape 112 128 112
 	$(BIN)/sevnet-train --config training/configs/phantom_demo.yaml
 	$(BIN)/python -m training.publish runs/phantom_demo/best.json napari_sevnet/weights/sevnet_lite_phantom
+	$(MAKE) demo-weights-eval
+
+demo-weights-eval: setup  ## held-out phantom Dice of the bundled weights (the README table)
+	rm -rf data/heldout data/heldout_pred
+	$(BIN)/python -m napari_sevnet.phantom data/heldout --cases 10 --seed 5000 --shape 112 128 112
+	$(BIN)/sevnet-predict data/heldout -o data/heldout_pred --device cpu
+	$(BIN)/sevnet-evaluate data/heldout_pred data/heldout
 
 sample-data: setup  ## regenerate sample_data/ (the demo case)
 	$(BIN)/python -m napari_sevnet.phantom sample_data --cases 1 --seed 2024 --shape 128 144 128
 
 clean:
 	rm -rf $(VENV) runs data *.egg-info
+
+SHARED_DATA ?= ../shared/data
+screenshots: setup system-deps  ## README screenshot of the plugin on the real shared case
+	mkdir -p docs
+	$(BIN)/sevnet-demo $(SHARED_DATA)/BraTS2021_00006 --screenshot docs/screenshot_real_case.png

@@ -25,3 +25,14 @@ def test_npe2_validate():
     manifest.validate_imports()
     assert manifest.name == "napari-sevnet"
     assert {w.display_name for w in manifest.contributions.widgets} == {"Segment", "Attention"}
+
+
+def test_npe2_validate_command():
+    import shutil
+    import subprocess
+    import sys
+
+    npe2 = shutil.which("npe2") or str(Path(sys.executable).parent / "npe2")
+    proc = subprocess.run([npe2, "validate", "napari-sevnet"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "valid" in (proc.stdout + proc.stderr).lower()

@@ -194,3 +194,16 @@ def test_two_gloo_processes_end_with_identical_weights(phantom_dir, tmp_path):
         assert torch.equal(w0[k], start[k]), k  # rank 0 saved the same weights
     _, info = load_checkpoint(tmp_path / "run" / "last.json")
     assert info.provenance["world_size"] == 2
+
+
+def test_compare_trains_each_model_with_the_same_budget(phantom_dir, tmp_path):
+    from training.compare import main
+
+    out = tmp_path / "cmp"
+    args = ["-o", str(out), "--models", "sevnet,unet2d", f"data.roots=[{phantom_dir}]", "patch_size=[32,32,32]", "epochs=1", "steps_per_epoch=1", "val_every=1", "data.val_cases=1", f"data.cache_dir={tmp_path / 'cache'}"]
+    assert main(args) == 0
+    result = json.loads((out / "comparison.json").read_text())
+    assert [r["name"] for r in result["rows"]] == ["sevnet", "unet2d"]
+    assert all(0 <= r["dice"]["WT"] <= 1 and r["parameters"] > 0 and r["inference_s"] > 0 for r in result["rows"])
+    assert result["budget"]["steps"] == 1
+    assert "| SEV-Net lite |" in (out / "comparison.md").read_text()

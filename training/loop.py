@@ -236,6 +236,10 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, progress_json: 
     writer = _tensorboard(run_dir) if dinfo.main else None
     emit("start", run_dir=str(run_dir), epochs=cfg.epochs, start_epoch=start_epoch, train_cases=len(train_refs), val_cases=len(val_refs), device=str(device))
 
+    from tqdm import tqdm
+
+    total_steps = (cfg.epochs - start_epoch) * cfg.steps_per_epoch
+    bar = tqdm(total=total_steps, unit="step", desc="training", disable=progress_json or not dinfo.main, dynamic_ncols=True)
     t_start = time.perf_counter()
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
@@ -259,6 +263,8 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, progress_json: 
             done = (epoch - start_epoch) * cfg.steps_per_epoch + step + 1
             total = (cfg.epochs - start_epoch) * cfg.steps_per_epoch
             eta = (time.perf_counter() - t_start) / done * (total - done)
+            bar.update(1)
+            bar.set_postfix(epoch=epoch + 1, loss=f"{losses[-1]:.4f}")
             if progress_json:
                 emit("step", epoch=epoch + 1, epochs=cfg.epochs, step=step + 1, steps=cfg.steps_per_epoch, loss=losses[-1], eta_s=round(eta, 1))
         epoch_loss = float(np.mean(losses))
@@ -308,6 +314,7 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, progress_json: 
             _log_row(run_dir / "metrics.csv", epoch + 1, epoch_loss, lr, metrics)
         if dinfo.world > 1:
             dist.barrier()
+    bar.close()
     if writer is not None:
         writer.close()
     emit("done", run_dir=str(run_dir), best=str(run_dir / "best.json"), best_mean_dice=best, seconds=round(time.perf_counter() - t_start, 1))

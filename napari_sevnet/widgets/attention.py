@@ -35,14 +35,21 @@ class AttentionWidget(Container):
         self.native.layout().addWidget(self.canvas)
         self.canvas.mpl_connect("button_press_event", self._on_click)
         self._predictor = None
+        self._drawn = None
         self.worker = None
 
         self._source.changed.connect(self._on_source)
         self._stage.changed.connect(self._on_stage)
+        self._channel.changed.connect(lambda _v: self.draw())
         self._show.changed.connect(lambda: self.show_feature_map(self._stage.value, self._channel.value))
         self._viewer.layers.events.inserted.connect(self._refresh)
         self._viewer.layers.events.removed.connect(self._refresh)
+        self.native.destroyed.connect(self._on_destroyed)
         self._refresh()
+
+    def _on_destroyed(self, _obj=None):
+        self._viewer.layers.events.inserted.disconnect(self._refresh)
+        self._viewer.layers.events.removed.disconnect(self._refresh)
 
     # ------------------------------------------------------------------ data
 
@@ -78,6 +85,11 @@ class AttentionWidget(Container):
     # ------------------------------------------------------------------ plot
 
     def draw(self):
+        """Redraw the figure when the result, stage or channel shown changed (a redraw costs ~80 ms)."""
+        key = (id(self._source.value), self._stage.value, self._channel.value)
+        if key == self._drawn:
+            return
+        self._drawn = key
         self.figure.clear()
         attention = self.attention
         if not attention:
@@ -148,8 +160,7 @@ class AttentionWidget(Container):
             self._status.value = f"added '{name}'"
 
         self._status.value = f"computing {stage} feature maps..."
-        worker = self.worker = work()
-        worker.returned.connect(add)
-        worker.errored.connect(lambda exc: show_error(f"Feature map failed: {exc}"))
+        handlers = {"returned": add, "errored": lambda exc: show_error(f"Feature map failed: {exc}")}
+        worker = self.worker = work(_connect=handlers, _start_thread=False)
         worker.start()
         return worker

@@ -30,6 +30,7 @@ NAME_PATTERNS = {
     "t2": {"t2", "t2w"},
     "flair": {"flair", "t2f", "t2flair"},
 }
+LAYER_SPACING_MS = 40  # lets the event loop run between inserting the three result layers
 TOOLTIPS = {
     "model": "A napari-sevnet checkpoint (.json beside its .safetensors). Untick 'bundled demo weights' to use it.",
     "bundled": "The demo SEV-Net trained on synthetic phantoms: for trying the tool, not for clinical use.",
@@ -81,7 +82,7 @@ class SegmentWidget(Container):
 
         self._relay = _Relay()
         self._relay.progressed.connect(self._on_progress)
-        self._debounce = QTimer()
+        self._debounce = QTimer(self.native)  # dies with the dock
         self._debounce.setSingleShot(True)
         self._debounce.setInterval(250)
         self._debounce.timeout.connect(self.update_volumes)
@@ -100,7 +101,18 @@ class SegmentWidget(Container):
         self._nested.changed.connect(self.make_nested)
         self._viewer.layers.events.inserted.connect(self._refresh_layers)
         self._viewer.layers.events.removed.connect(self._refresh_layers)
+        self.native.destroyed.connect(self._on_destroyed)
         self._refresh_layers()
+
+    def _on_destroyed(self, _obj=None):
+        """The dock was closed: stop listening to the viewer and stop a running segmentation."""
+        self._viewer.layers.events.inserted.disconnect(self._refresh_layers)
+        self._viewer.layers.events.removed.disconnect(self._refresh_layers)
+        for layer in self.result_layers.values():
+            layer.events.paint.disconnect(self._schedule_volumes)
+            layer.events.data.disconnect(self._schedule_volumes)
+        if self._cancel_event is not None:
+            self._cancel_event.set()
 
     # ------------------------------------------------------------------ choices
 
@@ -140,8 +152,7 @@ class SegmentWidget(Container):
         shapes = {layer.data.shape for layer in chosen.values()}
         if len(shapes) != 1:
             raise InputError(None, f"the modality layers differ in shape: {sorted(shapes)}")
-        image = np.stack([np.asarray(chosen[m].data, dtype=np.float32) for m in MODALITIES])
-        return image, chosen
+        return [chosen[m].data for m in MODALITIES], chosen
 
     def _predictor(self, checkpoint, device, tta):
         from napari_sevnet.inference import Predictor
@@ -161,7 +172,7 @@ class SegmentWidget(Container):
         if self.worker is not None:
             return self.worker
         try:
-            image, chosen = self._input_image()
+            volumes, chosen = self._input_image()
         except InputError as exc:
             self._error(exc)
             return None
@@ -171,33 +182,41 @@ class SegmentWidget(Container):
 
         @thread_worker
         def work():
+            image = np.stack([np.asarray(v, dtype=np.float32) for v in volumes])  # ~140 MB: not on the GUI thread
             predictor = self._predictor(checkpoint, device, tta)
             result = predictor.predict(image, progress=relay.progressed.emit, cancel=cancel)
-            return predictor, result
+            return predictor, result, self._result_layers(predictor, result, chosen)
 
         self._progress = progress(total=100, desc="SEV-Net segmentation")
         self._run.enabled, self._cancel.enabled = False, True
         self._status.value = "loading model..."
         self._final_status = ""
-        worker = self.worker = work()
-        worker.returned.connect(lambda out: self._guarded(self._on_result, out, chosen))
-        worker.errored.connect(self._error)
-        worker.finished.connect(self._on_finished)
+        # handlers connected at creation: superqt re-raises errors on the GUI thread otherwise
+        handlers = {"returned": lambda out: self._guarded(self._on_result, out, chosen), "errored": self._error, "finished": self._on_finished}
+        worker = self.worker = work(_connect=handlers, _start_thread=False)
         worker.start()
         return worker
 
     def cancel(self):
         if self._cancel_event is not None:
             self._cancel_event.set()
-            self._status.value = "cancelling..."
+            if self.worker is not None:
+                try:
+                    self._status.value = "cancelling..."
+                except RuntimeError:  # the widget is being deleted
+                    pass
 
     def _on_progress(self, fraction: float, message: str):
-        bar = self._progress  # updating the bar may process events, including the run's end
+        bar = self._progress
         if bar is None or self.worker is None or self._final_status:
             return  # a late message from a run that has already ended
-        bar.n = int(round(100 * fraction))
+        try:
+            self._status.value = message
+        except RuntimeError:  # the dock was closed while the worker ran
+            self.cancel()
+            return
+        bar.n = int(round(100 * fraction))  # may process events, the run's end included: keep it last
         bar.set_description(f"SEV-Net: {message}")
-        self._status.value = message
 
     def _on_finished(self):
         if self._progress is not None:
@@ -236,8 +255,11 @@ class SegmentWidget(Container):
     def _schedule_volumes(self, event=None):
         self._debounce.start()
 
-    def _on_result(self, out, chosen):
-        predictor, result = out
+    @staticmethod
+    def _result_layers(predictor, result, chosen) -> list:
+        """Build the WT/TC/ET Labels layers in the worker: only inserting them needs the GUI thread."""
+        from napari.layers import Labels
+
         reference = chosen["flair"]
         source = reference.metadata.get(META_KEY, {})
         meta = {
@@ -250,22 +272,30 @@ class SegmentWidget(Container):
             "attention": result.attention,
             "prediction": result.regions,  # the model's own output, to measure edits against
         }
-        # one layer per event-loop turn: napari/vispy need ~0.2 s per Labels layer on the GUI thread
-        self._pending_layers = [(region, result.regions[i].astype(np.uint8), reference, meta) for i, region in enumerate(REGIONS)]
+        layers = []
+        for i, region in enumerate(REGIONS):
+            layer = Labels(result.regions[i].astype(np.uint8), **region_layer_kwargs(region, reference.scale, meta))
+            layer.translate = reference.translate
+            layers.append(layer)
+        return layers
+
+    def _on_result(self, out, chosen):
+        predictor, result, layers = out
+        self._pending_layers = list(layers)
         self.result_layers = {}
         self.last_result = None
         self._final_status = f"done in {result.timings['total_s']:.1f} s on {result.device}"
-        QTimer.singleShot(0, lambda: self._guarded(self._add_next_layer, result))
+        self._add_next_layer(result)
 
     def _add_next_layer(self, result):
-        region, data, reference, meta = self._pending_layers.pop(0)
-        layer = self._viewer.add_labels(data, **region_layer_kwargs(region, reference.scale, meta))
-        layer.translate = reference.translate
+        """Insert one result layer; the next one after the event loop has run (napari needs ~0.15 s each)."""
+        layer = self._pending_layers.pop(0)
+        self._viewer.add_layer(layer)
         layer.events.paint.connect(self._schedule_volumes)
         layer.events.data.connect(self._schedule_volumes)
-        self.result_layers[region] = layer
+        self.result_layers[layer.metadata[META_KEY]["region"]] = layer
         if self._pending_layers:
-            QTimer.singleShot(0, lambda: self._guarded(self._add_next_layer, result))
+            QTimer.singleShot(LAYER_SPACING_MS, lambda: self._guarded(self._add_next_layer, result))
             return
         self.last_result = result
         self._nested.enabled = True
