@@ -239,7 +239,7 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, progress_json: 
     from tqdm import tqdm
 
     total_steps = (cfg.epochs - start_epoch) * cfg.steps_per_epoch
-    bar = tqdm(total=total_steps, unit="step", desc="training", disable=progress_json or not dinfo.main, dynamic_ncols=True)
+    bar = tqdm(total=total_steps, unit="step", desc="training", disable=True if progress_json or not dinfo.main else None, dynamic_ncols=True)  # None: off when not a terminal
     t_start = time.perf_counter()
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
