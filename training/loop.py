@@ -29,7 +29,7 @@ from napari_sevnet.inference import Predictor
 from napari_sevnet.metrics import case_metrics
 from napari_sevnet.model import build_model
 from napari_sevnet.regions import REGIONS
-from training.config import TrainConfig, save_config, to_dict
+from training.config import TrainConfig, save_config
 from training.data import PatchDataset, discover_cases, load_preprocessed, set_transform_seed, split_cases
 
 log = logging.getLogger("sevnet.train")

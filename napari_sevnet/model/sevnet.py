@@ -17,7 +17,7 @@ values of the same class (see :data:`CONFIGS`).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
