@@ -122,7 +122,7 @@ def evaluate_main(argv=None) -> int:
 
     def read_regions(path: Path):
         data, img = read_nifti(path)
-        grid = _grid_of(img, path)
+        grid = _grid_of(img)
         labels = grid.to_canonical(np.asarray(data))
         try:
             return labels_to_regions(labels, guess_convention(labels)), grid

@@ -26,7 +26,7 @@ import gzip
 import os
 import re
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
@@ -76,14 +76,6 @@ class SourceGrid:
         return np.ascontiguousarray(apply_orientation(ras, ornt_transform(_CANONICAL, self.orientation)))
 
     @property
-    def canonical_affine(self) -> np.ndarray:
-        """Voxel (x, y, z) index of the canonical array -> world mm (for other viewers' overlays)."""
-        tf = ornt_transform(self.orientation, _CANONICAL)
-        from nibabel.orientations import inv_ornt_aff
-
-        return self.affine @ inv_ornt_aff(tf, self.shape)
-
-    @property
     def spacing(self) -> tuple[float, float, float]:
         """Voxel size in mm along canonical (Z, Y, X)."""
         zooms = np.sqrt((self.affine[:3, :3] ** 2).sum(axis=0))  # per source axis
@@ -102,7 +94,6 @@ class Case:
     regions: np.ndarray | None = None  # (3, Z, Y, X) bool, WT/TC/ET
     label_convention: str | None = None  # convention the segmentation file used
     layout: str = "brats2021"
-    metadata: dict = field(default_factory=dict)
 
     @property
     def spacing(self) -> tuple[float, float, float]:
@@ -267,7 +258,7 @@ def _as_intensity(data: np.ndarray, path: Path) -> np.ndarray:
     return data
 
 
-def _grid_of(img: nib.Nifti1Image, path: Path) -> SourceGrid:
+def _grid_of(img: nib.Nifti1Image) -> SourceGrid:
     affine = np.asarray(img.affine, dtype=np.float64)
     header = img.header.copy()
     return SourceGrid(affine=affine, shape=tuple(int(s) for s in img.shape[:3]), orientation=io_orientation(affine), header=header)
@@ -314,7 +305,7 @@ def load_case(
         data, img = read_nifti(files["image"], allow_4d=True)
         if data.ndim != 4 or data.shape[3] != len(MSD_CHANNELS):
             raise InputError(files["image"], f"Decathlon image must be 4D with {len(MSD_CHANNELS)} channels ({', '.join(MSD_CHANNELS)}), got shape {data.shape}")
-        grid = _grid_of(img, files["image"])
+        grid = _grid_of(img)
         channels = {name: _as_intensity(data[..., i], files["image"]) for i, name in enumerate(MSD_CHANNELS)}
         image = np.stack([grid.to_canonical(channels[m]) for m in MODALITIES])
         paths = {m: files["image"] for m in MODALITIES}
@@ -324,7 +315,7 @@ def load_case(
         volumes = []
         for m in MODALITIES:
             data, img = read_nifti(files[m])
-            g = _grid_of(img, files[m])
+            g = _grid_of(img)
             if grid is None:
                 grid, ref = g, files[m]
             else:
@@ -338,7 +329,7 @@ def load_case(
     if "seg" in files:
         seg_path = files["seg"]
         data, img = read_nifti(seg_path)
-        _same_grid(grid, _grid_of(img, seg_path), seg_path, paths["t1"])
+        _same_grid(grid, _grid_of(img), seg_path, paths["t1"])
         labels = grid.to_canonical(np.asarray(data))
         try:
             if not np.all(np.isfinite(labels)):
@@ -392,16 +383,3 @@ def write_volume(volume: np.ndarray, grid: SourceGrid, path: str | os.PathLike, 
     img = nib.Nifti1Image(data, grid.affine)
     img.set_data_dtype(np.float32)
     return atomic_write_nifti(img, path, overwrite=overwrite)
-
-
-def write_case(case: Case, folder: str | os.PathLike, case_id: str | None = None, convention: str = "brats2021") -> dict[str, Path]:
-    """Write ``case`` in BraTS 2021 layout into ``folder`` (modalities on the source grid)."""
-    case_id = case_id or case.case_id
-    folder = Path(folder)
-    written = {}
-    for i, m in enumerate(MODALITIES):
-        img = nib.Nifti1Image(case.grid.from_canonical(case.image[i]).astype(np.float32), case.grid.affine)
-        written[m] = atomic_write_nifti(img, folder / f"{case_id}_{m}.nii.gz")
-    if case.regions is not None:
-        written["seg"] = write_mask(case.regions, case.grid, folder / f"{case_id}_seg.nii.gz", convention)
-    return written

@@ -15,12 +15,9 @@ msd             2      1      3     (Decathlon Task01: 1 edema, 2 non-enhancing,
 
 from __future__ import annotations
 
-from typing import Mapping
-
 import numpy as np
 
 REGIONS = ("WT", "TC", "ET")
-REGION_NAMES = {"WT": "whole tumour", "TC": "tumour core", "ET": "enhancing tumour"}
 
 #: label value of each tumour sub-region per convention
 CONVENTIONS: dict[str, dict[str, int]] = {
@@ -100,11 +97,3 @@ def volumes_ml(regions: np.ndarray, spacing: tuple[float, float, float]) -> dict
     """Volume of each region in millilitres (1 mL = 1000 mm^3) from the voxel spacing in mm."""
     voxel_ml = float(np.prod(spacing)) / 1000.0
     return {name: float(np.count_nonzero(regions[i])) * voxel_ml for i, name in enumerate(REGIONS)}
-
-
-def regions_from_layers(layers: Mapping[str, np.ndarray]) -> np.ndarray:
-    """Stack a {'WT': mask, 'TC': mask, 'ET': mask} mapping into (3, ...) booleans."""
-    missing = [r for r in REGIONS if r not in layers]
-    if missing:
-        raise ValueError(f"missing region masks {missing}")
-    return np.stack([np.asarray(layers[r]) > 0 for r in REGIONS])

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -36,7 +37,7 @@ def test_bad_case_gets_one_line_and_the_batch_continues(phantom_dir, random_chec
     bad.mkdir()
     (bad / "bad_case_t1.nii.gz").write_bytes(b"")
     out = tmp_path / "pred"
-    cmd = [sys.executable, "-m", "napari_sevnet.cli_entry", "predict", str(bad), str(phantom_dir / "phantom_0000"), "-o", str(out), "--checkpoint", str(random_checkpoint)]
+    cmd = [str(Path(sys.executable).parent / "sevnet-predict"), str(bad), str(phantom_dir / "phantom_0000"), "-o", str(out), "--checkpoint", str(random_checkpoint)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1
     errors = [line for line in proc.stderr.splitlines() if "error" in line]

@@ -33,21 +33,14 @@ class CaseRef:
 def discover_cases(roots: list[str | Path]) -> list[CaseRef]:
     """Case folders (holding BraTS-named files with a segmentation) below each root, sorted by id.
 
-    A root may itself be one case folder. Fine-tuning datasets keep only their
-    latest version of each case (``dataset.json`` says which).
+    A root may itself be one case folder.
     """
     refs: dict[str, CaseRef] = {}
     for root in roots:
         root = Path(root)
         if not root.is_dir():
             raise InputError(root, "training data folder not found")
-        manifest = root / "dataset.json"
-        if manifest.is_file():
-            entries = json.loads(manifest.read_text()).get("cases", {})
-            folders = [root / e["folder"] for e in entries.values()]
-        else:
-            folders = [root, *sorted(p for p in root.iterdir() if p.is_dir())]
-        for folder in folders:
+        for folder in [root, *sorted(p for p in root.iterdir() if p.is_dir())]:
             names = [_role_of(p.name) for p in folder.iterdir() if p.is_file()] if folder.is_dir() else []
             roles = {n[1] for n in names if n}
             if {"t1", "t1ce", "t2", "flair", "seg"} <= roles:

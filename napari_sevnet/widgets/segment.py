@@ -94,6 +94,7 @@ class SegmentWidget(Container):
         self.worker = None
         self.result_layers: dict[str, object] = {}
         self.last_result = None
+        self.volumes: dict[str, float] | None = None
 
         self._bundled.changed.connect(lambda v: setattr(self._checkpoint, "enabled", not v))
         self._run.changed.connect(self.run)
