@@ -176,3 +176,41 @@ def evaluate_main(argv=None) -> int:
     for row in rows:
         print(f"{row['case']:<24}" + "".join(f"{row[f'{r}_dice']:>10.3f}{row[f'{r}_hd95']:>10.2f}" for r in REGIONS))
     return 1 if failed else 0
+
+
+def export_main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="sevnet-export",
+        description="Add a case and its corrected mask (from napari, ITK-SNAP, 3D Slicer, ...) to a fine-tuning dataset that sevnet-train reads.",
+    )
+    parser.add_argument("case", type=Path, help="the case: its folder or any one of its files")
+    parser.add_argument("mask", type=Path, help="the corrected label NIfTI on the case's grid (BraTS 2021, 2023 or Decathlon labels)")
+    parser.add_argument("-d", "--dataset", required=True, type=Path, help="dataset folder (created when new)")
+    parser.add_argument("--case-id", help="id in the dataset (default: the case's own id)")
+    parser.add_argument("--model-mask", type=Path, help="the model's mask before correction, for the edit statistics")
+    parser.add_argument("--checkpoint", type=Path, help="the checkpoint that produced the model's mask")
+    parser.add_argument("--mask-labels", choices=["2021", "2023", "msd"], help="label convention of the masks (default: guessed from the values)")
+    parser.add_argument("--labels", choices=["2021", "2023"], help="label convention of a new dataset (default 2021)")
+    parser.add_argument("--annotator", help="who corrected the mask")
+    parser.add_argument("--note", help="free text kept in the manifest")
+    parser.add_argument("--replace", action="store_true", help="replace the case's earlier versions instead of adding a version")
+    args = parser.parse_args(argv)
+
+    from napari_sevnet.export import export_case
+    from napari_sevnet.io import load_case, read_segmentation
+
+    try:
+        case = load_case(args.case)
+        corrected, _ = read_segmentation(args.mask, case.grid, case.paths["t1"], args.mask_labels)
+        model = read_segmentation(args.model_mask, case.grid, case.paths["t1"], args.mask_labels)[0] if args.model_mask else None
+        result = export_case(
+            case, corrected, args.dataset, case_id=args.case_id, model_regions=model, checkpoint=args.checkpoint,
+            annotator=args.annotator, note=args.note, replace=args.replace, label_convention=args.labels,
+        )
+    except InputError as exc:
+        print(f"sevnet-export: error: {exc}", file=sys.stderr)
+        return 2
+    edits = result.record["edits"]
+    summary = "   ".join(f"{r} Dice(model, corrected) {e['dice_model_vs_corrected']:.3f}" for r, e in edits.items()) if edits else ""
+    print(f"exported {result.case_id} version {result.version} to {result.folder}" + (f"\n{summary}" if summary else ""))
+    return 0

@@ -327,20 +327,27 @@ def load_case(
 
     case = Case(case_id=case_id, image=image, grid=grid, paths=paths, layout=layout)
     if "seg" in files:
-        seg_path = files["seg"]
-        data, img = read_nifti(seg_path)
-        _same_grid(grid, _grid_of(img), seg_path, paths["t1"])
-        labels = grid.to_canonical(np.asarray(data))
-        try:
-            if not np.all(np.isfinite(labels)):
-                raise ValueError("segmentation holds NaN or infinite values")
-            conv = reg.convention_name(convention) if convention else reg.guess_convention(labels)
-            case.regions = reg.labels_to_regions(labels, conv)
-        except ValueError as exc:
-            raise InputError(seg_path, str(exc)) from None
-        case.label_convention = conv
-        case.paths["seg"] = seg_path
+        case.regions, case.label_convention = read_segmentation(files["seg"], grid, paths["t1"], convention)
+        case.paths["seg"] = files["seg"]
     return case
+
+
+def read_segmentation(path: str | os.PathLike, grid: SourceGrid, reference: Path, convention: str | None = None) -> tuple[np.ndarray, str]:
+    """A label file on ``grid`` (that of ``reference``) -> ((3, Z, Y, X) WT/TC/ET bool, convention used).
+
+    The convention is guessed from the values unless given.
+    """
+    path = Path(path)
+    data, img = read_nifti(path)
+    _same_grid(grid, _grid_of(img), path, reference)
+    labels = grid.to_canonical(np.asarray(data))
+    try:
+        if not np.all(np.isfinite(labels)):
+            raise ValueError("segmentation holds NaN or infinite values")
+        conv = reg.convention_name(convention) if convention else reg.guess_convention(labels)
+        return reg.labels_to_regions(labels, conv), conv
+    except ValueError as exc:
+        raise InputError(path, str(exc)) from None
 
 
 # --------------------------------------------------------------------------- writing

@@ -11,10 +11,15 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
 
 from napari_sevnet.errors import InputError
+
+
+def _stop_on_sigterm(signum, frame):
+    raise KeyboardInterrupt
 
 
 def main(argv=None) -> int:
@@ -27,6 +32,8 @@ def main(argv=None) -> int:
     parser.add_argument("--progress-json", action="store_true", help="JSON-lines progress on stdout for programs")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
+
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)  # the plugin's Cancel: stop like Ctrl-C, checkpoints intact
 
     from training.config import load_config
     from training.loop import train
@@ -48,6 +55,8 @@ def main(argv=None) -> int:
         print(f"sevnet-train: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
+        if args.progress_json:
+            print(json.dumps({"event": "stopped", "message": "stopped; the last finished epoch is saved"}), flush=True)
         print("sevnet-train: interrupted; the last finished epoch is saved (resume with --resume RUN_DIR)", file=sys.stderr)
         return 130
     return 0

@@ -35,6 +35,7 @@ class DataConfig:
     replay_roots: list[str] = field(default_factory=list)  # original cases mixed into fine-tuning
     replay_fraction: float = 0.5
     cache_dir: str | None = None  # default: <output>/../.cache
+    validate_on_train: bool = False  # fine-tuning a few corrected cases: report how well the model now fits them
 
 
 @dataclass

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from napari_sevnet.errors import InputError
+from napari_sevnet.export import active_cases, read_manifest
 from napari_sevnet.files import atomic_output
 from napari_sevnet.inference import preprocess
 from napari_sevnet.io import _role_of, load_case
@@ -33,14 +34,20 @@ class CaseRef:
 def discover_cases(roots: list[str | Path]) -> list[CaseRef]:
     """Case folders (holding BraTS-named files with a segmentation) below each root, sorted by id.
 
-    A root may itself be one case folder.
+    A root may itself be one case folder. In an exported fine-tuning dataset
+    only the newest version of each case is used (its manifest says which).
     """
     refs: dict[str, CaseRef] = {}
     for root in roots:
         root = Path(root)
         if not root.is_dir():
             raise InputError(root, "training data folder not found")
-        for folder in [root, *sorted(p for p in root.iterdir() if p.is_dir())]:
+        manifest = read_manifest(root)
+        if manifest is not None:
+            folders = [root / record["folder"] for record in active_cases(manifest)]
+        else:
+            folders = [root, *sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))]
+        for folder in folders:
             names = [_role_of(p.name) for p in folder.iterdir() if p.is_file()] if folder.is_dir() else []
             roles = {n[1] for n in names if n}
             if {"t1", "t1ce", "t2", "flair", "seg"} <= roles:

@@ -192,6 +192,8 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, progress_json: 
 
     cases = discover_cases(cfg.data.roots)
     train_refs, val_refs = split_cases(cases, cfg.data)
+    if cfg.data.validate_on_train and not val_refs:
+        val_refs = list(train_refs)
     replay_refs = discover_cases(cfg.data.replay_roots) if cfg.data.replay_roots else []
     cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else run_dir.parent / ".cache"
     dataset = PatchDataset(train_refs + replay_refs, cache_dir, cfg.patch_size, cfg.augment)

@@ -1,0 +1,212 @@
+"""Export of corrected cases into a fine-tuning dataset: layout, manifest, versions, safety."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from napari_sevnet import export as ex
+from napari_sevnet.errors import InputError
+from napari_sevnet.io import load_case
+from napari_sevnet.phantom import write_phantom
+from napari_sevnet.regions import REGIONS
+from training.data import discover_cases
+
+
+@pytest.fixture()
+def case(phantom_dir):
+    return load_case(phantom_dir / "phantom_0000")
+
+
+def model_output(case):
+    """A 'model output' that misses a slab of the tumour and adds a blob elsewhere."""
+    model = case.regions.copy()
+    z = np.nonzero(case.regions[0].any(axis=(1, 2)))[0]
+    model[:, z[0] : z[0] + 3] = False
+    model[0, 2:5, 2:5, 2:5] = True
+    return model
+
+
+def snapshot(dataset: Path) -> dict:
+    """Every visible file's bytes (the lock file and staging folders are not the user's data)."""
+    if not dataset.exists():
+        return {}
+    return {
+        str(p.relative_to(dataset)): p.read_bytes()
+        for p in sorted(dataset.rglob("*"))
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(dataset).parts)
+    }
+
+
+def test_export_writes_a_brats_case_and_manifest(case, tmp_path, random_checkpoint):
+    model = model_output(case)
+    result = ex.export_case(case, case.regions, tmp_path / "ds", model_regions=model, checkpoint=random_checkpoint, annotator="dr x", note="slab fixed")
+    folder = tmp_path / "ds" / "phantom_0000"
+    assert result.folder == folder and result.version == 1
+    for m in ("t1", "t1ce", "t2", "flair"):  # source voxels and affine unchanged: the very bytes
+        assert (folder / f"phantom_0000_{m}.nii.gz").read_bytes() == case.paths[m].read_bytes()
+    again = load_case(folder)
+    assert np.array_equal(again.regions, case.regions)
+    assert np.allclose(again.grid.affine, case.grid.affine)
+
+    manifest = ex.read_manifest(tmp_path / "ds")
+    (record,) = manifest["cases"]
+    assert record["annotator"] == "dr x" and record["note"] == "slab fixed"
+    assert record["source"]["files"]["t1"]["sha256"] == ex.sha256_of(case.paths["t1"])
+    assert record["checkpoint"]["weights_sha256"] == ex.sha256_of(random_checkpoint.with_suffix(".safetensors"))
+    wt = record["edits"]["WT"]
+    assert wt["removed_voxels"] == 27
+    assert wt["added_voxels"] == int((case.regions[0] & ~model[0]).sum()) > 0
+    assert 0.5 < wt["dice_model_vs_corrected"] < 1.0
+    assert json.loads((folder / ex.RECORD_NAME).read_text()) == record
+    assert [c.case_id for c in discover_cases([tmp_path / "ds"])] == ["phantom_0000"]
+
+
+def test_re_export_adds_a_version_and_replace_removes_the_old_ones(case, tmp_path):
+    ds = tmp_path / "ds"
+    ex.export_case(case, case.regions, ds)
+    smaller = case.regions.copy()
+    smaller[:, :, :, : case.shape[2] // 2] = False
+    second = ex.export_case(case, smaller, ds)
+    assert second.version == 2 and second.folder.name == "phantom_0000_v2"
+    assert (ds / "phantom_0000").is_dir(), "version 1 is kept"
+    (ref,) = discover_cases([ds])
+    assert ref.folder.name == "phantom_0000_v2", "training uses the newest version only"
+
+    third = ex.export_case(case, case.regions, ds, replace=True)
+    assert third.version == 3 and third.record["replaces"] == [1, 2]
+    assert not (ds / "phantom_0000").exists() and not (ds / "phantom_0000_v2").exists()
+    assert [(r["case_id"], r["version"]) for r in ex.read_manifest(ds)["cases"]] == [("phantom_0000", 3)]
+    assert ex.export_case(case, case.regions, ds).version == 4, "a replaced version number is never reused"
+
+
+@pytest.mark.parametrize("case_id", ["../evil", "/tmp/evil", "a/b", "..", ".hidden", "a\\b", "runs", "x" * 101, "é"])
+def test_case_ids_cannot_escape_the_dataset(case, tmp_path, case_id):
+    ds = tmp_path / "ds"
+    with pytest.raises(InputError, match="not a valid case id"):
+        ex.export_case(case, case.regions, ds, case_id=case_id)
+    assert not ds.exists() or snapshot(ds) == {}
+    assert sorted(p.name for p in tmp_path.iterdir()) in ([], ["ds"])
+
+
+def test_foreign_folders_and_broken_manifests_are_refused(case, tmp_path):
+    foreign = tmp_path / "my_things"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(InputError, match="not empty and has no dataset.json"):
+        ex.export_case(case, case.regions, foreign)
+    assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]
+
+    ds = tmp_path / "ds"
+    ex.export_case(case, case.regions, ds)
+    (ds / ex.MANIFEST_NAME).write_text("{not json")
+    with pytest.raises(InputError, match="dataset.json.*unreadable"):
+        ex.export_case(case, case.regions, ds)
+    with pytest.raises(InputError, match="labels"):
+        ds2 = tmp_path / "ds2"
+        ex.export_case(case, case.regions, ds2, label_convention="2023")
+        ex.export_case(case, case.regions, ds2, label_convention="2021")
+
+
+def test_a_version_committed_before_a_crash_is_adopted_by_the_next_export(case, tmp_path, monkeypatch):
+    """Killed between the folder rename and the manifest write: the next export completes the manifest."""
+    ds = tmp_path / "ds"
+    ex.export_case(case, case.regions, ds)
+
+    def die(*args):
+        raise SystemExit("killed")
+
+    monkeypatch.setattr(ex, "_commit_record", die)
+    with pytest.raises(SystemExit):
+        ex.export_case(case, case.regions, ds)
+    monkeypatch.undo()
+    assert [r["version"] for r in ex.read_manifest(ds)["cases"]] == [1]
+    assert (ds / "phantom_0000_v2").is_dir()
+    third = ex.export_case(case, case.regions, ds)
+    assert third.version == 3
+    assert [r["version"] for r in ex.read_manifest(ds)["cases"]] == [1, 2, 3]
+
+
+def test_a_write_error_leaves_the_dataset_as_it_was(case, tmp_path, monkeypatch):
+    ds = tmp_path / "ds"
+    ex.export_case(case, case.regions, ds)
+    before = snapshot(ds)
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ex.shutil, "copyfile", disk_full)
+    with pytest.raises(InputError, match="No space left on device"):
+        ex.export_case(case, case.regions, ds)
+    assert snapshot(ds) == before
+    assert not [p for p in ds.iterdir() if p.name.startswith(ex.STAGING_PREFIX)]
+
+
+def test_kill_9_during_an_export_leaves_dataset_and_manifest_as_before(tmp_path):
+    source = write_phantom(tmp_path / "src", seed=3, shape=(128, 160, 160))
+    ds = tmp_path / "ds"
+    code = "import sys; from napari_sevnet.cli import export_main; sys.exit(export_main(sys.argv[1:]))"
+    args = [sys.executable, "-c", code, str(source), str(source / f"{source.name}_seg.nii.gz"), "-d", str(ds)]
+    assert subprocess.run(args, capture_output=True).returncode == 0
+    before = snapshot(ds)
+    assert before, "the first export wrote the dataset"
+
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not any(p.name.startswith(ex.STAGING_PREFIX) for p in ds.iterdir()):
+        assert proc.poll() is None and time.monotonic() < deadline, "the export ended before it could be killed mid-way"
+        time.sleep(0.002)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert snapshot(ds) == before
+
+    assert subprocess.run(args, capture_output=True).returncode == 0, "the dataset is still usable"
+    assert not [p for p in ds.iterdir() if p.name.startswith(ex.STAGING_PREFIX)], "the killed export's leftovers are gone"
+    assert [r["version"] for r in ex.read_manifest(ds)["cases"]] == [1, 2]
+
+
+def test_decathlon_cases_are_split_into_brats_files(tmp_path, case):
+    from napari_sevnet.io import MSD_CHANNELS, MODALITIES
+
+    src = tmp_path / "msd"
+    src.mkdir()
+    channels = [case.grid.from_canonical(case.image[MODALITIES.index(c)]) for c in MSD_CHANNELS]
+    nib.save(nib.Nifti1Image(np.stack(channels, -1).astype(np.float32), case.grid.affine), src / "BRATS_001.nii.gz")
+    msd = load_case(src / "BRATS_001.nii.gz")
+    result = ex.export_case(msd, case.regions, tmp_path / "ds")
+    again = load_case(result.folder)
+    assert np.array_equal(again.image, msd.image)
+    assert np.allclose(again.grid.affine, msd.grid.affine)
+
+
+def test_export_cli(case, tmp_path, phantom_dir):
+    from napari_sevnet.cli import export_main
+    from napari_sevnet.io import write_mask
+
+    model_mask = write_mask(model_output(case), case.grid, tmp_path / "model_seg.nii.gz")
+    folder = phantom_dir / "phantom_0000"
+    code = export_main([str(folder), str(case.paths["seg"]), "-d", str(tmp_path / "ds"), "--model-mask", str(model_mask), "--annotator", "A"])
+    assert code == 0
+    record = ex.read_manifest(tmp_path / "ds")["cases"][0]
+    assert record["annotator"] == "A" and record["edits"]["WT"]["removed_voxels"] == 27
+
+    other = phantom_dir / "phantom_0001" / "phantom_0001_seg.nii.gz"  # same shape, so try a wrong-shape mask
+    wrong = tmp_path / "wrong_seg.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((10, 10, 10), np.uint8), np.eye(4)), wrong)
+    before = snapshot(tmp_path / "ds")
+    result = subprocess.run([str(Path(sys.executable).parent / "sevnet-export"), str(folder), str(wrong), "-d", str(tmp_path / "ds")], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "wrong_seg.nii.gz" in result.stderr and "shape" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert snapshot(tmp_path / "ds") == before
+    assert other.exists()
+    assert set(REGIONS) == set(record["edits"])
