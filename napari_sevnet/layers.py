@@ -17,6 +17,7 @@ ET     enhancing tumour     yellow #ffdc00
 from __future__ import annotations
 
 import os
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +50,7 @@ def region_layer_kwargs(region: str, scale, meta: dict) -> dict:
 def case_layers(case: Case, visible: str = "flair") -> list[tuple]:
     """LayerData tuples: four images (and WT/TC/ET labels when the case has a segmentation)."""
     scale = tuple(case.spacing)
-    meta = {"case_id": case.case_id, "grid": case.grid, "paths": {k: str(v) for k, v in case.paths.items()}}
+    meta = {"group": uuid.uuid4().hex, "case_id": case.case_id, "grid": case.grid, "paths": {k: str(v) for k, v in case.paths.items()}}
     layers = []
     for i, m in enumerate(MODALITIES):
         kwargs = {
@@ -107,6 +108,49 @@ def write_regions(path: str, layer_data: list[tuple]) -> list[str]:
     convention = convention_name("2023") if str(path).endswith((".2023.nii.gz", ".2023.nii")) else "brats2021"
     regions = np.stack([by_region[r] for r in REGIONS])
     return [str(write_mask(regions, grid, path, convention))]
+
+
+def region_group(layers, layer) -> dict:
+    """The WT/TC/ET layers made together with ``layer`` (one Segment run or one opened case)."""
+    group = layer.metadata.get(META_KEY, {}).get("group")
+    found = {}
+    for other in layers:
+        info = other.metadata.get(META_KEY, {})
+        if group is not None and info.get("group") == group and info.get("region") in REGIONS:
+            found[info["region"]] = other
+    missing = [r for r in REGIONS if r not in found]
+    if missing:
+        raise InputError(None, f"the {', '.join(missing)} layer(s) of {layer.name!r} were deleted; export needs WT, TC and ET")
+    return found
+
+
+def case_from_layers(layers, region_layer) -> Case:
+    """The case behind a result layer: re-read from its files, or its image layers (any iterable) when it has none."""
+    info = region_layer.metadata.get(META_KEY, {})
+    if info.get("grid") is None:
+        raise InputError(None, f"layer {region_layer.name!r} does not come from a case opened with napari-sevnet, so its scan is unknown")
+    paths = {k: Path(v) for k, v in (info.get("paths") or {}).items()}
+    if all(m in paths for m in MODALITIES):
+        files = {m: paths[m] for m in MODALITIES}
+        case = load_case(files["t1"]) if len(set(files.values())) == 1 else load_case(mapping=files)
+        case.case_id = info.get("case_id") or case.case_id
+    else:  # an in-memory case (the phantom sample): its image layers are the scan
+        images = {}
+        for layer in layers:
+            meta = layer.metadata.get(META_KEY, {})
+            if meta.get("modality") in MODALITIES and meta.get("group") == info.get("group"):
+                images[meta["modality"]] = np.asarray(layer.data, dtype=np.float32)
+        by_name = {layer.name: layer for layer in layers}
+        for m, name in (info.get("source_layers") or {}).items():
+            if name in by_name and m not in images:
+                images[m] = np.asarray(by_name[name].data, dtype=np.float32)
+        missing = [MODALITY_LABELS[m] for m in MODALITIES if m not in images]
+        if missing:
+            raise InputError(None, f"the scan behind {region_layer.name!r} has no files and its {', '.join(missing)} layer(s) are gone")
+        case = Case(case_id=info.get("case_id") or "case", image=np.stack([images[m] for m in MODALITIES]), grid=info["grid"], paths={}, layout="in-memory")
+    if case.shape != tuple(region_layer.data.shape):
+        raise InputError(case.paths.get("t1"), f"the scan has shape {case.shape}, the layer {region_layer.name!r} {region_layer.data.shape}; was the file replaced?")
+    return case
 
 
 def phantom_sample() -> list[tuple]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import threading
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ from napari_sevnet.errors import Cancelled, InputError
 from napari_sevnet.io import MODALITIES, MODALITY_LABELS
 from napari_sevnet.layers import META_KEY, region_layer_kwargs
 from napari_sevnet.regions import REGIONS, make_nested, volumes_ml
+from napari_sevnet.widgets import register
 
 #: normalised layer names recognised for each modality
 NAME_PATTERNS = {
@@ -104,6 +106,7 @@ class SegmentWidget(Container):
         self._viewer.layers.events.removed.connect(self._refresh_layers)
         self.native.destroyed.connect(self._on_destroyed)
         self._refresh_layers()
+        register(self)
 
     def _on_destroyed(self, _obj=None):
         """The dock was closed: stop listening to the viewer and stop a running segmentation."""
@@ -264,6 +267,7 @@ class SegmentWidget(Container):
         reference = chosen["flair"]
         source = reference.metadata.get(META_KEY, {})
         meta = {
+            "group": uuid.uuid4().hex,  # ties the three layers of one run together
             "case_id": source.get("case_id"),
             "grid": source.get("grid"),
             "paths": source.get("paths"),

@@ -1,0 +1,134 @@
+"""Export dock widget: add the corrected WT/TC/ET layers and their scan to a fine-tuning dataset.
+
+The writing is :func:`napari_sevnet.export.export_case` (staging folder,
+rename, manifest under a lock), run in a ``thread_worker``; this widget only
+gathers the layers, the dataset folder and the annotator's note. The edit
+statistics compare the layers with the model output the Segment widget kept.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, LineEdit, PushButton
+
+from napari_sevnet.errors import InputError
+from napari_sevnet.layers import META_KEY, case_from_layers, region_group
+from napari_sevnet.regions import REGIONS
+from napari_sevnet.widgets import find_widget, register
+
+TOOLTIPS = {
+    "result": "The WT layer of a Segment run (or of an opened case); its TC and ET layers go with it.",
+    "dataset": "A new or empty folder, or an existing napari-sevnet dataset (it has a dataset.json).",
+    "case_id": "Folder name of the case in the dataset (default: the case's own id).",
+    "replace": "Delete the case's earlier versions in this dataset (after the new one is written). Off: add a new version.",
+}
+
+
+class ExportWidget(Container):
+    def __init__(self, napari_viewer):
+        super().__init__(labels=True)
+        self._viewer = napari_viewer
+        self._result = ComboBox(label="Result", choices=self._wt_layers, nullable=True, tooltip=TOOLTIPS["result"])
+        self._dataset = FileEdit(label="Dataset", mode="d", nullable=True, tooltip=TOOLTIPS["dataset"])
+        self._case_id = LineEdit(label="Case id", tooltip=TOOLTIPS["case_id"])
+        self._annotator = LineEdit(label="Annotator")
+        self._note = LineEdit(label="Note")
+        self._replace = CheckBox(text="Replace earlier versions", value=False, tooltip=TOOLTIPS["replace"])
+        self._export = PushButton(text="Export")
+        self._status = Label(value="")
+        self.extend([self._result, self._dataset, self._case_id, self._annotator, self._note, self._replace, self._export, self._status])
+        self.worker = None
+        self.last_export = None
+
+        self._result.changed.connect(self._on_result)
+        self._export.changed.connect(self.export)
+        self._viewer.layers.events.inserted.connect(self._refresh)
+        self._viewer.layers.events.removed.connect(self._refresh)
+        self.native.destroyed.connect(self._on_destroyed)
+        self._refresh()
+        register(self)
+
+    def _on_destroyed(self, _obj=None):
+        self._viewer.layers.events.inserted.disconnect(self._refresh)
+        self._viewer.layers.events.removed.disconnect(self._refresh)
+
+    def _wt_layers(self, _widget=None):
+        return [layer for layer in self._viewer.layers if layer.metadata.get(META_KEY, {}).get("region") == "WT"]
+
+    def _refresh(self, event=None):
+        self.reset_choices()
+        layers = self._wt_layers()
+        if self._result.value is None and layers:
+            self._result.value = layers[-1]  # the newest result
+
+    def _on_result(self, layer):
+        if layer is not None:
+            self._case_id.value = layer.metadata[META_KEY].get("case_id") or ""
+
+    def export(self):
+        """Start the export in a worker; returns it (None when the choices are incomplete)."""
+        from napari.qt.threading import thread_worker
+
+        if self.worker is not None:
+            return self.worker
+        try:
+            layer, dataset = self._result.value, self._dataset.value
+            if layer is None:
+                raise InputError(None, "choose the result to export (a WT layer from the Segment widget or an opened case)")
+            if dataset is None or str(dataset) in ("", "."):
+                raise InputError(None, "choose a dataset folder")
+            group = region_group(self._viewer.layers, layer)
+            corrected = np.stack([np.asarray(group[r].data) > 0 for r in REGIONS])  # a copy: painting may go on
+            info = layer.metadata[META_KEY]
+            options = {
+                "case_id": self._case_id.value.strip() or None,
+                "model_regions": info.get("prediction"),
+                "checkpoint": info.get("checkpoint"),
+                "annotator": self._annotator.value.strip() or None,
+                "note": self._note.value.strip() or None,
+                "replace": self._replace.value,
+            }
+            layers = list(self._viewer.layers)
+        except InputError as exc:
+            self._error(exc)
+            return None
+
+        @thread_worker
+        def work():
+            from napari_sevnet.export import export_case
+
+            case = case_from_layers(layers, layer)
+            return export_case(case, corrected, Path(dataset), **options)
+
+        self._export.enabled = False
+        self._status.value = "exporting..."
+        handlers = {"returned": self._on_exported, "errored": self._error, "finished": self._on_finished}
+        worker = self.worker = work(_connect=handlers, _start_thread=False)
+        worker.start()
+        return worker
+
+    def _on_exported(self, result):
+        from napari.utils.notifications import show_info
+
+        self.last_export = result
+        self._status.value = f"{result.case_id} v{result.version} -> {result.folder}"
+        show_info(f"Exported {result.case_id} (version {result.version}) to {result.folder}")
+        from napari_sevnet.widgets.finetune import FineTuneWidget
+
+        finetune = find_widget(self._viewer, FineTuneWidget)
+        if finetune is not None and not finetune.dataset:
+            finetune.dataset = result.folder.parent
+
+    def _on_finished(self):
+        self._export.enabled = True
+        self.worker = None
+
+    def _error(self, exc: BaseException):
+        from napari.utils.notifications import show_error
+
+        message = str(exc) if isinstance(exc, (InputError, OSError)) else f"{type(exc).__name__}: {exc}"
+        self._status.value = "export failed"
+        show_error(f"Export failed: {message}")
+

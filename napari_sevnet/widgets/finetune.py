@@ -1,0 +1,335 @@
+"""Fine-tune dock widget: run ``sevnet-train`` on an exported dataset in a subprocess and follow it.
+
+The trainer runs in its own process (a ``QProcess``: no thread, no blocking),
+so a crash or an out-of-memory there never takes napari down. Its
+``--progress-json`` lines drive the progress bar, the ETA, the loss and
+validation-Dice plot and the log. Cancel sends SIGTERM: the trainer stops as on
+Ctrl-C and keeps the checkpoint of the last finished epoch. "Use this model"
+hands the new checkpoint to the Segment widget (and re-segments); the run
+folder stays in ``DATASET/runs/`` for reproducibility.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import sys
+from pathlib import Path
+
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, LineEdit, ProgressBar, PushButton, SpinBox
+from qtpy.QtCore import QProcess, QProcessEnvironment, QTimer
+from qtpy.QtWidgets import QPlainTextEdit
+
+from napari_sevnet.errors import InputError
+from napari_sevnet.export import RUNS_DIR, active_cases, read_manifest
+from napari_sevnet.layers import REGION_COLOURS
+from napari_sevnet.regions import REGIONS
+from napari_sevnet.widgets import find_widget, register
+
+KILL_AFTER_MS = 15_000  # Cancel: SIGTERM first, SIGKILL if the trainer has not stopped by then
+TOOLTIPS = {
+    "dataset": "A dataset written by the Export widget or sevnet-export (it has a dataset.json).",
+    "base": "Checkpoint to start from. Empty: the model the Segment widget uses.",
+    "lr": "Learning rate (AdamW, decayed to 0 over the run).",
+    "replay": "Optional folder of original labelled cases mixed into training so the model keeps what it knew.",
+    "rerun": "After switching the model, segment the current case again (new layers; your edits stay).",
+}
+
+
+def _finetune_config() -> Path:
+    import training
+
+    return Path(training.__file__).resolve().parent / "configs" / "finetune.yaml"
+
+
+class FineTuneWidget(Container):
+    def __init__(self, napari_viewer):
+        super().__init__(labels=True)
+        self._viewer = napari_viewer
+        self._dataset = FileEdit(label="Dataset", mode="d", nullable=True, tooltip=TOOLTIPS["dataset"])
+        self._base = FileEdit(label="Base model", filter="*.json", nullable=True, tooltip=TOOLTIPS["base"])
+        self._epochs = SpinBox(label="Epochs", min=1, max=1000, value=8)
+        self._steps = SpinBox(label="Steps per epoch", min=1, max=10_000, value=20)
+        self._lr = LineEdit(label="Learning rate", value="1e-3", tooltip=TOOLTIPS["lr"])
+        self._device = ComboBox(label="Device", choices=["auto", "cpu", "cuda"], value="auto")
+        self._replay = FileEdit(label="Replay data", mode="d", nullable=True, tooltip=TOOLTIPS["replay"])
+        self._start = PushButton(text="Start")
+        self._cancel = PushButton(text="Cancel", enabled=False)
+        self._bar = ProgressBar(label="Progress", min=0, max=1000, value=0)
+        self._status = Label(value="")
+        self._use = PushButton(text="Use this model", enabled=False)
+        self._rerun = CheckBox(text="Re-segment the current case", value=True, tooltip=TOOLTIPS["rerun"])
+        self.extend([self._dataset, self._base, self._epochs, self._steps, self._lr, self._device, self._replay, self._start, self._cancel, self._bar, self._status, self._use, self._rerun])
+
+        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+        from matplotlib.figure import Figure
+
+        self.figure = Figure(figsize=(4, 2.6), tight_layout=True)
+        self.canvas = FigureCanvasQTAgg(self.figure)
+        self.canvas.setMinimumHeight(200)
+        self.log = QPlainTextEdit()
+        self.log.setReadOnly(True)
+        self.log.setMaximumBlockCount(2000)
+        self.log.setMinimumHeight(120)
+        self.native.layout().addWidget(self.canvas)
+        self.native.layout().addWidget(self.log)
+
+        self.process: QProcess | None = None
+        self.run_dir: Path | None = None
+        self.checkpoint: Path | None = None  # the model "Use this model" switches to
+        self.losses: list[tuple[int, float]] = []
+        self.dice: list[tuple[int, dict]] = []
+        self.error_message: str | None = None
+        self.exit_code: int | None = None
+        self._cancelled = False
+        self._stdout_tail = ""
+        self._stderr_tail = ""
+        self._last_stderr: str | None = None
+
+        self._start.changed.connect(self.start)
+        self._cancel.changed.connect(self.cancel)
+        self._use.changed.connect(self.use_model)
+        self.native.destroyed.connect(self._on_destroyed)
+        register(self)
+
+    # ------------------------------------------------------------------ choices
+
+    @property
+    def dataset(self) -> Path | None:
+        value = self._dataset.value
+        return None if value is None or str(value) in ("", ".") else Path(value)
+
+    @dataset.setter
+    def dataset(self, path) -> None:
+        self._dataset.value = Path(path)
+
+    def _segment_widget(self):
+        from napari_sevnet.widgets.segment import SegmentWidget
+
+        return find_widget(self._viewer, SegmentWidget)
+
+    def base_checkpoint(self) -> Path:
+        """The chosen base model, else the Segment widget's, else the bundled demo weights."""
+        from napari_sevnet.checkpoint import bundled_checkpoint
+
+        if self._base.value is not None and str(self._base.value) not in ("", "."):
+            return Path(self._base.value)
+        segment = self._segment_widget()
+        return Path(segment.checkpoint) if segment is not None and segment.checkpoint else bundled_checkpoint()
+
+    def command(self) -> list[str]:
+        """The trainer's arguments after ``python``; checks the choices first (InputError names the problem)."""
+        from napari_sevnet.checkpoint import read_info
+
+        dataset = self.dataset
+        if dataset is None:
+            raise InputError(None, "choose the dataset to fine-tune on (export a corrected case first)")
+        manifest = read_manifest(dataset)
+        if manifest is None:
+            raise InputError(dataset, "has no dataset.json: choose a dataset written by Export or sevnet-export")
+        if not active_cases(manifest):
+            raise InputError(dataset / "dataset.json", "lists no cases yet: export a corrected case first")
+        base = self.base_checkpoint()
+        read_info(base)  # a broken checkpoint is reported here, not by the subprocess
+        try:
+            lr = float(self._lr.value)
+        except ValueError:
+            raise InputError(None, f"learning rate {self._lr.value!r} is not a number") from None
+        if not 0 < lr < 1:
+            raise InputError(None, f"learning rate {lr} should lie between 0 and 1 (1e-3 is a good start)")
+        if self._device.value == "cuda":
+            import torch
+
+            if not torch.cuda.is_available():
+                raise InputError(None, "no CUDA device is available here; choose cpu or auto")
+        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        run_dir = dataset / RUNS_DIR / f"finetune-{stamp}"
+        n = 2
+        while run_dir.exists():
+            run_dir, n = dataset / RUNS_DIR / f"finetune-{stamp}-{n}", n + 1
+        self.run_dir = run_dir
+        args = [
+            "-m", "training.cli", "--config", str(_finetune_config()), "--init", str(base), "-o", str(run_dir), "--progress-json",
+            f"data.roots={json.dumps([str(dataset)])}", f"epochs={self._epochs.value}", f"steps_per_epoch={self._steps.value}", f"lr={lr}",
+        ]
+        replay = self._replay.value
+        if replay is not None and str(replay) not in ("", "."):
+            args.append(f"data.replay_roots={json.dumps([str(replay)])}")
+        return args
+
+    # ------------------------------------------------------------------ process
+
+    def start(self):
+        """Launch the trainer; returns the QProcess (None when the choices are incomplete)."""
+        if self.process is not None:
+            return self.process
+        try:
+            args = self.command()
+        except InputError as exc:
+            self._fail(str(exc))
+            return None
+        self.losses, self.dice, self.error_message, self.exit_code, self.checkpoint = [], [], None, None, None
+        self._cancelled, self._stdout_tail, self._stderr_tail, self._last_stderr = False, "", "", None
+        self._bar.value = 0
+        self._use.enabled = False
+        self._draw()
+        self.log.clear()
+        self.log.appendPlainText(f"$ {Path(sys.executable).name} {' '.join(args)}")
+
+        process = self.process = QProcess(self.native)
+        environment = QProcessEnvironment.systemEnvironment()
+        if self._device.value == "cpu":
+            environment.insert("CUDA_VISIBLE_DEVICES", "")
+        environment.insert("PYTHONUNBUFFERED", "1")
+        process.setProcessEnvironment(environment)
+        process.readyReadStandardOutput.connect(self._read_stdout)
+        process.readyReadStandardError.connect(self._read_stderr)
+        process.finished.connect(self._on_finished)
+        process.errorOccurred.connect(self._on_process_error)
+        self._start.enabled, self._cancel.enabled = False, True
+        self._status.value = "starting the trainer..."
+        process.start(sys.executable, args)
+        return process
+
+    def cancel(self):
+        process = self.process
+        if process is None:
+            return
+        self._cancelled = True
+        self._status.value = "stopping after the current step..."
+        process.terminate()
+        QTimer.singleShot(KILL_AFTER_MS, lambda: process.kill() if self.process is process else None)
+
+    def _on_destroyed(self, _obj=None):
+        """The dock was closed: never leave a trainer running on its own."""
+        process, self.process = self.process, None
+        if process is not None and process.state() != QProcess.ProcessState.NotRunning:
+            process.terminate()
+            if not process.waitForFinished(KILL_AFTER_MS):
+                process.kill()
+                process.waitForFinished(2000)
+
+    def _read_stdout(self):
+        if self.process is None:
+            return
+        text = self._stdout_tail + bytes(self.process.readAllStandardOutput()).decode("utf-8", "replace")
+        *lines, self._stdout_tail = text.split("\n")
+        for line in lines:
+            self._on_line(line.strip())
+
+    def _read_stderr(self):
+        if self.process is None:
+            return
+        text = self._stderr_tail + bytes(self.process.readAllStandardError()).decode("utf-8", "replace")
+        *lines, self._stderr_tail = text.split("\n")
+        for line in lines:
+            if line.strip():
+                self.log.appendPlainText(line.rstrip())
+                self._last_stderr = line.strip()
+
+    def _on_line(self, line: str):
+        if not line:
+            return
+        try:
+            event = json.loads(line)
+        except ValueError:
+            self.log.appendPlainText(line)
+            return
+        kind = event.get("event")
+        if kind == "start":
+            self._status.value = f"training on {event['train_cases']} case(s), {event['device']}"
+        elif kind == "step":
+            total = event["epochs"] * event["steps"]
+            done = (event["epoch"] - 1) * event["steps"] + event["step"]
+            self._bar.value = int(1000 * done / total)
+            self._status.value = f"epoch {event['epoch']}/{event['epochs']}  loss {event['loss']:.3f}  ETA {_minutes(event['eta_s'])}"
+        elif kind == "epoch":
+            self.losses.append((event["epoch"], event["loss"]))
+            self.log.appendPlainText(f"epoch {event['epoch']}/{event['epochs']}: loss {event['loss']:.4f}")
+            self._draw()
+        elif kind == "validation":
+            self.dice.append((event["epoch"], event["dice"]))
+            self.log.appendPlainText(f"epoch {event['epoch']}: Dice " + "  ".join(f"{r} {event['dice'][r]:.3f}" for r in REGIONS))
+            self._draw()
+        elif kind == "done":
+            self.checkpoint = Path(event["best"])
+            self.log.appendPlainText(f"done in {event['seconds']:.0f} s: {event['run_dir']}")
+        elif kind == "error":
+            self.error_message = event.get("message")
+        elif kind == "stopped":
+            self.log.appendPlainText(event.get("message", "stopped"))
+
+    def _on_process_error(self, error):
+        if error == QProcess.ProcessError.FailedToStart:
+            self.error_message = f"could not start {sys.executable}: {self.process.errorString() if self.process else error}"
+            self._finish(-1)
+
+    def _on_finished(self, exit_code: int, _status=None):
+        self._read_stdout()
+        self._read_stderr()
+        self._finish(exit_code)
+
+    def _finish(self, exit_code: int):
+        from napari.utils.notifications import show_info
+
+        if self.process is None:
+            return
+        self.process = None
+        self.exit_code = exit_code
+        self._start.enabled, self._cancel.enabled = True, False
+        last = self.run_dir / "last.json" if self.run_dir else None
+        if exit_code == 0 and self.checkpoint is not None:
+            self._bar.value = 1000
+            self._status.value = f"done: {self.checkpoint}"
+            show_info(f"Fine-tuning finished; 'Use this model' switches the Segment widget to {self.checkpoint}")
+        elif self._cancelled:
+            self.checkpoint = last if last is not None and last.is_file() else None
+            kept = "the last finished epoch is kept" if self.checkpoint else "no epoch had finished, so there is no new model"
+            self._status.value = f"cancelled; {kept}"
+            show_info(f"Fine-tuning cancelled; {kept}.")
+        else:
+            self.checkpoint = last if last is not None and last.is_file() else None
+            reason = self.error_message or self._last_stderr or f"the trainer exited with code {exit_code}"
+            self._fail(f"{reason} (log and checkpoints in {self.run_dir})")
+        self._use.enabled = self.checkpoint is not None
+
+    def _fail(self, message: str):
+        from napari.utils.notifications import show_error
+
+        self._status.value = "fine-tuning failed"
+        show_error(f"Fine-tuning failed: {message}")
+
+    # ------------------------------------------------------------------ result
+
+    def use_model(self):
+        """Switch the Segment widget to the fine-tuned checkpoint; re-segment when asked. Returns its worker."""
+        if self.checkpoint is None:
+            return None
+        segment = self._segment_widget()
+        if segment is None:
+            _, segment = self._viewer.window.add_plugin_dock_widget("napari-sevnet", "Segment")
+        segment.set_checkpoint(self.checkpoint)
+        self._status.value = f"Segment now uses {self.checkpoint}"
+        return segment.run() if self._rerun.value else None
+
+    def _draw(self):
+        self.figure.clear()
+        ax = self.figure.add_subplot(111)
+        if self.losses:
+            epochs, losses = zip(*self.losses)
+            ax.plot(epochs, losses, "k.-", label="loss")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("training loss")
+        if self.dice:
+            twin = ax.twinx()
+            for region in REGIONS:
+                twin.plot([e for e, _ in self.dice], [d[region] for _, d in self.dice], "o-", color=REGION_COLOURS[region], label=f"Dice {region}")
+            twin.set_ylim(0, 1)
+            twin.set_ylabel("validation Dice")
+            twin.legend(loc="lower right", fontsize="small")
+        self.canvas.draw_idle()
+
+
+def _minutes(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    return f"{seconds // 60}:{seconds % 60:02d}"
