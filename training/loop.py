@@ -205,9 +205,7 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, progress_json: 
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     start_epoch, best = 0, -1.0
     if state is not None:
-        from safetensors.torch import load_file
-
-        model.load_state_dict({k: v.to(device) for k, v in load_file(str(run_dir / "last.safetensors")).items()})
+        model.load_state_dict({k: v.to(device) for k, v in state["model"].items()})
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
@@ -303,7 +301,8 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, progress_json: 
             if not val_arrays:
                 save_checkpoint(run_dir / "best", model, info)
             _atomic_torch_save(
-                {
+                {  # the weights too: a kill between two files must not pair one epoch's weights with another's state
+                    "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                     "epoch": epoch,
                     "best": best,
                     "optimizer": optimizer.state_dict(),

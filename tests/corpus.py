@@ -1,0 +1,223 @@
+"""A generated corpus of broken inputs: each kind damages a good case (or checkpoint) in one way.
+
+``make_bad_case(root, kind)`` writes a small valid phantom case into ``root/kind``,
+breaks it and returns ``(folder, culprit)``: the culprit is the file (or folder)
+the error message must name. ``make_bad_checkpoint(root, kind)`` does the same
+for checkpoints. The reliability tests feed every kind to the library, the CLI
+and the plugin.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import pickle
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from napari_sevnet.phantom import write_phantom
+
+SHAPE = (24, 28, 24)
+
+#: kind -> regex the message must match
+CASE_KINDS = {
+    "missing_modality": "missing modalities",
+    "duplicate_modality": "duplicate t1",
+    "zero_bytes": "empty file",
+    "truncated_gzip": "truncated or corrupt|not a readable NIfTI",
+    "not_nifti": "not a readable NIfTI",
+    "text_file": "not a readable NIfTI",
+    "two_d": "2 dimensions",
+    "four_d": "4 dimensions",
+    "five_d": "5 dimensions",
+    "absurd_dimensions": "GiB as float32",
+    "complex_dtype": "unsupported voxel type",
+    "rgb_dtype": "unsupported voxel type",
+    "nan_voxels": "NaN or infinite",
+    "inf_voxels": "NaN or infinite",
+    "all_zero_modality": "every voxel is zero",
+    "shape_differs": "shape .* differs",
+    "spacing_differs": "spacing .* differs",
+    "affine_differs": "affine .* differs",
+    "singular_affine": "no valid voxel-to-world affine",
+    "seg_unknown_labels": r"unknown label values \[7\]",
+    "seg_fractional_labels": "unknown label values",
+    "seg_shape_differs": "shape .* differs",
+    "two_cases_mixed": "several cases",
+    "symlink_loop": "symbolic link loop",
+    "dangling_symlink": "cannot access",
+    "unreadable_permissions": "permission denied",
+    "folder_instead_of_file": "is a folder",
+}
+
+CHECKPOINT_KINDS = {
+    "wrong_tensor_shapes": "do not fit the architecture",
+    "other_input_channels": "input channels",
+    "json_missing_fields": "lacks fields",
+    "json_not_json": "unreadable checkpoint description",
+    "weights_missing": "not found",
+    "weights_truncated": "not a readable safetensors file",
+    "pickle_payload": "pickle",
+    "unknown_architecture": "unknown architecture",
+}
+
+
+def _resave(path: Path, data, affine=None, dtype=None):
+    img = nib.load(path)
+    out = nib.Nifti1Image(data, img.affine if affine is None else affine)
+    if dtype is not None:
+        out.set_data_dtype(dtype)
+    nib.save(out, path)
+
+
+def make_bad_case(root: Path, kind: str) -> tuple[Path, Path]:
+    """A phantom case at ``root/kind`` broken as ``kind``; returns (case folder, file the error must name)."""
+    folder = write_phantom(root, seed=1, shape=SHAPE, case_id=kind)
+    t1, seg = folder / f"{kind}_t1.nii.gz", folder / f"{kind}_seg.nii.gz"
+    data = np.asanyarray(nib.load(t1).dataobj)
+    affine = nib.load(t1).affine
+    if kind == "missing_modality":
+        (folder / f"{kind}_flair.nii.gz").unlink()
+        return folder, folder
+    if kind == "duplicate_modality":
+        shutil.copyfile(t1, folder / f"{kind}_t1.nii")
+        return folder, folder
+    if kind == "two_cases_mixed":
+        shutil.copyfile(t1, folder / "another_t1.nii.gz")
+        return folder, folder
+    if kind == "zero_bytes":
+        t1.write_bytes(b"")
+    elif kind == "truncated_gzip":
+        t1.write_bytes(t1.read_bytes()[:600])
+    elif kind == "not_nifti":
+        t1.write_bytes(gzip.compress(os.urandom(4000)))
+    elif kind == "text_file":
+        t1.write_bytes(b"patient notes, not an image\n" * 40)
+    elif kind == "two_d":
+        _resave(t1, data[:, :, 0])
+    elif kind == "four_d":
+        _resave(t1, np.stack([data, data], -1))
+    elif kind == "five_d":
+        _resave(t1, np.stack([data, data], -1)[..., None, :].repeat(2, axis=3))
+    elif kind == "absurd_dimensions":
+        header = nib.Nifti1Header()
+        header.set_data_shape((30000, 30000, 30000))
+        header.set_data_dtype(np.int16)
+        header.set_qform(affine, 1)
+        header.set_sform(affine, 1)
+        t1.unlink()
+        t1 = folder / f"{kind}_t1.nii"
+        t1.write_bytes(header.binaryblock + b"\0" * 4 + b"\0" * 1000)
+    elif kind == "complex_dtype":
+        _resave(t1, data.astype(np.complex64))
+    elif kind == "rgb_dtype":
+        rgb = np.zeros(data.shape, dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+        _resave(t1, rgb)
+    elif kind in ("nan_voxels", "inf_voxels"):
+        bad = data.astype(np.float32)
+        bad[3, 4, 5] = np.nan if kind == "nan_voxels" else np.inf
+        _resave(t1, bad)
+    elif kind == "all_zero_modality":
+        _resave(t1, np.zeros_like(data))
+    elif kind == "shape_differs":
+        _resave(t1, data[:-1])
+    elif kind == "spacing_differs":
+        scaled = affine.copy()
+        scaled[:3, 0] *= 1.5
+        _resave(t1, data, scaled)
+    elif kind == "affine_differs":
+        moved = affine.copy()
+        moved[:3, 3] += 7.0
+        _resave(t1, data, moved)
+    elif kind == "singular_affine":  # nibabel refuses to save one, so write the header fields directly
+        header = nib.load(t1).header.copy()
+        header.set_qform(None, code=0)
+        flat = affine.copy()
+        flat[:3, 2] = 0
+        header["srow_x"], header["srow_y"], header["srow_z"] = flat[0], flat[1], flat[2]
+        header["sform_code"], header["vox_offset"] = 1, 352
+        t1.unlink()
+        t1 = folder / f"{kind}_t1.nii"
+        t1.write_bytes(header.binaryblock + b"\0" * 4 + data.astype(header.get_data_dtype()).tobytes(order="F"))
+    elif kind == "seg_unknown_labels":
+        labels = np.asanyarray(nib.load(seg).dataobj).copy()
+        labels[0, 0, 0] = 7
+        _resave(seg, labels)
+        return folder, seg
+    elif kind == "seg_fractional_labels":
+        labels = np.asanyarray(nib.load(seg).dataobj).astype(np.float32)
+        labels[labels == 2] = 1.5
+        _resave(seg, labels, dtype=np.float32)
+        return folder, seg
+    elif kind == "seg_shape_differs":
+        _resave(seg, np.asanyarray(nib.load(seg).dataobj)[1:])
+        return folder, seg
+    elif kind == "symlink_loop":
+        t1.unlink()
+        t1.symlink_to(t1)
+    elif kind == "dangling_symlink":
+        t1.unlink()
+        t1.symlink_to(folder / "gone.nii.gz")
+    elif kind == "unreadable_permissions":
+        t1.chmod(0)
+    elif kind == "folder_instead_of_file":
+        t1.unlink()
+        t1.mkdir()
+    else:
+        raise KeyError(kind)
+    return folder, t1
+
+
+class _CreatesAFile:
+    """Unpickling this runs ``open(path, 'w')``: the payload a checkpoint loader must never execute."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def make_bad_checkpoint(root: Path, kind: str, good: Path) -> tuple[Path, Path]:
+    """A copy of checkpoint ``good`` (its .json) broken as ``kind``; returns (path to give, file the error must name)."""
+    from safetensors.torch import load_file, save_file
+
+    root.mkdir(parents=True, exist_ok=True)
+    meta, weights = root / f"{kind}.json", root / f"{kind}.safetensors"
+    shutil.copyfile(good.with_suffix(".json"), meta)
+    shutil.copyfile(good.with_suffix(".safetensors"), weights)
+    info = json.loads(meta.read_text())
+    if kind == "wrong_tensor_shapes":
+        state = load_file(str(weights))
+        name = next(k for k, v in state.items() if v.ndim == 5)
+        state[name] = state[name][:, :-1].contiguous()
+        save_file(state, str(weights))
+        return meta, weights
+    if kind == "other_input_channels":
+        info["modalities"] = ["t1", "t1ce", "flair"]
+    elif kind == "json_missing_fields":
+        del info["architecture"], info["regions"]
+    elif kind == "json_not_json":
+        meta.write_text("{architecture: sevnet")
+        return meta, meta
+    elif kind == "weights_missing":
+        weights.unlink()
+        return meta, weights
+    elif kind == "weights_truncated":
+        weights.write_bytes(weights.read_bytes()[:100])
+        return meta, weights
+    elif kind == "pickle_payload":
+        target = root / "pwned.txt"
+        path = root / f"{kind}.pt"
+        path.write_bytes(pickle.dumps({"state_dict": _CreatesAFile(str(target))}))
+        return path, path
+    elif kind == "unknown_architecture":
+        info["architecture"] = {"name": "transformer9000"}
+    else:
+        raise KeyError(kind)
+    meta.write_text(json.dumps(info))
+    return meta, meta
