@@ -49,6 +49,9 @@ def predict_main(argv=None) -> int:
     parser.add_argument("--labels", default="2021", choices=["2021", "2023"], help="label convention of the written masks")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.add_argument("--probabilities", action="store_true", help="also write <case>_prob_{WT,TC,ET}.nii.gz")
+    parser.add_argument("--uncertainty", action="store_true", help="also write <case>_uncertainty_{WT,TC,ET}.nii.gz (entropy, bits) and a case score in the report; implies --tta")
+    parser.add_argument("--mc-samples", type=int, default=0, metavar="N", help="MC-dropout samples per flip (models trained with dropout only)")
+    parser.add_argument("--min-et-voxels", type=int, metavar="N", help="BraTS post-processing: an ET of fewer voxels is relabelled necrosis (the BraTS 2021 winner used 200); off by default")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
@@ -56,12 +59,16 @@ def predict_main(argv=None) -> int:
     from tqdm import tqdm
 
     from napari_sevnet.inference import Predictor
-    from napari_sevnet.io import load_case, write_mask, write_volume
-    from napari_sevnet.regions import REGIONS, convention_name, volumes_ml
+    from napari_sevnet.io import load_case
+    from napari_sevnet.regions import convention_name
+    from napari_sevnet.report import output_paths, write_case_outputs
 
     try:
-        predictor = Predictor(args.checkpoint, args.device, tta=args.tta)
-    except (InputError, RuntimeError) as exc:
+        predictor = Predictor(
+            args.checkpoint, args.device, tta=args.tta or args.uncertainty, uncertainty=args.uncertainty,
+            mc_samples=args.mc_samples, min_et_voxels=args.min_et_voxels,
+        )
+    except (InputError, RuntimeError, ValueError) as exc:
         print(f"sevnet-predict: error: {exc}", file=sys.stderr)
         return 2
     convention = convention_name(args.labels)
@@ -70,29 +77,11 @@ def predict_main(argv=None) -> int:
     for path in tqdm(cases, desc="cases", unit="case", disable=None):
         try:
             case = load_case(path)
-            seg_path = args.output / f"{case.case_id}_seg.nii.gz"
-            report_path = args.output / f"{case.case_id}_report.json"
-            for out in (seg_path, report_path):
+            for out in output_paths(case.case_id, args.output).values():
                 if out.exists() and not args.overwrite:
                     raise InputError(out, "already exists; pass --overwrite to replace it")
             result = predictor.predict(case.image)
-            write_mask(result.regions, case.grid, seg_path, convention, overwrite=args.overwrite)
-            if args.probabilities:
-                for i, r in enumerate(REGIONS):
-                    write_volume(result.probabilities[i], case.grid, args.output / f"{case.case_id}_prob_{r}.nii.gz", overwrite=args.overwrite)
-            report = {
-                "case": case.case_id,
-                "inputs": {k: str(v) for k, v in case.paths.items()},
-                "segmentation": str(seg_path),
-                "label_convention": convention,
-                "volumes_ml": volumes_ml(result.regions, case.spacing),
-                "spacing_mm": list(case.spacing),
-                "timings_s": result.timings,
-                "device": result.device,
-                "tta": args.tta,
-                "checkpoint": predictor.checkpoint,
-            }
-            _write_json(report_path, report)
+            report = write_case_outputs(case, result, predictor, args.output, convention=convention, overwrite=args.overwrite, probabilities=args.probabilities)
             log.debug("%s: %s", case.case_id, report["volumes_ml"])
         except InputError as exc:
             failed += 1
@@ -113,11 +102,12 @@ def evaluate_main(argv=None) -> int:
     parser.add_argument("pred_dir", type=Path, help="folder of <case>_seg.nii.gz predictions")
     parser.add_argument("gt_dir", type=Path, help="folder of reference masks or of case folders holding <case>_seg.nii.gz")
     parser.add_argument("-o", "--output", type=Path, help="where to write metrics.csv and metrics.json (default: pred_dir)")
+    parser.add_argument("--lesion-wise", action="store_true", help="add the BraTS 2023 lesion-wise Dice and HD95 (gliomas: dilation 3, lesions over 50 mm^3)")
     args = parser.parse_args(argv)
     _setup_logging(False)
 
     from napari_sevnet.io import _grid_of, _strip_nifti, read_nifti
-    from napari_sevnet.metrics import METRIC_NAMES, case_metrics, mean_metrics
+    from napari_sevnet.metrics import case_lesion_metrics, case_metrics, mean_metrics
     from napari_sevnet.regions import REGIONS, guess_convention, labels_to_regions
 
     def read_regions(path: Path):
@@ -154,16 +144,19 @@ def evaluate_main(argv=None) -> int:
             if pred.shape != truth.shape or not np.allclose(pgrid.affine, tgrid.affine, atol=1e-3):
                 raise InputError(pred_path, f"grid differs from the reference {ref}")
             m = case_metrics(pred, truth, tgrid.spacing)
+            if args.lesion_wise:
+                for r, extra in case_lesion_metrics(pred, truth, tgrid.spacing).items():
+                    m[r].update(extra)
         except InputError as exc:
             failed += 1
             print(f"sevnet-evaluate: error: {exc}", file=sys.stderr)
             continue
         per_case.append(m)
-        rows.append({"case": case_id, **{f"{r}_{k}": m[r][k] for r in REGIONS for k in METRIC_NAMES}})
+        rows.append({"case": case_id, **{f"{r}_{k}": v for r in REGIONS for k, v in m[r].items()}})
     if not rows:
         return 1
     mean = mean_metrics(per_case)
-    rows.append({"case": "mean", **{f"{r}_{k}": mean[r][k] for r in REGIONS for k in METRIC_NAMES}})
+    rows.append({"case": "mean", **{f"{r}_{k}": v for r in REGIONS for k, v in mean[r].items()}})
     out = args.output or args.pred_dir
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "metrics.csv", "w", newline="") as fh:
@@ -171,10 +164,10 @@ def evaluate_main(argv=None) -> int:
         writer.writeheader()
         writer.writerows(rows)
     _write_json(out / "metrics.json", {"cases": rows[:-1], "mean": mean})
-    header = f"{'case':<24}" + "".join(f"{r + ' Dice':>10}{r + ' HD95':>10}" for r in REGIONS)
-    print(header)
+    columns = [("dice", "Dice", ".3f"), ("hd95", "HD95", ".2f")] + ([("lesion_dice", "LwDice", ".3f"), ("lesion_hd95", "LwHD95", ".2f")] if args.lesion_wise else [])
+    print(f"{'case':<24}" + "".join(f"{r + ' ' + title:>12}" for r in REGIONS for _, title, _ in columns))
     for row in rows:
-        print(f"{row['case']:<24}" + "".join(f"{row[f'{r}_dice']:>10.3f}{row[f'{r}_hd95']:>10.2f}" for r in REGIONS))
+        print(f"{row['case']:<24}" + "".join(f"{row[f'{r}_{key}']:>12{fmt}}" for r in REGIONS for key, _, fmt in columns))
     return 1 if failed else 0
 
 

@@ -76,6 +76,16 @@ def preprocess(image: np.ndarray) -> tuple[np.ndarray, tuple[slice, slice, slice
     return normalize(image[(slice(None), *box)]), box
 
 
+def binary_entropy(p: np.ndarray) -> np.ndarray:
+    """Entropy in bits of a Bernoulli probability: 0 when sure, 1 at p = 0.5."""
+    q = np.clip(p, 1e-7, 1 - 1e-7)
+    return (-(q * np.log2(q) + (1 - q) * np.log2(1 - q))).astype(np.float32)
+
+
+def _dropout_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    return [m for m in model.modules() if isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0]
+
+
 @dataclass
 class Prediction:
     """What one Predictor run returns, all on the full (Z, Y, X) grid of the input."""
@@ -86,6 +96,10 @@ class Prediction:
     box: tuple[slice, slice, slice]  # the brain box that was segmented
     timings: dict[str, float] = field(default_factory=dict)
     device: str = "cpu"
+    uncertainty: np.ndarray | None = None  # (3, Z, Y, X) float32: entropy of the mean probability, in bits
+    disagreement: np.ndarray | None = None  # (3, Z, Y, X) bool: the ensemble members do not all agree
+    members: int = 1  # forward passes averaged (mirror flips x dropout samples)
+    postprocessing: dict = field(default_factory=dict)
 
 
 class Predictor:
@@ -107,6 +121,9 @@ class Predictor:
         whole_crop_voxels: int | None = None,
         model: torch.nn.Module | None = None,
         info: CheckpointInfo | None = None,
+        uncertainty: bool = False,
+        mc_samples: int = 0,
+        min_et_voxels: int | None = None,
     ):
         self.device = resolve_device(device)
         if model is None:
@@ -125,6 +142,11 @@ class Predictor:
         self.patch_size = tuple(int(p) for p in patch)
         default_whole = WHOLE_CROP_VOXELS_CUDA if self.device.type == "cuda" else WHOLE_CROP_VOXELS_CPU
         self.whole_crop_voxels = whole_crop_voxels if whole_crop_voxels is not None else default_whole
+        self.uncertainty = uncertainty
+        self.mc_samples = int(mc_samples)
+        if self.mc_samples and not _dropout_layers(self.model):
+            raise ValueError("MC-dropout needs a model with dropout; this one has none (train with model.config.dropout > 0)")
+        self.min_et_voxels = min_et_voxels
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ public
@@ -150,17 +172,27 @@ class Predictor:
             timings["preprocess_s"] = time.perf_counter() - t0
 
             t1 = time.perf_counter()
-            probs, attention = self._infer(crop, report, is_cancelled)
+            probs, attention, disagreement, members = self._infer(crop, report, is_cancelled)
             timings["inference_s"] = time.perf_counter() - t1
 
             t2 = time.perf_counter()
             full = np.zeros((3, *image.shape[1:]), dtype=np.float32)
             full[(slice(None), *box)] = probs
             regions = make_nested(full > self.threshold)
+            result = Prediction(regions=regions, probabilities=full, attention=attention, box=box, timings=timings, device=str(self.device), members=members)
+            if self.min_et_voxels:
+                small = 0 < int(regions[2].sum()) < self.min_et_voxels
+                result.postprocessing = {"min_et_voxels": int(self.min_et_voxels), "et_relabelled_voxels": int(regions[2].sum()) if small else 0}
+                if small:  # BraTS 2021 winners' rule: a tiny ET is more likely noise than enhancement; it stays core (necrosis)
+                    regions[2] = False
+            if self.uncertainty:
+                result.uncertainty = binary_entropy(full)
+                result.disagreement = np.zeros(full.shape, dtype=bool)
+                result.disagreement[(slice(None), *box)] = disagreement
             timings["postprocess_s"] = time.perf_counter() - t2
             timings["total_s"] = time.perf_counter() - t0
             report(1.0, "done")
-        return Prediction(regions=regions, probabilities=full, attention=attention, box=box, timings=timings, device=str(self.device))
+        return result
 
     def features(self, image: np.ndarray, stage: str) -> np.ndarray:
         """Feature maps (C, Z, Y, X) of one stage on the full grid (nearest up-sampling), for display."""
@@ -205,32 +237,45 @@ class Predictor:
                 logits = self.model(x)
         return logits.float()
 
-    def _infer(self, crop: np.ndarray, report: ProgressCallback, is_cancelled) -> tuple[np.ndarray, dict]:
+    def _infer(self, crop: np.ndarray, report: ProgressCallback, is_cancelled):
+        """Mean probabilities, mean SE attention, member disagreement (or None) and the member count."""
         flips = [()]
         if self.tta:
             flips = [axes for n in range(4) for axes in itertools.combinations((2, 3, 4), n)]
+        members = [axes for axes in flips for _ in range(max(self.mc_samples, 1))]
         x = torch.from_numpy(crop)[None].to(self.device)
         whole = int(np.prod(crop.shape[1:])) <= self.whole_crop_voxels
         attention_sum: dict[str, np.ndarray] = {}
         counts = [0]
-        acc = None
-        with torch.inference_mode():
-            for i, axes in enumerate(flips):
-                if is_cancelled():
-                    raise Cancelled("segmentation cancelled")
-                xi = torch.flip(x, axes) if axes else x
-                if whole:
-                    padded, pads = self._pad(xi)
-                    logits = self._unpad(self._forward(padded, attention_sum, counts), pads)
-                else:
-                    logits = self._sliding(xi, attention_sum, counts, report, is_cancelled, i, len(flips))
-                p = torch.sigmoid(logits)
-                p = torch.flip(p, axes) if axes else p
-                acc = p if acc is None else acc + p
-                report((i + 1) / len(flips), f"pass {i + 1}/{len(flips)}")
-        probs = (acc / len(flips))[0].cpu().numpy()
+        acc = votes = None
+        dropout = _dropout_layers(self.model) if self.mc_samples else []
+        try:
+            for layer in dropout:
+                layer.train()  # MC-dropout: sample the dropout masks at inference
+            with torch.inference_mode():
+                for i, axes in enumerate(members):
+                    if is_cancelled():
+                        raise Cancelled("segmentation cancelled")
+                    xi = torch.flip(x, axes) if axes else x
+                    if whole:
+                        padded, pads = self._pad(xi)
+                        logits = self._unpad(self._forward(padded, attention_sum, counts), pads)
+                    else:
+                        logits = self._sliding(xi, attention_sum, counts, report, is_cancelled, i, len(members))
+                    p = torch.sigmoid(logits)
+                    p = torch.flip(p, axes) if axes else p
+                    acc = p if acc is None else acc + p
+                    if self.uncertainty:
+                        vote = (p > self.threshold).to(torch.uint8)
+                        votes = vote if votes is None else votes + vote
+                    report((i + 1) / len(members), f"pass {i + 1}/{len(members)}")
+        finally:
+            for layer in dropout:
+                layer.eval()
+        probs = (acc / len(members))[0].cpu().numpy()
         attention = {k: v / max(counts[0], 1) for k, v in attention_sum.items()}
-        return probs, attention
+        disagreement = ((votes > 0) & (votes < len(members)))[0].cpu().numpy() if votes is not None else None
+        return probs, attention, disagreement, len(members)
 
     def _sliding(self, x, attention_sum, counts, report, is_cancelled, pass_index, passes):
         from monai.inferers import sliding_window_inference

@@ -47,6 +47,16 @@ def region_layer_kwargs(region: str, scale, meta: dict) -> dict:
     return {"name": region, "scale": scale, "colormap": colormap, "opacity": 0.55, "metadata": {META_KEY: {**meta, "region": region}}}
 
 
+def uncertainty_layer(entropy: np.ndarray, scale, translate, meta: dict):
+    """An image layer of the WT entropy (bits) over the scan: dark where sure, bright where unsure."""
+    from napari.layers import Image
+
+    return Image(
+        entropy, name="WT uncertainty", scale=scale, translate=translate, colormap="inferno", blending="additive",
+        opacity=0.7, contrast_limits=(0.0, 1.0), metadata={META_KEY: {**meta, "uncertainty": "entropy_bits"}},
+    )
+
+
 def case_layers(case: Case, visible: str = "flair") -> list[tuple]:
     """LayerData tuples: four images (and WT/TC/ET labels when the case has a segmentation)."""
     scale = tuple(case.spacing)

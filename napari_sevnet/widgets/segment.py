@@ -21,7 +21,7 @@ from qtpy.QtCore import QObject, QTimer, Signal
 
 from napari_sevnet.errors import Cancelled, InputError
 from napari_sevnet.io import MODALITIES, MODALITY_LABELS
-from napari_sevnet.layers import META_KEY, region_layer_kwargs
+from napari_sevnet.layers import META_KEY, region_layer_kwargs, uncertainty_layer
 from napari_sevnet.regions import REGIONS, make_nested, volumes_ml
 from napari_sevnet.widgets import register
 
@@ -38,6 +38,7 @@ TOOLTIPS = {
     "bundled": "The demo SEV-Net trained on synthetic phantoms: for trying the tool, not for clinical use.",
     "device": "auto = CUDA when a GPU is available, else CPU.",
     "tta": "Average the 8 mirror flips: smoother, about 8x slower.",
+    "uncertainty": "Add a map of where the model is unsure (entropy over the 8 mirror flips; turns test-time augmentation on).",
     "nested": "Make ET lie inside TC inside WT by adding voxels to the outer regions (never erasing).",
 }
 
@@ -75,12 +76,13 @@ class SegmentWidget(Container):
         self._checkpoint = FileEdit(label="Model", filter="*.json", tooltip=TOOLTIPS["model"], enabled=False)
         self._device = ComboBox(label="Device", choices=["auto", "cpu", "cuda"], value="auto", tooltip=TOOLTIPS["device"])
         self._tta = CheckBox(text="Test-time augmentation", value=False, tooltip=TOOLTIPS["tta"])
+        self._uncertainty = CheckBox(text="Uncertainty map", value=False, tooltip=TOOLTIPS["uncertainty"])
         self._run = PushButton(text="Run")
         self._cancel = PushButton(text="Cancel", enabled=False)
         self._status = Label(value="")
         self._volumes = Label(value="")
         self._nested = PushButton(text="Make regions nested", enabled=False, tooltip=TOOLTIPS["nested"])
-        self.extend([*self._modalities.values(), self._bundled, self._checkpoint, self._device, self._tta, self._run, self._cancel, self._status, self._volumes, self._nested])
+        self.extend([*self._modalities.values(), self._bundled, self._checkpoint, self._device, self._tta, self._uncertainty, self._run, self._cancel, self._status, self._volumes, self._nested])
 
         self._relay = _Relay()
         self._relay.progressed.connect(self._on_progress)
@@ -95,10 +97,12 @@ class SegmentWidget(Container):
         self._progress = None
         self.worker = None
         self.result_layers: dict[str, object] = {}
+        self.uncertainty_layer = None
         self.last_result = None
         self.volumes: dict[str, float] | None = None
 
         self._bundled.changed.connect(lambda v: setattr(self._checkpoint, "enabled", not v))
+        self._uncertainty.changed.connect(lambda v: setattr(self._tta, "value", True) if v else None)
         self._run.changed.connect(self.run)
         self._cancel.changed.connect(self.cancel)
         self._nested.changed.connect(self.make_nested)
@@ -158,14 +162,15 @@ class SegmentWidget(Container):
             raise InputError(None, f"the modality layers differ in shape: {sorted(shapes)}")
         return [chosen[m].data for m in MODALITIES], chosen
 
-    def _predictor(self, checkpoint, device, tta):
+    def _predictor(self, checkpoint, device, tta, uncertainty=False):
         from napari_sevnet.inference import Predictor
 
         key = (checkpoint, device)
         if key not in self._predictors:
             self._predictors = {key: Predictor(checkpoint, device)}  # keep one model in memory
         predictor = self._predictors[key]
-        predictor.tta = tta
+        predictor.tta = tta or uncertainty
+        predictor.uncertainty = uncertainty
         return predictor
 
     def run(self):
@@ -180,14 +185,14 @@ class SegmentWidget(Container):
         except InputError as exc:
             self._error(exc)
             return None
-        checkpoint, device, tta = self.checkpoint, self._device.value, self._tta.value
+        checkpoint, device, tta, uncertainty = self.checkpoint, self._device.value, self._tta.value, self._uncertainty.value
         cancel = self._cancel_event = threading.Event()
         relay = self._relay
 
         @thread_worker
         def work():
             image = np.stack([np.asarray(v, dtype=np.float32) for v in volumes])  # ~140 MB: not on the GUI thread
-            predictor = self._predictor(checkpoint, device, tta)
+            predictor = self._predictor(checkpoint, device, tta, uncertainty)
             result = predictor.predict(image, progress=relay.progressed.emit, cancel=cancel)
             return predictor, result, self._result_layers(predictor, result, chosen)
 
@@ -282,12 +287,15 @@ class SegmentWidget(Container):
             layer = Labels(result.regions[i].astype(np.uint8), **region_layer_kwargs(region, reference.scale, meta))
             layer.translate = reference.translate
             layers.append(layer)
+        if result.uncertainty is not None:
+            layers.append(uncertainty_layer(result.uncertainty[0], reference.scale, reference.translate, {"group": meta["group"], "case_id": meta["case_id"]}))
         return layers
 
     def _on_result(self, out, chosen):
         predictor, result, layers = out
         self._pending_layers = list(layers)
         self.result_layers = {}
+        self.uncertainty_layer = None
         self.last_result = None
         self._final_status = f"done in {result.timings['total_s']:.1f} s on {result.device}"
         self._add_next_layer(result)
@@ -296,9 +304,13 @@ class SegmentWidget(Container):
         """Insert one result layer; the next one after the event loop has run (napari needs ~0.15 s each)."""
         layer = self._pending_layers.pop(0)
         self._viewer.add_layer(layer)
-        layer.events.paint.connect(self._schedule_volumes)
-        layer.events.data.connect(self._schedule_volumes)
-        self.result_layers[layer.metadata[META_KEY]["region"]] = layer
+        region = layer.metadata[META_KEY].get("region")
+        if region is None:
+            self.uncertainty_layer = layer
+        else:
+            layer.events.paint.connect(self._schedule_volumes)
+            layer.events.data.connect(self._schedule_volumes)
+            self.result_layers[region] = layer
         if self._pending_layers:
             QTimer.singleShot(LAYER_SPACING_MS, lambda: self._guarded(self._add_next_layer, result))
             return

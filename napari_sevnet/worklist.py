@@ -1,0 +1,108 @@
+"""Worklist: segment a folder of cases with uncertainty and say which one to correct first.
+
+Results are cached next to the cases in ``FOLDER/.sevnet-worklist/<model>/``
+(the usual ``<case>_seg.nii.gz``, ``<case>_report.json`` and uncertainty maps,
+keyed by the checkpoint's weights), so a second visit costs nothing; a case
+whose files are newer than its cached report is segmented again. Cases already
+exported to a fine-tuning dataset are marked done (the dataset manifest keeps
+their source paths).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+from napari_sevnet.errors import Cancelled, InputError
+
+CACHE_DIR = ".sevnet-worklist"
+
+
+@dataclass
+class WorkItem:
+    case_id: str
+    folder: Path
+    report: dict | None = None
+    error: str | None = None
+    cached: bool = False
+    done: bool = False
+
+    @property
+    def score(self) -> float:
+        """Uncertainty score (higher: correct first); cases that failed sort last."""
+        return (self.report or {}).get("uncertainty", {}).get("score", -1.0) if self.report else -1.0
+
+
+def model_cache(folder: Path, checkpoint: str) -> Path:
+    from napari_sevnet.checkpoint import _paths
+    from napari_sevnet.export import sha256_of
+
+    weights, _ = _paths(checkpoint)
+    return Path(folder) / CACHE_DIR / sha256_of(weights)[:16]
+
+
+def _cached_report(case_id: str, case_folder: Path, cache: Path) -> dict | None:
+    report_path = cache / f"{case_id}_report.json"
+    try:
+        stamp = report_path.stat().st_mtime
+        report = json.loads(report_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    newest_input = max((p.stat().st_mtime for p in case_folder.iterdir() if p.is_file()), default=0)
+    return report if newest_input <= stamp and report.get("uncertainty") else None
+
+
+def exported_cases(dataset: str | Path | None) -> tuple[set[str], set[str]]:
+    """(source case ids, resolved source file paths) of every case in a dataset's manifest."""
+    from napari_sevnet.export import read_manifest
+
+    if not dataset:
+        return set(), set()
+    manifest = read_manifest(dataset) or {"cases": []}
+    ids, paths = set(), set()
+    for record in manifest["cases"]:
+        source = record.get("source") or {}
+        ids.add(source.get("case_id"))
+        paths.update(f.get("path") for f in (source.get("files") or {}).values())
+    return ids, paths
+
+
+def run_worklist(
+    folder: str | Path,
+    predictor,
+    *,
+    dataset: str | Path | None = None,
+    cancel: Callable[[], bool] = lambda: False,
+) -> Iterator[WorkItem]:
+    """Yield one WorkItem per case below ``folder`` (cached or freshly predicted with uncertainty)."""
+    from napari_sevnet.cli import expand_cases
+    from napari_sevnet.io import find_case_files, load_case
+    from napari_sevnet.report import write_case_outputs
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(folder, "worklist folder not found")
+    predictor.tta, predictor.uncertainty = True, True
+    cache = model_cache(folder, predictor.checkpoint)
+    done_ids, done_paths = exported_cases(dataset)
+    for case_folder in expand_cases([str(folder)]):
+        if case_folder.name.startswith("."):
+            continue
+        if cancel():
+            raise Cancelled("worklist cancelled")
+        item = WorkItem(case_id=case_folder.name, folder=case_folder)
+        try:
+            case_id, files, _ = find_case_files(case_folder)
+            item.case_id = case_id
+            item.done = case_id in done_ids or any(str(Path(p).resolve()) in done_paths for p in files.values())
+            item.report = _cached_report(case_id, case_folder, cache)
+            item.cached = item.report is not None
+            if item.report is None:
+                case = load_case(case_folder)
+                result = predictor.predict(case.image, cancel=cancel)
+                item.report = write_case_outputs(case, result, predictor, cache, convention="brats2021", overwrite=True)
+        except InputError as exc:
+            item.error = str(exc)
+        yield item

@@ -1,0 +1,177 @@
+"""Uncertainty maps and scores, BraTS post-processing, lesion-wise metrics (library and CLIs)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from napari_sevnet.inference import Predictor, binary_entropy
+from napari_sevnet.metrics import LESION_HD95_MISS_MM, lesion_wise_metrics
+from napari_sevnet.phantom import phantom_case, write_phantom
+from napari_sevnet.uncertainty import uncertainty_summary
+
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="module")
+def uncertain_predictor():
+    return Predictor(None, "cpu", tta=True, uncertainty=True)
+
+
+def test_entropy_is_zero_when_sure_and_one_bit_at_a_half():
+    np.testing.assert_allclose(binary_entropy(np.array([0.0, 1.0, 0.5])), [0, 0, 1], atol=1e-5)
+
+
+def test_an_ambiguous_tumour_scores_higher_than_a_clear_one(uncertain_predictor):
+    scores = {}
+    for name, contrast in (("clear", 1.0), ("ambiguous", 0.35)):
+        case = phantom_case(11, (64, 72, 64), contrast=contrast)
+        result = uncertain_predictor.predict(case.image)
+        assert result.members == 8 and result.uncertainty.shape == result.probabilities.shape
+        assert result.uncertainty.min() >= 0 and result.uncertainty.max() <= 1
+        scores[name] = uncertainty_summary(result, case.spacing)
+    print("uncertainty scores:", {k: v["score"] for k, v in scores.items()})
+    assert scores["ambiguous"]["score"] > scores["clear"]["score"] + 0.1
+    assert scores["ambiguous"]["mean_entropy_wt_bits"] > scores["clear"]["mean_entropy_wt_bits"]
+
+
+def test_mc_dropout_members_disagree_and_a_model_without_dropout_is_refused():
+    from napari_sevnet.checkpoint import CheckpointInfo
+    from napari_sevnet.model import build_model
+
+    torch.manual_seed(0)
+    model = build_model("sevnet", {"preset": "tiny", "dropout": 0.3})
+    info = CheckpointInfo(architecture={"name": "sevnet", "config": {"preset": "tiny", "dropout": 0.3}})
+    case = phantom_case(2, (32, 32, 32))
+    result = Predictor(model=model, info=info, device="cpu", uncertainty=True, mc_samples=4).predict(case.image)
+    assert result.members == 4 and result.disagreement.any()
+    assert not model.training and all(not m.training for m in model.modules()), "dropout is switched off again"
+    with pytest.raises(ValueError, match="no(ne| dropout)"):
+        Predictor(model=build_model("sevnet", {"preset": "tiny"}), info=info, device="cpu", mc_samples=4)
+
+
+class _Planted(Predictor):
+    """A predictor whose network 'sees' a planted ET of a chosen size inside a TC."""
+
+    def __init__(self, et_voxels: int, **kwargs):
+        from napari_sevnet.model import build_model
+
+        super().__init__(model=build_model("sevnet", {"preset": "tiny"}), device="cpu", **kwargs)
+        self.et_voxels = et_voxels
+
+    def _infer(self, crop, report, is_cancelled):
+        probs = np.zeros((3, *crop.shape[1:]), np.float32)
+        probs[:2, 2:12, 2:12, 2:12] = 0.9
+        probs[2].reshape(-1)[np.flatnonzero(probs[1].reshape(-1))[: self.et_voxels]] = 0.9
+        return probs, {}, None, 1
+
+
+@pytest.mark.parametrize("et_voxels, removed", [(50, True), (300, False)])
+def test_postprocessing_relabels_a_small_et_as_necrosis(et_voxels, removed):
+    case = phantom_case(0, (32, 32, 32))
+    plain = _Planted(et_voxels).predict(case.image)
+    assert plain.regions[2].sum() == et_voxels and plain.postprocessing == {}, "off by default"
+    result = _Planted(et_voxels, min_et_voxels=200).predict(case.image)
+    assert result.postprocessing == {"min_et_voxels": 200, "et_relabelled_voxels": et_voxels if removed else 0}
+    assert bool(result.regions[2].sum() == 0) == removed
+    np.testing.assert_array_equal(result.regions[1], plain.regions[1])  # the voxels stay tumour core
+
+
+def _cube(mask, corner, size):
+    z, y, x = corner
+    mask[z : z + size, y : y + size, x : x + size] = True
+
+
+def test_lesion_wise_metrics_match_hand_computed_values():
+    truth, pred = np.zeros((60, 60, 60), bool), np.zeros((60, 60, 60), bool)
+    _cube(truth, (5, 5, 5), 5)  # 125 mm^3, found exactly
+    _cube(pred, (5, 5, 5), 5)
+    _cube(truth, (40, 40, 40), 5)  # 125 mm^3, missed
+    _cube(truth, (5, 45, 5), 3)  # 27 mm^3 <= 50: not scored, and the prediction on it is no false positive
+    _cube(pred, (5, 45, 5), 3)
+    _cube(pred, (45, 5, 45), 4)  # a false positive
+    m = lesion_wise_metrics(pred, truth)
+    assert (m["lesions"], m["lesions_too_small"], m["false_positives"], m["missed"]) == (2, 1, 1, 1)
+    assert m["lesion_dice"] == pytest.approx((1 + 0) / 3)
+    assert m["lesion_hd95"] == pytest.approx((0 + LESION_HD95_MISS_MM + LESION_HD95_MISS_MM) / 3)
+
+
+def test_lesion_wise_merges_close_lesions_and_handles_empty_masks():
+    truth = np.zeros((40, 40, 40), bool)
+    _cube(truth, (10, 10, 10), 5)
+    _cube(truth, (10, 10, 17), 5)  # 2 voxels apart: one lesion after the 3-voxel dilation
+    m = lesion_wise_metrics(truth.copy(), truth)
+    assert m["lesions"] == 1 and m["lesion_dice"] == 1.0 and m["lesion_hd95"] == 0.0
+    half = truth.copy()
+    half[:, :, 17:] = False  # only the first part found
+    m = lesion_wise_metrics(half, truth)
+    assert m["lesions"] == 1 and m["lesion_dice"] == pytest.approx(2 * 125 / (125 + 250))
+    empty = np.zeros_like(truth)
+    assert lesion_wise_metrics(empty, empty)["lesion_dice"] == 1.0
+    assert lesion_wise_metrics(empty, empty)["lesion_hd95"] == 0.0
+    m = lesion_wise_metrics(truth, empty)
+    assert m["lesion_dice"] == 0.0 and m["lesion_hd95"] == LESION_HD95_MISS_MM and m["false_positives"] == 2  # predictions are not merged
+
+
+def test_predict_uncertainty_and_evaluate_lesion_wise_clis(tmp_path):
+    case_dir = write_phantom(tmp_path / "cases", seed=11, shape=(64, 72, 64), contrast=0.5)
+    out = tmp_path / "pred"
+    subprocess.run([str(BIN / "sevnet-predict"), str(case_dir), "-o", str(out), "--uncertainty", "--min-et-voxels", "200"], check=True, capture_output=True)
+    report = json.loads((out / f"{case_dir.name}_report.json").read_text())
+    assert report["tta"] is True and report["uncertainty"]["members"] == 8 and report["uncertainty"]["score"] > 0
+    assert report["postprocessing"]["min_et_voxels"] == 200
+    import nibabel as nib
+
+    for region in ("WT", "TC", "ET"):
+        img = nib.load(out / f"{case_dir.name}_uncertainty_{region}.nii.gz")
+        np.testing.assert_array_equal(img.affine, nib.load(case_dir / f"{case_dir.name}_t1.nii.gz").affine)
+    result = subprocess.run([str(BIN / "sevnet-evaluate"), str(out), str(tmp_path / "cases"), "--lesion-wise"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "WT LwDice" in result.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0 <= metrics["mean"]["WT"]["lesion_dice"] <= 1 and "false_positives" in metrics["mean"]["WT"]
+
+
+@pytest.mark.qt
+def test_worklist_ranks_by_score_marks_exported_cases_and_opens_them(qtbot, make_napari_viewer, tmp_path):
+    from napari_sevnet.export import export_case
+    from napari_sevnet.io import load_case
+    from napari_sevnet.widgets.segment import SegmentWidget
+    from napari_sevnet.widgets.worklist import WorklistWidget
+
+    cases = tmp_path / "cases"
+    for seed, contrast in ((11, 1.0), (12, 0.3), (13, 0.6)):
+        write_phantom(cases, seed=seed, shape=(48, 56, 48), contrast=contrast)
+    viewer = make_napari_viewer()
+    segment = SegmentWidget(viewer)  # the worklist uses the Segment widget's model (here the bundled one)
+    worklist = WorklistWidget(viewer)
+    worklist._folder.value = cases
+    worklist.start()
+    qtbot.waitUntil(lambda: worklist.worker is None, timeout=300_000)
+    scores = [item.score for item in worklist.items]
+    assert len(scores) == 3 and scores == sorted(scores, reverse=True), scores
+    assert worklist.items[0].case_id == "phantom_0012", "the lowest-contrast case is the most uncertain"
+    assert [worklist.table.item(row, 0).text() for row in range(3)] == [item.case_id for item in worklist.items]
+    assert not any(item.cached or item.done for item in worklist.items)
+
+    case = load_case(cases / "phantom_0011")
+    export_case(case, case.regions, tmp_path / "ds")
+    worklist._dataset.value = tmp_path / "ds"
+    worklist.start()
+    qtbot.waitUntil(lambda: worklist.worker is None, timeout=60_000)
+    assert all(item.cached for item in worklist.items), "the second pass reads the cache"
+    assert {item.case_id for item in worklist.items if item.done} == {"phantom_0011"}
+    assert worklist.table.item([i.case_id for i in worklist.items].index("phantom_0011"), 5).text() == "done (exported)"
+
+    added = worklist.open_case(worklist.items[0])
+    names = [layer.name for layer in added]
+    assert names[:4] == ["T1", "T1ce", "T2", "FLAIR"] and "WT uncertainty" in names
+    predicted = [layer for layer in added if layer.metadata.get("sevnet", {}).get("prediction") is not None]
+    assert len(predicted) == 3 and predicted[0].data.shape == added[0].data.shape
+    assert segment.checkpoint is None
