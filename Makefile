@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 # already met, so installing the package never pulls a second torch.
 TORCH  ?= torch==2.13.0
 
-.PHONY: setup system-deps demo test test-fast demo-weights demo-weights-eval sample-data screenshots clean
+.PHONY: setup system-deps demo test test-fast bench demo-weights demo-weights-eval sample-data screenshots clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,9 @@ test: setup system-deps  ## the whole suite (Qt tests under a virtual X display)
 
 test-fast: setup  ## library tests only, no Qt
 	$(BIN)/python -m pytest -q -m "not qt and not slow"
+
+bench: setup system-deps  ## benchmarks against MONAI / nibabel baselines (~15 min on 2 CPU cores): benchmarks/results/
+	$(BIN)/python -m benchmarks.run
 
 demo-weights: setup  ## regenerate the bundled demo weights (about 45 min on 2 CPU cores)
 	$(BIN)/python -m napari_sevnet.phantom data/phantoms --cases 30 --seed 1000 --shape 112 128 112

@@ -111,6 +111,11 @@ class SegmentWidget(Container):
         self.native.destroyed.connect(self._on_destroyed)
         self._refresh_layers()
         register(self)
+        # torch and MONAI load now, with the dock: imported by the first run's worker thread they hold the
+        # import lock and the GIL long enough to freeze the GUI for a third of a second
+        import monai.inferers  # noqa: F401
+
+        import napari_sevnet.inference  # noqa: F401
 
     def _on_destroyed(self, _obj=None):
         """The dock was closed: stop listening to the viewer and stop a running segmentation."""

@@ -1,0 +1,30 @@
+"""The benchmark suite itself keeps working: ``python -m benchmarks.run --quick`` (tiny sizes, figures meaningless)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_quick_benchmark_run_writes_json_and_table(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "benchmarks.run", "--quick", "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (path,) = tmp_path.glob("*-quick.json")
+    data = json.loads(path.read_text())["results"]
+    errors = {f"{section}/{key}": value["error"] for section, entries in data.items() if isinstance(entries, dict) for key, value in entries.items() if isinstance(value, dict) and "error" in value}
+    errors.update({section: entries["error"] for section, entries in data.items() if isinstance(entries, dict) and "error" in entries})
+    assert not errors, errors
+    runs = data["inference"]["phantom"]
+    assert {"sevnet-lite (default)", "segresnet-monai-tutorial", "sevnet-faithful", "sevnet-lite + TTA"} <= set(runs)
+    assert all(r["median_s"] > 0 and r["peak_rss_mb"] > 0 for r in runs.values())
+    assert 0 < data["throughput"]["fraction_of_peak"]
+    assert data["gui"]["max_stall_ms"] > 0 and data["finetune_round"]["total_s"] > 0
+    table = (tmp_path / "latest-quick.md").read_text()
+    assert "vs MONAI SegResNet" in table and "GUI: longest event-loop stall" in table
