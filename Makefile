@@ -58,3 +58,4 @@ SHARED_DATA ?= ../shared/data
 screenshots: setup system-deps  ## README screenshot of the plugin on the real shared case
 	mkdir -p docs
 	$(BIN)/sevnet-demo $(SHARED_DATA)/BraTS2021_00006 --screenshot docs/screenshot_real_case.png
+	xvfb-run -a -s "-screen 0 1600x1000x24" $(BIN)/python scripts/screenshot_loop.py docs/screenshot_loop.png

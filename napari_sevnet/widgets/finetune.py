@@ -16,7 +16,18 @@ import json
 import sys
 from pathlib import Path
 
-from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, LineEdit, ProgressBar, PushButton, SpinBox
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    Label,
+    LineEdit,
+    ProgressBar,
+    PushButton,
+    SpinBox,
+)
+from matplotlib.ticker import MaxNLocator
 from qtpy.QtCore import QProcess, QProcessEnvironment, QTimer
 from qtpy.QtWidgets import QPlainTextEdit
 
@@ -319,6 +330,7 @@ class FineTuneWidget(Container):
             epochs, losses = zip(*self.losses)
             ax.plot(epochs, losses, "k.-", label="loss")
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("training loss")
         if self.dice:
             twin = ax.twinx()
