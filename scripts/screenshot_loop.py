@@ -20,8 +20,6 @@ def main(out: str) -> int:
     from napari_sevnet.widgets.finetune import FineTuneWidget
     from napari_sevnet.widgets.segment import SegmentWidget
 
-    app = QApplication.instance() or QApplication([])
-
     def wait(condition, timeout=600):
         start = time.time()
         while not condition() and time.time() - start < timeout:
@@ -31,6 +29,7 @@ def main(out: str) -> int:
     work = Path(tempfile.mkdtemp(prefix="sevnet-shot-"))
     case = write_phantom(work / "cases", seed=11, shape=(96, 112, 96), contrast=0.35)
     viewer = napari.Viewer(show=True)
+    app = QApplication.instance()  # napari's own, made with the OpenGL attributes it needs
     viewer.window._qt_window.resize(1600, 1000)
     for layer in [layer for layer in viewer.open(str(case), plugin="napari-sevnet") if layer.name in ("WT", "TC", "ET")]:
         viewer.layers.remove(layer)
