@@ -86,7 +86,6 @@ def task_inference(case: str, model: str, tta: bool, repeats: int, device: str, 
             with torch.inference_mode():
                 return torch.sigmoid(sliding_window_inference(x, tuple(roi), 1, net, overlap=0.5))
 
-        quality = None
     else:
         from napari_sevnet.inference import Predictor
 
@@ -102,11 +101,10 @@ def task_inference(case: str, model: str, tta: bool, repeats: int, device: str, 
         def run():
             last[:] = [predictor.predict(loaded.image)]
 
-        quality = "dice"
     last: list = []
     times = _timed(run, repeats, warmup=0 if tta else 1)
     out = {"median_s": statistics.median(times), "runs_s": times, "peak_rss_mb": _peak_rss_mb(), "shape": list(loaded.shape)}
-    if quality and loaded.regions is not None and model == "sevnet-lite":
+    if model == "sevnet-lite" and loaded.regions is not None:
         out["dice"] = {r: round(dice(last[0].regions[i], loaded.regions[i]), 4) for i, r in enumerate(("WT", "TC", "ET"))}
     return out
 

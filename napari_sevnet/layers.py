@@ -47,6 +47,16 @@ def region_layer_kwargs(region: str, scale, meta: dict) -> dict:
     return {"name": region, "scale": scale, "colormap": colormap, "opacity": 0.55, "metadata": {META_KEY: {**meta, "region": region}}}
 
 
+def region_labels(regions: np.ndarray, scale, translate, meta: dict) -> list:
+    """WT/TC/ET Labels layers of one result, ready to insert (they may be built off the GUI thread)."""
+    from napari.layers import Labels
+
+    return [
+        Labels(regions[i].astype(np.uint8), translate=translate, **region_layer_kwargs(region, scale, meta))
+        for i, region in enumerate(REGIONS)
+    ]
+
+
 def uncertainty_layer(entropy: np.ndarray, scale, translate, meta: dict):
     """An image layer of the WT entropy (bits) over the scan: dark where sure, bright where unsure."""
     from napari.layers import Image

@@ -32,7 +32,7 @@ class WorkItem:
     @property
     def score(self) -> float:
         """Uncertainty score (higher: correct first); cases that failed sort last."""
-        return (self.report or {}).get("uncertainty", {}).get("score", -1.0) if self.report else -1.0
+        return self.report["uncertainty"]["score"] if self.report and self.report.get("uncertainty") else -1.0
 
 
 def model_cache(folder: Path, checkpoint: str) -> Path:

@@ -220,27 +220,25 @@ class FineTuneWidget(Container):
                 process.kill()
                 process.waitForFinished(2000)
 
+    def _complete_lines(self, data, tail_attr: str) -> list[str]:
+        """Whole lines of a pipe's new output; a partial last line waits in ``tail_attr`` for the rest."""
+        text = getattr(self, tail_attr) + bytes(data).decode("utf-8", "replace")
+        *lines, rest = text.split("\n")
+        setattr(self, tail_attr, rest)
+        return [line.strip() for line in lines if line.strip()]
+
     def _read_stdout(self):
-        if self.process is None:
-            return
-        text = self._stdout_tail + bytes(self.process.readAllStandardOutput()).decode("utf-8", "replace")
-        *lines, self._stdout_tail = text.split("\n")
-        for line in lines:
-            self._on_line(line.strip())
+        if self.process is not None:
+            for line in self._complete_lines(self.process.readAllStandardOutput(), "_stdout_tail"):
+                self._on_line(line)
 
     def _read_stderr(self):
-        if self.process is None:
-            return
-        text = self._stderr_tail + bytes(self.process.readAllStandardError()).decode("utf-8", "replace")
-        *lines, self._stderr_tail = text.split("\n")
-        for line in lines:
-            if line.strip():
-                self.log.appendPlainText(line.rstrip())
-                self._last_stderr = line.strip()
+        if self.process is not None:
+            for line in self._complete_lines(self.process.readAllStandardError(), "_stderr_tail"):
+                self.log.appendPlainText(line)
+                self._last_stderr = line
 
     def _on_line(self, line: str):
-        if not line:
-            return
         try:
             event = json.loads(line)
         except ValueError:

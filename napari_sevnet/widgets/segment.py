@@ -21,7 +21,7 @@ from qtpy.QtCore import QObject, QTimer, Signal
 
 from napari_sevnet.errors import Cancelled, InputError
 from napari_sevnet.io import MODALITIES, MODALITY_LABELS
-from napari_sevnet.layers import META_KEY, region_layer_kwargs, uncertainty_layer
+from napari_sevnet.layers import META_KEY, region_labels, uncertainty_layer
 from napari_sevnet.regions import REGIONS, make_nested, volumes_ml
 from napari_sevnet.widgets import register
 
@@ -272,8 +272,6 @@ class SegmentWidget(Container):
     @staticmethod
     def _result_layers(predictor, result, chosen) -> list:
         """Build the WT/TC/ET Labels layers in the worker: only inserting them needs the GUI thread."""
-        from napari.layers import Labels
-
         reference = chosen["flair"]
         source = reference.metadata.get(META_KEY, {})
         meta = {
@@ -287,11 +285,7 @@ class SegmentWidget(Container):
             "attention": result.attention,
             "prediction": result.regions,  # the model's own output, to measure edits against
         }
-        layers = []
-        for i, region in enumerate(REGIONS):
-            layer = Labels(result.regions[i].astype(np.uint8), **region_layer_kwargs(region, reference.scale, meta))
-            layer.translate = reference.translate
-            layers.append(layer)
+        layers = region_labels(result.regions, reference.scale, reference.translate, meta)
         if result.uncertainty is not None:
             layers.append(uncertainty_layer(result.uncertainty[0], reference.scale, reference.translate, {"group": meta["group"], "case_id": meta["case_id"]}))
         return layers

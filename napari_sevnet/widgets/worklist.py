@@ -119,10 +119,8 @@ class WorklistWidget(Container):
 
     def open_case(self, item):
         """Open a listed case with the model's layers and the uncertainty map; returns the added layers."""
-        from napari.layers import Labels
-
         from napari_sevnet.io import read_nifti, read_segmentation
-        from napari_sevnet.layers import META_KEY, region_layer_kwargs, uncertainty_layer
+        from napari_sevnet.layers import META_KEY, region_labels, uncertainty_layer
 
         if item.report is None:
             self._fail(InputError(item.folder, item.error or "this case has no result"))
@@ -134,9 +132,7 @@ class WorklistWidget(Container):
             grid = source["grid"]
             regions, _ = read_segmentation(item.report["segmentation"], grid, Path(source["paths"]["t1"]), "brats2021")
             meta = {**{k: source[k] for k in ("case_id", "grid", "paths")}, "group": f"worklist-{id(item)}", "checkpoint": item.report.get("checkpoint"), "prediction": regions}
-            added = []
-            for i, region in enumerate(REGIONS):
-                added.append(self._viewer.add_layer(Labels(regions[i].astype(np.uint8), **region_layer_kwargs(region, reference.scale, meta))))
+            added = [self._viewer.add_layer(layer) for layer in region_labels(regions, reference.scale, reference.translate, meta)]
             entropy_path = item.report.get("maps", {}).get("uncertainty_WT")
             if entropy_path:
                 data, _ = read_nifti(entropy_path)
