@@ -269,7 +269,6 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, progress_json: 
                 emit("step", epoch=epoch + 1, epochs=cfg.epochs, step=step + 1, steps=cfg.steps_per_epoch, loss=losses[-1], eta_s=round(eta, 1))
         epoch_loss = float(np.mean(losses))
         lr = optimizer.param_groups[0]["lr"]
-        emit("epoch", epoch=epoch + 1, epochs=cfg.epochs, loss=epoch_loss, lr=lr, eta_s=round(eta, 1))
 
         metrics = None
         if val_arrays and ((epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs):
@@ -313,6 +312,8 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, progress_json: 
                 run_dir / STATE_FILE,
             )
             _log_row(run_dir / "metrics.csv", epoch + 1, epoch_loss, lr, metrics)
+        # announced once saved: a program that stops the run on this event keeps this epoch
+        emit("epoch", epoch=epoch + 1, epochs=cfg.epochs, loss=epoch_loss, lr=lr, eta_s=round(eta, 1))
         if dinfo.world > 1:
             dist.barrier()
     bar.close()
