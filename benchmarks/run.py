@@ -214,23 +214,30 @@ def task_gui_stall(case: str) -> dict:
     for _ in range(20):
         app.processEvents()
         time.sleep(0.01)
-    ticks, inference_done = [], []
     heartbeat = QTimer()
     heartbeat.setInterval(10)
-    heartbeat.timeout.connect(lambda: ticks.append(time.perf_counter()))
-    widget._relay.progressed.connect(lambda f, m: inference_done.append(time.perf_counter()) if f == 1.0 else None)
-    heartbeat.start()
-    start = time.perf_counter()
-    widget.run()
-    while widget.worker is not None and time.perf_counter() - start < 300:
-        app.processEvents()
-        time.sleep(0.002)
-    heartbeat.stop()
-    ticks = np.array(ticks)
-    during = np.diff(ticks[ticks <= inference_done[0]]) if inference_done else np.array([0.0])
-    after = np.diff(ticks[ticks >= inference_done[0]]) if inference_done else np.array([0.0])
+    runs = []
+    for _ in range(2):  # a second run adds its layers beside the first run's
+        ticks, inference_done = [], []
+        heartbeat.timeout.connect(lambda: ticks.append(time.perf_counter()))
+        relay = lambda f, m: inference_done.append(time.perf_counter()) if f == 1.0 else None  # noqa: E731
+        widget._relay.progressed.connect(relay)
+        heartbeat.start()
+        start = time.perf_counter()
+        widget.run()
+        while widget.worker is not None and time.perf_counter() - start < 300:
+            app.processEvents()
+            time.sleep(0.002)
+        heartbeat.stop()
+        heartbeat.timeout.disconnect()
+        widget._relay.progressed.disconnect(relay)
+        ticks = np.array(ticks)
+        during = np.diff(ticks[ticks <= inference_done[0]]) if inference_done else np.array([0.0])
+        after = np.diff(ticks[ticks >= inference_done[0]]) if inference_done else np.array([0.0])
+        runs.append({"max_stall_inference_ms": float(during.max() * 1000), "max_stall_layer_insertion_ms": float(after.max() * 1000), "run_s": time.perf_counter() - start})
     viewer.close()
-    return {"max_stall_inference_ms": float(during.max() * 1000), "max_stall_layer_insertion_ms": float(after.max() * 1000), "max_stall_ms": float(max(during.max(), after.max()) * 1000), "run_s": time.perf_counter() - start}
+    worst = {key: max(r[key] for r in runs) for key in ("max_stall_inference_ms", "max_stall_layer_insertion_ms")}
+    return {**worst, "max_stall_ms": max(worst.values()), "runs": runs}
 
 
 TASKS = {name[5:]: fn for name, fn in globals().items() if name.startswith("task_")}

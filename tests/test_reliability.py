@@ -136,6 +136,7 @@ def test_segment_widget_reports_a_bad_checkpoint_and_adds_nothing(qtbot, make_na
     viewer = make_napari_viewer()
     viewer.open(str(phantom_dir / "phantom_0000"), plugin="napari-sevnet")
     widget = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(widget)  # closes with the viewer
     n = len(viewer.layers)
     for kind in ("other_input_channels", "json_missing_fields", "weights_truncated", "pickle_payload"):
         path, culprit = bad_checkpoints[kind]

@@ -151,6 +151,8 @@ def test_worklist_ranks_by_score_marks_exported_cases_and_opens_them(qtbot, make
     viewer = make_napari_viewer()
     segment = SegmentWidget(viewer)  # the worklist uses the Segment widget's model (here the bundled one)
     worklist = WorklistWidget(viewer)
+    viewer.window.add_dock_widget(segment)  # docks close with the viewer
+    viewer.window.add_dock_widget(worklist)
     worklist._folder.value = cases
     worklist.start()
     qtbot.waitUntil(lambda: worklist.worker is None, timeout=300_000)

@@ -24,6 +24,7 @@ from napari_sevnet.io import MODALITIES, MODALITY_LABELS
 from napari_sevnet.layers import META_KEY, region_labels, uncertainty_layer
 from napari_sevnet.regions import REGIONS, make_nested, volumes_ml
 from napari_sevnet.widgets import register
+from napari_sevnet.widgets.responsiveness import FrozenCollector, LayerInserter, warm_up
 
 #: normalised layer names recognised for each modality
 NAME_PATTERNS = {
@@ -32,7 +33,6 @@ NAME_PATTERNS = {
     "t2": {"t2", "t2w"},
     "flair": {"flair", "t2f", "t2flair"},
 }
-LAYER_SPACING_MS = 40  # lets the event loop run between inserting the three result layers
 TOOLTIPS = {
     "model": "A napari-sevnet checkpoint (.json beside its .safetensors). Untick 'bundled demo weights' to use it.",
     "bundled": "The demo SEV-Net trained on synthetic phantoms: for trying the tool, not for clinical use.",
@@ -93,7 +93,7 @@ class SegmentWidget(Container):
         self._predictors: dict[tuple, object] = {}
         self._cancel_event: threading.Event | None = None
         self._final_status = ""
-        self._pending_layers: list = []
+        self._inserter = LayerInserter(self.native)
         self._progress = None
         self.worker = None
         self.result_layers: dict[str, object] = {}
@@ -117,6 +117,9 @@ class SegmentWidget(Container):
 
         import napari_sevnet.inference  # noqa: F401
 
+        warm_up()
+        self._collector = FrozenCollector(napari_viewer, self.native)
+
     def _on_destroyed(self, _obj=None):
         """The dock was closed: stop listening to the viewer and stop a running segmentation."""
         self._viewer.layers.events.inserted.disconnect(self._refresh_layers)
@@ -126,6 +129,8 @@ class SegmentWidget(Container):
             layer.events.data.disconnect(self._schedule_volumes)
         if self._cancel_event is not None:
             self._cancel_event.set()
+        self._inserter.cancel()
+        self._collector.release()
 
     # ------------------------------------------------------------------ choices
 
@@ -236,7 +241,7 @@ class SegmentWidget(Container):
         if self._progress is not None:
             self._progress.close()
             self._progress = None
-        if not self._pending_layers:
+        if not self._inserter.busy:
             self._done()
 
     def _done(self):
@@ -261,10 +266,13 @@ class SegmentWidget(Container):
         try:
             handler(*args)
         except Exception as exc:  # noqa: BLE001 - every failure must reach the user as a message
-            self._pending_layers.clear()
-            self._error(exc)
-            if self._progress is None:  # the worker has already finished: nothing else will end the run
-                self._done()
+            self._run_failed(exc)
+
+    def _run_failed(self, exc: BaseException):
+        self._inserter.cancel()
+        self._error(exc)
+        if self._progress is None:  # the worker has already finished: nothing else will end the run
+            self._done()
 
     def _schedule_volumes(self, event=None):
         self._debounce.start()
@@ -292,31 +300,27 @@ class SegmentWidget(Container):
 
     def _on_result(self, out, chosen):
         predictor, result, layers = out
-        self._pending_layers = list(layers)
         self.result_layers = {}
         self.uncertainty_layer = None
         self.last_result = None
         self._final_status = f"done in {result.timings['total_s']:.1f} s on {result.device}"
-        self._add_next_layer(result)
+        self._inserter.insert(self._viewer, layers, on_added=self._on_layer_added, on_done=lambda: self._on_layers_inserted(result), on_error=self._run_failed)
 
-    def _add_next_layer(self, result):
-        """Insert one result layer; the next one after the event loop has run (napari needs ~0.15 s each)."""
-        layer = self._pending_layers.pop(0)
-        self._viewer.add_layer(layer)
+    def _on_layer_added(self, layer):
         region = layer.metadata[META_KEY].get("region")
         if region is None:
             self.uncertainty_layer = layer
-        else:
-            layer.events.paint.connect(self._schedule_volumes)
-            layer.events.data.connect(self._schedule_volumes)
-            self.result_layers[region] = layer
-        if self._pending_layers:
-            QTimer.singleShot(LAYER_SPACING_MS, lambda: self._guarded(self._add_next_layer, result))
             return
+        layer.events.paint.connect(self._schedule_volumes)
+        layer.events.data.connect(self._schedule_volumes)
+        self.result_layers[region] = layer
+
+    def _on_layers_inserted(self, result):
         self.last_result = result
         self._nested.enabled = True
         self.update_volumes()
-        self._done()
+        if self._progress is None:  # the worker has finished (it normally has by now)
+            self._done()
 
     # ------------------------------------------------------------------ edits
 
@@ -345,3 +349,4 @@ class SegmentWidget(Container):
             if not np.array_equal(nested[i], regions[i]):
                 self.result_layers[r].data = nested[i].astype(self.result_layers[r].data.dtype)
         self.update_volumes()
+
