@@ -30,7 +30,7 @@ def main(argv=None) -> int:
     parser.add_argument("--init", type=Path, metavar="CHECKPOINT", help="fine-tune: start from this checkpoint")
     parser.add_argument("-o", "--output", help="run folder (overrides the config's output)")
     parser.add_argument("--progress-json", action="store_true", help="JSON-lines progress on stdout for programs")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # overrides may come before and after the options
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
 
     signal.signal(signal.SIGTERM, _stop_on_sigterm)  # the plugin's Cancel: stop like Ctrl-C, checkpoints intact
