@@ -6,6 +6,10 @@ with the contrasts of real scans (ET bright on T1ce, edema bright on T2 and
 FLAIR, necrosis dark on T1ce, CSF bright on T2 and dark on FLAIR), a smooth
 bias field, partial-volume blur and Rician-like noise. Size, shape and
 position of the tumour vary with the seed; the same seed gives the same case.
+Anatomy scales with the grid up to the size of an adult head
+(:data:`HEAD_MM`): on the BraTS grid (155 x 240 x 240 at 1 mm) the brain is
+about 110 x 170 x 135 mm, like the real cases' brain boxes; on small grids
+(tests) everything shrinks with the grid.
 
     python -m napari_sevnet.phantom OUT --cases N --seed S [--shape Z Y X]
 
@@ -44,6 +48,8 @@ _CONTRAST = np.array(
     dtype=np.float32,
 )
 BRATS_LPS_AFFINE = np.diag([-1.0, -1.0, 1.0, 1.0])
+#: (Z, Y, X) field of view in mm that an adult head fills; larger grids get a head of this size, centred
+HEAD_MM = (186.0, 205.0, 189.0)
 
 
 @dataclass
@@ -68,8 +74,9 @@ def make_phantom(seed: int = 0, shape: tuple[int, int, int] = (96, 96, 96), *, c
     z, y, x = (np.arange(n, dtype=np.float32) for n in shape)
     zz, yy, xx = np.meshgrid(z, y, x, indexing="ij")
     centre = np.array(shape, dtype=np.float32) / 2
-    radii = np.array(shape, dtype=np.float32) * np.array([0.36, 0.42, 0.36]) * rng.uniform(0.92, 1.04, 3)
-    coarse = max(min(shape) / 16, 2.0)
+    head = np.minimum(np.array(shape, dtype=np.float64), HEAD_MM)  # the anatomy's scale (1 mm voxels)
+    radii = head * np.array([0.36, 0.42, 0.36]) * rng.uniform(0.92, 1.04, 3)
+    coarse = max(head.min() / 16, 2.0)
 
     # brain: a wobbly ellipsoid; cortex (GM) as its outer shell; ventricles as two ellipsoids
     rho = np.sqrt(((zz - centre[0]) / radii[0]) ** 2 + ((yy - centre[1]) / radii[1]) ** 2 + ((xx - centre[2]) / radii[2]) ** 2)
@@ -78,15 +85,15 @@ def make_phantom(seed: int = 0, shape: tuple[int, int, int] = (96, 96, 96), *, c
     tissue[rho < 1.0] = 2
     tissue[rho < 0.82 + 0.05 * _smooth_noise(rng, shape, coarse / 2)] = 1
     for side in (-1, 1):
-        vc = centre + np.array([0.05, -0.05, side * 0.12]) * np.array(shape)
-        vr = np.array(shape) * np.array([0.12, 0.18, 0.045])
+        vc = centre + np.array([0.05, -0.05, side * 0.12]) * head
+        vr = head * np.array([0.12, 0.18, 0.045])
         vent = ((zz - vc[0]) / vr[0]) ** 2 + ((yy - vc[1]) / vr[1]) ** 2 + ((xx - vc[2]) / vr[2]) ** 2
         tissue[vent < 1.0] = 3
 
     # tumour inside the brain, away from the midline: edema > enhancing rim > necrosis
     direction = rng.normal(size=3)
     direction /= np.linalg.norm(direction)
-    scale = min(shape)
+    scale = head.min()
     t_radius = scale * rng.uniform(0.08, 0.15)
     t_centre = centre + direction * radii * rng.uniform(0.15, 0.45)
     dist = np.sqrt(((zz - t_centre[0]) ** 2 + (yy - t_centre[1]) ** 2 + (xx - t_centre[2]) ** 2)) / t_radius

@@ -32,3 +32,16 @@ def test_cli_writes_brats2021_folders(tmp_path):
     assert case.layout == "brats2021" and case.regions is not None
     np.testing.assert_array_equal(case.regions, make_phantom(7, (32, 32, 32)).regions)
     assert main([str(tmp_path), "--seed", "7", "--shape", "32", "32", "32"]) == 1  # refuses to overwrite
+
+
+def test_anatomy_stops_growing_at_head_size():
+    """On a grid wider than a head (the BraTS grid is, in-plane) the brain keeps an adult size."""
+    from napari_sevnet.inference import brain_box
+    from napari_sevnet.phantom import HEAD_MM
+
+    narrow, wide = make_phantom(4, (48, 64, 48)), make_phantom(4, (48, 320, 48))
+    extent = lambda p: [s.stop - s.start for s in brain_box(p.image)]  # noqa: E731
+    assert 0.75 * 64 < extent(narrow)[1] < 0.9 * 64  # small grids: the brain scales with the grid
+    assert 0.75 * HEAD_MM[1] < extent(wide)[1] < 0.9 * HEAD_MM[1] < 200  # about 170 mm, like real brains
+    box = brain_box(wide.image)[1]
+    assert abs((box.start + box.stop) / 2 - 160) < 10  # centred in the field of view
