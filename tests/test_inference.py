@@ -2,6 +2,7 @@ import threading
 
 import numpy as np
 import pytest
+import torch
 
 from napari_sevnet.errors import Cancelled
 from napari_sevnet.inference import Predictor, brain_box, normalize
@@ -26,7 +27,7 @@ def phantom():
 
 @pytest.mark.parametrize("whole", [True, False])
 def test_predict_pastes_back_on_the_full_grid(random_checkpoint, phantom, whole):
-    predictor = Predictor(random_checkpoint, "cpu", whole_crop_voxels=10**9 if whole else 0)
+    predictor = Predictor(random_checkpoint, "cpu", whole_crop=whole)
     seen = []
     result = predictor.predict(phantom.image, progress=lambda f, m: seen.append(f))
     assert result.regions.shape == (3, 40, 48, 44) and result.regions.dtype == bool
@@ -41,9 +42,23 @@ def test_predict_pastes_back_on_the_full_grid(random_checkpoint, phantom, whole)
     assert {"preprocess_s", "inference_s", "total_s"} <= set(result.timings)
 
 
+def test_windows_have_the_training_patch_size(random_checkpoint, phantom):
+    predictor = Predictor(random_checkpoint, "cpu")
+    seen = []
+    first_conv = next(m for m in predictor.model.modules() if isinstance(m, torch.nn.Conv3d))
+    first_conv.register_forward_pre_hook(lambda module, args: seen.append(tuple(args[0].shape[2:])))
+    predictor.predict(phantom.image)  # a 40x48x44 phantom, 32^3 training patches: several windows
+    assert len(seen) > 1 and set(seen) == {predictor.patch_size} == {(32, 32, 32)}
+    small = np.zeros((4, 20, 24, 20), np.float32)
+    small[:, 2:18, 2:22, 2:18] = 1 + np.random.default_rng(0).random((4, 16, 20, 16))
+    seen.clear()
+    predictor.predict(small)  # smaller than a patch: zero-padded to one, as in training
+    assert seen == [(32, 32, 32)]
+
+
 def test_sliding_window_matches_whole_crop_closely(random_checkpoint, phantom):
-    whole = Predictor(random_checkpoint, "cpu", whole_crop_voxels=10**9).predict(phantom.image)
-    windows = Predictor(random_checkpoint, "cpu", whole_crop_voxels=0).predict(phantom.image)
+    whole = Predictor(random_checkpoint, "cpu", whole_crop=True).predict(phantom.image)
+    windows = Predictor(random_checkpoint, "cpu").predict(phantom.image)
     # instance norm sees different statistics per window, so not identical, but close
     assert np.abs(whole.probabilities - windows.probabilities).mean() < 0.05
 

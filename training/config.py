@@ -53,7 +53,7 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-    patch_size: list[int] = field(default_factory=lambda: [96, 96, 96])
+    patch_size: list[int] | None = None  # None: the init checkpoint's (a fine-tune keeps its windows), else 96^3
     batch_size: int = 2
     epochs: int = 50
     steps_per_epoch: int = 50
@@ -78,7 +78,7 @@ class TrainConfig:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, not {self.optimizer!r}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, not {self.schedule!r}")
-        if len(self.patch_size) != 3 or min(self.patch_size) < 8:
+        if self.patch_size is not None and (len(self.patch_size) != 3 or min(self.patch_size) < 8):
             raise ValueError(f"patch_size must be three sizes >= 8, got {self.patch_size}")
 
 

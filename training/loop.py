@@ -34,6 +34,7 @@ from training.data import PatchDataset, discover_cases, load_preprocessed, set_t
 
 log = logging.getLogger("sevnet.train")
 STATE_FILE = "resume_state.pt"
+DEFAULT_PATCH_SIZE = (96, 96, 96)
 
 
 @dataclass
@@ -184,8 +185,11 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, progress_json: 
     if cfg.init:
         model, init_info = load_checkpoint(cfg.init, "cpu")
         cfg.model.name, cfg.model.config = init_info.architecture["name"], dict(init_info.architecture.get("config", {}))
+        # the model runs in windows of the size it was trained on (inference.py): keep it unless told otherwise
+        cfg.patch_size = cfg.patch_size or list(init_info.preprocessing.get("patch_size") or DEFAULT_PATCH_SIZE)
     else:
         model = build_model(cfg.model.name, cfg.model.config)
+    cfg.patch_size = cfg.patch_size or list(DEFAULT_PATCH_SIZE)
     if cfg.freeze_encoder:
         freeze_encoder(model)
     model.to(device)
