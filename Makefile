@@ -36,15 +36,17 @@ test-fast: setup  ## library tests only, no Qt
 bench: setup system-deps  ## benchmarks against MONAI / nibabel baselines (~15 min on 2 CPU cores): benchmarks/results/
 	$(BIN)/python -m benchmarks.run
 
-demo-weights: setup  ## regenerate the bundled demo weights (about 45 min on 2 CPU cores)
-	$(BIN)/python -m napari_sevnet.phantom data/phantoms --cases 30 --seed 1000 --shape 112 128 112
+demo-weights: setup  ## regenerate the bundled demo weights (about 75 min on 2 CPU cores)
+	$(BIN)/python -m napari_sevnet.phantom data/phantoms --cases 16 --seed 1000 --shape 155 240 240
+	$(BIN)/python -m napari_sevnet.phantom data/phantoms --cases 8 --seed 1100 --shape 112 128 112
+	$(BIN)/python -m napari_sevnet.phantom data/phantoms --cases 6 --seed 1200 --shape 64 72 64
 	$(BIN)/sevnet-train --config training/configs/phantom_demo.yaml
 	$(BIN)/python -m training.publish runs/phantom_demo/best.json napari_sevnet/weights/sevnet_lite_phantom
 	$(MAKE) demo-weights-eval
 
 demo-weights-eval: setup  ## held-out phantom Dice of the bundled weights (the README table)
 	rm -rf data/heldout data/heldout_pred
-	$(BIN)/python -m napari_sevnet.phantom data/heldout --cases 10 --seed 5000 --shape 112 128 112
+	$(BIN)/python -m napari_sevnet.phantom data/heldout --cases 10 --seed 5000 --shape 155 240 240
 	$(BIN)/sevnet-predict data/heldout -o data/heldout_pred --device cpu
 	$(BIN)/sevnet-evaluate data/heldout_pred data/heldout
 

@@ -48,3 +48,24 @@ def test_predicted_mask_lies_on_the_input_grid(random_checkpoint, tmp_path):
     np.testing.assert_array_equal(written.affine, source.affine)
     back = io.load_case(mapping={**{m: case.paths[m] for m in io.MODALITIES}, "seg": out}, label_convention="2023")
     np.testing.assert_array_equal(back.regions, result.regions)
+
+
+@pytest.mark.slow
+def test_fine_tuning_the_demo_weights_on_a_real_case_fits_its_consensus(tmp_path):
+    """The README's real-scan check, shortened: 40 of the 240 steps of finetune_real_case.yaml already give WT >= 0.85."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from napari_sevnet.metrics import dice
+
+    src = real_case("TCGA-DU-7294")
+    root = Path(__file__).resolve().parents[1]
+    before = Predictor(None, "cpu").predict(io.load_case(src).image)
+    cmd = [sys.executable, "-m", "training.cli", "--config", str(root / "training" / "configs" / "finetune_real_case.yaml"),
+           f"data.roots=[{src}]", "epochs=2", "steps_per_epoch=20", "-o", str(tmp_path / "run")]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=900, cwd=root)
+    case = io.load_case(src)
+    after = Predictor(tmp_path / "run" / "last.json", "cpu").predict(case.image)
+    wt_before, wt_after = dice(before.regions[0], case.regions[0]), dice(after.regions[0], case.regions[0])
+    assert wt_before < 0.6 and wt_after >= 0.85, (wt_before, wt_after)

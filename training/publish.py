@@ -15,7 +15,7 @@ from napari_sevnet.checkpoint import read_info
 from napari_sevnet.files import atomic_output, write_text_atomic
 
 INTENDED_USE = (
-    "Demo and tests on synthetic phantoms (napari_sevnet.phantom). Trained on 24 synthetic cases; "
+    "Demo and tests on synthetic phantoms (napari_sevnet.phantom). Trained on 24 synthetic cases (13 on the 240x240x155 BraTS grid, 11 smaller); "
     "NOT validated on patient data and NOT for clinical use. Fine-tune on real, expert-labelled scans first."
 )
 
