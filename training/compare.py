@@ -21,7 +21,7 @@ ZOO = [
     ("SEV-Net lite", "sevnet", {"preset": "lite"}),
     ("V-Net lite (SE off)", "vnet", {"preset": "lite"}),
     ("3D U-Net", "unet3d", {"features": [8, 16, 32, 64]}),
-    ("SegResNet", "segresnet", {"init_filters": 8}),
+    ("SegResNet (MONAI, 16 filters)", "segresnet", {"init_filters": 16}),  # the benchmarks' baseline
     ("EE-Net", "eenet", {"widths": [8, 16, 24, 40, 64], "depths": [1, 1, 2, 2, 2]}),
     ("2D U-Net (slices)", "unet2d", {"features": [8, 16, 32, 64]}),
 ]
