@@ -53,12 +53,16 @@ def _timed(fn, repeats: int, warmup: int = 1) -> list[float]:
 
 
 def _phantom_folder(shape, seed=21) -> Path:
-    from napari_sevnet.phantom import write_phantom
+    import hashlib
 
-    root = Path(tempfile.gettempdir()) / "sevnet-bench" / "x".join(map(str, shape))
+    from napari_sevnet import phantom
+
+    # cached across runs, keyed by the generator's source: a changed phantom.py must not be timed on old phantoms
+    version = hashlib.sha256(Path(phantom.__file__).read_bytes()).hexdigest()[:12]
+    root = Path(tempfile.gettempdir()) / "sevnet-bench" / version / "x".join(map(str, shape))
     folder = root / f"phantom_{seed:04d}"
     if not (folder / f"phantom_{seed:04d}_seg.nii.gz").is_file():
-        write_phantom(root, seed=seed, shape=shape)
+        phantom.write_phantom(root, seed=seed, shape=shape)
     return folder
 
 
