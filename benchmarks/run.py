@@ -93,12 +93,15 @@ def task_inference(case: str, model: str, tta: bool, repeats: int, device: str, 
     else:
         from napari_sevnet.inference import Predictor
 
-        if model == "sevnet-faithful":  # speed only: no trained weights; windows of its config's 128^3 patches
+        if model == "sevnet-faithful":  # speed only: no trained weights; windows of its BraTS config's patch size
             from napari_sevnet.checkpoint import CheckpointInfo
             from napari_sevnet.model import build_model
 
+            from training.config import load_config
+
+            patch = load_config(ROOT / "training" / "configs" / "sevnet_faithful_brats.yaml").patch_size
             arch = {"name": "sevnet", "config": {"preset": "faithful"}}
-            info = CheckpointInfo(architecture=arch, preprocessing={"patch_size": [128, 128, 128]})
+            info = CheckpointInfo(architecture=arch, preprocessing={"patch_size": patch})
             predictor = Predictor(model=build_model("sevnet", {"preset": "faithful"}), info=info, device=device, tta=tta)
         else:
             predictor = Predictor(None, device, tta=tta)

@@ -17,6 +17,8 @@ import yaml
 
 OPTIMIZERS = ("adam", "adamw", "nadam", "sgd")
 SCHEDULES = ("poly", "cosine", "plateau", "constant")
+#: patch size of a run that names none and starts from no checkpoint
+DEFAULT_PATCH_SIZE = (96, 96, 96)
 
 
 @dataclass
@@ -53,7 +55,7 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-    patch_size: list[int] | None = None  # None: the init checkpoint's (a fine-tune keeps its windows), else 96^3
+    patch_size: list[int] | None = None  # None: the init checkpoint's (a fine-tune keeps its windows), else DEFAULT_PATCH_SIZE
     batch_size: int = 2
     epochs: int = 50
     steps_per_epoch: int = 50

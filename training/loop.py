@@ -29,12 +29,11 @@ from napari_sevnet.inference import Predictor
 from napari_sevnet.metrics import case_metrics
 from napari_sevnet.model import build_model
 from napari_sevnet.regions import REGIONS
-from training.config import TrainConfig, save_config
+from training.config import DEFAULT_PATCH_SIZE, TrainConfig, save_config
 from training.data import PatchDataset, discover_cases, load_preprocessed, set_transform_seed, split_cases
 
 log = logging.getLogger("sevnet.train")
 STATE_FILE = "resume_state.pt"
-DEFAULT_PATCH_SIZE = (96, 96, 96)
 
 
 @dataclass
@@ -186,10 +185,10 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, progress_json: 
         model, init_info = load_checkpoint(cfg.init, "cpu")
         cfg.model.name, cfg.model.config = init_info.architecture["name"], dict(init_info.architecture.get("config", {}))
         # the model runs in windows of the size it was trained on (inference.py): keep it unless told otherwise
-        cfg.patch_size = cfg.patch_size or list(init_info.preprocessing.get("patch_size") or DEFAULT_PATCH_SIZE)
+        cfg.patch_size = cfg.patch_size or init_info.preprocessing.get("patch_size")
     else:
         model = build_model(cfg.model.name, cfg.model.config)
-    cfg.patch_size = cfg.patch_size or list(DEFAULT_PATCH_SIZE)
+    cfg.patch_size = list(cfg.patch_size or DEFAULT_PATCH_SIZE)
     if cfg.freeze_encoder:
         freeze_encoder(model)
     model.to(device)
