@@ -206,10 +206,18 @@ def task_finetune_round(shape: list[int], epochs: int, steps: int) -> dict:
 def task_gui_stall(case: str) -> dict:
     """Longest Qt event-loop stall while the Segment widget runs in a real napari viewer (needs a display)."""
     import napari
-    from qtpy.QtCore import QTimer
-    from qtpy.QtWidgets import QApplication
+    from qtpy.QtCore import QEventLoop, QTimer
 
     from napari_sevnet.widgets.segment import SegmentWidget
+
+    def run_event_loop(until, poll_ms=20):
+        """A real event loop, as napari.run() has: processEvents() alone never runs deleteLater(), and napari's
+        activity spinner, stopped by one, would repaint the window 30 times a second."""
+        loop, poll = QEventLoop(), QTimer()
+        poll.timeout.connect(lambda: loop.quit() if until() else None)
+        poll.start(poll_ms)
+        loop.exec()
+        poll.stop()
 
     viewer = napari.Viewer(show=True)
     viewer.open(case, plugin="napari-sevnet")
@@ -218,10 +226,8 @@ def task_gui_stall(case: str) -> dict:
             viewer.layers.remove(name)
     widget = SegmentWidget(viewer)
     viewer.window.add_dock_widget(widget)
-    app = QApplication.instance()
-    for _ in range(20):
-        app.processEvents()
-        time.sleep(0.01)
+    settled = time.perf_counter() + 0.5
+    run_event_loop(lambda: time.perf_counter() > settled)
     heartbeat = QTimer()
     heartbeat.setInterval(10)
     runs = []
@@ -233,9 +239,7 @@ def task_gui_stall(case: str) -> dict:
         heartbeat.start()
         start = time.perf_counter()
         widget.run()
-        while widget.worker is not None and time.perf_counter() - start < 300:
-            app.processEvents()
-            time.sleep(0.002)
+        run_event_loop(lambda: widget.worker is None or time.perf_counter() - start > 300)
         heartbeat.stop()
         heartbeat.timeout.disconnect()
         widget._relay.progressed.disconnect(relay)

@@ -84,9 +84,12 @@ def segment_widget(make_napari_viewer, phantom_dir):
     layers = open_case(viewer, phantom_dir / "phantom_0001")
     for r in ("WT", "TC", "ET"):
         viewer.layers.remove(layers[r])
+    del layers  # the suspended fixture must not keep layers alive that a test removes
     widget = SegmentWidget(viewer)
     viewer.window.add_dock_widget(widget)
-    return viewer, widget
+    yield viewer, widget
+    # Qt deletes the dock only after napari's leak check; its close handler thaws the layers it froze
+    widget._on_destroyed()
 
 
 def test_modality_layers_filled_in_from_names(make_napari_viewer):
@@ -110,6 +113,13 @@ def test_segment_end_to_end_with_demo_weights(qtbot, segment_widget, phantom_dir
     heartbeat.timeout.connect(lambda: ticks.append(time.perf_counter()))
     inference_done = []
     widget._relay.progressed.connect(lambda f, m: inference_done.append(time.perf_counter()) if f == 1.0 else None)
+    from napari.utils import progress
+
+    bar_values, napari_bars = [], []
+    widget._relay.progressed.connect(lambda f, m: (bar_values.append(widget._bar.value), napari_bars.append(len(progress._all_instances))))
+    import gc
+
+    frozen_before = gc.get_freeze_count()
     heartbeat.start()
     worker = widget.run()
     assert worker is not None and not widget._run.enabled
@@ -130,6 +140,11 @@ def test_segment_end_to_end_with_demo_weights(qtbot, segment_widget, phantom_dir
         # inserted hidden and without overlays, then revealed: ends as napari's own add_layer would
         assert layer.visible and all(layer._overlays[k].visible for k in ("polygon", "brush_stroke"))
     assert viewer.layers.selection.active is widget.result_layers["ET"]
+    # progress is shown in the dock; napari's status-bar progress (a re-layout and a canvas repaint per message) is not used
+    assert widget._bar.value == 100 and widget._status.value.startswith("done in")
+    assert bar_values and max(bar_values) == 100 and not any(napari_bars)
+    assert gc.get_freeze_count() > frozen_before  # the run's layers were frozen once in: later full collections skip them
+    assert widget.native.window().updatesEnabled()  # the inserter held the window's repaint only between its steps
     assert set(layer.metadata[META_KEY]["attention"]) == set(widget.last_result.attention)
     first = dict(widget.result_layers)
     widget.run()
@@ -156,6 +171,83 @@ def test_collector_frozen_while_docked_and_removed_layers_still_freed(qtbot, seg
     qtbot.waitUntil(lambda: FrozenCollector._holders == holders - 1, timeout=5000)
     if FrozenCollector._holders == 0:
         assert gc.get_freeze_count() == 0  # the last dock to go thaws the collector
+
+
+def test_layer_inserter_repaints_in_turns_of_its_own_and_never_leaves_the_window_frozen(qtbot, make_napari_viewer):
+    from qtpy.QtWidgets import QWidget
+
+    from napari.layers import Labels
+    from napari_sevnet.widgets.responsiveness import LayerInserter
+
+    viewer = make_napari_viewer()
+    dock = QWidget()
+    viewer.window.add_dock_widget(dock)
+    window = dock.window()
+    inserter = LayerInserter(dock, spacing_ms=5)
+    seen = []
+    inserter.insert(viewer, [Labels(np.zeros((4, 8, 8), np.uint8), name=n) for n in ("a", "b")], on_added=lambda layer: seen.append(window.updatesEnabled()))
+    qtbot.waitUntil(lambda: not inserter.busy, timeout=5000)
+    qtbot.waitUntil(window.updatesEnabled, timeout=5000)
+    assert seen == [False, False]  # each layer went in with the repaint held for the next tick
+    assert [layer.name for layer in viewer.layers][-2:] == ["a", "b"] and viewer.layers.selection.active.name == "b"
+    inserter.insert(viewer, [Labels(np.zeros((4, 8, 8), np.uint8), name="c"), Labels(np.zeros((4, 8, 8), np.uint8), name="d")])
+    qtbot.waitUntil(lambda: "c" in viewer.layers, timeout=5000)
+    inserter.cancel()
+    assert window.updatesEnabled() and "d" not in viewer.layers  # a cancelled insertion lets the window repaint at once
+
+
+def test_pausing_progress_waits_for_the_gui_to_draw(qtbot):
+    import threading
+
+    from napari_sevnet.widgets.responsiveness import PausingProgress
+    from napari_sevnet.widgets.segment import _Relay
+
+    relay = _Relay()
+    report = PausingProgress(relay.progressed, limit_s=2.0)
+    drawn = []
+    relay.progressed.connect(lambda f, m: (drawn.append(m), report.drawn()))
+    waited = []
+
+    def worker():
+        for k in range(3):
+            t = time.perf_counter()
+            report(k / 2, f"step {k}")
+            waited.append(time.perf_counter() - t)
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    qtbot.waitUntil(lambda: len(waited) == 3, timeout=5000)
+    thread.join()
+    assert drawn == ["step 0", "step 1", "step 2"] and max(waited) < 1.0  # released by the GUI, not by the time limit
+    unwatched = _Relay()
+    silent = PausingProgress(unwatched.progressed, limit_s=0.2)  # nobody draws: the worker goes on after limit_s
+    t = time.perf_counter()
+    silent(0.5, "unseen")
+    assert 0.15 < time.perf_counter() - t < 1.0
+
+
+def test_worker_thread_yields_the_cpu_to_the_gui():
+    import os
+    import sys
+    import threading
+
+    from napari_sevnet.widgets.responsiveness import BACKGROUND_NICENESS, yield_cpu_to_the_gui
+
+    assert yield_cpu_to_the_gui() is False  # never the GUI thread itself
+    result = {}
+
+    def worker():
+        result["lowered"] = yield_cpu_to_the_gui()
+        result["nice"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join()
+    if sys.platform.startswith("linux"):
+        assert result == {"lowered": True, "nice": max(BACKGROUND_NICENESS, os.getpriority(os.PRIO_PROCESS, 0))}
+    else:
+        assert result["lowered"] is False
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) < BACKGROUND_NICENESS or os.nice(0) >= BACKGROUND_NICENESS
 
 
 def test_cancel(qtbot, segment_widget):

@@ -16,15 +16,16 @@ import uuid
 from pathlib import Path
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, PushButton
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, ProgressBar, PushButton
 from qtpy.QtCore import QObject, QTimer, Signal
+from qtpy.QtWidgets import QSizePolicy
 
 from napari_sevnet.errors import Cancelled, InputError
 from napari_sevnet.io import MODALITIES, MODALITY_LABELS
 from napari_sevnet.layers import META_KEY, region_labels, uncertainty_layer
 from napari_sevnet.regions import REGIONS, make_nested, volumes_ml
 from napari_sevnet.widgets import register
-from napari_sevnet.widgets.responsiveness import FrozenCollector, LayerInserter, warm_up
+from napari_sevnet.widgets.responsiveness import FrozenCollector, LayerInserter, PausingProgress, warm_up, yield_cpu_to_the_gui
 
 #: normalised layer names recognised for each modality
 NAME_PATTERNS = {
@@ -79,10 +80,14 @@ class SegmentWidget(Container):
         self._uncertainty = CheckBox(text="Uncertainty map", value=False, tooltip=TOOLTIPS["uncertainty"])
         self._run = PushButton(text="Run")
         self._cancel = PushButton(text="Cancel", enabled=False)
+        # progress lives in the dock: napari's own progress bar re-lays out the status bar on every
+        # message and forces a repaint of the whole canvas (100+ ms with software OpenGL)
+        self._bar = ProgressBar(label="Progress", min=0, max=100, value=0)
         self._status = Label(value="")
+        self._status.native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)  # a new message never resizes the dock
         self._volumes = Label(value="")
         self._nested = PushButton(text="Make regions nested", enabled=False, tooltip=TOOLTIPS["nested"])
-        self.extend([*self._modalities.values(), self._bundled, self._checkpoint, self._device, self._tta, self._uncertainty, self._run, self._cancel, self._status, self._volumes, self._nested])
+        self.extend([*self._modalities.values(), self._bundled, self._checkpoint, self._device, self._tta, self._uncertainty, self._run, self._cancel, self._bar, self._status, self._volumes, self._nested])
 
         self._relay = _Relay()
         self._relay.progressed.connect(self._on_progress)
@@ -94,7 +99,8 @@ class SegmentWidget(Container):
         self._cancel_event: threading.Event | None = None
         self._final_status = ""
         self._inserter = LayerInserter(self.native)
-        self._progress = None
+        self._worker_running = False
+        self._report = None
         self.worker = None
         self.result_layers: dict[str, object] = {}
         self.uncertainty_layer = None
@@ -111,9 +117,11 @@ class SegmentWidget(Container):
         self.native.destroyed.connect(self._on_destroyed)
         self._refresh_layers()
         register(self)
-        # torch and MONAI load now, with the dock: imported by the first run's worker thread they hold the
-        # import lock and the GIL long enough to freeze the GUI for a third of a second
+        # torch, MONAI and the rest of a run's imports load now, with the dock: imported by the first run's
+        # worker thread they hold the import lock and the GIL long enough to freeze the GUI for a third of a second
         import monai.inferers  # noqa: F401
+        import safetensors.torch  # noqa: F401  (the checkpoint reader)
+        import skimage.color  # noqa: F401  (napari's Labels colours)
 
         import napari_sevnet.inference  # noqa: F401
 
@@ -129,6 +137,8 @@ class SegmentWidget(Container):
             layer.events.data.disconnect(self._schedule_volumes)
         if self._cancel_event is not None:
             self._cancel_event.set()
+        if self._report is not None:
+            self._report.release()
         self._inserter.cancel()
         self._collector.release()
 
@@ -186,7 +196,6 @@ class SegmentWidget(Container):
     def run(self):
         """Start a segmentation in a worker thread; returns the worker (None if the input is invalid)."""
         from napari.qt.threading import thread_worker
-        from napari.utils import progress
 
         if self.worker is not None:
             return self.worker
@@ -197,16 +206,19 @@ class SegmentWidget(Container):
             return None
         checkpoint, device, tta, uncertainty = self.checkpoint, self._device.value, self._tta.value, self._uncertainty.value
         cancel = self._cancel_event = threading.Event()
-        relay = self._relay
+        report = self._report = PausingProgress(self._relay.progressed)
 
         @thread_worker
         def work():
+            yield_cpu_to_the_gui()
             image = np.stack([np.asarray(v, dtype=np.float32) for v in volumes])  # ~140 MB: not on the GUI thread
             predictor = self._predictor(checkpoint, device, tta, uncertainty)
-            result = predictor.predict(image, progress=relay.progressed.emit, cancel=cancel)
-            return predictor, result, self._result_layers(predictor, result, chosen)
+            result = predictor.predict(image, progress=report, cancel=cancel)
+            region_volumes = volumes_ml(result.regions, tuple(float(v) for v in chosen["flair"].scale))  # off the GUI thread too
+            return predictor, result, self._result_layers(predictor, result, chosen), region_volumes
 
-        self._progress = progress(total=100, desc="SEV-Net segmentation")
+        self._bar.value = 0
+        self._worker_running = True
         self._run.enabled, self._cancel.enabled = False, True
         self._status.value = "loading model..."
         self._final_status = ""
@@ -219,6 +231,8 @@ class SegmentWidget(Container):
     def cancel(self):
         if self._cancel_event is not None:
             self._cancel_event.set()
+            if self._report is not None:
+                self._report.release()
             if self.worker is not None:
                 try:
                     self._status.value = "cancelling..."
@@ -226,21 +240,18 @@ class SegmentWidget(Container):
                     pass
 
     def _on_progress(self, fraction: float, message: str):
-        bar = self._progress
-        if bar is None or self.worker is None or self._final_status:
+        if self._report is not None:
+            self._report.drawn()
+        if not self._worker_running or self.worker is None or self._final_status:
             return  # a late message from a run that has already ended
         try:
             self._status.value = message
+            self._bar.value = int(round(100 * fraction))
         except RuntimeError:  # the dock was closed while the worker ran
             self.cancel()
-            return
-        bar.n = int(round(100 * fraction))  # may process events, the run's end included: keep it last
-        bar.set_description(f"SEV-Net: {message}")
 
     def _on_finished(self):
-        if self._progress is not None:
-            self._progress.close()
-            self._progress = None
+        self._worker_running = False
         if not self._inserter.busy:
             self._done()
 
@@ -271,7 +282,7 @@ class SegmentWidget(Container):
     def _run_failed(self, exc: BaseException):
         self._inserter.cancel()
         self._error(exc)
-        if self._progress is None:  # the worker has already finished: nothing else will end the run
+        if not self._worker_running:  # the worker has already finished: nothing else will end the run
             self._done()
 
     def _schedule_volumes(self, event=None):
@@ -299,12 +310,12 @@ class SegmentWidget(Container):
         return layers
 
     def _on_result(self, out, chosen):
-        predictor, result, layers = out
+        predictor, result, layers, volumes = out
         self.result_layers = {}
         self.uncertainty_layer = None
         self.last_result = None
         self._final_status = f"done in {result.timings['total_s']:.1f} s on {result.device}"
-        self._inserter.insert(self._viewer, layers, on_added=self._on_layer_added, on_done=lambda: self._on_layers_inserted(result), on_error=self._run_failed)
+        self._inserter.insert(self._viewer, layers, on_added=self._on_layer_added, then=[self._collector.freeze_survivors], on_done=lambda: self._on_layers_inserted(result, volumes), on_error=self._run_failed)
 
     def _on_layer_added(self, layer):
         region = layer.metadata[META_KEY].get("region")
@@ -315,11 +326,11 @@ class SegmentWidget(Container):
         layer.events.data.connect(self._schedule_volumes)
         self.result_layers[region] = layer
 
-    def _on_layers_inserted(self, result):
+    def _on_layers_inserted(self, result, volumes):
         self.last_result = result
         self._nested.enabled = True
-        self.update_volumes()
-        if self._progress is None:  # the worker has finished (it normally has by now)
+        self._show_volumes(volumes)  # the model's own, computed in the worker; edits recompute them
+        if not self._worker_running:  # the worker has finished (it normally has by now)
             self._done()
 
     # ------------------------------------------------------------------ edits
@@ -335,10 +346,12 @@ class SegmentWidget(Container):
             self._volumes.value = ""
             return None
         spacing = tuple(float(s) for s in self.result_layers["WT"].scale)
-        vol = volumes_ml(regions, spacing)
-        self._volumes.value = "   ".join(f"{r} {v:.1f} mL" for r, v in vol.items())
-        self.volumes = vol
-        return vol
+        return self._show_volumes(volumes_ml(regions, spacing))
+
+    def _show_volumes(self, volumes: dict[str, float]) -> dict[str, float]:
+        self._volumes.value = "   ".join(f"{r} {v:.1f} mL" for r, v in volumes.items())
+        self.volumes = volumes
+        return volumes
 
     def make_nested(self):
         regions = self.current_regions()
