@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 # already met, so installing the package never pulls a second torch.
 TORCH  ?= torch==2.13.0
 
-.PHONY: setup system-deps demo test test-fast bench demo-weights demo-weights-eval sample-data screenshots clean
+.PHONY: setup system-deps demo test test-fast bench bench-dice demo-weights demo-weights-eval sample-data screenshots clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,10 +36,19 @@ test-fast: setup  ## library tests only, no Qt
 bench: setup system-deps  ## benchmarks against MONAI / nibabel baselines (~15 min on 2 CPU cores): benchmarks/results/
 	$(BIN)/python -m benchmarks.run
 
-demo-weights: setup  ## regenerate the bundled demo weights (about 75 min on 2 CPU cores)
+bench-dice: setup data/phantoms/.done  ## SEV-Net lite vs MONAI SegResNet trained on the same phantoms and budget (~55 min): benchmarks/results/dice-parity.*
+	$(BIN)/python -m training.compare --models sevnet,segresnet -o runs/dice_parity epochs=8 val_every=4
+	cp runs/dice_parity/comparison.json benchmarks/results/dice-parity.json
+	cp runs/dice_parity/comparison.md benchmarks/results/dice-parity.md
+
+# the demo weights' training phantoms (deterministic: the seeds fix them)
+data/phantoms/.done: | setup
 	$(BIN)/python -m napari_sevnet.phantom data/phantoms --cases 16 --seed 1000 --shape 155 240 240
 	$(BIN)/python -m napari_sevnet.phantom data/phantoms --cases 8 --seed 1100 --shape 112 128 112
 	$(BIN)/python -m napari_sevnet.phantom data/phantoms --cases 6 --seed 1200 --shape 64 72 64
+	touch $@
+
+demo-weights: setup data/phantoms/.done  ## regenerate the bundled demo weights (about 75 min on 2 CPU cores)
 	$(BIN)/sevnet-train --config training/configs/phantom_demo.yaml
 	$(BIN)/python -m training.publish runs/phantom_demo/best.json napari_sevnet/weights/sevnet_lite_phantom
 	$(MAKE) demo-weights-eval
