@@ -28,3 +28,19 @@ def test_quick_benchmark_run_writes_json_and_table(tmp_path):
     assert data["gui"]["max_stall_ms"] > 0 and data["finetune_round"]["total_s"] > 0
     table = (tmp_path / "latest-quick.md").read_text()
     assert "vs MONAI SegResNet" in table and "GUI: longest event-loop stall" in table
+
+
+def test_backends_benchmark_measures_against_eager_and_names_what_it_skipped(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.backends", "--size", "32", "--backends", "channels_last_3d,onnxruntime", "--out", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (path,) = tmp_path.glob("*-backends.json")
+    data = json.loads(path.read_text())["results"]
+    assert data["eager"]["median_s"] > 0 and "torch.compile" not in data
+    cl = data["channels_last_3d"]
+    assert cl["speedup"] > 0 and cl["max_abs_diff"] < 1e-3  # the same network, another memory layout
+    assert "skipped" in data["onnxruntime"] or data["onnxruntime"]["max_abs_diff"] < 1e-2
+    bad = subprocess.run([sys.executable, "-m", "benchmarks.backends", "--backends", "tensorrt"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "unknown backend(s) ['tensorrt']" in bad.stderr
