@@ -88,7 +88,10 @@ def task_inference(case: str, model: str, tta: bool, repeats: int, device: str, 
 
         def run():
             with torch.inference_mode():
-                return torch.sigmoid(sliding_window_inference(x, tuple(roi), 1, net, overlap=0.5))
+                out = torch.sigmoid(sliding_window_inference(x, tuple(roi), 1, net, overlap=0.5))
+            if out.is_cuda:
+                torch.cuda.synchronize()  # CUDA runs asynchronously: time the work, not its launch
+            return out
 
     else:
         from napari_sevnet.inference import Predictor
@@ -173,6 +176,8 @@ def task_training_step(model: str, patch: int, repeats: int, device: str) -> dic
         optimizer.zero_grad(set_to_none=True)
         loss_fn(net(x), y).backward()
         optimizer.step()
+        if x.is_cuda:
+            torch.cuda.synchronize()
 
     times = _timed(step, repeats)
     return {"median_s": statistics.median(times), "runs_s": times, "peak_rss_mb": _peak_rss_mb()}
@@ -320,11 +325,28 @@ def run_all(quick: bool, device: str) -> dict:
     return results
 
 
-def markdown(results: dict, meta: dict) -> str:
-    def ratio(a, b):
-        return f"{a / b:.2f}" if a and b else "-"
+def _ratio(a, b) -> str:
+    return f"{a / b:.2f}" if a and b else "-"
 
+
+def markdown_gpu(gpu: dict) -> list[str]:
+    """The GPU section's tables (inference on the full-size phantom, training steps)."""
+    lines = [f"GPU: {gpu.get('name', 'CUDA device')}", "", "| GPU inference, phantom | median s | vs MONAI SegResNet | Dice WT/TC/ET |", "|---|---|---|---|"]
+    base = gpu["inference"].get("segresnet-monai-tutorial", {}).get("median_s")
+    for name, r in gpu["inference"].items():
+        d = r.get("dice")
+        lines.append(f"| {name} | error: {r['error']} | | |" if "error" in r else f"| {name} | {r['median_s']:.3f} | {_ratio(r['median_s'], base)}x time | {'/'.join(f'{d[k]:.3f}' for k in ('WT', 'TC', 'ET')) if d else '-'} |")
+    lines += ["", "| GPU training step (batch 1, 128^3) | s/step |", "|---|---|"]
+    for model, r in gpu["training_step"].items():
+        lines.append(f"| {model} | error: {r['error']} |" if "error" in r else f"| {model} | {r['median_s']:.3f} |")
+    return lines
+
+
+def markdown(results: dict, meta: dict) -> str:
+    ratio = _ratio
     lines = [f"Benchmarks {meta['date']} on {meta['cpu']} ({meta['cores']} cores, torch {meta['torch']}, device {meta['device']}){' QUICK' if meta['quick'] else ''}", ""]
+    if "inference" not in results:  # --gpu-only
+        return "\n".join(lines + markdown_gpu(results["gpu"])) + "\n"
     lines += ["| input | model | median s | peak RSS MB | vs MONAI SegResNet | Dice WT/TC/ET |", "|---|---|---|---|---|---|"]
     for label, runs in results["inference"].items():
         base = runs.get("segresnet-monai-tutorial", {}).get("median_s")
@@ -347,6 +369,8 @@ def markdown(results: dict, meta: dict) -> str:
     f = results.get("finetune_round", {})
     if "error" not in f:
         lines += ["", f"Fine-tune round on one phantom case: export {f['export_s']:.1f} s + fine-tune {f['steps']} steps {f['finetune_s']:.1f} s + re-segment {f['resegment_s']:.1f} s = {f['total_s']:.1f} s; mean Dice {f['mean_dice_before']:.3f} -> {f['mean_dice_after']:.3f}."]
+    if "gpu" in results:
+        lines += ["", *markdown_gpu(results["gpu"])]
     g = results.get("gui", {})
     lines += ["", f"GUI: longest event-loop stall during a Segment run: {g['max_stall_inference_ms']:.0f} ms while the model runs, {g['max_stall_layer_insertion_ms']:.0f} ms while the result layers are inserted." if "error" not in g else f"GUI: {g['error']}"]
     return "\n".join(lines) + "\n"
@@ -355,6 +379,7 @@ def markdown(results: dict, meta: dict) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the suite works, figures mean nothing")
+    parser.add_argument("--gpu-only", action="store_true", help="only the GPU section (a CUDA machine; skips the CPU run)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--task", help=argparse.SUPPRESS)
     parser.add_argument("--args", default="{}", help=argparse.SUPPRESS)
@@ -371,7 +396,9 @@ def main(argv=None) -> int:
         "cores": os.cpu_count(), "torch": torch.__version__, "device": device, "quick": args.quick, "crop": "144x176x144",
     }
     started = time.perf_counter()
-    results = run_all(args.quick, "cpu")
+    if args.gpu_only and device != "cuda":
+        parser.error("--gpu-only needs a CUDA device; none is visible to torch")
+    results = {} if args.gpu_only else run_all(args.quick, "cpu")
     if device == "cuda":
         print("GPU section", flush=True)
         shape_case = str(_phantom_folder(QUICK_SHAPE if args.quick else FULL_SHAPE))
@@ -379,13 +406,14 @@ def main(argv=None) -> int:
             "inference": {name: _spawn("inference", case=shape_case, model=model, tta=tta, repeats=3, device="cuda")
                           for name, model, tta in (("sevnet-lite", "sevnet-lite", False), ("sevnet-lite + TTA", "sevnet-lite", True), ("segresnet-monai-tutorial", "segresnet-monai-tutorial", False))},
             "training_step": {m: _spawn("training_step", model=m, patch=128, repeats=5, device="cuda") for m in ("sevnet-lite", "sevnet-faithful", "segresnet")},
+            "name": torch.cuda.get_device_name(0),
         }
     meta["total_s"] = time.perf_counter() - started
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = f"{meta['date'][:10]}-{meta['host']}" + ("-quick" if args.quick else "")
+    stem = f"{meta['date'][:10]}-{meta['host']}" + ("-quick" if args.quick else "") + ("-gpu" if args.gpu_only else "")
     (args.out / f"{stem}.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
     table = markdown(results, meta)
-    (args.out / ("latest-quick.md" if args.quick else "latest.md")).write_text(table)
+    (args.out / ("latest-quick.md" if args.quick else "latest-gpu.md" if args.gpu_only else "latest.md")).write_text(table)
     print(table)
     print(f"total {meta['total_s']:.0f} s; wrote {args.out / (stem + '.json')}")
     return 0

@@ -44,3 +44,13 @@ def test_backends_benchmark_measures_against_eager_and_names_what_it_skipped(tmp
     assert "skipped" in data["onnxruntime"] or data["onnxruntime"]["max_abs_diff"] < 1e-2
     bad = subprocess.run([sys.executable, "-m", "benchmarks.backends", "--backends", "tensorrt"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "unknown backend(s) ['tensorrt']" in bad.stderr
+
+
+def test_gpu_only_run_refuses_clearly_without_cuda(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present: the GPU-only run would start")
+    result = subprocess.run([sys.executable, "-m", "benchmarks.run", "--gpu-only", "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "--gpu-only needs a CUDA device" in result.stderr
+    assert not list(tmp_path.iterdir())  # nothing half-written
