@@ -343,7 +343,6 @@ def markdown_gpu(gpu: dict) -> list[str]:
 
 
 def markdown(results: dict, meta: dict) -> str:
-    ratio = _ratio
     lines = [f"Benchmarks {meta['date']} on {meta['cpu']} ({meta['cores']} cores, torch {meta['torch']}, device {meta['device']}){' QUICK' if meta['quick'] else ''}", ""]
     if "inference" not in results:  # --gpu-only
         return "\n".join(lines + markdown_gpu(results["gpu"])) + "\n"
@@ -355,7 +354,7 @@ def markdown(results: dict, meta: dict) -> str:
                 lines.append(f"| {label} | {name} | error: {r['error']} | | | |")
                 continue
             d = r.get("dice")
-            lines.append(f"| {label} {'x'.join(map(str, r['shape']))} | {name} | {r['median_s']:.2f} | {r['peak_rss_mb']:.0f} | {ratio(r['median_s'], base)}x time | {'/'.join(f'{d[k]:.3f}' for k in ('WT', 'TC', 'ET')) if d else '-'} |")
+            lines.append(f"| {label} {'x'.join(map(str, r['shape']))} | {name} | {r['median_s']:.2f} | {r['peak_rss_mb']:.0f} | {_ratio(r['median_s'], base)}x time | {'/'.join(f'{d[k]:.3f}' for k in ('WT', 'TC', 'ET')) if d else '-'} |")
     t = results.get("throughput", {})
     if "error" not in t:
         lines += ["", f"Forward pass of the demo model on a {meta['crop']} crop: {t['model_gflop']:.1f} GFLOP at {t['achieved_gflops']:.1f} GFLOP/s; a large plain Conv3d (64->64, 3^3) reaches {t['peak_conv3d_gflops']:.1f} GFLOP/s on this machine: {100 * t['fraction_of_peak']:.0f} % of that."]

@@ -42,9 +42,9 @@ from qtpy.QtCore import QObject, QTimer
 from qtpy.QtWidgets import QWidget
 
 STEP_SPACING_MS = 30  # the event loop (repaints, the user) runs between two steps
-REFREEZE_AFTER_MS = 1000
+REFREEZE_AFTER_MS = 1000  # after the user removes layers: one full collection, once they are done
 PROGRESS_PAUSE_LIMIT_S = 0.5  # a worker never waits longer for a redraw (the dock may be gone)
-BACKGROUND_NICENESS = 10  # CPU share against a nice-0 thread: about 1/10  # after the user removes layers: one full collection, once they are done
+BACKGROUND_NICENESS = 10  # CPU share against a nice-0 thread: about 1/10
 
 
 class PausingProgress:

@@ -80,8 +80,8 @@ class SegmentWidget(Container):
         self._uncertainty = CheckBox(text="Uncertainty map", value=False, tooltip=TOOLTIPS["uncertainty"])
         self._run = PushButton(text="Run")
         self._cancel = PushButton(text="Cancel", enabled=False)
-        # progress lives in the dock: napari's own progress bar re-lays out the status bar on every
-        # message and forces a repaint of the whole canvas (100+ ms with software OpenGL)
+        # progress lives in the dock: napari's own bar processes events on every update and its spinner
+        # repaints the whole window 30 times a second (see widgets/responsiveness.py)
         self._bar = ProgressBar(label="Progress", min=0, max=100, value=0)
         self._status = Label(value="")
         self._status.native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)  # a new message never resizes the dock
@@ -135,10 +135,7 @@ class SegmentWidget(Container):
         for layer in self.result_layers.values():
             layer.events.paint.disconnect(self._schedule_volumes)
             layer.events.data.disconnect(self._schedule_volumes)
-        if self._cancel_event is not None:
-            self._cancel_event.set()
-        if self._report is not None:
-            self._report.release()
+        self._stop_worker()
         self._inserter.cancel()
         self._collector.release()
 
@@ -228,11 +225,16 @@ class SegmentWidget(Container):
         worker.start()
         return worker
 
-    def cancel(self):
+    def _stop_worker(self) -> None:
+        """Ask a running segmentation to stop, and stop it waiting for a redraw."""
         if self._cancel_event is not None:
             self._cancel_event.set()
-            if self._report is not None:
-                self._report.release()
+        if self._report is not None:
+            self._report.release()
+
+    def cancel(self):
+        if self._cancel_event is not None:
+            self._stop_worker()
             if self.worker is not None:
                 try:
                     self._status.value = "cancelling..."
