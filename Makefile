@@ -27,10 +27,12 @@ system-deps:  ## Xvfb + Mesa + Qt xcb libraries (needed only without a display)
 demo: setup system-deps  ## napari with the sample case, segmented; headless: screenshot to demo_screenshot.png
 	$(BIN)/sevnet-demo --screenshot demo_screenshot.png
 
-test: setup system-deps  ## the whole suite (Qt tests under a virtual X display)
+test: setup system-deps  ## lint, then the whole suite (Qt tests under a virtual X display)
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
-test-fast: setup  ## library tests only, no Qt
+test-fast: setup  ## lint and the library tests only: no Qt, nothing slow
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -m "not qt and not slow"
 
 bench: setup system-deps  ## benchmarks against MONAI / nibabel baselines (~15 min on 2 CPU cores): benchmarks/results/

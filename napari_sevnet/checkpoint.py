@@ -26,10 +26,15 @@ from napari_sevnet.io import MODALITIES
 from napari_sevnet.regions import REGIONS
 
 FORMAT = "napari-sevnet-checkpoint"
-FORMAT_VERSION = 1
+#: 2: SEV-Net's SE squeeze became a config value (``se_squeeze``) whose default changed; see _migrate
+FORMAT_VERSION = 2
 REQUIRED_FIELDS = ("format", "architecture", "modalities", "regions", "preprocessing")
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".pkl", ".bin")
-BUNDLED = Path(__file__).parent / "weights" / "sevnet_lite_phantom.json"
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+#: the default model of every entry point (Segment, Worklist, sevnet-predict, the demo)
+BUNDLED = WEIGHTS_DIR / "sevnet_lite_phantom.json"
+#: trained on synthetic phantoms only: for tests and demos that need accuracy on phantoms, and the start of the real recipe
+PHANTOM = WEIGHTS_DIR / "sevnet_lite_phantom.json"
 
 DEFAULT_PREPROCESSING = {"crop": "nonzero-box", "normalize": "zscore-over-brain", "patch_size": [128, 128, 128]}
 
@@ -50,7 +55,7 @@ class CheckpointInfo:
         return {"format": FORMAT, "format_version": FORMAT_VERSION, **self.__dict__}
 
 
-def _paths(path: str | os.PathLike) -> tuple[Path, Path]:
+def checkpoint_files(path: str | os.PathLike) -> tuple[Path, Path]:
     """(weights, json) for a path given as either file or the shared stem."""
     path = Path(path)
     if path.suffix.lower() in PICKLE_SUFFIXES:
@@ -79,7 +84,7 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, info: CheckpointI
     from safetensors.torch import save_file
 
     module = getattr(model, "module", model)  # unwrap DistributedDataParallel
-    weights, meta = _paths(path)
+    weights, meta = checkpoint_files(path)
     weights.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
     with atomic_output(weights) as tmp:
@@ -90,7 +95,7 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, info: CheckpointI
 
 def read_info(path: str | os.PathLike) -> CheckpointInfo:
     """Read and validate the JSON side of a checkpoint."""
-    _, meta = _paths(path)
+    _, meta = checkpoint_files(path)
     try:
         data = json.loads(meta.read_text())
     except FileNotFoundError:
@@ -111,8 +116,20 @@ def read_info(path: str | os.PathLike) -> CheckpointInfo:
         raise InputError(meta, f"model expects input channels {data['modalities']}, this version feeds {list(MODALITIES)}")
     if list(data["regions"]) != list(REGIONS):
         raise InputError(meta, f"model outputs regions {data['regions']}, expected {list(REGIONS)}")
+    _migrate(data)
     fields = {k: data[k] for k in CheckpointInfo.__dataclass_fields__ if k in data}
     return CheckpointInfo(**fields)
+
+
+def _migrate(data: dict) -> None:
+    """Read an older checkpoint as the network it was trained as.
+
+    Version 1 SEV-Nets squeezed the stage output after its normalisation; the
+    default is now the pre-norm squeeze, so such a checkpoint names the old one.
+    """
+    arch = data["architecture"]
+    if int(data.get("format_version", 1)) < 2 and arch["name"] in ("sevnet", "vnet"):
+        arch["config"] = {"se_squeeze": "output", **(arch.get("config") or {})}
 
 
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, CheckpointInfo]:
@@ -122,7 +139,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
 
     from napari_sevnet.model import build_model
 
-    weights, meta = _paths(path)
+    weights, meta = checkpoint_files(path)
     info = read_info(meta)
     try:
         model = build_model(info.architecture["name"], info.architecture.get("config", {}))
@@ -143,7 +160,16 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
 
 
 def bundled_checkpoint() -> Path:
-    """The demo weights shipped inside the package (trained on phantoms; not for clinical use)."""
-    if not BUNDLED.is_file():
-        raise InputError(BUNDLED, "the bundled demo weights are missing from this installation")
-    return BUNDLED
+    """The default weights shipped inside the package (see their ``model_card``)."""
+    return _shipped(BUNDLED)
+
+
+def phantom_checkpoint() -> Path:
+    """The weights trained on synthetic phantoms only (tests, phantom demos); not for patient data."""
+    return _shipped(PHANTOM)
+
+
+def _shipped(path: Path) -> Path:
+    if not path.is_file():
+        raise InputError(path, "these bundled weights are missing from this installation")
+    return path

@@ -24,21 +24,6 @@ def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s", stream=sys.stderr)
 
 
-def expand_cases(inputs: list[str]) -> list[Path]:
-    """Each input is a case (folder or file) or a folder of case folders."""
-    from napari_sevnet.io import _strip_nifti
-
-    cases = []
-    for raw in inputs:
-        path = Path(raw)
-        if path.is_dir() and not any(_strip_nifti(p.name) for p in path.iterdir() if p.is_file()):
-            subs = sorted(p for p in path.iterdir() if p.is_dir())
-            cases.extend(subs if subs else [path])
-        else:
-            cases.append(path)
-    return cases
-
-
 def predict_main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="sevnet-predict", description="Segment brain-tumour cases with SEV-Net; writes <case>_seg.nii.gz and <case>_report.json.")
     parser.add_argument("inputs", nargs="+", help="case folders, files of cases, or folders of case folders")
@@ -58,11 +43,12 @@ def predict_main(argv=None) -> int:
 
     from tqdm import tqdm
 
-    from napari_sevnet.inference import Predictor
-    from napari_sevnet.io import load_case
+    from napari_sevnet.inference import Predictor, enable_huge_pages
+    from napari_sevnet.io import find_cases, load_case
     from napari_sevnet.regions import convention_name
     from napari_sevnet.report import output_paths, write_case_outputs
 
+    enable_huge_pages()
     try:
         predictor = Predictor(
             args.checkpoint, args.device, tta=args.tta or args.uncertainty, uncertainty=args.uncertainty,
@@ -72,7 +58,7 @@ def predict_main(argv=None) -> int:
         print(f"sevnet-predict: error: {exc}", file=sys.stderr)
         return 2
     convention = convention_name(args.labels)
-    cases = expand_cases(args.inputs)
+    cases = find_cases(args.inputs)
     failed = 0
     for path in tqdm(cases, desc="cases", unit="case", disable=None):
         try:
@@ -106,41 +92,23 @@ def evaluate_main(argv=None) -> int:
     args = parser.parse_args(argv)
     _setup_logging(False)
 
-    from napari_sevnet.io import _grid_of, _strip_nifti, read_nifti
+    from napari_sevnet.io import find_segmentations, read_labels
     from napari_sevnet.metrics import case_lesion_metrics, case_metrics, mean_metrics
-    from napari_sevnet.regions import REGIONS, guess_convention, labels_to_regions
+    from napari_sevnet.regions import REGIONS
 
-    def read_regions(path: Path):
-        data, img = read_nifti(path)
-        grid = _grid_of(img)
-        labels = grid.to_canonical(np.asarray(data))
-        try:
-            return labels_to_regions(labels, guess_convention(labels)), grid
-        except ValueError as exc:
-            raise InputError(path, str(exc)) from None
-
-    def segmentations(folder: Path) -> dict[str, Path]:
-        """case id -> mask file for every <case>_seg / <case>-seg NIfTI below ``folder``."""
-        found = {}
-        for p in sorted(folder.rglob("*")):
-            stem = _strip_nifti(p.name)
-            if stem and p.is_file() and stem[-4:] in ("_seg", "-seg"):
-                found.setdefault(stem[:-4], p)
-        return found
-
-    preds = segmentations(args.pred_dir)
+    preds = find_segmentations(args.pred_dir)
     if not preds:
         print(f"sevnet-evaluate: error: {args.pred_dir}: no <case>_seg.nii.gz predictions found", file=sys.stderr)
         return 2
-    refs = segmentations(args.gt_dir)
+    refs = find_segmentations(args.gt_dir)
     rows, per_case, failed = [], [], 0
     for case_id, pred_path in preds.items():
         ref = refs.get(case_id)
         try:
             if ref is None:
                 raise InputError(args.gt_dir, f"no reference mask for case {case_id}")
-            pred, pgrid = read_regions(pred_path)
-            truth, tgrid = read_regions(ref)
+            pred, pgrid = read_labels(pred_path)
+            truth, tgrid = read_labels(ref)
             if pred.shape != truth.shape or not np.allclose(pgrid.affine, tgrid.affine, atol=1e-3):
                 raise InputError(pred_path, f"grid differs from the reference {ref}")
             m = case_metrics(pred, truth, tgrid.spacing)

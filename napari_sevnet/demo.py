@@ -103,7 +103,7 @@ def run_headless_render(case_path: Path | None, screenshot: Path, checkpoint: st
     import matplotlib.pyplot as plt
 
     from napari_sevnet.inference import Predictor
-    from napari_sevnet.io import MODALITY_LABELS, MODALITIES, load_case
+    from napari_sevnet.io import MODALITIES, MODALITY_LABELS, load_case
     from napari_sevnet.layers import REGION_COLOURS, demo_case_folder
     from napari_sevnet.regions import REGIONS
 

@@ -208,9 +208,9 @@ def _source_record(case: Case) -> dict:
 def _checkpoint_record(checkpoint) -> dict | None:
     if checkpoint is None:
         return None
-    from napari_sevnet.checkpoint import _paths, read_info
+    from napari_sevnet.checkpoint import checkpoint_files, read_info
 
-    weights_path, meta_path = _paths(checkpoint)
+    weights_path, meta_path = checkpoint_files(checkpoint)
     info = read_info(meta_path)
     if not weights_path.is_file():
         raise InputError(weights_path, "checkpoint weights not found")

@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 import nibabel as nib
 import numpy as np
@@ -105,13 +105,14 @@ class Case:
 # --------------------------------------------------------------------------- discovery
 
 
-def _strip_nifti(name: str) -> str | None:
+def nifti_stem(name: str) -> str | None:
+    """The name without .nii / .nii.gz, or None for a file that is not NIfTI."""
     return _NIFTI_SUFFIX.sub("", name) if _NIFTI_SUFFIX.search(name) else None
 
 
-def _role_of(name: str) -> tuple[str, str, str] | None:
+def role_of(name: str) -> tuple[str, str, str] | None:
     """(case_id, role, naming) for a BraTS-named file, else None."""
-    stem = _strip_nifti(name)
+    stem = nifti_stem(name)
     if stem is None:
         return None
     for naming, table in NAMINGS.items():
@@ -120,6 +121,47 @@ def _role_of(name: str) -> tuple[str, str, str] | None:
             if stem.lower().endswith(suffix) and len(stem) > len(suffix):
                 return stem[: -len(suffix)], table[suffix], naming
     return None
+
+
+def find_cases(inputs: list[str | os.PathLike], *, labelled: bool = False) -> list[Path]:
+    """The cases named by ``inputs``: each is a case (its folder or one of its files) or a folder of case folders.
+
+    A folder holding NIfTI files is one case; any other folder stands for its
+    (non-hidden) sub-folders. With ``labelled`` only complete cases with a
+    segmentation are kept and anything else below a folder is skipped (training
+    data); without it every sub-folder is returned, so the caller reports the
+    ones that are not cases.
+    """
+    cases: list[Path] = []
+    for raw in inputs:
+        path = Path(raw)
+        if path.is_dir() and not any(nifti_stem(p.name) for p in path.iterdir() if p.is_file()):
+            subs = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+            candidates = subs or [path]
+        else:
+            candidates = [path]
+        if labelled:
+            candidates = [c for c in candidates if _is_labelled_case(c)]
+        cases.extend(candidates)
+    return cases
+
+
+def _is_labelled_case(path: Path) -> bool:
+    try:
+        _, files, _ = find_case_files(path)
+    except InputError:
+        return False
+    return "seg" in files
+
+
+def find_segmentations(folder: str | os.PathLike) -> dict[str, Path]:
+    """Case id -> label file, for every ``<case>_seg`` / ``<case>-seg`` NIfTI anywhere below ``folder``."""
+    found: dict[str, Path] = {}
+    for p in sorted(Path(folder).rglob("*")):
+        parsed = role_of(p.name)
+        if parsed and parsed[1] == "seg" and p.is_file():
+            found.setdefault(parsed[0], p)
+    return found
 
 
 def find_case_files(path: str | os.PathLike) -> tuple[str, dict[str, Path], str]:
@@ -131,10 +173,10 @@ def find_case_files(path: str | os.PathLike) -> tuple[str, dict[str, Path], str]
     path = Path(path)
     _check_readable(path)
     if path.is_file():
-        if _role_of(path.name) is None:
+        if role_of(path.name) is None:
             return _msd_files(path)
         folder = path.parent
-        wanted_id = _role_of(path.name)[0]
+        wanted_id = role_of(path.name)[0]
     else:
         folder, wanted_id = path, None
 
@@ -145,7 +187,7 @@ def find_case_files(path: str | os.PathLike) -> tuple[str, dict[str, Path], str]
     found: dict[str, dict[str, list[Path]]] = {}
     namings: dict[str, set[str]] = {}
     for entry in entries:
-        parsed = _role_of(entry.name)
+        parsed = role_of(entry.name)
         if parsed is None:
             continue
         case_id, role, naming = parsed
@@ -154,7 +196,7 @@ def find_case_files(path: str | os.PathLike) -> tuple[str, dict[str, Path], str]
     if wanted_id is not None:
         found = {wanted_id: found.get(wanted_id, {})}
     if not found:
-        nifti = [e for e in entries if _strip_nifti(e.name)]
+        nifti = [e for e in entries if nifti_stem(e.name)]
         if len(nifti) == 1:
             return _msd_files(nifti[0])
         raise InputError(
@@ -176,7 +218,7 @@ def find_case_files(path: str | os.PathLike) -> tuple[str, dict[str, Path], str]
 
 
 def _msd_files(image: Path) -> tuple[str, dict[str, Path], str]:
-    case_id = _strip_nifti(image.name)
+    case_id = nifti_stem(image.name)
     if case_id is None:
         raise InputError(image, "not a NIfTI file (.nii or .nii.gz)")
     files = {"image": image}
@@ -213,7 +255,7 @@ def read_nifti(path: str | os.PathLike, *, allow_4d: bool = False) -> tuple[np.n
         raise InputError(path, "empty file (0 bytes)")
     try:
         img = nib.load(str(path))
-    except Exception as exc:  # nibabel raises many types for malformed files
+    except Exception as exc:  # noqa: BLE001 - nibabel raises many types for malformed files
         raise InputError(path, f"not a readable NIfTI file ({_describe(exc)})") from None
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
         raise InputError(path, f"not a NIfTI image (nibabel read it as {type(img).__name__})")
@@ -259,7 +301,8 @@ def _as_intensity(data: np.ndarray, path: Path) -> np.ndarray:
     return data
 
 
-def _grid_of(img: nib.Nifti1Image) -> SourceGrid:
+def grid_of(img: nib.Nifti1Image) -> SourceGrid:
+    """The source grid of a loaded NIfTI image (what writes a mask back onto it)."""
     affine = np.asarray(img.affine, dtype=np.float64)
     header = img.header.copy()
     return SourceGrid(affine=affine, shape=tuple(int(s) for s in img.shape[:3]), orientation=io_orientation(affine), header=header)
@@ -296,7 +339,7 @@ def load_case(
         missing = [m for m in MODALITIES if m not in files]
         if missing:
             raise InputError(None, f"modality mapping is missing {missing}")
-        case_id, layout = _strip_nifti(files["t1"].name) or files["t1"].stem, "mapping"
+        case_id, layout = nifti_stem(files["t1"].name) or files["t1"].stem, "mapping"
     elif path is not None:
         case_id, files, layout = find_case_files(path)
     else:
@@ -306,7 +349,7 @@ def load_case(
         data, img = read_nifti(files["image"], allow_4d=True)
         if data.ndim != 4 or data.shape[3] != len(MSD_CHANNELS):
             raise InputError(files["image"], f"Decathlon image must be 4D with {len(MSD_CHANNELS)} channels ({', '.join(MSD_CHANNELS)}), got shape {data.shape}")
-        grid = _grid_of(img)
+        grid = grid_of(img)
         channels = {name: _as_intensity(data[..., i], files["image"]) for i, name in enumerate(MSD_CHANNELS)}
         image = np.stack([grid.to_canonical(channels[m]) for m in MODALITIES])
         paths = {m: files["image"] for m in MODALITIES}
@@ -316,7 +359,7 @@ def load_case(
         volumes = []
         for m in MODALITIES:
             data, img = read_nifti(files[m])
-            g = _grid_of(img)
+            g = grid_of(img)
             if grid is None:
                 grid, ref = g, files[m]
             else:
@@ -340,8 +383,11 @@ def read_segmentation(path: str | os.PathLike, grid: SourceGrid, reference: Path
     """
     path = Path(path)
     data, img = read_nifti(path)
-    _same_grid(grid, _grid_of(img), path, reference)
-    labels = grid.to_canonical(np.asarray(data))
+    _same_grid(grid, grid_of(img), path, reference)
+    return _labels_to_regions(grid.to_canonical(np.asarray(data)), convention, path)
+
+
+def _labels_to_regions(labels: np.ndarray, convention: str | None, path: Path) -> tuple[np.ndarray, str]:
     try:
         if not np.all(np.isfinite(labels)):
             raise ValueError("segmentation holds NaN or infinite values")
@@ -351,13 +397,21 @@ def read_segmentation(path: str | os.PathLike, grid: SourceGrid, reference: Path
         raise InputError(path, str(exc)) from None
 
 
+def read_labels(path: str | os.PathLike, convention: str | None = None) -> tuple[np.ndarray, SourceGrid]:
+    """A label file on its own grid -> ((3, Z, Y, X) WT/TC/ET bool, its grid); convention guessed unless given."""
+    path = Path(path)
+    data, img = read_nifti(path)
+    grid = grid_of(img)
+    return _labels_to_regions(grid.to_canonical(np.asarray(data)), convention, path)[0], grid
+
+
 # --------------------------------------------------------------------------- writing
 
 
 def atomic_write_nifti(img: nib.Nifti1Image, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
     """Save ``img`` to ``path`` atomically; an existing file is only replaced with ``overwrite=True``."""
     path = Path(path)
-    if _strip_nifti(path.name) is None:
+    if nifti_stem(path.name) is None:
         raise InputError(path, "output name must end in .nii or .nii.gz")
     suffix = ".nii.gz" if path.name.lower().endswith(".gz") else ".nii"
     with atomic_output(path, overwrite=overwrite, suffix=suffix) as tmp:

@@ -1,9 +1,10 @@
 """Cases <-> napari layers: the npe2 reader, writer and sample data (no Qt here).
 
 Image layers are named by modality (T1, T1ce, T2, FLAIR), carry the voxel
-spacing as ``scale`` and the source grid in ``metadata['sevnet']`` so masks
-can be written back onto the scan. Regions are three Labels layers, each
-holding 0/1, in documented colours:
+spacing as ``scale`` and a :class:`LayerInfo` in ``metadata['sevnet']`` (the
+case, its source grid so masks can be written back onto the scan, and for
+results the model run). Regions are three Labels layers, each holding 0/1, in
+documented colours:
 
 =====  ===================  =========
 layer  region               colour
@@ -18,17 +19,57 @@ from __future__ import annotations
 
 import os
 import uuid
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from napari_sevnet.errors import InputError
-from napari_sevnet.io import MODALITIES, MODALITY_LABELS, Case, find_case_files, load_case, write_mask
+from napari_sevnet.io import MODALITIES, MODALITY_LABELS, Case, SourceGrid, find_case_files, load_case, write_mask
 from napari_sevnet.regions import REGIONS, convention_name
 
 REGION_COLOURS = {"WT": "#2ecc40", "TC": "#ff4136", "ET": "#ffdc00"}
 META_KEY = "sevnet"
 SAMPLE_DATA_DIR = Path(__file__).resolve().parent.parent / "sample_data"
+
+
+@dataclass
+class LayerInfo:
+    """What napari-sevnet knows about one of its layers, kept in ``layer.metadata['sevnet']``.
+
+    Layers of one opened case, or of one Segment run, share a ``group``; an
+    image layer names its ``modality``, a result layer its ``region``.
+    """
+
+    group: str = field(default_factory=lambda: uuid.uuid4().hex)
+    case_id: str | None = None
+    grid: SourceGrid | None = None  # the source file's grid: where a mask is written back
+    paths: dict[str, str] | None = None  # role -> file the case was read from
+    modality: str | None = None  # image layers: t1, t1ce, t2, flair
+    region: str | None = None  # result layers: WT, TC, ET
+    uncertainty: str | None = None  # uncertainty layers: what the map holds ("entropy_bits")
+    checkpoint: str | None = None  # results: the model that made them
+    device: str | None = None
+    source_layers: dict[str, str] | None = None  # results: modality -> name of the image layer segmented
+    attention: dict | None = None  # results: stage -> mean SE excitation
+    prediction: np.ndarray | None = None  # results: the model's own (3, Z, Y, X) regions, to measure edits against
+
+    def to_metadata(self) -> dict:
+        return {META_KEY: self}
+
+    @classmethod
+    def from_metadata(cls, metadata: dict | None) -> LayerInfo | None:
+        info = (metadata or {}).get(META_KEY)
+        return info if isinstance(info, cls) else None
+
+    @classmethod
+    def from_layer(cls, layer) -> LayerInfo | None:
+        """The layer's info, or None for a layer napari-sevnet did not make."""
+        return cls.from_metadata(getattr(layer, "metadata", None))
+
+    def but(self, **changes) -> LayerInfo:
+        """A copy with ``changes`` (the layers of one group differ only in modality or region)."""
+        return replace(self, **changes)
 
 
 def contrast_limits(volume: np.ndarray) -> tuple[float, float]:
@@ -40,37 +81,37 @@ def contrast_limits(volume: np.ndarray) -> tuple[float, float]:
     return (float(lo), float(hi if hi > lo else lo + 1))
 
 
-def region_layer_kwargs(region: str, scale, meta: dict) -> dict:
+def region_layer_kwargs(region: str, scale, info: LayerInfo) -> dict:
     from napari.utils.colormaps import DirectLabelColormap
 
     colormap = DirectLabelColormap(color_dict={None: "transparent", 0: "transparent", 1: REGION_COLOURS[region]})
-    return {"name": region, "scale": scale, "colormap": colormap, "opacity": 0.55, "metadata": {META_KEY: {**meta, "region": region}}}
+    return {"name": region, "scale": scale, "colormap": colormap, "opacity": 0.55, "metadata": info.but(region=region).to_metadata()}
 
 
-def region_labels(regions: np.ndarray, scale, translate, meta: dict) -> list:
+def region_labels(regions: np.ndarray, scale, translate, info: LayerInfo) -> list:
     """WT/TC/ET Labels layers of one result, ready to insert (they may be built off the GUI thread)."""
     from napari.layers import Labels
 
     return [
-        Labels(regions[i].astype(np.uint8), translate=translate, **region_layer_kwargs(region, scale, meta))
+        Labels(regions[i].astype(np.uint8), translate=translate, **region_layer_kwargs(region, scale, info))
         for i, region in enumerate(REGIONS)
     ]
 
 
-def uncertainty_layer(entropy: np.ndarray, scale, translate, meta: dict):
+def uncertainty_layer(entropy: np.ndarray, scale, translate, info: LayerInfo):
     """An image layer of the WT entropy (bits) over the scan: dark where sure, bright where unsure."""
     from napari.layers import Image
 
     return Image(
         entropy, name="WT uncertainty", scale=scale, translate=translate, colormap="inferno", blending="additive",
-        opacity=0.7, contrast_limits=(0.0, 1.0), metadata={META_KEY: {**meta, "uncertainty": "entropy_bits"}},
+        opacity=0.7, contrast_limits=(0.0, 1.0), metadata=LayerInfo(group=info.group, case_id=info.case_id, uncertainty="entropy_bits").to_metadata(),
     )
 
 
 def case_layers(case: Case, visible: str = "flair") -> list[tuple]:
     """LayerData tuples: four images (and WT/TC/ET labels when the case has a segmentation)."""
     scale = tuple(case.spacing)
-    meta = {"group": uuid.uuid4().hex, "case_id": case.case_id, "grid": case.grid, "paths": {k: str(v) for k, v in case.paths.items()}}
+    info = LayerInfo(case_id=case.case_id, grid=case.grid, paths={k: str(v) for k, v in case.paths.items()})
     layers = []
     for i, m in enumerate(MODALITIES):
         kwargs = {
@@ -79,12 +120,12 @@ def case_layers(case: Case, visible: str = "flair") -> list[tuple]:
             "colormap": "gray",
             "contrast_limits": contrast_limits(case.image[i]),
             "visible": m == visible,
-            "metadata": {META_KEY: {**meta, "modality": m}},
+            "metadata": info.but(modality=m).to_metadata(),
         }
         layers.append((case.image[i], kwargs, "image"))
     if case.regions is not None:
         for i, r in enumerate(REGIONS):
-            layers.append((case.regions[i].astype(np.uint8), region_layer_kwargs(r, scale, meta), "labels"))
+            layers.append((case.regions[i].astype(np.uint8), region_layer_kwargs(r, scale, info), "labels"))
     return layers
 
 
@@ -115,11 +156,11 @@ def write_regions(path: str, layer_data: list[tuple]) -> list[str]:
     by_region = {}
     grid = None
     for data, meta, _ in layer_data:
-        info = meta.get("metadata", {}).get(META_KEY, {})
-        region = info.get("region") or (meta.get("name") if meta.get("name") in REGIONS else None)
+        info = LayerInfo.from_metadata(meta.get("metadata")) or LayerInfo()
+        region = info.region or (meta.get("name") if meta.get("name") in REGIONS else None)
         if region:
             by_region[region] = np.asarray(data) > 0
-            grid = grid or info.get("grid")
+            grid = grid or info.grid
     missing = [r for r in REGIONS if r not in by_region]
     if missing:
         raise InputError(path, f"select the WT, TC and ET layers to save (missing {missing})")
@@ -132,12 +173,12 @@ def write_regions(path: str, layer_data: list[tuple]) -> list[str]:
 
 def region_group(layers, layer) -> dict:
     """The WT/TC/ET layers made together with ``layer`` (one Segment run or one opened case)."""
-    group = layer.metadata.get(META_KEY, {}).get("group")
+    own = LayerInfo.from_layer(layer)
     found = {}
     for other in layers:
-        info = other.metadata.get(META_KEY, {})
-        if group is not None and info.get("group") == group and info.get("region") in REGIONS:
-            found[info["region"]] = other
+        info = LayerInfo.from_layer(other)
+        if info is not None and own is not None and info.group == own.group and info.region in REGIONS:
+            found[info.region] = other
     missing = [r for r in REGIONS if r not in found]
     if missing:
         raise InputError(None, f"the {', '.join(missing)} layer(s) of {layer.name!r} were deleted; export needs WT, TC and ET")
@@ -146,28 +187,28 @@ def region_group(layers, layer) -> dict:
 
 def case_from_layers(layers, region_layer) -> Case:
     """The case behind a result layer: re-read from its files, or its image layers (any iterable) when it has none."""
-    info = region_layer.metadata.get(META_KEY, {})
-    if info.get("grid") is None:
+    info = LayerInfo.from_layer(region_layer)
+    if info is None or info.grid is None:
         raise InputError(None, f"layer {region_layer.name!r} does not come from a case opened with napari-sevnet, so its scan is unknown")
-    paths = {k: Path(v) for k, v in (info.get("paths") or {}).items()}
+    paths = {k: Path(v) for k, v in (info.paths or {}).items()}
     if all(m in paths for m in MODALITIES):
         files = {m: paths[m] for m in MODALITIES}
         case = load_case(files["t1"]) if len(set(files.values())) == 1 else load_case(mapping=files)
-        case.case_id = info.get("case_id") or case.case_id
+        case.case_id = info.case_id or case.case_id
     else:  # an in-memory case (the phantom sample): its image layers are the scan
         images = {}
         for layer in layers:
-            meta = layer.metadata.get(META_KEY, {})
-            if meta.get("modality") in MODALITIES and meta.get("group") == info.get("group"):
-                images[meta["modality"]] = np.asarray(layer.data, dtype=np.float32)
+            other = LayerInfo.from_layer(layer)
+            if other is not None and other.modality in MODALITIES and other.group == info.group:
+                images[other.modality] = np.asarray(layer.data, dtype=np.float32)
         by_name = {layer.name: layer for layer in layers}
-        for m, name in (info.get("source_layers") or {}).items():
+        for m, name in (info.source_layers or {}).items():
             if name in by_name and m not in images:
                 images[m] = np.asarray(by_name[name].data, dtype=np.float32)
         missing = [MODALITY_LABELS[m] for m in MODALITIES if m not in images]
         if missing:
             raise InputError(None, f"the scan behind {region_layer.name!r} has no files and its {', '.join(missing)} layer(s) are gone")
-        case = Case(case_id=info.get("case_id") or "case", image=np.stack([images[m] for m in MODALITIES]), grid=info["grid"], paths={}, layout="in-memory")
+        case = Case(case_id=info.case_id or "case", image=np.stack([images[m] for m in MODALITIES]), grid=info.grid, paths={}, layout="in-memory")
     if case.shape != tuple(region_layer.data.shape):
         raise InputError(case.paths.get("t1"), f"the scan has shape {case.shape}, the layer {region_layer.name!r} {region_layer.data.shape}; was the file replaced?")
     return case

@@ -96,7 +96,7 @@ def make_phantom(seed: int = 0, shape: tuple[int, int, int] = (96, 96, 96), *, c
     scale = head.min()
     t_radius = scale * rng.uniform(0.08, 0.15)
     t_centre = centre + direction * radii * rng.uniform(0.15, 0.45)
-    dist = np.sqrt(((zz - t_centre[0]) ** 2 + (yy - t_centre[1]) ** 2 + (xx - t_centre[2]) ** 2)) / t_radius
+    dist = np.sqrt((zz - t_centre[0]) ** 2 + (yy - t_centre[1]) ** 2 + (xx - t_centre[2]) ** 2) / t_radius
     dist = dist * (1 + 0.18 * _smooth_noise(rng, shape, max(scale / 24, 1.5)))
     brain = tissue > 0
     core = (dist < 1.0) & brain

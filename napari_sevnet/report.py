@@ -47,7 +47,7 @@ def write_case_outputs(case: Case, result, predictor, out_dir: Path, *, conventi
         "spacing_mm": list(case.spacing),
         "timings_s": result.timings,
         "device": result.device,
-        "tta": bool(predictor.tta),
+        "tta": result.tta,
         "checkpoint": predictor.checkpoint,
         "postprocessing": result.postprocessing or None,
         "uncertainty": uncertainty_summary(result, case.spacing) if result.uncertainty is not None else None,

@@ -11,9 +11,9 @@ their source paths).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 from napari_sevnet.errors import Cancelled, InputError
 
@@ -36,10 +36,10 @@ class WorkItem:
 
 
 def model_cache(folder: Path, checkpoint: str) -> Path:
-    from napari_sevnet.checkpoint import _paths
+    from napari_sevnet.checkpoint import checkpoint_files
     from napari_sevnet.export import sha256_of
 
-    weights, _ = _paths(checkpoint)
+    weights, _ = checkpoint_files(checkpoint)
     return Path(folder) / CACHE_DIR / sha256_of(weights)[:16]
 
 
@@ -77,19 +77,15 @@ def run_worklist(
     cancel: Callable[[], bool] = lambda: False,
 ) -> Iterator[WorkItem]:
     """Yield one WorkItem per case below ``folder`` (cached or freshly predicted with uncertainty)."""
-    from napari_sevnet.cli import expand_cases
-    from napari_sevnet.io import find_case_files, load_case
+    from napari_sevnet.io import find_case_files, find_cases, load_case
     from napari_sevnet.report import write_case_outputs
 
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(folder, "worklist folder not found")
-    predictor.tta, predictor.uncertainty = True, True
     cache = model_cache(folder, predictor.checkpoint)
     done_ids, done_paths = exported_cases(dataset)
-    for case_folder in expand_cases([str(folder)]):
-        if case_folder.name.startswith("."):
-            continue
+    for case_folder in find_cases([folder]):
         if cancel():
             raise Cancelled("worklist cancelled")
         item = WorkItem(case_id=case_folder.name, folder=case_folder)
@@ -101,7 +97,7 @@ def run_worklist(
             item.cached = item.report is not None
             if item.report is None:
                 case = load_case(case_folder)
-                result = predictor.predict(case.image, cancel=cancel)
+                result = predictor.predict(case.image, tta=True, uncertainty=True, cancel=cancel)
                 item.report = write_case_outputs(case, result, predictor, cache, convention="brats2021", overwrite=True)
         except InputError as exc:
             item.error = str(exc)

@@ -175,7 +175,7 @@ def test_kill_9_during_an_export_leaves_dataset_and_manifest_as_before(tmp_path)
 
 
 def test_decathlon_cases_are_split_into_brats_files(tmp_path, case):
-    from napari_sevnet.io import MSD_CHANNELS, MODALITIES
+    from napari_sevnet.io import MODALITIES, MSD_CHANNELS
 
     src = tmp_path / "msd"
     src.mkdir()

@@ -37,6 +37,7 @@ def mean_dice(regions, truth) -> float:
     return float(np.mean([dice(regions[i], truth[i]) for i in range(len(REGIONS))]))
 
 
+@pytest.mark.slow
 @pytest.mark.qt
 def test_correct_export_finetune_resegment_in_napari(qtbot, make_napari_viewer, hard_case, tmp_path):
     from napari_sevnet.widgets.export import ExportWidget
@@ -51,6 +52,7 @@ def test_correct_export_finetune_resegment_in_napari(qtbot, make_napari_viewer, 
     for widget in (segment, export, finetune):
         viewer.window.add_dock_widget(widget)
 
+    segment.set_checkpoint(load_phantom_weights())
     segment.run()
     qtbot.waitUntil(lambda: segment.worker is None, timeout=120_000)
     model_output = segment.current_regions()
@@ -73,7 +75,7 @@ def test_correct_export_finetune_resegment_in_napari(qtbot, make_napari_viewer, 
 
     finetune._epochs.value, finetune._steps.value = SHORT_SCHEDULE["epochs"], SHORT_SCHEDULE["steps"]
     finetune._device.value = "cpu"
-    assert finetune.base_checkpoint() == load_bundled(), "the base model is the one the Segment widget uses"
+    assert finetune.base_checkpoint() == load_phantom_weights(), "the base model is the one the Segment widget uses"
     assert finetune.start() is not None and not finetune._start.enabled
     qtbot.waitUntil(lambda: finetune.process is None, timeout=400_000)
     assert finetune.exit_code == 0, finetune.log.toPlainText()[-2000:]
@@ -122,6 +124,7 @@ def test_finetune_cancel_keeps_the_last_epoch_and_errors_are_words(qtbot, make_n
     load_checkpoint(finetune.checkpoint)  # intact
 
 
+@pytest.mark.slow
 def test_correct_export_finetune_resegment_with_the_command_lines(hard_case, tmp_path):
     """The same loop for masks corrected in another tool: predict, export, train, predict, evaluate."""
     bin_dir = Path(sys.executable).parent
@@ -132,12 +135,12 @@ def test_correct_export_finetune_resegment_with_the_command_lines(hard_case, tmp
         return result
 
     case_id = hard_case.name
-    run(bin_dir / "sevnet-predict", hard_case, "-o", tmp_path / "before")
+    run(bin_dir / "sevnet-predict", hard_case, "-o", tmp_path / "before", "--checkpoint", load_phantom_weights())
     corrected = hard_case / f"{case_id}_seg.nii.gz"  # the correction made elsewhere: the truth
     run(bin_dir / "sevnet-export", hard_case, corrected, "-d", tmp_path / "ds", "--model-mask", tmp_path / "before" / f"{case_id}_seg.nii.gz")
     config = Path(__file__).resolve().parents[1] / "training" / "configs" / "finetune.yaml"
     run(
-        bin_dir / "sevnet-train", "--config", config, "--init", load_bundled(), "-o", tmp_path / "ds" / "runs" / "cli",
+        bin_dir / "sevnet-train", "--config", config, "--init", load_phantom_weights(), "-o", tmp_path / "ds" / "runs" / "cli",
         f"data.roots=[{tmp_path / 'ds'}]", f"epochs={SHORT_SCHEDULE['epochs']}", f"steps_per_epoch={SHORT_SCHEDULE['steps']}",
     )
     run(bin_dir / "sevnet-predict", hard_case, "-o", tmp_path / "after", "--checkpoint", tmp_path / "ds" / "runs" / "cli" / "best.json")
@@ -150,7 +153,7 @@ def test_correct_export_finetune_resegment_with_the_command_lines(hard_case, tmp
     assert scores["after"] - scores["before"] >= MARGIN, scores
 
 
-def load_bundled() -> Path:
-    from napari_sevnet.checkpoint import bundled_checkpoint
+def load_phantom_weights() -> Path:
+    from napari_sevnet.checkpoint import phantom_checkpoint
 
-    return bundled_checkpoint()
+    return phantom_checkpoint()

@@ -3,6 +3,7 @@
 import importlib
 from pathlib import Path
 
+import pytest
 import yaml
 
 import napari_sevnet
@@ -27,6 +28,7 @@ def test_npe2_validate():
     assert {w.display_name for w in manifest.contributions.widgets} == {"Segment", "Attention", "Export", "Fine-tune", "Worklist"}
 
 
+@pytest.mark.slow
 def test_npe2_validate_command():
     import shutil
     import subprocess

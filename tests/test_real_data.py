@@ -27,7 +27,7 @@ def test_lps_and_ras_copies_of_a_real_case_give_identical_arrays(tmp_path):
     lps = io.load_case(src)
     ras_dir = tmp_path / "ras"
     ras_dir.mkdir()
-    for role, path in lps.paths.items():
+    for path in lps.paths.values():
         img = nib.load(path)
         ras = nib.as_closest_canonical(img)
         assert not np.array_equal(ras.affine, img.affine)  # the copy really has another header

@@ -47,7 +47,7 @@ def bad_cases():
     root = Path(tempfile.mkdtemp(prefix="sevnet-corpus-"))
     cases = {kind: make_bad_case(root, kind) for kind in CASE_KINDS}
     yield cases
-    for folder, culprit in cases.values():
+    for _folder, culprit in cases.values():
         if culprit.exists() and not culprit.is_symlink():
             culprit.chmod(0o755 if culprit.is_dir() else 0o644)
     shutil.rmtree(root, ignore_errors=True)
@@ -223,6 +223,7 @@ def _weights(run_dir: Path) -> dict:
     return load_file(str(run_dir / "last.safetensors"))
 
 
+@pytest.mark.slow
 def test_kill_9_during_training_then_resume_matches_an_uninterrupted_run(phantom_dir, tmp_path):
     epochs = 4
     subprocess.run(_train_cmd(phantom_dir, tmp_path / "whole", epochs), check=True, capture_output=True)

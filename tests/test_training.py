@@ -154,7 +154,7 @@ def test_resume_equals_an_uninterrupted_run(phantom_dir, tmp_path, monkeypatch):
 def test_fine_tune_from_checkpoint_with_frozen_encoder_and_replay(phantom_dir, tmp_path):
     base = train(small_config(phantom_dir, tmp_path / "base", epochs=1, patch_size=[24, 24, 24]))
     cfg = small_config(phantom_dir, tmp_path / "ft", epochs=1, init=str(base / "last.json"), freeze_encoder=True, lr=1e-2, patch_size=None)
-    cfg.model.config = {"preset": "lite"}  # ignored: the architecture comes from the checkpoint
+    cfg.model.config = None  # the architecture comes from the checkpoint
     cfg.data.replay_roots = [str(phantom_dir)]
     run = train(cfg)
     before, after = load_file(base / "last.safetensors"), load_file(run / "last.safetensors")

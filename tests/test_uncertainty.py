@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 import torch
 
+from napari_sevnet.checkpoint import phantom_checkpoint
 from napari_sevnet.inference import Predictor, binary_entropy
+from napari_sevnet.layers import LayerInfo
 from napari_sevnet.metrics import LESION_HD95_MISS_MM, lesion_wise_metrics
 from napari_sevnet.phantom import phantom_case, write_phantom
 from napari_sevnet.uncertainty import uncertainty_summary
@@ -21,7 +23,7 @@ BIN = Path(sys.executable).parent
 
 @pytest.fixture(scope="module")
 def uncertain_predictor():
-    return Predictor(None, "cpu", tta=True, uncertainty=True)
+    return Predictor(phantom_checkpoint(), "cpu", tta=True, uncertainty=True)  # scores are asserted on phantoms
 
 
 def test_entropy_is_zero_when_sure_and_one_bit_at_a_half():
@@ -65,7 +67,7 @@ class _Planted(Predictor):
         super().__init__(model=build_model("sevnet", {"preset": "tiny"}), device="cpu", **kwargs)
         self.et_voxels = et_voxels
 
-    def _infer(self, crop, report, is_cancelled):
+    def _infer(self, crop, report, is_cancelled, tta, uncertainty):
         probs = np.zeros((3, *crop.shape[1:]), np.float32)
         probs[:2, 2:12, 2:12, 2:12] = 0.9
         probs[2].reshape(-1)[np.flatnonzero(probs[1].reshape(-1))[: self.et_voxels]] = 0.9
@@ -119,10 +121,11 @@ def test_lesion_wise_merges_close_lesions_and_handles_empty_masks():
     assert m["lesion_dice"] == 0.0 and m["lesion_hd95"] == LESION_HD95_MISS_MM and m["false_positives"] == 2  # predictions are not merged
 
 
+@pytest.mark.slow
 def test_predict_uncertainty_and_evaluate_lesion_wise_clis(tmp_path):
     case_dir = write_phantom(tmp_path / "cases", seed=11, shape=(64, 72, 64), contrast=0.5)
     out = tmp_path / "pred"
-    subprocess.run([str(BIN / "sevnet-predict"), str(case_dir), "-o", str(out), "--uncertainty", "--min-et-voxels", "200"], check=True, capture_output=True)
+    subprocess.run([str(BIN / "sevnet-predict"), str(case_dir), "-o", str(out), "--uncertainty", "--min-et-voxels", "200", "--checkpoint", str(phantom_checkpoint())], check=True, capture_output=True)
     report = json.loads((out / f"{case_dir.name}_report.json").read_text())
     assert report["tta"] is True and report["uncertainty"]["members"] == 8 and report["uncertainty"]["score"] > 0
     assert report["postprocessing"]["min_et_voxels"] == 200
@@ -149,7 +152,8 @@ def test_worklist_ranks_by_score_marks_exported_cases_and_opens_them(qtbot, make
     for seed, contrast in ((11, 1.0), (12, 0.3), (13, 0.6)):
         write_phantom(cases, seed=seed, shape=(48, 56, 48), contrast=contrast)
     viewer = make_napari_viewer()
-    segment = SegmentWidget(viewer)  # the worklist uses the Segment widget's model (here the bundled one)
+    segment = SegmentWidget(viewer)  # the worklist uses the Segment widget's model: here the phantom weights
+    segment.set_checkpoint(phantom_checkpoint())
     worklist = WorklistWidget(viewer)
     viewer.window.add_dock_widget(segment)  # docks close with the viewer
     viewer.window.add_dock_widget(worklist)
@@ -171,9 +175,11 @@ def test_worklist_ranks_by_score_marks_exported_cases_and_opens_them(qtbot, make
     assert {item.case_id for item in worklist.items if item.done} == {"phantom_0011"}
     assert worklist.table.item([i.case_id for i in worklist.items].index("phantom_0011"), 5).text() == "done (exported)"
 
-    added = worklist.open_case(worklist.items[0])
+    worklist.open_case(worklist.items[0])
+    qtbot.waitUntil(lambda: bool(worklist.opened), timeout=60_000)  # the files are read in a worker
+    added = worklist.opened
     names = [layer.name for layer in added]
     assert names[:4] == ["T1", "T1ce", "T2", "FLAIR"] and "WT uncertainty" in names
-    predicted = [layer for layer in added if layer.metadata.get("sevnet", {}).get("prediction") is not None]
+    predicted = [layer for layer in added if getattr(LayerInfo.from_layer(layer), "prediction", None) is not None]
     assert len(predicted) == 3 and predicted[0].data.shape == added[0].data.shape
-    assert segment.checkpoint is None
+    assert segment.checkpoint == str(phantom_checkpoint())

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from napari_sevnet.errors import InputError
+from training import events
 
 
 def _stop_on_sigterm(signum, frame):
@@ -35,8 +36,11 @@ def main(argv=None) -> int:
 
     signal.signal(signal.SIGTERM, _stop_on_sigterm)  # the plugin's Cancel: stop like Ctrl-C, checkpoints intact
 
+    from napari_sevnet.inference import enable_huge_pages
     from training.config import load_config
     from training.loop import train
+
+    enable_huge_pages()
 
     try:
         config_path = args.config
@@ -51,12 +55,12 @@ def main(argv=None) -> int:
         train(cfg, resume=args.resume, progress_json=args.progress_json)
     except (InputError, ValueError, FileNotFoundError) as exc:
         if args.progress_json:
-            print(json.dumps({"event": "error", "message": str(exc)}), flush=True)
+            print(json.dumps(events.event(events.ERROR, message=str(exc))), flush=True)
         print(f"sevnet-train: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         if args.progress_json:
-            print(json.dumps({"event": "stopped", "message": "stopped; the last finished epoch is saved"}), flush=True)
+            print(json.dumps(events.event(events.STOPPED, message="stopped; the last finished epoch is saved")), flush=True)
         print("sevnet-train: interrupted; the last finished epoch is saved (resume with --resume RUN_DIR)", file=sys.stderr)
         return 130
     return 0

@@ -21,10 +21,15 @@ SCHEDULES = ("poly", "cosine", "plateau", "constant")
 DEFAULT_PATCH_SIZE = (96, 96, 96)
 
 
+INFERENCE_MODES = ("windows", "whole_crop")
+
+
 @dataclass
 class ModelConfig:
     name: str = "sevnet"  # sevnet | vnet | unet3d | segresnet | eenet | unet2d
-    config: dict = field(default_factory=lambda: {"preset": "lite"})
+    # None: {"preset": "lite"}, or with `init` the initial checkpoint's config; with `init`, keys given here
+    # are changed on top of it (e.g. se_squeeze), as long as the weights still fit
+    config: dict | None = None
 
 
 @dataclass
@@ -44,9 +49,12 @@ class DataConfig:
 class AugmentConfig:
     foreground_fraction: float = 0.67
     flip: bool = True
-    intensity_scale: float = 0.1
-    intensity_shift: float = 0.1
-    rotate_degrees: float = 0.0
+    intensity_scale: float = 0.1  # per modality: x (1 +- this)
+    intensity_shift: float = 0.1  # per modality: + (+- this) standard deviations
+    gamma: float = 0.0  # per modality, probability 0.3: contrast gamma in [1 - this, 1 + this]
+    rotate_degrees: float = 0.0  # random rotation about each axis, up to this
+    scale: float = 0.0  # random zoom in [1 - this, 1 + this] (one resampling with the rotation)
+    affine_prob: float = 0.3  # probability of the rotation / zoom when either is on
     elastic: bool = False
 
 
@@ -56,6 +64,9 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     patch_size: list[int] | None = None  # None: the init checkpoint's (a fine-tune keeps its windows), else DEFAULT_PATCH_SIZE
+    # how the trained model is run (validation, Predictor): windows of patch_size, or the whole brain crop in one
+    # pass (for patches nearly as large as a brain); None: the init checkpoint's, else "windows"
+    inference: str | None = None
     batch_size: int = 2
     epochs: int = 50
     steps_per_epoch: int = 50
@@ -82,6 +93,13 @@ class TrainConfig:
             raise ValueError(f"schedule must be one of {SCHEDULES}, not {self.schedule!r}")
         if self.patch_size is not None and (len(self.patch_size) != 3 or min(self.patch_size) < 8):
             raise ValueError(f"patch_size must be three sizes >= 8, got {self.patch_size}")
+        for key in ("epochs", "steps_per_epoch", "batch_size", "val_every"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be at least 1, got {getattr(self, key)}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.inference is not None and self.inference not in INFERENCE_MODES:
+            raise ValueError(f"inference must be one of {INFERENCE_MODES}, not {self.inference!r}")
 
 
 _SECTIONS = {"model": ModelConfig, "data": DataConfig, "augment": AugmentConfig}

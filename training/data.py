@@ -21,7 +21,7 @@ from napari_sevnet.errors import InputError
 from napari_sevnet.export import active_cases, read_manifest
 from napari_sevnet.files import atomic_output
 from napari_sevnet.inference import preprocess
-from napari_sevnet.io import _role_of, load_case
+from napari_sevnet.io import find_case_files, find_cases, load_case, role_of
 from training.config import AugmentConfig, DataConfig
 
 
@@ -46,12 +46,13 @@ def discover_cases(roots: list[str | Path]) -> list[CaseRef]:
         if manifest is not None:
             folders = [root / record["folder"] for record in active_cases(manifest)]
         else:
-            folders = [root, *sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))]
+            folders = find_cases([root], labelled=True)
         for folder in folders:
-            names = [_role_of(p.name) for p in folder.iterdir() if p.is_file()] if folder.is_dir() else []
-            roles = {n[1] for n in names if n}
-            if {"t1", "t1ce", "t2", "flair", "seg"} <= roles:
-                case_id = next(n[0] for n in names if n)
+            try:
+                case_id, files, _ = find_case_files(folder)
+            except InputError:
+                continue
+            if "seg" in files:
                 refs.setdefault(case_id, CaseRef(case_id, folder))
     if not refs:
         raise InputError(", ".join(map(str, roots)), "no labelled BraTS cases (t1, t1ce, t2, flair and seg files) found")
@@ -66,6 +67,9 @@ def split_cases(cases: list[CaseRef], cfg: DataConfig) -> tuple[list[CaseRef], l
         missing = [i for i in spec.get("train", []) + spec.get("val", []) if i not in by_id]
         if missing:
             raise InputError(cfg.split, f"split names cases not found in the data: {missing[:5]}")
+        leaked = sorted(set(spec.get("held_out", [])) & set(spec.get("train", []) + spec.get("val", [])))
+        if leaked:
+            raise InputError(cfg.split, f"held-out cases {leaked} are also listed for training or validation")
         return [by_id[i] for i in spec["train"]], [by_id[i] for i in spec.get("val", [])]
     if len(cases) < 2:
         return list(cases), []
@@ -81,7 +85,7 @@ def split_cases(cases: list[CaseRef], cfg: DataConfig) -> tuple[list[CaseRef], l
 def _cache_key(folder: Path) -> str:
     h = hashlib.sha1()
     for p in sorted(folder.iterdir()):
-        if p.is_file() and _role_of(p.name):
+        if p.is_file() and role_of(p.name):
             st = p.stat()
             h.update(f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
     return h.hexdigest()[:16]
@@ -103,7 +107,7 @@ def load_preprocessed(ref: CaseRef, cache_dir: Path) -> tuple[np.ndarray, np.nda
 
 
 def patch_transform(patch_size: list[int], aug: AugmentConfig, train: bool = True):
-    """MONAI transform: pad, foreground-weighted random crop, flips, intensity (and optional spatial) noise."""
+    """MONAI transform: pad, foreground-weighted random crop, then (training) spatial and per-modality intensity noise."""
     from monai import transforms as T
 
     keys = ["image", "label"]
@@ -122,16 +126,63 @@ def patch_transform(patch_size: list[int], aug: AugmentConfig, train: bool = Tru
     if train:
         if aug.flip:
             steps += [T.RandFlipd(keys=keys, prob=0.5, spatial_axis=a) for a in range(3)]
-        if aug.rotate_degrees > 0:
-            r = np.deg2rad(aug.rotate_degrees)
-            steps.append(T.RandRotated(keys=keys, range_x=r, range_y=r, range_z=r, prob=0.3, mode=("bilinear", "nearest")))
+        if aug.rotate_degrees > 0 or aug.scale > 0:  # one resampling for both
+            r = float(np.deg2rad(aug.rotate_degrees))
+            steps.append(T.RandAffined(
+                keys=keys, prob=aug.affine_prob, rotate_range=(r, r, r) if r else None,
+                scale_range=(aug.scale,) * 3 if aug.scale else None, mode=("bilinear", "nearest"), padding_mode="zeros",
+            ))
         if aug.elastic:
             steps.append(T.Rand3DElasticd(keys=keys, sigma_range=(5, 8), magnitude_range=(50, 150), prob=0.2, mode=("bilinear", "nearest")))
         if aug.intensity_scale > 0:
-            steps.append(T.RandScaleIntensityd(keys="image", factors=aug.intensity_scale, prob=1.0))
+            steps.append(T.RandScaleIntensityd(keys="image", factors=aug.intensity_scale, prob=1.0, channel_wise=True))
         if aug.intensity_shift > 0:
-            steps.append(T.RandShiftIntensityd(keys="image", offsets=aug.intensity_shift, prob=1.0))
+            steps.append(T.RandShiftIntensityd(keys="image", offsets=aug.intensity_shift, prob=1.0, channel_wise=True))
+        if aug.gamma > 0:
+            steps.append(RandGammaPerModality(aug.gamma, prob=0.3))
     return T.Compose(steps)
+
+
+def _randomizable_map_transform():
+    from monai.transforms import MapTransform, RandomizableTransform
+
+    class _Base(RandomizableTransform, MapTransform):
+        pass
+
+    return _Base
+
+
+class RandGammaPerModality(_randomizable_map_transform()):
+    """Contrast gamma per modality inside the brain, keeping its mean and spread and the zero background.
+
+    MONAI's RandAdjustContrastd takes one gamma for all channels and min-max
+    scales over the whole patch, which would lift the zero background.
+    """
+
+    def __init__(self, gamma: float, prob: float):
+        from monai.transforms import MapTransform, RandomizableTransform
+
+        RandomizableTransform.__init__(self, prob)
+        MapTransform.__init__(self, ["image"])
+        self.range = (max(1.0 - gamma, 0.1), 1.0 + gamma)
+
+    def __call__(self, data):
+        d = dict(data)
+        image = np.array(d["image"], dtype=np.float32, copy=True)
+        brain = np.any(image != 0, axis=0)
+        if not brain.any():
+            return d
+        for c in range(image.shape[0]):
+            self.randomize(None)
+            if not self._do_transform:
+                continue
+            v = image[c][brain]
+            lo, span, mean, std = float(v.min()), float(np.ptp(v)) or 1.0, float(v.mean()), float(v.std())
+            g = (((v - lo) / span) ** self.R.uniform(*self.range)) * span + lo
+            g_std = float(g.std())
+            image[c][brain] = (g - float(g.mean())) / (g_std if g_std > 0 else 1.0) * std + mean
+        d["image"] = image
+        return d
 
 
 class PatchDataset(torch.utils.data.Dataset):

@@ -25,10 +25,11 @@ from torch import nn
 
 from napari_sevnet.checkpoint import CheckpointInfo, load_checkpoint, provenance, save_checkpoint
 from napari_sevnet.files import atomic_output, write_text_atomic
-from napari_sevnet.inference import Predictor
+from napari_sevnet.inference import Predictor, enable_huge_pages
 from napari_sevnet.metrics import case_metrics
 from napari_sevnet.model import build_model
 from napari_sevnet.regions import REGIONS
+from training import events
 from training.config import DEFAULT_PATCH_SIZE, TrainConfig, save_config
 from training.data import PatchDataset, discover_cases, load_preprocessed, set_transform_seed, split_cases
 
@@ -62,23 +63,23 @@ def init_distributed() -> DistInfo:
 
 
 class Emitter:
-    """Progress for people (log lines) or for the GUI (one JSON object per line on stdout)."""
+    """Progress for people (log lines) or for the GUI (one JSON object per line on stdout, see training.events)."""
 
     def __init__(self, json_lines: bool, enabled: bool):
         self.json_lines = json_lines
         self.enabled = enabled
 
-    def __call__(self, event: str, **fields) -> None:
+    def __call__(self, name: str, **fields) -> None:
         if not self.enabled:
             return
         if self.json_lines:
-            print(json.dumps({"event": event, **fields}), flush=True)
-        elif event == "epoch":
+            print(json.dumps(events.event(name, **fields)), flush=True)
+        elif name == events.EPOCH:
             log.info("epoch %d/%d  loss %.4f  lr %.2e  eta %.0fs", fields["epoch"], fields["epochs"], fields["loss"], fields["lr"], fields["eta_s"])
-        elif event == "validation":
+        elif name == events.VALIDATION:
             log.info("validation epoch %d  dice %s  mean %.4f", fields["epoch"], fields["dice"], fields["mean_dice"])
-        elif event in ("done", "error", "start"):
-            log.info("%s: %s", event, fields)
+        elif name in (events.DONE, events.START):
+            log.info("%s: %s", name, fields)
 
 
 def region_loss():
@@ -130,6 +131,22 @@ def freeze_encoder(model: nn.Module) -> int:
     return frozen
 
 
+def _start_from(cfg: TrainConfig) -> tuple[nn.Module, CheckpointInfo]:
+    """The ``init`` checkpoint's model, with the keys of ``cfg.model.config`` changed on top of its architecture."""
+    model, info = load_checkpoint(cfg.init, "cpu")
+    cfg.model.name = info.architecture["name"]
+    config = {**info.architecture.get("config", {}), **(cfg.model.config or {})}
+    if config != info.architecture.get("config", {}):
+        changed = build_model(cfg.model.name, config)
+        try:
+            changed.load_state_dict(model.state_dict(), strict=True)
+        except RuntimeError:
+            raise ValueError(f"model.config {cfg.model.config} changes the shape of {cfg.init}'s weights; a fine-tune can only change keys such as se_squeeze or dropout") from None
+        model = changed
+    cfg.model.config = config
+    return model, info
+
+
 def _git_revision() -> str | None:
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent).stdout.strip() or None
@@ -164,168 +181,237 @@ def validate(predictor: Predictor, val_arrays) -> dict:
     return {"dice": dice, "hd95": hd95, "mean_dice": float(np.mean(list(dice.values())))}
 
 
-def train(cfg: TrainConfig, *, resume: str | Path | None = None, progress_json: bool = False) -> Path:
-    """Train per ``cfg``; returns the run folder (checkpoints best.* and last.*)."""
-    dinfo = init_distributed()
-    emit = Emitter(progress_json, dinfo.main)
-    device = torch.device(f"cuda:{dinfo.local_rank}" if torch.cuda.is_available() else "cpu")
-    run_dir = Path(resume or cfg.output)
-    state = None
-    if resume:
-        state_path = run_dir / STATE_FILE
+class Trainer:
+    """One training run in named steps: ``setup``, ``train_epoch`` (of ``train_step``), ``validate``, ``save``, ``finish``.
+
+    ``run()`` reads as the loop it is; to add to a run (a new loss term, a
+    sampling rule, an extra log) override or wrap one step.
+    """
+
+    def __init__(self, cfg: TrainConfig, *, resume: str | Path | None = None, progress_json: bool = False):
+        enable_huge_pages()
+        self.cfg = cfg
+        self.resume = resume
+        self.dist = init_distributed()
+        self.emit = Emitter(progress_json, self.dist.main)
+        self.progress_json = progress_json
+        self.device = torch.device(f"cuda:{self.dist.local_rank}" if torch.cuda.is_available() else "cpu")
+        self.run_dir = Path(resume or cfg.output)
+        self.start_epoch, self.best = 0, -1.0
+        self.elapsed_before = 0.0  # wall time of the epochs before a resume
+
+    def run(self) -> Path:
+        """Train per the config; returns the run folder (checkpoints best.* and last.*)."""
+        self.setup()
+        for epoch in range(self.start_epoch, self.cfg.epochs):
+            loss = self.train_epoch(epoch)
+            metrics = self.validate(epoch)
+            self.step_schedule(metrics)
+            self.save(epoch, loss, metrics)
+            # announced once saved: a program that stops the run on this event keeps this epoch
+            self.emit(events.EPOCH, epoch=epoch + 1, epochs=self.cfg.epochs, loss=loss, lr=self.lr_used, eta_s=round(self.eta, 1))
+            if self.dist.world > 1:
+                dist.barrier()
+        return self.finish()
+
+    # ------------------------------------------------------------------ set-up
+
+    def setup(self) -> None:
+        cfg = self.cfg
+        state = self._resume_state()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(cfg.seed)
+        np.random.seed(cfg.seed % 2**32)
+        self.model = self._build_model()
+        self._setup_data()
+        self.optimizer = make_optimizer(cfg, [p for p in self.model.parameters() if p.requires_grad])
+        self.scheduler = make_scheduler(cfg, self.optimizer)
+        self.use_amp = cfg.amp and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        if state is not None:
+            self.model.load_state_dict({k: v.to(self.device) for k, v in state["model"].items()})
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.scaler.load_state_dict(state["scaler"])
+            torch.set_rng_state(state["torch_rng"])
+            self.start_epoch, self.best = int(state["epoch"]) + 1, float(state["best"])
+            self.elapsed_before = float(state.get("elapsed_s", 0.0))
+        self.network = self.model
+        if self.dist.world > 1:
+            ids = [self.dist.local_rank] if self.device.type == "cuda" else None
+            self.network = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        self.loss_fn = region_loss()
+        self.info = self._checkpoint_info()
+        if self.dist.main:
+            save_config(cfg, self.run_dir / "config.yaml")
+            split = {"train": [r.case_id for r in self.train_refs], "val": [r.case_id for r in self.val_refs], "replay": [r.case_id for r in self.replay_refs]}
+            write_text_atomic(self.run_dir / "data.json", json.dumps(split, indent=2))
+        self.writer = _tensorboard(self.run_dir) if self.dist.main else None
+        self.emit(events.START, run_dir=str(self.run_dir), epochs=cfg.epochs, start_epoch=self.start_epoch, train_cases=len(self.train_refs),
+                  val_cases=len(self.val_refs), validation=self.validation_kind, device=str(self.device))
+        from tqdm import tqdm
+
+        self.total_steps = (cfg.epochs - self.start_epoch) * cfg.steps_per_epoch
+        quiet = True if self.progress_json or not self.dist.main else None  # None: off when not a terminal
+        self.bar = tqdm(total=self.total_steps, unit="step", desc="training", disable=quiet, dynamic_ncols=True)
+        self.steps_done, self.eta, self.t_start = 0, 0.0, time.perf_counter()
+
+    def _resume_state(self) -> dict | None:
+        if not self.resume:
+            return None
+        state_path = self.run_dir / STATE_FILE
         if not state_path.is_file():
             raise FileNotFoundError(f"{state_path}: nothing to resume (no finished epoch saved)")
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(cfg.seed)
-    np.random.seed(cfg.seed % 2**32)
+        return torch.load(state_path, map_location="cpu", weights_only=True)
 
-    # model: a fine-tune takes the architecture from its initial checkpoint
-    if cfg.init:
-        model, init_info = load_checkpoint(cfg.init, "cpu")
-        cfg.model.name, cfg.model.config = init_info.architecture["name"], dict(init_info.architecture.get("config", {}))
-        # the model runs in windows of the size it was trained on (inference.py): keep it unless told otherwise
-        cfg.patch_size = cfg.patch_size or init_info.preprocessing.get("patch_size")
-    else:
-        model = build_model(cfg.model.name, cfg.model.config)
-    cfg.patch_size = list(cfg.patch_size or DEFAULT_PATCH_SIZE)
-    if cfg.freeze_encoder:
-        freeze_encoder(model)
-    model.to(device)
+    def _build_model(self) -> nn.Module:
+        """A fine-tune takes the architecture (and how it runs) from its initial checkpoint."""
+        cfg = self.cfg
+        if cfg.init:
+            model, init_info = _start_from(cfg)
+            cfg.patch_size = cfg.patch_size or init_info.preprocessing.get("patch_size")
+            cfg.inference = cfg.inference or init_info.preprocessing.get("inference")
+        else:
+            cfg.model.config = dict(cfg.model.config or {"preset": "lite"})
+            model = build_model(cfg.model.name, cfg.model.config)
+        cfg.patch_size = list(cfg.patch_size or DEFAULT_PATCH_SIZE)
+        cfg.inference = cfg.inference or "windows"
+        if cfg.freeze_encoder:
+            freeze_encoder(model)
+        return model.to(self.device)
 
-    cases = discover_cases(cfg.data.roots)
-    train_refs, val_refs = split_cases(cases, cfg.data)
-    if cfg.data.validate_on_train and not val_refs:
-        val_refs = list(train_refs)
-    replay_refs = discover_cases(cfg.data.replay_roots) if cfg.data.replay_roots else []
-    cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else run_dir.parent / ".cache"
-    dataset = PatchDataset(train_refs + replay_refs, cache_dir, cfg.patch_size, cfg.augment)
-    val_arrays = [load_preprocessed(r, cache_dir) for r in val_refs]
+    def _setup_data(self) -> None:
+        cfg = self.cfg
+        self.train_refs, self.val_refs = split_cases(discover_cases(cfg.data.roots), cfg.data)
+        self.validation_kind = "held_out" if self.val_refs else "none"
+        if cfg.data.validate_on_train and not self.val_refs:
+            self.val_refs, self.validation_kind = list(self.train_refs), "training_cases"
+        self.replay_refs = discover_cases(cfg.data.replay_roots) if cfg.data.replay_roots else []
+        cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else self.run_dir.parent / ".cache"
+        self.dataset = PatchDataset(self.train_refs + self.replay_refs, cache_dir, cfg.patch_size, cfg.augment)
+        self.val_arrays = [load_preprocessed(r, cache_dir) for r in self.val_refs]
 
-    optimizer = make_optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
-    scheduler = make_scheduler(cfg, optimizer)
-    use_amp = cfg.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    start_epoch, best = 0, -1.0
-    if state is not None:
-        model.load_state_dict({k: v.to(device) for k, v in state["model"].items()})
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["torch_rng"])
-        start_epoch, best = int(state["epoch"]) + 1, float(state["best"])
-    ddp = model
-    if dinfo.world > 1:
-        ddp = nn.parallel.DistributedDataParallel(model, device_ids=[dinfo.local_rank] if device.type == "cuda" else None)
-    loss_fn = region_loss()
+    def _checkpoint_info(self) -> CheckpointInfo:
+        cfg = self.cfg
+        return CheckpointInfo(
+            architecture={"name": cfg.model.name, "config": cfg.model.config},
+            label_convention=cfg.label_convention,
+            preprocessing={"crop": "nonzero-box", "normalize": "zscore-over-brain", "patch_size": list(cfg.patch_size), "inference": cfg.inference},
+            provenance=provenance(
+                seed=cfg.seed,
+                git_revision=_git_revision(),
+                init=cfg.init,
+                train_cases=[str(r.folder) for r in self.train_refs],
+                val_cases=[str(r.folder) for r in self.val_refs],
+                replay_cases=[str(r.folder) for r in self.replay_refs],
+                world_size=self.dist.world,
+            ),
+        )
 
-    info = CheckpointInfo(
-        architecture={"name": cfg.model.name, "config": cfg.model.config},
-        label_convention=cfg.label_convention,
-        preprocessing={"crop": "nonzero-box", "normalize": "zscore-over-brain", "patch_size": list(cfg.patch_size)},
-        provenance=provenance(
-            seed=cfg.seed,
-            git_revision=_git_revision(),
-            init=cfg.init,
-            train_cases=[str(r.folder) for r in train_refs],
-            val_cases=[str(r.folder) for r in val_refs],
-            replay_cases=[str(r.folder) for r in replay_refs],
-            world_size=dinfo.world,
-        ),
-    )
-    if dinfo.main:
-        save_config(cfg, run_dir / "config.yaml")
-        write_text_atomic(run_dir / "data.json", json.dumps({"train": [r.case_id for r in train_refs], "val": [r.case_id for r in val_refs], "replay": [r.case_id for r in replay_refs]}, indent=2))
-    writer = _tensorboard(run_dir) if dinfo.main else None
-    emit("start", run_dir=str(run_dir), epochs=cfg.epochs, start_epoch=start_epoch, train_cases=len(train_refs), val_cases=len(val_refs), device=str(device))
+    # ------------------------------------------------------------------ training
 
-    from tqdm import tqdm
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        """One optimizer step on a batch; returns its loss."""
+        cfg = self.cfg
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=torch.float16, enabled=self.use_amp):
+            loss = self.loss_fn(self.network(x).float(), y)
+        self.scaler.scale(loss).backward()
+        if cfg.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return float(loss.detach())
 
-    total_steps = (cfg.epochs - start_epoch) * cfg.steps_per_epoch
-    bar = tqdm(total=total_steps, unit="step", desc="training", disable=True if progress_json or not dinfo.main else None, dynamic_ncols=True)  # None: off when not a terminal
-    t_start = time.perf_counter()
-    for epoch in range(start_epoch, cfg.epochs):
-        model.train()
-        indices = _epoch_indices(cfg, epoch, len(train_refs), len(replay_refs), dinfo)
-        set_transform_seed(dataset, (cfg.seed * 100003 + epoch) * dinfo.world + dinfo.rank)
+    def train_epoch(self, epoch: int) -> float:
+        """All steps of one epoch; returns the mean loss."""
+        cfg = self.cfg
+        self.model.train()
+        indices = _epoch_indices(cfg, epoch, len(self.train_refs), len(self.replay_refs), self.dist)
+        set_transform_seed(self.dataset, (cfg.seed * 100003 + epoch) * self.dist.world + self.dist.rank)
         losses = []
         for step in range(cfg.steps_per_epoch):
-            batch = [dataset[i] for i in indices[step * cfg.batch_size : (step + 1) * cfg.batch_size]]
-            x = torch.stack([b[0] for b in batch]).to(device)
-            y = torch.stack([b[1] for b in batch]).to(device)
-            optimizer.zero_grad(set_to_none=True)
-            with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
-                loss = loss_fn(ddp(x).float(), y)
-            scaler.scale(loss).backward()
-            if cfg.grad_clip > 0:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            losses.append(float(loss.detach()))
-            done = (epoch - start_epoch) * cfg.steps_per_epoch + step + 1
-            total = (cfg.epochs - start_epoch) * cfg.steps_per_epoch
-            eta = (time.perf_counter() - t_start) / done * (total - done)
-            bar.update(1)
-            bar.set_postfix(epoch=epoch + 1, loss=f"{losses[-1]:.4f}")
-            if progress_json:
-                emit("step", epoch=epoch + 1, epochs=cfg.epochs, step=step + 1, steps=cfg.steps_per_epoch, loss=losses[-1], eta_s=round(eta, 1))
-        epoch_loss = float(np.mean(losses))
-        lr = optimizer.param_groups[0]["lr"]
+            batch = [self.dataset[i] for i in indices[step * cfg.batch_size : (step + 1) * cfg.batch_size]]
+            x = torch.stack([b[0] for b in batch]).to(self.device)
+            y = torch.stack([b[1] for b in batch]).to(self.device)
+            losses.append(self.train_step(x, y))
+            self.steps_done += 1
+            self.eta = (time.perf_counter() - self.t_start) / self.steps_done * (self.total_steps - self.steps_done)
+            self.bar.update(1)
+            self.bar.set_postfix(epoch=epoch + 1, loss=f"{losses[-1]:.4f}")
+            if self.progress_json:
+                self.emit(events.STEP, epoch=epoch + 1, epochs=cfg.epochs, step=step + 1, steps=cfg.steps_per_epoch, loss=losses[-1], eta_s=round(self.eta, 1))
+        self.lr_used = self.optimizer.param_groups[0]["lr"]
+        return float(np.mean(losses))
 
-        metrics = None
-        if val_arrays and ((epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs):
-            if dinfo.main:
-                predictor = Predictor(model=model, info=info, device=device)
-                metrics = validate(predictor, val_arrays)
-                emit("validation", epoch=epoch + 1, **metrics)
-        if cfg.schedule == "plateau":
-            if metrics is not None or dinfo.world > 1:
-                value = torch.tensor([metrics["mean_dice"] if metrics else 0.0])
-                if dinfo.world > 1:
-                    dist.broadcast(value, 0)
-                scheduler.step(float(value))
-        else:
-            scheduler.step()
+    def validate(self, epoch: int) -> dict | None:
+        """Metrics on the validation cases every ``val_every`` epochs and at the end (main process only)."""
+        cfg = self.cfg
+        due = (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs
+        if not (self.val_arrays and due and self.dist.main):
+            return None
+        metrics = validate(Predictor(model=self.model, info=self.info, device=self.device), self.val_arrays)
+        self.emit(events.VALIDATION, epoch=epoch + 1, **metrics)
+        return metrics
 
-        if dinfo.main:
-            if writer is not None:
-                writer.add_scalar("loss/train", epoch_loss, epoch + 1)
-                writer.add_scalar("lr", lr, epoch + 1)
-                if metrics:
-                    for r in REGIONS:
-                        writer.add_scalar(f"dice/{r}", metrics["dice"][r], epoch + 1)
-            info.metrics = {"epoch": epoch + 1, "train_loss": epoch_loss, **(metrics or {})}
-            if metrics and metrics["mean_dice"] > best:
-                best = metrics["mean_dice"]
-                save_checkpoint(run_dir / "best", model, info)
-            save_checkpoint(run_dir / "last", model, info)
-            if not val_arrays:
-                save_checkpoint(run_dir / "best", model, info)
-            _atomic_torch_save(
-                {  # the weights too: a kill between two files must not pair one epoch's weights with another's state
-                    "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                    "epoch": epoch,
-                    "best": best,
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict(),
-                    "torch_rng": torch.get_rng_state(),
-                },
-                run_dir / STATE_FILE,
-            )
-            _log_row(run_dir / "metrics.csv", epoch + 1, epoch_loss, lr, metrics)
-        # announced once saved: a program that stops the run on this event keeps this epoch
-        emit("epoch", epoch=epoch + 1, epochs=cfg.epochs, loss=epoch_loss, lr=lr, eta_s=round(eta, 1))
-        if dinfo.world > 1:
-            dist.barrier()
-    bar.close()
-    if writer is not None:
-        writer.close()
-    emit("done", run_dir=str(run_dir), best=str(run_dir / "best.json"), best_mean_dice=best, seconds=round(time.perf_counter() - t_start, 1))
-    if dinfo.world > 1:
-        dist.destroy_process_group()
-    return run_dir
+    def step_schedule(self, metrics: dict | None) -> None:
+        if self.cfg.schedule != "plateau":
+            self.scheduler.step()
+        elif metrics is not None or self.dist.world > 1:
+            value = torch.tensor([metrics["mean_dice"] if metrics else 0.0])
+            if self.dist.world > 1:
+                dist.broadcast(value, 0)
+            self.scheduler.step(float(value))
+
+    # ------------------------------------------------------------------ saving
+
+    def save(self, epoch: int, loss: float, metrics: dict | None) -> None:
+        """Checkpoints (last, and best by validation mean Dice), the exact resume state, the logs."""
+        if not self.dist.main:
+            return
+        if self.writer is not None:
+            self.writer.add_scalar("loss/train", loss, epoch + 1)
+            self.writer.add_scalar("lr", self.lr_used, epoch + 1)
+            for r in REGIONS if metrics else ():
+                self.writer.add_scalar(f"dice/{r}", metrics["dice"][r], epoch + 1)
+        elapsed = self.elapsed_before + time.perf_counter() - self.t_start
+        self.info.metrics = {"epoch": epoch + 1, "train_loss": loss, "elapsed_s": round(elapsed, 1), **(metrics or {})}
+        if metrics and metrics["mean_dice"] > self.best:
+            self.best = metrics["mean_dice"]
+            save_checkpoint(self.run_dir / "best", self.model, self.info)
+        save_checkpoint(self.run_dir / "last", self.model, self.info)
+        if not self.val_arrays:
+            save_checkpoint(self.run_dir / "best", self.model, self.info)
+        _atomic_torch_save(
+            {  # the weights too: a kill between two files must not pair one epoch's weights with another's state
+                "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+                "epoch": epoch,
+                "best": self.best,
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+                "elapsed_s": elapsed,
+            },
+            self.run_dir / STATE_FILE,
+        )
+        _log_row(self.run_dir / "metrics.csv", epoch + 1, loss, self.lr_used, metrics)
+
+    def finish(self) -> Path:
+        self.bar.close()
+        if self.writer is not None:
+            self.writer.close()
+        self.emit(events.DONE, run_dir=str(self.run_dir), best=str(self.run_dir / "best.json"), best_mean_dice=self.best,
+                  seconds=round(time.perf_counter() - self.t_start, 1))
+        if self.dist.world > 1:
+            dist.destroy_process_group()
+        return self.run_dir
+
+
+def train(cfg: TrainConfig, *, resume: str | Path | None = None, progress_json: bool = False) -> Path:
+    """Train per ``cfg``; returns the run folder (checkpoints best.* and last.*)."""
+    return Trainer(cfg, resume=resume, progress_json=progress_json).run()
 
 
 def _tensorboard(run_dir: Path):

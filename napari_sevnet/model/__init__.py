@@ -7,7 +7,7 @@ can never build different networks.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from torch import nn
 

@@ -11,6 +11,17 @@ channel rescale, applied to the stage's convolution output before the
 residual addition (as in SE-ResNet), in all five encoder and four decoder
 stages. ``se=False`` gives plain V-Net for the ablation.
 
+What the squeeze pools (``se_squeeze``). Every convolution here is followed by
+InstanceNorm, which removes each channel's mean and scale per case; the mean
+of its output is then fixed by the norm's affine parameters (and the PReLU),
+whatever the scan, and the excitation becomes a learned constant: the
+attention view showed the same bars for every case. The default,
+``"pre_norm"``, pools the stage's last convolution output *before* its
+normalisation: exactly the per-case statistic the norm is about to remove,
+so the excitation responds to the case, while the rescale still acts on the
+normalised output as in Hu et al. ``"output"`` is the earlier, post-norm
+squeeze, kept for checkpoints trained with it and for the comparison.
+
 The faithful configuration and the lighter ones are :class:`SEVNetConfig`
 values of the same class (see :data:`CONFIGS`).
 """
@@ -21,6 +32,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
+
+SE_SQUEEZES = ("pre_norm", "output")
 
 
 @dataclass
@@ -33,6 +46,7 @@ class SEVNetConfig:
     kernel_size: int = 5
     se: bool = True
     se_reduction: int = 4
+    se_squeeze: str = "pre_norm"  # what the SE squeeze pools: "pre_norm" (case-dependent) or "output" (see module doc)
     norm: str = "instance"  # "instance", "batch" or "none"
     dropout: float = 0.0
 
@@ -50,6 +64,8 @@ class SEVNetConfig:
             raise ValueError("kernel_size must be odd")
         if self.norm not in ("instance", "batch", "none"):
             raise ValueError(f"norm must be instance, batch or none, not {self.norm!r}")
+        if self.se_squeeze not in SE_SQUEEZES:
+            raise ValueError(f"se_squeeze must be one of {SE_SQUEEZES}, not {self.se_squeeze!r}")
 
     @property
     def divisor(self) -> int:
@@ -85,8 +101,9 @@ class SqueezeExcitation3d(nn.Module):
         self.fc1 = nn.Linear(channels, hidden)
         self.fc2 = nn.Linear(hidden, channels)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        squeeze = x.mean(dim=(2, 3, 4))
+    def forward(self, x: torch.Tensor, squeeze_from: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rescale ``x``; the squeeze pools ``squeeze_from`` (same channels) when given, else ``x``."""
+        squeeze = (x if squeeze_from is None else squeeze_from).mean(dim=(2, 3, 4))
         excitation = torch.sigmoid(self.fc2(torch.relu(self.fc1(squeeze))))
         return x * excitation[:, :, None, None, None], excitation
 
@@ -105,8 +122,14 @@ class ConvStack(nn.Module):
             ]
         self.body = nn.Sequential(*layers)
 
-    def forward(self, x):
-        return self.body(x)
+    def forward(self, x) -> tuple[torch.Tensor, torch.Tensor]:
+        """The stack's output and its last convolution's output before normalisation (for the SE squeeze)."""
+        pre_norm = x
+        for layer in self.body:
+            x = layer(x)
+            if isinstance(layer, nn.Conv3d):
+                pre_norm = x
+        return x, pre_norm
 
 
 class Stage(nn.Module):
@@ -116,14 +139,15 @@ class Stage(nn.Module):
         super().__init__()
         self.convs = ConvStack(in_channels, channels, n, cfg)
         self.se = SqueezeExcitation3d(channels, cfg.se_reduction) if cfg.se else None
+        self.squeeze_pre_norm = cfg.se_squeeze == "pre_norm"
         self.act = nn.PReLU(channels)
         self.drop = nn.Dropout3d(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
 
     def forward(self, x, shortcut):
-        y = self.convs(self.drop(x))
+        y, pre_norm = self.convs(self.drop(x))
         excitation = None
         if self.se is not None:
-            y, excitation = self.se(y)
+            y, excitation = self.se(y, pre_norm if self.squeeze_pre_norm else None)
         return self.act(y + shortcut), excitation
 
 

@@ -2,14 +2,18 @@
 
 The widgets of one viewer find each other here (Export hands its dataset to
 Fine-tune, Fine-tune switches the Segment widget's model, Worklist uses the
-Segment widget's model). The registry holds weak references only.
+Segment widget's model) and share one loaded model (:func:`shared_predictor`).
+The registries hold weak references only.
 """
 
 from __future__ import annotations
 
+import threading
 import weakref
 
 _OPEN: weakref.WeakSet = weakref.WeakSet()
+_MODELS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # viewer -> its one loaded Predictor
+_MODELS_LOCK = threading.Lock()
 
 
 def register(widget) -> None:
@@ -26,3 +30,20 @@ def find_widget(viewer, cls):
                 continue
             return widget
     return None
+
+
+def shared_predictor(viewer, checkpoint: str | None, device: str):
+    """The viewer's loaded model for ``checkpoint`` (None: the bundled default) on ``device``.
+
+    Segment, Attention and Worklist run the same model; one is kept in memory
+    per viewer (asking for another replaces it). Loading takes seconds: call
+    from a worker. Run settings (TTA, uncertainty) go with each ``predict`` call.
+    """
+    from napari_sevnet.inference import Predictor, resolve_device
+
+    key = (str(checkpoint) if checkpoint else None, str(resolve_device(device)))
+    with _MODELS_LOCK:
+        loaded = _MODELS.get(viewer)
+        if loaded is None or loaded[0] != key:
+            loaded = _MODELS[viewer] = (key, Predictor(checkpoint, device))
+        return loaded[1]

@@ -10,15 +10,16 @@ feature map, resampled to the image grid, as an image layer over the scan.
 from __future__ import annotations
 
 import numpy as np
-from magicgui.widgets import ComboBox, Container, Label, PushButton, SpinBox
+from magicgui.widgets import ComboBox, Label, PushButton, SpinBox
 
-from napari_sevnet.layers import META_KEY
+from napari_sevnet.layers import LayerInfo
+from napari_sevnet.widgets import shared_predictor
+from napari_sevnet.widgets.base import DockWidget
 
 
-class AttentionWidget(Container):
+class AttentionWidget(DockWidget):
     def __init__(self, napari_viewer):
-        super().__init__(labels=True)
-        self._viewer = napari_viewer
+        super().__init__(napari_viewer)
         self._source = ComboBox(label="Result", choices=self._result_layers, nullable=True, tooltip="A WT layer made by the Segment widget")
         self._stage = ComboBox(label="Stage", choices=self._stages, tooltip="enc = encoder, dec = decoder stage; 1 = full resolution")
         self._channel = SpinBox(label="Channel", min=0, max=0)
@@ -34,32 +35,25 @@ class AttentionWidget(Container):
         self.canvas.setMinimumHeight(320)
         self.native.layout().addWidget(self.canvas)
         self.canvas.mpl_connect("button_press_event", self._on_click)
-        self._predictor = None
         self._drawn = None
-        self.worker = None
 
         self._source.changed.connect(self._on_source)
         self._stage.changed.connect(self._on_stage)
         self._channel.changed.connect(lambda _v: self.draw())
         self._show.changed.connect(lambda: self.show_feature_map(self._stage.value, self._channel.value))
-        self._viewer.layers.events.inserted.connect(self._refresh)
-        self._viewer.layers.events.removed.connect(self._refresh)
-        self.native.destroyed.connect(self._on_destroyed)
+        self.on_layers_changed(self._refresh)
         self._refresh()
-
-    def _on_destroyed(self, _obj=None):
-        self._viewer.layers.events.inserted.disconnect(self._refresh)
-        self._viewer.layers.events.removed.disconnect(self._refresh)
 
     # ------------------------------------------------------------------ data
 
     def _result_layers(self, _widget=None):
-        return [layer for layer in self._viewer.layers if layer.metadata.get(META_KEY, {}).get("attention") and layer.metadata[META_KEY].get("region") == "WT"]
+        infos = ((layer, LayerInfo.from_layer(layer)) for layer in self._viewer.layers)
+        return [layer for layer, info in infos if info is not None and info.attention and info.region == "WT"]
 
     @property
     def attention(self) -> dict[str, np.ndarray]:
         layer = self._source.value
-        return layer.metadata[META_KEY]["attention"] if layer is not None else {}
+        return LayerInfo.from_layer(layer).attention if layer is not None else {}
 
     def _stages(self, _widget=None):
         return list(self.attention)
@@ -131,36 +125,34 @@ class AttentionWidget(Container):
     def show_feature_map(self, stage: str, channel: int):
         """Compute the stage's feature maps in a worker; add channel ``channel`` as an image layer."""
         from napari.qt.threading import thread_worker
-        from napari.utils.notifications import show_error
 
         layer = self._source.value
         if layer is None or stage is None:
             return None
-        meta = layer.metadata[META_KEY]
+        meta = LayerInfo.from_layer(layer)
         try:
-            sources = [self._viewer.layers[meta["source_layers"][m]] for m in ("t1", "t1ce", "t2", "flair")]
+            sources = [self._viewer.layers[meta.source_layers[m]] for m in ("t1", "t1ce", "t2", "flair")]
         except KeyError as exc:
-            show_error(f"The image layer {exc} used for this result was removed; run Segment again.")
+            self.report_error("Feature map failed", KeyError(f"the image layer {exc} used for this result was removed; run Segment again"))
             return None
-        image = np.stack([np.asarray(s.data, dtype=np.float32) for s in sources])
-        checkpoint, device = meta.get("checkpoint"), meta.get("device", "cpu")
+        volumes = [s.data for s in sources]
+        checkpoint, device, viewer = meta.checkpoint, meta.device or "cpu", self._viewer
 
         @thread_worker
         def work():
-            from napari_sevnet.inference import Predictor
-
-            if self._predictor is None or (self._predictor.checkpoint, str(self._predictor.device)) != (checkpoint, device):
-                self._predictor = Predictor(checkpoint, device)
-            return self._predictor.features(image, stage)[channel]
-
-        def add(fmap):
-            name = f"{stage} ch{channel} feature map"
+            image = np.stack([np.asarray(v, dtype=np.float32) for v in volumes])  # ~140 MB: not on the GUI thread
+            fmap = shared_predictor(viewer, checkpoint, device).features(image, stage)[channel]
             lo, hi = np.percentile(fmap[fmap != 0], [1, 99]) if np.any(fmap) else (0.0, 1.0)
-            self._viewer.add_image(fmap, name=name, scale=sources[0].scale, translate=sources[0].translate, colormap="inferno", blending="additive", opacity=0.6, contrast_limits=(float(lo), float(max(hi, lo + 1e-6))))
+            return fmap, (float(lo), float(max(hi, lo + 1e-6)))
+
+        def add(out):
+            fmap, limits = out
+            name = f"{stage} ch{channel} feature map"
+            self._viewer.add_image(fmap, name=name, scale=sources[0].scale, translate=sources[0].translate, colormap="inferno", blending="additive", opacity=0.6, contrast_limits=limits)
             self._status.value = f"added '{name}'"
 
         self._status.value = f"computing {stage} feature maps..."
-        handlers = {"returned": add, "errored": lambda exc: show_error(f"Feature map failed: {exc}")}
-        worker = self.worker = work(_connect=handlers, _start_thread=False)
-        worker.start()
-        return worker
+        return self.start_worker(work, returned=add, errored=lambda exc: self.report_error("Feature map failed", exc), finished=self._on_finished)
+
+    def _on_finished(self):
+        self.worker = None

@@ -11,12 +11,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, LineEdit, PushButton
+from magicgui.widgets import CheckBox, ComboBox, FileEdit, Label, LineEdit, PushButton
 
 from napari_sevnet.errors import InputError
-from napari_sevnet.layers import META_KEY, case_from_layers, region_group
+from napari_sevnet.layers import LayerInfo, case_from_layers, region_group
 from napari_sevnet.regions import REGIONS
-from napari_sevnet.widgets import find_widget, register
+from napari_sevnet.widgets import find_widget
+from napari_sevnet.widgets.base import DockWidget, chosen_path
 
 TOOLTIPS = {
     "result": "The WT layer of a Segment run (or of an opened case); its TC and ET layers go with it.",
@@ -26,10 +27,9 @@ TOOLTIPS = {
 }
 
 
-class ExportWidget(Container):
+class ExportWidget(DockWidget):
     def __init__(self, napari_viewer):
-        super().__init__(labels=True)
-        self._viewer = napari_viewer
+        super().__init__(napari_viewer)
         self._result = ComboBox(label="Result", choices=self._wt_layers, nullable=True, tooltip=TOOLTIPS["result"])
         self._dataset = FileEdit(label="Dataset", mode="d", nullable=True, tooltip=TOOLTIPS["dataset"])
         self._case_id = LineEdit(label="Case id", tooltip=TOOLTIPS["case_id"])
@@ -39,23 +39,15 @@ class ExportWidget(Container):
         self._export = PushButton(text="Export")
         self._status = Label(value="")
         self.extend([self._result, self._dataset, self._case_id, self._annotator, self._note, self._replace, self._export, self._status])
-        self.worker = None
         self.last_export = None
 
         self._result.changed.connect(self._on_result)
         self._export.changed.connect(self.export)
-        self._viewer.layers.events.inserted.connect(self._refresh)
-        self._viewer.layers.events.removed.connect(self._refresh)
-        self.native.destroyed.connect(self._on_destroyed)
+        self.on_layers_changed(self._refresh)
         self._refresh()
-        register(self)
-
-    def _on_destroyed(self, _obj=None):
-        self._viewer.layers.events.inserted.disconnect(self._refresh)
-        self._viewer.layers.events.removed.disconnect(self._refresh)
 
     def _wt_layers(self, _widget=None):
-        return [layer for layer in self._viewer.layers if layer.metadata.get(META_KEY, {}).get("region") == "WT"]
+        return [layer for layer in self._viewer.layers if (LayerInfo.from_layer(layer) or LayerInfo()).region == "WT"]
 
     def _refresh(self, event=None):
         self.reset_choices()
@@ -65,7 +57,7 @@ class ExportWidget(Container):
 
     def _on_result(self, layer):
         if layer is not None:
-            self._case_id.value = layer.metadata[META_KEY].get("case_id") or ""
+            self._case_id.value = LayerInfo.from_layer(layer).case_id or ""
 
     def export(self):
         """Start the export in a worker; returns it (None when the choices are incomplete)."""
@@ -74,18 +66,18 @@ class ExportWidget(Container):
         if self.worker is not None:
             return self.worker
         try:
-            layer, dataset = self._result.value, self._dataset.value
+            layer, dataset = self._result.value, chosen_path(self._dataset)
             if layer is None:
                 raise InputError(None, "choose the result to export (a WT layer from the Segment widget or an opened case)")
-            if dataset is None or str(dataset) in ("", "."):
+            if dataset is None:
                 raise InputError(None, "choose a dataset folder")
             group = region_group(self._viewer.layers, layer)
             corrected = np.stack([np.asarray(group[r].data) > 0 for r in REGIONS])  # a copy: painting may go on
-            info = layer.metadata[META_KEY]
+            info = LayerInfo.from_layer(layer)
             options = {
                 "case_id": self._case_id.value.strip() or None,
-                "model_regions": info.get("prediction"),
-                "checkpoint": info.get("checkpoint"),
+                "model_regions": info.prediction,
+                "checkpoint": info.checkpoint,
                 "annotator": self._annotator.value.strip() or None,
                 "note": self._note.value.strip() or None,
                 "replace": self._replace.value,
@@ -104,10 +96,7 @@ class ExportWidget(Container):
 
         self._export.enabled = False
         self._status.value = "exporting..."
-        handlers = {"returned": self._on_exported, "errored": self._error, "finished": self._on_finished}
-        worker = self.worker = work(_connect=handlers, _start_thread=False)
-        worker.start()
-        return worker
+        return self.start_worker(work, returned=self._on_exported, errored=self._error, finished=self._on_finished)
 
     def _on_exported(self, result):
         from napari.utils.notifications import show_info
@@ -126,9 +115,6 @@ class ExportWidget(Container):
         self.worker = None
 
     def _error(self, exc: BaseException):
-        from napari.utils.notifications import show_error
-
-        message = str(exc) if isinstance(exc, (InputError, OSError)) else f"{type(exc).__name__}: {exc}"
         self._status.value = "export failed"
-        show_error(f"Export failed: {message}")
+        self.report_error("Export failed", exc)
 

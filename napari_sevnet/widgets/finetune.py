@@ -19,7 +19,6 @@ from pathlib import Path
 from magicgui.widgets import (
     CheckBox,
     ComboBox,
-    Container,
     FileEdit,
     Label,
     LineEdit,
@@ -35,8 +34,12 @@ from napari_sevnet.errors import InputError
 from napari_sevnet.export import RUNS_DIR, active_cases, read_manifest
 from napari_sevnet.layers import REGION_COLOURS
 from napari_sevnet.regions import REGIONS
-from napari_sevnet.widgets import find_widget, register
+from napari_sevnet.widgets import find_widget
+from napari_sevnet.widgets.base import DockWidget, chosen_path
+from training import events
 
+#: what the plotted Dice is measured on, by the trainer's validation kind
+DICE_AXIS = {"held_out": "Dice on held-out cases", "training_cases": "Dice on the exported cases"}
 KILL_AFTER_MS = 15_000  # Cancel: SIGTERM first, SIGKILL if the trainer has not stopped by then
 TOOLTIPS = {
     "dataset": "A dataset written by the Export widget or sevnet-export (it has a dataset.json).",
@@ -47,16 +50,21 @@ TOOLTIPS = {
 }
 
 
+def trainer_program() -> list[str]:
+    """The installed ``sevnet-train`` beside this interpreter, else this interpreter running the trainer module."""
+    script = Path(sys.executable).with_name("sevnet-train")
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "training.cli"]
+
+
 def _finetune_config() -> Path:
     import training
 
     return Path(training.__file__).resolve().parent / "configs" / "finetune.yaml"
 
 
-class FineTuneWidget(Container):
+class FineTuneWidget(DockWidget):
     def __init__(self, napari_viewer):
-        super().__init__(labels=True)
-        self._viewer = napari_viewer
+        super().__init__(napari_viewer)
         self._dataset = FileEdit(label="Dataset", mode="d", nullable=True, tooltip=TOOLTIPS["dataset"])
         self._base = FileEdit(label="Base model", filter="*.json", nullable=True, tooltip=TOOLTIPS["base"])
         self._epochs = SpinBox(label="Epochs", min=1, max=1000, value=8)
@@ -90,6 +98,7 @@ class FineTuneWidget(Container):
         self.checkpoint: Path | None = None  # the model "Use this model" switches to
         self.losses: list[tuple[int, float]] = []
         self.dice: list[tuple[int, dict]] = []
+        self.validation_kind: str | None = None  # what the Dice is measured on (training.events START)
         self.error_message: str | None = None
         self.exit_code: int | None = None
         self._cancelled = False
@@ -100,15 +109,12 @@ class FineTuneWidget(Container):
         self._start.changed.connect(self.start)
         self._cancel.changed.connect(self.cancel)
         self._use.changed.connect(self.use_model)
-        self.native.destroyed.connect(self._on_destroyed)
-        register(self)
 
     # ------------------------------------------------------------------ choices
 
     @property
     def dataset(self) -> Path | None:
-        value = self._dataset.value
-        return None if value is None or str(value) in ("", ".") else Path(value)
+        return chosen_path(self._dataset)
 
     @dataset.setter
     def dataset(self, path) -> None:
@@ -123,13 +129,13 @@ class FineTuneWidget(Container):
         """The chosen base model, else the Segment widget's, else the bundled demo weights."""
         from napari_sevnet.checkpoint import bundled_checkpoint
 
-        if self._base.value is not None and str(self._base.value) not in ("", "."):
-            return Path(self._base.value)
+        if chosen_path(self._base) is not None:
+            return chosen_path(self._base)
         segment = self._segment_widget()
         return Path(segment.checkpoint) if segment is not None and segment.checkpoint else bundled_checkpoint()
 
     def command(self) -> list[str]:
-        """The trainer's arguments after ``python``; checks the choices first (InputError names the problem)."""
+        """The trainer's command line; checks the choices first (InputError names the problem)."""
         from napari_sevnet.checkpoint import read_info
 
         dataset = self.dataset
@@ -160,11 +166,11 @@ class FineTuneWidget(Container):
             run_dir, n = dataset / RUNS_DIR / f"finetune-{stamp}-{n}", n + 1
         self.run_dir = run_dir
         args = [
-            "-m", "training.cli", "--config", str(_finetune_config()), "--init", str(base), "-o", str(run_dir), "--progress-json",
+            *trainer_program(), "--config", str(_finetune_config()), "--init", str(base), "-o", str(run_dir), "--progress-json",
             f"data.roots={json.dumps([str(dataset)])}", f"epochs={self._epochs.value}", f"steps_per_epoch={self._steps.value}", f"lr={lr}",
         ]
-        replay = self._replay.value
-        if replay is not None and str(replay) not in ("", "."):
+        replay = chosen_path(self._replay)
+        if replay is not None:
             args.append(f"data.replay_roots={json.dumps([str(replay)])}")
         return args
 
@@ -180,12 +186,13 @@ class FineTuneWidget(Container):
             self._fail(str(exc))
             return None
         self.losses, self.dice, self.error_message, self.exit_code, self.checkpoint = [], [], None, None, None
+        self.validation_kind = None
         self._cancelled, self._stdout_tail, self._stderr_tail, self._last_stderr = False, "", "", None
         self._bar.value = 0
         self._use.enabled = False
         self._draw()
         self.log.clear()
-        self.log.appendPlainText(f"$ {Path(sys.executable).name} {' '.join(args)}")
+        self.log.appendPlainText(f"$ {' '.join(args)}")
 
         process = self.process = QProcess(self.native)
         environment = QProcessEnvironment.systemEnvironment()
@@ -199,7 +206,10 @@ class FineTuneWidget(Container):
         process.errorOccurred.connect(self._on_process_error)
         self._start.enabled, self._cancel.enabled = False, True
         self._status.value = "starting the trainer..."
-        process.start(sys.executable, args)
+        # in a folder of ours: `python -m` would import a user's own `training/` from napari's working directory
+        self.run_dir.parent.mkdir(parents=True, exist_ok=True)
+        process.setWorkingDirectory(str(self.run_dir.parent))
+        process.start(args[0], args[1:])
         return process
 
     def cancel(self):
@@ -211,7 +221,7 @@ class FineTuneWidget(Container):
         process.terminate()
         QTimer.singleShot(KILL_AFTER_MS, lambda: process.kill() if self.process is process else None)
 
-    def _on_destroyed(self, _obj=None):
+    def closed(self):
         """The dock was closed: never leave a trainer running on its own."""
         process, self.process = self.process, None
         if process is not None and process.state() != QProcess.ProcessState.NotRunning:
@@ -245,32 +255,33 @@ class FineTuneWidget(Container):
             self.log.appendPlainText(line)
             return
         kind = event.get("event")
-        if kind == "start":
+        if kind == events.START:
+            self.validation_kind = event["validation"]
             self._status.value = f"training on {event['train_cases']} case(s), {event['device']}"
-        elif kind == "step":
+        elif kind == events.STEP:
             total = event["epochs"] * event["steps"]
             done = (event["epoch"] - 1) * event["steps"] + event["step"]
             self._bar.value = int(1000 * done / total)
             self._status.value = f"epoch {event['epoch']}/{event['epochs']}  loss {event['loss']:.3f}  ETA {_minutes(event['eta_s'])}"
-        elif kind == "epoch":
+        elif kind == events.EPOCH:
             self.losses.append((event["epoch"], event["loss"]))
             self.log.appendPlainText(f"epoch {event['epoch']}/{event['epochs']}: loss {event['loss']:.4f}")
             self._draw()
-        elif kind == "validation":
+        elif kind == events.VALIDATION:
             self.dice.append((event["epoch"], event["dice"]))
             self.log.appendPlainText(f"epoch {event['epoch']}: Dice " + "  ".join(f"{r} {event['dice'][r]:.3f}" for r in REGIONS))
             self._draw()
-        elif kind == "done":
+        elif kind == events.DONE:
             self.checkpoint = Path(event["best"])
             self.log.appendPlainText(f"done in {event['seconds']:.0f} s: {event['run_dir']}")
-        elif kind == "error":
+        elif kind == events.ERROR:
             self.error_message = event.get("message")
-        elif kind == "stopped":
+        elif kind == events.STOPPED:
             self.log.appendPlainText(event.get("message", "stopped"))
 
     def _on_process_error(self, error):
         if error == QProcess.ProcessError.FailedToStart:
-            self.error_message = f"could not start {sys.executable}: {self.process.errorString() if self.process else error}"
+            self.error_message = f"could not start {trainer_program()[0]}: {self.process.errorString() if self.process else error}"
             self._finish(-1)
 
     def _on_finished(self, exit_code: int, _status=None):
@@ -335,7 +346,7 @@ class FineTuneWidget(Container):
             for region in REGIONS:
                 twin.plot([e for e, _ in self.dice], [d[region] for _, d in self.dice], "o-", color=REGION_COLOURS[region], label=f"Dice {region}")
             twin.set_ylim(0, 1)
-            twin.set_ylabel("validation Dice")
+            twin.set_ylabel(DICE_AXIS.get(self.validation_kind, "Dice"))
             twin.legend(loc="lower right", fontsize="small")
         self.canvas.draw_idle()
 

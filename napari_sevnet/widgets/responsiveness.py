@@ -25,9 +25,16 @@ Measured on a 2-core machine with software OpenGL (``make bench``):
 * napari's own progress bar (``napari.utils.progress``) processes events
   inside every update, and its status-bar spinner repaints the window 30
   times a second while any bar is open. The Segment dock shows progress in
-  its own bar; its worker runs at a lower CPU priority
-  (:func:`yield_cpu_to_the_gui`) and pauses while each message is drawn
+  its own bar; the model runs in a thread of its own at a lower CPU priority
+  (:func:`run_at_low_priority`) and pauses while each message is drawn
   (:class:`PausingProgress`).
+
+What is local and cheap is always on: the dock's own progress bar, the
+pauses, the warm-up, the model's low-priority thread (it ends with the run,
+so no pooled thread keeps the priority). What changes napari's whole process
+(freezing the garbage collector, holding the main window's repaints) is on
+only where it was measured to be needed, software OpenGL, or where the user
+asks for it: ``SEVNET_GUI_WORKAROUNDS=on|off`` (default ``auto``).
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ import os
 import sys
 import threading
 from collections.abc import Callable, Sequence
+from functools import lru_cache
 
 from qtpy.QtCore import QObject, QTimer
 from qtpy.QtWidgets import QWidget
@@ -45,6 +53,31 @@ STEP_SPACING_MS = 30  # the event loop (repaints, the user) runs between two ste
 REFREEZE_AFTER_MS = 1000  # after the user removes layers: one full collection, once they are done
 PROGRESS_PAUSE_LIMIT_S = 0.5  # a worker never waits longer for a redraw (the dock may be gone)
 BACKGROUND_NICENESS = 10  # CPU share against a nice-0 thread: about 1/10
+SOFTWARE_RENDERERS = ("llvmpipe", "softpipe", "swrast", "software rasterizer")
+
+
+def gui_workarounds() -> bool:
+    """Whether the process-wide workarounds are on: ``SEVNET_GUI_WORKAROUNDS`` on / off, else under software OpenGL."""
+    setting = os.environ.get("SEVNET_GUI_WORKAROUNDS", "auto").strip().lower()
+    if setting in ("on", "1", "true", "yes"):
+        return True
+    if setting in ("off", "0", "false", "no"):
+        return False
+    return software_opengl()
+
+
+@lru_cache(maxsize=1)
+def software_opengl() -> bool:
+    """Whether napari draws with a software OpenGL renderer (Mesa llvmpipe and the like)."""
+    try:
+        from napari._vispy.utils.gl import _opengl_context  # private: uses the viewer's canvas when one exists
+        from vispy.gloo import gl
+
+        with _opengl_context():
+            renderer = str(gl.glGetParameter(gl.GL_RENDERER)).lower()
+    except Exception:  # noqa: BLE001 - no context, no napari internals: assume hardware
+        return False
+    return any(name in renderer for name in SOFTWARE_RENDERERS)
 
 
 class PausingProgress:
@@ -76,21 +109,39 @@ class PausingProgress:
         self._drawn.set()
 
 
-def yield_cpu_to_the_gui(niceness: int = BACKGROUND_NICENESS) -> bool:
-    """Lower the calling thread's CPU priority (Linux): the threads it starts, torch's among them, inherit it.
+def run_at_low_priority(function: Callable, niceness: int = BACKGROUND_NICENESS):
+    """Call ``function()`` in a thread of its own at a lower CPU priority (Linux) and return its result.
 
-    Returns whether it could. The GUI thread, the software OpenGL renderer
-    and the X server then get a core as soon as they need one, and the model
-    still gets every core the GUI leaves idle. A thread cannot raise its
-    priority again without privileges, so call it only in a worker thread;
-    napari's worker pool keeps the thread, so later background jobs in it run
-    at this priority too (they compete with the GUI the same way).
+    The GUI thread, the software OpenGL renderer and the X server then get a
+    core as soon as they need one, and the model (torch's OpenMP threads are
+    started from this thread and inherit its priority) still gets every core
+    the GUI leaves idle. The thread ends with the call: napari's pooled worker
+    threads, which other plugins reuse, keep their priority.
     """
-    if not sys.platform.startswith("linux") or threading.current_thread() is threading.main_thread():
+    outcome: dict = {}
+
+    def target():
+        outcome["lowered"] = _lower_priority(niceness)
+        try:
+            outcome["value"] = function()
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target, name="sevnet-model", daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+def _lower_priority(niceness: int) -> bool:
+    """Lower the calling thread's priority (per thread on Linux); whether it could."""
+    if not sys.platform.startswith("linux"):
         return False
     tid = threading.get_native_id()
     try:
-        os.setpriority(os.PRIO_PROCESS, tid, max(os.getpriority(os.PRIO_PROCESS, tid), niceness))  # per thread on Linux
+        os.setpriority(os.PRIO_PROCESS, tid, max(os.getpriority(os.PRIO_PROCESS, tid), niceness))
     except OSError:
         return False
     return True
@@ -106,8 +157,9 @@ def warm_up() -> None:
 class LayerInserter:
     """Adds layers to a viewer in small steps driven by a timer that dies with ``parent``."""
 
-    def __init__(self, parent: QWidget, spacing_ms: int = STEP_SPACING_MS):
+    def __init__(self, parent: QWidget, spacing_ms: int = STEP_SPACING_MS, hold_repaints: bool = True):
         self._parent = parent
+        self._hold_repaints = hold_repaints  # holds napari's main window: only where needed (gui_workarounds)
         self._held: QWidget | None = None  # the top-level window whose repaint waits for the next tick
         self._timer = QTimer(parent)
         self._timer.setSingleShot(True)  # re-armed after each step: the pause counts from its end
@@ -176,7 +228,7 @@ class LayerInserter:
         """Keep the window from repainting until the next tick: napari's work and the repaint it causes
         (the whole window, through OpenGL) would otherwise share one turn of the event loop."""
         window = self._parent.window()
-        if window.updatesEnabled():
+        if self._hold_repaints and window.updatesEnabled():
             window.setUpdatesEnabled(False)
             self._held = window
 

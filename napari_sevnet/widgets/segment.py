@@ -12,20 +12,20 @@ from __future__ import annotations
 
 import re
 import threading
-import uuid
 from pathlib import Path
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, ProgressBar, PushButton
+from magicgui.widgets import CheckBox, ComboBox, FileEdit, Label, ProgressBar, PushButton
 from qtpy.QtCore import QObject, QTimer, Signal
 from qtpy.QtWidgets import QSizePolicy
 
 from napari_sevnet.errors import Cancelled, InputError
 from napari_sevnet.io import MODALITIES, MODALITY_LABELS
-from napari_sevnet.layers import META_KEY, region_labels, uncertainty_layer
+from napari_sevnet.layers import LayerInfo, region_labels, uncertainty_layer
 from napari_sevnet.regions import REGIONS, make_nested, volumes_ml
-from napari_sevnet.widgets import register
-from napari_sevnet.widgets.responsiveness import FrozenCollector, LayerInserter, PausingProgress, warm_up, yield_cpu_to_the_gui
+from napari_sevnet.widgets import shared_predictor
+from napari_sevnet.widgets.base import DockWidget
+from napari_sevnet.widgets.responsiveness import FrozenCollector, LayerInserter, PausingProgress, gui_workarounds, run_at_low_priority, warm_up
 
 #: normalised layer names recognised for each modality
 NAME_PATTERNS = {
@@ -52,7 +52,8 @@ def _normalise(name: str) -> str:
 def guess_modality_layer(layers, modality: str):
     """The image layer that holds ``modality``: our reader's metadata first, then the layer name."""
     for layer in layers:
-        if layer.metadata.get(META_KEY, {}).get("modality") == modality:
+        info = LayerInfo.from_layer(layer)
+        if info is not None and info.modality == modality:
             return layer
     patterns = NAME_PATTERNS[modality]
     exact = [layer for layer in layers if _normalise(layer.name) in patterns]
@@ -66,10 +67,9 @@ class _Relay(QObject):
     progressed = Signal(float, str)
 
 
-class SegmentWidget(Container):
+class SegmentWidget(DockWidget):
     def __init__(self, napari_viewer):
-        super().__init__(labels=True)
-        self._viewer = napari_viewer
+        super().__init__(napari_viewer)
         self._modalities = {
             m: ComboBox(label=MODALITY_LABELS[m], choices=self._image_layers, nullable=True) for m in MODALITIES
         }
@@ -95,13 +95,12 @@ class SegmentWidget(Container):
         self._debounce.setSingleShot(True)
         self._debounce.setInterval(250)
         self._debounce.timeout.connect(self.update_volumes)
-        self._predictors: dict[tuple, object] = {}
         self._cancel_event: threading.Event | None = None
         self._final_status = ""
-        self._inserter = LayerInserter(self.native)
+        workarounds = gui_workarounds()
+        self._inserter = LayerInserter(self.native, hold_repaints=workarounds)
         self._worker_running = False
         self._report = None
-        self.worker = None
         self.result_layers: dict[str, object] = {}
         self.uncertainty_layer = None
         self.last_result = None
@@ -112,11 +111,8 @@ class SegmentWidget(Container):
         self._run.changed.connect(self.run)
         self._cancel.changed.connect(self.cancel)
         self._nested.changed.connect(self.make_nested)
-        self._viewer.layers.events.inserted.connect(self._refresh_layers)
-        self._viewer.layers.events.removed.connect(self._refresh_layers)
-        self.native.destroyed.connect(self._on_destroyed)
+        self.on_layers_changed(self._refresh_layers)
         self._refresh_layers()
-        register(self)
         # torch, MONAI and the rest of a run's imports load now, with the dock: imported by the first run's
         # worker thread they hold the import lock and the GIL long enough to freeze the GUI for a third of a second
         import monai.inferers  # noqa: F401
@@ -126,18 +122,17 @@ class SegmentWidget(Container):
         import napari_sevnet.inference  # noqa: F401
 
         warm_up()
-        self._collector = FrozenCollector(napari_viewer, self.native)
+        self._collector = FrozenCollector(napari_viewer, self.native) if workarounds else None
 
-    def _on_destroyed(self, _obj=None):
-        """The dock was closed: stop listening to the viewer and stop a running segmentation."""
-        self._viewer.layers.events.inserted.disconnect(self._refresh_layers)
-        self._viewer.layers.events.removed.disconnect(self._refresh_layers)
+    def closed(self):
+        """The dock was closed: stop listening to the result layers and stop a running segmentation."""
         for layer in self.result_layers.values():
             layer.events.paint.disconnect(self._schedule_volumes)
             layer.events.data.disconnect(self._schedule_volumes)
         self._stop_worker()
         self._inserter.cancel()
-        self._collector.release()
+        if self._collector is not None:
+            self._collector.release()
 
     # ------------------------------------------------------------------ choices
 
@@ -165,6 +160,10 @@ class SegmentWidget(Container):
     def checkpoint(self) -> str | None:
         return None if self._bundled.value else str(self._checkpoint.value)
 
+    @property
+    def device(self) -> str:
+        return self._device.value
+
     # ------------------------------------------------------------------ run
 
     def _input_image(self):
@@ -178,17 +177,6 @@ class SegmentWidget(Container):
         if len(shapes) != 1:
             raise InputError(None, f"the modality layers differ in shape: {sorted(shapes)}")
         return [chosen[m].data for m in MODALITIES], chosen
-
-    def _predictor(self, checkpoint, device, tta, uncertainty=False):
-        from napari_sevnet.inference import Predictor
-
-        key = (checkpoint, device)
-        if key not in self._predictors:
-            self._predictors = {key: Predictor(checkpoint, device)}  # keep one model in memory
-        predictor = self._predictors[key]
-        predictor.tta = tta or uncertainty
-        predictor.uncertainty = uncertainty
-        return predictor
 
     def run(self):
         """Start a segmentation in a worker thread; returns the worker (None if the input is invalid)."""
@@ -205,14 +193,18 @@ class SegmentWidget(Container):
         cancel = self._cancel_event = threading.Event()
         report = self._report = PausingProgress(self._relay.progressed)
 
-        @thread_worker
-        def work():
-            yield_cpu_to_the_gui()
+        viewer = self._viewer
+
+        def segment():
             image = np.stack([np.asarray(v, dtype=np.float32) for v in volumes])  # ~140 MB: not on the GUI thread
-            predictor = self._predictor(checkpoint, device, tta, uncertainty)
-            result = predictor.predict(image, progress=report, cancel=cancel)
+            predictor = shared_predictor(viewer, checkpoint, device)
+            result = predictor.predict(image, tta=tta or uncertainty, uncertainty=uncertainty, progress=report, cancel=cancel)
             region_volumes = volumes_ml(result.regions, tuple(float(v) for v in chosen["flair"].scale))  # off the GUI thread too
             return predictor, result, self._result_layers(predictor, result, chosen), region_volumes
+
+        @thread_worker
+        def work():
+            return run_at_low_priority(segment)
 
         self._bar.value = 0
         self._worker_running = True
@@ -220,10 +212,7 @@ class SegmentWidget(Container):
         self._status.value = "loading model..."
         self._final_status = ""
         # handlers connected at creation: superqt re-raises errors on the GUI thread otherwise
-        handlers = {"returned": lambda out: self._guarded(self._on_result, out, chosen), "errored": self._error, "finished": self._on_finished}
-        worker = self.worker = work(_connect=handlers, _start_thread=False)
-        worker.start()
-        return worker
+        return self.start_worker(work, returned=lambda out: self._guarded(self._on_result, out, chosen), errored=self._error, finished=self._on_finished)
 
     def _stop_worker(self) -> None:
         """Ask a running segmentation to stop, and stop it waiting for a redraw."""
@@ -264,15 +253,14 @@ class SegmentWidget(Container):
             self._status.value = self._final_status
 
     def _error(self, exc: BaseException):
-        from napari.utils.notifications import show_error, show_info
-
         if isinstance(exc, Cancelled):
+            from napari.utils.notifications import show_info
+
             self._final_status = "cancelled"
             show_info("Segmentation cancelled; no layers were added.")
             return
-        message = str(exc) if isinstance(exc, (InputError, RuntimeError, ValueError)) else f"{type(exc).__name__}: {exc}"
         self._final_status = self._status.value = "failed"
-        show_error(f"Segmentation failed: {message}")
+        self.report_error("Segmentation failed", exc)
 
     def _guarded(self, handler, *args):
         """Run a slot; report an exception as a notification (PyQt6 aborts on one that escapes)."""
@@ -294,21 +282,20 @@ class SegmentWidget(Container):
     def _result_layers(predictor, result, chosen) -> list:
         """Build the WT/TC/ET Labels layers in the worker: only inserting them needs the GUI thread."""
         reference = chosen["flair"]
-        source = reference.metadata.get(META_KEY, {})
-        meta = {
-            "group": uuid.uuid4().hex,  # ties the three layers of one run together
-            "case_id": source.get("case_id"),
-            "grid": source.get("grid"),
-            "paths": source.get("paths"),
-            "checkpoint": predictor.checkpoint,
-            "device": result.device,
-            "source_layers": {m: layer.name for m, layer in chosen.items()},
-            "attention": result.attention,
-            "prediction": result.regions,  # the model's own output, to measure edits against
-        }
-        layers = region_labels(result.regions, reference.scale, reference.translate, meta)
+        source = LayerInfo.from_layer(reference) or LayerInfo()
+        info = LayerInfo(  # a new group ties the three layers of one run together
+            case_id=source.case_id,
+            grid=source.grid,
+            paths=source.paths,
+            checkpoint=predictor.checkpoint,
+            device=result.device,
+            source_layers={m: layer.name for m, layer in chosen.items()},
+            attention=result.attention,
+            prediction=result.regions,  # the model's own output, to measure edits against
+        )
+        layers = region_labels(result.regions, reference.scale, reference.translate, info)
         if result.uncertainty is not None:
-            layers.append(uncertainty_layer(result.uncertainty[0], reference.scale, reference.translate, {"group": meta["group"], "case_id": meta["case_id"]}))
+            layers.append(uncertainty_layer(result.uncertainty[0], reference.scale, reference.translate, info))
         return layers
 
     def _on_result(self, out, chosen):
@@ -317,10 +304,11 @@ class SegmentWidget(Container):
         self.uncertainty_layer = None
         self.last_result = None
         self._final_status = f"done in {result.timings['total_s']:.1f} s on {result.device}"
-        self._inserter.insert(self._viewer, layers, on_added=self._on_layer_added, then=[self._collector.freeze_survivors], on_done=lambda: self._on_layers_inserted(result, volumes), on_error=self._run_failed)
+        then = [self._collector.freeze_survivors] if self._collector is not None else []
+        self._inserter.insert(self._viewer, layers, on_added=self._on_layer_added, then=then, on_done=lambda: self._on_layers_inserted(result, volumes), on_error=self._run_failed)
 
     def _on_layer_added(self, layer):
-        region = layer.metadata[META_KEY].get("region")
+        region = LayerInfo.from_layer(layer).region
         if region is None:
             self.uncertainty_layer = layer
             return

@@ -1,0 +1,95 @@
+"""What every napari-sevnet dock shares: the viewer, its events, background work and messages.
+
+A dock subclasses :class:`DockWidget` (a magicgui ``Container``, as napari's
+plugin template has it), gathers its controls, and hands the work to the
+library through :meth:`DockWidget.start_worker`. The base class
+
+* listens to the viewer's layer list only while the dock exists
+  (:meth:`on_layers_changed`; disconnected when Qt destroys the dock, and
+  :meth:`closed` lets the dock stop its own work then);
+* starts workers with their handlers connected at creation (superqt re-raises
+  a worker's exception on the GUI thread otherwise);
+* turns an exception into one notification (:meth:`report_error`): the
+  message of an error the user can act on, the type and message of anything else;
+* reads an optional path from a ``FileEdit`` (:func:`chosen_path`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from magicgui.widgets import Container
+
+from napari_sevnet.errors import Cancelled, InputError
+from napari_sevnet.widgets import register
+
+#: errors whose message is meant for the user as it is (bad files, bad choices, a missing GPU, a full disk)
+USER_ERRORS = (InputError, OSError, ValueError, RuntimeError)
+
+
+def chosen_path(edit) -> Path | None:
+    """The path in a ``FileEdit``, or None when it is empty (magicgui shows an empty one as '' or '.')."""
+    value = edit.value
+    return None if value is None or str(value) in ("", ".") else Path(value)
+
+
+def error_message(exc: BaseException) -> str:
+    return str(exc) if isinstance(exc, USER_ERRORS) else f"{type(exc).__name__}: {exc}"
+
+
+class DockWidget(Container):
+    def __init__(self, napari_viewer):
+        super().__init__(labels=True)
+        self._viewer = napari_viewer
+        self.worker = None
+        self._connections: list[tuple[object, object]] = []
+        self.native.destroyed.connect(self._on_destroyed)
+        register(self)
+
+    # ------------------------------------------------------------------ viewer events
+
+    def on_layers_changed(self, handler) -> None:
+        """Call ``handler(event)`` when a layer is added to or removed from the viewer, while the dock exists."""
+        for emitter in (self._viewer.layers.events.inserted, self._viewer.layers.events.removed):
+            self.connect_while_open(emitter, handler)
+
+    def connect_while_open(self, emitter, handler) -> None:
+        """Connect ``handler`` to a napari event emitter until the dock is closed."""
+        emitter.connect(handler)
+        self._connections.append((emitter, handler))
+
+    def _on_destroyed(self, _obj=None) -> None:
+        for emitter, handler in self._connections:
+            try:
+                emitter.disconnect(handler)
+            except (RuntimeError, TypeError, ValueError):  # the viewer went first
+                pass
+        self._connections.clear()
+        self.closed()
+
+    def closed(self) -> None:
+        """The dock was closed: stop what it runs (override)."""
+
+    # ------------------------------------------------------------------ background work
+
+    def start_worker(self, work, **handlers):
+        """Start the ``thread_worker`` function ``work`` with ``handlers`` (returned=, errored=, yielded=, finished=).
+
+        ``self.worker`` holds it; the dock's own ``finished`` handler says when it is free again. Returns it.
+        """
+        worker = self.worker = work(_connect=handlers, _start_thread=False)
+        worker.start()
+        return worker
+
+    # ------------------------------------------------------------------ messages
+
+    def report_error(self, what: str, exc: BaseException) -> str:
+        """Notify ``what: message``; a cancellation is information, not an error. Returns the message."""
+        from napari.utils.notifications import show_error, show_info
+
+        if isinstance(exc, Cancelled):
+            show_info(f"{what}: cancelled")
+            return "cancelled"
+        message = error_message(exc)
+        show_error(f"{what}: {message}")
+        return message
