@@ -1,0 +1,168 @@
+"""Held-out accuracy on real expert-labelled scans, and how much the SE excitations respond to the case.
+
+    python -m benchmarks.real_heldout [--checkpoint CKPT ...] [--compare] [-o OUT.json]
+
+For each checkpoint (default: the bundled default weights) every held-out case
+of ``training/configs/splits/real_brats_heldout.json`` (cases that never
+trained) is segmented by the Predictor as a user runs it, and scored against
+its expert mask: Dice, HD95, sensitivity, precision per region, and the BraTS
+2023 lesion-wise Dice and HD95. Cases with a consensus mask instead of an
+expert one (``--consensus``) are scored in a separate table.
+
+SE spread: per stage, the standard deviation of each channel's excitation
+across the held-out cases, averaged over channels ("how much the attention
+changes with the case"), beside the standard deviation across channels of the
+case-averaged excitation ("how different the channels are"). An excitation
+that ignores the case has a spread of 0.
+
+``--compare`` adds, for every checkpoint after the first, the paired per-case
+Dice difference against the first: mean, sd over cases and a bootstrap 95 %
+interval. Writes JSON (``-o``) and prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+SPLIT = ROOT / "training" / "configs" / "splits" / "real_brats_heldout.json"
+DATA = Path(os.environ.get("SEVNET_REAL_DATA", ROOT.parent / "shared" / "data"))
+#: cases with a five-algorithm consensus mask (not expert): reported apart
+CONSENSUS_CASES = {"TCGA-DU-7294": "TCGA-DU-7294", "TCGA-FG-6692": "TCIA-RAW-FG-6692/brats_space"}
+REGIONS = ("WT", "TC", "ET")
+METRICS = ("dice", "hd95", "sensitivity", "precision", "lesion_dice", "lesion_hd95")
+
+
+def find_cases(ids: list[str], data: Path) -> dict[str, Path]:
+    """Case id -> folder, among ``data``'s case folders and those of ``data/brats18``."""
+    from training.data import discover_cases
+
+    found = {ref.case_id: ref.folder for ref in discover_cases([p for p in (data / "brats18", data) if p.is_dir()])}
+    missing = [i for i in ids if i not in found]
+    if missing:
+        raise SystemExit(f"held-out cases not found under {data}: {missing} (set SEVNET_REAL_DATA)")
+    return {i: found[i] for i in ids}
+
+
+def evaluate(checkpoint: str | None, cases: dict[str, Path]) -> dict:
+    """Per-case metrics, SE excitations and seconds per case of one checkpoint."""
+    from napari_sevnet.inference import Predictor
+    from napari_sevnet.io import load_case
+    from napari_sevnet.metrics import case_lesion_metrics, case_metrics
+
+    predictor = Predictor(checkpoint, "cpu")
+    per_case, attention = {}, {}
+    for case_id, folder in cases.items():
+        case = load_case(folder)
+        t0 = time.perf_counter()
+        result = predictor.predict(case.image)
+        seconds = time.perf_counter() - t0
+        m = case_metrics(result.regions, case.regions, case.spacing)
+        for r, extra in case_lesion_metrics(result.regions, case.regions, case.spacing).items():
+            m[r].update(extra)
+        per_case[case_id] = {r: {k: float(m[r][k]) for k in METRICS} for r in REGIONS} | {"seconds": round(seconds, 2)}
+        attention[case_id] = {stage: exc.tolist() for stage, exc in result.attention.items()}
+        print(f"  {case_id:<24} " + "  ".join(f"{r} {m[r]['dice']:.3f}" for r in REGIONS) + f"  ({seconds:.1f} s)", flush=True)
+    mean = {r: {k: float(np.mean([c[r][k] for c in per_case.values()])) for k in METRICS} for r in REGIONS}
+    return {"checkpoint": predictor.checkpoint, "cases": per_case, "mean": mean, "se_spread": se_spread(attention), "attention": attention}
+
+
+def se_spread(attention: dict[str, dict[str, list[float]]]) -> dict:
+    """Per stage: mean over channels of the sd across cases, and the sd across channels of the case mean."""
+    if len(attention) < 2 or not next(iter(attention.values())):
+        return {}
+    stages = next(iter(attention.values())).keys()
+    out = {}
+    for stage in stages:
+        a = np.array([attention[c][stage] for c in attention])  # (cases, channels)
+        across_cases = float(a.std(axis=0).mean())
+        across_channels = float(a.mean(axis=0).std())
+        out[stage] = {"across_cases": across_cases, "across_channels": across_channels, "ratio": across_cases / across_channels if across_channels else None}
+    overall = {k: float(np.mean([v[k] for v in out.values()])) for k in ("across_cases", "across_channels")}
+    return {"stages": out, "mean": overall}
+
+
+def paired(a: dict, b: dict, seed: int = 0, resamples: int = 10000) -> dict:
+    """Dice of b minus Dice of a per region over the cases both scored: mean, sd, bootstrap 95 % interval."""
+    rng = np.random.default_rng(seed)
+    ids = [c for c in a["cases"] if c in b["cases"]]
+    out = {}
+    for r in REGIONS:
+        d = np.array([b["cases"][c][r]["dice"] - a["cases"][c][r]["dice"] for c in ids])
+        boot = d[rng.integers(0, len(d), size=(resamples, len(d)))].mean(axis=1)
+        out[r] = {"mean": float(d.mean()), "sd": float(d.std(ddof=1)) if len(d) > 1 else 0.0,
+                  "ci95": [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))], "per_case": dict(zip(ids, d.round(4).tolist()))}
+    return out
+
+
+def markdown(results: list[dict], label_of) -> str:
+    lines = []
+    for res in results:
+        lines += [f"**{label_of(res)}** (held-out, expert labels)", "",
+                  "| case | " + " | ".join(f"{r} Dice" for r in REGIONS) + " | " + " | ".join(f"{r} HD95" for r in REGIONS) + " | WT sens / prec | s |",
+                  "|---|" + "---|" * 8]
+        for case_id, c in [*res["cases"].items(), ("**mean**", {**res["mean"], "seconds": np.mean([v["seconds"] for v in res["cases"].values()])})]:
+            lines.append(f"| {case_id} | " + " | ".join(f"{c[r]['dice']:.3f}" for r in REGIONS) + " | " + " | ".join(f"{c[r]['hd95']:.1f}" for r in REGIONS)
+                         + f" | {c['WT']['sensitivity']:.2f} / {c['WT']['precision']:.2f} | {c['seconds']:.1f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.real_heldout", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", action="append", help="checkpoint to score (repeatable; default: the bundled default)")
+    parser.add_argument("--label", action="append", help="a name per checkpoint for the tables")
+    parser.add_argument("--compare", action="store_true", help="paired Dice differences of every checkpoint against the first")
+    parser.add_argument("--consensus", action="store_true", help="also score the consensus-labelled cases (not expert)")
+    parser.add_argument("--split", type=Path, default=SPLIT)
+    parser.add_argument("-o", "--output", type=Path, help="JSON to write (default: print only)")
+    args = parser.parse_args(argv)
+
+    ids = json.loads(args.split.read_text())["held_out"]
+    cases = find_cases(ids, DATA)
+    consensus = {}
+    if args.consensus:
+        consensus = {i: DATA / rel for i, rel in CONSENSUS_CASES.items() if (DATA / rel).is_dir()}
+    checkpoints = args.checkpoint or [None]
+    labels = args.label or [str(c or "bundled default") for c in checkpoints]
+    results = []
+    for checkpoint, label in zip(checkpoints, labels):
+        print(f"{label}: {len(cases)} held-out cases", flush=True)
+        res = evaluate(checkpoint, cases)
+        res["label"] = label
+        if consensus:
+            print(f"{label}: consensus-labelled cases (not expert)", flush=True)
+            res["consensus"] = evaluate(checkpoint, consensus)
+            res["consensus"].pop("attention")
+        results.append(res)
+    out = {"date": time.strftime("%Y-%m-%d %H:%M"), "host": platform.node(), "split": str(args.split.relative_to(ROOT) if args.split.is_relative_to(ROOT) else args.split),
+           "held_out": ids, "results": results}
+    if args.compare and len(results) > 1:
+        out["paired_vs_first"] = {res["label"]: paired(results[0], res) for res in results[1:]}
+    table = markdown(results, lambda r: r["label"])
+    for res in results:
+        spread = res["se_spread"].get("mean")
+        if spread:
+            table += f"\nSE spread of {res['label']}: across cases {spread['across_cases']:.4f}, across channels {spread['across_channels']:.4f}"
+    for label, diff in out.get("paired_vs_first", {}).items():
+        table += f"\n{label} minus {results[0]['label']}: " + "; ".join(
+            f"{r} {d['mean']:+.3f} +/- {d['sd']:.3f} (95% CI {d['ci95'][0]:+.3f} to {d['ci95'][1]:+.3f})" for r, d in diff.items())
+    print(table)
+    if args.output:
+        from napari_sevnet.files import write_text_atomic
+
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(args.output, json.dumps(out, indent=1) + "\n")
+        write_text_atomic(args.output.with_suffix(".md"), table + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
