@@ -7,8 +7,9 @@ BIN    := $(VENV)/bin
 # CPU build; elsewhere PyPI's torch 2.13.0 is the CUDA build. The package's own range is then
 # already met, so installing the package never pulls a second torch.
 TORCH  ?= torch==2.13.0
+SHARED_DATA ?= ../shared/data
 
-.PHONY: setup system-deps demo test test-fast bench bench-dice demo-weights demo-weights-eval sample-data screenshots clean
+.PHONY: setup system-deps demo test test-fast bench bench-dice bench-se demo-weights demo-weights-eval real-weights eval-real sample-data screenshots clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -52,7 +53,7 @@ data/phantoms/.done: | setup
 
 demo-weights: setup data/phantoms/.done  ## regenerate the bundled demo weights (about 75 min on 2 CPU cores)
 	$(BIN)/sevnet-train --config training/configs/phantom_demo.yaml
-	$(BIN)/python -m training.publish runs/phantom_demo/best.json napari_sevnet/weights/sevnet_lite_phantom
+	$(BIN)/python -m training.publish runs/phantom_demo/best.json napari_sevnet/weights/sevnet_lite_phantom --card training/model_cards/sevnet_lite_phantom.yaml
 	$(MAKE) demo-weights-eval
 
 demo-weights-eval: setup  ## held-out phantom Dice of the bundled weights (the README table)
@@ -61,13 +62,32 @@ demo-weights-eval: setup  ## held-out phantom Dice of the bundled weights (the R
 	$(BIN)/sevnet-predict data/heldout -o data/heldout_pred --device cpu
 	$(BIN)/sevnet-evaluate data/heldout_pred data/heldout
 
+# the real cases of ../shared/data (SHARED_DATA); held-out cases: training/configs/splits/real_brats_heldout.json
+REAL_RUN := runs/sevnet_real_brats
+real-weights: setup  ## train the shipped default on the real cases (about 2 h on 2 CPU cores; resume: sevnet-train --resume runs/sevnet_real_brats), score it, publish it
+	$(BIN)/sevnet-train --config training/configs/sevnet_real_brats.yaml 'data.roots=[$(SHARED_DATA)/brats18,$(SHARED_DATA)]'
+	$(BIN)/python -m benchmarks.real_heldout --checkpoint $(REAL_RUN)/last.json --label "SEV-Net lite (default)" --consensus -o benchmarks/results/real-heldout-default.json
+	$(BIN)/python -m training.publish $(REAL_RUN)/last.json napari_sevnet/weights/sevnet_lite_brats --card training/model_cards/sevnet_lite_brats.yaml --held-out benchmarks/results/real-heldout-default.json
+
+eval-real: setup  ## held-out Dice, HD95, lesion-wise scores and SE spread of the bundled default on the real cases (a few minutes)
+	SEVNET_REAL_DATA=$(SHARED_DATA) $(BIN)/python -m benchmarks.real_heldout --label "SEV-Net lite (default)" --consensus -o benchmarks/results/real-heldout-default.json
+
+ABLATION := sevnet-train --config training/configs/sevnet_real_brats.yaml 'data.roots=[$(SHARED_DATA)/brats18,$(SHARED_DATA)]' init=null epochs=20
+bench-se: setup  ## SE on (pre-norm squeeze), SE off (V-Net), post-norm squeeze: same recipe from scratch, half its steps (about 3 x 1.5 h): benchmarks/results/se-ablation.*
+	$(BIN)/$(ABLATION) -o runs/se_ablation/sevnet
+	$(BIN)/$(ABLATION) model.name=vnet -o runs/se_ablation/vnet
+	$(BIN)/$(ABLATION) 'model.config={preset: lite, se_squeeze: output}' -o runs/se_ablation/sevnet_postnorm
+	SEVNET_REAL_DATA=$(SHARED_DATA) $(BIN)/python -m benchmarks.real_heldout --compare -o benchmarks/results/se-ablation.json \
+	  --checkpoint runs/se_ablation/sevnet/last.json --label "SEV-Net (SE, pre-norm squeeze)" \
+	  --checkpoint runs/se_ablation/vnet/last.json --label "V-Net (SE off)" \
+	  --checkpoint runs/se_ablation/sevnet_postnorm/last.json --label "SEV-Net (SE, post-norm squeeze)"
+
 sample-data: setup  ## regenerate sample_data/ (the demo case)
 	$(BIN)/python -m napari_sevnet.phantom sample_data --cases 1 --seed 2024 --shape 128 144 128
 
 clean:
 	rm -rf $(VENV) runs data *.egg-info
 
-SHARED_DATA ?= ../shared/data
 screenshots: setup system-deps  ## README screenshot of the plugin on the real shared case
 	mkdir -p docs
 	$(BIN)/sevnet-demo $(SHARED_DATA)/BraTS2021_00006 --screenshot docs/screenshot_real_case.png

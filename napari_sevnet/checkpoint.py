@@ -164,6 +164,24 @@ def bundled_checkpoint() -> Path:
     return _shipped(BUNDLED)
 
 
+def describe(path: str | os.PathLike) -> str:
+    """One paragraph on what a checkpoint is and is for, from its model card (for tooltips and reports)."""
+    try:
+        data = json.loads(checkpoint_files(path)[1].read_text())
+    except (OSError, ValueError, InputError):
+        return f"{path}: no description readable"
+    card = data.get("model_card") or {}
+    lines = [card.get("name") or Path(path).stem]
+    sources = (card.get("training_data") or {}).get("sources")
+    if sources:
+        lines.append("Trained on " + "; ".join(sources) + ".")
+    figures = (card.get("held_out_figures") or {}).get("mean")
+    if figures:
+        lines.append("Held-out Dice " + ", ".join(f"{r} {figures[r]['dice']:.2f}" for r in REGIONS if r in figures) + ".")
+    lines.append(card.get("intended_use") or data.get("intended_use") or "")
+    return "\n".join(line for line in lines if line)
+
+
 def phantom_checkpoint() -> Path:
     """The weights trained on synthetic phantoms only (tests, phantom demos); not for patient data."""
     return _shipped(PHANTOM)

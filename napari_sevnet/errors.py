@@ -21,3 +21,12 @@ class InputError(ValueError):
 
 class Cancelled(Exception):
     """Raised inside long work when the user's cancel flag is set."""
+
+
+class NotSaved(RuntimeError):
+    """An :class:`InputError` met while napari saves layers with our writer.
+
+    napari treats a ValueError from a writer as "this writer does not apply"
+    and tells the user only that it "is not a valid writer"; re-raised as this,
+    our message (which layers are missing, which file exists) reaches them.
+    """

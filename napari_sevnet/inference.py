@@ -46,6 +46,7 @@ DEFAULT_OVERLAP = 0.25
 #: largest padded crop run in one pass (a skull-stripped 1 mm brain is about 4e6 voxels; memory grows with it)
 WHOLE_CROP_MAX_VOXELS = 8_000_000
 INFERENCE_MODES = ("windows", "whole_crop")
+MIRROR_PASSES = 8  # test-time augmentation: every combination of flips along Z, Y and X
 
 
 def enable_huge_pages() -> None:
@@ -127,7 +128,7 @@ class Prediction:
     uncertainty: np.ndarray | None = None  # (3, Z, Y, X) float32: entropy of the mean probability, in bits
     disagreement: np.ndarray | None = None  # (3, Z, Y, X) bool: the ensemble members do not all agree
     members: int = 1  # forward passes averaged (mirror flips x dropout samples)
-    tta: bool = False  # the 8 mirror flips were averaged
+    tta: bool = False  # mirror flips were averaged (``members`` says how many passes)
     postprocessing: dict = field(default_factory=dict)
 
 
@@ -146,7 +147,7 @@ class Predictor:
         checkpoint: str | os.PathLike | None = None,
         device: str | torch.device = "auto",
         *,
-        tta: bool = False,
+        tta: bool | int = False,
         overlap: float = DEFAULT_OVERLAP,
         threshold: float = 0.5,
         whole_crop: bool | None = None,
@@ -189,7 +190,7 @@ class Predictor:
         self,
         image: np.ndarray,
         *,
-        tta: bool | None = None,
+        tta: bool | int | None = None,
         uncertainty: bool | None = None,
         progress: ProgressCallback | None = None,
         cancel: Callable[[], bool] | threading.Event | None = None,
@@ -197,11 +198,14 @@ class Predictor:
         """Segment one case ``image`` (4, Z, Y, X) in the checkpoint's modality order.
 
         ``tta`` / ``uncertainty``: this call's settings (None: the Predictor's defaults).
+        ``tta`` True averages the 8 mirror flips; a number averages that many of
+        them (2: the scan and its left-right mirror, the cheapest ensemble).
         """
         image = np.asarray(image)
         if image.ndim != 4 or image.shape[0] != 4:
             raise ValueError(f"expected a (4, Z, Y, X) image, got shape {image.shape}")
-        tta = self.tta if tta is None else bool(tta)
+        tta = self.tta if tta is None else tta
+        passes = MIRROR_PASSES if tta is True else max(int(tta), 1)
         uncertainty = self.uncertainty if uncertainty is None else bool(uncertainty)
         is_cancelled = cancel.is_set if isinstance(cancel, threading.Event) else (cancel or (lambda: False))
         report = progress or (lambda fraction, message: None)
@@ -213,14 +217,14 @@ class Predictor:
             timings["preprocess_s"] = time.perf_counter() - t0
 
             t1 = time.perf_counter()
-            probs, attention, disagreement, members = self._infer(crop, report, is_cancelled, tta, uncertainty)
+            probs, attention, disagreement, members = self._infer(crop, report, is_cancelled, passes, uncertainty)
             timings["inference_s"] = time.perf_counter() - t1
 
             t2 = time.perf_counter()
             full = np.zeros((3, *image.shape[1:]), dtype=np.float32)
             full[(slice(None), *box)] = probs
             regions = make_nested(full > self.threshold)
-            result = Prediction(regions=regions, probabilities=full, attention=attention, box=box, timings=timings, device=str(self.device), members=members, tta=tta)
+            result = Prediction(regions=regions, probabilities=full, attention=attention, box=box, timings=timings, device=str(self.device), members=members, tta=passes > 1)
             if self.min_et_voxels:
                 small = 0 < int(regions[2].sum()) < self.min_et_voxels
                 result.postprocessing = {"min_et_voxels": int(self.min_et_voxels), "et_relabelled_voxels": int(regions[2].sum()) if small else 0}
@@ -281,11 +285,10 @@ class Predictor:
                 logits = self.model(x)
         return logits.float()
 
-    def _infer(self, crop: np.ndarray, report: ProgressCallback, is_cancelled, tta: bool, uncertainty: bool):
+    def _infer(self, crop: np.ndarray, report: ProgressCallback, is_cancelled, passes: int, uncertainty: bool):
         """Mean probabilities, mean SE attention, member disagreement (or None) and the member count."""
-        flips = [()]
-        if tta:
-            flips = [axes for n in range(4) for axes in itertools.combinations((2, 3, 4), n)]
+        # the scan itself first, then its left-right mirror (X), then the other flips
+        flips = [axes for n in range(4) for axes in itertools.combinations((4, 3, 2), n)][:passes]
         members = [axes for axes in flips for _ in range(max(self.mc_samples, 1))]
         x = torch.from_numpy(crop)[None].to(self.device)
         attention_sum: dict[str, np.ndarray] = {}

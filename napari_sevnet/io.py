@@ -347,6 +347,8 @@ def load_case(
 
     if layout == "msd":
         data, img = read_nifti(files["image"], allow_4d=True)
+        if data.ndim == 3:
+            raise InputError(files["image"], "is a single 3D volume; a case needs T1, T1ce, T2 and FLAIR: open the folder that holds all four")
         if data.ndim != 4 or data.shape[3] != len(MSD_CHANNELS):
             raise InputError(files["image"], f"Decathlon image must be 4D with {len(MSD_CHANNELS)} channels ({', '.join(MSD_CHANNELS)}), got shape {data.shape}")
         grid = grid_of(img)

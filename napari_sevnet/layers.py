@@ -1,10 +1,13 @@
 """Cases <-> napari layers: the npe2 reader, writer and sample data (no Qt here).
 
-Image layers are named by modality (T1, T1ce, T2, FLAIR), carry the voxel
+Image layers are named by case and modality ("Brats18_X FLAIR"), carry the voxel
 spacing as ``scale`` and a :class:`LayerInfo` in ``metadata['sevnet']`` (the
 case, its source grid so masks can be written back onto the scan, and for
-results the model run). Regions are three Labels layers, each holding 0/1, in
-documented colours:
+results the model run). Regions are three Labels layers named by case and run
+("Brats18_X WT (run 2)"; "(file)" for a mask read with the case), each
+holding 0/1, in documented colours; the selected region is filled and the
+others of its result outlined (:mod:`napari_sevnet.display`), and edits keep
+them nested (:mod:`napari_sevnet.editing`):
 
 =====  ===================  =========
 layer  region               colour
@@ -24,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_sevnet.errors import InputError
-from napari_sevnet.io import MODALITIES, MODALITY_LABELS, Case, SourceGrid, find_case_files, load_case, write_mask
+from napari_sevnet.errors import InputError, NotSaved
+from napari_sevnet.io import MODALITIES, MODALITY_LABELS, Case, SourceGrid, load_case, nifti_stem, write_mask
 from napari_sevnet.regions import REGIONS, convention_name
 
 REGION_COLOURS = {"WT": "#2ecc40", "TC": "#ff4136", "ET": "#ffdc00"}
@@ -53,6 +56,7 @@ class LayerInfo:
     source_layers: dict[str, str] | None = None  # results: modality -> name of the image layer segmented
     attention: dict | None = None  # results: stage -> mean SE excitation
     prediction: np.ndarray | None = None  # results: the model's own (3, Z, Y, X) regions, to measure edits against
+    run: int | None = None  # results: the how-manieth run on this case in the viewer (None: a mask from the case's files)
 
     def to_metadata(self) -> dict:
         return {META_KEY: self}
@@ -84,27 +88,32 @@ def contrast_limits(volume: np.ndarray) -> tuple[float, float]:
 def region_layer_kwargs(region: str, scale, info: LayerInfo) -> dict:
     from napari.utils.colormaps import DirectLabelColormap
 
-    colormap = DirectLabelColormap(color_dict={None: "transparent", 0: "transparent", 1: REGION_COLOURS[region]})
-    return {"name": region, "scale": scale, "colormap": colormap, "opacity": 0.55, "metadata": info.but(region=region).to_metadata()}
+    from napari_sevnet.display import FILL_OPACITY, region_layer_name
+
+    # any non-zero value in the region's colour: what is seen is what is counted and exported
+    colormap = DirectLabelColormap(color_dict={None: REGION_COLOURS[region], 0: "transparent", 1: REGION_COLOURS[region]})
+    return {"name": region_layer_name(info.case_id, region, info.run), "scale": scale, "colormap": colormap, "opacity": FILL_OPACITY, "metadata": info.but(region=region).to_metadata()}
 
 
 def region_labels(regions: np.ndarray, scale, translate, info: LayerInfo) -> list:
-    """WT/TC/ET Labels layers of one result, ready to insert (they may be built off the GUI thread)."""
-    from napari.layers import Labels
+    """WT/TC/ET layers of one result, kept nested as they are edited; ready to insert (they may be built off the GUI thread)."""
+    from napari_sevnet.display import style_regions
+    from napari_sevnet.editing import nested_region_layers
 
-    return [
-        Labels(regions[i].astype(np.uint8), translate=translate, **region_layer_kwargs(region, scale, info))
-        for i, region in enumerate(REGIONS)
-    ]
+    layers = nested_region_layers(regions, **{r: {**region_layer_kwargs(r, scale, info), "translate": translate} for r in REGIONS})
+    style_regions(dict(zip(REGIONS, layers)), editing="ET")  # ET is selected once they are in
+    return layers
 
 
 def uncertainty_layer(entropy: np.ndarray, scale, translate, info: LayerInfo):
     """An image layer of the WT entropy (bits) over the scan: dark where sure, bright where unsure."""
     from napari.layers import Image
 
+    from napari_sevnet.display import region_layer_name
+
     return Image(
-        entropy, name="WT uncertainty", scale=scale, translate=translate, colormap="inferno", blending="additive",
-        opacity=0.7, contrast_limits=(0.0, 1.0), metadata=LayerInfo(group=info.group, case_id=info.case_id, uncertainty="entropy_bits").to_metadata(),
+        entropy, name=region_layer_name(info.case_id, "WT uncertainty", info.run), scale=scale, translate=translate, colormap="inferno", blending="additive",
+        opacity=0.7, contrast_limits=(0.0, 1.0), metadata=LayerInfo(group=info.group, case_id=info.case_id, run=info.run, uncertainty="entropy_bits").to_metadata(),
     )
 
 
@@ -115,7 +124,7 @@ def case_layers(case: Case, visible: str = "flair") -> list[tuple]:
     layers = []
     for i, m in enumerate(MODALITIES):
         kwargs = {
-            "name": MODALITY_LABELS[m],
+            "name": f"{case.case_id} {MODALITY_LABELS[m]}",
             "scale": scale,
             "colormap": "gray",
             "contrast_limits": contrast_limits(case.image[i]),
@@ -130,22 +139,50 @@ def case_layers(case: Case, visible: str = "flair") -> list[tuple]:
 
 
 def napari_get_reader(path):
-    """npe2 reader: claim a BraTS case folder or a file of one; else let other readers try."""
+    """npe2 reader: claim what looks like a case (a NIfTI file, a folder holding NIfTI files).
+
+    A claimed path that is not a usable case fails in the reader with our
+    message (which sequences are missing, which names were not recognised and
+    what to do), instead of napari's bare "refused the file".
+    """
     if isinstance(path, list):
         if len(path) != 1:
             return None
         path = path[0]
+    path = Path(path)
     try:
-        find_case_files(path)
-    except InputError:
+        looks_like_a_case = nifti_stem(path.name) is not None if path.is_file() else any(nifti_stem(p.name) for p in path.iterdir() if p.is_file())
+    except OSError:
         return None
-    return read_case_layers
+    return read_case_layers if looks_like_a_case else None
 
 
 def read_case_layers(path) -> list[tuple]:
     """Read the case at ``path`` completely before returning, so a bad file adds no layer at all."""
+    from napari_sevnet.assignments import load_assigned_or_named
+
     path = path[0] if isinstance(path, list) else path
-    return case_layers(load_case(path))
+    layers = case_layers(load_assigned_or_named(path))
+    prepare_viewer()
+    return layers
+
+
+def prepare_viewer(viewer=None) -> None:
+    """Radiological orientation with the sides named, and result regions styled by selection, in ``viewer``.
+
+    The reader has no viewer of its own: it prepares napari's current one, the viewer the case opens in.
+    """
+    from napari_sevnet.display import follow_selection, show_radiological
+    from napari_sevnet.editing import keep_nested
+
+    if viewer is None:
+        import napari
+
+        viewer = napari.current_viewer()
+    if viewer is not None:
+        show_radiological(viewer)
+        follow_selection(viewer)
+        keep_nested(viewer)
 
 
 def write_regions(path: str, layer_data: list[tuple]) -> list[str]:
@@ -162,13 +199,16 @@ def write_regions(path: str, layer_data: list[tuple]) -> list[str]:
             by_region[region] = np.asarray(data) > 0
             grid = grid or info.grid
     missing = [r for r in REGIONS if r not in by_region]
-    if missing:
-        raise InputError(path, f"select the WT, TC and ET layers to save (missing {missing})")
-    if grid is None:
-        raise InputError(path, "these layers do not come from a case opened with napari-sevnet, so the source grid is unknown")
-    convention = convention_name("2023") if str(path).endswith((".2023.nii.gz", ".2023.nii")) else "brats2021"
-    regions = np.stack([by_region[r] for r in REGIONS])
-    return [str(write_mask(regions, grid, path, convention))]
+    try:
+        if missing:
+            raise InputError(path, f"select the WT, TC and ET layers of one result to save them as a BraTS label file (missing {', '.join(missing)})")
+        if grid is None:
+            raise InputError(path, "these layers do not come from a case opened with napari-sevnet, so the source grid is unknown")
+        convention = convention_name("2023") if str(path).endswith((".2023.nii.gz", ".2023.nii")) else "brats2021"
+        regions = np.stack([by_region[r] for r in REGIONS])
+        return [str(write_mask(regions, grid, path, convention))]
+    except InputError as exc:
+        raise NotSaved(str(exc)) from None
 
 
 def region_group(layers, layer) -> dict:
@@ -218,7 +258,9 @@ def phantom_sample() -> list[tuple]:
     """A small synthetic case that opens instantly (no files involved)."""
     from napari_sevnet.phantom import phantom_case
 
-    return case_layers(phantom_case(seed=7, shape=(96, 112, 96), case_id="phantom_sample"))
+    layers = case_layers(phantom_case(seed=7, shape=(96, 112, 96), case_id="phantom_sample"))
+    prepare_viewer()
+    return layers
 
 
 def demo_case_folder() -> Path:
@@ -233,4 +275,6 @@ def demo_case_folder() -> Path:
 
 def demo_case_sample() -> list[tuple]:
     """The demo case written by ``make sample-data`` (BraTS 2021 layout, on disk)."""
-    return case_layers(load_case(demo_case_folder()))
+    layers = case_layers(load_case(demo_case_folder()))
+    prepare_viewer()
+    return layers

@@ -17,6 +17,9 @@ from napari_sevnet.io import Case, write_mask, write_volume
 from napari_sevnet.regions import REGIONS, volumes_ml
 from napari_sevnet.uncertainty import uncertainty_summary
 
+#: shown wherever a result is shown (dock status lines, reports): what the model may be used for
+RESEARCH_USE = "research use, not for diagnosis"
+
 
 def output_paths(case_id: str, out_dir: Path) -> dict[str, Path]:
     return {"seg": out_dir / f"{case_id}_seg.nii.gz", "report": out_dir / f"{case_id}_report.json"}
@@ -38,6 +41,7 @@ def write_case_outputs(case: Case, result, predictor, out_dir: Path, *, conventi
     for name, volume in maps.items():
         written[name] = str(write_volume(volume, case.grid, out_dir / f"{case.case_id}_{name}.nii.gz", overwrite=overwrite))
     report = {
+        "notice": f"Automatic segmentation for {RESEARCH_USE}: check and correct it before any use.",
         "case": case.case_id,
         "inputs": {k: str(v) for k, v in case.paths.items()},
         "segmentation": str(paths["seg"]),

@@ -15,6 +15,8 @@ def main(out: str) -> int:
     import napari
     from qtpy.QtWidgets import QApplication
 
+    from napari_sevnet.checkpoint import phantom_checkpoint
+    from napari_sevnet.layers import LayerInfo
     from napari_sevnet.phantom import write_phantom
     from napari_sevnet.widgets.export import ExportWidget
     from napari_sevnet.widgets.finetune import FineTuneWidget
@@ -31,9 +33,10 @@ def main(out: str) -> int:
     viewer = napari.Viewer(show=True)
     app = QApplication.instance()  # napari's own, made with the OpenGL attributes it needs
     viewer.window._qt_window.resize(1600, 1000)
-    for layer in [layer for layer in viewer.open(str(case), plugin="napari-sevnet") if layer.name in ("WT", "TC", "ET")]:
+    for layer in [layer for layer in viewer.open(str(case), plugin="napari-sevnet") if LayerInfo.from_layer(layer).region is not None]:
         viewer.layers.remove(layer)
     segment, export, finetune = SegmentWidget(viewer), ExportWidget(viewer), FineTuneWidget(viewer)
+    segment.set_checkpoint(phantom_checkpoint())  # a phantom case: the weights trained on phantoms
     viewer.window.add_dock_widget(segment, name="Segment", area="right")
     viewer.window.add_dock_widget(export, name="Export", area="right")
     viewer.window.add_dock_widget(finetune, name="Fine-tune", area="right")

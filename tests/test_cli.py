@@ -23,6 +23,7 @@ def test_predict_folder_of_cases_then_evaluate(phantom_dir, random_checkpoint, t
         report = json.loads((out / f"{case}_report.json").read_text())
         assert set(report["volumes_ml"]) == {"WT", "TC", "ET"} and report["device"] == "cpu"
         assert report["checkpoint"] == str(random_checkpoint) and report["label_convention"] == "brats2023"
+        assert "not for diagnosis" in report["notice"]
     # the reference compared with itself scores perfectly
     assert evaluate_main([str(phantom_dir), str(phantom_dir), "-o", str(tmp_path / "self")]) == 0
     mean = json.loads((tmp_path / "self" / "metrics.json").read_text())["mean"]

@@ -70,6 +70,11 @@ def test_tta_averages_mirror_flips(random_checkpoint, phantom):
     flipped = Predictor(random_checkpoint, "cpu", tta=True).predict(phantom.image[:, :, :, ::-1].copy())
     # TTA over all mirror flips is flip-equivariant
     np.testing.assert_allclose(flipped.probabilities[:, :, :, ::-1], tta.probabilities, atol=1e-4)
+    # two passes, the scan and its left-right mirror: the cheap ensemble is left-right equivariant
+    predictor = Predictor(random_checkpoint, "cpu")
+    pair, mirrored = predictor.predict(phantom.image, tta=2), predictor.predict(phantom.image[:, :, :, ::-1].copy(), tta=2)
+    assert pair.members == 2 and pair.tta
+    np.testing.assert_allclose(mirrored.probabilities[:, :, :, ::-1], pair.probabilities, atol=1e-4)
 
 
 def test_cancel(random_checkpoint, phantom):

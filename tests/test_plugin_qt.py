@@ -16,9 +16,17 @@ from napari_sevnet.metrics import dice
 pytestmark = pytest.mark.qt
 
 
+def short_name(layer) -> str:
+    """'T1', 'FLAIR', 'WT', ... for a layer of an opened case (the full names carry the case and the run)."""
+    from napari_sevnet.io import MODALITY_LABELS
+
+    info = LayerInfo.from_layer(layer)
+    return MODALITY_LABELS[info.modality] if info.modality else info.region
+
+
 def open_case(viewer, folder):
     layers = viewer.open(str(folder), plugin="napari-sevnet")
-    return {layer.name: layer for layer in layers}
+    return {short_name(layer): layer for layer in layers}
 
 
 def wait_for_run(qtbot, widget, timeout=120_000):
@@ -29,6 +37,7 @@ def test_reader_opens_folder_and_file(make_napari_viewer, phantom_dir):
     viewer = make_napari_viewer()
     layers = open_case(viewer, phantom_dir / "phantom_0001")
     assert list(layers) == ["T1", "T1ce", "T2", "FLAIR", "WT", "TC", "ET"]
+    assert [layer.name for layer in viewer.layers] == [f"phantom_0001 {n}" for n in ("T1", "T1ce", "T2", "FLAIR")] + [f"phantom_0001 {r} (file)" for r in ("WT", "TC", "ET")]
     case = load_case(phantom_dir / "phantom_0001")
     assert tuple(layers["T1"].scale) == case.spacing
     np.testing.assert_array_equal(layers["T2"].data, case.image[2])
@@ -54,7 +63,7 @@ def test_bad_case_adds_no_layers(make_napari_viewer, phantom_dir, tmp_path):
 def test_sample_data(make_napari_viewer):
     viewer = make_napari_viewer()
     viewer.open_sample("napari-sevnet", "phantom")
-    assert [layer.name for layer in viewer.layers][:4] == ["T1", "T1ce", "T2", "FLAIR"]
+    assert [short_name(layer) for layer in viewer.layers][:4] == ["T1", "T1ce", "T2", "FLAIR"]
     viewer.open_sample("napari-sevnet", "demo_case")
     assert len(viewer.layers) == 14
 
@@ -137,13 +146,14 @@ def test_segment_end_to_end_with_demo_weights(qtbot, segment_widget, phantom_dir
     truth = load_case(phantom_dir / "phantom_0001").regions
     for i, r in enumerate(("WT", "TC", "ET")):
         layer = widget.result_layers[r]
-        assert layer in viewer.layers and tuple(layer.scale) == tuple(viewer.layers["FLAIR"].scale)
+        assert layer in viewer.layers and tuple(layer.scale) == tuple(viewer.layers["phantom_0001 FLAIR"].scale)
+        assert layer.name == f"phantom_0001 {r} (run 1)"
         assert dice(layer.data > 0, truth[i]) >= 0.8, r
         # inserted hidden and without overlays, then revealed: ends as napari's own add_layer would
         assert layer.visible and all(layer._overlays[k].visible for k in ("polygon", "brush_stroke"))
     assert viewer.layers.selection.active is widget.result_layers["ET"]
     # progress is shown in the dock; napari's status-bar progress (a re-layout and a canvas repaint per message) is not used
-    assert widget._bar.value == 100 and widget._status.value.startswith("done in")
+    assert widget._bar.value == 100 and widget._status.value.startswith("phantom_0001 run 1: done in") and "not for diagnosis" in widget._status.value
     assert bar_values and max(bar_values) == 100 and not any(napari_bars)
     assert gc.get_freeze_count() > frozen_before  # the run's layers were frozen once in: later full collections skip them
     assert widget.native.window().updatesEnabled()  # the inserter held the window's repaint only between its steps
@@ -152,7 +162,7 @@ def test_segment_end_to_end_with_demo_weights(qtbot, segment_widget, phantom_dir
     widget.run()
     wait_for_run(qtbot, widget)
     assert all(layer in viewer.layers for layer in first.values())  # a re-run never replaces edits
-    assert len([layer for layer in viewer.layers if layer.name.startswith("WT")]) == 2
+    assert [layer.name for layer in viewer.layers if " WT " in layer.name] == ["phantom_0001 WT (run 1)", "phantom_0001 WT (run 2)"]
 
 
 def test_collector_frozen_while_docked_and_removed_layers_still_freed(qtbot, segment_widget):
@@ -164,8 +174,8 @@ def test_collector_frozen_while_docked_and_removed_layers_still_freed(qtbot, seg
     viewer, widget = segment_widget
     assert gc.get_freeze_count() > 0  # the dock froze what existed when it opened
     holders = FrozenCollector._holders
-    removed = weakref.ref(viewer.layers["T1"])
-    viewer.layers.remove("T1")
+    removed = weakref.ref(viewer.layers["phantom_0001 T1"])
+    viewer.layers.remove("phantom_0001 T1")
     qtbot.waitUntil(lambda: removed() is None, timeout=5000)  # a frozen layer is collected once the user stops removing
     assert gc.get_freeze_count() > 0
     widget.native.close()
@@ -274,20 +284,26 @@ def test_error_is_a_notification_not_a_crash(qtbot, segment_widget, tmp_path, mo
     assert widget.run() is None and "chosen twice" in messages[-1]
 
 
-def test_volumes_follow_painting_and_nesting(qtbot, segment_widget):
+def test_painting_keeps_the_regions_nested_and_volumes_follow_the_edit_its_undo_and_redo(qtbot, segment_widget):
     viewer, widget = segment_widget
     widget.run()
     wait_for_run(qtbot, widget)
-    before = widget.volumes["ET"]
-    et = widget.result_layers["ET"]
+    before = dict(widget.volumes)
+    et, wt = widget.result_layers["ET"], widget.result_layers["WT"]
     z = et.data.shape[0] // 2
-    empty = np.argwhere(et.data[z] == 0)[0]
-    et.paint((z, *empty), 1, refresh=True)
-    et.events.paint(value=None)
-    qtbot.waitUntil(lambda: widget.volumes["ET"] > before, timeout=3000)
-    widget.make_nested()
+    outside = tuple(int(i) for i in np.argwhere(wt.data[z] == 0)[0])  # not even whole tumour yet
+    et.paint((z, *outside), 1, refresh=True)  # the brush, on ET
+    qtbot.waitUntil(lambda: widget.volumes["ET"] > before["ET"], timeout=3000)
     regions = widget.current_regions()
+    assert regions[:, z, outside[0], outside[1]].all(), "painting ET added TC and WT there"
     assert (regions[1] >= regions[2]).all() and (regions[0] >= regions[1]).all()
+    edited = dict(widget.volumes)
+    assert edited["WT"] > before["WT"] and edited["TC"] > before["TC"]
+    wt.undo()  # Ctrl+Z, on another layer of the result: the whole edit goes
+    qtbot.waitUntil(lambda: widget.volumes == before, timeout=3000)
+    assert not widget.current_regions()[:, z, outside[0], outside[1]].any()
+    et.redo()
+    qtbot.waitUntil(lambda: widget.volumes == edited, timeout=3000)
 
 
 def test_attention_widget_shows_weights_and_adds_feature_map(qtbot, segment_widget):
@@ -306,6 +322,6 @@ def test_attention_widget_shows_weights_and_adds_feature_map(qtbot, segment_widg
     worker = attention.show_feature_map("enc2", 3)
     qtbot.waitUntil(lambda: len(viewer.layers) == n + 1, timeout=60_000)
     layer = viewer.layers[-1]
-    assert layer.name == "enc2 ch3 feature map" and layer.data.shape == viewer.layers["FLAIR"].data.shape
+    assert layer.name == "enc2 ch3 feature map" and layer.data.shape == viewer.layers["phantom_0001 FLAIR"].data.shape
     assert np.any(layer.data != 0)
     del worker

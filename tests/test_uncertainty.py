@@ -67,7 +67,7 @@ class _Planted(Predictor):
         super().__init__(model=build_model("sevnet", {"preset": "tiny"}), device="cpu", **kwargs)
         self.et_voxels = et_voxels
 
-    def _infer(self, crop, report, is_cancelled, tta, uncertainty):
+    def _infer(self, crop, report, is_cancelled, passes, uncertainty):
         probs = np.zeros((3, *crop.shape[1:]), np.float32)
         probs[:2, 2:12, 2:12, 2:12] = 0.9
         probs[2].reshape(-1)[np.flatnonzero(probs[1].reshape(-1))[: self.et_voxels]] = 0.9
@@ -165,6 +165,8 @@ def test_worklist_ranks_by_score_marks_exported_cases_and_opens_them(qtbot, make
     assert worklist.items[0].case_id == "phantom_0012", "the lowest-contrast case is the most uncertain"
     assert [worklist.table.item(row, 0).text() for row in range(3)] == [item.case_id for item in worklist.items]
     assert not any(item.cached or item.done for item in worklist.items)
+    assert worklist._bar.value == 100 and worklist._status.value.startswith("3 case(s), most uncertain first"), "progress inside each case"
+    assert all(item.report["uncertainty"]["members"] == 2 for item in worklist.items), "fast by default: the scan and its mirror"
 
     case = load_case(cases / "phantom_0011")
     export_case(case, case.regions, tmp_path / "ds")
@@ -179,7 +181,13 @@ def test_worklist_ranks_by_score_marks_exported_cases_and_opens_them(qtbot, make
     qtbot.waitUntil(lambda: bool(worklist.opened), timeout=60_000)  # the files are read in a worker
     added = worklist.opened
     names = [layer.name for layer in added]
-    assert names[:4] == ["T1", "T1ce", "T2", "FLAIR"] and "WT uncertainty" in names
+    case_id = worklist.items[0].case_id
+    assert names[:4] == [f"{case_id} {m}" for m in ("T1", "T1ce", "T2", "FLAIR")] and f"{case_id} WT uncertainty (run 1)" in names
     predicted = [layer for layer in added if getattr(LayerInfo.from_layer(layer), "prediction", None) is not None]
     assert len(predicted) == 3 and predicted[0].data.shape == added[0].data.shape
+    from napari_sevnet.editing import editor_of
+
+    assert editor_of(predicted[0]) is not None, "edits keep the opened result nested, one undo per edit"
+    viewer.layers.selection.active = predicted[1]
+    assert segment.result_layers["TC"] is predicted[1] and segment._volumes.value.startswith(f"{case_id} (run 1)"), "the volumes panel follows it"
     assert segment.checkpoint == str(phantom_checkpoint())

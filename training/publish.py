@@ -1,7 +1,11 @@
-"""``python -m training.publish RUN/best.json DEST``: ship a checkpoint as the package's weights.
+"""``python -m training.publish RUN/last.json DEST --card CARD.yaml [--held-out EVAL.json]``: ship a checkpoint.
 
-Copies the safetensors unchanged and the JSON with its intended use added,
-so a reader of the bundled weights knows what they are (and are not) for.
+Copies the safetensors unchanged and writes the JSON with its model card: the
+card's text (intended use, training data, citations, licence notes,
+preprocessing, assumptions, known failures), the training command and time
+from the run, and the held-out figures from ``python -m benchmarks.real_heldout``
+output. Case paths of this machine become case ids, so the shipped JSON names
+no local folder.
 """
 
 from __future__ import annotations
@@ -11,30 +15,55 @@ import json
 import shutil
 from pathlib import Path
 
+import yaml
+
 from napari_sevnet.checkpoint import read_info
 from napari_sevnet.files import atomic_output, write_text_atomic
+from napari_sevnet.regions import REGIONS
 
-INTENDED_USE = (
-    "Demo and tests on synthetic phantoms (napari_sevnet.phantom). Trained on 24 synthetic cases (13 on the 240x240x155 BraTS grid, 11 smaller); "
-    "NOT validated on patient data and NOT for clinical use. Fine-tune on real, expert-labelled scans first."
-)
+CARD_REQUIRED = ("name", "intended_use", "training_data")
+
+
+def held_out_summary(evaluation: dict) -> dict:
+    """Per-region means and per-case Dice of the first result of a benchmarks.real_heldout JSON."""
+    result = evaluation["results"][0]
+    keys = ("dice", "hd95", "sensitivity", "precision", "lesion_dice", "lesion_hd95")
+    return {
+        "cases": evaluation["held_out"],
+        "mean": {r: {k: round(result["mean"][r][k], 4) for k in keys} for r in REGIONS},
+        "dice_per_case": {case: {r: round(m[r]["dice"], 4) for r in REGIONS} for case, m in result["cases"].items()},
+        "command": "python -m benchmarks.real_heldout (make eval-real)",
+        "date": evaluation["date"],
+    }
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.publish", description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", type=Path)
-    parser.add_argument("dest", type=Path, help="destination stem, e.g. napari_sevnet/weights/sevnet_lite_phantom")
+    parser.add_argument("dest", type=Path, help="destination stem, e.g. napari_sevnet/weights/sevnet_lite_brats")
+    parser.add_argument("--card", type=Path, required=True, help="model card YAML (training/model_cards/)")
+    parser.add_argument("--held-out", type=Path, help="JSON written by python -m benchmarks.real_heldout for this checkpoint")
     args = parser.parse_args(argv)
     info = read_info(args.checkpoint)
+    card = yaml.safe_load(args.card.read_text())
+    missing = [k for k in CARD_REQUIRED if k not in card]
+    if missing:
+        parser.error(f"{args.card}: the model card lacks {missing}")
     src = args.checkpoint.with_suffix("")
+    data = json.loads(src.with_suffix(".json").read_text())
+    provenance = data["provenance"]
+    for key in ("train_cases", "val_cases", "replay_cases"):
+        provenance[key] = [Path(p).name for p in provenance.get(key, [])]
+    provenance["published_from"] = args.checkpoint.name
+    card["training"] = {"command": provenance.get("command"), "seconds": info.metrics.get("elapsed_s"), "epochs": info.metrics.get("epoch"), "torch": provenance.get("torch")}
+    if args.held_out:
+        card["held_out_figures"] = held_out_summary(json.loads(args.held_out.read_text()))
+    data["intended_use"] = card["intended_use"]
+    data["model_card"] = card
     with atomic_output(args.dest.with_suffix(".safetensors")) as tmp:
         shutil.copyfile(src.with_suffix(".safetensors"), tmp)
-    data = json.loads(src.with_suffix(".json").read_text())
-    data["intended_use"] = INTENDED_USE
-    data["provenance"]["published_from"] = str(args.checkpoint)
-    data["provenance"]["make_target"] = "make demo-weights"
     write_text_atomic(args.dest.with_suffix(".json"), json.dumps(data, indent=2) + "\n")
-    print(f"published {args.dest} (validation {info.metrics.get('dice')})")
+    print(f"published {args.dest} ({card['name']})")
     return 0
 
 

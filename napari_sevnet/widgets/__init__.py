@@ -3,7 +3,9 @@
 The widgets of one viewer find each other here (Export hands its dataset to
 Fine-tune, Fine-tune switches the Segment widget's model, Worklist uses the
 Segment widget's model) and share one loaded model (:func:`shared_predictor`).
-The registries hold weak references only.
+A dock is held here from its creation until Qt destroys it: napari keeps only
+a dock's Qt side, so the Python object would otherwise vanish while the dock
+is still on screen. Models are held per viewer, weakly.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import threading
 import weakref
 
-_OPEN: weakref.WeakSet = weakref.WeakSet()
+_OPEN: set = set()
 _MODELS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # viewer -> its one loaded Predictor
 _MODELS_LOCK = threading.Lock()
 
@@ -20,10 +22,25 @@ def register(widget) -> None:
     _OPEN.add(widget)
 
 
+def unregister(widget) -> None:
+    _OPEN.discard(widget)
+
+
+def unwrapped(viewer):
+    """The viewer itself: napari hands each plugin dock its own ``PublicOnlyProxy`` of it."""
+    return getattr(viewer, "__wrapped__", viewer)
+
+
+def open_widgets(viewer) -> list:
+    """The napari-sevnet dock widgets open on ``viewer``."""
+    viewer = unwrapped(viewer)
+    return [widget for widget in list(_OPEN) if unwrapped(getattr(widget, "_viewer", None)) is viewer]
+
+
 def find_widget(viewer, cls):
     """The open ``cls`` widget of ``viewer``, or None (a widget whose Qt side is gone does not count)."""
-    for widget in list(_OPEN):
-        if isinstance(widget, cls) and widget._viewer is viewer:
+    for widget in open_widgets(viewer):
+        if isinstance(widget, cls):
             try:
                 widget.native.objectName()
             except RuntimeError:  # the dock was closed and Qt deleted it
@@ -42,6 +59,7 @@ def shared_predictor(viewer, checkpoint: str | None, device: str):
     from napari_sevnet.inference import Predictor, resolve_device
 
     key = (str(checkpoint) if checkpoint else None, str(resolve_device(device)))
+    viewer = unwrapped(viewer)
     with _MODELS_LOCK:
         loaded = _MODELS.get(viewer)
         if loaded is None or loaded[0] != key:

@@ -11,7 +11,9 @@ library through :meth:`DockWidget.start_worker`. The base class
   a worker's exception on the GUI thread otherwise);
 * turns an exception into one notification (:meth:`report_error`): the
   message of an error the user can act on, the type and message of anything else;
-* reads an optional path from a ``FileEdit`` (:func:`chosen_path`).
+* reads an optional path from a ``FileEdit`` (:func:`chosen_path`);
+* joins the other napari-sevnet docks of its window as a tab when it is first
+  shown: five docks stacked need 2400 pixels, as tabs they fit a 1000-pixel screen.
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from magicgui.widgets import Container
+from qtpy.QtCore import QEvent, QObject, QTimer
 
 from napari_sevnet.errors import Cancelled, InputError
-from napari_sevnet.widgets import register
+from napari_sevnet.widgets import open_widgets, register, unregister
 
 #: errors whose message is meant for the user as it is (bad files, bad choices, a missing GPU, a full disk)
 USER_ERRORS = (InputError, OSError, ValueError, RuntimeError)
@@ -44,6 +47,8 @@ class DockWidget(Container):
         self.worker = None
         self._connections: list[tuple[object, object]] = []
         self.native.destroyed.connect(self._on_destroyed)
+        self._tabber = _JoinTabsWhenShown(self)
+        self.native.installEventFilter(self._tabber)
         register(self)
 
     # ------------------------------------------------------------------ viewer events
@@ -65,6 +70,7 @@ class DockWidget(Container):
             except (RuntimeError, TypeError, ValueError):  # the viewer went first
                 pass
         self._connections.clear()
+        unregister(self)
         self.closed()
 
     def closed(self) -> None:
@@ -93,3 +99,42 @@ class DockWidget(Container):
         message = error_message(exc)
         show_error(f"{what}: {message}")
         return message
+
+
+def dock_of(widget):
+    """The QDockWidget holding a dock widget's Qt side, or None when it is not docked."""
+    from qtpy.QtWidgets import QDockWidget
+
+    parent = widget.native.parentWidget()
+    while parent is not None and not isinstance(parent, QDockWidget):
+        parent = parent.parentWidget()
+    return parent
+
+
+class _JoinTabsWhenShown(QObject):
+    """On the dock's first Show: tabify it with the napari-sevnet docks already in its window."""
+
+    def __init__(self, widget: DockWidget):
+        super().__init__(widget.native)
+        self._widget = widget
+        self._done = False
+
+    def eventFilter(self, obj, event):  # noqa: N802 - Qt's name
+        if not self._done and event.type() in (QEvent.Type.Show, QEvent.Type.ParentChange) and dock_of(self._widget) is not None:
+            self._done = True
+            QTimer.singleShot(0, self._join)  # once napari has finished placing the dock
+        return False
+
+    def _join(self) -> None:
+        try:
+            dock = dock_of(self._widget)
+        except RuntimeError:  # closed before napari placed it
+            return
+        window = dock.parentWidget() if dock is not None else None
+        if window is None or not hasattr(window, "tabifyDockWidget"):
+            return
+        others = [dock_of(w) for w in open_widgets(self._widget._viewer) if w is not self._widget and isinstance(w, DockWidget)]
+        others = [d for d in others if d is not None and d.parentWidget() is window and window.dockWidgetArea(d) == window.dockWidgetArea(dock)]
+        if others:
+            window.tabifyDockWidget(others[0], dock)
+            dock.raise_()

@@ -2,8 +2,11 @@
 
 The writing is :func:`napari_sevnet.export.export_case` (staging folder,
 rename, manifest under a lock), run in a ``thread_worker``; this widget only
-gathers the layers, the dataset folder and the annotator's note. The edit
-statistics compare the layers with the model output the Segment widget kept.
+gathers the layers, the dataset folder and the annotator's note. It follows
+the result the user works on (the one whose layer is selected, else the
+newest run), says which case and run it will export, and warns when those
+layers were never edited. The edit statistics compare the layers with the
+model output kept in their metadata.
 """
 
 from __future__ import annotations
@@ -37,13 +40,16 @@ class ExportWidget(DockWidget):
         self._note = LineEdit(label="Note")
         self._replace = CheckBox(text="Replace earlier versions", value=False, tooltip=TOOLTIPS["replace"])
         self._export = PushButton(text="Export")
+        self._target = Label(value="")
+        self._target.native.setWordWrap(True)
         self._status = Label(value="")
-        self.extend([self._result, self._dataset, self._case_id, self._annotator, self._note, self._replace, self._export, self._status])
+        self.extend([self._result, self._target, self._dataset, self._case_id, self._annotator, self._note, self._replace, self._export, self._status])
         self.last_export = None
 
         self._result.changed.connect(self._on_result)
         self._export.changed.connect(self.export)
         self.on_layers_changed(self._refresh)
+        self.connect_while_open(self._viewer.layers.selection.events.active, self._on_selection)
         self._refresh()
 
     def _wt_layers(self, _widget=None):
@@ -52,12 +58,50 @@ class ExportWidget(DockWidget):
     def _refresh(self, event=None):
         self.reset_choices()
         layers = self._wt_layers()
-        if self._result.value is None and layers:
-            self._result.value = layers[-1]  # the newest result
+        inserted = getattr(event, "value", None) if getattr(event, "type", None) == "inserted" else None
+        if layers and (self._result.value is None or inserted in layers):
+            self._result.value = layers[-1]  # a new run (or the first): export the newest result
+        self._describe()
+
+    def _on_selection(self, event=None):
+        """Follow the result whose layer the user selected."""
+        active = self._viewer.layers.selection.active
+        info = LayerInfo.from_layer(active) if active is not None else None
+        if info is None or info.region is None:
+            return
+        try:
+            wt = region_group(self._viewer.layers, active)["WT"]
+        except InputError:
+            return
+        if wt is not self._result.value:
+            self._result.value = wt
 
     def _on_result(self, layer):
         if layer is not None:
             self._case_id.value = LayerInfo.from_layer(layer).case_id or ""
+        self._describe()
+
+    def _describe(self) -> None:
+        """Name the case and run that Export will write, and whether its layers were edited."""
+        layer = self._result.value
+        if layer is None:
+            self._target.value = "no result to export yet: run Segment, or open a case with its mask"
+            return
+        name = layer.name.replace(" WT", "")
+        edited = self.edited(layer)
+        note = "" if edited is None else (" (edited)" if edited else ": not edited yet, its mask is the model's own")
+        self._target.value = f"exports {name}{note}"
+
+    def edited(self, layer) -> bool | None:
+        """Whether the result of ``layer`` differs from the model's own output (None: no model output, a mask from files)."""
+        info = LayerInfo.from_layer(layer)
+        if info is None or info.prediction is None:
+            return None
+        try:
+            group = region_group(self._viewer.layers, layer)
+        except InputError:
+            return None
+        return any(not np.array_equal(np.asarray(group[r].data) > 0, info.prediction[i]) for i, r in enumerate(REGIONS))
 
     def export(self):
         """Start the export in a worker; returns it (None when the choices are incomplete)."""
@@ -74,6 +118,10 @@ class ExportWidget(DockWidget):
             group = region_group(self._viewer.layers, layer)
             corrected = np.stack([np.asarray(group[r].data) > 0 for r in REGIONS])  # a copy: painting may go on
             info = LayerInfo.from_layer(layer)
+            if self.edited(layer) is False:
+                from napari.utils.notifications import show_warning
+
+                show_warning(f"{layer.name.replace(' WT', '')} was not edited: the exported mask is the model's own, unchanged")
             options = {
                 "case_id": self._case_id.value.strip() or None,
                 "model_regions": info.prediction,
@@ -107,7 +155,7 @@ class ExportWidget(DockWidget):
         from napari_sevnet.widgets.finetune import FineTuneWidget
 
         finetune = find_widget(self._viewer, FineTuneWidget)
-        if finetune is not None and not finetune.dataset:
+        if finetune is not None:  # fine-tune on what was just exported
             finetune.dataset = result.folder.parent
 
     def _on_finished(self):

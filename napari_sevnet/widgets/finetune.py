@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -304,7 +305,9 @@ class FineTuneWidget(DockWidget):
             show_info(f"Fine-tuning finished; 'Use this model' switches the Segment widget to {self.checkpoint}")
         elif self._cancelled:
             self.checkpoint = last if last is not None and last.is_file() else None
-            kept = "the last finished epoch is kept" if self.checkpoint else "no epoch had finished, so there is no new model"
+            if self.checkpoint is None and self.run_dir is not None:
+                shutil.rmtree(self.run_dir, ignore_errors=True)  # this run's own folder, with nothing in it worth keeping
+            kept = f"the last finished epoch is kept in {self.run_dir}" if self.checkpoint else "stopped before the first epoch finished: nothing was saved"
             self._status.value = f"cancelled; {kept}"
             show_info(f"Fine-tuning cancelled; {kept}.")
         else:

@@ -2,15 +2,16 @@
 
 Thin by design: it gathers choices, calls :class:`napari_sevnet.inference.Predictor`
 in a ``thread_worker`` (progress bar, Cancel, the GUI stays live), and adds
-the result as three new editable Labels layers WT / TC / ET. A second run adds
-new layers; edits are never replaced. The volumes panel follows painting
-(debounced) and "Make nested" applies the core rule (inner regions grow the
-outer ones; nothing is erased).
+the result as three new editable Labels layers "<case> WT/TC/ET (run N)". A
+second run adds new layers; edits are never replaced. The dock follows what
+the user looks at: its sequences are those of the newest case opened, or of
+the case whose layer is selected, and its volumes panel shows the result
+whose layer is selected (or the newest), following every edit, undo and redo
+(the layers stay nested by themselves: :mod:`napari_sevnet.editing`).
 """
 
 from __future__ import annotations
 
-import re
 import threading
 from pathlib import Path
 
@@ -22,43 +23,37 @@ from qtpy.QtWidgets import QSizePolicy
 from napari_sevnet.errors import Cancelled, InputError
 from napari_sevnet.io import MODALITIES, MODALITY_LABELS
 from napari_sevnet.layers import LayerInfo, region_labels, uncertainty_layer
-from napari_sevnet.regions import REGIONS, make_nested, volumes_ml
+from napari_sevnet.regions import REGIONS, volumes_ml
+from napari_sevnet.report import RESEARCH_USE
 from napari_sevnet.widgets import shared_predictor
 from napari_sevnet.widgets.base import DockWidget
 from napari_sevnet.widgets.responsiveness import FrozenCollector, LayerInserter, PausingProgress, gui_workarounds, run_at_low_priority, warm_up
 
-#: normalised layer names recognised for each modality
-NAME_PATTERNS = {
-    "t1": {"t1", "t1n", "t1w", "t1native"},
-    "t1ce": {"t1ce", "t1c", "t1gd", "t1post", "t1contrast"},
-    "t2": {"t2", "t2w"},
-    "flair": {"flair", "t2f", "t2flair"},
-}
 TOOLTIPS = {
-    "model": "A napari-sevnet checkpoint (.json beside its .safetensors). Untick 'bundled demo weights' to use it.",
-    "bundled": "The demo SEV-Net trained on synthetic phantoms: for trying the tool, not for clinical use.",
+    "model": "A napari-sevnet checkpoint (.json beside its .safetensors). Untick 'Bundled default model' to use it.",
     "device": "auto = CUDA when a GPU is available, else CPU.",
     "tta": "Average the 8 mirror flips: smoother, about 8x slower.",
     "uncertainty": "Add a map of where the model is unsure (entropy over the 8 mirror flips; turns test-time augmentation on).",
-    "nested": "Make ET lie inside TC inside WT by adding voxels to the outer regions (never erasing).",
+    "outlines": "Draw the regions you are not editing as outlines, so every boundary stays visible (the selected region is filled).",
+    "orientation": "Radiological: the patient's right on the screen's left, anterior up. Neurological: the right on the right.",
 }
 
 
-def _normalise(name: str) -> str:
-    name = re.sub(r"\s*\[\d+\]$", "", name)  # napari's ' [1]' suffix for duplicate names
-    return re.sub(r"[^a-z0-9]", "", name.lower())
+def _default_model_tooltip() -> str:
+    from napari_sevnet.checkpoint import BUNDLED, describe
+
+    return describe(BUNDLED)
 
 
 def guess_modality_layer(layers, modality: str):
-    """The image layer that holds ``modality``: our reader's metadata first, then the layer name."""
+    """The image layer that holds ``modality``: our reader's metadata first, then the words of the layer name."""
+    from napari_sevnet.assignments import role_from_name
+
     for layer in layers:
         info = LayerInfo.from_layer(layer)
         if info is not None and info.modality == modality:
             return layer
-    patterns = NAME_PATTERNS[modality]
-    exact = [layer for layer in layers if _normalise(layer.name) in patterns]
-    suffix = [layer for layer in layers if any(_normalise(layer.name).endswith(p) for p in patterns)]
-    return (exact or suffix or [None])[0]
+    return next((layer for layer in layers if role_from_name(layer.name) == modality), None)
 
 
 class _Relay(QObject):
@@ -70,14 +65,20 @@ class _Relay(QObject):
 class SegmentWidget(DockWidget):
     def __init__(self, napari_viewer):
         super().__init__(napari_viewer)
+        from napari_sevnet.display import ORIENTATIONS, orientation_setting
+        from napari_sevnet.layers import prepare_viewer
+
+        self._case = Label(label="Case", value="")
         self._modalities = {
             m: ComboBox(label=MODALITY_LABELS[m], choices=self._image_layers, nullable=True) for m in MODALITIES
         }
-        self._bundled = CheckBox(text="Bundled demo weights", value=True, tooltip=TOOLTIPS["bundled"])
+        self._bundled = CheckBox(text="Bundled default model", value=True, tooltip=_default_model_tooltip())
         self._checkpoint = FileEdit(label="Model", filter="*.json", tooltip=TOOLTIPS["model"], enabled=False)
         self._device = ComboBox(label="Device", choices=["auto", "cpu", "cuda"], value="auto", tooltip=TOOLTIPS["device"])
         self._tta = CheckBox(text="Test-time augmentation", value=False, tooltip=TOOLTIPS["tta"])
         self._uncertainty = CheckBox(text="Uncertainty map", value=False, tooltip=TOOLTIPS["uncertainty"])
+        self._outlines = CheckBox(text="Outer regions as outlines", value=True, tooltip=TOOLTIPS["outlines"])
+        self._orientation = ComboBox(label="View", choices=sorted(ORIENTATIONS, reverse=True), value=orientation_setting(), tooltip=TOOLTIPS["orientation"])
         self._run = PushButton(text="Run")
         self._cancel = PushButton(text="Cancel", enabled=False)
         # progress lives in the dock: napari's own bar processes events on every update and its spinner
@@ -86,8 +87,9 @@ class SegmentWidget(DockWidget):
         self._status = Label(value="")
         self._status.native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)  # a new message never resizes the dock
         self._volumes = Label(value="")
-        self._nested = PushButton(text="Make regions nested", enabled=False, tooltip=TOOLTIPS["nested"])
-        self.extend([*self._modalities.values(), self._bundled, self._checkpoint, self._device, self._tta, self._uncertainty, self._run, self._cancel, self._bar, self._status, self._volumes, self._nested])
+        self._volumes.native.setWordWrap(True)
+        self.extend([self._case, *self._modalities.values(), self._bundled, self._checkpoint, self._device, self._tta, self._uncertainty,
+                     self._outlines, self._orientation, self._run, self._cancel, self._bar, self._status, self._volumes])
 
         self._relay = _Relay()
         self._relay.progressed.connect(self._on_progress)
@@ -101,17 +103,20 @@ class SegmentWidget(DockWidget):
         self._inserter = LayerInserter(self.native, hold_repaints=workarounds)
         self._worker_running = False
         self._report = None
-        self.result_layers: dict[str, object] = {}
+        self.result_layers: dict[str, object] = {}  # the result the volumes panel follows
         self.uncertainty_layer = None
         self.last_result = None
         self.volumes: dict[str, float] | None = None
 
         self._bundled.changed.connect(lambda v: setattr(self._checkpoint, "enabled", not v))
         self._uncertainty.changed.connect(lambda v: setattr(self._tta, "value", True) if v else None)
+        self._outlines.changed.connect(self._on_outlines)
+        self._orientation.changed.connect(self._on_orientation)
         self._run.changed.connect(self.run)
         self._cancel.changed.connect(self.cancel)
-        self._nested.changed.connect(self.make_nested)
         self.on_layers_changed(self._refresh_layers)
+        self.connect_while_open(self._viewer.layers.selection.events.active, self._on_selection)
+        prepare_viewer(self._viewer)
         self._refresh_layers()
         # torch, MONAI and the rest of a run's imports load now, with the dock: imported by the first run's
         # worker thread they hold the import lock and the GIL long enough to freeze the GUI for a third of a second
@@ -125,10 +130,8 @@ class SegmentWidget(DockWidget):
         self._collector = FrozenCollector(napari_viewer, self.native) if workarounds else None
 
     def closed(self):
-        """The dock was closed: stop listening to the result layers and stop a running segmentation."""
-        for layer in self.result_layers.values():
-            layer.events.paint.disconnect(self._schedule_volumes)
-            layer.events.data.disconnect(self._schedule_volumes)
+        """The dock was closed: stop following the result layers and stop a running segmentation."""
+        self._track({})
         self._stop_worker()
         self._inserter.cancel()
         if self._collector is not None:
@@ -143,15 +146,65 @@ class SegmentWidget(DockWidget):
 
     def _refresh_layers(self, event=None):
         self.reset_choices()
+        inserted = getattr(event, "value", None) if getattr(event, "type", None) == "inserted" else None
+        info = LayerInfo.from_layer(inserted) if inserted is not None else None
+        if info is not None and info.modality is not None:
+            self.follow_case(info.group)  # a case was just opened: segment that one next
         layers = self._image_layers()
         for m, combo in self._modalities.items():
             if combo.value is None or combo.value not in layers:
                 guess = guess_modality_layer(layers, m)
                 if guess is not None:
                     combo.value = guess
+        self._show_case()
+        if self.result_layers and any(layer not in self._viewer.layers for layer in self.result_layers.values()):
+            self._track({})
+            self._volumes.value = ""
+
+    def _on_selection(self, event=None):
+        """Follow the case, or the result, of the selected layer."""
+        active = self._viewer.layers.selection.active
+        info = LayerInfo.from_layer(active) if active is not None else None
+        if info is None:
+            return
+        if info.modality is not None:
+            self.follow_case(info.group)
+        elif info.region is not None:
+            from napari_sevnet.layers import region_group
+
+            try:
+                group = region_group(self._viewer.layers, active)
+            except InputError:
+                return
+            if group != self.result_layers:
+                self._track(group)
+                self.update_volumes()
+
+    def follow_case(self, group: str) -> None:
+        """Choose the four image layers of the case ``group`` (the layers the reader or the Worklist added)."""
+        for layer in self._image_layers():
+            info = LayerInfo.from_layer(layer)
+            if info is not None and info.group == group and info.modality in self._modalities:
+                self._modalities[info.modality].value = layer
+        self._show_case()
+
+    def _show_case(self) -> None:
+        flair = self._modalities["flair"].value
+        info = LayerInfo.from_layer(flair) if flair is not None else None
+        self._case.value = (info.case_id if info is not None else None) or (flair.name if flair is not None else "")
+
+    def _on_outlines(self, value: bool) -> None:
+        from napari_sevnet.display import follow_selection
+
+        follow_selection(self._viewer, outlines=value)
+
+    def _on_orientation(self, value: str) -> None:
+        from napari_sevnet.display import show_radiological
+
+        show_radiological(self._viewer, value)
 
     def set_checkpoint(self, path: str | Path | None) -> None:
-        """Use ``path`` (None: the bundled demo weights) for the next run."""
+        """Use ``path`` (None: the bundled default model) for the next run."""
         self._bundled.value = path is None
         if path is not None:
             self._checkpoint.value = Path(path)
@@ -182,6 +235,8 @@ class SegmentWidget(DockWidget):
         """Start a segmentation in a worker thread; returns the worker (None if the input is invalid)."""
         from napari.qt.threading import thread_worker
 
+        from napari_sevnet.display import next_run
+
         if self.worker is not None:
             return self.worker
         try:
@@ -192,7 +247,9 @@ class SegmentWidget(DockWidget):
         checkpoint, device, tta, uncertainty = self.checkpoint, self._device.value, self._tta.value, self._uncertainty.value
         cancel = self._cancel_event = threading.Event()
         report = self._report = PausingProgress(self._relay.progressed)
-
+        source = LayerInfo.from_layer(chosen["flair"]) or LayerInfo()
+        case_id = source.case_id or chosen["flair"].name
+        run = next_run(self._viewer.layers, case_id)
         viewer = self._viewer
 
         def segment():
@@ -200,7 +257,7 @@ class SegmentWidget(DockWidget):
             predictor = shared_predictor(viewer, checkpoint, device)
             result = predictor.predict(image, tta=tta or uncertainty, uncertainty=uncertainty, progress=report, cancel=cancel)
             region_volumes = volumes_ml(result.regions, tuple(float(v) for v in chosen["flair"].scale))  # off the GUI thread too
-            return predictor, result, self._result_layers(predictor, result, chosen), region_volumes
+            return predictor, result, self._result_layers(predictor, result, chosen, case_id, run), region_volumes
 
         @thread_worker
         def work():
@@ -209,10 +266,9 @@ class SegmentWidget(DockWidget):
         self._bar.value = 0
         self._worker_running = True
         self._run.enabled, self._cancel.enabled = False, True
-        self._status.value = "loading model..."
+        self._status.value = f"segmenting {case_id} (run {run})..."
         self._final_status = ""
-        # handlers connected at creation: superqt re-raises errors on the GUI thread otherwise
-        return self.start_worker(work, returned=lambda out: self._guarded(self._on_result, out, chosen), errored=self._error, finished=self._on_finished)
+        return self.start_worker(work, returned=lambda out: self._guarded(self._on_result, out, case_id, run), errored=self._error, finished=self._on_finished)
 
     def _stop_worker(self) -> None:
         """Ask a running segmentation to stop, and stop it waiting for a redraw."""
@@ -279,12 +335,12 @@ class SegmentWidget(DockWidget):
         self._debounce.start()
 
     @staticmethod
-    def _result_layers(predictor, result, chosen) -> list:
+    def _result_layers(predictor, result, chosen, case_id, run) -> list:
         """Build the WT/TC/ET Labels layers in the worker: only inserting them needs the GUI thread."""
         reference = chosen["flair"]
         source = LayerInfo.from_layer(reference) or LayerInfo()
         info = LayerInfo(  # a new group ties the three layers of one run together
-            case_id=source.case_id,
+            case_id=case_id,
             grid=source.grid,
             paths=source.paths,
             checkpoint=predictor.checkpoint,
@@ -292,41 +348,53 @@ class SegmentWidget(DockWidget):
             source_layers={m: layer.name for m, layer in chosen.items()},
             attention=result.attention,
             prediction=result.regions,  # the model's own output, to measure edits against
+            run=run,
         )
         layers = region_labels(result.regions, reference.scale, reference.translate, info)
         if result.uncertainty is not None:
             layers.append(uncertainty_layer(result.uncertainty[0], reference.scale, reference.translate, info))
         return layers
 
-    def _on_result(self, out, chosen):
+    def _on_result(self, out, case_id, run):
         predictor, result, layers, volumes = out
-        self.result_layers = {}
         self.uncertainty_layer = None
         self.last_result = None
-        self._final_status = f"done in {result.timings['total_s']:.1f} s on {result.device}"
-        then = [self._collector.freeze_survivors] if self._collector is not None else []
-        self._inserter.insert(self._viewer, layers, on_added=self._on_layer_added, then=then, on_done=lambda: self._on_layers_inserted(result, volumes), on_error=self._run_failed)
+        self._final_status = f"{case_id} run {run}: done in {result.timings['total_s']:.1f} s on {result.device} ({RESEARCH_USE})"
+        regions = [layer for layer in layers if LayerInfo.from_layer(layer).region is not None]
+        self._inserter.insert(self._viewer, layers, on_added=self._on_layer_added, then=[self._collector.freeze_survivors] if self._collector is not None else [],
+                              on_done=lambda: self._on_layers_inserted(result, volumes, regions), on_error=self._run_failed)
 
     def _on_layer_added(self, layer):
-        region = LayerInfo.from_layer(layer).region
-        if region is None:
+        if LayerInfo.from_layer(layer).region is None:
             self.uncertainty_layer = layer
-            return
-        layer.events.paint.connect(self._schedule_volumes)
-        layer.events.data.connect(self._schedule_volumes)
-        self.result_layers[region] = layer
 
-    def _on_layers_inserted(self, result, volumes):
+    def _on_layers_inserted(self, result, volumes, regions):
         self.last_result = result
-        self._nested.enabled = True
+        self._track({LayerInfo.from_layer(layer).region: layer for layer in regions})
         self._show_volumes(volumes)  # the model's own, computed in the worker; edits recompute them
         if not self._worker_running:  # the worker has finished (it normally has by now)
             self._done()
 
     # ------------------------------------------------------------------ edits
 
+    def _track(self, layers: dict) -> None:
+        """Follow the edits, undos and redos of the result ``layers`` (region -> layer) in the volumes panel."""
+        from napari_sevnet.editing import editor_of
+
+        for layer in self.result_layers.values():
+            layer.events.data.disconnect(self._schedule_volumes)
+            editor = editor_of(layer)
+            if editor is not None and self._schedule_volumes in editor.on_change:
+                editor.on_change.remove(self._schedule_volumes)
+        self.result_layers = dict(layers)
+        for layer in self.result_layers.values():
+            layer.events.data.connect(self._schedule_volumes)  # a whole new mask (a script, a correction tool)
+        editor = editor_of(next(iter(self.result_layers.values()))) if self.result_layers else None
+        if editor is not None:
+            editor.on_change.append(self._schedule_volumes)
+
     def current_regions(self) -> np.ndarray | None:
-        if not self.result_layers or any(layer not in self._viewer.layers for layer in self.result_layers.values()):
+        if len(self.result_layers) < 3 or any(layer not in self._viewer.layers for layer in self.result_layers.values()):
             return None
         return np.stack([np.asarray(self.result_layers[r].data) > 0 for r in REGIONS])
 
@@ -339,17 +407,8 @@ class SegmentWidget(DockWidget):
         return self._show_volumes(volumes_ml(regions, spacing))
 
     def _show_volumes(self, volumes: dict[str, float]) -> dict[str, float]:
-        self._volumes.value = "   ".join(f"{r} {v:.1f} mL" for r, v in volumes.items())
+        wt = self.result_layers.get("WT")
+        label = wt.name.replace(" WT", "") if wt is not None else ""
+        self._volumes.value = f"{label}: " + "   ".join(f"{r} {v:.1f} mL" for r, v in volumes.items())
         self.volumes = volumes
         return volumes
-
-    def make_nested(self):
-        regions = self.current_regions()
-        if regions is None:
-            return
-        nested = make_nested(regions)
-        for i, r in enumerate(REGIONS):
-            if not np.array_equal(nested[i], regions[i]):
-                self.result_layers[r].data = nested[i].astype(self.result_layers[r].data.dtype)
-        self.update_volumes()
-

@@ -2,22 +2,39 @@
 
 The work is :func:`napari_sevnet.worklist.run_worklist` in a generator
 ``thread_worker`` (one case per step, Cancel between cases); the table fills
-as cases finish. Opening a case adds its scans, the model's WT/TC/ET layers
-(ready for the brush and the Export widget) and the uncertainty map.
+as cases finish, a bar shows the work inside the current case and the status
+line how long the rest will take. The uncertainty comes from two mirror passes
+by default (the scan and its left-right mirror); "Thorough" uses all eight,
+four times slower. Opening a case adds its scans, the model's WT/TC/ET layers
+(nested as they are edited; the Segment dock's volumes and the Export dock
+follow them like any result) and the uncertainty map.
 """
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
-from magicgui.widgets import FileEdit, Label, PushButton
-from qtpy.QtWidgets import QAbstractItemView, QTableWidget, QTableWidgetItem
+from magicgui.widgets import CheckBox, FileEdit, Label, ProgressBar, PushButton
+from qtpy.QtCore import QObject, Signal
+from qtpy.QtWidgets import QAbstractItemView, QHeaderView, QTableWidget, QTableWidgetItem
 
 from napari_sevnet.errors import Cancelled, InputError
 from napari_sevnet.regions import REGIONS
+from napari_sevnet.report import RESEARCH_USE
 from napari_sevnet.widgets import find_widget, shared_predictor
 from napari_sevnet.widgets.base import DockWidget, chosen_path
+from napari_sevnet.worklist import FAST_PASSES
 
 COLUMNS = ("Case", "Score", "WT mL", "TC mL", "ET mL", "Status")
+THOROUGH_PASSES = 8
+
+
+class _Relay(QObject):
+    """Progress inside a case, from the worker thread to the GUI thread."""
+
+    progressed = Signal(str, float, str)
+    counted = Signal(int)
 
 
 class WorklistWidget(DockWidget):
@@ -25,20 +42,33 @@ class WorklistWidget(DockWidget):
         super().__init__(napari_viewer)
         self._folder = FileEdit(label="Cases", mode="d", nullable=True, tooltip="A folder of case folders (BraTS layout)")
         self._dataset = FileEdit(label="Dataset", mode="d", nullable=True, tooltip="Optional: cases exported to this dataset are marked done")
+        self._thorough = CheckBox(text="Thorough uncertainty (8 mirror flips, 4x slower)", value=False)
         self._start = PushButton(text="Segment and rank")
         self._cancel = PushButton(text="Cancel", enabled=False)
+        self._bar = ProgressBar(label="Case", min=0, max=100, value=0)
         self._status = Label(value="")
-        self.extend([self._folder, self._dataset, self._start, self._cancel, self._status])
+        self._status.native.setWordWrap(True)
+        self.extend([self._folder, self._dataset, self._thorough, self._start, self._cancel, self._bar, self._status])
         self.table = QTableWidget(0, len(COLUMNS))
         self.table.setHorizontalHeaderLabels(COLUMNS)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-        self.table.setMinimumHeight(220)
+        self.table.setMinimumHeight(160)
+        header = self.table.horizontalHeader()
+        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)  # case names get the room
+        for column in range(1, len(COLUMNS)):
+            header.setSectionResizeMode(column, QHeaderView.ResizeMode.ResizeToContents)
         self.table.cellDoubleClicked.connect(lambda row, _col: self.open_case(self.items[row]))
         self.native.layout().addWidget(self.table)
         self.items: list = []
         self.opener = None  # the worker reading a case to open
         self._cancelled = False
+        self._total = 0
+        self._seconds: list[float] = []  # per freshly segmented case: the time estimate
+        self._last = 0.0
+        self._relay = _Relay()
+        self._relay.progressed.connect(self._on_progress)
+        self._relay.counted.connect(self._on_counted)
 
         self._start.changed.connect(self.start)
         self._cancel.changed.connect(self.cancel)
@@ -64,14 +94,18 @@ class WorklistWidget(DockWidget):
         if folder is None:
             self._fail(InputError(None, "choose the folder of cases"))
             return None
-        (checkpoint, device), viewer = self._model(), self._viewer
-        self._cancelled = False
+        (checkpoint, device), viewer, relay = self._model(), self._viewer, self._relay
+        passes = THOROUGH_PASSES if self._thorough.value else FAST_PASSES
+        self._cancelled, self._total, self._seconds, self._last = False, 0, [], time.perf_counter()
 
         @thread_worker
         def work():
+            from napari_sevnet.io import find_cases
             from napari_sevnet.worklist import run_worklist
 
-            yield from run_worklist(folder, shared_predictor(viewer, checkpoint, device), dataset=dataset, cancel=lambda: self._cancelled)
+            relay.counted.emit(len(find_cases([folder])))
+            predictor = shared_predictor(viewer, checkpoint, device)
+            yield from run_worklist(folder, predictor, dataset=dataset, passes=passes, cancel=lambda: self._cancelled, progress=relay.progressed.emit)
 
         self.items = []
         self._show()
@@ -82,17 +116,31 @@ class WorklistWidget(DockWidget):
     def cancel(self):
         self._cancelled = True
 
+    def _on_counted(self, total: int) -> None:
+        self._total = total
+        self._status.value = f"{total} case(s) to go through; timing the first..."
+
+    def _on_progress(self, case_id: str, fraction: float, message: str) -> None:
+        self._bar.value = int(round(100 * fraction))
+        self._bar.label = case_id
+
     def _on_item(self, item):
+        now = time.perf_counter()
+        if not item.cached and item.error is None:
+            self._seconds.append(now - self._last)
+        self._last = now
         self.items.append(item)
         self.items.sort(key=lambda i: i.score, reverse=True)
         self._show()
-        self._status.value = f"{len(self.items)} case(s)" + (f", last: {item.case_id}" if item else "")
+        left = max(self._total - len(self.items), 0)
+        eta = f", about {_duration(np.mean(self._seconds) * left)} left ({np.mean(self._seconds):.0f} s per case)" if self._seconds and left else ""
+        self._status.value = f"{len(self.items)} of {self._total or '?'} case(s), last: {item.case_id}{eta}"
 
     def _on_finished(self):
         self._start.enabled, self._cancel.enabled = True, False
         self.worker = None
         if not self._status.value.startswith(("cancelled", "failed")):
-            self._status.value = f"{len(self.items)} case(s), most uncertain first; double-click to open"
+            self._status.value = f"{len(self.items)} case(s), most uncertain first; double-click to open ({RESEARCH_USE})"
 
     def _fail(self, exc: BaseException):
         if isinstance(exc, Cancelled):
@@ -112,6 +160,7 @@ class WorklistWidget(DockWidget):
             cells = [item.case_id, f"{item.score:.3f}" if item.report else "", *(f"{volumes.get(r, 0):.1f}" if item.report else "" for r in REGIONS), status]
             for col, text in enumerate(cells):
                 self.table.setItem(row, col, QTableWidgetItem(text))
+                self.table.item(row, col).setToolTip(text)
 
     def open_case(self, item):
         """Open a listed case with the model's layers and the uncertainty map; returns the worker reading it.
@@ -124,9 +173,13 @@ class WorklistWidget(DockWidget):
             self._fail(InputError(item.folder, item.error or "this case has no result"))
             return None
 
+        from napari_sevnet.display import next_run
+
+        run = next_run(self._viewer.layers, item.case_id)
+
         @thread_worker
         def work():
-            return case_result_layers(item)
+            return case_result_layers(item, run)
 
         def add(layers):
             self.opened = [self._viewer.add_layer(layer) for layer in layers]
@@ -139,7 +192,12 @@ class WorklistWidget(DockWidget):
         return self.opener
 
 
-def case_result_layers(item) -> list:
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
+
+
+def case_result_layers(item, run: int) -> list:
     """The scans of a worklist case, the model's WT/TC/ET layers and its uncertainty map, as napari layers."""
     from napari.layers import Layer
 
@@ -151,7 +209,7 @@ def case_result_layers(item) -> list:
     reference = images[-1]  # FLAIR
     source = LayerInfo.from_layer(reference)
     regions, _ = read_segmentation(item.report["segmentation"], case.grid, case.paths["t1"], "brats2021")
-    info = LayerInfo(case_id=source.case_id, grid=case.grid, paths=source.paths, checkpoint=item.report.get("checkpoint"), prediction=regions)
+    info = LayerInfo(case_id=source.case_id, grid=case.grid, paths=source.paths, checkpoint=item.report.get("checkpoint"), prediction=regions, run=run)
     layers = images + region_labels(regions, reference.scale, reference.translate, info)
     entropy_path = item.report.get("maps", {}).get("uncertainty_WT")
     if entropy_path:

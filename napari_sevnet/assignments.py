@@ -1,0 +1,128 @@
+"""Which file is which sequence when the names are not BraTS names: guessed, confirmed by the user, remembered.
+
+A clinic's export holds ``FLAIR.nii.gz``, ``T1_post.nii.gz``, ``AX_T2.nii``.
+:func:`guess_roles` proposes a role for each file from the words in its
+name; the Assign dock shows the proposal, the user confirms or changes it,
+and :func:`remember` keeps the choice for that folder in the user's own
+configuration folder (``$SEVNET_CONFIG_DIR``, else
+``$XDG_CONFIG_HOME/napari-sevnet``), never in the data folder. The reader
+then opens that folder directly (:func:`load_assigned_or_named`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+from napari_sevnet.errors import InputError
+from napari_sevnet.files import write_text_atomic
+from napari_sevnet.io import MODALITIES, Case, load_case, nifti_stem, role_of
+
+ROLES = (*MODALITIES, "seg")
+#: words in a file or layer name that say its sequence (after lower-casing and splitting on anything not a letter or digit)
+FLAIR_WORDS = {"flair", "t2f", "fla", "t2flair"}
+CONTRAST_WORDS = {"ce", "c", "gd", "post", "contrast", "enh", "gad"}
+T1CE_WORDS = {"t1ce", "t1c", "t1gd", "t1post", "t1contrast", "t1gad"}
+T1_WORDS = {"t1", "t1n", "t1w", "t1pre", "t1native"}
+T2_WORDS = {"t2", "t2w"}
+SEG_WORDS = {"seg", "mask", "label", "labels", "segmentation"}
+
+
+def role_from_name(name: str) -> str | None:
+    """The sequence (or 'seg') a name suggests: 'T1_post' -> 't1ce', 'AX FLAIR' -> 'flair', else None."""
+    words = [w for w in re.split(r"[^a-z0-9]+", (nifti_stem(name) or name).lower()) if w]
+    joined = "".join(words)
+    if FLAIR_WORDS & set(words) or "flair" in joined:
+        return "flair"
+    if T1CE_WORDS & set(words) or ("t1" in words and CONTRAST_WORDS & set(words)):
+        return "t1ce"
+    if T1_WORDS & set(words):
+        return "t1"
+    if T2_WORDS & set(words):
+        return "t2"
+    if SEG_WORDS & set(words):
+        return "seg"
+    return None
+
+
+def guess_roles(files: list[Path]) -> dict[str, Path]:
+    """A role for each file whose name says one, each role used once (the first file that claims it)."""
+    roles: dict[str, Path] = {}
+    for path in sorted(files):
+        role = role_from_name(path.name)
+        if role is not None and role not in roles:
+            roles[role] = path
+    return roles
+
+
+def nifti_files(folder: str | os.PathLike) -> list[Path]:
+    return sorted(p for p in Path(folder).iterdir() if p.is_file() and nifti_stem(p.name))
+
+
+def config_file() -> Path:
+    base = os.environ.get("SEVNET_CONFIG_DIR") or Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "napari-sevnet"
+    return Path(base) / "assignments.json"
+
+
+def _all_remembered() -> dict:
+    try:
+        data = json.loads(config_file().read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def remembered(folder: str | os.PathLike) -> dict[str, Path] | None:
+    """The assignment remembered for ``folder`` whose files all still exist, else None."""
+    folder = Path(folder).resolve()
+    entry = _all_remembered().get(str(folder))
+    if not isinstance(entry, dict):
+        return None
+    mapping = {role: folder / name for role, name in entry.items() if role in ROLES and isinstance(name, str)}
+    if not all(m in mapping for m in MODALITIES) or not all(p.is_file() for p in mapping.values()):
+        return None
+    return mapping
+
+
+def remember(folder: str | os.PathLike, mapping: dict[str, str | os.PathLike]) -> Path:
+    """Keep ``mapping`` (role -> file in ``folder``) for the next time the folder is opened."""
+    from filelock import FileLock
+
+    folder = Path(folder).resolve()
+    target = config_file()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        data = _all_remembered()
+        data[str(folder)] = {role: Path(path).name for role, path in mapping.items() if path}
+        write_text_atomic(target, json.dumps(data, indent=2) + "\n")
+    return target
+
+
+def load_assigned_or_named(path: str | os.PathLike) -> Case:
+    """Load a case by its BraTS names, or by the assignment remembered for its folder; say what to do when neither works."""
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    mapping = remembered(folder)
+    if mapping is not None:
+        return load_case(mapping=mapping)
+    try:
+        return load_case(path)
+    except InputError as exc:
+        files = nifti_files(folder)
+        unrecognised = [p.name for p in files if role_of(p.name) is None or role_of(p.name)[0] != _case_id_of(files)]
+        single = "is a single 3D volume" in exc.problem
+        if not (unrecognised or single):
+            raise
+        found = ", ".join(unrecognised or [p.name for p in files])
+        raise InputError(
+            exc.path, f"{exc.problem}. Not recognised as BraTS names: {found}. Rename them (<id>_t1, <id>_t1ce, <id>_t2, <id>_flair .nii.gz) "
+            "or assign them to sequences with Plugins > napari-sevnet > Assign sequences, which remembers the choice for this folder",
+        ) from None
+
+
+def _case_id_of(files: list[Path]) -> str | None:
+    """The case id most BraTS-named files of a folder share (None when none is BraTS-named)."""
+    ids = [role_of(p.name)[0] for p in files if role_of(p.name)]
+    return max(set(ids), key=ids.count) if ids else None

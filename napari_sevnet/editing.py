@@ -1,0 +1,222 @@
+"""Editing WT/TC/ET in napari: the three layers stay nested through every edit, and one edit is one undo step.
+
+A result is three Labels layers (WT, TC, ET) that a clinician paints, erases
+and fills with napari's own tools. :class:`NestedEditor` watches them: after
+each edit (a brush stroke, an erase, a fill: one napari history item) it
+applies the nesting rule of :mod:`napari_sevnet.regions` inside the edited box
+
+* painting a region adds it to every region around it (painting ET grows TC
+  and WT; painting TC grows WT),
+* erasing a region erases every region inside it (erasing WT erases TC and
+  ET there; erasing TC erases ET there),
+
+and records which layers the edit changed; Ctrl+Z and Ctrl+Shift+Z on any of
+the three undo or redo that whole edit in all three. A region layer paints 1 only: its
+selected label is held at 1 (napari's "new label" button would otherwise
+paint an invisible 2 that still counts), and any non-zero value is drawn in
+the region's colour and counted as the region (what is seen is what is
+exported). A model's result is made of :class:`RegionLabels`, whose
+``undo`` / ``redo`` methods act on the group too; masks read with a case are
+napari's own Labels, tied together once they are in a viewer
+(:func:`keep_nested`). Everything here works on napari's layer models without Qt.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections import deque
+from collections.abc import Callable
+
+import numpy as np
+from app_model.types import KeyCode, KeyMod
+from napari.layers import Labels
+
+from napari_sevnet.regions import REGIONS
+
+UNDO_KEY = KeyMod.CtrlCmd | KeyCode.KeyZ  # napari's own keys for a Labels layer's undo and redo
+REDO_KEY = KeyMod.CtrlCmd | KeyMod.Shift | KeyCode.KeyZ
+_EDITORS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # layer -> the editor of its group
+
+
+class RegionLabels(Labels):
+    """A WT, TC or ET layer of one result: undo and redo act on the last edit of the whole group."""
+
+    def undo(self) -> None:
+        editor = _EDITORS.get(self)
+        editor.undo() if editor is not None else super().undo()
+
+    def redo(self) -> None:
+        editor = _EDITORS.get(self)
+        editor.redo() if editor is not None else super().redo()
+
+
+class NestedEditor:
+    """Keeps one group's WT/TC/ET layers nested through each edit and undoes an edit in all three at once.
+
+    ``on_change()`` callbacks run after every edit, undo and redo (the volumes follow).
+    """
+
+    def __init__(self, layers: dict[str, Labels]):
+        self.layers = [layers[r] for r in REGIONS]
+        limit = min(getattr(layer, "_history_limit", 2000) for layer in self.layers)
+        self._undo: deque[dict[int, int]] = deque(maxlen=limit)  # per edit: layer index -> history items it added
+        self._redo: deque[dict[int, int]] = deque(maxlen=limit)
+        self._busy = False
+        self.on_change: list[Callable[[], None]] = []
+        for index, layer in enumerate(self.layers):
+            _EDITORS[layer] = self
+            layer.bind_key(UNDO_KEY, lambda _layer: self.undo(), overwrite=True)
+            layer.bind_key(REDO_KEY, lambda _layer: self.redo(), overwrite=True)
+            layer.events.paint.connect(lambda event, index=index: self._on_paint(index, event))
+            layer.events.selected_label.connect(lambda _event, layer=layer: self._only_label_one(layer))
+
+    # ------------------------------------------------------------------ edits
+
+    def _on_paint(self, index: int, event) -> None:
+        if self._busy:  # our own writes and replays
+            return
+        self._busy = True
+        try:
+            layer = self.layers[index]
+            box = _bounding_box(event.value, layer.data.shape)
+            if box is not None:
+                self._undo.append(self._apply_rule(index, box, _values_after(layer, box, event.value)))
+                self._redo.clear()
+        finally:
+            self._busy = False
+        self._changed()
+
+    def _apply_rule(self, index: int, box: tuple[slice, ...], edited: np.ndarray) -> dict[int, int]:
+        """Nest the group inside ``box`` given the edited layer's new values there; which layers got history items."""
+        added = {index: 1}
+        inside = edited > 0
+        for k, other in enumerate(self.layers):
+            if k == index:
+                continue
+            current = np.asarray(other.data[box]) > 0
+            wanted = (current | inside) if k < index else (current & inside)  # outer regions grow, inner ones shrink
+            if _write(other, box, wanted != current, wanted):
+                added[k] = 1
+        return added
+
+    def _only_label_one(self, layer: RegionLabels) -> None:
+        if layer.selected_label not in (0, 1):
+            layer.selected_label = 1
+
+    # ------------------------------------------------------------------ history
+
+    def undo(self) -> None:
+        """Undo the group's last edit in every layer it changed."""
+        self._replay(self._undo, self._redo, Labels.undo)
+
+    def redo(self) -> None:
+        self._replay(self._redo, self._undo, Labels.redo)
+
+    def _replay(self, source: deque, target: deque, method: Callable) -> None:
+        """Run napari's own undo (or redo) of each layer the last edit changed, once per history item it added."""
+        if not source:
+            return
+        entry = source.pop()
+        self._busy = True
+        try:
+            for k, items in entry.items():
+                for _ in range(items):
+                    method(self.layers[k])
+        finally:
+            self._busy = False
+        target.append(entry)
+        self._changed()
+
+    def _changed(self) -> None:
+        for callback in list(self.on_change):
+            callback()
+
+
+def _bounding_box(history_item, shape) -> tuple[slice, ...] | None:
+    """The box around every voxel a napari history item touched."""
+    lo, hi = np.array(shape), np.zeros(len(shape), dtype=int)
+    for atom in history_item or ():
+        if hasattr(atom, "slice_key"):  # a masked paint / fill
+            starts = [s.start or 0 for s in atom.slice_key]
+            stops = [s.stop if s.stop is not None else n for s, n in zip(atom.slice_key, shape)]
+        else:  # (indices, old values, new values) from data_setitem
+            indices = atom[0]
+            if len(indices) == 0 or np.size(indices[0]) == 0:
+                continue
+            starts = [int(np.min(i)) for i in indices]
+            stops = [int(np.max(i)) + 1 for i in indices]
+        lo, hi = np.minimum(lo, starts), np.maximum(hi, stops)
+    if np.any(hi <= lo):
+        return None
+    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+
+
+def _values_after(layer: Labels, box: tuple[slice, ...], history_item) -> np.ndarray:
+    """The edited layer's values inside ``box`` once the history item is applied.
+
+    napari records an edit before it writes it (a click, a fill, ``data_setitem``),
+    so the data may not hold it yet when the paint event arrives.
+    """
+    values = np.array(layer.data[box])
+    for atom in history_item:
+        if hasattr(atom, "slice_key"):
+            local = tuple(slice(s.start - b.start, s.stop - b.start) for s, b in zip(atom.slice_key, box))
+            if atom.mask is None:
+                values[local] = atom.new_value
+            else:
+                part = values[local]
+                part[atom.mask] = atom.new_value
+        else:
+            indices, _, new = atom
+            if len(indices) and np.size(indices[0]):
+                values[tuple(np.asarray(i) - b.start for i, b in zip(indices, box))] = new
+    return values
+
+
+def _write(layer: RegionLabels, box: tuple[slice, ...], where: np.ndarray, values) -> bool:
+    """Set ``layer`` to ``values`` where ``where`` inside ``box``, as one history item; whether anything changed."""
+    positions = np.nonzero(where)
+    if positions[0].size == 0:
+        return False
+    indices = tuple(p + s.start for p, s in zip(positions, box))
+    new = np.asarray(values)[positions] if np.ndim(values) else values
+    with layer.block_history():
+        layer.data_setitem(indices, np.asarray(new, dtype=layer.data.dtype) if np.ndim(new) else new)
+    return True
+
+
+def nested_region_layers(regions: np.ndarray, **kwargs_per_region) -> list[RegionLabels]:
+    """Three RegionLabels (WT, TC, ET) from (3, Z, Y, X) regions, tied by one NestedEditor.
+
+    ``kwargs_per_region``: region -> keyword arguments of that layer (name, scale, colormap, metadata, ...).
+    """
+    layers = {r: RegionLabels(regions[i].astype(np.uint8), **kwargs_per_region[r]) for i, r in enumerate(REGIONS)}
+    NestedEditor(layers)
+    return [layers[r] for r in REGIONS]
+
+
+def editor_of(layer) -> NestedEditor | None:
+    return _EDITORS.get(layer)
+
+
+def keep_nested(viewer) -> None:
+    """Tie together, as they arrive in ``viewer``, the WT/TC/ET layers that have no editor yet (masks read with a case)."""
+    from napari_sevnet.layers import LayerInfo
+
+    def attach(_event=None):
+        groups: dict[str, dict] = {}
+        for layer in viewer.layers:
+            info = LayerInfo.from_layer(layer)
+            if isinstance(layer, Labels) and info is not None and info.region in REGIONS and layer not in _EDITORS:
+                groups.setdefault(info.group, {})[info.region] = layer
+        for group in groups.values():
+            if len(group) == len(REGIONS):
+                NestedEditor(group)
+
+    if viewer not in _WATCHED:
+        _WATCHED.add(viewer)
+        viewer.layers.events.inserted.connect(attach)
+    attach()
+
+
+_WATCHED: weakref.WeakSet = weakref.WeakSet()

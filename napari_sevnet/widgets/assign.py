@@ -1,0 +1,104 @@
+"""Assign sequences dock widget: open a case whose file names say nothing BraTS-like.
+
+Choose the folder; each file is proposed for the sequence its name suggests
+(:func:`napari_sevnet.assignments.guess_roles`), the user confirms or changes
+the four sequences (and an optional mask), and "Open" reads the case in a
+worker and adds its layers as the reader would. The choice is remembered for
+the folder, so dropping it on napari later opens it directly.
+"""
+
+from __future__ import annotations
+
+from magicgui.widgets import CheckBox, ComboBox, FileEdit, Label, PushButton
+
+from napari_sevnet.errors import InputError
+from napari_sevnet.io import MODALITY_LABELS
+from napari_sevnet.widgets.base import DockWidget, chosen_path
+
+NONE = "(none)"
+ROLE_LABELS = {**MODALITY_LABELS, "seg": "Mask (optional)"}
+
+
+class AssignWidget(DockWidget):
+    def __init__(self, napari_viewer):
+        super().__init__(napari_viewer)
+        self._folder = FileEdit(label="Folder", mode="d", nullable=True, tooltip="The folder holding the case's NIfTI files")
+        self._roles = {role: ComboBox(label=label, choices=[NONE]) for role, label in ROLE_LABELS.items()}
+        self._remember = CheckBox(text="Remember for this folder", value=True, tooltip="Kept in your napari-sevnet settings, not in the data folder")
+        self._open = PushButton(text="Open")
+        self._status = Label(value="")
+        self._status.native.setWordWrap(True)
+        self.extend([self._folder, *self._roles.values(), self._remember, self._open, self._status])
+        self._folder.changed.connect(self._on_folder)
+        self._open.changed.connect(self.open_case)
+
+    def _on_folder(self, _value=None) -> None:
+        """List the folder's NIfTI files and propose a sequence for each (the remembered choice first)."""
+        from napari_sevnet.assignments import guess_roles, nifti_files, remembered
+
+        folder = chosen_path(self._folder)
+        if folder is None or not folder.is_dir():
+            return
+        files = nifti_files(folder)
+        proposal = remembered(folder) or guess_roles(files)
+        for role, combo in self._roles.items():
+            combo.choices = [NONE, *(p.name for p in files)]
+            combo.value = proposal[role].name if role in proposal else NONE
+        guessed = ", ".join(f"{ROLE_LABELS[r]} = {p.name}" for r, p in proposal.items())
+        self._status.value = f"{len(files)} NIfTI file(s); proposed: {guessed or 'nothing recognised'}. Check and press Open."
+
+    def mapping(self) -> dict:
+        folder = chosen_path(self._folder)
+        if folder is None:
+            raise InputError(None, "choose the folder of the case")
+        chosen = {role: folder / combo.value for role, combo in self._roles.items() if combo.value not in (None, NONE)}
+        missing = [MODALITY_LABELS[m] for m in MODALITY_LABELS if m not in chosen]
+        if missing:
+            raise InputError(folder, f"choose a file for {', '.join(missing)}")
+        repeated = {p.name for p in chosen.values() if list(chosen.values()).count(p) > 1}
+        if repeated:
+            raise InputError(folder, f"{', '.join(sorted(repeated))} is chosen for more than one sequence")
+        return chosen
+
+    def open_case(self):
+        """Read the assigned files in a worker and add the case's layers; returns the worker (None on a bad choice)."""
+        from napari.qt.threading import thread_worker
+
+        try:
+            mapping = self.mapping()
+        except InputError as exc:
+            self._status.value = "not opened"
+            self.report_error("Assign sequences", exc)
+            return None
+        folder, remember = chosen_path(self._folder), self._remember.value
+
+        @thread_worker
+        def work():
+            from napari.layers import Layer
+
+            from napari_sevnet.assignments import remember as keep
+            from napari_sevnet.io import load_case
+            from napari_sevnet.layers import case_layers
+
+            case = load_case(mapping=mapping)
+            if remember:
+                keep(folder, mapping)
+            return [Layer.create(data, kwargs, kind) for data, kwargs, kind in case_layers(case)]
+
+        def add(layers):
+            from napari_sevnet.layers import prepare_viewer
+
+            prepare_viewer(self._viewer)
+            for layer in layers:
+                self._viewer.add_layer(layer)
+            self._status.value = f"opened {len(layers)} layer(s)" + (" and remembered the choice" if remember else "")
+
+        def failed(exc):
+            self._status.value = "not opened"
+            self.report_error("Assign sequences", exc)
+
+        self._status.value = "reading..."
+        return self.start_worker(work, returned=add, errored=failed, finished=self._on_finished)
+
+    def _on_finished(self):
+        self.worker = None

@@ -1,0 +1,266 @@
+"""A clinician's session in a real napari viewer: orientation, what is seen, several cases and runs, messages."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+from nibabel.orientations import io_orientation
+
+from napari_sevnet import io
+from napari_sevnet.checkpoint import phantom_checkpoint
+from napari_sevnet.phantom import write_phantom
+from tests.test_io import AFFINES
+
+pytestmark = pytest.mark.qt
+SHAPE = (40, 64, 56)
+
+
+def write_marked_case(folder, affine):
+    """A case whose only bright spot lies at the brain's anterior-right edge (canonical: high Y, high X)."""
+    grid = io.SourceGrid(affine=affine, shape=(0, 0, 0), orientation=io_orientation(affine))
+    zz, yy, xx = np.mgrid[: SHAPE[0], : SHAPE[1], : SHAPE[2]]
+    brain = ((zz - 20) / 16) ** 2 + ((yy - 32) / 26) ** 2 + ((xx - 28) / 22) ** 2 < 1
+    image = np.where(brain, 100.0, 0.0).astype(np.float32)
+    image[18:23, 50:55, 42:47] = 1000.0  # anterior (Y near 58) and right (X near 50) of the centre
+    folder.mkdir(parents=True)
+    for name in ("t1", "t1ce", "t2", "flair"):
+        nib.save(nib.Nifti1Image(grid.from_canonical(image), affine), folder / f"marked_{name}.nii.gz")
+    return folder
+
+
+def marker_position(viewer, flair):
+    """(row, column) of the marker's centre in a screenshot of the canvas, as fractions of its height and width."""
+    for layer in viewer.layers:
+        layer.visible = layer is flair
+    flair.contrast_limits = (0, 1000)
+    viewer.dims.set_point(0, 20)
+    viewer.reset_view()
+    shot = viewer.screenshot(canvas_only=True, flash=False)[..., :3].astype(int)
+    rows, cols = np.nonzero(shot.min(axis=2) > 200)
+    brain_rows, brain_cols = np.nonzero(shot.max(axis=2) > 10)
+    centre = (brain_rows.mean(), brain_cols.mean())
+    return (rows.mean() - centre[0]) / shot.shape[0], (cols.mean() - centre[1]) / shot.shape[1]
+
+
+@pytest.mark.parametrize("header", ["LPS", "RAS"])
+def test_a_case_opens_radiological_anterior_up_and_the_patients_right_on_the_left(make_napari_viewer, tmp_path, header, monkeypatch):
+    folder = write_marked_case(tmp_path / header, AFFINES[header])
+    viewer = make_napari_viewer(show=True)
+    layers = viewer.open(str(folder), plugin="napari-sevnet")
+    row, col = marker_position(viewer, layers[3])
+    assert row < -0.05 and col < -0.05, f"the anterior-right marker should be top-left, got {row:+.2f}, {col:+.2f}"
+    assert viewer.text_overlay.visible and "A up, R on the left" in viewer.text_overlay.text
+    viewer.dims.order = (1, 0, 2)  # coronal: superior up, the patient's right still on the left
+    assert "S up, R on the left" in viewer.text_overlay.text
+
+    monkeypatch.setenv("SEVNET_ORIENTATION", "neurological")
+    other = make_napari_viewer(show=True)
+    layers = other.open(str(folder), plugin="napari-sevnet")
+    row, col = marker_position(other, layers[3])
+    assert row < -0.05 and col > 0.05, "neurological: the right on the right"
+    assert "L on the left" in other.text_overlay.text
+
+
+@pytest.fixture
+def session(make_napari_viewer, tmp_path):
+    """A viewer with two phantom cases opened and the Segment and Export docks, on the phantom weights."""
+    from napari_sevnet.widgets.export import ExportWidget
+    from napari_sevnet.widgets.segment import SegmentWidget
+
+    viewer = make_napari_viewer(show=True)
+    cases = [write_phantom(tmp_path / "cases", seed=seed, shape=(48, 56, 48)) for seed in (3, 4)]
+    segment, export = SegmentWidget(viewer), ExportWidget(viewer)
+    segment.set_checkpoint(phantom_checkpoint())
+    viewer.window.add_dock_widget(segment, name="Segment")
+    viewer.window.add_dock_widget(export, name="Export")
+    yield viewer, segment, export, cases
+    segment._on_destroyed()
+
+
+def run(qtbot, segment):
+    assert segment.run() is not None
+    qtbot.waitUntil(lambda: segment.worker is None, timeout=120_000)
+
+
+def test_segment_follows_the_newest_case_and_the_selected_one_and_names_it(qtbot, session):
+    viewer, segment, _, cases = session
+    first = viewer.open(str(cases[0]), plugin="napari-sevnet")
+    second = viewer.open(str(cases[1]), plugin="napari-sevnet")
+    assert segment._modalities["flair"].value is second[3] and segment._case.value == "phantom_0004"
+    viewer.layers.selection.active = first[0]  # the user looks at the first case again
+    assert segment._modalities["t2"].value is first[2] and segment._case.value == "phantom_0003"
+    run(qtbot, segment)
+    assert segment._status.value.startswith("phantom_0003 run 1: done")
+    assert [layer.name for layer in segment.result_layers.values()] == [f"phantom_0003 {r} (run 1)" for r in ("WT", "TC", "ET")]
+
+
+def test_regions_are_outlined_except_the_one_being_edited(qtbot, session):
+    viewer, segment, _, cases = session
+    opened = viewer.open(str(cases[0]), plugin="napari-sevnet")
+    for layer in opened[4:]:
+        viewer.layers.remove(layer)
+    run(qtbot, segment)
+    wt, tc, et = (segment.result_layers[r] for r in ("WT", "TC", "ET"))
+    assert viewer.layers.selection.active is et and et.contour == 0 and wt.contour > 0 and tc.contour > 0
+    for layer in opened[:4]:
+        layer.visible = False
+    z = int(np.argmax((wt.data > 0).sum(axis=(1, 2))))
+    viewer.dims.set_point(0, z)
+    viewer.reset_view()
+
+    def green_pixels():
+        shot = viewer.screenshot(canvas_only=True, flash=False)[..., :3].astype(int)
+        red, green, blue = shot[..., 0], shot[..., 1], shot[..., 2]
+        return int(((green > red + 40) & (green > blue + 40)).sum())  # WT's green, filled or as an outline
+
+    outlined = green_pixels()
+    viewer.layers.selection.active = wt  # now editing WT: it is filled, TC and ET are outlines
+    assert wt.contour == 0 and tc.contour > 0 and et.contour > 0
+    filled = green_pixels()
+    assert filled > 1.5 * outlined > 0, (outlined, filled)
+    segment._outlines.value = False
+    assert wt.contour == tc.contour == et.contour == 0
+
+
+def test_keyboard_undo_reverts_one_edit_in_all_three_layers(qtbot, session):
+    from qtpy.QtCore import Qt
+
+    viewer, segment, _, cases = session
+    viewer.open(str(cases[0]), plugin="napari-sevnet")
+    run(qtbot, segment)
+    et, wt = segment.result_layers["ET"], segment.result_layers["WT"]
+    before = segment.current_regions().copy()
+    z = et.data.shape[0] // 2
+    outside = tuple(int(i) for i in np.argwhere(wt.data[z] == 0)[0])
+    et.paint((z, *outside), 1)
+    assert segment.current_regions()[:, z, outside[0], outside[1]].all()
+    viewer.layers.selection.active = wt
+    canvas = viewer.window._qt_viewer.canvas.native
+    canvas.setFocus()
+    qtbot.keyClick(canvas, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier)
+    np.testing.assert_array_equal(segment.current_regions(), before)
+    et.selected_label = 2  # napari's "new label" button: a region layer paints 1
+    assert et.selected_label == 1
+
+
+def test_export_follows_the_selected_run_and_warns_about_an_unedited_mask(qtbot, session, tmp_path, monkeypatch):
+    from napari_sevnet.widgets.finetune import FineTuneWidget
+
+    viewer, segment, export, cases = session
+    warnings = []
+    monkeypatch.setattr("napari.utils.notifications.show_warning", warnings.append)
+    viewer.open(str(cases[0]), plugin="napari-sevnet")
+    run(qtbot, segment)
+    first = dict(segment.result_layers)
+    run(qtbot, segment)
+    second = dict(segment.result_layers)
+    assert export._result.value is second["WT"] and "phantom_0003 (run 2)" in export._target.value
+    viewer.layers.selection.active = first["TC"]
+    assert export._result.value is first["WT"] and "run 1" in export._target.value and "not edited" in export._target.value
+    first["ET"].paint((first["ET"].data.shape[0] // 2, 1, 1), 1)
+    viewer.layers.selection.active = first["ET"]
+    export._describe()
+    assert "(edited)" in export._target.value
+
+    finetune = FineTuneWidget(viewer)
+    viewer.window.add_dock_widget(finetune, name="Fine-tune")
+    finetune.dataset = tmp_path / "elsewhere"
+    viewer.layers.selection.active = second["WT"]  # run 2, never edited
+    export._dataset.value = tmp_path / "dataset"
+    export.export()
+    qtbot.waitUntil(lambda: export.worker is None, timeout=60_000)
+    assert warnings and "not edited" in warnings[-1]
+    assert finetune.dataset == tmp_path / "dataset", "Fine-tune picks up the dataset just exported"
+
+
+def test_finetune_cancelled_before_its_first_epoch_leaves_nothing(qtbot, make_napari_viewer, tmp_path):
+    from napari_sevnet.export import export_case
+    from napari_sevnet.widgets.finetune import FineTuneWidget
+
+    case = io.load_case(write_phantom(tmp_path / "cases", seed=3, shape=(48, 56, 48)))
+    export_case(case, case.regions, tmp_path / "ds")
+    viewer = make_napari_viewer()
+    finetune = FineTuneWidget(viewer)
+    finetune.dataset = tmp_path / "ds"
+    finetune._device.value = "cpu"
+    finetune.start()
+    qtbot.waitUntil(lambda: finetune.validation_kind is not None, timeout=120_000)  # the trainer is up, no epoch yet
+    finetune.cancel()
+    qtbot.waitUntil(lambda: finetune.process is None, timeout=60_000)
+    assert "nothing was saved" in finetune._status.value and not finetune._use.enabled
+    assert not finetune.run_dir.exists()
+    finetune._draw()
+    assert finetune.figure.axes and finetune.validation_kind == "training_cases"
+
+
+def test_the_reader_says_why_and_files_can_be_assigned_by_hand(qtbot, make_napari_viewer, tmp_path, monkeypatch):
+    from napari_sevnet.widgets.assign import AssignWidget
+
+    monkeypatch.setenv("SEVNET_CONFIG_DIR", str(tmp_path / "config"))
+    source = write_phantom(tmp_path / "src", seed=3, shape=(48, 56, 48))
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    for m in ("flair", "t1ce"):
+        (partial / f"p_{m}.nii.gz").write_bytes((source / f"phantom_0003_{m}.nii.gz").read_bytes())
+    clinic = tmp_path / "clinic"
+    clinic.mkdir()
+    for m, name in (("flair", "FLAIR"), ("t1ce", "T1_post"), ("t1", "T1_pre"), ("t2", "AX_T2")):
+        (clinic / f"{name}.nii.gz").write_bytes((source / f"phantom_0003_{m}.nii.gz").read_bytes())
+    viewer = make_napari_viewer()
+    with pytest.raises(Exception, match=r"missing modalities \['t1', 't2'\]"):
+        viewer.open(str(partial), plugin="napari-sevnet")
+    with pytest.raises(Exception, match="Assign sequences"):
+        viewer.open(str(clinic), plugin="napari-sevnet")
+    with pytest.raises(Exception, match="single 3D volume"):
+        viewer.open(str(clinic / "FLAIR.nii.gz"), plugin="napari-sevnet")
+    assert len(viewer.layers) == 0
+
+    assign = AssignWidget(viewer)
+    viewer.window.add_dock_widget(assign, name="Assign")
+    assign._folder.value = clinic
+    assert {r: c.value for r, c in assign._roles.items()} == {"t1": "T1_pre.nii.gz", "t1ce": "T1_post.nii.gz", "t2": "AX_T2.nii.gz", "flair": "FLAIR.nii.gz", "seg": "(none)"}
+    assign.open_case()
+    qtbot.waitUntil(lambda: assign.worker is None and len(viewer.layers) == 4, timeout=60_000)
+    again = make_napari_viewer()
+    assert len(again.open(str(clinic), plugin="napari-sevnet")) == 4, "the assignment is remembered for the folder"
+    assert not list(clinic.glob("*.json")), "nothing is written into the data folder"
+    config = json.loads((tmp_path / "config" / "assignments.json").read_text())
+    assert config[str(clinic.resolve())]["t1ce"] == "T1_post.nii.gz"
+
+
+def test_the_writers_own_message_reaches_the_user_and_images_may_be_selected(make_napari_viewer, tmp_path):
+    from napari_sevnet.errors import NotSaved
+
+    case = write_phantom(tmp_path / "cases", seed=3, shape=(48, 56, 48))
+    viewer = make_napari_viewer()
+    layers = viewer.open(str(case), plugin="napari-sevnet")
+    viewer.layers.selection = {layers[4]}
+    with pytest.raises(NotSaved, match="missing TC, ET"):
+        viewer.layers.save(str(tmp_path / "only_wt.nii.gz"), selected=True, plugin="napari-sevnet")
+    viewer.layers.selection = set(layers)  # the scans and the masks
+    out = tmp_path / "all_seg.nii.gz"
+    assert viewer.layers.save(str(out), selected=True, plugin="napari-sevnet") == [str(out)]
+    with pytest.raises(NotSaved, match="already exists"):
+        viewer.layers.save(str(out), selected=True, plugin="napari-sevnet")
+
+
+def test_the_window_fits_a_1000_pixel_screen_with_every_dock_open(qtbot, make_napari_viewer):
+    viewer = make_napari_viewer(show=True)
+    window = viewer.window._qt_window
+    docks = {}
+    for name in ("Segment", "Attention", "Export", "Fine-tune", "Worklist", "Assign sequences"):
+        dock, widget = viewer.window.add_plugin_dock_widget("napari-sevnet", name)  # one by one, from the Plugins menu
+        docks[name] = (dock, widget)
+        qtbot.wait(50)
+    window.resize(1600, 1000)
+    qtbot.wait(200)
+    assert window.height() <= 1000 and window.minimumSizeHint().height() <= 1000
+    dock, finetune = docks["Fine-tune"]
+    dock.raise_()
+    qtbot.wait(100)
+    button = finetune._use.native
+    bottom = button.mapTo(window, button.rect().bottomLeft()).y()
+    assert button.isVisible() and bottom <= window.height(), f"'Use this model' ends at y={bottom}"
