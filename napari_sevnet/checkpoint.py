@@ -36,6 +36,8 @@ BUNDLED = WEIGHTS_DIR / "sevnet_lite_phantom.json"
 #: trained on synthetic phantoms only: for tests and demos that need accuracy on phantoms, and the start of the real recipe
 PHANTOM = WEIGHTS_DIR / "sevnet_lite_phantom.json"
 
+MIN_PATCH, MAX_PATCH = 8, 512  # voxels per axis of a training patch (inference windows have its size)
+MAX_PARAMETERS = 500_000_000  # the faithful SEV-Net has 65 M
 DEFAULT_PREPROCESSING = {"crop": "nonzero-box", "normalize": "zscore-over-brain", "patch_size": [128, 128, 128]}
 
 
@@ -117,6 +119,9 @@ def read_info(path: str | os.PathLike) -> CheckpointInfo:
     if list(data["regions"]) != list(REGIONS):
         raise InputError(meta, f"model outputs regions {data['regions']}, expected {list(REGIONS)}")
     _migrate(data)
+    patch = (data.get("preprocessing") or {}).get("patch_size")
+    if patch is not None and not (isinstance(patch, list) and len(patch) == 3 and all(isinstance(v, int) and MIN_PATCH <= v <= MAX_PATCH for v in patch)):
+        raise InputError(meta, f"preprocessing.patch_size {patch!r} must be three whole numbers from {MIN_PATCH} to {MAX_PATCH}")
     fields = {k: data[k] for k in CheckpointInfo.__dataclass_fields__ if k in data}
     return CheckpointInfo(**fields)
 
@@ -141,22 +146,47 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
 
     weights, meta = checkpoint_files(path)
     info = read_info(meta)
+    name, config = info.architecture["name"], info.architecture.get("config", {})
     try:
-        model = build_model(info.architecture["name"], info.architecture.get("config", {}))
+        with torch.device("meta"):  # sized before anything is allocated: a small JSON may ask for a huge network
+            parameters = sum(p.numel() for p in build_model(name, config).parameters())
+        if parameters > MAX_PARAMETERS:
+            raise ValueError(f"it has {parameters / 1e6:.0f} M parameters, over the {MAX_PARAMETERS / 1e6:.0f} M this loader accepts")
+        model = build_model(name, config)
     except (TypeError, ValueError) as exc:
         raise InputError(meta, f"cannot build architecture {info.architecture}: {exc}") from None
     if not weights.is_file():
         raise InputError(weights, "checkpoint weights (.safetensors) not found")
+    _check_safetensors_header(weights)
     try:
         state = load_file(str(weights), device="cpu")
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise InputError(weights, f"not a readable safetensors file ({exc})") from None
+    damaged = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if damaged:
+        raise InputError(weights, f"{len(damaged)} weight tensors hold NaN or infinite values (e.g. {damaged[0]}): the training diverged or the file is damaged")
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         first = [line.strip() for line in str(exc).splitlines() if line.strip()][1:3]
         raise InputError(weights, "weights do not fit the architecture in the JSON: " + "; ".join(first)) from None
     return model.to(device).eval(), info
+
+
+def _check_safetensors_header(path: Path) -> None:
+    """Compare what the header declares with what the file holds, before the loader allocates any of it."""
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as fh:
+            header_len = int.from_bytes(fh.read(8), "little")
+            if not 2 <= header_len <= min(size - 8, 100 * 1024**2):
+                raise ValueError(f"header length {header_len}")
+            header = json.loads(fh.read(header_len))
+        ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"]
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
+        raise InputError(path, f"not a readable safetensors file ({exc})") from None
+    if ends and 8 + header_len + max(ends) > size:
+        raise InputError(path, f"its header declares {max(ends) / 1024**2:.1f} MiB of tensors but the file holds {(size - 8 - header_len) / 1024**2:.1f} MiB: truncated or forged")
 
 
 def bundled_checkpoint() -> Path:

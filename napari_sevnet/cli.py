@@ -22,17 +22,27 @@ log = logging.getLogger("napari_sevnet")
 
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s", stream=sys.stderr)
+    logging.getLogger("nibabel").setLevel(logging.ERROR)  # its header repairs are ours to report, as one error line
+
+
+class _Once(argparse.Action):
+    """An option that may be given once: a second -o would silently win (a case folder named '-oX' reads as '-o X')."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if getattr(namespace, self.dest, None) is not None:
+            parser.error(f"{option_string} given twice ({getattr(namespace, self.dest)} and {values}); a case folder whose name starts with '-' goes after --")
+        setattr(namespace, self.dest, values)
 
 
 def predict_main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="sevnet-predict", description="Segment brain-tumour cases with SEV-Net; writes <case>_seg.nii.gz and <case>_report.json.")
-    parser.add_argument("inputs", nargs="+", help="case folders, files of cases, or folders of case folders")
-    parser.add_argument("-o", "--output", required=True, type=Path, help="output folder")
-    parser.add_argument("--checkpoint", help="checkpoint (.json or .safetensors); default: the bundled demo weights")
+    parser.add_argument("inputs", nargs="+", help="case folders, files of cases, or folders of case folders (names starting with '-' after --)")
+    parser.add_argument("-o", "--output", required=True, type=Path, action=_Once, help="output folder (never an input case's own folder)")
+    parser.add_argument("--checkpoint", help="checkpoint (.json or .safetensors); default: the bundled default model")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--tta", action="store_true", help="average the 8 mirror flips (slower, smoother)")
-    parser.add_argument("--labels", default="2021", choices=["2021", "2023"], help="label convention of the written masks")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    parser.add_argument("--labels", default="2021", choices=["2021", "2023"], help="label convention of the written masks (2021: <case>_seg, 2023: <case>-seg)")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs of the same cases (their old maps go too)")
     parser.add_argument("--probabilities", action="store_true", help="also write <case>_prob_{WT,TC,ET}.nii.gz")
     parser.add_argument("--uncertainty", action="store_true", help="also write <case>_uncertainty_{WT,TC,ET}.nii.gz (entropy, bits) and a case score in the report; implies --tta")
     parser.add_argument("--mc-samples", type=int, default=0, metavar="N", help="MC-dropout samples per flip (models trained with dropout only)")
@@ -41,15 +51,18 @@ def predict_main(argv=None) -> int:
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
 
+    from filelock import FileLock
     from tqdm import tqdm
 
     from napari_sevnet.inference import Predictor, enable_huge_pages
     from napari_sevnet.io import find_cases, load_case
     from napari_sevnet.regions import convention_name
-    from napari_sevnet.report import output_paths, write_case_outputs
+    from napari_sevnet.report import check_outputs_free, write_case_outputs
 
     enable_huge_pages()
+    cases = find_cases(args.inputs)
     try:
+        _check_output_folder(args.output, cases)
         predictor = Predictor(
             args.checkpoint, args.device, tta=args.tta or args.uncertainty, uncertainty=args.uncertainty,
             mc_samples=args.mc_samples, min_et_voxels=args.min_et_voxels,
@@ -58,16 +71,18 @@ def predict_main(argv=None) -> int:
         print(f"sevnet-predict: error: {exc}", file=sys.stderr)
         return 2
     convention = convention_name(args.labels)
-    cases = find_cases(args.inputs)
+    args.output.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(args.output / ".sevnet-predict.lock"))  # two runs into one folder claim each case's outputs in turn
     failed = 0
     for path in tqdm(cases, desc="cases", unit="case", disable=None):
         try:
             case = load_case(path)
-            for out in output_paths(case.case_id, args.output).values():
-                if out.exists() and not args.overwrite:
-                    raise InputError(out, "already exists; pass --overwrite to replace it")
-            result = predictor.predict(case.image)
-            report = write_case_outputs(case, result, predictor, args.output, convention=convention, overwrite=args.overwrite, probabilities=args.probabilities)
+            check_outputs_free(case.case_id, args.output, convention, overwrite=args.overwrite)
+            result = predictor.predict(case.image, spacing=case.spacing)
+            for line in result.notes + result.warnings:
+                tqdm.write(f"sevnet-predict: {'note' if line in result.notes else 'warning'}: {case.case_id}: {line}", file=sys.stderr)
+            with lock:
+                report = write_case_outputs(case, result, predictor, args.output, convention=convention, overwrite=args.overwrite, probabilities=args.probabilities)
             log.debug("%s: %s", case.case_id, report["volumes_ml"])
         except InputError as exc:
             failed += 1
@@ -75,6 +90,24 @@ def predict_main(argv=None) -> int:
     if failed:
         print(f"sevnet-predict: {failed} of {len(cases)} cases failed", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _check_output_folder(output: Path, cases: list[Path]) -> None:
+    """Refuse an output folder that is an input case's own folder, and two inputs with one case id."""
+    from napari_sevnet.io import find_case_files
+
+    seen: dict[str, Path] = {}
+    for path in cases:
+        try:
+            case_id, files, _ = find_case_files(path)
+        except InputError:
+            continue  # reported, naming its file, when the case is read
+        folder = next(iter(files.values())).parent.resolve()
+        if output.resolve() == folder:
+            raise InputError(output, f"is the folder of the input case {case_id}: outputs never go into an input case's folder (a <case>_seg written there replaces or later passes for its reference mask); choose another -o")
+        if case_id in seen and seen[case_id] != folder:
+            raise InputError(path, f"has the case id {case_id!r} of another input, {seen[case_id]}: their outputs would collide; segment them into separate -o folders")
+        seen[case_id] = folder
 
 
 def _write_json(path: Path, data) -> None:
@@ -150,7 +183,7 @@ def export_main(argv=None) -> int:
     parser.add_argument("--case-id", help="id in the dataset (default: the case's own id)")
     parser.add_argument("--model-mask", type=Path, help="the model's mask before correction, for the edit statistics")
     parser.add_argument("--checkpoint", type=Path, help="the checkpoint that produced the model's mask")
-    parser.add_argument("--mask-labels", choices=["2021", "2023", "msd"], help="label convention of the masks (default: guessed from the values)")
+    parser.add_argument("--mask-labels", choices=["2021", "2023", "msd"], help="label convention of the masks (default: what the file says: our own masks and BraTS names do; a Decathlon case's masks are msd; else 0/1/2/4 is read as 2021, and 1/2/3 must be named)")
     parser.add_argument("--labels", choices=["2021", "2023"], help="label convention of a new dataset (default 2021)")
     parser.add_argument("--annotator", help="who corrected the mask")
     parser.add_argument("--note", help="free text kept in the manifest")
@@ -162,8 +195,9 @@ def export_main(argv=None) -> int:
 
     try:
         case = load_case(args.case)
-        corrected, _ = read_segmentation(args.mask, case.grid, case.paths["t1"], args.mask_labels)
-        model = read_segmentation(args.model_mask, case.grid, case.paths["t1"], args.mask_labels)[0] if args.model_mask else None
+        default = "msd" if case.layout == "msd" else None  # a Decathlon case's masks use its labels unless they say otherwise
+        corrected, _ = read_segmentation(args.mask, case.grid, case.paths["t1"], args.mask_labels, default=default)
+        model = read_segmentation(args.model_mask, case.grid, case.paths["t1"], args.mask_labels, default=default)[0] if args.model_mask else None
         result = export_case(
             case, corrected, args.dataset, case_id=args.case_id, model_regions=model, checkpoint=args.checkpoint,
             annotator=args.annotator, note=args.note, replace=args.replace, label_convention=args.labels,

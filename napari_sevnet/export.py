@@ -57,13 +57,18 @@ class ExportResult:
     record: dict
 
 
+#: names the dataset itself uses: a case folder may not take them
+RESERVED_NAMES = {MANIFEST_NAME, RECORD_NAME, RUNS_DIR}
+
+
 def check_case_id(case_id) -> str:
-    """A case id names a folder inside the dataset: no separators, no '..', nothing hidden."""
-    if not isinstance(case_id, str) or not _CASE_ID.fullmatch(case_id) or ".." in case_id or case_id == RUNS_DIR:
+    """A case id names a folder inside the dataset: no separators, no '..', nothing hidden, none of the dataset's own names."""
+    reserved = isinstance(case_id, str) and (case_id.lower() in RESERVED_NAMES or case_id.lower().endswith((".json", ".lock")))
+    if not isinstance(case_id, str) or not _CASE_ID.fullmatch(case_id) or ".." in case_id or reserved:
         raise InputError(
             repr(case_id),
             "is not a valid case id: use 1-100 letters, digits, '.', '_' or '-', starting with a letter or digit, "
-            f"without '..' and not {RUNS_DIR!r} (it names a folder inside the dataset)",
+            f"without '..', not ending in .json or .lock and none of {sorted(RESERVED_NAMES)} (it names a folder inside the dataset)",
         )
     return case_id
 
@@ -113,9 +118,35 @@ def read_manifest(dataset: str | os.PathLike) -> dict | None:
         raise InputError(path, f"unreadable dataset manifest: {exc}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or not isinstance(manifest.get("cases"), list):
         raise InputError(path, f"is not a napari-sevnet dataset manifest (format {FORMAT!r} with a 'cases' list)")
-    if manifest.get("format_version", 0) > FORMAT_VERSION:
-        raise InputError(path, f"manifest format version {manifest['format_version']} is newer than this napari-sevnet reads ({FORMAT_VERSION})")
+    version = manifest.get("format_version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise InputError(path, f"format_version {version!r} must be a whole number (was the manifest edited by hand?)")
+    if version > FORMAT_VERSION:
+        raise InputError(path, f"manifest format version {version} is newer than this napari-sevnet reads ({FORMAT_VERSION})")
+    for index, record in enumerate(manifest["cases"]):
+        _check_record(record, f"cases[{index}]", path)
     return manifest
+
+
+def _check_record(record, where: str, path: Path) -> None:
+    """A manifest record as the export writes it, its folder directly inside the dataset (symlinks resolved)."""
+    if not isinstance(record, dict):
+        raise InputError(path, f"{where} is not a record (was the manifest edited by hand?)")
+    for key, kind in (("case_id", str), ("version", int), ("folder", str)):
+        value = record.get(key)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise InputError(path, f"{where}.{key} is {value!r}, not a {kind.__name__} (was the manifest edited by hand?)")
+    try:
+        check_case_id(record["case_id"])
+    except InputError as exc:
+        raise InputError(path, f"{where}.case_id {exc}") from None
+    replaces = record.get("replaces", [])
+    if not isinstance(replaces, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in replaces):
+        raise InputError(path, f"{where}.replaces must be a list of version numbers, not {replaces!r}")
+    folder = record["folder"]
+    dataset = path.parent.resolve()
+    if Path(folder).name != folder or folder in ("", ".", "..") or (dataset / folder).resolve().parent != dataset:
+        raise InputError(path, f"{where}.folder {folder!r} is not a folder directly inside the dataset: nothing outside it is read or deleted")
 
 
 def active_cases(manifest: dict) -> list[dict]:
@@ -166,9 +197,10 @@ def _recover(dataset: Path, manifest: dict) -> None:
             continue
         try:
             record = json.loads((entry / RECORD_NAME).read_text(encoding="utf-8"))
+            _check_record(record, entry.name, dataset / MANIFEST_NAME)
             key = (record["case_id"], record["version"])
         except (OSError, ValueError, KeyError, TypeError):
-            continue  # not an exported version: leave it alone
+            continue  # not an exported version (or not a sound one): leave it alone
         if key in known or record.get("folder") != entry.name:
             continue
         if key in replaced:

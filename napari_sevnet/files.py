@@ -56,3 +56,14 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     with atomic_output(path) as tmp:
         tmp.write_text(text)
     return Path(path)
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, names) -> list[Path]:
+    """Remove the temporary files :func:`atomic_output` left for ``names`` in ``folder`` when a process was killed mid-write."""
+    removed = []
+    for name in names:
+        for tmp in Path(folder).glob(f".{name}.*"):
+            if tmp.is_file():
+                tmp.unlink(missing_ok=True)
+                removed.append(tmp)
+    return removed

@@ -34,8 +34,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from napari_sevnet.assumptions import TRAINING_SPACING_MM, input_warnings, needs_resampling
 from napari_sevnet.checkpoint import CheckpointInfo, bundled_checkpoint, load_checkpoint
-from napari_sevnet.errors import Cancelled
+from napari_sevnet.errors import Cancelled, InputError
 from napari_sevnet.model import size_divisor
 from napari_sevnet.regions import make_nested
 
@@ -105,6 +106,12 @@ def preprocess(image: np.ndarray) -> tuple[np.ndarray, tuple[slice, slice, slice
     return normalize(image[(slice(None), *box)]), box
 
 
+def _resize(volumes: np.ndarray, shape) -> np.ndarray:
+    """(C, Z, Y, X) float volumes resampled to ``shape`` (trilinear)."""
+    x = torch.from_numpy(np.ascontiguousarray(volumes, dtype=np.float32))[None]
+    return F.interpolate(x, size=tuple(int(n) for n in shape), mode="trilinear", align_corners=False)[0].numpy()
+
+
 def binary_entropy(p: np.ndarray) -> np.ndarray:
     """Entropy in bits of a Bernoulli probability: 0 when sure, 1 at p = 0.5."""
     q = np.clip(p, 1e-7, 1 - 1e-7)
@@ -130,6 +137,8 @@ class Prediction:
     members: int = 1  # forward passes averaged (mirror flips x dropout samples)
     tta: bool = False  # mirror flips were averaged (``members`` says how many passes)
     postprocessing: dict = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)  # how the input differs from what the model was trained on
+    notes: list[str] = field(default_factory=list)  # what was done about it (resampling)
 
 
 class Predictor:
@@ -173,6 +182,8 @@ class Predictor:
         self.divisor = size_divisor(self.model, name)
         patch = (info.preprocessing.get("patch_size") if info else None) or [128, 128, 128]
         self.patch_size = tuple(int(p) for p in patch)
+        if any(p % self.divisor for p in self.patch_size):
+            raise InputError(self.checkpoint, f"preprocessing.patch_size {list(self.patch_size)} must be multiples of {self.divisor} for this network")
         mode = (info.preprocessing.get("inference") if info else None) or "windows"
         if mode not in INFERENCE_MODES:
             raise ValueError(f"checkpoint asks for inference mode {mode!r}; known: {INFERENCE_MODES}")
@@ -182,6 +193,8 @@ class Predictor:
         if self.mc_samples and not _dropout_layers(self.model):
             raise ValueError("MC-dropout needs a model with dropout; this one has none (train with model.config.dropout > 0)")
         self.min_et_voxels = min_et_voxels
+        declared = (info.preprocessing.get("spacing_mm") if info else None) or TRAINING_SPACING_MM
+        self.training_spacing = tuple(float(v) for v in declared)
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ public
@@ -190,6 +203,7 @@ class Predictor:
         self,
         image: np.ndarray,
         *,
+        spacing: tuple[float, float, float] | None = None,
         tta: bool | int | None = None,
         uncertainty: bool | None = None,
         progress: ProgressCallback | None = None,
@@ -197,7 +211,11 @@ class Predictor:
     ) -> Prediction:
         """Segment one case ``image`` (4, Z, Y, X) in the checkpoint's modality order.
 
-        ``tta`` / ``uncertainty``: this call's settings (None: the Predictor's defaults).
+        ``spacing``: the voxel size in mm; a case at another spacing than the model
+        was trained at is resampled to it and the result back to the case's grid
+        (a note says so), and the input is checked against the model's other
+        assumptions (warnings). ``tta`` / ``uncertainty``: this call's settings
+        (None: the Predictor's defaults).
         ``tta`` True averages the 8 mirror flips; a number averages that many of
         them (2: the scan and its left-right mirror, the cheapest ensemble).
         """
@@ -210,21 +228,39 @@ class Predictor:
         is_cancelled = cancel.is_set if isinstance(cancel, threading.Event) else (cancel or (lambda: False))
         report = progress or (lambda fraction, message: None)
         timings = {}
+        warnings = input_warnings(image, spacing or self.training_spacing)
+        notes = []
         with self._lock:
             t0 = time.perf_counter()
             report(0.0, "preprocessing")
-            crop, box = preprocess(image)
+            work = image
+            if spacing is not None and needs_resampling(spacing, self.training_spacing):
+                shape = tuple(max(int(round(n * s / t)), 1) for n, s, t in zip(image.shape[1:], spacing, self.training_spacing))
+                work = _resize(image, shape)
+                notes.append(f"resampled from {'x'.join(f'{s:.2f}' for s in spacing)} mm to the model's {'x'.join(f'{t:.2f}' for t in self.training_spacing)} mm and back")
+            crop, box = preprocess(work)
             timings["preprocess_s"] = time.perf_counter() - t0
 
             t1 = time.perf_counter()
             probs, attention, disagreement, members = self._infer(crop, report, is_cancelled, passes, uncertainty)
             timings["inference_s"] = time.perf_counter() - t1
+            if not np.all(np.isfinite(probs)):
+                raise InputError(self.checkpoint, "the model gave NaN or infinite probabilities on this case: its weights are damaged or it diverged in training")
 
             t2 = time.perf_counter()
-            full = np.zeros((3, *image.shape[1:]), dtype=np.float32)
+            full = np.zeros((3, *work.shape[1:]), dtype=np.float32)
             full[(slice(None), *box)] = probs
+            members_disagree = None
+            if disagreement is not None:
+                members_disagree = np.zeros(full.shape, dtype=bool)
+                members_disagree[(slice(None), *box)] = disagreement
+            if work is not image:  # back onto the case's own grid
+                full = _resize(full, image.shape[1:])
+                members_disagree = _resize(members_disagree, image.shape[1:]) > 0.5 if members_disagree is not None else None
+                box = brain_box(image)
             regions = make_nested(full > self.threshold)
-            result = Prediction(regions=regions, probabilities=full, attention=attention, box=box, timings=timings, device=str(self.device), members=members, tta=passes > 1)
+            result = Prediction(regions=regions, probabilities=full, attention=attention, box=box, timings=timings, device=str(self.device), members=members,
+                                tta=passes > 1, warnings=warnings, notes=notes)
             if self.min_et_voxels:
                 small = 0 < int(regions[2].sum()) < self.min_et_voxels
                 result.postprocessing = {"min_et_voxels": int(self.min_et_voxels), "et_relabelled_voxels": int(regions[2].sum()) if small else 0}
@@ -232,8 +268,7 @@ class Predictor:
                     regions[2] = False
             if uncertainty:
                 result.uncertainty = binary_entropy(full)
-                result.disagreement = np.zeros(full.shape, dtype=bool)
-                result.disagreement[(slice(None), *box)] = disagreement
+                result.disagreement = members_disagree
             timings["postprocess_s"] = time.perf_counter() - t2
             timings["total_s"] = time.perf_counter() - t0
             report(1.0, "done")

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
+from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, io_orientation, ornt_transform
 
 from napari_sevnet import regions as reg
 from napari_sevnet.errors import InputError
@@ -49,6 +49,8 @@ MSD_CHANNELS = ("flair", "t1", "t1ce", "t2")
 
 #: refuse volumes whose float32 copy would exceed this many bytes (before allocating)
 MAX_VOLUME_BYTES = int(os.environ.get("SEVNET_MAX_VOLUME_BYTES", 4 * 1024**3))
+#: refuse a case whose four float32 sequences together would exceed this (checked on the headers, before reading)
+MAX_CASE_BYTES = int(os.environ.get("SEVNET_MAX_CASE_BYTES", 8 * 1024**3))
 AFFINE_TOLERANCE_MM = 1e-3
 _CANONICAL = axcodes2ornt(("R", "A", "S"))
 _NIFTI_SUFFIX = re.compile(r"\.nii(\.gz)?$", re.IGNORECASE)
@@ -273,6 +275,7 @@ def read_nifti(path: str | os.PathLike, *, allow_4d: bool = False) -> tuple[np.n
     dtype = img.get_data_dtype()
     if dtype.fields is not None or np.issubdtype(dtype, np.complexfloating) or dtype.kind not in "iufb":
         raise InputError(path, f"unsupported voxel type {dtype} (RGB or complex images are not MRI intensities)")
+    _check_scaling_and_voxel_size(img, path)
     offset = float(img.header.get("vox_offset", 0))
     if not np.isfinite(offset) or offset < 0 or (not path.name.lower().endswith(".gz") and offset > path.stat().st_size):
         raise InputError(path, f"header's data offset {offset} lies outside the file")
@@ -284,6 +287,22 @@ def read_nifti(path: str | os.PathLike, *, allow_4d: bool = False) -> tuple[np.n
     if affine is None or not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
         raise InputError(path, "header holds no valid voxel-to-world affine (singular or non-finite)")
     return data, img
+
+
+def _check_scaling_and_voxel_size(img, path: Path) -> None:
+    """Header values nibabel would silently accept (or repair while loading) but that make every figure wrong."""
+    try:
+        with nib.openers.ImageOpener(str(path)) as fobj:
+            header = type(img.header).from_fileobj(fobj, check=False)  # the fields as stored, before nibabel's repairs
+    except Exception:  # noqa: BLE001 - the loader already read it once; nothing more to learn here
+        return
+    slope = header.get("scl_slope")
+    if slope is not None and np.isfinite(slope) and slope < 0:
+        raise InputError(path, f"header's intensity scale scl_slope is {float(slope):g}: it negates the stored values, and MRI magnitudes are never negative (fix the header)")
+    if int(header.get("sform_code", 0)) == 0:  # qform (or nothing): the voxel size comes from pixdim
+        zooms = np.asarray(header["pixdim"][1:4], dtype=float)
+        if not np.all(np.isfinite(zooms)) or np.any(zooms <= 0):
+            raise InputError(path, f"header's voxel size (pixdim) is {zooms.tolist()}: zero or negative, so volumes in mL would be wrong (nibabel reads it as 1 mm)")
 
 
 def _describe(exc: BaseException) -> str:
@@ -316,6 +335,22 @@ def _same_grid(a: SourceGrid, b: SourceGrid, path: Path, ref: Path) -> None:
         zb = np.sqrt((b.affine[:3, :3] ** 2).sum(0)).round(3).tolist()
         what = f"voxel spacing {zb} differs from {za}" if not np.allclose(za, zb, atol=1e-3) else "affine (position/orientation) differs"
         raise InputError(path, f"{what} of {ref.name}: modalities must share one grid")
+
+
+def _check_case_size(files: dict[str, Path]) -> None:
+    """Refuse, from the headers alone, a case whose sequences together need more memory than allowed."""
+    voxels = 0
+    for path in files.values():
+        try:
+            n = int(np.prod(nib.load(str(path)).shape[:3], dtype=np.float64))
+        except Exception:  # noqa: BLE001 - an unreadable file is reported by read_nifti, naming it
+            return
+        if n * 4 > MAX_VOLUME_BYTES:
+            return  # read_nifti refuses this one file by name
+        voxels += n
+    if voxels * 4 > MAX_CASE_BYTES:
+        folder = Path(next(iter(files.values()))).parent
+        raise InputError(folder, f"its sequences together need {voxels * 4 / 1024**3:.1f} GiB as float32, over the {MAX_CASE_BYTES / 1024**3:.1f} GiB limit per case (SEVNET_MAX_CASE_BYTES)")
 
 
 def load_case(
@@ -357,6 +392,7 @@ def load_case(
         paths = {m: files["image"] for m in MODALITIES}
         convention = label_convention or "msd"
     else:
+        _check_case_size({m: files[m] for m in MODALITIES})
         grid = None
         volumes = []
         for m in MODALITIES:
@@ -378,15 +414,41 @@ def load_case(
     return case
 
 
-def read_segmentation(path: str | os.PathLike, grid: SourceGrid, reference: Path, convention: str | None = None) -> tuple[np.ndarray, str]:
+def read_segmentation(path: str | os.PathLike, grid: SourceGrid, reference: Path, convention: str | None = None, *, default: str | None = None) -> tuple[np.ndarray, str]:
     """A label file on ``grid`` (that of ``reference``) -> ((3, Z, Y, X) WT/TC/ET bool, convention used).
 
-    The convention is guessed from the values unless given.
+    A mask on the same world grid in another voxel order (RAS instead of LPS)
+    is re-oriented like the scans. The convention: ``convention`` when given,
+    else what the file says (:func:`label_convention_of`), else ``default``.
     """
     path = Path(path)
     data, img = read_nifti(path)
-    _same_grid(grid, grid_of(img), path, reference)
-    return _labels_to_regions(grid.to_canonical(np.asarray(data)), convention, path)
+    mask_grid = grid_of(img)
+    if not _same_world_grid(grid, mask_grid):
+        _same_grid(grid, mask_grid, path, reference)  # raises, saying what differs
+    labels = mask_grid.to_canonical(np.asarray(data))
+    return _labels_to_regions(labels, convention or label_convention_of(path, img, default), path)
+
+
+def _same_world_grid(a: SourceGrid, b: SourceGrid) -> bool:
+    """Whether two grids place the same voxels at the same world positions, whatever the voxel order."""
+    if a.shape == b.shape and np.allclose(a.affine, b.affine, atol=AFFINE_TOLERANCE_MM):
+        return True
+    canonical = [(sorted(zip(g.orientation[:, 0], g.shape)), g.affine @ inv_ornt_aff(g.orientation, g.shape)) for g in (a, b)]
+    return canonical[0][0] == canonical[1][0] and np.allclose(canonical[0][1], canonical[1][1], atol=AFFINE_TOLERANCE_MM)
+
+
+def label_convention_of(path: Path, img, default: str | None = None) -> str | None:
+    """The label convention a mask file declares: our own files say it in their description, BraTS files in
+    their names (``_seg``: 2021, ``-seg``: 2023); else ``default`` (None: decided from the values, if they allow)."""
+    description = bytes(img.header.get("descrip", b"")).split(b"\0")[0].decode("ascii", "replace")
+    match = re.match(r"napari-sevnet (\w+) labels", description)
+    if match and match.group(1) in reg.CONVENTIONS:
+        return match.group(1)
+    parsed = role_of(path.name)
+    if parsed is not None and parsed[1] == "seg":
+        return parsed[2]
+    return default
 
 
 def _labels_to_regions(labels: np.ndarray, convention: str | None, path: Path) -> tuple[np.ndarray, str]:
@@ -396,15 +458,16 @@ def _labels_to_regions(labels: np.ndarray, convention: str | None, path: Path) -
         conv = reg.convention_name(convention) if convention else reg.guess_convention(labels)
         return reg.labels_to_regions(labels, conv), conv
     except ValueError as exc:
-        raise InputError(path, str(exc)) from None
+        hint = "; if the file uses other labels, pass the convention (--labels 2021, 2023 or msd)" if "label" in str(exc) else ""
+        raise InputError(path, f"{exc}{hint}") from None
 
 
 def read_labels(path: str | os.PathLike, convention: str | None = None) -> tuple[np.ndarray, SourceGrid]:
-    """A label file on its own grid -> ((3, Z, Y, X) WT/TC/ET bool, its grid); convention guessed unless given."""
+    """A label file on its own grid -> ((3, Z, Y, X) WT/TC/ET bool, its grid); the convention as read_segmentation decides it."""
     path = Path(path)
     data, img = read_nifti(path)
     grid = grid_of(img)
-    return _labels_to_regions(grid.to_canonical(np.asarray(data)), convention, path)[0], grid
+    return _labels_to_regions(grid.to_canonical(np.asarray(data)), convention or label_convention_of(path, img), path)[0], grid
 
 
 # --------------------------------------------------------------------------- writing

@@ -37,17 +37,21 @@ def convention_name(name: str) -> str:
 
 
 def guess_convention(labels: np.ndarray) -> str:
-    """The BraTS convention a label map is written in: 4 present -> 2021, 3 -> 2023.
+    """The convention of a label map whose file does not say it, when the values leave no doubt.
 
-    Maps with only 0/1/2 read the same in both; 2021 is returned for them.
-    Values outside both conventions raise ``ValueError``.
+    4 present -> BraTS 2021. Only 0/1/2 read the same in BraTS 2021 and 2023 ->
+    2021. A 3 is BraTS 2023 or the Decathlon's 1/2/3, which swaps necrosis and
+    edema: that is ambiguous, and so is a value outside both, a ``ValueError``
+    that asks for the convention.
     """
     values = set(np.unique(labels).tolist())
     if not values <= {0, 1, 2, 3, 4}:
         raise ValueError(f"unknown label values {sorted(values - {0, 1, 2, 3, 4})}; expected BraTS labels 0/1/2/4 or 0/1/2/3")
     if 3 in values and 4 in values:
         raise ValueError("label map holds both 3 and 4: neither BraTS 2021 (1/2/4) nor BraTS 2023 (1/2/3)")
-    return "brats2023" if 3 in values else "brats2021"
+    if 3 in values:
+        raise ValueError("label values 0-3 are BraTS 2023 labels or the Decathlon's (which swap necrosis and edema), and the file does not say which")
+    return "brats2021"
 
 
 def labels_to_regions(labels: np.ndarray, convention: str) -> np.ndarray:

@@ -21,31 +21,62 @@ from napari_sevnet.uncertainty import uncertainty_summary
 RESEARCH_USE = "research use, not for diagnosis"
 
 
-def output_paths(case_id: str, out_dir: Path) -> dict[str, Path]:
-    return {"seg": out_dir / f"{case_id}_seg.nii.gz", "report": out_dir / f"{case_id}_report.json"}
+def output_paths(case_id: str, out_dir: Path, convention: str = "brats2021") -> dict[str, Path]:
+    """Where a case's mask and report go; the mask is named as its label convention is (2021 ``_seg``, 2023 ``-seg``)."""
+    seg = f"{case_id}-seg.nii.gz" if convention == "brats2023" else f"{case_id}_seg.nii.gz"
+    return {"seg": out_dir / seg, "report": out_dir / f"{case_id}_report.json"}
+
+
+def check_outputs_free(case_id: str, out_dir: Path, convention: str, *, overwrite: bool) -> None:
+    """Refuse, before the work, outputs that exist (unless ``overwrite``)."""
+    if overwrite:
+        return
+    for out in output_paths(case_id, out_dir, convention).values():
+        if out.exists():
+            raise InputError(out, "already exists; pass --overwrite to replace it")
 
 
 def write_case_outputs(case: Case, result, predictor, out_dir: Path, *, convention: str, overwrite: bool = False, probabilities: bool = False) -> dict:
-    """Write the mask, the optional maps and the report (last, so a report means a complete set); returns the report."""
-    paths = output_paths(case.case_id, out_dir)
-    for out in paths.values():
-        if out.exists() and not overwrite:
-            raise InputError(out, "already exists; pass --overwrite to replace it")
-    write_mask(result.regions, case.grid, paths["seg"], convention, overwrite=overwrite)
+    """Write the mask, the optional maps and the report (last, so a report means a complete set); returns the report.
+
+    All or nothing: when one write fails (a full disk), the files this call
+    wrote are removed again. With ``overwrite`` the case's maps of an earlier
+    run that this run does not write go too, so no stale map sits beside the
+    new report.
+    """
+    paths = output_paths(case.case_id, out_dir, convention)
+    check_outputs_free(case.case_id, out_dir, convention, overwrite=overwrite)
     maps = {}
     if probabilities:
         maps.update({f"prob_{r}": result.probabilities[i] for i, r in enumerate(REGIONS)})
     if result.uncertainty is not None:
         maps.update({f"uncertainty_{r}": result.uncertainty[i] for i, r in enumerate(REGIONS)})
-    written = {}
-    for name, volume in maps.items():
-        written[name] = str(write_volume(volume, case.grid, out_dir / f"{case.case_id}_{name}.nii.gz", overwrite=overwrite))
-    report = {
+    map_paths = {name: out_dir / f"{case.case_id}_{name}.nii.gz" for name in maps}
+    written: list[Path] = []
+    try:
+        written.append(write_mask(result.regions, case.grid, paths["seg"], convention, overwrite=overwrite))
+        for name, volume in maps.items():
+            written.append(write_volume(volume, case.grid, map_paths[name], overwrite=overwrite))
+        report = _report(case, result, predictor, paths, convention, {n: str(p) for n, p in map_paths.items()})
+        write_text_atomic(paths["report"], json.dumps(report, indent=2))
+    except BaseException:
+        for path in written:
+            Path(path).unlink(missing_ok=True)
+        raise
+    if overwrite:
+        for stale in [*out_dir.glob(f"{case.case_id}_prob_*.nii.gz"), *out_dir.glob(f"{case.case_id}_uncertainty_*.nii.gz")]:
+            if stale not in map_paths.values():
+                stale.unlink(missing_ok=True)
+    return report
+
+
+def _report(case: Case, result, predictor, paths: dict, convention: str, maps: dict) -> dict:
+    return {
         "notice": f"Automatic segmentation for {RESEARCH_USE}: check and correct it before any use.",
         "case": case.case_id,
         "inputs": {k: str(v) for k, v in case.paths.items()},
         "segmentation": str(paths["seg"]),
-        "maps": written,
+        "maps": maps,
         "label_convention": convention,
         "volumes_ml": volumes_ml(result.regions, case.spacing),
         "spacing_mm": list(case.spacing),
@@ -55,6 +86,6 @@ def write_case_outputs(case: Case, result, predictor, out_dir: Path, *, conventi
         "checkpoint": predictor.checkpoint,
         "postprocessing": result.postprocessing or None,
         "uncertainty": uncertainty_summary(result, case.spacing) if result.uncertainty is not None else None,
+        "warnings": result.warnings,
+        "notes": result.notes,
     }
-    write_text_atomic(paths["report"], json.dumps(report, indent=2))
-    return report

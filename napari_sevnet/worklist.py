@@ -107,7 +107,7 @@ def run_worklist(
             if item.report is None:
                 case = load_case(case_folder)
                 report = (lambda f, m, case_id=case_id: progress(case_id, f, m)) if progress else None
-                result = predictor.predict(case.image, tta=passes, uncertainty=True, cancel=cancel, progress=report)
+                result = predictor.predict(case.image, spacing=case.spacing, tta=passes, uncertainty=True, cancel=cancel, progress=report)
                 item.report = write_case_outputs(case, result, predictor, cache, convention="brats2021", overwrite=True)
         except InputError as exc:
             item.error = str(exc)

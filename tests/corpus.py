@@ -45,13 +45,24 @@ CASE_KINDS = {
     "affine_differs": "affine .* differs",
     "singular_affine": "no valid voxel-to-world affine",
     "seg_unknown_labels": r"unknown label values \[7\]",
-    "seg_fractional_labels": "unknown label values",
+    "seg_fractional_labels": "non-integer values",
     "seg_shape_differs": "shape .* differs",
     "two_cases_mixed": "several cases",
     "symlink_loop": "symbolic link loop",
     "dangling_symlink": "cannot access",
     "unreadable_permissions": "permission denied",
     "folder_instead_of_file": "is a folder",
+    "zero_voxel_size": r"voxel size \(pixdim\)",
+    "negative_intensity_scale": "scl_slope is -1",
+    "label_3_in_a_2021_named_mask": r"unknown label values \[3\].*--labels",
+    "case_over_the_memory_budget": "limit per case",
+}
+
+#: accepted, but never silently: kind -> regex of the warning or note the Predictor gives (CLI, report, GUI)
+WARNED_KINDS = {
+    "intensity_offset": "no zero background",
+    "half_mm_voxels": "resampled from 0.50x0.50x0.50 mm",
+    "mostly_negative_intensities": "mostly negative",
 }
 
 CHECKPOINT_KINDS = {
@@ -63,6 +74,12 @@ CHECKPOINT_KINDS = {
     "weights_truncated": "not a readable safetensors file",
     "pickle_payload": "pickle",
     "unknown_architecture": "unknown architecture",
+    "nan_weights": "NaN or infinite values",
+    "patch_size_1": "patch_size",
+    "patch_size_4096": "patch_size",
+    "patch_size_not_a_multiple": "multiples of 8",
+    "header_claims_8_gib": "declares .* MiB of tensors",
+    "huge_network": "M parameters",
 }
 
 
@@ -72,6 +89,15 @@ def _resave(path: Path, data, affine=None, dtype=None):
     if dtype is not None:
         out.set_data_dtype(dtype)
     nib.save(out, path)
+
+
+def _write_raw(path: Path, header, data) -> Path:
+    """Write ``header`` as it is (nibabel would rewrite the fields a test wants broken) and the data, as .nii."""
+    path.unlink()
+    raw = path.with_name(path.name.replace(".nii.gz", ".nii"))
+    header["vox_offset"] = 352
+    raw.write_bytes(header.binaryblock + b"\0" * 4 + np.asarray(data).astype(header.get_data_dtype()).tobytes(order="F"))
+    return raw
 
 
 def make_bad_case(root: Path, kind: str) -> tuple[Path, Path]:
@@ -167,9 +193,54 @@ def make_bad_case(root: Path, kind: str) -> tuple[Path, Path]:
     elif kind == "folder_instead_of_file":
         t1.unlink()
         t1.mkdir()
+    elif kind == "zero_voxel_size":  # a qform-only header with pixdim 0: nibabel would read 1 mm
+        header = nib.load(t1).header.copy()
+        header.set_sform(None, code=0)
+        header["pixdim"][1] = 0.0
+        t1 = _write_raw(t1, header, data)
+    elif kind == "negative_intensity_scale":
+        header = nib.load(t1).header.copy()
+        header["scl_slope"], header["scl_inter"] = -1.0, 0.0
+        t1 = _write_raw(t1, header, data)
+    elif kind == "label_3_in_a_2021_named_mask":  # a BraTS 2023 mask saved under a 2021 name
+        labels = np.asanyarray(nib.load(seg).dataobj).copy()
+        labels[labels == 4] = 3
+        _resave(seg, labels)
+        return folder, seg
+    elif kind == "case_over_the_memory_budget":  # four headers within the per-volume limit, 8.9 GiB together
+        for name in ("t1", "t1ce", "t2", "flair"):
+            (folder / f"{kind}_{name}.nii.gz").unlink()
+            header = nib.Nifti1Header()
+            header.set_data_shape((1000, 1000, 600))
+            header.set_data_dtype(np.uint8)
+            header.set_qform(affine, 1)
+            header.set_sform(affine, 1)
+            (folder / f"{kind}_{name}.nii").write_bytes(header.binaryblock + b"\0" * 4 + b"\0" * 1000)
+        return folder, folder
     else:
         raise KeyError(kind)
     return folder, t1
+
+
+def make_warned_case(root: Path, kind: str) -> Path:
+    """A phantom case at ``root/kind`` that loads but is not what the model was trained on."""
+    folder = write_phantom(root, seed=1, shape=SHAPE, case_id=kind)
+    t1 = folder / f"{kind}_t1.nii.gz"
+    if kind == "intensity_offset":  # scl_inter = 100: the background is no longer zero
+        img = nib.load(t1)
+        header = img.header.copy()
+        header["scl_slope"], header["scl_inter"] = 1.0, 100.0
+        _write_raw(t1, header, np.asanyarray(img.dataobj))
+    elif kind == "mostly_negative_intensities":
+        img = nib.load(t1)
+        _resave(t1, -np.asanyarray(img.dataobj).astype(np.float32))
+    elif kind == "half_mm_voxels":
+        for path in folder.glob("*.nii.gz"):
+            img = nib.load(path)
+            nib.save(nib.Nifti1Image(np.asanyarray(img.dataobj), np.diag([0.5, 0.5, 0.5, 1.0]) @ img.affine), path)
+    else:
+        raise KeyError(kind)
+    return folder
 
 
 class _CreatesAFile:
@@ -217,6 +288,20 @@ def make_bad_checkpoint(root: Path, kind: str, good: Path) -> tuple[Path, Path]:
         return path, path
     elif kind == "unknown_architecture":
         info["architecture"] = {"name": "transformer9000"}
+    elif kind == "nan_weights":
+        state = load_file(str(weights))
+        name = next(k for k, v in state.items() if v.ndim == 5)
+        state[name][0, 0, 0, 0, 0] = float("nan")
+        save_file(state, str(weights))
+        return meta, weights
+    elif kind in ("patch_size_1", "patch_size_4096", "patch_size_not_a_multiple"):
+        info["preprocessing"]["patch_size"] = {"patch_size_1": [1, 1, 1], "patch_size_4096": [4096, 4096, 4096], "patch_size_not_a_multiple": [36, 36, 36]}[kind]
+    elif kind == "header_claims_8_gib":  # a valid safetensors header that promises far more data than the file has
+        header = json.dumps({"w": {"dtype": "F32", "shape": [2**31], "data_offsets": [0, 2**33]}}).encode()
+        weights.write_bytes(len(header).to_bytes(8, "little") + header + b"\0" * 64)
+        return meta, weights
+    elif kind == "huge_network":  # 2.5 KB of JSON asking for billions of parameters
+        info["architecture"] = {"name": "sevnet", "config": {"channels": [512, 1024, 2048, 4096, 8192], "encoder_convs": [3, 3, 3, 3, 3], "kernel_size": 5}}
     else:
         raise KeyError(kind)
     meta.write_text(json.dumps(info))

@@ -16,7 +16,7 @@ def test_predict_folder_of_cases_then_evaluate(phantom_dir, random_checkpoint, t
     assert predict_main([str(phantom_dir), "-o", str(out), "--checkpoint", str(random_checkpoint), "--labels", "2023", "--device", "cpu"]) == 0
     for seed in range(3):
         case = f"phantom_{seed:04d}"
-        seg = nib.load(out / f"{case}_seg.nii.gz")
+        seg = nib.load(out / f"{case}-seg.nii.gz")  # BraTS 2023 labels, BraTS 2023 naming
         src = nib.load(phantom_dir / case / f"{case}_t1.nii.gz")
         assert seg.shape == src.shape and np.array_equal(seg.affine, src.affine)
         assert set(np.unique(np.asanyarray(seg.dataobj)).tolist()) <= {0, 1, 2, 3}

@@ -32,10 +32,11 @@ def test_unknown_labels_rejected():
         reg.convention_name("brats2099")
 
 
-def test_guess_convention():
+def test_guess_convention_only_where_the_values_leave_no_doubt():
     assert reg.guess_convention(np.array([0, 1, 2, 4])) == "brats2021"
-    assert reg.guess_convention(np.array([0, 1, 2, 3])) == "brats2023"
-    assert reg.guess_convention(np.array([0, 2])) == "brats2021"
+    assert reg.guess_convention(np.array([0, 2])) == "brats2021"  # the same in 2021 and 2023
+    with pytest.raises(ValueError, match="Decathlon"):
+        reg.guess_convention(np.array([0, 1, 2, 3]))  # 2023 or the Decathlon's: the naming must say
 
 
 def test_make_nested_adds_inner_regions_outwards():

@@ -91,8 +91,10 @@ class TrainConfig:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, not {self.optimizer!r}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, not {self.schedule!r}")
-        if self.patch_size is not None and (len(self.patch_size) != 3 or min(self.patch_size) < 8):
-            raise ValueError(f"patch_size must be three sizes >= 8, got {self.patch_size}")
+        if self.patch_size is not None and not (
+            isinstance(self.patch_size, (list, tuple)) and len(self.patch_size) == 3 and all(isinstance(v, int) and not isinstance(v, bool) and 8 <= v <= 512 for v in self.patch_size)
+        ):
+            raise ValueError(f"patch_size must be three whole numbers from 8 to 512, e.g. [128, 160, 128]; got {self.patch_size!r}")
         for key in ("epochs", "steps_per_epoch", "batch_size", "val_every"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key} must be at least 1, got {getattr(self, key)}")
@@ -121,9 +123,13 @@ def _build(cls, data: dict, where: str):
 
 
 def _coerce(value, hint, where: str):
-    """Scalars to their declared type ('1e-4' -> 1e-4: YAML 1.1 reads that as a string)."""
+    """Scalars to their declared type ('1e-4' -> 1e-4: YAML 1.1 reads that as a string); a lone path where a list is due becomes a list."""
     if value is None:
         return None
+    if hint == list[str] and isinstance(value, str):
+        return [value]  # data.roots=/path written without brackets
+    if hint == list[str] and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+        raise ValueError(f"{where}: expected a list of paths, e.g. [/data/brats], got {value!r}")
     for scalar in (bool, int, float):
         if hint is scalar or hint == scalar | None:
             if scalar is bool:
@@ -163,7 +169,32 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise ValueError(f"override {text!r} is not key=value")
     key, value = text.split("=", 1)
-    return key.strip().split("."), yaml.safe_load(value)
+    return key.strip().split("."), _read_yaml(value, f"override {key.strip()}")
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """YAML without anchors and aliases: a config never needs them, and nested aliases (a "billion laughs" file of a
+    few hundred bytes) make a loader build an object graph of billions of entries."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(None, None, f"aliases (*{event.anchor}) are not allowed in a config", event.start_mark)
+        return super().compose_node(parent, index)
+
+
+MAX_CONFIG_BYTES = 1024 * 1024
+
+
+def _read_yaml(text: str, where: str):
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ValueError(f"{where}: a config of {len(text)} bytes is not a config (limit {MAX_CONFIG_BYTES})")
+    try:
+        return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader without aliases
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f", line {mark.line + 1}" if mark is not None else ""
+        raise ValueError(f"{where}{line}: cannot read config: {getattr(exc, 'problem', None) or exc}") from None
 
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
@@ -172,9 +203,12 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConf
     if path is not None:
         path = Path(path)
         try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
+            text = path.read_text()
+        except OSError as exc:
             raise ValueError(f"{path}: cannot read config: {exc}") from None
+        data = _read_yaml(text, str(path)) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: a config is a mapping of keys, not {type(data).__name__}")
         _resolve_paths(data, path.parent)
     for text in overrides:
         keys, value = parse_override(text)

@@ -24,10 +24,10 @@ import torch.distributed as dist
 from torch import nn
 
 from napari_sevnet.checkpoint import CheckpointInfo, load_checkpoint, provenance, save_checkpoint
-from napari_sevnet.files import atomic_output, write_text_atomic
+from napari_sevnet.files import atomic_output, remove_stale_temporaries, write_text_atomic
 from napari_sevnet.inference import Predictor, enable_huge_pages
 from napari_sevnet.metrics import case_metrics
-from napari_sevnet.model import build_model
+from napari_sevnet.model import build_model, size_divisor
 from napari_sevnet.regions import REGIONS
 from training import events
 from training.config import DEFAULT_PATCH_SIZE, TrainConfig, save_config
@@ -35,6 +35,8 @@ from training.data import PatchDataset, discover_cases, load_preprocessed, set_t
 
 log = logging.getLogger("sevnet.train")
 STATE_FILE = "resume_state.pt"
+#: what a run folder holds (their half-written temporaries are removed when a run starts or resumes)
+RUN_FILES = ("last.safetensors", "last.json", "best.safetensors", "best.json", STATE_FILE, "config.yaml", "data.json")
 
 
 @dataclass
@@ -199,27 +201,32 @@ class Trainer:
         self.run_dir = Path(resume or cfg.output)
         self.start_epoch, self.best = 0, -1.0
         self.elapsed_before = 0.0  # wall time of the epochs before a resume
+        self._lock = None  # the run folder's, held while this training writes there
 
     def run(self) -> Path:
         """Train per the config; returns the run folder (checkpoints best.* and last.*)."""
-        self.setup()
-        for epoch in range(self.start_epoch, self.cfg.epochs):
-            loss = self.train_epoch(epoch)
-            metrics = self.validate(epoch)
-            self.step_schedule(metrics)
-            self.save(epoch, loss, metrics)
-            # announced once saved: a program that stops the run on this event keeps this epoch
-            self.emit(events.EPOCH, epoch=epoch + 1, epochs=self.cfg.epochs, loss=loss, lr=self.lr_used, eta_s=round(self.eta, 1))
-            if self.dist.world > 1:
-                dist.barrier()
-        return self.finish()
+        try:
+            self.setup()
+            for epoch in range(self.start_epoch, self.cfg.epochs):
+                loss = self.train_epoch(epoch)
+                metrics = self.validate(epoch)
+                self.step_schedule(metrics)
+                self.save(epoch, loss, metrics)
+                # announced once saved: a program that stops the run on this event keeps this epoch
+                self.emit(events.EPOCH, epoch=epoch + 1, epochs=self.cfg.epochs, loss=loss, lr=self.lr_used, eta_s=round(self.eta, 1))
+                if self.dist.world > 1:
+                    dist.barrier()
+            return self.finish()
+        finally:
+            if self._lock is not None:
+                self._lock.release()
 
     # ------------------------------------------------------------------ set-up
 
     def setup(self) -> None:
         cfg = self.cfg
+        self._claim_run_folder()
         state = self._resume_state()
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed % 2**32)
         self.model = self._build_model()
@@ -229,7 +236,10 @@ class Trainer:
         self.use_amp = cfg.amp and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         if state is not None:
-            self.model.load_state_dict({k: v.to(self.device) for k, v in state["model"].items()})
+            try:
+                self.model.load_state_dict({k: v.to(self.device) for k, v in state["model"].items()})
+            except RuntimeError:
+                raise ValueError(f"--resume {self.run_dir}: its saved state belongs to another network than {cfg.model.name} {cfg.model.config}; resume with the run's own config.yaml") from None
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
             self.scaler.load_state_dict(state["scaler"])
@@ -256,6 +266,21 @@ class Trainer:
         self.bar = tqdm(total=self.total_steps, unit="step", desc="training", disable=quiet, dynamic_ncols=True)
         self.steps_done, self.eta, self.t_start = 0, 0.0, time.perf_counter()
 
+    def _claim_run_folder(self) -> None:
+        """One training per run folder; a new run never replaces another's checkpoints; leftovers of a kill go."""
+        from filelock import FileLock, Timeout
+
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.dist.main:
+            self._lock = FileLock(str(self.run_dir / ".training.lock"))
+            try:
+                self._lock.acquire(timeout=0)
+            except Timeout:
+                raise ValueError(f"{self.run_dir}: another training is writing to this run folder; choose another -o") from None
+            if not self.resume and (self.run_dir / "last.json").exists():
+                raise ValueError(f"{self.run_dir}: holds a run already (last.json); continue it with --resume {self.run_dir} or choose another -o")
+            remove_stale_temporaries(self.run_dir, RUN_FILES)
+
     def _resume_state(self) -> dict | None:
         if not self.resume:
             return None
@@ -273,8 +298,15 @@ class Trainer:
             cfg.inference = cfg.inference or init_info.preprocessing.get("inference")
         else:
             cfg.model.config = dict(cfg.model.config or {"preset": "lite"})
-            model = build_model(cfg.model.name, cfg.model.config)
+            try:
+                model = build_model(cfg.model.name, cfg.model.config)
+            except (TypeError, ValueError, KeyError) as exc:
+                raise ValueError(f"model: cannot build {cfg.model.name} with config {cfg.model.config}: {exc}") from None
         cfg.patch_size = list(cfg.patch_size or DEFAULT_PATCH_SIZE)
+        divisor = size_divisor(model, cfg.model.name)
+        if any(v % divisor for v in cfg.patch_size):
+            fitted = [max(divisor, round(v / divisor) * divisor) for v in cfg.patch_size]
+            raise ValueError(f"patch_size {cfg.patch_size} must be multiples of {divisor} for this {cfg.model.name}, e.g. {fitted}")
         cfg.inference = cfg.inference or "windows"
         if cfg.freeze_encoder:
             freeze_encoder(model)

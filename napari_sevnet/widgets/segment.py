@@ -255,7 +255,8 @@ class SegmentWidget(DockWidget):
         def segment():
             image = np.stack([np.asarray(v, dtype=np.float32) for v in volumes])  # ~140 MB: not on the GUI thread
             predictor = shared_predictor(viewer, checkpoint, device)
-            result = predictor.predict(image, tta=tta or uncertainty, uncertainty=uncertainty, progress=report, cancel=cancel)
+            spacing = tuple(float(v) for v in chosen["flair"].scale)
+            result = predictor.predict(image, spacing=spacing, tta=tta or uncertainty, uncertainty=uncertainty, progress=report, cancel=cancel)
             region_volumes = volumes_ml(result.regions, tuple(float(v) for v in chosen["flair"].scale))  # off the GUI thread too
             return predictor, result, self._result_layers(predictor, result, chosen, case_id, run), region_volumes
 
@@ -360,6 +361,12 @@ class SegmentWidget(DockWidget):
         self.uncertainty_layer = None
         self.last_result = None
         self._final_status = f"{case_id} run {run}: done in {result.timings['total_s']:.1f} s on {result.device} ({RESEARCH_USE})"
+        if result.notes or result.warnings:  # the input was not what the model was trained on: say so where it is seen
+            from napari.utils.notifications import show_warning
+
+            self._final_status += "; " + "; ".join(result.notes + [f"warning: {w}" for w in result.warnings])
+            for line in result.warnings:
+                show_warning(f"{case_id}: {line}")
         regions = [layer for layer in layers if LayerInfo.from_layer(layer).region is not None]
         self._inserter.insert(self._viewer, layers, on_added=self._on_layer_added, then=[self._collector.freeze_survivors] if self._collector is not None else [],
                               on_done=lambda: self._on_layers_inserted(result, volumes, regions), on_error=self._run_failed)

@@ -1,0 +1,52 @@
+"""What the model assumes about its input, checked on every case before it runs.
+
+The bundled models were trained on skull-stripped, co-registered BraTS scans:
+about 1 mm isotropic, a background of exact zeros around the brain, positive
+intensities, an adult brain of roughly 1.0-1.6 L. A scan that breaks one of
+these is segmented anyway when it can be, but never silently:
+
+* another voxel size is resampled to the training spacing and back (a note
+  says so: :func:`needs_resampling`);
+* no zero background (an intensity offset, the skull still there), intensities
+  that are mostly negative, or a brain volume outside a plausible range give a
+  warning that reaches the CLI, the report and the GUI (:func:`input_warnings`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from napari_sevnet.io import MODALITIES, MODALITY_LABELS
+
+#: spacing the models were trained at (BraTS): the default for checkpoints that do not declare it
+TRAINING_SPACING_MM = (1.0, 1.0, 1.0)
+SPACING_TOLERANCE = 0.1  # relative: 1.05 mm is fine, 0.5 or 1.5 mm is resampled
+MIN_BACKGROUND_FRACTION = 0.05  # a skull-stripped BraTS volume is 80-90 % zeros
+PLAUSIBLE_BRAIN_ML = (400.0, 2200.0)
+
+
+def needs_resampling(spacing, training_spacing=TRAINING_SPACING_MM) -> bool:
+    ratio = np.asarray(spacing, float) / np.asarray(training_spacing, float)
+    return bool(np.any(np.abs(ratio - 1) > SPACING_TOLERANCE))
+
+
+def input_warnings(image: np.ndarray, spacing=TRAINING_SPACING_MM) -> list[str]:
+    """Sentences about how ``image`` (4, Z, Y, X) differs from what the model was trained on; empty when it does not."""
+    warnings = []
+    for i, m in enumerate(MODALITIES):
+        volume = image[i]
+        zeros = float(np.mean(volume == 0))
+        if zeros < MIN_BACKGROUND_FRACTION:
+            values, counts = np.unique(volume[:: max(volume.size // 200_000, 1)], return_counts=True)
+            warnings.append(
+                f"{MODALITY_LABELS[m]} has no zero background ({100 * zeros:.1f} % of voxels are 0, the most common value is "
+                f"{values[np.argmax(counts)]:g}): the model expects skull-stripped scans with a zero background (an intensity offset in the header? the skull still there?)"
+            )
+        inside = volume[volume != 0]
+        if inside.size and float(np.mean(inside < 0)) > 0.5:
+            warnings.append(f"{MODALITY_LABELS[m]} is mostly negative inside the head: MRI magnitudes are not, and the model was trained on positive ones")
+    brain_ml = float(np.count_nonzero(np.any(image != 0, axis=0))) * float(np.prod(spacing)) / 1000.0
+    lo, hi = PLAUSIBLE_BRAIN_ML
+    if not lo <= brain_ml <= hi:
+        warnings.append(f"the non-zero volume is {brain_ml:.0f} mL, outside the {lo:.0f}-{hi:.0f} mL of a skull-stripped adult brain (skull not removed? part of the head only?)")
+    return warnings
