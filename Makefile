@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 SHARED_DATA ?= ../shared/data
 
-.PHONY: setup system-deps demo test test-fast bench bench-dice bench-se demo-weights demo-weights-eval real-weights eval-real sample-data screenshots clean
+.PHONY: setup system-deps demo test test-fast bench bench-dice bench-se demo-weights demo-weights-eval real-weights eval-real missing-weights eval-missing sample-data screenshots clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -71,6 +71,17 @@ real-weights: setup  ## train the shipped default on the real cases (about 2 h o
 
 eval-real: setup  ## held-out Dice, HD95, lesion-wise scores and SE spread of the bundled default on the real cases (a few minutes)
 	SEVNET_REAL_DATA=$(SHARED_DATA) $(BIN)/python -m benchmarks.real_heldout --label "SEV-Net lite (default)" --consensus -o benchmarks/results/real-heldout-default.json
+
+missing-weights: setup  ## the model for cases with missing sequences: the default fine-tuned with sequence dropout (about 50 min), scored, published
+	$(BIN)/sevnet-train --config training/configs/sevnet_real_brats_missing.yaml 'data.roots=[$(SHARED_DATA)/brats18,$(SHARED_DATA)]'
+	$(MAKE) eval-missing MISSING_CKPT=runs/sevnet_real_brats_missing/last.json
+	$(BIN)/python -m training.publish runs/sevnet_real_brats_missing/last.json napari_sevnet/weights/sevnet_lite_brats_missing --card training/model_cards/sevnet_lite_brats_missing.yaml
+
+MISSING_CKPT ?= napari_sevnet/weights/sevnet_lite_brats_missing.json
+eval-missing: setup  ## held-out Dice per set of available sequences: the missing-sequence model against the default given zero-filled channels
+	SEVNET_REAL_DATA=$(SHARED_DATA) $(BIN)/python -m benchmarks.real_heldout --patterns -o benchmarks/results/real-heldout-missing-sequences.json \
+	  --checkpoint $(MISSING_CKPT) --label "trained for missing sequences" \
+	  --checkpoint napari_sevnet/weights/sevnet_lite_brats.json --label "default, zero-filled"
 
 ABLATION := sevnet-train --config training/configs/sevnet_real_brats.yaml 'data.roots=[$(SHARED_DATA)/brats18,$(SHARED_DATA)]' init=null epochs=20
 bench-se: setup  ## SE on (pre-norm squeeze), SE off (V-Net), post-norm squeeze: same recipe from scratch, half its steps (about 3 x 1.5 h): benchmarks/results/se-ablation.*

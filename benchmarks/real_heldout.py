@@ -17,7 +17,11 @@ that ignores the case has a spread of 0.
 
 ``--compare`` adds, for every checkpoint after the first, the paired per-case
 Dice difference against the first: mean, sd over cases and a bootstrap 95 %
-interval. Writes JSON (``-o``) and prints a markdown table.
+interval. ``--patterns`` scores each checkpoint with sequences left out (all
+four; no T1; no T2; no FLAIR; FLAIR + T1ce; T1ce only; FLAIR only): a model
+trained for missing sequences is told which are present, any other model is
+given zero-filled channels, which is what a user would otherwise get. Writes
+JSON (``-o``) and prints a markdown table.
 """
 
 from __future__ import annotations
@@ -37,6 +41,16 @@ DATA = Path(os.environ.get("SEVNET_REAL_DATA", ROOT.parent / "shared" / "data"))
 #: cases with a five-algorithm consensus mask (not expert): reported apart
 CONSENSUS_CASES = {"TCGA-DU-7294": "TCGA-DU-7294", "TCGA-FG-6692": "TCIA-RAW-FG-6692/brats_space"}
 REGIONS = ("WT", "TC", "ET")
+#: availability patterns of the missing-sequence figures: name -> the sequences present
+PATTERNS = {
+    "all four": ("t1", "t1ce", "t2", "flair"),
+    "no T1": ("t1ce", "t2", "flair"),
+    "no T2": ("t1", "t1ce", "flair"),
+    "no FLAIR": ("t1", "t1ce", "t2"),
+    "FLAIR + T1ce": ("t1ce", "flair"),
+    "T1ce only": ("t1ce",),
+    "FLAIR only": ("flair",),
+}
 METRICS = ("dice", "hd95", "sensitivity", "precision", "lesion_dice", "lesion_hd95")
 
 
@@ -72,6 +86,28 @@ def evaluate(checkpoint: str | None, cases: dict[str, Path]) -> dict:
         print(f"  {case_id:<24} " + "  ".join(f"{r} {m[r]['dice']:.3f}" for r in REGIONS) + f"  ({seconds:.1f} s)", flush=True)
     mean = {r: {k: float(np.mean([c[r][k] for c in per_case.values()])) for k in METRICS} for r in REGIONS}
     return {"checkpoint": predictor.checkpoint, "cases": per_case, "mean": mean, "se_spread": se_spread(attention), "attention": attention}
+
+
+def evaluate_patterns(checkpoint: str | None, cases: dict[str, Path]) -> dict:
+    """Mean and per-case Dice per region for each availability pattern."""
+    from napari_sevnet.inference import Predictor
+    from napari_sevnet.io import MODALITIES, load_case
+    from napari_sevnet.metrics import dice
+
+    predictor = Predictor(checkpoint, "cpu")
+    handles = predictor.handles_missing_sequences
+    scores: dict[str, dict] = {name: {} for name in PATTERNS}
+    for case_id, folder in cases.items():
+        case = load_case(folder)
+        for name, present in PATTERNS.items():
+            image = case.image.copy()
+            for i, m in enumerate(MODALITIES):
+                if m not in present:
+                    image[i] = 0
+            result = predictor.predict(image, spacing=case.spacing, sequences=present if handles else None)
+            scores[name][case_id] = {r: dice(result.regions[i], case.regions[i]) for i, r in enumerate(REGIONS)}
+        print(f"  {case_id}: " + "  ".join(f"{n} WT {scores[n][case_id]['WT']:.2f}" for n in PATTERNS), flush=True)
+    return {"told_which_are_present": handles, "patterns": {n: {"mean": {r: float(np.mean([c[r] for c in per.values()])) for r in REGIONS}, "cases": per} for n, per in scores.items()}}
 
 
 def se_spread(attention: dict[str, dict[str, list[float]]]) -> dict:
@@ -121,6 +157,7 @@ def main(argv=None) -> int:
     parser.add_argument("--label", action="append", help="a name per checkpoint for the tables")
     parser.add_argument("--compare", action="store_true", help="paired Dice differences of every checkpoint against the first")
     parser.add_argument("--consensus", action="store_true", help="also score the consensus-labelled cases (not expert)")
+    parser.add_argument("--patterns", action="store_true", help="only the missing-sequence figures: each checkpoint with sequences left out")
     parser.add_argument("--split", type=Path, default=SPLIT)
     parser.add_argument("-o", "--output", type=Path, help="JSON to write (default: print only)")
     args = parser.parse_args(argv)
@@ -132,6 +169,8 @@ def main(argv=None) -> int:
         consensus = {i: DATA / rel for i, rel in CONSENSUS_CASES.items() if (DATA / rel).is_dir()}
     checkpoints = args.checkpoint or [None]
     labels = args.label or [str(c or "bundled default") for c in checkpoints]
+    if args.patterns:
+        return _patterns_main(args, checkpoints, labels, ids, cases)
     results = []
     for checkpoint, label in zip(checkpoints, labels):
         print(f"{label}: {len(cases)} held-out cases", flush=True)
@@ -159,6 +198,25 @@ def main(argv=None) -> int:
         from napari_sevnet.files import write_text_atomic
 
         args.output.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(args.output, json.dumps(out, indent=1) + "\n")
+        write_text_atomic(args.output.with_suffix(".md"), table + "\n")
+    return 0
+
+
+def _patterns_main(args, checkpoints, labels, ids, cases) -> int:
+    results = {}
+    for checkpoint, label in zip(checkpoints, labels):
+        print(f"{label}: {len(cases)} held-out cases x {len(PATTERNS)} availability patterns", flush=True)
+        results[label] = evaluate_patterns(checkpoint, cases)
+    lines = ["| sequences present | " + " | ".join(f"{label} WT / TC / ET" for label in results) + " |", "|---|" + "---|" * len(results)]
+    for name in PATTERNS:
+        lines.append(f"| {name} | " + " | ".join("{:.3f} / {:.3f} / {:.3f}".format(*(r["patterns"][name]["mean"][k] for k in REGIONS)) for r in results.values()) + " |")
+    table = "\n".join(lines)
+    print(table)
+    if args.output:
+        from napari_sevnet.files import write_text_atomic
+
+        out = {"date": time.strftime("%Y-%m-%d %H:%M"), "host": platform.node(), "held_out": ids, "results": results}
         write_text_atomic(args.output, json.dumps(out, indent=1) + "\n")
         write_text_atomic(args.output.with_suffix(".md"), table + "\n")
     return 0

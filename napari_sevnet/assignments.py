@@ -81,7 +81,7 @@ def remembered(folder: str | os.PathLike) -> dict[str, Path] | None:
     if not isinstance(entry, dict):
         return None
     mapping = {role: folder / name for role, name in entry.items() if role in ROLES and isinstance(name, str)}
-    if not all(m in mapping for m in MODALITIES) or not all(p.is_file() for p in mapping.values()):
+    if not any(m in mapping for m in MODALITIES) or not all(p.is_file() for p in mapping.values()):
         return None
     return mapping
 
@@ -106,9 +106,13 @@ def load_assigned_or_named(path: str | os.PathLike) -> Case:
     folder = path if path.is_dir() else path.parent
     mapping = remembered(folder)
     if mapping is not None:
-        return load_case(mapping=mapping)
+        return load_case(mapping=mapping, allow_missing=True)
     try:
-        return load_case(path)
+        case = load_case(path, allow_missing=True)
+        unnamed = [p.name for p in nifti_files(folder) if role_of(p.name) is None or role_of(p.name)[0] != case.case_id]
+        if case.missing and unnamed and path.is_dir():  # the missing sequences may be the files whose names say nothing
+            raise InputError(folder, f"case {case.case_id!r} has no {', '.join(case.missing)} by its BraTS names")
+        return case
     except InputError as exc:
         files = nifti_files(folder)
         unrecognised = [p.name for p in files if role_of(p.name) is None or role_of(p.name)[0] != _case_id_of(files)]

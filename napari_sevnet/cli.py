@@ -43,6 +43,7 @@ def predict_main(argv=None) -> int:
     parser.add_argument("--tta", action="store_true", help="average the 8 mirror flips (slower, smoother)")
     parser.add_argument("--labels", default="2021", choices=["2021", "2023"], help="label convention of the written masks (2021: <case>_seg, 2023: <case>-seg)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs of the same cases (their old maps go too)")
+    parser.add_argument("--allow-missing", action="store_true", help="segment cases that lack one to three sequences (with a model trained for it; the bundled default picks one)")
     parser.add_argument("--probabilities", action="store_true", help="also write <case>_prob_{WT,TC,ET}.nii.gz")
     parser.add_argument("--uncertainty", action="store_true", help="also write <case>_uncertainty_{WT,TC,ET}.nii.gz (entropy, bits) and a case score in the report; implies --tta")
     parser.add_argument("--mc-samples", type=int, default=0, metavar="N", help="MC-dropout samples per flip (models trained with dropout only)")
@@ -76,9 +77,9 @@ def predict_main(argv=None) -> int:
     failed = 0
     for path in tqdm(cases, desc="cases", unit="case", disable=None):
         try:
-            case = load_case(path)
+            case = load_case(path, allow_missing=args.allow_missing)
             check_outputs_free(case.case_id, args.output, convention, overwrite=args.overwrite)
-            result = predictor.predict(case.image, spacing=case.spacing)
+            result = predictor.predict(case.image, spacing=case.spacing, sequences=case.sequences)
             for line in result.notes + result.warnings:
                 tqdm.write(f"sevnet-predict: {'note' if line in result.notes else 'warning'}: {case.case_id}: {line}", file=sys.stderr)
             with lock:
@@ -99,7 +100,7 @@ def _check_output_folder(output: Path, cases: list[Path]) -> None:
     seen: dict[str, Path] = {}
     for path in cases:
         try:
-            case_id, files, _ = find_case_files(path)
+            case_id, files, _ = find_case_files(path, allow_missing=True)
         except InputError:
             continue  # reported, naming its file, when the case is read
         folder = next(iter(files.values())).parent.resolve()
@@ -196,8 +197,8 @@ def export_main(argv=None) -> int:
     try:
         case = load_case(args.case)
         default = "msd" if case.layout == "msd" else None  # a Decathlon case's masks use its labels unless they say otherwise
-        corrected, _ = read_segmentation(args.mask, case.grid, case.paths["t1"], args.mask_labels, default=default)
-        model = read_segmentation(args.model_mask, case.grid, case.paths["t1"], args.mask_labels, default=default)[0] if args.model_mask else None
+        corrected, _ = read_segmentation(args.mask, case.grid, case.reference, args.mask_labels, default=default)
+        model = read_segmentation(args.model_mask, case.grid, case.reference, args.mask_labels, default=default)[0] if args.model_mask else None
         result = export_case(
             case, corrected, args.dataset, case_id=args.case_id, model_regions=model, checkpoint=args.checkpoint,
             annotator=args.annotator, note=args.note, replace=args.replace, label_convention=args.labels,

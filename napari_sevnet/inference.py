@@ -35,8 +35,9 @@ import torch
 import torch.nn.functional as F
 
 from napari_sevnet.assumptions import TRAINING_SPACING_MM, input_warnings, needs_resampling
-from napari_sevnet.checkpoint import CheckpointInfo, bundled_checkpoint, load_checkpoint
+from napari_sevnet.checkpoint import CheckpointInfo, bundled_checkpoint, load_checkpoint, missing_sequence_checkpoint
 from napari_sevnet.errors import Cancelled, InputError
+from napari_sevnet.io import MODALITIES, MODALITY_LABELS
 from napari_sevnet.model import size_divisor
 from napari_sevnet.regions import make_nested
 
@@ -138,7 +139,9 @@ class Prediction:
     tta: bool = False  # mirror flips were averaged (``members`` says how many passes)
     postprocessing: dict = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)  # how the input differs from what the model was trained on
-    notes: list[str] = field(default_factory=list)  # what was done about it (resampling)
+    notes: list[str] = field(default_factory=list)  # what was done about it (resampling, missing sequences)
+    sequences: tuple[str, ...] = MODALITIES  # the sequences the model was given (the others were zero)
+    checkpoint: str | None = None  # the checkpoint that made it (the missing-sequence model when the default cannot)
 
 
 class Predictor:
@@ -168,6 +171,8 @@ class Predictor:
     ):
         enable_huge_pages()
         self.device = resolve_device(device)
+        self.uses_bundled_default = model is None and checkpoint is None
+        self._fallback: Predictor | None = None
         if model is None:
             self.checkpoint = str(checkpoint or bundled_checkpoint())
             model, info = load_checkpoint(self.checkpoint, self.device)
@@ -204,6 +209,7 @@ class Predictor:
         image: np.ndarray,
         *,
         spacing: tuple[float, float, float] | None = None,
+        sequences: tuple[str, ...] | None = None,
         tta: bool | int | None = None,
         uncertainty: bool | None = None,
         progress: ProgressCallback | None = None,
@@ -211,6 +217,9 @@ class Predictor:
     ) -> Prediction:
         """Segment one case ``image`` (4, Z, Y, X) in the checkpoint's modality order.
 
+        ``sequences``: the sequences present (None: all four); missing ones are
+        zero. A model not trained for missing sequences refuses such a case by
+        name; the bundled default hands it to the bundled missing-sequence model.
         ``spacing``: the voxel size in mm; a case at another spacing than the model
         was trained at is resampled to it and the result back to the case's grid
         (a note says so), and the input is checked against the model's other
@@ -222,6 +231,12 @@ class Predictor:
         image = np.asarray(image)
         if image.ndim != 4 or image.shape[0] != 4:
             raise ValueError(f"expected a (4, Z, Y, X) image, got shape {image.shape}")
+        sequences = tuple(m for m in MODALITIES if m in (sequences or MODALITIES))
+        if len(sequences) < len(MODALITIES) and not self.handles_missing_sequences:
+            fallback = self._missing_sequence_model(sequences)
+            return fallback.predict(image, spacing=spacing, sequences=sequences, tta=tta, uncertainty=uncertainty, progress=progress, cancel=cancel)
+        if len(sequences) < len(MODALITIES):
+            image = np.where(np.isin(np.arange(len(MODALITIES)), [MODALITIES.index(m) for m in sequences])[:, None, None, None], image, 0).astype(np.float32)
         tta = self.tta if tta is None else tta
         passes = MIRROR_PASSES if tta is True else max(int(tta), 1)
         uncertainty = self.uncertainty if uncertainty is None else bool(uncertainty)
@@ -259,8 +274,10 @@ class Predictor:
                 members_disagree = _resize(members_disagree, image.shape[1:]) > 0.5 if members_disagree is not None else None
                 box = brain_box(image)
             regions = make_nested(full > self.threshold)
+            if len(sequences) < len(MODALITIES):
+                notes.append(f"segmented without {', '.join(MODALITY_LABELS[m] for m in MODALITIES if m not in sequences)} (a model trained with missing sequences)")
             result = Prediction(regions=regions, probabilities=full, attention=attention, box=box, timings=timings, device=str(self.device), members=members,
-                                tta=passes > 1, warnings=warnings, notes=notes)
+                                tta=passes > 1, warnings=warnings, notes=notes, sequences=sequences, checkpoint=self.checkpoint)
             if self.min_et_voxels:
                 small = 0 < int(regions[2].sum()) < self.min_et_voxels
                 result.postprocessing = {"min_et_voxels": int(self.min_et_voxels), "et_relabelled_voxels": int(regions[2].sum()) if small else 0}
@@ -273,6 +290,20 @@ class Predictor:
             timings["total_s"] = time.perf_counter() - t0
             report(1.0, "done")
         return result
+
+    @property
+    def handles_missing_sequences(self) -> bool:
+        """Whether the model was trained with sequences left out (``preprocessing.sequence_dropout`` > 0)."""
+        return bool(self.info and float(self.info.preprocessing.get("sequence_dropout") or 0) > 0)
+
+    def _missing_sequence_model(self, sequences: tuple[str, ...]) -> Predictor:
+        """The bundled missing-sequence model, for a case the bundled default cannot take; else a refusal naming the gap."""
+        missing = ", ".join(MODALITY_LABELS[m] for m in MODALITIES if m not in sequences)
+        if self.uses_bundled_default and missing_sequence_checkpoint() is not None:
+            if self._fallback is None:
+                self._fallback = Predictor(missing_sequence_checkpoint(), self.device, tta=self.tta, uncertainty=self.uncertainty, overlap=self.overlap, threshold=self.threshold, min_et_voxels=self.min_et_voxels)
+            return self._fallback
+        raise InputError(self.checkpoint, f"this model was trained with all four sequences and the case has no {missing}: segment it with a model trained for missing sequences (the bundled default picks one itself)")
 
     def features(self, image: np.ndarray, stage: str) -> np.ndarray:
         """Feature maps (C, Z, Y, X) of one stage on the full grid (nearest up-sampling), for display."""

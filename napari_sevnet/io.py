@@ -94,10 +94,20 @@ class Case:
     regions: np.ndarray | None = None  # (3, Z, Y, X) bool, WT/TC/ET
     label_convention: str | None = None  # convention the segmentation file used
     layout: str = "brats2021"
+    sequences: tuple[str, ...] = MODALITIES  # the sequences present (a missing one is zero in ``image``)
 
     @property
     def spacing(self) -> tuple[float, float, float]:
         return self.grid.spacing
+
+    @property
+    def missing(self) -> tuple[str, ...]:
+        return tuple(m for m in MODALITIES if m not in self.sequences)
+
+    @property
+    def reference(self) -> Path:
+        """The file whose grid the case is on (its first sequence): masks are checked against it."""
+        return next(self.paths[m] for m in MODALITIES if m in self.paths)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -166,11 +176,12 @@ def find_segmentations(folder: str | os.PathLike) -> dict[str, Path]:
     return found
 
 
-def find_case_files(path: str | os.PathLike) -> tuple[str, dict[str, Path], str]:
+def find_case_files(path: str | os.PathLike, *, allow_missing: bool = False) -> tuple[str, dict[str, Path], str]:
     """Locate the files of the case at ``path`` (a folder or one of its files).
 
     Returns ``(case_id, {role: path}, layout)`` with roles from MODALITIES plus
-    'seg', or for the Decathlon layout ``{'image': 4D, 'seg': label}``.
+    'seg', or for the Decathlon layout ``{'image': 4D, 'seg': label}``. With
+    ``allow_missing`` one to three sequences may be absent.
     """
     path = Path(path)
     _check_readable(path)
@@ -212,11 +223,20 @@ def find_case_files(path: str | os.PathLike) -> tuple[str, dict[str, Path], str]
     for role, files in roles.items():
         if len(files) > 1:
             raise InputError(folder, f"duplicate {role} files: {', '.join(f.name for f in files)}")
-    missing = [m for m in MODALITIES if m not in roles]
-    if missing:
-        raise InputError(folder, f"case {case_id!r} is missing modalities {missing} (found {sorted(roles)})")
+    _check_sequences(case_id, sorted(roles), folder, allow_missing)
     layout = sorted(namings[case_id])[0] if len(namings[case_id]) == 1 else "mixed"
     return case_id, {role: files[0] for role, files in roles.items()}, layout
+
+
+def _check_sequences(case_id: str, roles: list[str], where, allow_missing: bool) -> None:
+    """All four sequences, or with ``allow_missing`` at least one; the message names what is missing."""
+    missing = [m for m in MODALITIES if m not in roles]
+    if not missing:
+        return
+    if not allow_missing:
+        raise InputError(where, f"case {case_id!r} is missing modalities {missing} (found {roles}); a model trained for missing sequences can segment it (--allow-missing)")
+    if len(missing) == len(MODALITIES):
+        raise InputError(where, f"case {case_id!r} has no MRI sequence (found {roles or 'nothing'}): it needs at least one of {[MODALITY_LABELS[m] for m in MODALITIES]}")
 
 
 def _msd_files(image: Path) -> tuple[str, dict[str, Path], str]:
@@ -358,25 +378,27 @@ def load_case(
     *,
     mapping: Mapping[str, str | os.PathLike] | None = None,
     label_convention: str | None = None,
+    allow_missing: bool = False,
 ) -> Case:
     """Load a case from a folder, any one of its files, or an explicit ``{role: path}`` mapping.
 
     ``mapping`` keys are the MODALITIES plus optional 'seg'. ``label_convention``
     forces how a segmentation is read ('brats2021', 'brats2023', 'msd'); by
-    default it is 'msd' for the Decathlon layout and guessed from the values
-    otherwise (4 present -> 2021, 3 present -> 2023).
+    default the file says it (:func:`label_convention_of`). With
+    ``allow_missing`` a case with one to three of the four sequences loads: the
+    missing ones are zero and ``Case.sequences`` lists those present.
     """
     if mapping is not None:
         files = {str(k).lower(): Path(v) for k, v in mapping.items()}
         unknown = sorted(set(files) - {*MODALITIES, "seg"})
         if unknown:
             raise InputError(None, f"unknown roles {unknown} in modality mapping; use {list(MODALITIES)} and 'seg'")
-        missing = [m for m in MODALITIES if m not in files]
-        if missing:
-            raise InputError(None, f"modality mapping is missing {missing}")
-        case_id, layout = nifti_stem(files["t1"].name) or files["t1"].stem, "mapping"
+        present = [m for m in MODALITIES if m in files]
+        first = files[present[0]] if present else None
+        case_id, layout = (nifti_stem(first.name) or first.stem) if first else "case", "mapping"
+        _check_sequences(case_id, present, None, allow_missing)
     elif path is not None:
-        case_id, files, layout = find_case_files(path)
+        case_id, files, layout = find_case_files(path, allow_missing=allow_missing)
     else:
         raise InputError(None, "give a case path or a modality mapping")
 
@@ -392,24 +414,26 @@ def load_case(
         paths = {m: files["image"] for m in MODALITIES}
         convention = label_convention or "msd"
     else:
-        _check_case_size({m: files[m] for m in MODALITIES})
+        present = [m for m in MODALITIES if m in files]
+        _check_case_size({m: files[m] for m in present})
         grid = None
-        volumes = []
-        for m in MODALITIES:
+        volumes = {}
+        for m in present:
             data, img = read_nifti(files[m])
             g = grid_of(img)
             if grid is None:
                 grid, ref = g, files[m]
             else:
                 _same_grid(grid, g, files[m], ref)
-            volumes.append(grid.to_canonical(_as_intensity(data, files[m])))
-        image = np.stack(volumes)
-        paths = {m: files[m] for m in MODALITIES}
+            volumes[m] = grid.to_canonical(_as_intensity(data, files[m]))
+        shape = next(iter(volumes.values())).shape
+        image = np.stack([volumes[m] if m in volumes else np.zeros(shape, np.float32) for m in MODALITIES])
+        paths = {m: files[m] for m in present}
         convention = label_convention
 
-    case = Case(case_id=case_id, image=image, grid=grid, paths=paths, layout=layout)
+    case = Case(case_id=case_id, image=image, grid=grid, paths=paths, layout=layout, sequences=tuple(m for m in MODALITIES if m in paths))
     if "seg" in files:
-        case.regions, case.label_convention = read_segmentation(files["seg"], grid, paths["t1"], convention)
+        case.regions, case.label_convention = read_segmentation(files["seg"], grid, case.reference, convention)
         case.paths["seg"] = files["seg"]
     return case
 

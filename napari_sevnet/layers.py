@@ -57,6 +57,7 @@ class LayerInfo:
     attention: dict | None = None  # results: stage -> mean SE excitation
     prediction: np.ndarray | None = None  # results: the model's own (3, Z, Y, X) regions, to measure edits against
     run: int | None = None  # results: the how-manieth run on this case in the viewer (None: a mask from the case's files)
+    sequences: tuple[str, ...] | None = None  # results: the sequences the model was given
 
     def to_metadata(self) -> dict:
         return {META_KEY: self}
@@ -122,7 +123,11 @@ def case_layers(case: Case, visible: str = "flair") -> list[tuple]:
     scale = tuple(case.spacing)
     info = LayerInfo(case_id=case.case_id, grid=case.grid, paths={k: str(v) for k, v in case.paths.items()})
     layers = []
+    if visible not in case.sequences:
+        visible = case.sequences[-1]
     for i, m in enumerate(MODALITIES):
+        if m not in case.sequences:
+            continue  # a missing sequence has no layer: the Segment dock leaves it at none
         kwargs = {
             "name": f"{case.case_id} {MODALITY_LABELS[m]}",
             "scale": scale,
@@ -162,8 +167,13 @@ def read_case_layers(path) -> list[tuple]:
     from napari_sevnet.assignments import load_assigned_or_named
 
     path = path[0] if isinstance(path, list) else path
-    layers = case_layers(load_assigned_or_named(path))
+    case = load_assigned_or_named(path)
+    layers = case_layers(case)
     prepare_viewer()
+    if case.missing:
+        from napari.utils.notifications import show_info
+
+        show_info(f"{case.case_id} has no {', '.join(MODALITY_LABELS[m] for m in case.missing)}: only a model trained for missing sequences can segment it (the bundled default picks one)")
     return layers
 
 
@@ -231,9 +241,10 @@ def case_from_layers(layers, region_layer) -> Case:
     if info is None or info.grid is None:
         raise InputError(None, f"layer {region_layer.name!r} does not come from a case opened with napari-sevnet, so its scan is unknown")
     paths = {k: Path(v) for k, v in (info.paths or {}).items()}
-    if all(m in paths for m in MODALITIES):
-        files = {m: paths[m] for m in MODALITIES}
-        case = load_case(files["t1"]) if len(set(files.values())) == 1 else load_case(mapping=files)
+    files = {m: paths[m] for m in MODALITIES if m in paths}
+    if files:
+        decathlon = len(files) == len(MODALITIES) and len(set(files.values())) == 1  # one 4D file holds all four
+        case = load_case(files["t1"]) if decathlon else load_case(mapping=files, allow_missing=True)
         case.case_id = info.case_id or case.case_id
     else:  # an in-memory case (the phantom sample): its image layers are the scan
         images = {}

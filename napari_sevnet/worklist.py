@@ -99,15 +99,15 @@ def run_worklist(
             raise Cancelled("worklist cancelled")
         item = WorkItem(case_id=case_folder.name, folder=case_folder)
         try:
-            case_id, files, _ = find_case_files(case_folder)
+            case_id, files, _ = find_case_files(case_folder, allow_missing=True)
             item.case_id = case_id
             item.done = case_id in done_ids or any(str(Path(p).resolve()) in done_paths for p in files.values())
             item.report = _cached_report(case_id, case_folder, cache, passes)
             item.cached = item.report is not None
             if item.report is None:
-                case = load_case(case_folder)
+                case = load_case(case_folder, allow_missing=True)
                 report = (lambda f, m, case_id=case_id: progress(case_id, f, m)) if progress else None
-                result = predictor.predict(case.image, spacing=case.spacing, tta=passes, uncertainty=True, cancel=cancel, progress=report)
+                result = predictor.predict(case.image, spacing=case.spacing, sequences=case.sequences, tta=passes, uncertainty=True, cancel=cancel, progress=report)
                 item.report = write_case_outputs(case, result, predictor, cache, convention="brats2021", overwrite=True)
         except InputError as exc:
             item.error = str(exc)

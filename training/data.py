@@ -10,6 +10,7 @@ an epoch never decompresses NIfTI again.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +58,20 @@ def discover_cases(roots: list[str | Path]) -> list[CaseRef]:
     if not refs:
         raise InputError(", ".join(map(str, roots)), "no labelled BraTS cases (t1, t1ce, t2, flair and seg files) found")
     return [refs[k] for k in sorted(refs)]
+
+
+def training_spacing(cases: list[CaseRef]) -> list[float]:
+    """The median voxel size (mm, Z/Y/X) of the training cases, read from their headers: the model's own spacing."""
+    import nibabel as nib
+
+    from napari_sevnet.io import grid_of
+
+    spacings = []
+    for ref in cases:
+        _, files, _ = find_case_files(ref.folder, allow_missing=True)
+        first = next(files[m] for m in ("t1", "t1ce", "t2", "flair", "image") if m in files)
+        spacings.append(grid_of(nib.load(str(first))).spacing)
+    return [round(float(v), 3) for v in np.median(spacings, axis=0)] if spacings else [1.0, 1.0, 1.0]
 
 
 def split_cases(cases: list[CaseRef], cfg: DataConfig) -> tuple[list[CaseRef], list[CaseRef]]:
@@ -142,6 +157,8 @@ def patch_transform(patch_size: list[int], aug: AugmentConfig, train: bool = Tru
             steps.append(T.RandShiftIntensityd(keys="image", offsets=aug.intensity_shift, prob=1.0, channel_wise=True))
         if aug.gamma > 0:
             steps.append(RandGammaPerModality(aug.gamma, prob=0.3))
+        if aug.sequence_dropout:
+            steps.append(RandDropSequences(aug.sequence_dropout))
     return T.Compose(steps)
 
 
@@ -183,6 +200,34 @@ class RandGammaPerModality(_randomizable_map_transform()):
             g = (((v - lo) / span) ** self.R.uniform(*self.range)) * span + lo
             g_std = float(g.std())
             image[c][brain] = (g - float(g.mean())) / (g_std if g_std > 0 else 1.0) * std + mean
+        d["image"] = image
+        return d
+
+
+class RandDropSequences(_randomizable_map_transform()):
+    """With probability ``prob``, zero a random non-empty set of the image's sequences, keeping at least one.
+
+    Each of the 14 proper non-empty subsets of the four sequences is kept
+    equally often: one, two or three sequences missing, as clinics acquire them.
+    A zero channel is what the Predictor feeds for a missing sequence.
+    """
+
+    SUBSETS = [s for n in range(1, 4) for s in itertools.combinations(range(4), n)]
+
+    def __init__(self, prob: float):
+        from monai.transforms import MapTransform, RandomizableTransform
+
+        RandomizableTransform.__init__(self, prob)
+        MapTransform.__init__(self, ["image"])
+
+    def __call__(self, data):
+        self.randomize(None)
+        if not self._do_transform:
+            return data
+        keep = self.SUBSETS[self.R.randint(len(self.SUBSETS))]
+        d = dict(data)
+        image = np.array(d["image"], dtype=np.float32, copy=True)
+        image[[c for c in range(image.shape[0]) if c not in keep]] = 0
         d["image"] = image
         return d
 

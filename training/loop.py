@@ -31,7 +31,7 @@ from napari_sevnet.model import build_model, size_divisor
 from napari_sevnet.regions import REGIONS
 from training import events
 from training.config import DEFAULT_PATCH_SIZE, TrainConfig, save_config
-from training.data import PatchDataset, discover_cases, load_preprocessed, set_transform_seed, split_cases
+from training.data import PatchDataset, discover_cases, load_preprocessed, set_transform_seed, split_cases, training_spacing
 
 log = logging.getLogger("sevnet.train")
 STATE_FILE = "resume_state.pt"
@@ -296,6 +296,8 @@ class Trainer:
             model, init_info = _start_from(cfg)
             cfg.patch_size = cfg.patch_size or init_info.preprocessing.get("patch_size")
             cfg.inference = cfg.inference or init_info.preprocessing.get("inference")
+            if cfg.augment.sequence_dropout is None:
+                cfg.augment.sequence_dropout = float(init_info.preprocessing.get("sequence_dropout") or 0.0)
         else:
             cfg.model.config = dict(cfg.model.config or {"preset": "lite"})
             try:
@@ -303,6 +305,7 @@ class Trainer:
             except (TypeError, ValueError, KeyError) as exc:
                 raise ValueError(f"model: cannot build {cfg.model.name} with config {cfg.model.config}: {exc}") from None
         cfg.patch_size = list(cfg.patch_size or DEFAULT_PATCH_SIZE)
+        cfg.augment.sequence_dropout = float(cfg.augment.sequence_dropout or 0.0)
         divisor = size_divisor(model, cfg.model.name)
         if any(v % divisor for v in cfg.patch_size):
             fitted = [max(divisor, round(v / divisor) * divisor) for v in cfg.patch_size]
@@ -322,13 +325,15 @@ class Trainer:
         cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else self.run_dir.parent / ".cache"
         self.dataset = PatchDataset(self.train_refs + self.replay_refs, cache_dir, cfg.patch_size, cfg.augment)
         self.val_arrays = [load_preprocessed(r, cache_dir) for r in self.val_refs]
+        self.training_spacing = training_spacing(self.train_refs)
 
     def _checkpoint_info(self) -> CheckpointInfo:
         cfg = self.cfg
         return CheckpointInfo(
             architecture={"name": cfg.model.name, "config": cfg.model.config},
             label_convention=cfg.label_convention,
-            preprocessing={"crop": "nonzero-box", "normalize": "zscore-over-brain", "patch_size": list(cfg.patch_size), "inference": cfg.inference},
+            preprocessing={"crop": "nonzero-box", "normalize": "zscore-over-brain", "patch_size": list(cfg.patch_size), "inference": cfg.inference,
+                           "spacing_mm": self.training_spacing, "sequence_dropout": cfg.augment.sequence_dropout},
             provenance=provenance(
                 seed=cfg.seed,
                 git_revision=_git_revision(),

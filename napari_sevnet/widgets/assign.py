@@ -52,9 +52,8 @@ class AssignWidget(DockWidget):
         if folder is None:
             raise InputError(None, "choose the folder of the case")
         chosen = {role: folder / combo.value for role, combo in self._roles.items() if combo.value not in (None, NONE)}
-        missing = [MODALITY_LABELS[m] for m in MODALITY_LABELS if m not in chosen]
-        if missing:
-            raise InputError(folder, f"choose a file for {', '.join(missing)}")
+        if not any(m in chosen for m in MODALITY_LABELS):
+            raise InputError(folder, "choose a file for at least one sequence (T1, T1ce, T2, FLAIR)")
         repeated = {p.name for p in chosen.values() if list(chosen.values()).count(p) > 1}
         if repeated:
             raise InputError(folder, f"{', '.join(sorted(repeated))} is chosen for more than one sequence")
@@ -80,7 +79,7 @@ class AssignWidget(DockWidget):
             from napari_sevnet.io import load_case
             from napari_sevnet.layers import case_layers
 
-            case = load_case(mapping=mapping)
+            case = load_case(mapping=mapping, allow_missing=True)
             if remember:
                 keep(folder, mapping)
             return [Layer.create(data, kwargs, kind) for data, kwargs, kind in case_layers(case)]

@@ -24,8 +24,10 @@ class AttentionWidget(DockWidget):
         self._stage = ComboBox(label="Stage", choices=self._stages, tooltip="enc = encoder, dec = decoder stage; 1 = full resolution")
         self._channel = SpinBox(label="Channel", min=0, max=0)
         self._show = PushButton(text="Show feature map")
+        self._contribute = PushButton(text="What each sequence contributed", tooltip="Segment the case again without each sequence (one pass each; a model trained for missing sequences)")
         self._status = Label(value="")
-        self.extend([self._source, self._stage, self._channel, self._show, self._status])
+        self._status.native.setWordWrap(True)
+        self.extend([self._source, self._stage, self._channel, self._show, self._contribute, self._status])
 
         from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
         from matplotlib.figure import Figure
@@ -36,11 +38,13 @@ class AttentionWidget(DockWidget):
         self.native.layout().addWidget(self.canvas)
         self.canvas.mpl_connect("button_press_event", self._on_click)
         self._drawn = None
+        self.contributions: dict[int, dict] = {}  # id(WT layer) -> {sequence: {region: drop}}
 
         self._source.changed.connect(self._on_source)
         self._stage.changed.connect(self._on_stage)
         self._channel.changed.connect(lambda _v: self.draw())
         self._show.changed.connect(lambda: self.show_feature_map(self._stage.value, self._channel.value))
+        self._contribute.changed.connect(self.compute_contributions)
         self.on_layers_changed(self._refresh)
         self._refresh()
 
@@ -80,7 +84,7 @@ class AttentionWidget(DockWidget):
 
     def draw(self):
         """Redraw the figure when the result, stage or channel shown changed (a redraw costs ~80 ms)."""
-        key = (id(self._source.value), self._stage.value, self._channel.value)
+        key = (id(self._source.value), self._stage.value, self._channel.value, id(self.contributions.get(id(self._source.value))))
         if key == self._drawn:
             return
         self._drawn = key
@@ -95,7 +99,11 @@ class AttentionWidget(DockWidget):
         grid = np.full((len(stages), width), np.nan)
         for i, s in enumerate(stages):
             grid[i, : len(attention[s])] = attention[s]
-        top, bottom = self.figure.subplots(2, 1, gridspec_kw={"height_ratios": [3, 2]})
+        contributions = self.contributions.get(id(self._source.value))
+        panels = self.figure.subplots(3 if contributions else 2, 1, gridspec_kw={"height_ratios": [3, 2, 2] if contributions else [3, 2]})
+        top, bottom = panels[0], panels[1]
+        if contributions:
+            self._draw_contributions(panels[2], contributions)
         im = top.imshow(grid, aspect="auto", cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
         top.set_yticks(range(len(stages)), stages)
         top.set_xlabel("channel")
@@ -112,6 +120,56 @@ class AttentionWidget(DockWidget):
             bottom.set_xlabel("channel")
         self._bar_axes = bottom
         self.canvas.draw_idle()
+
+    @staticmethod
+    def _draw_contributions(ax, contributions: dict) -> None:
+        from napari_sevnet.io import MODALITY_LABELS
+        from napari_sevnet.regions import REGIONS
+
+        sequences = list(contributions)
+        grid = np.array([[contributions[m][r] for r in REGIONS] for m in sequences])
+        ax.imshow(grid, cmap="magma", vmin=0, vmax=max(float(grid.max()), 0.05), aspect="auto")
+        ax.set_xticks(range(len(REGIONS)), REGIONS)
+        ax.set_yticks(range(len(sequences)), [MODALITY_LABELS[m] for m in sequences])
+        for (i, j), value in np.ndenumerate(grid):
+            ax.text(j, i, f"{value:.2f}", ha="center", va="center", color="white" if value < 0.6 * grid.max() else "black", fontsize=8)
+        ax.set_title("drop in mean probability without each sequence", fontsize=9)
+
+    def compute_contributions(self):
+        """Segment the selected result's case again without each sequence, in a worker; draw the sequences x regions chart."""
+        from napari.qt.threading import thread_worker
+
+        from napari_sevnet.io import MODALITIES
+
+        layer = self._source.value
+        if layer is None:
+            return None
+        meta = LayerInfo.from_layer(layer)
+        sequences = tuple(meta.sequences or MODALITIES)
+        try:
+            sources = {m: self._viewer.layers[meta.source_layers[m]] for m in sequences}
+        except KeyError as exc:
+            self.report_error("Contributions failed", KeyError(f"the image layer {exc} used for this result was removed; run Segment again"))
+            return None
+        volumes = {m: sources[m].data for m in sequences}
+        spacing = tuple(float(v) for v in next(iter(sources.values())).scale)
+        checkpoint, device, viewer = meta.checkpoint, meta.device or "cpu", self._viewer
+
+        @thread_worker
+        def work():
+            from napari_sevnet.contributions import sequence_contributions
+
+            shape = next(iter(volumes.values())).shape
+            image = np.stack([np.asarray(volumes[m], dtype=np.float32) if m in volumes else np.zeros(shape, np.float32) for m in MODALITIES])
+            return sequence_contributions(shared_predictor(viewer, checkpoint, device), image, sequences=sequences, spacing=spacing)
+
+        def show(result):
+            self.contributions[id(layer)] = result
+            self._status.value = "contributions: " + "; ".join(f"{m}: ET {v['ET']:+.2f}" for m, v in result.items())
+            self.draw()
+
+        self._status.value = f"segmenting again without each of {len(sequences)} sequences..."
+        return self.start_worker(work, returned=show, errored=lambda exc: self.report_error("Contributions failed", exc), finished=self._on_finished)
 
     def _on_click(self, event):
         if event.inaxes is getattr(self, "_bar_axes", None) and event.xdata is not None:

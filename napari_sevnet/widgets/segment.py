@@ -146,16 +146,21 @@ class SegmentWidget(DockWidget):
 
     def _refresh_layers(self, event=None):
         self.reset_choices()
+        layers = self._image_layers()
+        for combo in self._modalities.values():
+            if combo.value is not None and combo.value not in layers:
+                combo.value = None  # its layer was removed
         inserted = getattr(event, "value", None) if getattr(event, "type", None) == "inserted" else None
         info = LayerInfo.from_layer(inserted) if inserted is not None else None
         if info is not None and info.modality is not None:
             self.follow_case(info.group)  # a case was just opened: segment that one next
-        layers = self._image_layers()
-        for m, combo in self._modalities.items():
-            if combo.value is None or combo.value not in layers:
-                guess = guess_modality_layer(layers, m)
-                if guess is not None:
-                    combo.value = guess
+        elif not any(combo.value is not None for combo in self._modalities.values()):
+            ours = [i for i in (LayerInfo.from_layer(layer) for layer in layers) if i is not None and i.modality is not None]
+            if ours:
+                self.follow_case(ours[-1].group)  # the newest case opened through the plugin
+            else:
+                for m, combo in self._modalities.items():  # layers from elsewhere: by their names
+                    combo.value = guess_modality_layer(layers, m)
         self._show_case()
         if self.result_layers and any(layer not in self._viewer.layers for layer in self.result_layers.values()):
             self._track({})
@@ -181,17 +186,21 @@ class SegmentWidget(DockWidget):
                 self.update_volumes()
 
     def follow_case(self, group: str) -> None:
-        """Choose the four image layers of the case ``group`` (the layers the reader or the Worklist added)."""
+        """Choose the image layers of the case ``group`` (the layers the reader or the Worklist added); a sequence it lacks is none."""
+        found = {}
         for layer in self._image_layers():
             info = LayerInfo.from_layer(layer)
             if info is not None and info.group == group and info.modality in self._modalities:
-                self._modalities[info.modality].value = layer
+                found[info.modality] = layer
+        for m, combo in self._modalities.items():
+            combo.value = found.get(m)
         self._show_case()
 
     def _show_case(self) -> None:
-        flair = self._modalities["flair"].value
-        info = LayerInfo.from_layer(flair) if flair is not None else None
-        self._case.value = (info.case_id if info is not None else None) or (flair.name if flair is not None else "")
+        chosen = {m: c.value for m, c in self._modalities.items() if c.value is not None}
+        reference = self._reference(chosen) if chosen else None
+        info = LayerInfo.from_layer(reference) if reference is not None else None
+        self._case.value = (info.case_id if info is not None else None) or (reference.name if reference is not None else "")
 
     def _on_outlines(self, value: bool) -> None:
         from napari_sevnet.display import follow_selection
@@ -220,16 +229,21 @@ class SegmentWidget(DockWidget):
     # ------------------------------------------------------------------ run
 
     def _input_image(self):
-        chosen = {m: c.value for m, c in self._modalities.items()}
-        missing = [MODALITY_LABELS[m] for m, layer in chosen.items() if layer is None]
-        if missing:
-            raise InputError(None, f"choose an image layer for {', '.join(missing)}")
-        if len({id(layer) for layer in chosen.values()}) < 4:
-            raise InputError(None, "each modality needs its own layer (the same layer is chosen twice)")
+        """The chosen layers' data (None for a sequence set to none) and the chosen layers of the present sequences."""
+        chosen = {m: c.value for m, c in self._modalities.items() if c.value is not None}
+        if not chosen:
+            raise InputError(None, "choose an image layer for at least one sequence (T1, T1ce, T2, FLAIR)")
+        if len({id(layer) for layer in chosen.values()}) < len(chosen):
+            raise InputError(None, "each sequence needs its own layer (the same layer is chosen twice)")
         shapes = {layer.data.shape for layer in chosen.values()}
         if len(shapes) != 1:
-            raise InputError(None, f"the modality layers differ in shape: {sorted(shapes)}")
-        return [chosen[m].data for m in MODALITIES], chosen
+            raise InputError(None, f"the sequence layers differ in shape: {sorted(shapes)}")
+        return [chosen[m].data if m in chosen else None for m in MODALITIES], chosen
+
+    @staticmethod
+    def _reference(chosen: dict):
+        """The layer whose scale and case the result takes: FLAIR, else the first sequence chosen."""
+        return chosen.get("flair") or next(iter(chosen.values()))
 
     def run(self):
         """Start a segmentation in a worker thread; returns the worker (None if the input is invalid)."""
@@ -247,17 +261,20 @@ class SegmentWidget(DockWidget):
         checkpoint, device, tta, uncertainty = self.checkpoint, self._device.value, self._tta.value, self._uncertainty.value
         cancel = self._cancel_event = threading.Event()
         report = self._report = PausingProgress(self._relay.progressed)
-        source = LayerInfo.from_layer(chosen["flair"]) or LayerInfo()
-        case_id = source.case_id or chosen["flair"].name
+        reference = self._reference(chosen)
+        source = LayerInfo.from_layer(reference) or LayerInfo()
+        case_id = source.case_id or reference.name
+        sequences = tuple(m for m in MODALITIES if m in chosen)
         run = next_run(self._viewer.layers, case_id)
         viewer = self._viewer
 
         def segment():
-            image = np.stack([np.asarray(v, dtype=np.float32) for v in volumes])  # ~140 MB: not on the GUI thread
+            shape = next(v.shape for v in volumes if v is not None)
+            image = np.stack([np.asarray(v, dtype=np.float32) if v is not None else np.zeros(shape, np.float32) for v in volumes])  # ~140 MB: not on the GUI thread
             predictor = shared_predictor(viewer, checkpoint, device)
-            spacing = tuple(float(v) for v in chosen["flair"].scale)
-            result = predictor.predict(image, spacing=spacing, tta=tta or uncertainty, uncertainty=uncertainty, progress=report, cancel=cancel)
-            region_volumes = volumes_ml(result.regions, tuple(float(v) for v in chosen["flair"].scale))  # off the GUI thread too
+            spacing = tuple(float(v) for v in reference.scale)
+            result = predictor.predict(image, spacing=spacing, sequences=sequences, tta=tta or uncertainty, uncertainty=uncertainty, progress=report, cancel=cancel)
+            region_volumes = volumes_ml(result.regions, spacing)  # off the GUI thread too
             return predictor, result, self._result_layers(predictor, result, chosen, case_id, run), region_volumes
 
         @thread_worker
@@ -338,18 +355,19 @@ class SegmentWidget(DockWidget):
     @staticmethod
     def _result_layers(predictor, result, chosen, case_id, run) -> list:
         """Build the WT/TC/ET Labels layers in the worker: only inserting them needs the GUI thread."""
-        reference = chosen["flair"]
+        reference = SegmentWidget._reference(chosen)
         source = LayerInfo.from_layer(reference) or LayerInfo()
         info = LayerInfo(  # a new group ties the three layers of one run together
             case_id=case_id,
             grid=source.grid,
             paths=source.paths,
-            checkpoint=predictor.checkpoint,
+            checkpoint=result.checkpoint or predictor.checkpoint,
             device=result.device,
             source_layers={m: layer.name for m, layer in chosen.items()},
             attention=result.attention,
             prediction=result.regions,  # the model's own output, to measure edits against
             run=run,
+            sequences=result.sequences,
         )
         layers = region_labels(result.regions, reference.scale, reference.translate, info)
         if result.uncertainty is not None:

@@ -208,7 +208,7 @@ def case_result_layers(item, run: int) -> list:
     images = [Layer.create(data, kwargs, kind) for data, kwargs, kind in case_layers(case) if kind == "image"]
     reference = images[-1]  # FLAIR
     source = LayerInfo.from_layer(reference)
-    regions, _ = read_segmentation(item.report["segmentation"], case.grid, case.paths["t1"], "brats2021")
+    regions, _ = read_segmentation(item.report["segmentation"], case.grid, case.reference, "brats2021")
     info = LayerInfo(case_id=source.case_id, grid=case.grid, paths=source.paths, checkpoint=item.report.get("checkpoint"), prediction=regions, run=run)
     layers = images + region_labels(regions, reference.scale, reference.translate, info)
     entropy_path = item.report.get("maps", {}).get("uncertainty_WT")
