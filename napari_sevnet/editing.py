@@ -63,6 +63,9 @@ class NestedEditor:
         self._redo: deque[dict[int, int]] = deque(maxlen=limit)
         self._busy = False
         self.on_change: list[Callable[[], None]] = []
+        self.source = "brush"  # what the next edit is: napari's tools, or a napari-sevnet tool that says so (a click, a fill)
+        self.counts: dict[str, dict[str, int]] = {}  # source -> {"edits": n, "voxels": changed} for the export's statistics
+        self.drawn: dict[str, list[int]] = {r: [] for r in REGIONS}  # region -> axial slices of its recent single-slice edits
         for index, layer in enumerate(self.layers):
             _EDITORS[layer] = self
             layer.bind_key(UNDO_KEY, lambda _layer: self.undo(), overwrite=True)
@@ -80,6 +83,7 @@ class NestedEditor:
             layer = self.layers[index]
             box = _bounding_box(event.value, layer.data.shape)
             if box is not None:
+                self._count(index, box, _changed_voxels(event.value))
                 self._undo.append(self._apply_rule(index, box, _values_after(layer, box, event.value)))
                 self._redo.clear()
         finally:
@@ -98,6 +102,15 @@ class NestedEditor:
             if _write(other, box, wanted != current, wanted):
                 added[k] = 1
         return added
+
+    def _count(self, index: int, box: tuple[slice, ...], changed: int) -> None:
+        """Tally the edit by its source and remember the slice of a single-slice edit (fill between slices uses them)."""
+        tally = self.counts.setdefault(self.source, {"edits": 0, "voxels": 0})
+        tally["edits"] += 1
+        tally["voxels"] += changed
+        if box[0].stop - box[0].start == 1:
+            slices = self.drawn[REGIONS[index]]
+            slices[:] = [z for z in slices if z != box[0].start][-7:] + [box[0].start]
 
     def _only_label_one(self, layer: RegionLabels) -> None:
         if layer.selected_label not in (0, 1):
@@ -149,6 +162,17 @@ def _bounding_box(history_item, shape) -> tuple[slice, ...] | None:
     if np.any(hi <= lo):
         return None
     return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+
+
+def _changed_voxels(history_item) -> int:
+    """How many voxels a napari history item changed (its atoms record only the changed ones)."""
+    total = 0
+    for atom in history_item or ():
+        if hasattr(atom, "slice_key"):
+            total += int(atom.mask.sum()) if atom.mask is not None else int(np.prod([s.stop - s.start for s in atom.slice_key]))
+        elif len(atom[0]):
+            total += int(np.size(atom[0][0]))
+    return total
 
 
 def _values_after(layer: Labels, box: tuple[slice, ...], history_item) -> np.ndarray:
@@ -220,3 +244,24 @@ def keep_nested(viewer) -> None:
 
 
 _WATCHED: weakref.WeakSet = weakref.WeakSet()
+
+
+def apply_edit(layer: Labels, wanted: np.ndarray, source: str) -> int:
+    """Make ``layer`` hold the bool mask ``wanted``, as one edit from ``source`` ('click', 'fill'): nested, one undo step.
+
+    Returns how many voxels changed (0: nothing was recorded, so nothing to undo).
+    """
+    editor = _EDITORS.get(layer)
+    wanted = np.asarray(wanted, bool)
+    positions = np.nonzero((np.asarray(layer.data) > 0) != wanted)
+    if positions[0].size == 0:
+        return 0
+    if editor is not None:
+        editor.source = source
+    try:
+        with layer.block_history():
+            layer.data_setitem(positions, wanted[positions].astype(layer.data.dtype))
+    finally:
+        if editor is not None:
+            editor.source = "brush"
+    return int(positions[0].size)

@@ -274,11 +274,13 @@ def export_case(
     note: str | None = None,
     replace: bool = False,
     label_convention: str | None = None,
+    interactions: dict | None = None,
 ) -> ExportResult:
     """Add ``case`` with its corrected regions (3, Z, Y, X on the case's canonical grid) to ``dataset``.
 
     ``model_regions`` (the model's output before correction) gives the edit
-    statistics; ``checkpoint`` is the model that produced it.
+    statistics; ``checkpoint`` is the model that produced it; ``interactions``
+    how the correction was made ({"click": {"edits": n, "voxels": m}, "brush": ..., "fill": ...}).
     """
     from filelock import FileLock, Timeout
 
@@ -320,6 +322,7 @@ def export_case(
             "checkpoint": _checkpoint_record(checkpoint),
             "volumes_ml": volumes_ml(corrected, case.spacing),
             "edits": edit_statistics(model_regions, corrected, case.spacing) if model_regions is not None else None,
+            "interactions": interactions or None,
             "replaces": sorted(r["version"] for r in manifest["cases"] if r["case_id"] == case_id) if replace else [],
         }
         staging = dataset / f"{STAGING_PREFIX}{uuid.uuid4().hex}"

@@ -56,6 +56,7 @@ class LayerInfo:
     source_layers: dict[str, str] | None = None  # results: modality -> name of the image layer segmented
     attention: dict | None = None  # results: stage -> mean SE excitation
     prediction: np.ndarray | None = None  # results: the model's own (3, Z, Y, X) regions, to measure edits against
+    probabilities: np.ndarray | None = None  # results: the model's (3, Z, Y, X) probabilities (float16), for the click tools
     run: int | None = None  # results: the how-manieth run on this case in the viewer (None: a mask from the case's files)
     sequences: tuple[str, ...] | None = None  # results: the sequences the model was given
 

@@ -129,6 +129,7 @@ class ExportWidget(DockWidget):
                 "annotator": self._annotator.value.strip() or None,
                 "note": self._note.value.strip() or None,
                 "replace": self._replace.value,
+                "interactions": _interactions(layer),
             }
             layers = list(self._viewer.layers)
         except InputError as exc:
@@ -166,3 +167,11 @@ class ExportWidget(DockWidget):
         self._status.value = "export failed"
         self.report_error("Export failed", exc)
 
+
+
+def _interactions(layer) -> dict | None:
+    """How the result of ``layer`` was corrected: edits and voxels changed by each kind of tool."""
+    from napari_sevnet.editing import editor_of
+
+    editor = editor_of(layer)
+    return {source: dict(tally) for source, tally in editor.counts.items()} if editor is not None and editor.counts else None

@@ -366,6 +366,7 @@ class SegmentWidget(DockWidget):
             source_layers={m: layer.name for m, layer in chosen.items()},
             attention=result.attention,
             prediction=result.regions,  # the model's own output, to measure edits against
+            probabilities=result.probabilities.astype(np.float16),  # what the Correct dock's clicks grow on
             run=run,
             sequences=result.sequences,
         )

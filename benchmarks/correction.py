@@ -1,0 +1,185 @@
+"""How many interactions a correction takes: clicks on the model's probabilities against brush strokes.
+
+    python -m benchmarks.correction [--quick] [--checkpoint CKPT] [-o OUT.json]
+
+The protocol of interactive-segmentation studies, on the held-out real cases
+of ``training/configs/splits/real_brats_heldout.json`` (``--quick``: two small
+phantoms, for the test suite): start from the default model's output; for
+each region separately a simulated user places each interaction at the centre
+of the largest error region (the error voxel farthest from its border) and
+stops at Dice 0.90 or after ``--max-clicks``. A click is
+:func:`napari_sevnet.correction.grow` on missed tumour or
+:func:`~napari_sevnet.correction.shrink` on a false alarm; the baseline brush
+stroke paints or erases a disc of radius 5 voxels on the axial slice through
+that centre. Reported per region: clicks to Dice 0.90 (NoC@90; the limit when
+never reached), Dice after 1, 3, 5 and 10 interactions, the CPU time of one
+click on the full case, and the same for the brush. JSON, a markdown table and
+a plot of Dice against the number of interactions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+from napari_sevnet.correction import GUIDE_SEQUENCE, grow, largest_error_centre, shrink
+from napari_sevnet.io import MODALITIES
+from napari_sevnet.metrics import dice
+
+REGIONS = ("WT", "TC", "ET")
+TARGET = 0.90
+BRUSH_RADIUS = 5
+REPORT_AFTER = (1, 3, 5, 10)
+
+
+def click_session(probability, start, truth, spacing, limit, tool, image=None) -> tuple[list[float], list[float]]:
+    """Dice before and after each interaction, and the seconds each took, until Dice >= TARGET or ``limit``."""
+    current = start.copy()
+    scores, seconds = [dice(current, truth)], []
+    for _ in range(limit):
+        if scores[-1] >= TARGET:
+            break
+        found = largest_error_centre(current, truth, spacing)
+        if found is None:
+            break
+        seed, missed = found
+        t = time.perf_counter()
+        current = tool(current, seed, missed, probability, spacing, image)
+        seconds.append(time.perf_counter() - t)
+        scores.append(dice(current, truth))
+    return scores, seconds
+
+
+def click_tool(current, seed, missed, probability, spacing, image):
+    if missed:
+        return current | grow(probability, seed, image=image, spacing=spacing)[0]
+    return current & ~shrink(current, seed, probability, image=image, spacing=spacing)[0]
+
+
+def brush_tool(current, seed, missed, probability, spacing, image):
+    z, y, x = seed
+    yy, xx = np.ogrid[: current.shape[1], : current.shape[2]]
+    disc = (yy - y) ** 2 + (xx - x) ** 2 <= BRUSH_RADIUS**2
+    out = current.copy()
+    out[z][disc] = missed
+    return out
+
+
+def noc(scores: list[float], limit: int) -> int:
+    """Interactions to reach TARGET (0 when the start already does); ``limit`` when it was never reached."""
+    return next((i for i, s in enumerate(scores) if s >= TARGET), limit)
+
+
+def after(scores: list[float], n: int) -> float:
+    return scores[min(n, len(scores) - 1)]
+
+
+def run(cases: dict, checkpoint, max_clicks: int, max_strokes: int) -> dict:
+    from napari_sevnet.inference import Predictor
+    from napari_sevnet.io import load_case
+
+    predictor = Predictor(checkpoint, "cpu")
+    per_case = {}
+    for case_id, source in cases.items():
+        case = source if not isinstance(source, Path) else load_case(source)
+        result = predictor.predict(case.image, spacing=case.spacing)
+        per_case[case_id] = {}
+        for i, r in enumerate(REGIONS):
+            truth, start, probability = case.regions[i], result.regions[i], result.probabilities[i]
+            guide = case.image[MODALITIES.index(GUIDE_SEQUENCE[r])]
+            clicks, click_s = click_session(probability, start, truth, case.spacing, max_clicks, click_tool, guide)
+            strokes, _ = click_session(probability, start, truth, case.spacing, max_strokes, brush_tool)
+            per_case[case_id][r] = {
+                "start_dice": clicks[0], "click_dice": clicks, "click_seconds": click_s, "noc90": noc(clicks, max_clicks),
+                "brush_dice": strokes, "brush_noc90": noc(strokes, max_strokes),
+            }
+            print(f"  {case_id} {r}: Dice {clicks[0]:.3f} -> {clicks[-1]:.3f} in {len(clicks) - 1} click(s); brush {strokes[-1]:.3f} in {len(strokes) - 1} stroke(s)", flush=True)
+    summary = {}
+    for r in REGIONS:
+        rows = [per_case[c][r] for c in per_case]
+        seconds = [s for row in rows for s in row["click_seconds"]]
+        summary[r] = {
+            "median_noc90": statistics.median(row["noc90"] for row in rows),
+            "median_brush_noc90": statistics.median(row["brush_noc90"] for row in rows),
+            "dice_after_clicks": {n: float(np.mean([after(row["click_dice"], n) for row in rows])) for n in REPORT_AFTER},
+            "dice_after_strokes": {n: float(np.mean([after(row["brush_dice"], n) for row in rows])) for n in REPORT_AFTER},
+            "start_dice": float(np.mean([row["start_dice"] for row in rows])),
+            "median_click_s": statistics.median(seconds) if seconds else 0.0,
+            "max_click_s": max(seconds) if seconds else 0.0,
+        }
+    return {"cases": per_case, "summary": summary, "max_clicks": max_clicks, "max_strokes": max_strokes}
+
+
+def markdown(result: dict) -> str:
+    lines = ["| region | start Dice | NoC@90 clicks (median) | NoC@90 brush strokes (median) | Dice after 1 / 3 / 5 / 10 clicks | after 1 / 3 / 5 / 10 strokes | s per click (median, max) |",
+             "|---|---|---|---|---|---|---|"]
+    for r, s in result["summary"].items():
+        lines.append(f"| {r} | {s['start_dice']:.3f} | {s['median_noc90']:g} | {s['median_brush_noc90']:g} | "
+                     + " / ".join(f"{s['dice_after_clicks'][n]:.3f}" for n in REPORT_AFTER) + " | " + " / ".join(f"{s['dice_after_strokes'][n]:.3f}" for n in REPORT_AFTER)
+                     + f" | {s['median_click_s']:.2f}, {s['max_click_s']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4), sharey=True)
+    for ax, r in zip(axes, REGIONS):
+        for key, style, label in (("click_dice", "-", "clicks"), ("brush_dice", ":", "brush strokes")):
+            runs = [row[r][key] for row in result["cases"].values()]
+            longest = max(len(x) for x in runs)
+            padded = np.array([x + [x[-1]] * (longest - len(x)) for x in runs])
+            ax.plot(range(longest), padded.mean(0), style, label=label)
+        ax.axhline(TARGET, color="grey", lw=0.5)
+        ax.set_title(r)
+        ax.set_xlabel("interactions")
+    axes[0].set_ylabel("mean Dice")
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.correction", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="two small phantoms with the phantom weights: checks the benchmark works, figures mean nothing")
+    parser.add_argument("--checkpoint", help="model whose output is corrected (default: the bundled default)")
+    parser.add_argument("--max-clicks", type=int, default=20)
+    parser.add_argument("--max-strokes", type=int, default=100)
+    parser.add_argument("-o", "--output", type=Path, help="JSON to write (beside it: .md and .png)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        from napari_sevnet.checkpoint import phantom_checkpoint
+        from napari_sevnet.phantom import phantom_case
+
+        cases = {f"phantom_{s}": phantom_case(seed=s, shape=(64, 72, 64), contrast=0.4) for s in (31, 32)}
+        checkpoint = args.checkpoint or str(phantom_checkpoint())
+    else:
+        from benchmarks.real_heldout import DATA, SPLIT, find_cases
+
+        cases = find_cases(json.loads(SPLIT.read_text())["held_out"], DATA)
+        checkpoint = args.checkpoint
+    result = run(cases, checkpoint, args.max_clicks, args.max_strokes)
+    result.update({"date": time.strftime("%Y-%m-%d %H:%M"), "host": platform.node(), "quick": args.quick, "checkpoint": checkpoint})
+    table = markdown(result)
+    print(table)
+    if args.output:
+        from napari_sevnet.files import write_text_atomic
+
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(args.output, json.dumps(result, indent=1) + "\n")
+        write_text_atomic(args.output.with_suffix(".md"), table)
+        plot(result, args.output.with_suffix(".png"))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

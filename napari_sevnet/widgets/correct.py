@@ -1,0 +1,181 @@
+"""Correct dock widget: fix a result in clicks instead of brush strokes, and fill between drawn slices.
+
+With "Click to correct" on, a click in the viewer edits the chosen region of
+the selected result (:mod:`napari_sevnet.correction`): a click adds the
+region the model's probability (or, where it saw nothing, the image) shows
+around that point; Shift+click removes the false alarm under the cursor. In
+2D the voxel under the cursor is used; in 3D the voxel along the view ray
+where the model was most sure of the region. The threshold slider re-applies
+the last click with another threshold, the reach bounds how far one click
+may spread. "Fill between slices" interpolates the region between the last
+slices drawn on it with the brush. Every click and fill is one edit: nested
+with the other regions, one Ctrl+Z, counted apart from brush strokes in the
+export's statistics.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from magicgui.widgets import CheckBox, ComboBox, FloatSlider, Label, PushButton, SpinBox
+
+from napari_sevnet.correction import DEFAULT_RADIUS_MM, DEFAULT_THRESHOLD, GUIDE_SEQUENCE, fill_between, grow, shrink
+from napari_sevnet.errors import InputError
+from napari_sevnet.layers import LayerInfo, region_group
+from napari_sevnet.regions import REGIONS
+from napari_sevnet.widgets.base import DockWidget
+
+TOOLTIPS = {
+    "clicks": "Click: add the region around the point. Shift+click: remove the false alarm under the point. Drags still pan.",
+    "threshold": "The probability a click grows to (or, for a removal, keeps above). Moving it re-applies the last click.",
+    "reach": "How far (mm) one click may spread from where you clicked.",
+    "fill": "Draw the region on two or more slices with the brush, then fill the slices between them by shape interpolation.",
+}
+
+
+class CorrectWidget(DockWidget):
+    def __init__(self, napari_viewer):
+        super().__init__(napari_viewer)
+        self._region = ComboBox(label="Region", choices=list(REGIONS), value="WT")
+        self._clicks = CheckBox(text="Click to correct", value=False, tooltip=TOOLTIPS["clicks"])
+        self._threshold = FloatSlider(label="Threshold", min=0.05, max=0.95, step=0.05, value=DEFAULT_THRESHOLD, tooltip=TOOLTIPS["threshold"])
+        self._reach = SpinBox(label="Reach (mm)", min=2, max=100, value=int(DEFAULT_RADIUS_MM), tooltip=TOOLTIPS["reach"])
+        self._fill = PushButton(text="Fill between slices", tooltip=TOOLTIPS["fill"])
+        self._status = Label(value="")
+        self._status.native.setWordWrap(True)
+        self.extend([self._region, self._clicks, self._threshold, self._reach, self._fill, self._status])
+        self.last_click: tuple | None = None  # (layer, voxel, add?) of the last click: what the slider re-applies
+        self.clicks = 0
+        self._clicks.changed.connect(self._on_clicks)
+        self._threshold.changed.connect(self._reapply_last_click)
+        self._fill.changed.connect(self.fill_between_slices)
+        self.connect_while_open(self._viewer.layers.selection.events.active, self._on_selection)
+
+    def closed(self):
+        self._clicks.value = False
+
+    # ------------------------------------------------------------------ target
+
+    def _on_selection(self, event=None):
+        active = self._viewer.layers.selection.active
+        info = LayerInfo.from_layer(active) if active is not None else None
+        if info is not None and info.region is not None:
+            self._region.value = info.region
+
+    def target(self):
+        """(region layer, its result's info) of the selected result, for the chosen region."""
+        active = self._viewer.layers.selection.active
+        if active is None or (LayerInfo.from_layer(active) or LayerInfo()).region is None:
+            raise InputError(None, "select a layer of the result to correct (its WT, TC or ET)")
+        layer = region_group(self._viewer.layers, active)[self._region.value]
+        return layer, LayerInfo.from_layer(layer)
+
+    def _on_clicks(self, on: bool) -> None:
+        if on and self._on_mouse not in self._viewer.mouse_drag_callbacks:
+            self._viewer.mouse_drag_callbacks.append(self._on_mouse)
+        elif not on and self._on_mouse in self._viewer.mouse_drag_callbacks:
+            self._viewer.mouse_drag_callbacks.remove(self._on_mouse)
+
+    # ------------------------------------------------------------------ clicks
+
+    def _on_mouse(self, viewer, event):
+        """A click (not a drag) edits; Shift+click removes."""
+        start = event.position
+        yield
+        while event.type == "mouse_move":
+            yield
+        if np.allclose(event.position, start, atol=1e-6):
+            self.click(event.position, add="Shift" not in event.modifiers, view_direction=event.view_direction, dims_displayed=event.dims_displayed)
+
+    def click(self, world_position, *, add: bool = True, view_direction=None, dims_displayed=None) -> int:
+        """Apply a click at a world position; returns how many voxels changed (0 and a message when it cannot)."""
+        try:
+            layer, info = self.target()
+            voxel = self._voxel(layer, info, world_position, view_direction, dims_displayed)
+        except InputError as exc:
+            self.report_error("Correct", exc)
+            return 0
+        changed = self._apply_click(layer, info, voxel, add, self._threshold.value, record=True)
+        self.last_click = (layer, voxel, add) if changed else None  # nothing recorded: nothing for the slider to undo
+        self.clicks += 1
+        self._status.value = f"click {self.clicks}: {'added' if add else 'removed'} {changed} voxel(s) of {self._region.value} at {voxel}"
+        return changed
+
+    def _voxel(self, layer, info, world_position, view_direction, dims_displayed) -> tuple[int, int, int]:
+        if view_direction is not None and dims_displayed is not None and len(dims_displayed) == 3:
+            start, end = layer.get_ray_intersections(world_position, view_direction, dims_displayed, world=True)
+            if start is None or end is None:
+                raise InputError(None, "the click missed the volume")
+            points = np.linspace(start, end, int(np.linalg.norm(np.subtract(end, start))) + 2).round().astype(int)
+            points = points[np.all((points >= 0) & (points < layer.data.shape), axis=1)]
+            if len(points) == 0:
+                raise InputError(None, "the click missed the volume")
+            probability = self._probability(info)
+            weights = probability[tuple(points.T)] if probability is not None else np.asarray(layer.data)[tuple(points.T)]
+            return tuple(int(v) for v in points[int(np.argmax(weights))])  # where the model was surest along the ray
+        voxel = np.round(layer.world_to_data(world_position)).astype(int)
+        if np.any(voxel < 0) or np.any(voxel >= layer.data.shape):
+            raise InputError(None, "the click is outside the scan")
+        return tuple(int(v) for v in voxel)
+
+    def _probability(self, info) -> np.ndarray | None:
+        return np.asarray(info.probabilities[REGIONS.index(self._region.value)], dtype=np.float32) if info.probabilities is not None else None
+
+    def _guide(self, info) -> np.ndarray | None:
+        name = (info.source_layers or {}).get(GUIDE_SEQUENCE[self._region.value])
+        return np.asarray(self._viewer.layers[name].data) if name in self._viewer.layers else None
+
+    def _apply_click(self, layer, info, voxel, add: bool, threshold: float, *, record: bool) -> int:
+        """Apply one click; the first time (``record``) its threshold may follow the click and is shown on the slider."""
+        from napari_sevnet.editing import apply_edit
+
+        probability = self._probability(info)
+        spacing = tuple(float(v) for v in layer.scale)
+        current = np.asarray(layer.data) > 0
+        if add:
+            if probability is None:
+                probability = np.zeros(layer.data.shape, np.float32)  # no model output kept: grow on the image
+            region, used = grow(probability, voxel, image=self._guide(info), threshold=threshold, follow=record, max_radius_mm=self._reach.value, spacing=spacing)
+            wanted = current | region
+        else:
+            region, used = shrink(current, voxel, probability, image=self._guide(info), keep_above=None if record else threshold,
+                                  max_radius_mm=self._reach.value, spacing=spacing)
+            wanted = current & ~region
+        if record:
+            with self._threshold.changed.blocked():  # show what the click used, without re-applying it
+                self._threshold.value = float(np.clip(used, self._threshold.min, self._threshold.max))
+        return apply_edit(layer, wanted, "click")
+
+    def _reapply_last_click(self, threshold: float) -> None:
+        """The slider moved: undo the last click and apply it again at the slider's threshold (still one undo step)."""
+        if self.last_click is None:
+            return
+        layer, voxel, add = self.last_click
+        if layer not in self._viewer.layers:
+            self.last_click = None
+            return
+        layer.undo()
+        changed = self._apply_click(layer, LayerInfo.from_layer(layer), voxel, add, threshold, record=False)
+        self.last_click = (layer, voxel, add) if changed else None
+        self._status.value = f"click {self.clicks} again at threshold {threshold:.2f}: {changed} voxel(s)"
+
+    # ------------------------------------------------------------------ fill between slices
+
+    def fill_between_slices(self) -> int:
+        """Interpolate the chosen region between the axial slices last drawn on it; returns the voxels changed."""
+        from napari_sevnet.editing import apply_edit, editor_of
+
+        try:
+            layer, _ = self.target()
+            editor = editor_of(layer)
+            drawn = sorted(editor.drawn[self._region.value]) if editor is not None else []
+            if len(drawn) < 2:
+                raise InputError(None, f"draw {self._region.value} on at least two axial slices with the brush first")
+        except InputError as exc:
+            self.report_error("Fill between slices", exc)
+            return 0
+        current = np.asarray(layer.data) > 0
+        filled = fill_between(current, drawn, axis=0, spacing=tuple(float(v) for v in layer.scale))
+        changed = apply_edit(layer, filled, "fill")
+        self._status.value = f"filled {self._region.value} between slices {drawn[0]} and {drawn[-1]}: {changed} voxel(s)"
+        editor.drawn[self._region.value].clear()
+        return changed

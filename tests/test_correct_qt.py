@@ -1,0 +1,130 @@
+"""The Correct dock in a real viewer: clicks, the threshold slider, undo, nesting, fill between slices, statistics."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from napari_sevnet.checkpoint import phantom_checkpoint
+from napari_sevnet.phantom import write_phantom
+
+pytestmark = pytest.mark.qt
+
+
+class Mouse:
+    """What napari hands a mouse callback, enough for the dock's (press, then release at the same place)."""
+
+    def __init__(self, position, modifiers=(), view_direction=None, dims_displayed=(1, 2)):
+        self.type, self.position, self.modifiers = "mouse_press", position, list(modifiers)
+        self.view_direction, self.dims_displayed = view_direction, list(dims_displayed)
+
+
+def press(widget, viewer, event) -> None:
+    handler = widget._on_mouse(viewer, event)
+    next(handler)
+    event.type = "mouse_release"
+    with pytest.raises(StopIteration):
+        next(handler)
+
+
+FULL, SMALL = (155, 240, 240), (64, 72, 64)
+
+
+@pytest.fixture(params=[SMALL])
+def corrected(request, qtbot, make_napari_viewer, tmp_path):
+    from napari_sevnet.widgets.correct import CorrectWidget
+    from napari_sevnet.widgets.segment import SegmentWidget
+
+    viewer = make_napari_viewer(show=True)
+    folder = write_phantom(tmp_path / "cases", seed=11, shape=request.param, contrast=0.4)
+    truth = [layer for layer in viewer.open(str(folder), plugin="napari-sevnet") if layer.name.endswith("(file)")]
+    reference = {layer.name.split()[1]: np.asarray(layer.data) > 0 for layer in truth}
+    for layer in truth:
+        viewer.layers.remove(layer)
+    segment, correct = SegmentWidget(viewer), CorrectWidget(viewer)
+    segment.set_checkpoint(phantom_checkpoint())
+    viewer.window.add_dock_widget(segment)
+    viewer.window.add_dock_widget(correct)
+    segment.run()
+    qtbot.waitUntil(lambda: segment.worker is None, timeout=300_000)
+    yield viewer, segment, correct, reference
+    segment._on_destroyed()
+
+
+@pytest.mark.parametrize("corrected", [FULL], indirect=True)  # the heartbeat is measured on a full BraTS-sized case
+def test_clicks_add_and_remove_nested_with_one_undo_and_the_gui_stays_live(qtbot, corrected):
+    from qtpy.QtCore import QTimer
+
+    viewer, segment, correct, reference = corrected
+    wt, tc, et = (segment.result_layers[r] for r in ("WT", "TC", "ET"))
+    viewer.layers.selection.active = et
+    assert correct._region.value == "ET"
+    correct._region.value = "TC"
+    missed = np.argwhere(reference["TC"] & ~(np.asarray(tc.data) > 0))
+    if len(missed) == 0:
+        pytest.skip("the phantom weights missed no core on this phantom")
+    before = segment.current_regions().copy()
+    ticks = []
+    heartbeat = QTimer()
+    heartbeat.timeout.connect(lambda: ticks.append(time.perf_counter()))
+    heartbeat.start(10)
+    qtbot.wait(100)
+    press(correct, viewer, Mouse(tuple(float(v) for v in missed[len(missed) // 2])))  # a click in 2D view
+    qtbot.wait(100)
+    heartbeat.stop()
+    assert np.diff(ticks).max() < 0.2, f"a click on a full case held the GUI {np.diff(ticks).max() * 1000:.0f} ms"
+    after = segment.current_regions()
+    assert after[1].sum() > before[1].sum() and (after[0] >= after[1]).all() and (after[1] >= after[2]).all(), "TC grew, WT with it"
+    grown = after[1].sum()
+    correct._threshold.value = 0.05  # the slider re-applies the last click, here more generously
+    assert segment.current_regions()[1].sum() > grown
+    wt.undo()  # one Ctrl+Z takes the click back in every layer
+    np.testing.assert_array_equal(segment.current_regions(), before)
+
+    inside = tuple(float(v) for v in np.argwhere(np.asarray(tc.data) > 0)[0])
+    press(correct, viewer, Mouse(inside, modifiers=("Shift",)))  # Shift+click removes
+    assert segment.current_regions()[1].sum() < before[1].sum()
+    assert (segment.current_regions()[2] <= segment.current_regions()[1]).all()
+    from napari_sevnet.editing import editor_of
+
+    assert editor_of(tc).counts["click"]["edits"] >= 2
+
+
+def test_fill_between_two_drawn_slices_is_one_edit(qtbot, corrected):
+    viewer, segment, correct, _ = corrected
+    wt = segment.result_layers["WT"]
+    viewer.layers.selection.active = wt
+    z0, z1 = 20, 30
+    for z, radius in ((z0, 4), (z1, 7)):
+        wt.brush_size = 2 * radius
+        wt.selected_label = 1
+        wt.paint((z, 12, 12), 1)  # away from the tumour: only these two slices hold it there
+    correct._region.value = "WT"
+    before = np.asarray(wt.data).copy()
+    assert correct.fill_between_slices() > 0
+    between = (np.asarray(wt.data) > 0)[z0 + 1 : z1, 4:20, 4:20]
+    assert all(between[k].any() for k in range(len(between))), "every slice in between is filled"
+    wt.undo()
+    np.testing.assert_array_equal(np.asarray(wt.data), before)
+
+
+def test_the_export_counts_clicks_and_brush_strokes_apart(qtbot, corrected, tmp_path):
+    import json
+
+    from napari_sevnet.widgets.export import ExportWidget
+
+    viewer, segment, correct, _ = corrected
+    et = segment.result_layers["ET"]
+    viewer.layers.selection.active = et
+    et.paint((32, 36, 32), 1)  # a brush stroke
+    correct._region.value = "ET"
+    press(correct, viewer, Mouse((32.0, 36.0, 33.0), modifiers=("Shift",)))  # a click
+    export = ExportWidget(viewer)
+    viewer.window.add_dock_widget(export)
+    export._dataset.value = tmp_path / "ds"
+    export.export()
+    qtbot.waitUntil(lambda: export.worker is None, timeout=60_000)
+    record = json.loads((tmp_path / "ds" / "dataset.json").read_text())["cases"][0]
+    assert record["interactions"]["brush"]["edits"] >= 1 and record["interactions"]["click"]["edits"] >= 1

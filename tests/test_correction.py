@@ -1,0 +1,73 @@
+"""The click and fill tools on arrays (no Qt), and the simulated-annotator benchmark's quick mode."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from napari_sevnet.correction import fill_between, grow, largest_error_centre, shrink
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def ball(shape, centre, radius):
+    grids = np.ogrid[tuple(slice(0, n) for n in shape)]
+    return sum((g - c) ** 2 for g, c in zip(grids, centre)) <= radius**2
+
+
+def test_a_positive_click_adds_the_likely_region_around_it_and_never_floods():
+    probability = np.where(ball((40, 40, 40), (20, 20, 20), 6), 0.45, 0.02).astype(np.float32)  # a lesion the model half-saw
+    added, used = grow(probability, (20, 20, 20), threshold=0.3)
+    assert used == 0.3 and added.sum() == ball((40, 40, 40), (20, 20, 20), 6).sum()
+    everywhere = np.full((60, 60, 60), 0.9, np.float32)
+    bounded, _ = grow(everywhere, (30, 30, 30), max_radius_mm=10, spacing=(1.0, 1.0, 1.0))
+    assert bounded.sum() <= ball((60, 60, 60), (30, 30, 30), 10).sum(), "one click cannot flood the brain"
+    faint = np.where(ball((40, 40, 40), (20, 20, 20), 6), 0.2, 0.01).astype(np.float32)  # below the threshold: it follows the click down
+    assert grow(faint, (20, 20, 20), threshold=0.3)[0].sum() == ball((40, 40, 40), (20, 20, 20), 6).sum()
+
+
+def test_where_the_model_saw_nothing_a_click_grows_on_the_image():
+    image = np.where(ball((40, 40, 40), (20, 20, 20), 5), 300.0, 100.0).astype(np.float32)
+    added, _ = grow(np.zeros(image.shape, np.float32), (20, 20, 20), image=image)
+    assert added.sum() == ball((40, 40, 40), (20, 20, 20), 5).sum()
+
+
+def test_a_negative_click_removes_the_false_alarm_and_keeps_the_tumour_it_touches():
+    tumour = ball((40, 40, 40), (20, 20, 14), 5)
+    alarm = ball((40, 40, 40), (20, 20, 24), 4)
+    mask = tumour | alarm
+    probability = np.where(tumour, 0.95, np.where(alarm, 0.6, 0.0)).astype(np.float32)
+    removed, _ = shrink(mask, (20, 20, 25), probability)
+    assert (removed & alarm).sum() > 0.9 * (alarm & ~tumour).sum() and not (removed & tumour).any()
+    assert not shrink(mask, (2, 2, 2), probability)[0].any(), "a click outside the mask removes nothing"
+
+
+def test_fill_between_slices_interpolates_the_shape():
+    mask = np.zeros((11, 40, 40), bool)
+    mask[0], mask[10] = ball((40, 40), (20, 20), 5), ball((40, 40), (20, 20), 11)
+    filled = fill_between(mask, [0, 10])
+    np.testing.assert_array_equal(filled[[0, 10]], mask[[0, 10]])
+    assert abs(filled[5].sum() / (np.pi * 8**2) - 1) < 0.1, "half way, half the radius between"
+    assert all(filled[k].sum() <= filled[k + 1].sum() for k in range(10))
+
+
+def test_the_simulated_user_clicks_at_the_centre_of_the_largest_error():
+    truth = ball((30, 30, 30), (15, 15, 15), 8)
+    prediction = truth & ~ball((30, 30, 30), (15, 15, 21), 3)
+    seed, missed = largest_error_centre(prediction, truth)
+    assert missed and np.abs(np.subtract(seed, (15, 15, 21))).max() <= 1
+
+
+@pytest.mark.slow
+def test_the_correction_benchmark_quick_mode(tmp_path):
+    out = tmp_path / "corr.json"
+    subprocess.run([sys.executable, "-m", "benchmarks.correction", "--quick", "--max-clicks", "3", "--max-strokes", "6", "-o", str(out)], check=True, cwd=ROOT, capture_output=True, timeout=900)
+    result = json.loads(out.read_text())
+    assert set(result["summary"]) == {"WT", "TC", "ET"} and out.with_suffix(".png").is_file() and out.with_suffix(".md").is_file()
+    for summary in result["summary"].values():
+        assert 0 <= summary["median_noc90"] <= 3 and summary["median_click_s"] >= 0
