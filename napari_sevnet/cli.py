@@ -210,3 +210,45 @@ def export_main(argv=None) -> int:
     summary = "   ".join(f"{r} Dice(model, corrected) {e['dice_model_vs_corrected']:.3f}" for r, e in edits.items()) if edits else ""
     print(f"exported {result.case_id} version {result.version} to {result.folder}" + (f"\n{summary}" if summary else ""))
     return 0
+
+
+def measure_main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="sevnet-measure", description="Lesion table and RANO measurements of a mask; optionally the change since an earlier visit and a case report.")
+    parser.add_argument("case", type=Path, help="the case (folder or any of its files)")
+    parser.add_argument("mask", type=Path, help="its mask (a prediction or a correction), on the case's grid")
+    parser.add_argument("--baseline", nargs=2, type=Path, metavar=("CASE", "MASK"), help="an earlier visit of the same patient: report the change and the RANO category")
+    parser.add_argument("--labels", choices=["2021", "2023", "msd"], help="label convention of the masks (default: what the files say)")
+    parser.add_argument("--report", type=Path, help="also write the case report (self-contained HTML) here")
+    parser.add_argument("--checkpoint", help="the model that made the mask, named in the report")
+    parser.add_argument("-o", "--output", type=Path, help="write the read-out as JSON here")
+    args = parser.parse_args(argv)
+    _setup_logging(False)
+
+    from napari_sevnet import case_report
+    from napari_sevnet.io import load_case, read_segmentation
+    from napari_sevnet.readout import compare_visits, measure
+
+    try:
+        case = load_case(args.case, allow_missing=True)
+        regions, _ = read_segmentation(args.mask, case.grid, case.reference, args.labels)
+        readout = measure(regions, case.spacing, case.grid)
+        comparison = None
+        if args.baseline:
+            base_case = load_case(args.baseline[0], allow_missing=True)
+            base_regions, _ = read_segmentation(args.baseline[1], base_case.grid, base_case.reference, args.labels)
+            # volumes and products are measured on each visit's own grid: the comparison needs no registration
+            comparison = compare_visits(measure(base_regions, base_case.spacing, base_case.grid), readout)
+        if args.report:
+            case_report.write(args.report, case, regions, readout, checkpoint=args.checkpoint, comparison=comparison)
+    except InputError as exc:
+        print(f"sevnet-measure: error: {exc}", file=sys.stderr)
+        return 2
+    data = {"case": case.case_id, **readout.to_json(), **({"change": comparison} if comparison else {})}
+    if args.output:
+        _write_json(args.output, data)
+    print(f"{'#':>2} {'NCR mL':>7} {'ED mL':>7} {'ET mL':>7} {'longest':>8} {'perp.':>7} {'product':>8}  measurable")
+    for lesion in readout.lesions:
+        d = lesion.diameters
+        print(f"{lesion.index:>2} {lesion.ncr_ml:7.1f} {lesion.ed_ml:7.1f} {lesion.et_ml:7.1f} " + (f"{d.longest_mm:8.1f} {d.perpendicular_mm:7.1f} {d.product_mm2:8.0f}" if d else f"{'-':>8} {'-':>7} {'-':>8}") + f"  {'yes' if lesion.measurable else 'no'}")
+    print(f"sum of products {readout.sum_of_products_mm2:.0f} mm^2 over {readout.measurable} measurable lesion(s)" + (f"; since the baseline: {comparison['category']}" if comparison else ""))
+    return 0

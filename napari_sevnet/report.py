@@ -14,6 +14,7 @@ from pathlib import Path
 from napari_sevnet.errors import InputError
 from napari_sevnet.files import write_text_atomic
 from napari_sevnet.io import Case, write_mask, write_volume
+from napari_sevnet.readout import measure
 from napari_sevnet.regions import REGIONS, volumes_ml
 from napari_sevnet.uncertainty import uncertainty_summary
 
@@ -89,4 +90,5 @@ def _report(case: Case, result, predictor, paths: dict, convention: str, maps: d
         "uncertainty": uncertainty_summary(result, case.spacing) if result.uncertainty is not None else None,
         "warnings": result.warnings,
         "notes": result.notes,
+        "readout": measure(result.regions, case.spacing, case.grid).to_json(),
     }

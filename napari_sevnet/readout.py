@@ -1,0 +1,241 @@
+"""What a neuro-oncologist reads off a segmentation: lesions, RANO measurements, the change between two visits.
+
+A lesion is a 26-connected component of the tumour core (TC = necrosis +
+enhancing tumour); the edema of the whole tumour belongs to the lesion it lies
+nearest to. Per lesion: the volumes of necrosis (NCR), edema (ED) and
+enhancing tumour (ET) in mL, the centroid in scanner coordinates (mm, RAS as
+the file's affine gives them), and on the axial slice where its enhancing
+part is largest the RANO bidimensional measurement: the longest diameter of
+the enhancing part and the longest diameter perpendicular to it. A lesion is
+measurable when both are at least 10 mm (RANO 2010, Wen et al.); the sum of
+the products over measurable lesions is what response assessment compares.
+
+Two visits (:func:`compare_visits`): the change of each volume and of the
+sum of products, absolute and in percent, and the RANO category from the
+product (>= 25 % increase: progression; >= 50 % decrease: partial response;
+no enhancing tumour left: complete response; else stable). The imaging
+criteria only: RANO also weighs steroids, clinical state and non-enhancing
+growth, which a segmentation cannot see.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from scipy import ndimage
+
+from napari_sevnet.io import SourceGrid
+
+MEASURABLE_MM = 10.0
+PROGRESSION, PARTIAL_RESPONSE = 0.25, -0.50
+STRUCTURE = np.ones((3, 3, 3), bool)
+
+
+@dataclass
+class Diameters:
+    """The RANO measurement on one axial slice: two segments (endpoints in voxel coordinates z, y, x) and their lengths in mm."""
+
+    slice: int
+    longest_mm: float
+    perpendicular_mm: float
+    longest: tuple[tuple[float, float, float], tuple[float, float, float]]
+    perpendicular: tuple[tuple[float, float, float], tuple[float, float, float]]
+
+    @property
+    def product_mm2(self) -> float:
+        return self.longest_mm * self.perpendicular_mm
+
+    @property
+    def measurable(self) -> bool:
+        return self.longest_mm >= MEASURABLE_MM and self.perpendicular_mm >= MEASURABLE_MM
+
+
+@dataclass
+class Lesion:
+    index: int
+    ncr_ml: float
+    ed_ml: float
+    et_ml: float
+    centroid_ras_mm: tuple[float, float, float]
+    voxel: tuple[int, int, int]  # the centroid as a voxel of the canonical grid, for the viewer
+    diameters: Diameters | None  # None: no enhancing part
+
+    @property
+    def measurable(self) -> bool:
+        return self.diameters is not None and self.diameters.measurable
+
+    @property
+    def product_mm2(self) -> float:
+        return self.diameters.product_mm2 if self.measurable else 0.0
+
+    def to_json(self) -> dict:
+        out = asdict(self)
+        out.update(measurable=self.measurable, product_mm2=self.product_mm2)
+        if self.diameters is not None:
+            out["diameters"]["product_mm2"] = self.diameters.product_mm2
+        return out
+
+
+@dataclass
+class Readout:
+    lesions: list[Lesion] = field(default_factory=list)
+    volumes_ml: dict = field(default_factory=dict)
+
+    @property
+    def sum_of_products_mm2(self) -> float:
+        return float(sum(lesion.product_mm2 for lesion in self.lesions))
+
+    @property
+    def measurable(self) -> int:
+        return sum(lesion.measurable for lesion in self.lesions)
+
+    def to_json(self) -> dict:
+        return {"lesions": [lesion.to_json() for lesion in self.lesions], "volumes_ml": self.volumes_ml,
+                "sum_of_products_mm2": self.sum_of_products_mm2, "measurable_lesions": self.measurable}
+
+
+def canonical_affine(grid: SourceGrid) -> np.ndarray:
+    """Voxel (z, y, x) of the canonical grid -> scanner RAS mm, as the file's affine places it."""
+    from nibabel.orientations import inv_ornt_aff
+
+    ras = grid.affine @ inv_ornt_aff(grid.orientation, grid.shape)  # voxel (i_R, j_A, k_S) -> world
+    swap = np.eye(4)[[2, 1, 0, 3]]  # (z, y, x) -> (x, y, z)
+    return ras @ swap
+
+
+def measure(regions: np.ndarray, spacing, grid: SourceGrid | None = None) -> Readout:
+    """The lesion table of nested regions (3, Z, Y, X) on a grid of ``spacing`` (mm, Z/Y/X)."""
+    wt, tc, et = (np.asarray(regions[i], bool) for i in range(3))
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    labels, n = ndimage.label(tc, structure=STRUCTURE)
+    readout = Readout(volumes_ml={"WT": wt.sum() * voxel_ml, "TC": tc.sum() * voxel_ml, "ET": et.sum() * voxel_ml})
+    if n == 0:
+        return readout
+    nearest = ndimage.distance_transform_edt(labels == 0, sampling=spacing, return_distances=False, return_indices=True)
+    owner = labels[tuple(nearest)]  # each voxel's nearest lesion: where its edema belongs
+    edema = wt & ~tc
+    to_world = canonical_affine(grid) if grid is not None else None
+    boxes = ndimage.find_objects(labels)
+    ed_counts = np.bincount(owner[edema], minlength=n + 1)
+    for k, box in enumerate(boxes, start=1):
+        lesion = labels[box] == k
+        lesion_et = lesion & et[box]
+        centroid = np.array(ndimage.center_of_mass(lesion)) + [b.start for b in box]
+        world = to_world @ np.r_[centroid, 1.0] if to_world is not None else np.r_[(centroid * np.asarray(spacing))[::-1], 1.0]
+        diameters = None
+        if lesion_et.any():
+            areas = lesion_et.sum(axis=(1, 2))
+            z = int(np.argmax(areas))
+            diameters = rano_diameters(lesion_et[z], spacing[1:], z + box[0].start, (box[1].start, box[2].start))
+        readout.lesions.append(Lesion(
+            index=k, ncr_ml=float((lesion & ~et[box]).sum()) * voxel_ml, ed_ml=float(ed_counts[k]) * voxel_ml, et_ml=float(lesion_et.sum()) * voxel_ml,
+            centroid_ras_mm=tuple(round(float(v), 2) for v in world[:3]), voxel=tuple(int(round(v)) for v in centroid), diameters=diameters,
+        ))
+    readout.lesions.sort(key=lambda lesion: (-lesion.product_mm2, -(lesion.et_ml + lesion.ncr_ml)))
+    for number, lesion in enumerate(readout.lesions, start=1):
+        lesion.index = number
+    return readout
+
+
+def rano_diameters(section: np.ndarray, spacing_yx, z: int, offset=(0, 0)) -> Diameters:
+    """Longest diameter of a 2D region and the longest chord perpendicular to it (mm; endpoints as voxel z, y, x).
+
+    Lengths are measured between voxel centres. The perpendicular chord is the
+    longest extent of the region along the perpendicular direction, over strips
+    one voxel wide across the longest diameter.
+    """
+    sy, sx = (float(v) for v in spacing_yx)
+    points = np.argwhere(section).astype(float)
+    mm = points * [sy, sx]
+    if len(points) == 1:
+        end = (float(z), points[0][0] + offset[0], points[0][1] + offset[1])
+        return Diameters(z, 0.0, 0.0, (end, end), (end, end))
+    hull = _hull(mm)
+    pairs = np.linalg.norm(hull[:, None] - hull[None], axis=-1)
+    i, j = np.unravel_index(int(np.argmax(pairs)), pairs.shape)
+    longest = float(pairs[i, j])
+    u = (hull[j] - hull[i]) / longest
+    v = np.array([-u[1], u[0]])
+    t, s = mm @ u, mm @ v
+    width = min(sy, sx)
+    strips = np.floor((t - t.min()) / width).astype(int)
+    best, best_strip = -1.0, 0
+    for strip in np.unique(strips):
+        inside = s[strips == strip]
+        extent = float(inside.max() - inside.min())
+        if extent > best:
+            best, best_strip = extent, strip
+    inside = strips == best_strip
+    t_mid = float(t[inside].mean())
+    s_lo, s_hi = float(s[inside].min()), float(s[inside].max())
+
+    def to_voxel(p_mm):
+        return (float(z), p_mm[0] / sy + offset[0], p_mm[1] / sx + offset[1])
+
+    ends = (to_voxel(hull[i]), to_voxel(hull[j]))
+    perpendicular = (to_voxel(t_mid * u + s_lo * v), to_voxel(t_mid * u + s_hi * v))
+    return Diameters(z, longest, best, ends, perpendicular)
+
+
+def _hull(points: np.ndarray) -> np.ndarray:
+    from scipy.spatial import ConvexHull, QhullError
+
+    try:
+        return points[ConvexHull(points).vertices]
+    except (QhullError, ValueError):  # collinear: every point is on the hull
+        return points
+
+
+def compare_visits(baseline: Readout, follow_up: Readout) -> dict:
+    """Change from ``baseline`` to ``follow_up``: volumes and sum of products (absolute, %) and the RANO imaging category."""
+    def change(a: float, b: float) -> dict:
+        return {"baseline": a, "follow_up": b, "absolute": b - a, "percent": (100.0 * (b - a) / a) if a else None}
+
+    before, after = baseline.sum_of_products_mm2, follow_up.sum_of_products_mm2
+    if follow_up.volumes_ml.get("ET", 0.0) == 0.0 and baseline.volumes_ml.get("ET", 0.0) > 0.0:
+        category = "complete response"
+    elif before and (after - before) / before >= PROGRESSION:
+        category = "progression"
+    elif not before and after:
+        category = "progression"  # new measurable enhancing disease
+    elif before and (after - before) / before <= PARTIAL_RESPONSE:
+        category = "partial response"
+    else:
+        category = "stable disease"
+    return {
+        "volumes_ml": {r: change(baseline.volumes_ml[r], follow_up.volumes_ml[r]) for r in baseline.volumes_ml},
+        "sum_of_products_mm2": change(before, after),
+        "category": category,
+        "criteria": "RANO imaging thresholds on the sum of bidimensional products (>= +25 %: progression; <= -50 %: partial response; no enhancement left: complete response); steroids, clinical state and non-enhancing growth are not assessed",
+    }
+
+
+def align_follow_up(baseline_image: np.ndarray, baseline_spacing, follow_image: np.ndarray, follow_spacing, follow_regions: np.ndarray) -> np.ndarray:
+    """The follow-up's regions moved onto the baseline's grid by a rigid registration of its FLAIR (SimpleITK, offline).
+
+    Used when the two visits are not on one grid: volumes do not need it, the
+    side-by-side view and any voxel-wise comparison do.
+    """
+    import SimpleITK as sitk
+
+    def image(array, spacing):
+        img = sitk.GetImageFromArray(np.asarray(array, np.float32))
+        img.SetSpacing(tuple(float(s) for s in spacing[::-1]))
+        return img
+
+    fixed, moving = image(baseline_image, baseline_spacing), image(follow_image, follow_spacing)
+    transform = sitk.CenteredTransformInitializer(fixed, moving, sitk.Euler3DTransform(), sitk.CenteredTransformInitializerFilter.MOMENTS)
+    method = sitk.ImageRegistrationMethod()
+    method.SetMetricAsMattesMutualInformation(32)
+    method.SetMetricSamplingStrategy(method.RANDOM)
+    method.SetMetricSamplingPercentage(0.1, seed=0)
+    method.SetInterpolator(sitk.sitkLinear)
+    method.SetOptimizerAsRegularStepGradientDescent(2.0, 1e-3, 200)
+    method.SetOptimizerScalesFromPhysicalShift()
+    method.SetShrinkFactorsPerLevel([4, 2, 1])
+    method.SetSmoothingSigmasPerLevel([2, 1, 0])
+    method.SetInitialTransform(transform, inPlace=False)
+    final = method.Execute(fixed, moving)
+    moved = [sitk.GetArrayFromImage(sitk.Resample(image(r.astype(np.float32), follow_spacing), fixed, final, sitk.sitkNearestNeighbor, 0.0)) > 0.5 for r in follow_regions]
+    return np.stack(moved)

@@ -1,0 +1,97 @@
+"""Lesion table, RANO diameters and the change between two visits, on shapes of known size."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_sevnet.readout import compare_visits, measure, rano_diameters
+
+
+def ellipse(shape, centre, a_mm, b_mm, spacing=(1.0, 1.0), angle_deg=0.0):
+    """A filled ellipse with semi-axes a (along x before rotation) and b, in mm."""
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    y, x = (yy - centre[0]) * spacing[0], (xx - centre[1]) * spacing[1]
+    c, s = np.cos(np.deg2rad(angle_deg)), np.sin(np.deg2rad(angle_deg))
+    u, v = x * c + y * s, -x * s + y * c
+    return (u / a_mm) ** 2 + (v / b_mm) ** 2 <= 1
+
+
+def angle_between(seg_a, seg_b, spacing=(1.0, 1.0)) -> float:
+    """Angle in mm space between two segments given in voxel coordinates (z, y, x)."""
+    da, db = np.subtract(seg_a[1], seg_a[0])[1:] * spacing, np.subtract(seg_b[1], seg_b[0])[1:] * spacing
+    return float(np.degrees(np.arccos(abs(np.dot(da, db)) / np.linalg.norm(da) / np.linalg.norm(db))))
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 1.0), (0.5, 0.8)])
+@pytest.mark.parametrize("angle", [0.0, 30.0])
+def test_diameters_of_a_known_ellipse_within_one_voxel_and_perpendicular(spacing, angle):
+    section = ellipse((160, 160), (80, 80), 20.0, 11.0, spacing, angle)
+    d = rano_diameters(section, spacing, z=5)
+    voxel = max(spacing) * 1.001  # one voxel (between voxel centres a length can fall short by up to one)
+    assert abs(d.longest_mm - 40.0) <= voxel and abs(d.perpendicular_mm - 22.0) <= voxel, (d.longest_mm, d.perpendicular_mm)
+    assert abs(angle_between(d.longest, d.perpendicular, spacing) - 90.0) < 1.0
+    assert d.measurable and d.slice == 5
+
+
+def test_a_lesion_table_of_two_lesions_one_too_small_to_measure():
+    shape = (30, 100, 100)
+    regions = np.zeros((3, *shape), bool)
+    for z in range(10, 20):
+        regions[2, z] = ellipse(shape[1:], (30, 30), 10.0, 8.0)  # enhancing, 20 x 16 mm
+        regions[1, z] = ellipse(shape[1:], (30, 30), 12.0, 10.0)  # its necrotic core around it
+        regions[2, z] |= ellipse(shape[1:], (75, 75), 3.0, 3.0)  # a second lesion: 6 mm, not measurable
+    regions[1] |= regions[2]
+    regions[0] = regions[1] | np.pad(np.ones((10, 90, 90), bool), ((10, 10), (5, 5), (5, 5)))
+    readout = measure(regions, (1.0, 1.0, 1.0))
+    assert len(readout.lesions) == 2 and readout.measurable == 1
+    first, second = readout.lesions
+    assert first.measurable and not second.measurable and second.diameters.longest_mm < 10
+    assert readout.sum_of_products_mm2 == pytest.approx(first.product_mm2)
+    assert first.ed_ml + second.ed_ml == pytest.approx((regions[0] & ~regions[1]).sum() / 1000.0), "every edema voxel belongs to one lesion"
+    assert first.ncr_ml == pytest.approx((regions[1] & ~regions[2])[:, :60, :60].sum() / 1000.0)
+
+
+def test_two_visits_growth_by_a_known_factor_is_progression_and_the_percentages_are_exact():
+    def visit(radius):
+        regions = np.zeros((3, 20, 120, 120), bool)
+        for z in range(5, 15):
+            regions[2, z] = ellipse((120, 120), (60, 60), radius, radius * 0.7)
+        regions[1] = regions[0] = regions[2]
+        return measure(regions, (1.0, 1.0, 1.0))
+
+    before, after = visit(15.0), visit(18.0)
+    change = compare_visits(before, after)
+    expected = 100.0 * (after.sum_of_products_mm2 - before.sum_of_products_mm2) / before.sum_of_products_mm2
+    assert change["sum_of_products_mm2"]["percent"] == pytest.approx(expected) and expected == pytest.approx(44.0, abs=8)
+    assert change["category"] == "progression"
+    assert compare_visits(after, before)["category"] == "stable disease"  # -31 %: not yet a partial response
+    assert compare_visits(visit(18.0), visit(12.0))["category"] == "partial response"
+    empty = measure(np.zeros((3, 20, 120, 120), bool), (1.0, 1.0, 1.0))
+    assert compare_visits(before, empty)["category"] == "complete response"
+
+
+def test_the_case_report_has_its_sections_and_sevnet_measure_works_end_to_end(tmp_path):
+    import json
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from napari_sevnet.phantom import write_phantom
+
+    bin_dir = Path(sys.executable).parent
+    baseline = write_phantom(tmp_path / "v1", seed=4, shape=(64, 72, 64))
+    follow = write_phantom(tmp_path / "v2", seed=5, shape=(64, 72, 64))
+    mask = lambda folder: folder / f"{folder.name}_seg.nii.gz"  # noqa: E731
+    report, out = tmp_path / "report.html", tmp_path / "readout.json"
+    result = subprocess.run([str(bin_dir / "sevnet-measure"), str(follow), str(mask(follow)), "--baseline", str(baseline), str(mask(baseline)),
+                             "--report", str(report), "-o", str(out)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    data = json.loads(out.read_text())
+    assert data["lesions"] and "sum_of_products_mm2" in data and data["change"]["category"] in ("progression", "stable disease", "partial response", "complete response")
+    assert "sum of products" in result.stdout
+    page = report.read_text()
+    for section in ("case", "images", "lesions", "volumes", "uncertainty", "model", "visits"):
+        assert f"<section id='{section}'>" in page, section
+    assert "not for diagnosis" in page and re.search(r"data:image/png;base64,[A-Za-z0-9+/]{1000}", page), "self-contained, with its images"

@@ -1,0 +1,73 @@
+"""The Read-out dock in a real viewer: the table follows a paint, a row moves the viewer, diameters on the image's scale, two visits."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_sevnet.phantom import write_phantom
+
+pytestmark = pytest.mark.qt
+
+
+def test_the_lesion_table_follows_edits_and_moves_the_viewer(qtbot, make_napari_viewer, tmp_path):
+    from napari_sevnet.widgets.readout import ReadoutWidget
+
+    viewer = make_napari_viewer(show=True)
+    layers = viewer.open(str(write_phantom(tmp_path, seed=4, shape=(64, 72, 64))), plugin="napari-sevnet")
+    readout = ReadoutWidget(viewer)
+    viewer.window.add_dock_widget(readout)
+    et = layers[-1]
+    viewer.layers.selection.active = et
+    qtbot.waitUntil(lambda: readout.readout is not None and readout.worker is None, timeout=30_000)
+    assert readout.table.rowCount() == len(readout.readout.lesions) >= 1
+    before = readout.readout.volumes_ml["ET"]
+    shapes = readout.shapes
+    assert shapes is not None and tuple(shapes.scale) == tuple(layers[0].scale), "diameters on the image's scale"
+    et.paint((40, 10, 10), 1)  # a new bit of enhancing tumour (TC and WT grow with it)
+    qtbot.waitUntil(lambda: readout.readout.volumes_ml["ET"] > before, timeout=30_000)
+    readout.table.cellClicked.emit(0, 0)
+    lesion = readout.readout.lesions[0]
+    assert viewer.dims.point[0] == pytest.approx((lesion.diameters.slice if lesion.diameters else lesion.voxel[0]) * layers[0].scale[0])
+
+
+def test_two_visits_on_different_grids_are_compared_and_aligned(qtbot, make_napari_viewer, tmp_path):
+    import nibabel as nib
+
+    from napari_sevnet.widgets.readout import ReadoutWidget
+
+    first = write_phantom(tmp_path / "v1", seed=4, shape=(64, 72, 64))
+    moved = tmp_path / "v2" / "phantom_0004"
+    moved.mkdir(parents=True)
+    for path in first.glob("*.nii.gz"):  # the same head a visit later, on a grid shifted by 4 voxels and 6 mm
+        img = nib.load(path)
+        data = np.roll(np.asanyarray(img.dataobj), 4, axis=0)
+        affine = img.affine.copy()
+        affine[:3, 3] += (6.0, 0.0, 0.0)
+        nib.save(nib.Nifti1Image(data, affine), moved / path.name.replace("phantom_0004", "phantom_0004"))
+    viewer = make_napari_viewer(show=True)
+    readout = ReadoutWidget(viewer)
+    viewer.window.add_dock_widget(readout)
+    base_layers = viewer.open(str(first), plugin="napari-sevnet")
+    follow_layers = viewer.open(str(moved), plugin="napari-sevnet")
+    errors = []
+    import napari.utils.notifications as notifications
+
+    original = notifications.show_error
+    notifications.show_error = errors.append
+    viewer.layers.selection.active = follow_layers[-1]
+    qtbot.waitUntil(lambda: (readout.readout is not None and readout.worker is None) or bool(errors), timeout=30_000)
+    notifications.show_error = original
+    assert not errors, errors
+    readout._baseline.value = base_layers[4]
+    n = len(viewer.layers)
+    readout.compare()
+    qtbot.waitUntil(lambda: readout.worker is None and readout.comparison is not None, timeout=120_000)
+    assert readout.comparison["category"] == "stable disease" and abs(readout.comparison["sum_of_products_mm2"]["percent"]) < 5
+    on_follow = [layer for layer in viewer.layers[n:] if layer.name == "phantom_0004 on phantom_0004 WT (file)"]
+    assert viewer.grid.enabled and len(on_follow) == 1, "the baseline's regions registered onto the follow-up's scan"
+    aligned = np.asarray(on_follow[0].data) > 0
+    follow_wt = np.asarray(follow_layers[4].data) > 0
+    from napari_sevnet.metrics import dice
+
+    assert dice(aligned, follow_wt) > 0.8
