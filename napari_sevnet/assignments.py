@@ -114,6 +114,9 @@ def load_assigned_or_named(path: str | os.PathLike) -> Case:
             raise InputError(folder, f"case {case.case_id!r} has no {', '.join(case.missing)} by its BraTS names")
         return case
     except InputError as exc:
+        if "must share one grid" in exc.problem or re.search(r"shape .* differs", exc.problem):
+            raise InputError(exc.path, f"{exc.problem}. These look like raw series, each on its own grid: prepare them first "
+                             "(co-register, 1 mm, skull strip) with Plugins > napari-sevnet > Prepare raw scans, or sevnet-prepare FOLDER -o OUT") from None
         files = nifti_files(folder)
         unrecognised = [p.name for p in files if role_of(p.name) is None or role_of(p.name)[0] != _case_id_of(files)]
         single = "is a single 3D volume" in exc.problem

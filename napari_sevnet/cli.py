@@ -10,6 +10,7 @@ import argparse
 import csv
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -35,7 +36,11 @@ class _Once(argparse.Action):
 
 
 def predict_main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="sevnet-predict", description="Segment brain-tumour cases with SEV-Net; writes <case>_seg.nii.gz and <case>_report.json.")
+    parser = argparse.ArgumentParser(
+        prog="sevnet-predict",
+        description="Segment brain-tumour cases with SEV-Net; writes <case>_seg.nii.gz and <case>_report.json. "
+        "Under torchrun (torchrun --nproc_per_node N -m napari_sevnet.cli ...) each process takes its share of the cases.",
+    )
     parser.add_argument("inputs", nargs="+", help="case folders, files of cases, or folders of case folders (names starting with '-' after --)")
     parser.add_argument("-o", "--output", required=True, type=Path, action=_Once, help="output folder (never an input case's own folder)")
     parser.add_argument("--checkpoint", help="checkpoint (.json or .safetensors); default: the bundled default model")
@@ -44,6 +49,8 @@ def predict_main(argv=None) -> int:
     parser.add_argument("--labels", default="2021", choices=["2021", "2023"], help="label convention of the written masks (2021: <case>_seg, 2023: <case>-seg)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs of the same cases (their old maps go too)")
     parser.add_argument("--allow-missing", action="store_true", help="segment cases that lack one to three sequences (with a model trained for it; the bundled default picks one)")
+    parser.add_argument("--prepare", action="store_true", help="raw clinical series (own grids, with the skull): co-register, 1 mm, skull-strip first; the mask is written on the reference series' own grid")
+    parser.add_argument("--reference", default="t1ce", choices=["t1", "t1ce", "t2", "flair"], help="with --prepare: the series the others are registered to (default t1ce)")
     parser.add_argument("--probabilities", action="store_true", help="also write <case>_prob_{WT,TC,ET}.nii.gz")
     parser.add_argument("--uncertainty", action="store_true", help="also write <case>_uncertainty_{WT,TC,ET}.nii.gz (entropy, bits) and a case score in the report; implies --tta")
     parser.add_argument("--mc-samples", type=int, default=0, metavar="N", help="MC-dropout samples per flip (models trained with dropout only)")
@@ -61,11 +68,17 @@ def predict_main(argv=None) -> int:
     from napari_sevnet.report import check_outputs_free, write_case_outputs
 
     enable_huge_pages()
-    cases = find_cases(args.inputs)
+    cases = [Path(p) for p in args.inputs] if args.prepare else find_cases(args.inputs)
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    device = args.device
     try:
         _check_output_folder(args.output, cases)
+        if world > 1:  # under torchrun: this rank's share of the cases, on its own GPU when there are GPUs
+            cases = cases[rank::world]
+            if device != "cpu" and torch_cuda_available():
+                device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
         predictor = Predictor(
-            args.checkpoint, args.device, tta=args.tta or args.uncertainty, uncertainty=args.uncertainty,
+            args.checkpoint, device, tta=args.tta or args.uncertainty, uncertainty=args.uncertainty,
             mc_samples=args.mc_samples, min_et_voxels=args.min_et_voxels,
         )
     except (InputError, RuntimeError, ValueError) as exc:
@@ -77,6 +90,10 @@ def predict_main(argv=None) -> int:
     failed = 0
     for path in tqdm(cases, desc="cases", unit="case", disable=None):
         try:
+            if args.prepare:
+                with lock:
+                    _predict_prepared(path, args, predictor, convention)
+                continue
             case = load_case(path, allow_missing=args.allow_missing)
             check_outputs_free(case.case_id, args.output, convention, overwrite=args.overwrite)
             result = predictor.predict(case.image, spacing=case.spacing, sequences=case.sequences)
@@ -91,6 +108,41 @@ def predict_main(argv=None) -> int:
     if failed:
         print(f"sevnet-predict: {failed} of {len(cases)} cases failed", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _predict_prepared(path: Path, args, predictor, convention: str) -> None:
+    """Prepare a raw case, segment it, write the mask on the reference's native grid and in the prepared space."""
+    import nibabel as nib
+
+    from napari_sevnet.io import load_case, write_mask
+    from napari_sevnet.prepare import prepare_case, regions_to_native
+    from napari_sevnet.regions import regions_to_labels, volumes_ml
+
+    prepared = prepare_case(path, args.output / "prepared", reference=args.reference)
+    case = load_case(prepared.folder, allow_missing=True)
+    result = predictor.predict(case.image, spacing=case.spacing, sequences=case.sequences)
+    native = nib.load(str(prepared.native_reference))
+    regions = regions_to_native(result.probabilities, case.grid, prepared.folder, predictor.threshold)
+    seg = args.output / (f"{case.case_id}-seg.nii.gz" if convention == "brats2023" else f"{case.case_id}_seg.nii.gz")
+    if seg.exists() and not args.overwrite:
+        raise InputError(seg, "already exists; pass --overwrite to replace it")
+    from napari_sevnet.io import atomic_write_nifti
+
+    atomic_write_nifti(nib.Nifti1Image(regions_to_labels(regions, convention), native.affine), seg, overwrite=args.overwrite)
+    in_prepared = write_mask(result.regions, case.grid, args.output / f"{case.case_id}_prepared_seg.nii.gz", convention, overwrite=args.overwrite)
+    native_spacing = tuple(float(v) for v in native.header.get_zooms()[:3])
+    report = {"case": case.case_id, "segmentation": str(seg), "segmentation_prepared": str(in_prepared), "reference": prepared.reference,
+              "native_reference": str(prepared.native_reference), "prepared_case": str(prepared.folder), "prepare_timings_s": prepared.timings_s,
+              "brain_ml": prepared.brain_ml, "volumes_ml_prepared": volumes_ml(result.regions, case.spacing),
+              "volumes_ml_native": {r: float(regions[i].sum()) * float(np.prod(native_spacing)) / 1000 for i, r in enumerate(("WT", "TC", "ET"))},
+              "sequences": list(result.sequences), "checkpoint": result.checkpoint, "warnings": result.warnings, "notes": result.notes}
+    _write_json(args.output / f"{case.case_id}_report.json", report)
+
+
+def torch_cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _check_output_folder(output: Path, cases: list[Path]) -> None:
@@ -252,3 +304,31 @@ def measure_main(argv=None) -> int:
         print(f"{lesion.index:>2} {lesion.ncr_ml:7.1f} {lesion.ed_ml:7.1f} {lesion.et_ml:7.1f} " + (f"{d.longest_mm:8.1f} {d.perpendicular_mm:7.1f} {d.product_mm2:8.0f}" if d else f"{'-':>8} {'-':>7} {'-':>8}") + f"  {'yes' if lesion.measurable else 'no'}")
     print(f"sum of products {readout.sum_of_products_mm2:.0f} mm^2 over {readout.measurable} measurable lesion(s)" + (f"; since the baseline: {comparison['category']}" if comparison else ""))
     return 0
+
+
+def prepare_main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="sevnet-prepare", description="Raw clinical series (own grids, with the skull) -> a BraTS-style case: co-registered, 1 mm, skull-stripped, transforms kept.")
+    parser.add_argument("inputs", nargs="+", type=Path, help="folders of one patient's series (names saying T1, T1ce/post-Gd, T2, FLAIR)")
+    parser.add_argument("-o", "--output", required=True, type=Path, help="where the prepared cases go (never replaced)")
+    parser.add_argument("--reference", default="t1ce", choices=["t1", "t1ce", "t2", "flair"], help="the series the others are registered to and whose grid results go back to")
+    parser.add_argument("--no-skull-strip", action="store_true", help="the series are skull-stripped already")
+    args = parser.parse_args(argv)
+    _setup_logging(False)
+
+    from napari_sevnet.prepare import prepare_case
+
+    failed = 0
+    for folder in args.inputs:
+        try:
+            prepared = prepare_case(folder, args.output, reference=args.reference, strip=not args.no_skull_strip)
+        except InputError as exc:
+            failed += 1
+            print(f"sevnet-prepare: error: {exc}", file=sys.stderr)
+            continue
+        steps = ", ".join(f"{k[:-2].replace('_', ' ')} {v:.1f} s" for k, v in prepared.timings_s.items())
+        print(f"{prepared.folder}: brain {prepared.brain_ml:.0f} mL; {steps}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":  # torchrun -m napari_sevnet.cli INPUTS -o OUT: sevnet-predict sharded over the ranks
+    raise SystemExit(predict_main())

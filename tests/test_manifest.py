@@ -25,7 +25,7 @@ def test_npe2_validate():
     manifest = PluginManifest.from_file(MANIFEST)
     manifest.validate_imports()
     assert manifest.name == "napari-sevnet"
-    assert {w.display_name for w in manifest.contributions.widgets} == {"Segment", "Attention", "Export", "Fine-tune", "Worklist", "Correct", "Read-out", "Assign sequences"}
+    assert {w.display_name for w in manifest.contributions.widgets} == {"Segment", "Attention", "Export", "Fine-tune", "Worklist", "Correct", "Read-out", "Prepare raw scans", "Assign sequences"}
 
 
 @pytest.mark.slow

@@ -254,7 +254,7 @@ def test_the_window_fits_a_1000_pixel_screen_with_every_dock_open(qtbot, make_na
     viewer = make_napari_viewer(show=True)
     window = viewer.window._qt_window
     docks = {}
-    for name in ("Segment", "Attention", "Export", "Fine-tune", "Worklist", "Correct", "Read-out", "Assign sequences"):
+    for name in ("Segment", "Attention", "Export", "Fine-tune", "Worklist", "Correct", "Read-out", "Prepare raw scans", "Assign sequences"):
         dock, widget = viewer.window.add_plugin_dock_widget("napari-sevnet", name)  # one by one, from the Plugins menu
         docks[name] = (dock, widget)
         qtbot.wait(50)

@@ -1,0 +1,73 @@
+"""Prepare raw scans dock widget: a clinic's series (own grids, with the skull) made into a case the model can read.
+
+Runs :func:`napari_sevnet.prepare.prepare_case` in a worker (co-registration
+to the reference series, 1 mm, skull stripping; a few minutes on a laptop
+CPU) and opens the prepared case. Results of the Segment dock on it can be
+written back onto the reference series' own grid with ``sevnet-predict
+--prepare`` or :func:`napari_sevnet.prepare.regions_to_native`.
+"""
+
+from __future__ import annotations
+
+from magicgui.widgets import CheckBox, ComboBox, FileEdit, Label, PushButton
+
+from napari_sevnet.errors import InputError
+from napari_sevnet.io import MODALITIES, MODALITY_LABELS
+from napari_sevnet.widgets.base import DockWidget, chosen_path
+
+
+class PrepareWidget(DockWidget):
+    def __init__(self, napari_viewer):
+        super().__init__(napari_viewer)
+        self._folder = FileEdit(label="Raw series", mode="d", nullable=True, tooltip="A folder of one patient's series, names saying T1, T1ce (post-Gd), T2, FLAIR")
+        self._output = FileEdit(label="Prepared into", mode="d", nullable=True, tooltip="Where the prepared case goes (never replaced)")
+        self._reference = ComboBox(label="Reference", choices=[(MODALITY_LABELS[m], m) for m in MODALITIES], value="t1ce")
+        self._strip = CheckBox(text="Skull strip (ROBEX)", value=True)
+        self._run = PushButton(text="Prepare and open")
+        self._status = Label(value="")
+        self._status.native.setWordWrap(True)
+        self.extend([self._folder, self._output, self._reference, self._strip, self._run, self._status])
+        self._run.changed.connect(self.prepare)
+        self.prepared = None
+
+    def prepare(self):
+        """Prepare in a worker, then open the prepared case; returns the worker (None on incomplete choices)."""
+        from napari.qt.threading import thread_worker
+
+        folder, output = chosen_path(self._folder), chosen_path(self._output)
+        if folder is None or output is None:
+            self.report_error("Prepare", InputError(None, "choose the folder of raw series and where the prepared case goes"))
+            return None
+        reference, strip = self._reference.value, self._strip.value
+
+        @thread_worker
+        def work():
+            from napari.layers import Layer
+
+            from napari_sevnet.io import load_case
+            from napari_sevnet.layers import case_layers
+            from napari_sevnet.prepare import prepare_case
+
+            prepared = prepare_case(folder, output, reference=reference, strip=strip)
+            case = load_case(prepared.folder, allow_missing=True)
+            return prepared, [Layer.create(data, kwargs, kind) for data, kwargs, kind in case_layers(case)]
+
+        def opened(out):
+            from napari_sevnet.layers import prepare_viewer
+
+            self.prepared, layers = out
+            prepare_viewer(self._viewer)
+            for layer in layers:
+                self._viewer.add_layer(layer)
+            steps = ", ".join(f"{k[:-2].replace('_', ' ')} {v:.0f} s" for k, v in self.prepared.timings_s.items())
+            self._status.value = f"prepared {self.prepared.folder} (brain {self.prepared.brain_ml:.0f} mL; {steps})"
+
+        def failed(exc):
+            self._status.value = "not prepared"
+            self.report_error("Prepare", exc)
+
+        self._status.value = "preparing (registration, resampling, skull stripping: a few minutes)..."
+        return self.start_worker(work, returned=opened, errored=failed, finished=self._on_finished)
+
+    def _on_finished(self):
+        self.worker = None

@@ -1,0 +1,156 @@
+"""Raw series to the model's input and back: registration, resampling, the inverse mapping, skull stripping, sharding."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from napari_sevnet.errors import InputError
+from napari_sevnet.metrics import dice
+from napari_sevnet.phantom import write_phantom
+from tests.conftest import real_case
+
+BIN = Path(sys.executable).parent
+SHAPE = (64, 80, 72)
+
+
+def rigid(angle_deg: float, shift_mm):
+    import SimpleITK as sitk
+
+    transform = sitk.Euler3DTransform()
+    transform.SetRotation(0.0, 0.0, np.deg2rad(angle_deg))
+    transform.SetTranslation(tuple(float(v) for v in shift_mm))
+    return transform
+
+
+def make_raw(folder: Path, out: Path, seed: int = 0):
+    """A phantom as a clinic would have it: each series moved rigidly and on its own anisotropic grid."""
+    import SimpleITK as sitk
+
+    out.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    names = {"t1": "T1_AX_SE", "t1ce": "T1_AX_POST_GAD", "t2": "AX_T2_TSE", "flair": "FLAIR_AX"}
+    for i, (m, name) in enumerate(names.items()):
+        image = sitk.ReadImage(str(next(folder.glob(f"*_{m}.nii.gz"))), sitk.sitkFloat32)
+        thick = [0.9, 0.9, 3.0] if i % 2 else [0.8, 0.8, 4.0]
+        grid = sitk.Image([int(n * s / t) for n, s, t in zip(image.GetSize(), image.GetSpacing(), thick)], sitk.sitkFloat32)
+        grid.SetSpacing(thick)
+        grid.SetDirection(image.GetDirection())
+        grid.SetOrigin(image.GetOrigin())
+        motion = rigid(rng.uniform(-6, 6), rng.uniform(-5, 5, 3)) if m != "t1ce" else rigid(0, (0, 0, 0))
+        centre = image.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in image.GetSize()])
+        motion.SetCenter(centre)
+        sitk.WriteImage(sitk.Resample(image, grid, motion, sitk.sitkLinear, 0.0), str(out / f"{name}.nii.gz"))
+    return out
+
+
+def test_registration_recovers_a_known_rigid_motion_within_1_mm_and_1_degree(tmp_path):
+    import SimpleITK as sitk
+
+    from napari_sevnet.prepare import register_rigid
+
+    folder = write_phantom(tmp_path / "p", seed=3, shape=SHAPE)
+    fixed = sitk.ReadImage(str(next(folder.glob("*_flair.nii.gz"))), sitk.sitkFloat32)
+    truth = rigid(5.0, (4.0, -3.0, 2.0))
+    truth.SetCenter(fixed.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in fixed.GetSize()]))
+    moving = sitk.Resample(fixed, fixed, truth.GetInverse(), sitk.sitkLinear, 0.0)  # the head moved by `truth`
+    found = register_rigid(fixed, moving)
+    points = [fixed.TransformIndexToPhysicalPoint([int(v) for v in idx]) for idx in np.argwhere(sitk.GetArrayFromImage(fixed) > 0)[::997, ::-1]]
+    errors = [np.linalg.norm(np.subtract(found.TransformPoint(p), truth.TransformPoint(p))) for p in points]  # fixed -> moving
+    assert max(errors) < 1.0, f"largest misplacement {max(errors):.2f} mm"
+    angle = np.rad2deg(abs(sitk.Euler3DTransform(sitk.CompositeTransform(found).GetNthTransform(0)).GetAngleZ() - np.deg2rad(5.0)))
+    assert angle < 1.0
+
+
+def test_a_raw_case_is_prepared_and_a_mask_survives_the_way_back(tmp_path):
+    from napari_sevnet.io import load_case
+    from napari_sevnet.prepare import prepare_case, regions_to_native
+
+    folder = write_phantom(tmp_path / "p", seed=3, shape=SHAPE)
+    raw = make_raw(folder, tmp_path / "raw" / "patient7")
+    prepared = prepare_case(raw, tmp_path / "prepared", strip=False)
+    case = load_case(prepared.folder)
+    record = json.loads((prepared.folder / "prepare.json").read_text())
+    assert case.spacing == (1.0, 1.0, 1.0) and record["reference"] == "t1ce" and set(record["transforms"]) == {"t1", "t1ce", "t2", "flair"}
+    native = nib.load(str(prepared.native_reference))
+    # the phantom's own mask, taken to the prepared grid through its file, then back: the round trip
+    truth = load_case(folder).regions
+    import SimpleITK as sitk
+
+    seg = sitk.ReadImage(str(next(folder.glob("*_seg.nii.gz"))), sitk.sitkFloat32)
+    on_native = sitk.GetArrayFromImage(sitk.Resample(seg > 0, sitk.ReadImage(str(prepared.native_reference)), sitk.Euler3DTransform(), sitk.sitkNearestNeighbor, 0.0))
+    on_prepared = sitk.GetArrayFromImage(sitk.Resample(sitk.Cast(seg > 0, sitk.sitkFloat32), sitk.ReadImage(str(prepared.folder / "patient7_t1ce.nii.gz")), sitk.Euler3DTransform(), sitk.sitkLinear, 0.0)) > 0.5
+    from napari_sevnet.io import grid_of
+
+    canonical = grid_of(nib.load(str(prepared.folder / "patient7_t1ce.nii.gz"))).to_canonical(np.transpose(on_prepared, (2, 1, 0)))
+    back = regions_to_native(np.stack([canonical] * 3).astype(np.float32), case.grid, prepared.folder)
+    assert back.shape[1:] == native.shape and dice(back[0], np.transpose(on_native, (2, 1, 0)) > 0) >= 0.95
+    assert truth.any()
+    with pytest.raises(InputError, match="already exists"):
+        prepare_case(raw, tmp_path / "prepared", strip=False)
+
+
+def test_series_that_cannot_be_prepared_are_refused_by_name(tmp_path):
+    import SimpleITK as sitk
+
+    from napari_sevnet.prepare import prepare_case
+
+    folder = write_phantom(tmp_path / "p", seed=3, shape=SHAPE)
+    raw = make_raw(folder, tmp_path / "raw" / "p8")
+    localizer = raw / "AX_T2_TSE.nii.gz"
+    image = sitk.ReadImage(str(localizer))
+    sitk.WriteImage(image[:, :, image.GetSize()[2] // 2 : image.GetSize()[2] // 2 + 1], str(localizer))
+    with pytest.raises(InputError, match="localizer"):
+        prepare_case(raw, tmp_path / "out", strip=False)
+    slab = raw / "AX_T2_TSE.nii.gz"  # a slab of five slices through the head: too little of it to register the rest to
+    sitk.WriteImage(image[:, :, image.GetSize()[2] // 2 : image.GetSize()[2] // 2 + 5], str(slab))
+    with pytest.raises(InputError, match="field of view"):
+        prepare_case(raw, tmp_path / "out2", strip=False)
+
+
+def test_sevnet_predict_over_two_ranks_does_each_case_once(tmp_path, random_checkpoint):
+    cases = [write_phantom(tmp_path / "cases", seed=s, shape=(32, 40, 32)) for s in range(4)]
+    runs = []
+    for rank in range(2):
+        env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank)}
+        runs.append(subprocess.Popen([str(BIN / "sevnet-predict"), str(tmp_path / "cases"), "-o", str(tmp_path / "out"), "--checkpoint", str(random_checkpoint), "--device", "cpu"], env=env, stderr=subprocess.PIPE, text=True))
+    assert all(run.wait(timeout=300) == 0 for run in runs), [run.stderr.read() for run in runs]
+    assert sorted(p.name for p in (tmp_path / "out").glob("*_report.json")) == sorted(f"{c.name}_report.json" for c in cases)
+
+
+@pytest.mark.slow
+def test_the_real_raw_case_is_prepared_skull_stripped_and_segmented_onto_its_own_grid(tmp_path):
+    source = real_case("TCIA-RAW-FG-6692") / "native"
+    result = subprocess.run([str(BIN / "sevnet-predict"), "--prepare", str(source), "-o", str(tmp_path / "out")], capture_output=True, text=True, timeout=3000)
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "out" / "native_report.json").read_text())
+    assert 900 < report["brain_ml"] < 2000, "a skull-stripped adult brain"
+    seg = nib.load(report["segmentation"])
+    assert seg.shape == nib.load(report["native_reference"]).shape and np.allclose(seg.affine, nib.load(report["native_reference"]).affine)
+    native, prepared = report["volumes_ml_native"]["WT"], report["volumes_ml_prepared"]["WT"]
+    assert abs(native - prepared) / prepared < 0.03, (native, prepared)
+
+
+@pytest.mark.qt
+def test_the_reader_offers_preparation_and_the_prepare_dock_opens_the_prepared_case(qtbot, make_napari_viewer, tmp_path):
+    from napari_sevnet.widgets.prepare import PrepareWidget
+
+    raw = make_raw(write_phantom(tmp_path / "p", seed=3, shape=SHAPE), tmp_path / "raw" / "p10")
+    for path in raw.glob("*.nii.gz"):  # BraTS names, still on their own grids
+        path.rename(raw / f"p10_{ {'T1_AX_SE': 't1', 'T1_AX_POST_GAD': 't1ce', 'AX_T2_TSE': 't2', 'FLAIR_AX': 'flair'}[path.name[:-7]] }.nii.gz")
+    viewer = make_napari_viewer()
+    with pytest.raises(Exception, match="Prepare raw scans"):
+        viewer.open(str(raw), plugin="napari-sevnet")
+    dock = PrepareWidget(viewer)
+    viewer.window.add_dock_widget(dock)
+    dock._folder.value, dock._output.value, dock._strip.value = raw, tmp_path / "prepared", False
+    dock.prepare()
+    qtbot.waitUntil(lambda: dock.worker is None, timeout=180_000)
+    assert dock.prepared is not None and len(viewer.layers) == 4 and tuple(viewer.layers[0].scale) == (1.0, 1.0, 1.0)
