@@ -130,12 +130,18 @@ def _predict_prepared(path: Path, args, predictor, convention: str) -> None:
 
     atomic_write_nifti(nib.Nifti1Image(regions_to_labels(regions, convention), native.affine), seg, overwrite=args.overwrite)
     in_prepared = write_mask(result.regions, case.grid, args.output / f"{case.case_id}_prepared_seg.nii.gz", convention, overwrite=args.overwrite)
+    dicom_seg = None
+    if json.loads((prepared.folder / "prepare.json").read_text()).get("dicom"):  # DICOM in: a DICOM SEG of the reference series out
+        from napari_sevnet import dicom
+
+        reference_series = dicom.choose(dicom.find_series(path))[prepared.reference]
+        dicom_seg = str(dicom.write_seg(regions, reference_series, args.output / f"{case.case_id}_seg.dcm"))
     native_spacing = tuple(float(v) for v in native.header.get_zooms()[:3])
     report = {"case": case.case_id, "segmentation": str(seg), "segmentation_prepared": str(in_prepared), "reference": prepared.reference,
               "native_reference": str(prepared.native_reference), "prepared_case": str(prepared.folder), "prepare_timings_s": prepared.timings_s,
               "brain_ml": prepared.brain_ml, "volumes_ml_prepared": volumes_ml(result.regions, case.spacing),
               "volumes_ml_native": {r: float(regions[i].sum()) * float(np.prod(native_spacing)) / 1000 for i, r in enumerate(("WT", "TC", "ET"))},
-              "sequences": list(result.sequences), "checkpoint": result.checkpoint, "warnings": result.warnings, "notes": result.notes}
+              "sequences": list(result.sequences), "checkpoint": result.checkpoint, "warnings": result.warnings, "notes": result.notes, "dicom_seg": dicom_seg}
     _write_json(args.output / f"{case.case_id}_report.json", report)
 
 
@@ -306,21 +312,42 @@ def measure_main(argv=None) -> int:
     return 0
 
 
+def _list_dicom(folders) -> int:
+    from napari_sevnet import dicom
+
+    for folder in folders:
+        try:
+            for s in dicom.find_series(folder):
+                print(f"{folder}: {s.uid}  {s.label}  patient {s.patient_id or '?'}  -> {s.role or 'not recognised'}")
+        except InputError as exc:
+            print(f"sevnet-prepare: error: {exc}", file=sys.stderr)
+            return 1
+    return 0
+
+
 def prepare_main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="sevnet-prepare", description="Raw clinical series (own grids, with the skull) -> a BraTS-style case: co-registered, 1 mm, skull-stripped, transforms kept.")
     parser.add_argument("inputs", nargs="+", type=Path, help="folders of one patient's series (names saying T1, T1ce/post-Gd, T2, FLAIR)")
     parser.add_argument("-o", "--output", required=True, type=Path, help="where the prepared cases go (never replaced)")
     parser.add_argument("--reference", default="t1ce", choices=["t1", "t1ce", "t2", "flair"], help="the series the others are registered to and whose grid results go back to")
     parser.add_argument("--no-skull-strip", action="store_true", help="the series are skull-stripped already")
+    parser.add_argument("--series", action="append", default=[], metavar="SEQUENCE=UID", help="DICOM: the series for a sequence when its description does not say it (t1ce=1.2.3...)")
+    parser.add_argument("--list", action="store_true", help="DICOM: list the series found and the sequence proposed for each, and stop")
     args = parser.parse_args(argv)
     _setup_logging(False)
 
     from napari_sevnet.prepare import prepare_case
 
+    try:
+        series = dict(item.split("=", 1) for item in args.series)
+    except ValueError:
+        parser.error("--series takes SEQUENCE=UID, e.g. --series t1ce=1.2.840.113619...")
+    if args.list:
+        return _list_dicom(args.inputs)
     failed = 0
     for folder in args.inputs:
         try:
-            prepared = prepare_case(folder, args.output, reference=args.reference, strip=not args.no_skull_strip)
+            prepared = prepare_case(folder, args.output, reference=args.reference, strip=not args.no_skull_strip, series=series or None)
         except InputError as exc:
             failed += 1
             print(f"sevnet-prepare: error: {exc}", file=sys.stderr)

@@ -150,17 +150,48 @@ def skull_strip(t1_on_grid) -> np.ndarray:
         return sitk.GetArrayFromImage(sitk.ReadImage(str(mask))) > 0
 
 
-def prepare_case(inputs: Path | dict[str, Path], out_dir: Path, *, reference: str = "t1ce", case_id: str | None = None, strip: bool = True) -> Prepared:
-    """Co-register, resample to 1 mm and skull-strip a case's raw series; write it in the BraTS layout (see module doc)."""
+def prepare_case(inputs: Path | dict[str, Path], out_dir: Path, *, reference: str = "t1ce", case_id: str | None = None, strip: bool = True,
+                 series: dict[str, str] | None = None) -> Prepared:
+    """Co-register, resample to 1 mm and skull-strip a case's raw series; write it in the BraTS layout (see module doc).
+
+    ``inputs``: a folder of NIfTI series, a folder of DICOM series (``series`` may pick them: {sequence: series UID};
+    by default the descriptions decide), or {sequence: NIfTI file}.
+    """
+    dicom_dir = None
+    if not isinstance(inputs, dict) and is_dicom_folder(Path(inputs)):
+        from napari_sevnet import dicom
+
+        dicom_dir = Path(tempfile.mkdtemp(prefix="sevnet-dicom-"))
+        chosen = dicom.choose(dicom.find_series(inputs), series)
+        files = dicom.convert(chosen, dicom_dir)
+    else:
+        files = find_series(Path(inputs)) if not isinstance(inputs, dict) else {k: Path(v) for k, v in inputs.items()}
+    try:
+        return _prepare(files, Path(out_dir), reference, case_id or (Path(inputs).name if not isinstance(inputs, dict) else None), strip, dicom=dicom_dir is not None)
+    finally:
+        if dicom_dir is not None:
+            shutil.rmtree(dicom_dir, ignore_errors=True)
+
+
+def is_dicom_folder(folder: Path) -> bool:
+    """A folder (tree) of DICOM files and no NIfTI: the preamble's 'DICM' marker, read from a few files."""
+    if not folder.is_dir() or any(nifti_stem(p.name) for p in folder.iterdir() if p.is_file()):
+        return False
+    for path in list(p for p in folder.rglob("*") if p.is_file())[:20]:
+        with open(path, "rb") as fh:
+            if fh.read(132)[128:132] == b"DICM":
+                return True
+    return False
+
+
+def _prepare(files: dict[str, Path], out_dir: Path, reference: str, case_id: str | None, strip: bool, dicom: bool) -> Prepared:
     sitk = _sitk()
-    files = find_series(Path(inputs)) if not isinstance(inputs, dict) else {k: Path(v) for k, v in inputs.items()}
     if reference not in files:
-        raise InputError(inputs if not isinstance(inputs, dict) else None, f"the reference sequence {MODALITY_LABELS.get(reference, reference)} is not among the series found ({sorted(files)})")
-    case_id = case_id or (Path(inputs).name if not isinstance(inputs, dict) else nifti_stem(files[reference].name))
+        raise InputError(None, f"the reference sequence {MODALITY_LABELS.get(reference, reference)} is not among the series found ({sorted(files)})")
+    case_id = case_id or nifti_stem(files[reference].name)
     timings: dict[str, float] = {}
     t = time.perf_counter()
     series = {m: read_series(p) for m, p in files.items()}
-    _same_patient(files)
     grid = prepared_grid(series[reference])
     timings["read_s"] = time.perf_counter() - t
     volumes, transforms = {}, {}
@@ -196,7 +227,11 @@ def prepare_case(inputs: Path | dict[str, Path], out_dir: Path, *, reference: st
             sitk.WriteImage(stripped, str(staging / f"{case_id}_{m}.nii.gz"))
             sitk.WriteTransform(transforms[m], str(staging / f"{case_id}_{m}_to_native.tfm"))
         brain_ml = float(brain.sum()) * PREPARED_SPACING_MM**3 / 1000 if brain is not None else 0.0
-        record = {"case_id": case_id, "reference": reference, "native": {m: str(Path(p).resolve()) for m, p in files.items()},
+        native = {m: str(Path(p).resolve()) for m, p in files.items()}
+        if dicom:  # the converted series live in a temporary folder: the reference's native grid is kept with the case
+            shutil.copyfile(files[reference], staging / f"{case_id}_{reference}_native.nii.gz")
+            native = {reference: str(folder / f"{case_id}_{reference}_native.nii.gz")}
+        record = {"case_id": case_id, "reference": reference, "native": native, "dicom": dicom,
                   "spacing_mm": PREPARED_SPACING_MM, "skull_stripped": strip, "brain_ml": brain_ml, "timings_s": timings,
                   "transforms": {m: f"{case_id}_{m}_to_native.tfm" for m in volumes}}
         write_text_atomic(staging / PREPARE_RECORD, json.dumps(record, indent=2) + "\n")
@@ -204,20 +239,7 @@ def prepare_case(inputs: Path | dict[str, Path], out_dir: Path, *, reference: st
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return Prepared(case_id, folder, reference, Path(files[reference]).resolve(), timings, brain_ml)
-
-
-def _same_patient(files: dict[str, Path]) -> None:
-    """Series whose headers name different patients (DICOM-converted NIfTI keep it in the description) are refused."""
-    import nibabel as nib
-
-    names = {}
-    for m, path in files.items():
-        description = bytes(nib.load(str(path)).header.get("descrip", b"")).split(b"\0")[0].decode("ascii", "replace")
-        if description.startswith("patient="):
-            names[m] = description.split(";")[0][len("patient="):]
-    if len(set(names.values())) > 1:
-        raise InputError(None, f"the series belong to different patients: {names}")
+    return Prepared(case_id, folder, reference, Path(record["native"][reference]), timings, brain_ml)
 
 
 def to_native(values: np.ndarray, grid, prepared_folder: Path, *, threshold: float | None = 0.5):

@@ -154,3 +154,64 @@ def test_the_reader_offers_preparation_and_the_prepare_dock_opens_the_prepared_c
     dock.prepare()
     qtbot.waitUntil(lambda: dock.worker is None, timeout=180_000)
     assert dock.prepared is not None and len(viewer.layers) == 4 and tuple(viewer.layers[0].scale) == (1.0, 1.0, 1.0)
+
+
+def write_dicom_series(image_path: Path, folder: Path, description: str, patient: str, series_number: int) -> None:
+    """A NIfTI volume as a DICOM MR series (one file per slice), as a scanner exports it."""
+    import time as _time
+
+    import SimpleITK as sitk
+
+    image = sitk.Cast(sitk.ReadImage(str(image_path)), sitk.sitkInt16)
+    folder.mkdir(parents=True)
+    stamp = _time.strftime("%Y%m%d")
+    study = "1.2.826.0.1.3680043.8.498.1"
+    series_uid = f"1.2.826.0.1.3680043.8.498.{series_number}.{int(_time.time() * 1000) % 10**9}"
+    direction = image.GetDirection()
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    for k in range(image.GetDepth()):
+        slice_ = image[:, :, k]
+        tags = {"0010|0010": patient, "0010|0020": patient, "0020|000d": study, "0020|000e": series_uid, "0008|103e": description,
+                "0008|0060": "MR", "0008|0016": "1.2.840.10008.5.1.4.1.1.4", "0008|0018": f"{series_uid}.{k + 1}", "0020|0011": str(series_number),
+                "0020|0013": str(k + 1), "0020|0052": "1.2.826.0.1.3680043.8.498.99", "0008|0020": stamp, "0008|0030": "120000",
+                "0020|0037": "\\".join(f"{v:.6f}" for v in (*direction[0:7:3], *direction[1:8:3])),
+                "0020|0032": "\\".join(f"{v:.6f}" for v in image.TransformIndexToPhysicalPoint((0, 0, k))),
+                "0018|0050": f"{image.GetSpacing()[2]:.4f}", "0028|0030": f"{image.GetSpacing()[1]:.6f}\\{image.GetSpacing()[0]:.6f}"}
+        for key, value in tags.items():
+            slice_.SetMetaData(key, value)
+        writer.SetFileName(str(folder / f"IM{k + 1:04d}.dcm"))
+        writer.Execute(slice_)
+
+
+def test_dicom_series_in_and_a_dicom_seg_out(tmp_path):
+    import highdicom as hd
+
+    from napari_sevnet import dicom
+    from napari_sevnet.prepare import prepare_case
+
+    raw = make_raw(write_phantom(tmp_path / "p", seed=3, shape=SHAPE), tmp_path / "raw" / "p11")
+    exported = tmp_path / "dicom" / "p11"
+    descriptions = {"T1_AX_SE": "T1 AX SE", "T1_AX_POST_GAD": "T1 AX POST GAD", "AX_T2_TSE": "AX T2 TSE", "FLAIR_AX": "FLAIR AX"}
+    for number, (name, description) in enumerate(descriptions.items(), start=2):
+        write_dicom_series(raw / f"{name}.nii.gz", exported / f"series{number}", description, "DOE^PAT11", number)
+    found = dicom.find_series(exported)
+    assert sorted(s.role for s in found) == ["flair", "t1", "t1ce", "t2"], "the sequence proposed from each description"
+    prepared = prepare_case(exported, tmp_path / "prepared", strip=False)
+    assert (prepared.folder / "p11_t1ce.nii.gz").is_file() and prepared.native_reference.is_file()
+    reference = next(s for s in found if s.role == "t1ce")
+    native = nib.load(str(prepared.native_reference))
+    regions = np.zeros((3, *native.shape), bool)
+    regions[:, 20:40, 25:45, 4:10] = True
+    regions[2, 30:35, 30:35, 5:8] = True
+    regions[1] |= regions[2]
+    seg_path = dicom.write_seg(regions, reference, tmp_path / "p11_seg.dcm")
+    seg = hd.seg.segread(str(seg_path))
+    assert seg.number_of_segments == 3 and seg.SeriesDescription.startswith("napari-sevnet")
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == reference.uid
+    back = seg.get_volume(combine_segments=False)  # re-read on the source frames' geometry
+    assert back.array.shape[-1] == 3 and int(back.array[..., 2].sum()) == int(regions[2].sum())
+    other = exported / "series9"
+    write_dicom_series(raw / "AX_T2_TSE.nii.gz", other, "AX T2 TSE REPEAT", "ROE^OTHER", 9)
+    with pytest.raises(InputError, match="different patients"):
+        dicom.choose(dicom.find_series(exported), {"t2": next(s.uid for s in dicom.find_series(exported) if s.patient_id == "ROE^OTHER")})

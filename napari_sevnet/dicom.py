@@ -1,0 +1,136 @@
+"""DICOM in and out: a folder of series as the scanner exported it, and the corrected regions as a DICOM SEG.
+
+Reading (:func:`find_series`, :func:`convert`): every series of a folder tree
+is found with GDCM (through SimpleITK), its description, patient and number
+of slices read, and the sequence proposed from the description's words
+(:func:`napari_sevnet.assignments.role_from_name`); the caller confirms or
+changes the proposal. Series of different patients, or series that are not
+volumes (a localizer), are refused by name. The chosen series are converted
+to NIfTI for :func:`napari_sevnet.prepare.prepare_case`.
+
+Writing (:func:`write_seg`): WT, TC and ET as three binary segments of one
+DICOM Segmentation aligned to the frames of the reference series (highdicom),
+the form 3D Slicer and OHIF read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from napari_sevnet.errors import InputError
+from napari_sevnet.regions import REGIONS
+
+SEGMENT_NAMES = {"WT": "Whole tumour", "TC": "Tumour core", "ET": "Enhancing tumour"}
+
+
+@dataclass
+class Series:
+    uid: str
+    description: str
+    patient_id: str
+    files: list[str]
+    role: str | None  # the sequence its description suggests
+
+    @property
+    def label(self) -> str:
+        return f"{self.description or self.uid} ({len(self.files)} images)"
+
+
+def _tag(reader, index: int, key: str) -> str:
+    return reader.GetMetaData(index, key).strip() if reader.HasMetaDataKey(index, key) else ""
+
+
+def find_series(folder: str | Path) -> list[Series]:
+    """Every DICOM series below ``folder``, with its description, patient and the sequence its description suggests."""
+    import SimpleITK as sitk
+
+    from napari_sevnet.assignments import role_from_name
+
+    folder = Path(folder)
+    found = []
+    for directory in [folder, *sorted(p for p in folder.rglob("*") if p.is_dir())]:
+        for uid in sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(directory)) or ():
+            files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(directory), uid)
+            reader = sitk.ImageFileReader()
+            reader.SetFileName(files[0])
+            reader.LoadPrivateTagsOn()
+            reader.ReadImageInformation()
+            description = reader.GetMetaData("0008|103e").strip() if reader.HasMetaDataKey("0008|103e") else ""
+            patient = reader.GetMetaData("0010|0020").strip() if reader.HasMetaDataKey("0010|0020") else ""
+            found.append(Series(uid, description, patient, list(files), role_from_name(description)))
+    if not found:
+        raise InputError(folder, "holds no DICOM series")
+    return found
+
+
+def choose(series: list[Series], roles: dict[str, str] | None = None) -> dict[str, Series]:
+    """{sequence: series}: the proposal from the descriptions, changed by ``roles`` ({sequence: series uid})."""
+    by_uid = {s.uid: s for s in series}
+    chosen = {s.role: s for s in reversed(series) if s.role in ("t1", "t1ce", "t2", "flair")}  # the first of a role wins
+    for role, uid in (roles or {}).items():
+        if uid not in by_uid:
+            raise InputError(None, f"no series {uid!r} for {role}")
+        chosen[role] = by_uid[uid]
+    patients = {s.patient_id for s in chosen.values() if s.patient_id}
+    if len(patients) > 1:
+        raise InputError(None, "the chosen series belong to different patients: " + ", ".join(f"{r} {s.patient_id}" for r, s in chosen.items()))
+    if not chosen:
+        raise InputError(None, "no series description says T1, T1ce (post-Gd), T2 or FLAIR: choose the series by hand")
+    return chosen
+
+
+def convert(chosen: dict[str, Series], out_dir: Path) -> dict[str, Path]:
+    """Write the chosen series as NIfTI files named by sequence; returns {sequence: file}."""
+    import SimpleITK as sitk
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for role, series in chosen.items():
+        reader = sitk.ImageSeriesReader()
+        reader.SetFileNames(series.files)
+        try:
+            image = reader.Execute()
+        except RuntimeError as exc:
+            raise InputError(series.files[0], f"series {series.label} cannot be read as one volume ({str(exc).strip().splitlines()[-1]})") from None
+        if min(image.GetSize()) < 3:
+            raise InputError(series.files[0], f"series {series.label} holds {min(image.GetSize())} slice(s): a localizer, not a volume")
+        written[role] = out_dir / f"{role}.nii.gz"
+        sitk.WriteImage(image, str(written[role]))
+    return written
+
+
+def write_seg(regions_native: np.ndarray, reference: Series, path: str | Path) -> Path:
+    """WT/TC/ET (3, i, j, k on the reference series' own grid, as the NIfTI converted from it) as a DICOM SEG of that series."""
+    import highdicom as hd
+    import pydicom
+    from pydicom.sr.codedict import codes
+
+    datasets = [pydicom.dcmread(f) for f in reference.files]
+    # the frames in the order GDCM sorted them (along the slice normal), as the volume was read
+    frames = np.transpose(np.asarray(regions_native, bool), (0, 3, 2, 1))  # (region, k, j, i): slices of rows x columns
+    if frames.shape[1] != len(datasets) or frames.shape[2:] != (datasets[0].Rows, datasets[0].Columns):
+        raise InputError(path, f"the mask ({frames.shape[1:]}) does not fit the reference series ({len(datasets)} x {datasets[0].Rows} x {datasets[0].Columns})")
+    pixels = np.moveaxis(frames, 0, -1).astype(np.uint8)  # (frames, rows, columns, segments)
+    descriptions = [
+        hd.seg.SegmentDescription(
+            segment_number=i + 1, segment_label=SEGMENT_NAMES[r], segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
+            segmented_property_type=codes.SCT.Neoplasm, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.SEMIAUTOMATIC,
+            algorithm_identification=hd.AlgorithmIdentificationSequence(name="napari-sevnet", version="0.1", family=codes.DCM.ArtificialIntelligence),
+        )
+        for i, r in enumerate(REGIONS)
+    ]
+    seg = hd.seg.Segmentation(
+        source_images=datasets, pixel_array=pixels, segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=descriptions,
+        series_instance_uid=hd.UID(), series_number=900, sop_instance_uid=hd.UID(), instance_number=1, manufacturer="napari-sevnet",
+        manufacturer_model_name="SEV-Net", software_versions="0.1", device_serial_number="none",
+        series_description="napari-sevnet WT/TC/ET (research use, not for diagnosis)",
+    )
+    path = Path(path)
+    from napari_sevnet.files import atomic_output
+
+    with atomic_output(path, overwrite=False, suffix=".dcm") as tmp:
+        seg.save_as(str(tmp))
+    return path
