@@ -61,7 +61,6 @@ def test_correct_export_finetune_resegment_in_napari(qtbot, make_napari_viewer, 
 
     for i, region in enumerate(REGIONS):  # the correction, as if brushed
         segment.result_layers[region].data = truth[i].astype(np.uint8)
-    export._refresh()
     assert export._result.value is segment.result_layers["WT"]
     assert export._case_id.value == hard_case.name
     export._dataset.value = tmp_path / "dataset"

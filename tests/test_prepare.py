@@ -30,25 +30,11 @@ def rigid(angle_deg: float, shift_mm):
     return transform
 
 
-def make_raw(folder: Path, out: Path, seed: int = 0):
-    """A phantom as a clinic would have it: each series moved rigidly and on its own anisotropic grid."""
-    import SimpleITK as sitk
+def make_raw(folder: Path, out: Path, seed: int = 0) -> Path:
+    """A phantom as a clinic would have it: each series but T1ce moved rigidly, each on its own anisotropic grid."""
+    from benchmarks.raw_scans import make_raw as made_raw
 
-    out.mkdir(parents=True)
-    rng = np.random.default_rng(seed)
-    names = {"t1": "T1_AX_SE", "t1ce": "T1_AX_POST_GAD", "t2": "AX_T2_TSE", "flair": "FLAIR_AX"}
-    for i, (m, name) in enumerate(names.items()):
-        image = sitk.ReadImage(str(next(folder.glob(f"*_{m}.nii.gz"))), sitk.sitkFloat32)
-        thick = [0.9, 0.9, 3.0] if i % 2 else [0.8, 0.8, 4.0]
-        grid = sitk.Image([int(n * s / t) for n, s, t in zip(image.GetSize(), image.GetSpacing(), thick)], sitk.sitkFloat32)
-        grid.SetSpacing(thick)
-        grid.SetDirection(image.GetDirection())
-        grid.SetOrigin(image.GetOrigin())
-        motion = rigid(rng.uniform(-6, 6), rng.uniform(-5, 5, 3)) if m != "t1ce" else rigid(0, (0, 0, 0))
-        centre = image.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in image.GetSize()])
-        motion.SetCenter(centre)
-        sitk.WriteImage(sitk.Resample(image, grid, motion, sitk.sitkLinear, 0.0), str(out / f"{name}.nii.gz"))
-    return out
+    return made_raw(folder, out, seed)
 
 
 def test_registration_recovers_a_known_rigid_motion_within_1_mm_and_1_degree(tmp_path):

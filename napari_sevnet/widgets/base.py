@@ -12,6 +12,8 @@ library through :meth:`DockWidget.start_worker`. The base class
 * turns an exception into one notification (:meth:`report_error`): the
   message of an error the user can act on, the type and message of anything else;
 * reads an optional path from a ``FileEdit`` (:func:`chosen_path`);
+* keeps a "Result" choice on the result the user works on (:meth:`follow_results`):
+  the newest when one arrives, the one whose layer is selected;
 * joins the other napari-sevnet docks of its window as a tab when it is first
   shown: five docks stacked need 2400 pixels, as tabs they fit a 1000-pixel screen.
 """
@@ -75,6 +77,45 @@ class DockWidget(Container):
 
     def closed(self) -> None:
         """The dock was closed: stop what it runs (override)."""
+
+    # ------------------------------------------------------------------ the result the user works on
+
+    def result_wt_layers(self, _widget=None) -> list:
+        """The WT layers of the results in the viewer (a result's choice shows its WT)."""
+        from napari_sevnet.layers import LayerInfo
+
+        return [layer for layer in self._viewer.layers if (LayerInfo.from_layer(layer) or LayerInfo()).region == "WT"]
+
+    def follow_results(self, combo, then=None) -> None:
+        """Keep ``combo`` (choices: :meth:`result_wt_layers`) on the newest result as one arrives and on the result
+        whose layer is selected; ``then(event)`` runs after each layer change."""
+
+        def on_layers(event=None):
+            self.reset_choices()
+            layers = self.result_wt_layers()
+            inserted = getattr(event, "value", None) if getattr(event, "type", None) == "inserted" else None
+            if layers and (combo.value is None or inserted in layers):
+                combo.value = layers[-1]  # a new run (or the first): the newest result
+            if then is not None:
+                then(event)
+
+        def on_selection(event=None):
+            from napari_sevnet.layers import LayerInfo, region_group
+
+            active = self._viewer.layers.selection.active
+            info = LayerInfo.from_layer(active) if active is not None else None
+            if info is None or info.region is None:
+                return
+            try:
+                wt = region_group(self._viewer.layers, active)["WT"]
+            except InputError:
+                return
+            if wt is not combo.value:
+                combo.value = wt
+
+        self.on_layers_changed(on_layers)
+        self.connect_while_open(self._viewer.layers.selection.events.active, on_selection)
+        on_layers()
 
     # ------------------------------------------------------------------ background work
 

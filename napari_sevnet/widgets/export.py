@@ -33,7 +33,7 @@ TOOLTIPS = {
 class ExportWidget(DockWidget):
     def __init__(self, napari_viewer):
         super().__init__(napari_viewer)
-        self._result = ComboBox(label="Result", choices=self._wt_layers, nullable=True, tooltip=TOOLTIPS["result"])
+        self._result = ComboBox(label="Result", choices=self.result_wt_layers, nullable=True, tooltip=TOOLTIPS["result"])
         self._dataset = FileEdit(label="Dataset", mode="d", nullable=True, tooltip=TOOLTIPS["dataset"])
         self._case_id = LineEdit(label="Case id", tooltip=TOOLTIPS["case_id"])
         self._annotator = LineEdit(label="Annotator")
@@ -48,33 +48,7 @@ class ExportWidget(DockWidget):
 
         self._result.changed.connect(self._on_result)
         self._export.changed.connect(self.export)
-        self.on_layers_changed(self._refresh)
-        self.connect_while_open(self._viewer.layers.selection.events.active, self._on_selection)
-        self._refresh()
-
-    def _wt_layers(self, _widget=None):
-        return [layer for layer in self._viewer.layers if (LayerInfo.from_layer(layer) or LayerInfo()).region == "WT"]
-
-    def _refresh(self, event=None):
-        self.reset_choices()
-        layers = self._wt_layers()
-        inserted = getattr(event, "value", None) if getattr(event, "type", None) == "inserted" else None
-        if layers and (self._result.value is None or inserted in layers):
-            self._result.value = layers[-1]  # a new run (or the first): export the newest result
-        self._describe()
-
-    def _on_selection(self, event=None):
-        """Follow the result whose layer the user selected."""
-        active = self._viewer.layers.selection.active
-        info = LayerInfo.from_layer(active) if active is not None else None
-        if info is None or info.region is None:
-            return
-        try:
-            wt = region_group(self._viewer.layers, active)["WT"]
-        except InputError:
-            return
-        if wt is not self._result.value:
-            self._result.value = wt
+        self.follow_results(self._result, then=lambda _event: self._describe())
 
     def _on_result(self, layer):
         if layer is not None:

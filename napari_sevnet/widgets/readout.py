@@ -30,12 +30,12 @@ DEBOUNCE_MS = 500
 class ReadoutWidget(DockWidget):
     def __init__(self, napari_viewer):
         super().__init__(napari_viewer)
-        self._result = ComboBox(label="Result", choices=self._wt_layers, nullable=True)
+        self._result = ComboBox(label="Result", choices=self.result_wt_layers, nullable=True)
         self._summary = Label(value="")
         self._summary.native.setWordWrap(True)
         self._report_path = FileEdit(label="Report", mode="w", filter="*.html", nullable=True)
         self._write = PushButton(text="Write report")
-        self._baseline = ComboBox(label="Baseline", choices=self._wt_layers, nullable=True, tooltip="The same patient's earlier result: the change is measured from it")
+        self._baseline = ComboBox(label="Baseline", choices=self.result_wt_layers, nullable=True, tooltip="The same patient's earlier result: the change is measured from it")
         self._compare = PushButton(text="Compare with the baseline")
         self._status = Label(value="")
         self._status.native.setWordWrap(True)
@@ -59,9 +59,7 @@ class ReadoutWidget(DockWidget):
         self._result.changed.connect(self._on_result)
         self._write.changed.connect(self.write_report)
         self._compare.changed.connect(self.compare)
-        self.on_layers_changed(self._refresh)
-        self.connect_while_open(self._viewer.layers.selection.events.active, self._on_selection)
-        self._refresh()
+        self.follow_results(self._result, then=self._complete)
 
     def closed(self):
         self._follow({})
@@ -69,28 +67,9 @@ class ReadoutWidget(DockWidget):
 
     # ------------------------------------------------------------------ which result
 
-    def _wt_layers(self, _widget=None):
-        return [layer for layer in self._viewer.layers if (LayerInfo.from_layer(layer) or LayerInfo()).region == "WT"]
-
-    def _refresh(self, event=None):
-        self.reset_choices()
-        layers = self._wt_layers()
-        inserted = getattr(event, "value", None) if getattr(event, "type", None) == "inserted" else None
-        if layers and (self._result.value is None or inserted in layers):
-            self._result.value = layers[-1]
-        elif self._result.value is not None and len(self._tracked) < len(REGIONS):
+    def _complete(self, event=None):
+        if self._result.value is not None and len(self._tracked) < len(REGIONS):
             self._on_result(self._result.value)  # its TC and ET arrived after its WT
-
-    def _on_selection(self, event=None):
-        active = self._viewer.layers.selection.active
-        info = LayerInfo.from_layer(active) if active is not None else None
-        if info is not None and info.region is not None:
-            try:
-                wt = region_group(self._viewer.layers, active)["WT"]
-            except InputError:
-                return
-            if wt is not self._result.value:
-                self._result.value = wt
 
     def _on_result(self, layer):
         try:
