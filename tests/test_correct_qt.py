@@ -128,3 +128,20 @@ def test_the_export_counts_clicks_and_brush_strokes_apart(qtbot, corrected, tmp_
     qtbot.waitUntil(lambda: export.worker is None, timeout=60_000)
     record = json.loads((tmp_path / "ds" / "dataset.json").read_text())["cases"][0]
     assert record["interactions"]["brush"]["edits"] >= 1 and record["interactions"]["click"]["edits"] >= 1
+
+
+def test_a_click_in_3d_view_picks_the_voxel_the_model_is_surest_of_along_the_ray(qtbot, corrected):
+    viewer, segment, correct, _ = corrected
+    viewer.dims.ndisplay = 3
+    tc = segment.result_layers["TC"]
+    viewer.layers.selection.active = tc
+    from napari_sevnet.layers import LayerInfo
+
+    probability = np.asarray(LayerInfo.from_layer(tc).probabilities[1], np.float32)
+    z, y, x = np.unravel_index(int(np.argmax(probability)), probability.shape)
+    before = segment.current_regions()[1].sum()
+    changed = correct.click((0.0, float(y), float(x)), add=True, view_direction=(1.0, 0.0, 0.0), dims_displayed=(0, 1, 2))
+    picked = correct.last_click[1] if correct.last_click else None
+    assert picked is None or (picked[1], picked[2]) == (y, x)
+    assert picked is None or probability[picked] == probability[:, y, x].max(), "the surest voxel along the ray"
+    assert changed == 0 or segment.current_regions()[1].sum() > before

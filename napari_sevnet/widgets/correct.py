@@ -102,7 +102,7 @@ class CorrectWidget(DockWidget):
 
     def _voxel(self, layer, info, world_position, view_direction, dims_displayed) -> tuple[int, int, int]:
         if view_direction is not None and dims_displayed is not None and len(dims_displayed) == 3:
-            start, end = layer.get_ray_intersections(world_position, view_direction, dims_displayed, world=True)
+            start, end = layer.get_ray_intersections(list(world_position), list(view_direction), list(dims_displayed), world=True)
             if start is None or end is None:
                 raise InputError(None, "the click missed the volume")
             points = np.linspace(start, end, int(np.linalg.norm(np.subtract(end, start))) + 2).round().astype(int)
