@@ -13,7 +13,7 @@ text overlay names the four sides of the plane on screen.
 Regions. WT (green), TC (red) and ET (yellow) stacked as fills blend into one
 orange blob. The layer being edited (the selected one) is drawn filled, the
 other regions of its result as outlines (:func:`style_regions`), so each
-boundary stays visible.
+boundary stays visible; in 3D view, where napari draws no contours, all are filled.
 """
 
 from __future__ import annotations
@@ -107,6 +107,7 @@ def follow_selection(viewer, outlines: bool | None = None) -> None:
     if not watched:
         ref = weakref.ref(viewer)
         viewer.layers.selection.events.active.connect(lambda _event=None: ref() is not None and restyle(ref()))
+        viewer.dims.events.ndisplay.connect(lambda _event=None: ref() is not None and restyle(ref()))  # napari draws no contours in 3D
     restyle(viewer)
 
 
@@ -122,4 +123,4 @@ def restyle(viewer) -> None:
         group = region_group(viewer.layers, active)
     except Exception:  # noqa: BLE001 - a layer of the group was deleted: nothing to restyle
         return
-    style_regions(group, info.region, _OUTLINES.get(viewer, True))
+    style_regions(group, info.region, _OUTLINES.get(viewer, True) and viewer.dims.ndisplay == 2)

@@ -121,6 +121,10 @@ def test_regions_are_outlined_except_the_one_being_edited(qtbot, session):
     assert wt.contour == 0 and tc.contour > 0 and et.contour > 0
     filled = green_pixels()
     assert filled > 1.5 * outlined > 0, (outlined, filled)
+    viewer.dims.ndisplay = 3  # napari draws no contours in 3D: every region filled there
+    assert wt.contour == tc.contour == et.contour == 0
+    viewer.dims.ndisplay = 2
+    assert tc.contour > 0
     segment._outlines.value = False
     assert wt.contour == tc.contour == et.contour == 0
 
