@@ -30,7 +30,7 @@ demo: setup system-deps  ## napari with the sample case, segmented; headless: sc
 
 test: setup system-deps  ## lint, then the whole suite (Qt tests under a virtual X display)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=15
 
 test-fast: setup  ## lint and the library tests only: no Qt, nothing slow
 	$(BIN)/ruff check .

@@ -90,7 +90,7 @@ def main(argv=None) -> int:
     meta = {"date": _dt.datetime.now().isoformat(timespec="seconds"), "host": socket.gethostname(), "torch": torch.__version__, "threads": torch.get_num_threads(), "window": [args.size] * 3}
     args.out.mkdir(parents=True, exist_ok=True)
     target = args.out / f"{meta['date'][:10]}-{meta['host']}-backends.json"
-    target.write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
+    target.write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n", encoding="utf-8")
     for name, r in results.items():
         print(f"{name:18s} " + ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items()))
     print(f"wrote {target}")

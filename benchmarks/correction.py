@@ -165,7 +165,7 @@ def main(argv=None) -> int:
     else:
         from benchmarks.real_heldout import DATA, SPLIT, find_cases
 
-        cases = find_cases(json.loads(SPLIT.read_text())["held_out"], DATA)
+        cases = find_cases(json.loads(SPLIT.read_text(encoding="utf-8"))["held_out"], DATA)
         checkpoint = args.checkpoint
     result = run(cases, checkpoint, args.max_clicks, args.max_strokes)
     result.update({"date": time.strftime("%Y-%m-%d %H:%M"), "host": platform.node(), "quick": args.quick, "checkpoint": checkpoint})

@@ -32,7 +32,7 @@ def main(argv=None) -> int:
     from napari_sevnet.io import load_case
     from napari_sevnet.readout import measure
 
-    cases = find_cases(json.loads(SPLIT.read_text())["held_out"], DATA)
+    cases = find_cases(json.loads(SPLIT.read_text(encoding="utf-8"))["held_out"], DATA)
     predictor = Predictor(args.checkpoint, "cpu")
     rows = {}
     for case_id, folder in cases.items():

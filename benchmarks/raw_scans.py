@@ -72,7 +72,7 @@ def real_raw(data: Path, work: Path) -> dict:
     out = work / "raw_out"
     subprocess.run([str(Path(sys.executable).with_name("sevnet-predict")), "--prepare", str(source / "native"), "-o", str(out)], check=True, capture_output=True)
     total = time.perf_counter() - t
-    report = json.loads((out / "native_report.json").read_text())
+    report = json.loads((out / "native_report.json").read_text(encoding="utf-8"))
     prepared_t1ce = sitk.ReadImage(str(Path(report["prepared_case"]) / "native_t1ce.nii.gz"), sitk.sitkFloat32)
     brats_t1ce = sitk.ReadImage(str(source / "brats_space" / "TCGA-FG-6692_t1ce.nii.gz"), sitk.sitkFloat32)
     to_brats = register_rigid(prepared_t1ce, brats_t1ce)  # prepared point -> BraTS-space point
@@ -98,7 +98,7 @@ def robustness(data: Path, work: Path, n_cases: int) -> dict:
     from napari_sevnet.prepare import prepare_case, to_native
 
     sitk = _sitk()
-    cases = find_cases(json.loads(SPLIT.read_text())["held_out"], data)
+    cases = find_cases(json.loads(SPLIT.read_text(encoding="utf-8"))["held_out"], data)
     predictor = Predictor(None, "cpu")
     rows = {}
     for seed, (case_id, folder) in enumerate(list(cases.items())[:n_cases]):

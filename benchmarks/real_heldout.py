@@ -162,7 +162,7 @@ def main(argv=None) -> int:
     parser.add_argument("-o", "--output", type=Path, help="JSON to write (default: print only)")
     args = parser.parse_args(argv)
 
-    ids = json.loads(args.split.read_text())["held_out"]
+    ids = json.loads(args.split.read_text(encoding="utf-8"))["held_out"]
     cases = find_cases(ids, DATA)
     consensus = {}
     if args.consensus:

@@ -441,9 +441,9 @@ def main(argv=None) -> int:
     meta["total_s"] = time.perf_counter() - started
     args.out.mkdir(parents=True, exist_ok=True)
     stem = f"{meta['date'][:10]}-{meta['host']}" + ("-quick" if args.quick else "") + ("-gpu" if args.gpu_only else "")
-    (args.out / f"{stem}.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+    (args.out / f"{stem}.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2), encoding="utf-8")
     table = markdown(results, meta)
-    (args.out / ("latest-quick.md" if args.quick else "latest-gpu.md" if args.gpu_only else "latest.md")).write_text(table)
+    (args.out / ("latest-quick.md" if args.quick else "latest-gpu.md" if args.gpu_only else "latest.md")).write_text(table, encoding="utf-8")
     print(table)
     print(f"total {meta['total_s']:.0f} s; wrote {args.out / (stem + '.json')}")
     return 0

@@ -68,7 +68,7 @@ def config_file() -> Path:
 
 def _all_remembered() -> dict:
     try:
-        data = json.loads(config_file().read_text())
+        data = json.loads(config_file().read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}

@@ -70,7 +70,7 @@ def _model_line(checkpoint: str | None) -> str:
     if not checkpoint:
         return "not recorded"
     try:
-        data = json.loads(Path(checkpoint).with_suffix(".json").read_text())
+        data = json.loads(Path(checkpoint).with_suffix(".json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return html.escape(str(checkpoint))
     card = data.get("model_card") or {}

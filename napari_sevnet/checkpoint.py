@@ -101,7 +101,7 @@ def read_info(path: str | os.PathLike) -> CheckpointInfo:
     """Read and validate the JSON side of a checkpoint."""
     _, meta = checkpoint_files(path)
     try:
-        data = json.loads(meta.read_text())
+        data = json.loads(meta.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise InputError(meta, "checkpoint description (.json) not found next to the weights") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -199,7 +199,7 @@ def bundled_checkpoint() -> Path:
 def describe(path: str | os.PathLike) -> str:
     """One paragraph on what a checkpoint is and is for, from its model card (for tooltips and reports)."""
     try:
-        data = json.loads(checkpoint_files(path)[1].read_text())
+        data = json.loads(checkpoint_files(path)[1].read_text(encoding="utf-8"))
     except (OSError, ValueError, InputError):
         return f"{path}: no description readable"
     card = data.get("model_card") or {}

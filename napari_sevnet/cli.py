@@ -131,7 +131,7 @@ def _predict_prepared(path: Path, args, predictor, convention: str) -> None:
     atomic_write_nifti(nib.Nifti1Image(regions_to_labels(regions, convention), native.affine), seg, overwrite=args.overwrite)
     in_prepared = write_mask(result.regions, case.grid, args.output / f"{case.case_id}_prepared_seg.nii.gz", convention, overwrite=args.overwrite)
     dicom_seg = None
-    if json.loads((prepared.folder / "prepare.json").read_text()).get("dicom"):  # DICOM in: a DICOM SEG of the reference series out
+    if json.loads((prepared.folder / "prepare.json").read_text(encoding="utf-8")).get("dicom"):  # DICOM in: a DICOM SEG of the reference series out
         from napari_sevnet import dicom
 
         reference_series = dicom.choose(dicom.find_series(path))[prepared.reference]

@@ -54,7 +54,7 @@ def atomic_output(path: str | os.PathLike, *, overwrite: bool = True, suffix: st
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     with atomic_output(path) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8")
     return Path(path)
 
 

@@ -250,7 +250,7 @@ def to_native(values: np.ndarray, grid, prepared_folder: Path, *, threshold: flo
     mask keeps its volume on thick slices better than by nearest neighbour.
     """
     sitk = _sitk()
-    record = json.loads((Path(prepared_folder) / PREPARE_RECORD).read_text())
+    record = json.loads((Path(prepared_folder) / PREPARE_RECORD).read_text(encoding="utf-8"))
     reference = record["reference"]
     prepared_image = sitk.ReadImage(str(Path(prepared_folder) / f"{record['case_id']}_{reference}.nii.gz"))
     native = sitk.ReadImage(record["native"][reference])

@@ -261,7 +261,7 @@ def make_bad_checkpoint(root: Path, kind: str, good: Path) -> tuple[Path, Path]:
     meta, weights = root / f"{kind}.json", root / f"{kind}.safetensors"
     shutil.copyfile(good.with_suffix(".json"), meta)
     shutil.copyfile(good.with_suffix(".safetensors"), weights)
-    info = json.loads(meta.read_text())
+    info = json.loads(meta.read_text(encoding="utf-8"))
     if kind == "wrong_tensor_shapes":
         state = load_file(str(weights))
         name = next(k for k, v in state.items() if v.ndim == 5)
@@ -273,7 +273,7 @@ def make_bad_checkpoint(root: Path, kind: str, good: Path) -> tuple[Path, Path]:
     elif kind == "json_missing_fields":
         del info["architecture"], info["regions"]
     elif kind == "json_not_json":
-        meta.write_text("{architecture: sevnet")
+        meta.write_text("{architecture: sevnet", encoding="utf-8")
         return meta, meta
     elif kind == "weights_missing":
         weights.unlink()
@@ -304,5 +304,5 @@ def make_bad_checkpoint(root: Path, kind: str, good: Path) -> tuple[Path, Path]:
         info["architecture"] = {"name": "sevnet", "config": {"channels": [512, 1024, 2048, 4096, 8192], "encoder_convs": [3, 3, 3, 3, 3], "kernel_size": 5}}
     else:
         raise KeyError(kind)
-    meta.write_text(json.dumps(info))
+    meta.write_text(json.dumps(info), encoding="utf-8")
     return meta, meta

@@ -17,7 +17,7 @@ def test_quick_benchmark_run_writes_json_and_table(tmp_path):
     result = subprocess.run([sys.executable, "-m", "benchmarks.run", "--quick", "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     (path,) = tmp_path.glob("*-quick.json")
-    data = json.loads(path.read_text())["results"]
+    data = json.loads(path.read_text(encoding="utf-8"))["results"]
     errors = {f"{section}/{key}": value["error"] for section, entries in data.items() if isinstance(entries, dict) for key, value in entries.items() if isinstance(value, dict) and "error" in value}
     errors.update({section: entries["error"] for section, entries in data.items() if isinstance(entries, dict) and "error" in entries})
     assert not errors, errors
@@ -26,7 +26,7 @@ def test_quick_benchmark_run_writes_json_and_table(tmp_path):
     assert all(r["median_s"] > 0 and r["peak_rss_mb"] > 0 for r in runs.values())
     assert 0 < data["throughput"]["fraction_of_peak"]
     assert data["gui"]["max_stall_ms"] > 0 and data["finetune_round"]["total_s"] > 0
-    table = (tmp_path / "latest-quick.md").read_text()
+    table = (tmp_path / "latest-quick.md").read_text(encoding="utf-8")
     assert "vs MONAI SegResNet" in table and "GUI: longest event-loop stall" in table
 
 
@@ -37,7 +37,7 @@ def test_backends_benchmark_measures_against_eager_and_names_what_it_skipped(tmp
     )
     assert result.returncode == 0, result.stderr[-3000:]
     (path,) = tmp_path.glob("*-backends.json")
-    data = json.loads(path.read_text())["results"]
+    data = json.loads(path.read_text(encoding="utf-8"))["results"]
     assert data["eager"]["median_s"] > 0 and "torch.compile" not in data
     cl = data["channels_last_3d"]
     assert cl["speedup"] > 0 and cl["max_abs_diff"] < 1e-3  # the same network, another memory layout

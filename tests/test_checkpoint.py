@@ -16,7 +16,7 @@ def test_round_trip_is_exact(tmp_path):
     info = tiny_info()
     info.metrics = {"dice": {"WT": 0.5}}
     meta = save_checkpoint(tmp_path / "m", model, info)
-    data = json.loads(meta.read_text())
+    data = json.loads(meta.read_text(encoding="utf-8"))
     assert data["modalities"] == ["t1", "t1ce", "t2", "flair"] and data["regions"] == ["WT", "TC", "ET"]
     assert data["label_convention"] == "brats2021" and "preprocessing" in data
     loaded, linfo = load_checkpoint(tmp_path / "m.safetensors")

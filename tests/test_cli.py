@@ -20,16 +20,16 @@ def test_predict_folder_of_cases_then_evaluate(phantom_dir, random_checkpoint, t
         src = nib.load(phantom_dir / case / f"{case}_t1.nii.gz")
         assert seg.shape == src.shape and np.array_equal(seg.affine, src.affine)
         assert set(np.unique(np.asanyarray(seg.dataobj)).tolist()) <= {0, 1, 2, 3}
-        report = json.loads((out / f"{case}_report.json").read_text())
+        report = json.loads((out / f"{case}_report.json").read_text(encoding="utf-8"))
         assert set(report["volumes_ml"]) == {"WT", "TC", "ET"} and report["device"] == "cpu"
         assert report["checkpoint"] == str(random_checkpoint) and report["label_convention"] == "brats2023"
         assert "not for diagnosis" in report["notice"]
     # the reference compared with itself scores perfectly
     assert evaluate_main([str(phantom_dir), str(phantom_dir), "-o", str(tmp_path / "self")]) == 0
-    mean = json.loads((tmp_path / "self" / "metrics.json").read_text())["mean"]
+    mean = json.loads((tmp_path / "self" / "metrics.json").read_text(encoding="utf-8"))["mean"]
     assert mean["WT"]["dice"] == 1.0 and mean["ET"]["hd95"] == 0.0
     assert evaluate_main([str(out), str(phantom_dir)]) == 0
-    rows = (out / "metrics.csv").read_text().splitlines()
+    rows = (out / "metrics.csv").read_text(encoding="utf-8").splitlines()
     assert rows[0].startswith("case,WT_dice") and rows[-1].startswith("mean,") and len(rows) == 5
 
 

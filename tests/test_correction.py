@@ -67,7 +67,7 @@ def test_the_simulated_user_clicks_at_the_centre_of_the_largest_error():
 def test_the_correction_benchmark_quick_mode(tmp_path):
     out = tmp_path / "corr.json"
     subprocess.run([sys.executable, "-m", "benchmarks.correction", "--quick", "--max-clicks", "3", "--max-strokes", "6", "-o", str(out)], check=True, cwd=ROOT, capture_output=True, timeout=900)
-    result = json.loads(out.read_text())
+    result = json.loads(out.read_text(encoding="utf-8"))
     assert set(result["summary"]) == {"WT", "TC", "ET"} and out.with_suffix(".png").is_file() and out.with_suffix(".md").is_file()
     for summary in result["summary"].values():
         assert 0 <= summary["median_noc90"] <= 3 and summary["median_click_s"] >= 0

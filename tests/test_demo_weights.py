@@ -15,7 +15,7 @@ HELD_OUT_SEEDS = (5000, 5001)  # training used seeds 1000-1029
 
 def test_phantom_weights_declare_what_they_are():
     info = read_info(phantom_checkpoint())
-    data = json.loads(phantom_checkpoint().read_text())
+    data = json.loads(phantom_checkpoint().read_text(encoding="utf-8"))
     assert info.architecture == {"name": "sevnet", "config": {"preset": "lite", "se_squeeze": "output"}}
     assert "NOT for clinical use" in data["intended_use"]
     assert info.provenance["train_cases"] and info.provenance["seed"] == 0

@@ -67,7 +67,7 @@ def test_export_writes_a_brats_case_and_manifest(case, tmp_path, random_checkpoi
     assert wt["removed_voxels"] == 27
     assert wt["added_voxels"] == int((case.regions[0] & ~model[0]).sum()) > 0
     assert 0.5 < wt["dice_model_vs_corrected"] < 1.0
-    assert json.loads((folder / ex.RECORD_NAME).read_text()) == record
+    assert json.loads((folder / ex.RECORD_NAME).read_text(encoding="utf-8")) == record
     assert [c.case_id for c in discover_cases([tmp_path / "ds"])] == ["phantom_0000"]
 
 
@@ -101,14 +101,14 @@ def test_case_ids_cannot_escape_the_dataset(case, tmp_path, case_id):
 def test_foreign_folders_and_broken_manifests_are_refused(case, tmp_path):
     foreign = tmp_path / "my_things"
     foreign.mkdir()
-    (foreign / "notes.txt").write_text("mine")
+    (foreign / "notes.txt").write_text("mine", encoding="utf-8")
     with pytest.raises(InputError, match="not empty and has no dataset.json"):
         ex.export_case(case, case.regions, foreign)
     assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]
 
     ds = tmp_path / "ds"
     ex.export_case(case, case.regions, ds)
-    (ds / ex.MANIFEST_NAME).write_text("{not json")
+    (ds / ex.MANIFEST_NAME).write_text("{not json", encoding="utf-8")
     with pytest.raises(InputError, match="dataset.json.*unreadable"):
         ex.export_case(case, case.regions, ds)
     with pytest.raises(InputError, match="labels"):

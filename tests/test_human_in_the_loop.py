@@ -146,7 +146,7 @@ def test_correct_export_finetune_resegment_with_the_command_lines(hard_case, tmp
     scores = {}
     for name in ("before", "after"):
         run(bin_dir / "sevnet-evaluate", tmp_path / name, hard_case.parent)
-        metrics = json.loads((tmp_path / name / "metrics.json").read_text())
+        metrics = json.loads((tmp_path / name / "metrics.json").read_text(encoding="utf-8"))
         scores[name] = float(np.mean([metrics["mean"][r]["dice"] for r in REGIONS]))
     print(f"human-in-the-loop (CLIs): mean Dice {scores['before']:.3f} -> {scores['after']:.3f}")
     assert scores["after"] - scores["before"] >= MARGIN, scores

@@ -12,7 +12,7 @@ MANIFEST = Path(napari_sevnet.__file__).parent / "napari.yaml"
 
 
 def test_every_python_name_imports():
-    commands = yaml.safe_load(MANIFEST.read_text())["contributions"]["commands"]
+    commands = yaml.safe_load(MANIFEST.read_text(encoding="utf-8"))["contributions"]["commands"]
     assert len(commands) >= 6
     for command in commands:
         module, _, attr = command["python_name"].partition(":")

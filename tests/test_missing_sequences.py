@@ -66,7 +66,7 @@ def test_each_single_sequence_removed_segments_through_the_library_and_the_cli(t
     assert refused.returncode == 1 and "--allow-missing" in refused.stderr
     done = subprocess.run([str(BIN / "sevnet-predict"), str(folder), "-o", str(tmp_path / "out"), "--allow-missing", "--checkpoint", str(dropout_checkpoint)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    report = json.loads((tmp_path / "out" / f"{folder.name}_report.json").read_text())
+    report = json.loads((tmp_path / "out" / f"{folder.name}_report.json").read_text(encoding="utf-8"))
     assert report["sequences"] == list(case.sequences) and any("segmented without" in n for n in report["notes"])
 
 

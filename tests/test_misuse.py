@@ -53,7 +53,7 @@ def test_an_input_unlike_the_training_data_is_said_so_by_the_library_and_the_cli
     out = tmp_path / "out"
     cli = predict_cli(case.paths["t1"].parent, "-o", out, "--checkpoint", random_checkpoint)
     assert cli.returncode == 0 and kind in cli.stderr
-    report = json.loads((out / f"{kind}_report.json").read_text())
+    report = json.loads((out / f"{kind}_report.json").read_text(encoding="utf-8"))
     assert pytest.importorskip("re").search(WARNED_KINDS[kind], " ".join(report["warnings"] + report["notes"]))
 
 
@@ -151,7 +151,7 @@ def test_overwrite_leaves_no_stale_maps(cases, tmp_path, random_checkpoint):
     assert predict_cli(cases[0], "-o", out, "--probabilities", "--checkpoint", random_checkpoint).returncode == 0
     assert len(list(out.glob("*_prob_*.nii.gz"))) == 3
     assert predict_cli(cases[0], "-o", out, "--overwrite", "--checkpoint", random_checkpoint).returncode == 0
-    assert not list(out.glob("*_prob_*.nii.gz")) and json.loads((out / f"{cases[0].name}_report.json").read_text())["maps"] == {}
+    assert not list(out.glob("*_prob_*.nii.gz")) and json.loads((out / f"{cases[0].name}_report.json").read_text(encoding="utf-8"))["maps"] == {}
 
 
 def test_two_runs_into_one_folder_at_once_never_replace_each_others_outputs(cases, tmp_path, random_checkpoint):
@@ -196,9 +196,9 @@ def dataset(tmp_path):
 
 
 def edit_manifest(dataset: Path, change) -> None:
-    manifest = json.loads((dataset / "dataset.json").read_text())
+    manifest = json.loads((dataset / "dataset.json").read_text(encoding="utf-8"))
     change(manifest)
-    (dataset / "dataset.json").write_text(json.dumps(manifest))
+    (dataset / "dataset.json").write_text(json.dumps(manifest), encoding="utf-8")
 
 
 @pytest.mark.parametrize("change, message", [
@@ -237,7 +237,7 @@ def test_a_case_id_may_not_take_the_datasets_own_names(dataset):
     root, case = dataset
     for name in ("dataset.json", "runs", "notes.json"):
         assert export_main([str(case.paths["t1"]), str(case.paths["seg"]), "-d", str(root), "--case-id", name]) == 2
-    assert (root / "dataset.json").is_file() and json.loads((root / "dataset.json").read_text())["cases"]
+    assert (root / "dataset.json").is_file() and json.loads((root / "dataset.json").read_text(encoding="utf-8"))["cases"]
 
 
 # ------------------------------------------------------------------ training configs and run folders
@@ -267,7 +267,7 @@ def test_a_config_with_yaml_aliases_is_refused_at_once(tmp_path, capsys):
     from training.cli import main
 
     laughs = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n" for p, c in zip("abcdefgh", "bcdefghi"))
-    (tmp_path / "laughs.yaml").write_text(laughs)
+    (tmp_path / "laughs.yaml").write_text(laughs, encoding="utf-8")
     start = time.perf_counter()
     assert main(["--config", str(tmp_path / "laughs.yaml")]) == 1
     assert time.perf_counter() - start < 5 and "aliases" in capsys.readouterr().err

@@ -88,10 +88,10 @@ def test_the_case_report_has_its_sections_and_sevnet_measure_works_end_to_end(tm
     result = subprocess.run([str(bin_dir / "sevnet-measure"), str(follow), str(mask(follow)), "--baseline", str(baseline), str(mask(baseline)),
                              "--report", str(report), "-o", str(out)], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    data = json.loads(out.read_text())
+    data = json.loads(out.read_text(encoding="utf-8"))
     assert data["lesions"] and "sum_of_products_mm2" in data and data["change"]["category"] in ("progression", "stable disease", "partial response", "complete response")
     assert "sum of products" in result.stdout
-    page = report.read_text()
+    page = report.read_text(encoding="utf-8")
     for section in ("case", "images", "lesions", "volumes", "uncertainty", "model", "visits"):
         assert f"<section id='{section}'>" in page, section
     assert "not for diagnosis" in page and re.search(r"data:image/png;base64,[A-Za-z0-9+/]{1000}", page), "self-contained, with its images"

@@ -93,10 +93,16 @@ def test_plugin_adds_no_layer_for_any_bad_case(make_napari_viewer, bad_cases):
     for kind, (folder, culprit) in bad_cases.items():
         if kind == "unreadable_permissions" and AS_ROOT:
             continue  # covered by the library and CLI tests, which can drop root's override
+        if kind == "missing_modality":
+            continue  # the viewer opens a partial case on purpose (issue 18): checked below
         with pytest.raises(Exception) as err:
             viewer.open(str(folder), plugin="napari-sevnet")
-        assert culprit.name in str(err.value) or kind in ("missing_modality",), f"{kind}: {err.value}"
+        assert culprit.name in str(err.value), f"{kind}: {err.value}"
         assert len(viewer.layers) == 0, kind
+    folder, culprit = bad_cases["missing_modality"]
+    viewer.open(str(folder), plugin="napari-sevnet")
+    names = [layer.name for layer in viewer.layers]
+    assert len(names) >= 3 and not any("FLAIR" in name for name in names), names  # what is there, never an invented FLAIR
 
 
 # ------------------------------------------------------------------ checkpoints
@@ -232,17 +238,17 @@ def test_kill_9_during_training_then_resume_matches_an_uninterrupted_run(phantom
     killed = tmp_path / "killed"
     proc = subprocess.Popen(_train_cmd(phantom_dir, killed, epochs), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
-    while not (killed / "metrics.csv").is_file() or len((killed / "metrics.csv").read_text().splitlines()) < 3:
+    while not (killed / "metrics.csv").is_file() or len((killed / "metrics.csv").read_text(encoding="utf-8").splitlines()) < 3:
         assert proc.poll() is None and time.monotonic() < deadline, "training ended before it could be killed"
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)  # during epoch 3
     proc.wait()
-    assert len((killed / "metrics.csv").read_text().splitlines()) < epochs + 1, "it was killed before the end"
+    assert len((killed / "metrics.csv").read_text(encoding="utf-8").splitlines()) < epochs + 1, "it was killed before the end"
     subprocess.run([str(BIN / "sevnet-train"), "--resume", str(killed)], check=True, capture_output=True)
     whole, resumed = _weights(tmp_path / "whole"), _weights(killed)
     for name, tensor in whole.items():
         np.testing.assert_allclose(resumed[name].numpy(), tensor.numpy(), rtol=1e-5, atol=1e-6, err_msg=name)
-    assert len((killed / "metrics.csv").read_text().splitlines()) == epochs + 1
+    assert len((killed / "metrics.csv").read_text(encoding="utf-8").splitlines()) == epochs + 1
 
 
 def test_a_full_disk_while_checkpointing_is_a_clear_error_and_keeps_the_last_checkpoint(phantom_dir, tmp_path, monkeypatch):

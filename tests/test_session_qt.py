@@ -234,7 +234,7 @@ def test_the_reader_says_why_and_files_can_be_assigned_by_hand(qtbot, make_napar
     again = make_napari_viewer()
     assert len(again.open(str(clinic), plugin="napari-sevnet")) == 4, "the assignment is remembered for the folder"
     assert not list(clinic.glob("*.json")), "nothing is written into the data folder"
-    config = json.loads((tmp_path / "config" / "assignments.json").read_text())
+    config = json.loads((tmp_path / "config" / "assignments.json").read_text(encoding="utf-8"))
     assert config[str(clinic.resolve())]["t1ce"] == "T1_post.nii.gz"
 
 

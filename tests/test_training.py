@@ -61,7 +61,7 @@ def test_data_discovery_of_both_layouts_and_split(phantom_dir, tmp_path):
     write_case(tmp_path / "c2023", AFFINES["RAS"], naming="brats2023")
     refs = discover_cases([phantom_dir, tmp_path])
     assert [r.case_id for r in refs] == ["case", "phantom_0000", "phantom_0001", "phantom_0002"]
-    (tmp_path / "split.json").write_text(json.dumps({"train": ["phantom_0000", "case"], "val": ["phantom_0002"]}))
+    (tmp_path / "split.json").write_text(json.dumps({"train": ["phantom_0000", "case"], "val": ["phantom_0002"]}), encoding="utf-8")
     cfg = small_config(phantom_dir, tmp_path).data
     cfg.split = str(tmp_path / "split.json")
     train_refs, val_refs = split_cases(refs, cfg)
@@ -122,7 +122,7 @@ def test_training_writes_a_complete_run(phantom_dir, tmp_path):
     run = train(small_config(phantom_dir, tmp_path, optimizer="nadam", schedule="cosine"))
     for name in ("config.yaml", "data.json", "metrics.csv", "best.json", "best.safetensors", "last.json", "resume_state.pt"):
         assert (run / name).is_file(), name
-    rows = (run / "metrics.csv").read_text().splitlines()
+    rows = (run / "metrics.csv").read_text(encoding="utf-8").splitlines()
     assert rows[0].startswith("epoch,train_loss") and len(rows) == 3
     model, info = load_checkpoint(run / "best.json")
     assert info.provenance["seed"] == 0 and info.provenance["train_cases"] and "dice" in info.metrics
@@ -148,7 +148,7 @@ def test_resume_equals_an_uninterrupted_run(phantom_dir, tmp_path, monkeypatch):
     a, b = load_file(full / "last.safetensors"), load_file(resumed / "last.safetensors")
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
-    assert len((run_b / "metrics.csv").read_text().splitlines()) == 4  # header + 3 epochs, none twice
+    assert len((run_b / "metrics.csv").read_text(encoding="utf-8").splitlines()) == 4  # header + 3 epochs, none twice
 
 
 def test_fine_tune_from_checkpoint_with_frozen_encoder_and_replay(phantom_dir, tmp_path):
@@ -203,8 +203,8 @@ def test_compare_trains_each_model_with_the_same_budget(phantom_dir, tmp_path):
     out = tmp_path / "cmp"
     args = ["-o", str(out), "--models", "sevnet,unet2d", f"data.roots=[{phantom_dir}]", "patch_size=[32,32,32]", "epochs=1", "steps_per_epoch=1", "val_every=1", "data.val_cases=1", f"data.cache_dir={tmp_path / 'cache'}"]
     assert main(args) == 0
-    result = json.loads((out / "comparison.json").read_text())
+    result = json.loads((out / "comparison.json").read_text(encoding="utf-8"))
     assert [r["name"] for r in result["rows"]] == ["sevnet", "unet2d"]
     assert all(0 <= r["dice"]["WT"] <= 1 and r["parameters"] > 0 and r["inference_s"] > 0 for r in result["rows"])
     assert result["budget"]["steps"] == 1
-    assert "| SEV-Net lite |" in (out / "comparison.md").read_text()
+    assert "| SEV-Net lite |" in (out / "comparison.md").read_text(encoding="utf-8")

@@ -126,7 +126,7 @@ def test_predict_uncertainty_and_evaluate_lesion_wise_clis(tmp_path):
     case_dir = write_phantom(tmp_path / "cases", seed=11, shape=(64, 72, 64), contrast=0.5)
     out = tmp_path / "pred"
     subprocess.run([str(BIN / "sevnet-predict"), str(case_dir), "-o", str(out), "--uncertainty", "--min-et-voxels", "200", "--checkpoint", str(phantom_checkpoint())], check=True, capture_output=True)
-    report = json.loads((out / f"{case_dir.name}_report.json").read_text())
+    report = json.loads((out / f"{case_dir.name}_report.json").read_text(encoding="utf-8"))
     assert report["tta"] is True and report["uncertainty"]["members"] == 8 and report["uncertainty"]["score"] > 0
     assert report["postprocessing"]["min_et_voxels"] == 200
     import nibabel as nib
@@ -137,7 +137,7 @@ def test_predict_uncertainty_and_evaluate_lesion_wise_clis(tmp_path):
     result = subprocess.run([str(BIN / "sevnet-evaluate"), str(out), str(tmp_path / "cases"), "--lesion-wise"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "WT LwDice" in result.stdout
-    metrics = json.loads((out / "metrics.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     assert 0 <= metrics["mean"]["WT"]["lesion_dice"] <= 1 and "false_positives" in metrics["mean"]["WT"]
 
 

@@ -206,7 +206,7 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConf
     if path is not None:
         path = Path(path)
         try:
-            text = path.read_text()
+            text = path.read_text(encoding="utf-8")
         except OSError as exc:
             raise ValueError(f"{path}: cannot read config: {exc}") from None
         data = _read_yaml(text, str(path)) or {}
@@ -223,4 +223,4 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConf
 
 
 def save_config(cfg: TrainConfig, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")

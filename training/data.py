@@ -78,7 +78,7 @@ def split_cases(cases: list[CaseRef], cfg: DataConfig) -> tuple[list[CaseRef], l
     """Train/validation split from a JSON list, a fixed count, or fold ``cfg.fold`` of ``cfg.folds``."""
     by_id = {c.case_id: c for c in cases}
     if cfg.split:
-        spec = json.loads(Path(cfg.split).read_text())
+        spec = json.loads(Path(cfg.split).read_text(encoding="utf-8"))
         missing = [i for i in spec.get("train", []) + spec.get("val", []) if i not in by_id]
         if missing:
             raise InputError(cfg.split, f"split names cases not found in the data: {missing[:5]}")

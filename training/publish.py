@@ -45,19 +45,19 @@ def main(argv=None) -> int:
     parser.add_argument("--held-out", type=Path, help="JSON written by python -m benchmarks.real_heldout for this checkpoint")
     args = parser.parse_args(argv)
     info = read_info(args.checkpoint)
-    card = yaml.safe_load(args.card.read_text())
+    card = yaml.safe_load(args.card.read_text(encoding="utf-8"))
     missing = [k for k in CARD_REQUIRED if k not in card]
     if missing:
         parser.error(f"{args.card}: the model card lacks {missing}")
     src = args.checkpoint.with_suffix("")
-    data = json.loads(src.with_suffix(".json").read_text())
+    data = json.loads(src.with_suffix(".json").read_text(encoding="utf-8"))
     provenance = data["provenance"]
     for key in ("train_cases", "val_cases", "replay_cases"):
         provenance[key] = [Path(p).name for p in provenance.get(key, [])]
     provenance["published_from"] = args.checkpoint.name
     card["training"] = {"command": provenance.get("command"), "seconds": info.metrics.get("elapsed_s"), "epochs": info.metrics.get("epoch"), "torch": provenance.get("torch")}
     if args.held_out:
-        card["held_out_figures"] = held_out_summary(json.loads(args.held_out.read_text()))
+        card["held_out_figures"] = held_out_summary(json.loads(args.held_out.read_text(encoding="utf-8")))
     data["intended_use"] = card["intended_use"]
     data["model_card"] = card
     with atomic_output(args.dest.with_suffix(".safetensors")) as tmp:
