@@ -303,7 +303,9 @@ class Predictor:
             if self._fallback is None:
                 self._fallback = Predictor(missing_sequence_checkpoint(), self.device, tta=self.tta, uncertainty=self.uncertainty, overlap=self.overlap, threshold=self.threshold, min_et_voxels=self.min_et_voxels)
             return self._fallback
-        raise InputError(self.checkpoint, f"this model was trained with all four sequences and the case has no {missing}: segment it with a model trained for missing sequences (the bundled default picks one itself)")
+        if self.uses_bundled_default:
+            raise InputError(self.checkpoint, f"this model was trained with all four sequences and the case has no {missing}; this installation ships no model for missing sequences (train one: make missing-weights, then choose it)")
+        raise InputError(self.checkpoint, f"this model was trained with all four sequences and the case has no {missing}: choose a model trained for missing sequences")
 
     def features(self, image: np.ndarray, stage: str) -> np.ndarray:
         """Feature maps (C, Z, Y, X) of one stage on the full grid (nearest up-sampling), for display."""

@@ -174,7 +174,10 @@ def read_case_layers(path) -> list[tuple]:
     if case.missing:
         from napari.utils.notifications import show_info
 
-        show_info(f"{case.case_id} has no {', '.join(MODALITY_LABELS[m] for m in case.missing)}: only a model trained for missing sequences can segment it (the bundled default picks one)")
+        from napari_sevnet.checkpoint import missing_sequence_checkpoint
+
+        shipped = "the default picks the bundled one" if missing_sequence_checkpoint() else "none is bundled with this installation"
+        show_info(f"{case.case_id} has no {', '.join(MODALITY_LABELS[m] for m in case.missing)}: only a model trained for missing sequences can segment it ({shipped})")
     return layers
 
 
