@@ -55,6 +55,7 @@ def predict_main(argv=None) -> int:
     parser.add_argument("--uncertainty", action="store_true", help="also write <case>_uncertainty_{WT,TC,ET}.nii.gz (entropy, bits) and a case score in the report; implies --tta")
     parser.add_argument("--mc-samples", type=int, default=0, metavar="N", help="MC-dropout samples per flip (models trained with dropout only)")
     parser.add_argument("--min-et-voxels", type=int, metavar="N", help="BraTS post-processing: an ET of fewer voxels is relabelled necrosis (the BraTS 2021 winner used 200); off by default")
+    parser.add_argument("--min-component-ml", type=float, metavar="ML", help="remove whole-tumour pieces under ML millilitres (default: what the model declares; the shipped default 0.5); 0 keeps every piece")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
@@ -79,7 +80,7 @@ def predict_main(argv=None) -> int:
                 device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
         predictor = Predictor(
             args.checkpoint, device, tta=args.tta or args.uncertainty, uncertainty=args.uncertainty,
-            mc_samples=args.mc_samples, min_et_voxels=args.min_et_voxels,
+            mc_samples=args.mc_samples, min_et_voxels=args.min_et_voxels, min_component_ml=args.min_component_ml,
         )
     except (InputError, RuntimeError, ValueError) as exc:
         print(f"sevnet-predict: error: {exc}", file=sys.stderr)

@@ -39,7 +39,7 @@ from napari_sevnet.checkpoint import CheckpointInfo, bundled_checkpoint, load_ch
 from napari_sevnet.errors import Cancelled, InputError
 from napari_sevnet.io import MODALITIES, MODALITY_LABELS
 from napari_sevnet.model import size_divisor
-from napari_sevnet.regions import make_nested
+from napari_sevnet.regions import drop_small_components, make_nested
 
 ProgressCallback = Callable[[float, str], None]
 
@@ -168,6 +168,7 @@ class Predictor:
         uncertainty: bool = False,
         mc_samples: int = 0,
         min_et_voxels: int | None = None,
+        min_component_ml: float | None = None,
     ):
         enable_huge_pages()
         self.device = resolve_device(device)
@@ -198,6 +199,8 @@ class Predictor:
         if self.mc_samples and not _dropout_layers(self.model):
             raise ValueError("MC-dropout needs a model with dropout; this one has none (train with model.config.dropout > 0)")
         self.min_et_voxels = min_et_voxels
+        declared_min = (info.preprocessing.get("min_component_ml") if info else None) or 0.0
+        self.min_component_ml = float(declared_min if min_component_ml is None else min_component_ml)
         declared = (info.preprocessing.get("spacing_mm") if info else None) or TRAINING_SPACING_MM
         self.training_spacing = tuple(float(v) for v in declared)
         self._lock = threading.Lock()
@@ -278,9 +281,12 @@ class Predictor:
                 notes.append(f"segmented without {', '.join(MODALITY_LABELS[m] for m in MODALITIES if m not in sequences)} (a model trained with missing sequences)")
             result = Prediction(regions=regions, probabilities=full, attention=attention, box=box, timings=timings, device=str(self.device), members=members,
                                 tta=passes > 1, warnings=warnings, notes=notes, sequences=sequences, checkpoint=self.checkpoint)
+            if self.min_component_ml > 0:
+                removed = drop_small_components(regions, self.min_component_ml, spacing or self.training_spacing)
+                result.postprocessing.update({"min_component_ml": self.min_component_ml, "components_removed": removed})
             if self.min_et_voxels:
                 small = 0 < int(regions[2].sum()) < self.min_et_voxels
-                result.postprocessing = {"min_et_voxels": int(self.min_et_voxels), "et_relabelled_voxels": int(regions[2].sum()) if small else 0}
+                result.postprocessing.update({"min_et_voxels": int(self.min_et_voxels), "et_relabelled_voxels": int(regions[2].sum()) if small else 0})
                 if small:  # BraTS 2021 winners' rule: a tiny ET is more likely noise than enhancement; it stays core (necrosis)
                     regions[2] = False
             if uncertainty:
@@ -301,7 +307,7 @@ class Predictor:
         missing = ", ".join(MODALITY_LABELS[m] for m in MODALITIES if m not in sequences)
         if self.uses_bundled_default and missing_sequence_checkpoint() is not None:
             if self._fallback is None:
-                self._fallback = Predictor(missing_sequence_checkpoint(), self.device, tta=self.tta, uncertainty=self.uncertainty, overlap=self.overlap, threshold=self.threshold, min_et_voxels=self.min_et_voxels)
+                self._fallback = Predictor(missing_sequence_checkpoint(), self.device, tta=self.tta, uncertainty=self.uncertainty, overlap=self.overlap, threshold=self.threshold, min_et_voxels=self.min_et_voxels, min_component_ml=self.min_component_ml)
             return self._fallback
         if self.uses_bundled_default:
             raise InputError(self.checkpoint, f"this model was trained with all four sequences and the case has no {missing}; this installation ships no model for missing sequences (train one: make missing-weights, then choose it)")

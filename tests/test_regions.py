@@ -56,3 +56,17 @@ def test_volumes_ml_uses_spacing():
     regions[1, :1] = True  # 100 voxels
     vol = reg.volumes_ml(regions, (2.0, 1.0, 1.0))  # 2 mm^3 per voxel
     assert vol == {"WT": 1.0, "TC": 0.2, "ET": 0.0}
+
+
+def test_drop_small_components_removes_small_pieces_from_every_region_by_volume():
+    regions = np.zeros((3, 40, 40, 40), bool)
+    regions[:, 5:15, 5:15, 5:15] = True  # 1000 voxels: the tumour
+    regions[0, 30:33, 30:33, 30:33] = True  # 27 voxels away from it
+    regions[1:, 31, 31, 31] = True
+    kept = regions.copy()
+    assert reg.drop_small_components(regions, 0.5, (1.0, 1.0, 1.0)) == 1
+    np.testing.assert_array_equal(regions[:, 5:15, 5:15, 5:15], kept[:, 5:15, 5:15, 5:15])
+    assert not regions[:, 25:, 25:, 25:].any() and regions.sum() == 3000
+    regions = kept.copy()
+    assert reg.drop_small_components(regions, 0.5, (3.0, 3.0, 3.0)) == 0, "27 voxels of 27 mm^3 are 0.73 mL"
+    assert reg.drop_small_components(np.zeros((3, 4, 4, 4), bool), 0.5, (1.0, 1.0, 1.0)) == 0

@@ -153,6 +153,9 @@ def test_resume_equals_an_uninterrupted_run(phantom_dir, tmp_path, monkeypatch):
 
 def test_fine_tune_from_checkpoint_with_frozen_encoder_and_replay(phantom_dir, tmp_path):
     base = train(small_config(phantom_dir, tmp_path / "base", epochs=1, patch_size=[24, 24, 24]))
+    declared = json.loads((base / "last.json").read_text(encoding="utf-8"))
+    declared["preprocessing"]["min_component_ml"] = 0.5  # as the shipped default declares its cleanup
+    (base / "last.json").write_text(json.dumps(declared), encoding="utf-8")
     cfg = small_config(phantom_dir, tmp_path / "ft", epochs=1, init=str(base / "last.json"), freeze_encoder=True, lr=1e-2, patch_size=None)
     cfg.model.config = None  # the architecture comes from the checkpoint
     cfg.data.replay_roots = [str(phantom_dir)]
@@ -163,6 +166,7 @@ def test_fine_tune_from_checkpoint_with_frozen_encoder_and_replay(phantom_dir, t
     _, info = load_checkpoint(run / "last.json")
     assert info.provenance["init"] == str(base / "last.json") and info.architecture["config"] == {"preset": "tiny"}
     assert info.preprocessing["patch_size"] == [24, 24, 24]  # unset: the model keeps the windows it was trained on
+    assert info.preprocessing["min_component_ml"] == 0.5  # and the cleanup its masks were measured with
 
 
 def test_progress_json_lines_and_error_line(phantom_dir, tmp_path):

@@ -201,6 +201,7 @@ class Trainer:
         self.run_dir = Path(resume or cfg.output)
         self.start_epoch, self.best = 0, -1.0
         self.elapsed_before = 0.0  # wall time of the epochs before a resume
+        self.min_component_ml: float | None = None  # the init checkpoint's small-piece cleanup, carried into this run's checkpoints
         self._lock = None  # the run folder's, held while this training writes there
 
     def run(self) -> Path:
@@ -298,6 +299,7 @@ class Trainer:
             cfg.inference = cfg.inference or init_info.preprocessing.get("inference")
             if cfg.augment.sequence_dropout is None:
                 cfg.augment.sequence_dropout = float(init_info.preprocessing.get("sequence_dropout") or 0.0)
+            self.min_component_ml = init_info.preprocessing.get("min_component_ml")  # a fine-tune keeps the model's cleanup
         else:
             cfg.model.config = dict(cfg.model.config or {"preset": "lite"})
             try:
@@ -333,7 +335,8 @@ class Trainer:
             architecture={"name": cfg.model.name, "config": cfg.model.config},
             label_convention=cfg.label_convention,
             preprocessing={"crop": "nonzero-box", "normalize": "zscore-over-brain", "patch_size": list(cfg.patch_size), "inference": cfg.inference,
-                           "spacing_mm": self.training_spacing, "sequence_dropout": cfg.augment.sequence_dropout},
+                           "spacing_mm": self.training_spacing, "sequence_dropout": cfg.augment.sequence_dropout,
+                           **({"min_component_ml": self.min_component_ml} if self.min_component_ml is not None else {})},
             provenance=provenance(
                 seed=cfg.seed,
                 git_revision=_git_revision(),

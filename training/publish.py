@@ -58,6 +58,9 @@ def main(argv=None) -> int:
     card["training"] = {"command": provenance.get("command"), "seconds": info.metrics.get("elapsed_s"), "epochs": info.metrics.get("epoch"), "torch": provenance.get("torch")}
     if args.held_out:
         card["held_out_figures"] = held_out_summary(json.loads(args.held_out.read_text(encoding="utf-8")))
+    cleanup = (card.get("postprocessing") or {}).get("min_component_ml")
+    if cleanup is not None:  # the Predictor reads it from the checkpoint: the shipped model's masks are what the card measured
+        data["preprocessing"]["min_component_ml"] = float(cleanup)
     data["intended_use"] = card["intended_use"]
     data["model_card"] = card
     with atomic_output(args.dest.with_suffix(".safetensors")) as tmp:
