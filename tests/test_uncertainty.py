@@ -191,3 +191,27 @@ def test_worklist_ranks_by_score_marks_exported_cases_and_opens_them(qtbot, make
     viewer.layers.selection.active = predicted[1]
     assert segment.result_layers["TC"] is predicted[1] and segment._volumes.value.startswith(f"{case_id} (run 1)"), "the volumes panel follows it"
     assert segment.checkpoint == str(phantom_checkpoint())
+
+
+class _Speckled(_Planted):
+    """A planted tumour core plus a one-voxel false alarm far away."""
+
+    def _infer(self, crop, report, is_cancelled, passes, uncertainty):
+        probs, attention, disagreement, members = super()._infer(crop, report, is_cancelled, passes, uncertainty)
+        probs[0, -3, -3, -3] = 0.9
+        return probs, attention, disagreement, members
+
+
+def test_small_pieces_are_removed_when_asked_and_the_report_says_so():
+    case = phantom_case(0, (32, 32, 32))
+    plain = _Speckled(0).predict(case.image)
+    cleaned = _Speckled(0, min_component_ml=0.5).predict(case.image, spacing=(1.0, 1.0, 1.0))
+    assert plain.regions[0].sum() == cleaned.regions[0].sum() + 1
+    assert cleaned.postprocessing == {"min_component_ml": 0.5, "components_removed": 1}
+    np.testing.assert_array_equal(cleaned.regions[1], plain.regions[1])
+
+
+def test_the_shipped_default_declares_its_cleanup_and_zero_turns_it_off():
+    assert Predictor(device="cpu").min_component_ml == 0.5
+    assert Predictor(device="cpu", min_component_ml=0).min_component_ml == 0
+    assert Predictor(phantom_checkpoint(), "cpu").min_component_ml == 0

@@ -55,7 +55,9 @@ def main(argv=None) -> int:
     for key in ("train_cases", "val_cases", "replay_cases"):
         provenance[key] = [Path(p).name for p in provenance.get(key, [])]
     provenance["published_from"] = args.checkpoint.name
-    card["training"] = {"command": provenance.get("command"), "seconds": info.metrics.get("elapsed_s"), "epochs": info.metrics.get("epoch"), "torch": provenance.get("torch")}
+    # the card may name the reproducible command (a run finished with --resume records that) and add a note
+    card["training"] = {"command": provenance.get("command"), "seconds": info.metrics.get("elapsed_s"), "epochs": info.metrics.get("epoch"), "torch": provenance.get("torch"),
+                        **(card.get("training") or {})}
     if args.held_out:
         card["held_out_figures"] = held_out_summary(json.loads(args.held_out.read_text(encoding="utf-8")))
     cleanup = (card.get("postprocessing") or {}).get("min_component_ml")
