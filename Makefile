@@ -25,8 +25,10 @@ setup: $(VENV)/.installed  ## create .venv with everything (CPU or CUDA torch as
 system-deps:  ## Xvfb + Mesa + Qt xcb libraries (needed only without a display)
 	@if [ -z "$$DISPLAY" ] || [ -n "$$CI" ]; then bash scripts/system-deps.sh; fi
 
-demo: setup system-deps  ## napari with the sample case, segmented; headless: screenshot to demo_screenshot.png
-	$(BIN)/sevnet-demo --screenshot demo_screenshot.png
+# the demo case: a real expert-labelled scan when the shared data is there, else the bundled phantom
+DEMO_CASE ?= $(wildcard $(SHARED_DATA)/BraTS2021_00006)
+demo: setup system-deps  ## napari with a case (real if ../shared/data has one), segmented; headless: screenshot to demo_screenshot.png
+	$(BIN)/sevnet-demo $(DEMO_CASE) --screenshot demo_screenshot.png
 
 test: setup system-deps  ## lint, then the whole suite (Qt tests under a virtual X display)
 	$(BIN)/ruff check .
@@ -66,7 +68,8 @@ demo-weights-eval: setup  ## held-out phantom Dice of the bundled weights (the R
 REAL_RUN := runs/sevnet_real_brats
 real-weights: setup  ## train the shipped default on the real cases (about 2 h on 2 CPU cores; resume: sevnet-train --resume runs/sevnet_real_brats), score it, publish it
 	$(BIN)/sevnet-train --config training/configs/sevnet_real_brats.yaml 'data.roots=[$(SHARED_DATA)/brats18,$(SHARED_DATA)]'
-	$(BIN)/python -m benchmarks.real_heldout --checkpoint $(REAL_RUN)/last.json --label "SEV-Net lite (default)" --consensus -o benchmarks/results/real-heldout-default.json
+	$(BIN)/python -m training.publish $(REAL_RUN)/last.json napari_sevnet/weights/sevnet_lite_brats --card training/model_cards/sevnet_lite_brats.yaml
+	$(MAKE) eval-real
 	$(BIN)/python -m training.publish $(REAL_RUN)/last.json napari_sevnet/weights/sevnet_lite_brats --card training/model_cards/sevnet_lite_brats.yaml --held-out benchmarks/results/real-heldout-default.json
 
 eval-real: setup  ## held-out Dice, HD95, lesion-wise scores and SE spread of the bundled default on the real cases (a few minutes)
@@ -103,3 +106,4 @@ screenshots: setup system-deps  ## README screenshot of the plugin on the real s
 	mkdir -p docs
 	$(BIN)/sevnet-demo $(SHARED_DATA)/BraTS2021_00006 --screenshot docs/screenshot_real_case.png
 	xvfb-run -a -s "-screen 0 1600x1000x24" $(BIN)/python scripts/screenshot_loop.py docs/screenshot_loop.png
+	xvfb-run -a -s "-screen 0 1600x1000x24" $(BIN)/python scripts/screenshot_failure.py $(SHARED_DATA)/brats18/Brats18_CBICA_ALU_1 docs/known_failure_fp_island.png
