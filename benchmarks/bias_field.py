@@ -3,7 +3,7 @@
     python -m benchmarks.bias_field [--checkpoint CKPT] [-o OUT.json]
 
 The held-out real cases of ``training/configs/splits/real_brats_heldout.json``
-(expert labels) and the consensus-labelled ones (the raw patient's BraTS-space
+(expert labels; ``--part train``: the training cases instead) and the consensus-labelled ones (the raw patient's BraTS-space
 version among them): each sequence corrected by SimpleITK's N4 inside the
 brain (shrink factor 4, 50/50/30 iterations; the field is fitted on the
 shrunk image and applied at full resolution), then segmented. Dice per region
@@ -41,6 +41,7 @@ def n4_corrected(volume: np.ndarray, brain: np.ndarray, spacing) -> np.ndarray:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bias_field", description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", help="default: the bundled default model")
+    parser.add_argument("--part", choices=("held_out", "train"), default="held_out", help="which part of the split (train: to decide on N4 without spending the held-out cases)")
     parser.add_argument("-o", "--output", type=Path)
     args = parser.parse_args(argv)
 
@@ -50,8 +51,9 @@ def main(argv=None) -> int:
     from napari_sevnet.metrics import dice
     from napari_sevnet.regions import REGIONS
 
-    cases = find_cases(json.loads(SPLIT.read_text(encoding="utf-8"))["held_out"], DATA)
-    cases.update({name: DATA / folder for name, folder in CONSENSUS_CASES.items() if (DATA / folder).is_dir()})
+    cases = find_cases(json.loads(SPLIT.read_text(encoding="utf-8"))[args.part], DATA)
+    if args.part == "held_out":
+        cases.update({name: DATA / folder for name, folder in CONSENSUS_CASES.items() if (DATA / folder).is_dir()})
     predictor = Predictor(args.checkpoint, "cpu")
     rows = {}
     for case_id, folder in cases.items():
