@@ -45,7 +45,7 @@ def main(argv=None) -> int:
     parser.add_argument("-o", "--output", type=Path)
     args = parser.parse_args(argv)
 
-    from benchmarks.real_heldout import CONSENSUS_CASES, DATA, SPLIT, find_cases
+    from benchmarks.real_heldout import CONSENSUS_CASES, DATA, SPLIT, find_cases, write_results
     from napari_sevnet.inference import Predictor
     from napari_sevnet.io import load_case
     from napari_sevnet.metrics import dice
@@ -79,10 +79,7 @@ def main(argv=None) -> int:
         table += f"\n{labels} cases, mean with minus without N4: " + ", ".join(f"{r} {v['mean_difference']:+.3f} +/- {v['sd_difference']:.3f}" for r, v in by_region.items()) + "\n"
     print(table)
     if args.output:
-        from napari_sevnet.files import write_text_atomic
-
-        write_text_atomic(args.output, json.dumps({"date": time.strftime("%Y-%m-%d %H:%M"), "host": platform.node(), "checkpoint": predictor.checkpoint, "cases": rows, "summary": summary}, indent=1) + "\n")
-        write_text_atomic(args.output.with_suffix(".md"), table)
+        write_results(args.output, {"date": time.strftime("%Y-%m-%d %H:%M"), "host": platform.node(), "checkpoint": predictor.checkpoint, "cases": rows, "summary": summary}, table)
     return 0
 
 

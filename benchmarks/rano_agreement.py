@@ -27,7 +27,7 @@ def main(argv=None) -> int:
     parser.add_argument("-o", "--output", type=Path)
     args = parser.parse_args(argv)
 
-    from benchmarks.real_heldout import DATA, SPLIT, find_cases
+    from benchmarks.real_heldout import DATA, SPLIT, find_cases, write_results
     from napari_sevnet.inference import Predictor
     from napari_sevnet.io import load_case
     from napari_sevnet.readout import measure
@@ -61,10 +61,7 @@ def main(argv=None) -> int:
               f"Bland-Altman bias {summary['bland_altman_bias_mm2']:+.0f} mm², 95 % limits {summary['bland_altman_limits_mm2'][0]:+.0f} to {summary['bland_altman_limits_mm2'][1]:+.0f} mm² ({len(rows)} cases).\n")
     print(table)
     if args.output:
-        from napari_sevnet.files import write_text_atomic
-
-        write_text_atomic(args.output, json.dumps({"date": time.strftime("%Y-%m-%d %H:%M"), "host": platform.node(), "checkpoint": predictor.checkpoint, "cases": rows, "summary": summary}, indent=1) + "\n")
-        write_text_atomic(args.output.with_suffix(".md"), table)
+        write_results(args.output, {"date": time.strftime("%Y-%m-%d %H:%M"), "host": platform.node(), "checkpoint": predictor.checkpoint, "cases": rows, "summary": summary}, table)
     return 0
 
 

@@ -151,6 +151,14 @@ def markdown(results: list[dict], label_of) -> str:
     return "\n".join(lines)
 
 
+def write_results(output: Path, record: dict, table: str) -> None:
+    """The JSON record at ``output`` and its markdown table beside it (``.md``), each written atomically."""
+    from napari_sevnet.files import write_text_atomic
+
+    write_text_atomic(output, json.dumps(record, indent=1) + "\n")
+    write_text_atomic(output.with_suffix(".md"), table)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.real_heldout", description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", action="append", help="checkpoint to score (repeatable; default: the bundled default)")
@@ -195,11 +203,8 @@ def main(argv=None) -> int:
             f"{r} {d['mean']:+.3f} +/- {d['sd']:.3f} (95% CI {d['ci95'][0]:+.3f} to {d['ci95'][1]:+.3f})" for r, d in diff.items())
     print(table)
     if args.output:
-        from napari_sevnet.files import write_text_atomic
-
         args.output.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(args.output, json.dumps(out, indent=1) + "\n")
-        write_text_atomic(args.output.with_suffix(".md"), table + "\n")
+        write_results(args.output, out, table + "\n")
     return 0
 
 
@@ -214,11 +219,8 @@ def _patterns_main(args, checkpoints, labels, ids, cases) -> int:
     table = "\n".join(lines)
     print(table)
     if args.output:
-        from napari_sevnet.files import write_text_atomic
-
         out = {"date": time.strftime("%Y-%m-%d %H:%M"), "host": platform.node(), "held_out": ids, "results": results}
-        write_text_atomic(args.output, json.dumps(out, indent=1) + "\n")
-        write_text_atomic(args.output.with_suffix(".md"), table + "\n")
+        write_results(args.output, out, table + "\n")
     return 0
 
 
