@@ -7,8 +7,8 @@ The held-out real cases of ``training/configs/splits/real_brats_heldout.json``
 version among them): each sequence corrected by SimpleITK's N4 inside the
 brain (shrink factor 4, 50/50/30 iterations; the field is fitted on the
 shrunk image and applied at full resolution), then segmented. Dice per region
-with and without, and the paired difference. ``sevnet-prepare`` applies N4
-only if this shows a gain.
+with and without, and the paired difference. The N4 step is ``sevnet-prepare``'s
+(:func:`napari_sevnet.prepare.correct_bias_field`).
 """
 
 from __future__ import annotations
@@ -22,22 +22,6 @@ from pathlib import Path
 import numpy as np
 
 
-def n4_corrected(volume: np.ndarray, brain: np.ndarray, spacing) -> np.ndarray:
-    """``volume`` (Z, Y, X) divided by the N4 bias field fitted inside ``brain``; zero outside it, as the input was."""
-    import SimpleITK as sitk
-
-    image = sitk.GetImageFromArray(volume.astype(np.float32))
-    image.SetSpacing(tuple(float(s) for s in reversed(spacing)))
-    mask = sitk.GetImageFromArray(brain.astype(np.uint8))
-    mask.CopyInformation(image)
-    shrunk, shrunk_mask = sitk.Shrink(image, [4, 4, 4]), sitk.Shrink(mask, [4, 4, 4])
-    corrector = sitk.N4BiasFieldCorrectionImageFilter()
-    corrector.SetMaximumNumberOfIterations([50, 50, 30])
-    corrector.Execute(shrunk, shrunk_mask)
-    log_field = sitk.GetArrayFromImage(corrector.GetLogBiasFieldAsImage(image))
-    return np.where(brain, volume / np.exp(log_field), 0).astype(np.float32)
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bias_field", description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", help="default: the bundled default model")
@@ -49,6 +33,7 @@ def main(argv=None) -> int:
     from napari_sevnet.inference import Predictor
     from napari_sevnet.io import load_case
     from napari_sevnet.metrics import dice
+    from napari_sevnet.prepare import correct_bias_field
     from napari_sevnet.regions import REGIONS
 
     cases = find_cases(json.loads(SPLIT.read_text(encoding="utf-8"))[args.part], DATA)
@@ -60,7 +45,7 @@ def main(argv=None) -> int:
         case = load_case(folder)
         brain = np.any(case.image != 0, axis=0)
         t = time.perf_counter()
-        corrected = np.stack([n4_corrected(v, brain, case.spacing) for v in case.image])
+        corrected = np.stack([correct_bias_field(v, brain, case.spacing) for v in case.image])
         n4_s = time.perf_counter() - t
         plain, with_n4 = (predictor.predict(image, spacing=case.spacing).regions for image in (case.image, corrected))
         rows[case_id] = {"labels": "expert" if case_id not in CONSENSUS_CASES else "consensus", "n4_s": n4_s,

@@ -51,6 +51,7 @@ def predict_main(argv=None) -> int:
     parser.add_argument("--allow-missing", action="store_true", help="segment cases that lack one to three sequences (with a model trained for it; the default uses the bundled one when this installation ships it)")
     parser.add_argument("--prepare", action="store_true", help="raw clinical series (own grids, with the skull): co-register, 1 mm, skull-strip first; the mask is written on the reference series' own grid")
     parser.add_argument("--reference", default="t1ce", choices=["t1", "t1ce", "t2", "flair"], help="with --prepare: the series the others are registered to (default t1ce)")
+    parser.add_argument("--no-bias-field", action="store_true", help="with --prepare: skip N4 bias-field correction")
     parser.add_argument("--probabilities", action="store_true", help="also write <case>_prob_{WT,TC,ET}.nii.gz")
     parser.add_argument("--uncertainty", action="store_true", help="also write <case>_uncertainty_{WT,TC,ET}.nii.gz (entropy, bits) and a case score in the report; implies --tta")
     parser.add_argument("--mc-samples", type=int, default=0, metavar="N", help="MC-dropout samples per flip (models trained with dropout only)")
@@ -119,7 +120,7 @@ def _predict_prepared(path: Path, args, predictor, convention: str) -> None:
     from napari_sevnet.prepare import prepare_case, regions_to_native
     from napari_sevnet.regions import regions_to_labels, volumes_ml
 
-    prepared = prepare_case(path, args.output / "prepared", reference=args.reference)
+    prepared = prepare_case(path, args.output / "prepared", reference=args.reference, bias_field=not args.no_bias_field)
     case = load_case(prepared.folder, allow_missing=True)
     result = predictor.predict(case.image, spacing=case.spacing, sequences=case.sequences)
     native = nib.load(str(prepared.native_reference))
@@ -332,6 +333,7 @@ def prepare_main(argv=None) -> int:
     parser.add_argument("-o", "--output", required=True, type=Path, help="where the prepared cases go (never replaced)")
     parser.add_argument("--reference", default="t1ce", choices=["t1", "t1ce", "t2", "flair"], help="the series the others are registered to and whose grid results go back to")
     parser.add_argument("--no-skull-strip", action="store_true", help="the series are skull-stripped already")
+    parser.add_argument("--no-bias-field", action="store_true", help="skip N4 bias-field correction (e.g. the series were corrected already)")
     parser.add_argument("--series", action="append", default=[], metavar="SEQUENCE=UID", help="DICOM: the series for a sequence when its description does not say it (t1ce=1.2.3...)")
     parser.add_argument("--list", action="store_true", help="DICOM: list the series found and the sequence proposed for each, and stop")
     args = parser.parse_args(argv)
@@ -348,7 +350,8 @@ def prepare_main(argv=None) -> int:
     failed = 0
     for folder in args.inputs:
         try:
-            prepared = prepare_case(folder, args.output, reference=args.reference, strip=not args.no_skull_strip, series=series or None)
+            prepared = prepare_case(folder, args.output, reference=args.reference, strip=not args.no_skull_strip, bias_field=not args.no_bias_field,
+                                    series=series or None)
         except InputError as exc:
             failed += 1
             print(f"sevnet-prepare: error: {exc}", file=sys.stderr)

@@ -65,6 +65,7 @@ def test_a_raw_case_is_prepared_and_a_mask_survives_the_way_back(tmp_path):
     case = load_case(prepared.folder)
     record = json.loads((prepared.folder / "prepare.json").read_text(encoding="utf-8"))
     assert case.spacing == (1.0, 1.0, 1.0) and record["reference"] == "t1ce" and set(record["transforms"]) == {"t1", "t1ce", "t2", "flair"}
+    assert record["bias_field"] == "N4" and record["timings_s"]["bias_field_s"] > 0  # on by default
     native = nib.load(str(prepared.native_reference))
     # the phantom's own mask, taken to the prepared grid through its file, then back: the round trip
     truth = load_case(folder).regions
@@ -120,6 +121,7 @@ def test_the_real_raw_case_is_prepared_skull_stripped_and_segmented_onto_its_own
     assert result.returncode == 0, result.stderr
     report = json.loads((tmp_path / "out" / "native_report.json").read_text(encoding="utf-8"))
     assert 900 < report["brain_ml"] < 2000, "a skull-stripped adult brain"
+    assert report["prepare_timings_s"]["bias_field_s"] > 0, "N4 is part of the preparation"
     seg = nib.load(report["segmentation"])
     assert seg.shape == nib.load(report["native_reference"]).shape and np.allclose(seg.affine, nib.load(report["native_reference"]).affine)
     native, prepared = report["volumes_ml_native"]["WT"], report["volumes_ml_prepared"]["WT"]
@@ -139,10 +141,12 @@ def test_the_reader_offers_preparation_and_the_prepare_dock_opens_the_prepared_c
         viewer.open(str(raw), plugin="napari-sevnet")
     dock = PrepareWidget(viewer)
     viewer.window.add_dock_widget(dock)
-    dock._folder.value, dock._output.value, dock._strip.value = raw, tmp_path / "prepared", False
+    dock._folder.value, dock._output.value, dock._strip.value, dock._bias_field.value = raw, tmp_path / "prepared", False, False
     dock.prepare()
     qtbot.waitUntil(lambda: dock.worker is None, timeout=180_000)
     assert dock.prepared is not None and len(viewer.layers) == 4 and tuple(viewer.layers[0].scale) == (1.0, 1.0, 1.0)
+    record = json.loads((dock.prepared.folder / "prepare.json").read_text(encoding="utf-8"))
+    assert record["bias_field"] is None and "bias_field_s" not in record["timings_s"]  # the dock's choice reached the preparation
 
 
 def write_dicom_series(image_path: Path, folder: Path, description: str, patient: str, series_number: int) -> None:

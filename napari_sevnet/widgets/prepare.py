@@ -1,7 +1,7 @@
 """Prepare raw scans dock widget: a clinic's series (own grids, with the skull) made into a case the model can read.
 
 Runs :func:`napari_sevnet.prepare.prepare_case` in a worker (co-registration
-to the reference series, 1 mm, skull stripping; a few minutes on a laptop
+to the reference series, 1 mm, skull stripping, N4 bias-field correction; a few minutes on a laptop
 CPU) and opens the prepared case. Results of the Segment dock on it can be
 written back onto the reference series' own grid with ``sevnet-predict
 --prepare`` or :func:`napari_sevnet.prepare.regions_to_native`.
@@ -23,10 +23,11 @@ class PrepareWidget(DockWidget):
         self._output = FileEdit(label="Prepared into", mode="d", nullable=True, tooltip="Where the prepared case goes (never replaced)")
         self._reference = ComboBox(label="Reference", choices=[(MODALITY_LABELS[m], m) for m in MODALITIES], value="t1ce")
         self._strip = CheckBox(text="Skull strip (ROBEX)", value=True)
+        self._bias_field = CheckBox(text="Bias-field correction (N4)", value=True, tooltip="Flattens the coil's smooth intensity ramp; off for series corrected already")
         self._run = PushButton(text="Prepare and open")
         self._status = Label(value="")
         self._status.native.setWordWrap(True)
-        self.extend([self._folder, self._output, self._reference, self._strip, self._run, self._status])
+        self.extend([self._folder, self._output, self._reference, self._strip, self._bias_field, self._run, self._status])
         self._run.changed.connect(self.prepare)
         self.prepared = None
 
@@ -38,7 +39,7 @@ class PrepareWidget(DockWidget):
         if folder is None or output is None:
             self.report_error("Prepare", InputError(None, "choose the folder of raw series and where the prepared case goes"))
             return None
-        reference, strip = self._reference.value, self._strip.value
+        reference, strip, bias_field = self._reference.value, self._strip.value, self._bias_field.value
 
         @thread_worker
         def work():
@@ -48,7 +49,7 @@ class PrepareWidget(DockWidget):
             from napari_sevnet.layers import case_layers
             from napari_sevnet.prepare import prepare_case
 
-            prepared = prepare_case(folder, output, reference=reference, strip=strip)
+            prepared = prepare_case(folder, output, reference=reference, strip=strip, bias_field=bias_field)
             case = load_case(prepared.folder, allow_missing=True)
             return prepared, [Layer.create(data, kwargs, kind) for data, kwargs, kind in case_layers(case)]
 
@@ -66,7 +67,7 @@ class PrepareWidget(DockWidget):
             self._status.value = "not prepared"
             self.report_error("Prepare", exc)
 
-        self._status.value = "preparing (registration, resampling, skull stripping: a few minutes)..."
+        self._status.value = "preparing (registration, resampling, skull stripping, bias field: a few minutes)..."
         return self.start_worker(work, returned=opened, errored=failed, finished=self._on_finished)
 
     def _on_finished(self):
