@@ -271,3 +271,30 @@ def test_the_window_fits_a_1000_pixel_screen_with_every_dock_open(qtbot, make_na
     button = finetune._use.native
     bottom = button.mapTo(window, button.rect().bottomLeft()).y()
     assert button.isVisible() and bottom <= window.height(), f"'Use this model' ends at y={bottom}"
+
+
+@pytest.mark.parametrize("after, warned", [(0.6, True), (0.9, False)])
+def test_a_finetune_that_ends_worse_than_its_starting_model_says_so(make_napari_viewer, monkeypatch, tmp_path, after, warned):
+    from training import events
+
+    from napari_sevnet.widgets.finetune import FineTuneWidget
+
+    warnings = []
+    monkeypatch.setattr("napari.utils.notifications.show_warning", warnings.append)
+    finetune = FineTuneWidget(make_napari_viewer())
+    finetune.process = object()  # a run in flight, fed the trainer's progress lines below
+
+    def dice(value):
+        return {r: value for r in ("WT", "TC", "ET")}
+
+    lines = [events.event(events.START, run_dir=str(tmp_path), epochs=2, start_epoch=0, train_cases=1, val_cases=1, validation="training_cases", device="cpu"),
+             events.event(events.VALIDATION, epoch=0, dice=dice(0.8), hd95=dice(5.0), mean_dice=0.8),
+             events.event(events.VALIDATION, epoch=2, dice=dice(after), hd95=dice(5.0), mean_dice=after),
+             events.event(events.DONE, run_dir=str(tmp_path), best=str(tmp_path / "best.json"), best_mean_dice=after, seconds=1.0)]
+    for line in lines:
+        finetune._on_line(json.dumps(line))
+    finetune._finish(0)
+    assert ("worse than the starting model" in finetune._status.value) is warned and bool(warnings) is warned
+    if warned:
+        assert "0.600 after against 0.800 before" in warnings[0] and "on the exported cases" in warnings[0]
+    assert finetune._use.enabled, "the user may still choose the new model"

@@ -151,7 +151,7 @@ def test_resume_equals_an_uninterrupted_run(phantom_dir, tmp_path, monkeypatch):
     assert len((run_b / "metrics.csv").read_text(encoding="utf-8").splitlines()) == 4  # header + 3 epochs, none twice
 
 
-def test_fine_tune_from_checkpoint_with_frozen_encoder_and_replay(phantom_dir, tmp_path):
+def test_fine_tune_from_checkpoint_with_frozen_encoder_and_replay(phantom_dir, tmp_path, capsys):
     base = train(small_config(phantom_dir, tmp_path / "base", epochs=1, patch_size=[24, 24, 24]))
     declared = json.loads((base / "last.json").read_text(encoding="utf-8"))
     declared["preprocessing"]["min_component_ml"] = 0.5  # as the shipped default declares its cleanup
@@ -159,7 +159,10 @@ def test_fine_tune_from_checkpoint_with_frozen_encoder_and_replay(phantom_dir, t
     cfg = small_config(phantom_dir, tmp_path / "ft", epochs=1, init=str(base / "last.json"), freeze_encoder=True, lr=1e-2, patch_size=None)
     cfg.model.config = None  # the architecture comes from the checkpoint
     cfg.data.replay_roots = [str(phantom_dir)]
-    run = train(cfg)
+    capsys.readouterr()
+    run = train(cfg, progress_json=True)
+    validations = [e for e in map(json.loads, capsys.readouterr().out.splitlines()) if e["event"] == "validation"]
+    assert [e["epoch"] for e in validations] == [0, 1], "a fine-tune validates its starting model first (epoch 0)"
     before, after = load_file(base / "last.safetensors"), load_file(run / "last.safetensors")
     assert torch.equal(before["input_stage.convs.body.0.weight"], after["input_stage.convs.body.0.weight"])
     assert not torch.equal(before["head.weight"], after["head.weight"])

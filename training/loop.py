@@ -208,6 +208,7 @@ class Trainer:
         """Train per the config; returns the run folder (checkpoints best.* and last.*)."""
         try:
             self.setup()
+            self.validate_start()
             for epoch in range(self.start_epoch, self.cfg.epochs):
                 loss = self.train_epoch(epoch)
                 metrics = self.validate(epoch)
@@ -384,6 +385,12 @@ class Trainer:
                 self.emit(events.STEP, epoch=epoch + 1, epochs=cfg.epochs, step=step + 1, steps=cfg.steps_per_epoch, loss=losses[-1], eta_s=round(self.eta, 1))
         self.lr_used = self.optimizer.param_groups[0]["lr"]
         return float(np.mean(losses))
+
+    def validate_start(self) -> None:
+        """A fine-tune's starting model on the validation cases, as epoch 0: a run that ends worse can say so."""
+        if self.cfg.init and self.start_epoch == 0 and self.val_arrays and self.dist.main:
+            metrics = validate(Predictor(model=self.model, info=self.info, device=self.device), self.val_arrays)
+            self.emit(events.VALIDATION, epoch=0, **metrics)
 
     def validate(self, epoch: int) -> dict | None:
         """Metrics on the validation cases every ``val_every`` epochs and at the end (main process only)."""

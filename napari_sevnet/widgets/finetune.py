@@ -3,7 +3,8 @@
 The trainer runs in its own process (a ``QProcess``: no thread, no blocking),
 so a crash or an out-of-memory there never takes napari down. Its
 ``--progress-json`` lines drive the progress bar, the ETA, the loss and
-validation-Dice plot and the log. Cancel sends SIGTERM: the trainer stops as on
+validation-Dice plot (epoch 0: the starting model) and the log; a run whose
+best epoch ends below the starting model says so when it finishes. Cancel sends SIGTERM: the trainer stops as on
 Ctrl-C and keeps the checkpoint of the last finished epoch. "Use this model"
 hands the new checkpoint to the Segment widget (and re-segments); the run
 folder stays in ``DATASET/runs/`` for reproducibility.
@@ -301,8 +302,15 @@ class FineTuneWidget(DockWidget):
         last = self.run_dir / "last.json" if self.run_dir else None
         if exit_code == 0 and self.checkpoint is not None:
             self._bar.value = 1000
-            self._status.value = f"done: {self.checkpoint}"
-            show_info(f"Fine-tuning finished; 'Use this model' switches the Segment widget to {self.checkpoint}")
+            worse = self.worse_than_start()
+            if worse:
+                from napari.utils.notifications import show_warning
+
+                self._status.value = f"done, but worse than the starting model: {worse}"
+                show_warning(f"Fine-tuning finished, but the new model is worse than the one it started from: {worse}. Keep the old model unless you know why.")
+            else:
+                self._status.value = f"done: {self.checkpoint}"
+                show_info(f"Fine-tuning finished; 'Use this model' switches the Segment widget to {self.checkpoint}")
         elif self._cancelled:
             self.checkpoint = last if last is not None and last.is_file() else None
             if self.checkpoint is None and self.run_dir is not None:
@@ -315,6 +323,22 @@ class FineTuneWidget(DockWidget):
             reason = self.error_message or self._last_stderr or f"the trainer exited with code {exit_code}"
             self._fail(f"{reason} (log and checkpoints in {self.run_dir})")
         self._use.enabled = self.checkpoint is not None
+
+    def worse_than_start(self) -> str | None:
+        """Words saying how the best validated epoch falls below the starting model (epoch 0), or None if it does not."""
+        start = next((d for e, d in self.dice if e == 0), None)
+        later = [d for e, d in self.dice if e > 0]
+        if start is None or not later:
+            return None
+
+        def mean(dice: dict) -> float:  # the trainer's mean_dice
+            return sum(dice[r] for r in REGIONS) / len(REGIONS)
+
+        best = max(later, key=mean)
+        if mean(best) >= mean(start):
+            return None
+        what = DICE_AXIS.get(self.validation_kind, "Dice").lower()
+        return f"{what}: mean {mean(best):.3f} after against {mean(start):.3f} before (" + ", ".join(f"{r} {start[r]:.2f} -> {best[r]:.2f}" for r in REGIONS) + ")"
 
     def _fail(self, message: str):
         from napari.utils.notifications import show_error
