@@ -275,9 +275,8 @@ def test_the_window_fits_a_1000_pixel_screen_with_every_dock_open(qtbot, make_na
 
 @pytest.mark.parametrize("after, warned", [(0.6, True), (0.9, False)])
 def test_a_finetune_that_ends_worse_than_its_starting_model_says_so(make_napari_viewer, monkeypatch, tmp_path, after, warned):
-    from training import events
-
     from napari_sevnet.widgets.finetune import FineTuneWidget
+    from training import events
 
     warnings = []
     monkeypatch.setattr("napari.utils.notifications.show_warning", warnings.append)
