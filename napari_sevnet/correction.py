@@ -12,10 +12,13 @@ change, so the Correct dock (and the simulated annotator of
   nothing at all (under ``INFORMATIVE``), the region grows on the image
   instead: voxels whose intensity (FLAIR for WT, T1ce for TC and ET,
   :data:`GUIDE_SEQUENCE`) lies within ``INTENSITY_TOLERANCE`` standard
-  deviations of the clicked one.
+  deviations of the clicked one, no farther than ``IMAGE_REACH_MM`` (5 mm:
+  intensity alone cannot tell tumour core from brain of the same brightness;
+  with the full reach such clicks added several times more brain than tumour
+  on the training cases).
 * :func:`shrink` (a negative click), its mirror: the part of the mask's
-  connected component under the click, within ``max_radius_mm`` (10 mm: a
-  false alarm is often joined to the tumour), that the model was no more sure
+  connected component under the click, within ``max_radius_mm`` (the same
+  reach as a positive click), that the model was no more sure
   of than of the clicked voxel (probability below ``keep_above``, by default
   a little above the click's own) and, given the guide sequence, looks like
   the clicked voxel: a false alarm goes, the tumour next to it stays.
@@ -31,10 +34,10 @@ from scipy import ndimage
 STRUCTURE = np.ones((3, 3, 3), bool)  # 26-connected, as the lesion-wise metrics count components
 DEFAULT_THRESHOLD = 0.3
 DEFAULT_RADIUS_MM = 20.0
-REMOVE_RADIUS_MM = 10.0
 FOLLOW_DOWN = 0.8  # a click below the threshold grows where the probability is at least this share of the click's own
 INFORMATIVE = 0.05  # below this the model saw nothing there: grow on the image instead
 INTENSITY_TOLERANCE = 0.5  # in standard deviations of the head's intensities within the click's ball
+IMAGE_REACH_MM = 5.0  # growing on the image alone (the model saw nothing there) reaches at most this far
 #: the sequence that shows each region best: what a click on missed tumour grows on
 GUIDE_SEQUENCE = {"WT": "flair", "TC": "t1ce", "ET": "t1ce"}
 
@@ -57,11 +60,12 @@ def grow(probability: np.ndarray, seed, *, image: np.ndarray | None = None, thre
     the probability says nothing; there a lower threshold accepts intensities farther from the clicked one.
     """
     seed = tuple(int(v) for v in seed)
-    box, ball = _ball_box(probability.shape, seed, max_radius_mm, spacing)
-    local_seed = tuple(c - b.start for c, b in zip(seed, box))
     here = float(probability[seed])
+    on_image = here < INFORMATIVE and image is not None
+    box, ball = _ball_box(probability.shape, seed, min(max_radius_mm, IMAGE_REACH_MM) if on_image else max_radius_mm, spacing)
+    local_seed = tuple(c - b.start for c, b in zip(seed, box))
     used = max(here * FOLLOW_DOWN, 0.01) if follow and here < threshold else threshold
-    if here >= INFORMATIVE or image is None:
+    if not on_image:
         candidates = (np.asarray(probability[box], dtype=np.float32) >= used) & ball
     else:
         local = np.asarray(image[box], dtype=np.float32)
@@ -78,7 +82,7 @@ def grow(probability: np.ndarray, seed, *, image: np.ndarray | None = None, thre
 
 
 def shrink(mask: np.ndarray, seed, probability: np.ndarray | None = None, *, image: np.ndarray | None = None, keep_above: float | None = None,
-           max_radius_mm: float = REMOVE_RADIUS_MM, spacing=(1.0, 1.0, 1.0)) -> tuple[np.ndarray, float]:
+           max_radius_mm: float = DEFAULT_RADIUS_MM, spacing=(1.0, 1.0, 1.0)) -> tuple[np.ndarray, float]:
     """(bool mask of the voxels a negative click at ``seed`` removes from ``mask``, the threshold used); empty outside the mask."""
     seed = tuple(int(v) for v in seed)
     out = np.zeros(mask.shape, bool)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_sevnet.correction import fill_between, grow, largest_error_centre, shrink
+from napari_sevnet.correction import IMAGE_REACH_MM, fill_between, grow, largest_error_centre, shrink
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,6 +35,9 @@ def test_where_the_model_saw_nothing_a_click_grows_on_the_image():
     image = np.where(ball((40, 40, 40), (20, 20, 20), 5), 300.0, 100.0).astype(np.float32)
     added, _ = grow(np.zeros(image.shape, np.float32), (20, 20, 20), image=image)
     assert added.sum() == ball((40, 40, 40), (20, 20, 20), 5).sum()
+    uniform = np.full((40, 40, 40), 100.0, np.float32)  # brain as bright as the click: intensity cannot bound it, the short reach does
+    added, _ = grow(np.zeros(uniform.shape, np.float32), (20, 20, 20), image=uniform, max_radius_mm=20)
+    assert added.sum() == ball((40, 40, 40), (20, 20, 20), IMAGE_REACH_MM).sum()
 
 
 def test_a_negative_click_removes_the_false_alarm_and_keeps_the_tumour_it_touches():
