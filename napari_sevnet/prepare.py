@@ -276,8 +276,8 @@ def to_native(values: np.ndarray, grid, prepared_folder: Path, *, threshold: flo
     """A (Z, Y, X) map on the prepared case's canonical grid (``grid``: its SourceGrid) on the reference series' native grid.
 
     Returns a SimpleITK image on the native reference series. Probabilities (or
-    a mask as 0/1) are resampled linearly and, with ``threshold``, cut there: a
-    mask keeps its volume on thick slices better than by nearest neighbour.
+    a mask as 0/1) are resampled linearly and, with ``threshold``, cut there
+    (:func:`regions_to_native` instead keeps each region's volume).
     """
     sitk = _sitk()
     record = json.loads((Path(prepared_folder) / PREPARE_RECORD).read_text(encoding="utf-8"))
