@@ -302,13 +302,23 @@ class Predictor:
         """Whether the model was trained with sequences left out (``preprocessing.sequence_dropout`` > 0)."""
         return bool(self.info and float(self.info.preprocessing.get("sequence_dropout") or 0) > 0)
 
-    def _missing_sequence_model(self, sequences: tuple[str, ...]) -> Predictor:
-        """The bundled missing-sequence model, for a case the bundled default cannot take; else a refusal naming the gap."""
-        missing = ", ".join(MODALITY_LABELS[m] for m in MODALITIES if m not in sequences)
+    def missing_sequence_predictor(self) -> Predictor | None:
+        """A Predictor whose model handles missing sequences: this one, or for the bundled default the bundled
+        missing-sequence model's; None when there is none."""
+        if self.handles_missing_sequences:
+            return self
         if self.uses_bundled_default and missing_sequence_checkpoint() is not None:
             if self._fallback is None:
                 self._fallback = Predictor(missing_sequence_checkpoint(), self.device, tta=self.tta, uncertainty=self.uncertainty, overlap=self.overlap, threshold=self.threshold, min_et_voxels=self.min_et_voxels, min_component_ml=self.min_component_ml)
             return self._fallback
+        return None
+
+    def _missing_sequence_model(self, sequences: tuple[str, ...]) -> Predictor:
+        """The bundled missing-sequence model, for a case the bundled default cannot take; else a refusal naming the gap."""
+        missing = ", ".join(MODALITY_LABELS[m] for m in MODALITIES if m not in sequences)
+        fallback = self.missing_sequence_predictor()
+        if fallback is not None:
+            return fallback
         if self.uses_bundled_default:
             raise InputError(self.checkpoint, f"this model was trained with all four sequences and the case has no {missing}; this installation ships no model for missing sequences (train one: make missing-weights, then choose it)")
         raise InputError(self.checkpoint, f"this model was trained with all four sequences and the case has no {missing}: choose a model trained for missing sequences")
