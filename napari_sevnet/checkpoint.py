@@ -33,8 +33,6 @@ PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".pkl", ".bin")
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 #: the default model of every entry point (Segment, Worklist, sevnet-predict, the demo)
 BUNDLED = WEIGHTS_DIR / "sevnet_lite_brats.json"
-#: trained with sequences left out: the bundled default hands it the cases that lack one (None when not shipped)
-MISSING_SEQUENCES = WEIGHTS_DIR / "sevnet_lite_brats_missing.json"
 #: trained on synthetic phantoms only: for tests and demos that need accuracy on phantoms, and the start of the real recipe
 PHANTOM = WEIGHTS_DIR / "sevnet_lite_phantom.json"
 
@@ -212,11 +210,6 @@ def describe(path: str | os.PathLike) -> str:
         lines.append("Held-out Dice " + ", ".join(f"{r} {figures[r]['dice']:.2f}" for r in REGIONS if r in figures) + ".")
     lines.append(card.get("intended_use") or data.get("intended_use") or "")
     return "\n".join(line for line in lines if line)
-
-
-def missing_sequence_checkpoint() -> Path | None:
-    """The bundled model for cases with missing sequences, when the default cannot take them (None: none shipped)."""
-    return MISSING_SEQUENCES if MISSING_SEQUENCES.is_file() else None
 
 
 def phantom_checkpoint() -> Path:

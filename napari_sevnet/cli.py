@@ -48,7 +48,7 @@ def predict_main(argv=None) -> int:
     parser.add_argument("--tta", action="store_true", help="average the 8 mirror flips (slower, smoother)")
     parser.add_argument("--labels", default="2021", choices=["2021", "2023"], help="label convention of the written masks (2021: <case>_seg, 2023: <case>-seg)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs of the same cases (their old maps go too)")
-    parser.add_argument("--allow-missing", action="store_true", help="segment cases that lack one to three sequences (with a model trained for it; the default uses the bundled one when this installation ships it)")
+    parser.add_argument("--allow-missing", action="store_true", help="segment cases that lack one to three sequences (with a model trained for it, as the default is)")
     parser.add_argument("--prepare", action="store_true", help="raw clinical series (own grids, with the skull): co-register, 1 mm, skull-strip first; the mask is written on the reference series' own grid")
     parser.add_argument("--reference", default="t1ce", choices=["t1", "t1ce", "t2", "flair"], help="with --prepare: the series the others are registered to (default t1ce)")
     parser.add_argument("--no-bias-field", action="store_true", help="with --prepare: skip N4 bias-field correction")

@@ -16,13 +16,8 @@ from napari_sevnet.regions import REGIONS
 
 
 def sequence_contributions(predictor, image: np.ndarray, *, sequences=MODALITIES, spacing=None, cancel=None) -> dict[str, dict[str, float]]:
-    """{sequence: {region: drop in mean probability inside the predicted region}} for each present sequence.
-
-    Every pass, the full one included, runs the same model: the given one if it handles missing sequences, else (for
-    the bundled default) the bundled missing-sequence model.
-    """
-    predictor = predictor.missing_sequence_predictor()
-    if predictor is None:
+    """{sequence: {region: drop in mean probability inside the predicted region}} for each present sequence."""
+    if not predictor.handles_missing_sequences:
         raise ValueError("contributions need a model trained with missing sequences (leaving one out must be something it knows)")
     present = tuple(m for m in MODALITIES if m in sequences)
     full = predictor.predict(image, spacing=spacing, sequences=present, cancel=cancel)

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from napari_sevnet.assumptions import TRAINING_SPACING_MM, input_warnings, needs_resampling
-from napari_sevnet.checkpoint import CheckpointInfo, bundled_checkpoint, load_checkpoint, missing_sequence_checkpoint
+from napari_sevnet.checkpoint import CheckpointInfo, bundled_checkpoint, load_checkpoint
 from napari_sevnet.errors import Cancelled, InputError
 from napari_sevnet.io import MODALITIES, MODALITY_LABELS
 from napari_sevnet.model import size_divisor
@@ -172,8 +172,6 @@ class Predictor:
     ):
         enable_huge_pages()
         self.device = resolve_device(device)
-        self.uses_bundled_default = model is None and checkpoint is None
-        self._fallback: Predictor | None = None
         if model is None:
             self.checkpoint = str(checkpoint or bundled_checkpoint())
             model, info = load_checkpoint(self.checkpoint, self.device)
@@ -236,8 +234,8 @@ class Predictor:
             raise ValueError(f"expected a (4, Z, Y, X) image, got shape {image.shape}")
         sequences = tuple(m for m in MODALITIES if m in (sequences or MODALITIES))
         if len(sequences) < len(MODALITIES) and not self.handles_missing_sequences:
-            fallback = self._missing_sequence_model(sequences)
-            return fallback.predict(image, spacing=spacing, sequences=sequences, tta=tta, uncertainty=uncertainty, progress=progress, cancel=cancel)
+            missing = ", ".join(MODALITY_LABELS[m] for m in MODALITIES if m not in sequences)
+            raise InputError(self.checkpoint, f"this model was trained with all four sequences and the case has no {missing}: choose a model trained for missing sequences (the bundled default is one)")
         if len(sequences) < len(MODALITIES):
             image = np.where(np.isin(np.arange(len(MODALITIES)), [MODALITIES.index(m) for m in sequences])[:, None, None, None], image, 0).astype(np.float32)
         tta = self.tta if tta is None else tta
@@ -301,27 +299,6 @@ class Predictor:
     def handles_missing_sequences(self) -> bool:
         """Whether the model was trained with sequences left out (``preprocessing.sequence_dropout`` > 0)."""
         return bool(self.info and float(self.info.preprocessing.get("sequence_dropout") or 0) > 0)
-
-    def missing_sequence_predictor(self) -> Predictor | None:
-        """A Predictor whose model handles missing sequences: this one, or for the bundled default the bundled
-        missing-sequence model's; None when there is none."""
-        if self.handles_missing_sequences:
-            return self
-        if self.uses_bundled_default and missing_sequence_checkpoint() is not None:
-            if self._fallback is None:
-                self._fallback = Predictor(missing_sequence_checkpoint(), self.device, tta=self.tta, uncertainty=self.uncertainty, overlap=self.overlap, threshold=self.threshold, min_et_voxels=self.min_et_voxels, min_component_ml=self.min_component_ml)
-            return self._fallback
-        return None
-
-    def _missing_sequence_model(self, sequences: tuple[str, ...]) -> Predictor:
-        """The bundled missing-sequence model, for a case the bundled default cannot take; else a refusal naming the gap."""
-        missing = ", ".join(MODALITY_LABELS[m] for m in MODALITIES if m not in sequences)
-        fallback = self.missing_sequence_predictor()
-        if fallback is not None:
-            return fallback
-        if self.uses_bundled_default:
-            raise InputError(self.checkpoint, f"this model was trained with all four sequences and the case has no {missing}; this installation ships no model for missing sequences (train one: make missing-weights, then choose it)")
-        raise InputError(self.checkpoint, f"this model was trained with all four sequences and the case has no {missing}: choose a model trained for missing sequences")
 
     def features(self, image: np.ndarray, stage: str) -> np.ndarray:
         """Feature maps (C, Z, Y, X) of one stage on the full grid (nearest up-sampling), for display."""

@@ -174,10 +174,8 @@ def read_case_layers(path) -> list[tuple]:
     if case.missing:
         from napari.utils.notifications import show_info
 
-        from napari_sevnet.checkpoint import missing_sequence_checkpoint
-
-        shipped = "the default picks the bundled one" if missing_sequence_checkpoint() else "none is bundled with this installation"
-        show_info(f"{case.case_id} has no {', '.join(MODALITY_LABELS[m] for m in case.missing)}: only a model trained for missing sequences can segment it ({shipped})")
+        show_info(f"{case.case_id} has no {', '.join(MODALITY_LABELS[m] for m in case.missing)}: the default model segments it with what is there "
+                  "(it was trained with sequences left out; its figures per set of sequences are in its model card)")
     return layers
 
 

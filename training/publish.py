@@ -1,11 +1,12 @@
-"""``python -m training.publish RUN/last.json DEST --card CARD.yaml [--held-out EVAL.json]``: ship a checkpoint.
+"""``python -m training.publish RUN/last.json DEST --card CARD.yaml [--held-out EVAL.json] [--patterns EVAL.json]``: ship a checkpoint.
 
 Copies the safetensors unchanged and writes the JSON with its model card: the
 card's text (intended use, training data, citations, licence notes,
 preprocessing, assumptions, known failures), the training command and time
 from the run, and the held-out figures from ``python -m benchmarks.real_heldout``
-output. Case paths of this machine become case ids, so the shipped JSON names
-no local folder.
+output (``--patterns``: its held-out Dice per set of available sequences, for a
+model trained for missing sequences). Case paths of this machine become case
+ids, so the shipped JSON names no local folder.
 """
 
 from __future__ import annotations
@@ -37,12 +38,25 @@ def held_out_summary(evaluation: dict) -> dict:
     }
 
 
+def patterns_summary(evaluation: dict) -> dict:
+    """Mean held-out Dice per set of available sequences of the first model of a ``real_heldout --patterns`` JSON."""
+    label, result = next(iter(evaluation["results"].items()))
+    return {
+        "cases": evaluation["held_out"],
+        "model": label,
+        "mean_dice": {name: {r: round(v, 4) for r, v in pattern["mean"].items()} for name, pattern in result["patterns"].items()},
+        "command": "python -m benchmarks.real_heldout --patterns (make eval-missing)",
+        "date": evaluation["date"],
+    }
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.publish", description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", type=Path)
     parser.add_argument("dest", type=Path, help="destination stem, e.g. napari_sevnet/weights/sevnet_lite_brats")
     parser.add_argument("--card", type=Path, required=True, help="model card YAML (training/model_cards/)")
     parser.add_argument("--held-out", type=Path, help="JSON written by python -m benchmarks.real_heldout for this checkpoint")
+    parser.add_argument("--patterns", type=Path, help="JSON written by python -m benchmarks.real_heldout --patterns with this checkpoint first")
     args = parser.parse_args(argv)
     info = read_info(args.checkpoint)
     card = yaml.safe_load(args.card.read_text(encoding="utf-8"))
@@ -60,6 +74,8 @@ def main(argv=None) -> int:
                         **(card.get("training") or {})}
     if args.held_out:
         card["held_out_figures"] = held_out_summary(json.loads(args.held_out.read_text(encoding="utf-8")))
+    if args.patterns:
+        card["held_out_figures_by_sequences"] = patterns_summary(json.loads(args.patterns.read_text(encoding="utf-8")))
     cleanup = (card.get("postprocessing") or {}).get("min_component_ml")
     if cleanup is not None:  # the Predictor reads it from the checkpoint: the shipped model's masks are what the card measured
         data["preprocessing"]["min_component_ml"] = float(cleanup)
