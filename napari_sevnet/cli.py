@@ -124,7 +124,7 @@ def _predict_prepared(path: Path, args, predictor, convention: str) -> None:
     case = load_case(prepared.folder, allow_missing=True)
     result = predictor.predict(case.image, spacing=case.spacing, sequences=case.sequences)
     native = nib.load(str(prepared.native_reference))
-    regions = regions_to_native(result.probabilities, case.grid, prepared.folder, predictor.threshold)
+    regions = regions_to_native(result.regions, case.grid, prepared.folder)  # the mask written in the prepared space, cleaned
     seg = args.output / (f"{case.case_id}-seg.nii.gz" if convention == "brats2023" else f"{case.case_id}_seg.nii.gz")
     if seg.exists() and not args.overwrite:
         raise InputError(seg, "already exists; pass --overwrite to replace it")

@@ -293,15 +293,16 @@ def to_native(values: np.ndarray, grid, prepared_folder: Path, *, threshold: flo
     return sitk.Cast(mapped > threshold, sitk.sitkUInt8)
 
 
-def regions_to_native(probabilities: np.ndarray, grid, prepared_folder: Path, threshold: float = 0.5) -> np.ndarray:
-    """The nested WT/TC/ET regions on the native reference grid, in that file's voxel order (i, j, k), from probabilities.
+def regions_to_native(regions: np.ndarray, grid, prepared_folder: Path) -> np.ndarray:
+    """The nested WT/TC/ET regions on the native reference grid, in that file's voxel order (i, j, k).
 
-    Volume-preserving: each region's mask (probability above ``threshold`` on
-    the prepared 1 mm grid) is resampled linearly and the native voxels where
-    it is highest are kept until they hold the same volume. A fixed cut at 0.5
-    samples thick slices (5.5 mm on clinical 2D series) at their centres and
-    moves the volume by up to ~10 %; this keeps the clinician's volume and
-    moves the boundary by well under a native voxel.
+    ``regions``: the masks on the prepared grid as the user has them (the
+    model's after its clean-up, or corrected in napari), (3, Z, Y, X).
+    Volume-preserving: each region's mask is resampled linearly and the native
+    voxels where it is highest are kept until they hold the same volume. A
+    fixed cut at 0.5 samples thick slices (5.5 mm on clinical 2D series) at
+    their centres and moves the volume by up to ~10 %; this keeps the
+    clinician's volume and moves the boundary by well under a native voxel.
     """
     from napari_sevnet.regions import make_nested
 
@@ -309,8 +310,8 @@ def regions_to_native(probabilities: np.ndarray, grid, prepared_folder: Path, th
     record = json.loads((Path(prepared_folder) / PREPARE_RECORD).read_text(encoding="utf-8"))
     prepared_voxel_mm3 = float(record.get("spacing_mm", 1.0)) ** 3
     masks = []
-    for p in probabilities:
-        inside = np.asarray(p) > threshold
+    for region in regions:
+        inside = np.asarray(region, bool)
         mapped = to_native(inside.astype(np.float32), grid, prepared_folder, threshold=None)
         values = np.transpose(sitk.GetArrayFromImage(mapped), (2, 1, 0))
         keep = int(round(inside.sum() * prepared_voxel_mm3 / float(np.prod(mapped.GetSpacing()))))

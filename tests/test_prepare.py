@@ -77,7 +77,7 @@ def test_a_raw_case_is_prepared_and_a_mask_survives_the_way_back(tmp_path):
     from napari_sevnet.io import grid_of
 
     canonical = grid_of(nib.load(str(prepared.folder / "patient7_t1ce.nii.gz"))).to_canonical(np.transpose(on_prepared, (2, 1, 0)))
-    back = regions_to_native(np.stack([canonical] * 3).astype(np.float32), case.grid, prepared.folder)
+    back = regions_to_native(np.stack([canonical] * 3), case.grid, prepared.folder)
     assert back.shape[1:] == native.shape and dice(back[0], np.transpose(on_native, (2, 1, 0)) > 0) >= 0.95
     native_ml, prepared_ml = back[0].sum() * np.prod(native.header.get_zooms()[:3]) / 1000, canonical.sum() / 1000
     assert abs(native_ml - prepared_ml) / prepared_ml < 0.03, (native_ml, prepared_ml, native.header.get_zooms())
