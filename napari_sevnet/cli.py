@@ -117,20 +117,16 @@ def _predict_prepared(path: Path, args, predictor, convention: str) -> None:
     import nibabel as nib
 
     from napari_sevnet.io import load_case, write_mask
-    from napari_sevnet.prepare import prepare_case, regions_to_native
-    from napari_sevnet.regions import regions_to_labels, volumes_ml
+    from napari_sevnet.prepare import prepare_case, write_native_mask
+    from napari_sevnet.regions import volumes_ml
 
     prepared = prepare_case(path, args.output / "prepared", reference=args.reference, bias_field=not args.no_bias_field)
     case = load_case(prepared.folder, allow_missing=True)
     result = predictor.predict(case.image, spacing=case.spacing, sequences=case.sequences)
-    native = nib.load(str(prepared.native_reference))
-    regions = regions_to_native(result.regions, case.grid, prepared.folder)  # the mask written in the prepared space, cleaned
     seg = args.output / (f"{case.case_id}-seg.nii.gz" if convention == "brats2023" else f"{case.case_id}_seg.nii.gz")
     if seg.exists() and not args.overwrite:
         raise InputError(seg, "already exists; pass --overwrite to replace it")
-    from napari_sevnet.io import atomic_write_nifti
-
-    atomic_write_nifti(nib.Nifti1Image(regions_to_labels(regions, convention), native.affine), seg, overwrite=args.overwrite)
+    _, regions = write_native_mask(result.regions, case.grid, prepared.folder, seg, convention, overwrite=args.overwrite)  # the mask as cleaned
     in_prepared = write_mask(result.regions, case.grid, args.output / f"{case.case_id}_prepared_seg.nii.gz", convention, overwrite=args.overwrite)
     dicom_seg = None
     if json.loads((prepared.folder / "prepare.json").read_text(encoding="utf-8")).get("dicom"):  # DICOM in: a DICOM SEG of the reference series out
@@ -138,7 +134,7 @@ def _predict_prepared(path: Path, args, predictor, convention: str) -> None:
 
         reference_series = dicom.choose(dicom.find_series(path))[prepared.reference]
         dicom_seg = str(dicom.write_seg(regions, reference_series, args.output / f"{case.case_id}_seg.dcm"))
-    native_spacing = tuple(float(v) for v in native.header.get_zooms()[:3])
+    native_spacing = tuple(float(v) for v in nib.load(str(seg)).header.get_zooms()[:3])
     report = {"case": case.case_id, "segmentation": str(seg), "segmentation_prepared": str(in_prepared), "reference": prepared.reference,
               "native_reference": str(prepared.native_reference), "prepared_case": str(prepared.folder), "prepare_timings_s": prepared.timings_s,
               "brain_ml": prepared.brain_ml, "volumes_ml_prepared": volumes_ml(result.regions, case.spacing),

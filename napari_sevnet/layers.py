@@ -201,15 +201,17 @@ def write_regions(path: str, layer_data: list[tuple]) -> list[str]:
     """npe2 writer: WT/TC/ET Labels layers -> one BraTS 2021 label NIfTI on the source grid.
 
     The file name may end in ``.2023.nii.gz`` to write the BraTS 2023 labels.
+    A case prepared from raw series (``sevnet-prepare``) also gets
+    ``<name>_native.nii.gz``: the same masks on the reference series' own grid.
     """
     by_region = {}
-    grid = None
+    grid = paths = None
     for data, meta, _ in layer_data:
         info = LayerInfo.from_metadata(meta.get("metadata")) or LayerInfo()
         region = info.region or (meta.get("name") if meta.get("name") in REGIONS else None)
         if region:
             by_region[region] = np.asarray(data) > 0
-            grid = grid or info.grid
+            grid, paths = grid or info.grid, paths or info.paths
     missing = [r for r in REGIONS if r not in by_region]
     try:
         if missing:
@@ -218,7 +220,14 @@ def write_regions(path: str, layer_data: list[tuple]) -> list[str]:
             raise InputError(path, "these layers do not come from a case opened with napari-sevnet, so the source grid is unknown")
         convention = convention_name("2023") if str(path).endswith((".2023.nii.gz", ".2023.nii")) else "brats2021"
         regions = np.stack([by_region[r] for r in REGIONS])
-        return [str(write_mask(regions, grid, path, convention))]
+        written = [str(write_mask(regions, grid, path, convention))]
+        from napari_sevnet.prepare import prepared_folder_of, write_native_mask
+
+        prepared = prepared_folder_of(paths)
+        if prepared is not None:
+            stem = nifti_stem(Path(path).name)
+            written.append(str(write_native_mask(regions, grid, prepared, Path(path).with_name(f"{stem}_native.nii.gz"), convention)[0]))
+        return written
     except InputError as exc:
         raise NotSaved(str(exc)) from None
 

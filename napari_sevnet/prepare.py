@@ -319,6 +319,29 @@ def regions_to_native(regions: np.ndarray, grid, prepared_folder: Path) -> np.nd
     return make_nested(np.stack(masks))
 
 
+def prepared_folder_of(paths: dict | None) -> Path | None:
+    """The prepared case folder (holding ``prepare.json``) the files ``paths`` were read from, or None."""
+    for value in (paths or {}).values():
+        folder = Path(value).parent
+        if (folder / PREPARE_RECORD).is_file():
+            return folder
+    return None
+
+
+def write_native_mask(regions: np.ndarray, grid, prepared_folder: Path, path: Path, convention: str = "brats2021", *, overwrite: bool = False):
+    """Write ``regions`` (the prepared grid's masks) as a label NIfTI on the reference series' native grid; returns
+    (the path, the native regions in that file's voxel order)."""
+    import nibabel as nib
+
+    from napari_sevnet.io import atomic_write_nifti
+    from napari_sevnet.regions import regions_to_labels
+
+    record = json.loads((Path(prepared_folder) / PREPARE_RECORD).read_text(encoding="utf-8"))
+    native = nib.load(record["native"][record["reference"]])
+    on_native = regions_to_native(regions, grid, prepared_folder)
+    return atomic_write_nifti(nib.Nifti1Image(regions_to_labels(on_native, convention), native.affine), path, overwrite=overwrite), on_native
+
+
 def _highest(values: np.ndarray, count: int) -> np.ndarray:
     """A mask of the ``count`` voxels with the highest positive ``values`` (fewer when fewer are positive)."""
     mask = np.zeros(values.shape, bool)

@@ -84,6 +84,16 @@ def test_a_raw_case_is_prepared_and_a_mask_survives_the_way_back(tmp_path):
     assert truth.any()
     with pytest.raises(InputError, match="already exists"):
         prepare_case(raw, tmp_path / "prepared", strip=False)
+    # a mask corrected in napari on the prepared case, saved through the plugin's writer: also on the native grid
+    from napari_sevnet.layers import LayerInfo, write_regions
+
+    layers = [(canonical, {"name": r, "metadata": LayerInfo(case_id=case.case_id, grid=case.grid, paths={k: str(v) for k, v in case.paths.items()}, region=r).to_metadata()}, "labels")
+              for r in ("WT", "TC", "ET")]
+    written = write_regions(str(tmp_path / "corrected_seg.nii.gz"), layers)
+    assert [Path(w).name for w in written] == ["corrected_seg.nii.gz", "corrected_seg_native.nii.gz"]
+    saved = nib.load(written[1])
+    assert saved.shape == native.shape and np.allclose(saved.affine, native.affine)
+    assert abs(float((np.asarray(saved.dataobj) > 0).sum()) * np.prod(native.header.get_zooms()[:3]) / 1000 - prepared_ml) / prepared_ml < 0.03
 
 
 def test_series_that_cannot_be_prepared_are_refused_by_name(tmp_path):
