@@ -68,6 +68,8 @@ def main(argv=None) -> int:
     provenance = data["provenance"]
     for key in ("train_cases", "val_cases", "replay_cases"):
         provenance[key] = [Path(p).name for p in provenance.get(key, [])]
+    if provenance.get("init"):
+        provenance["init"] = Path(provenance["init"]).name  # the file it started from, not a folder of this machine
     provenance["published_from"] = args.checkpoint.name
     # the card may name the reproducible command (a run finished with --resume records that) and add a note
     card["training"] = {"command": provenance.get("command"), "seconds": info.metrics.get("elapsed_s"), "epochs": info.metrics.get("epoch"), "torch": provenance.get("torch"),
