@@ -56,7 +56,7 @@ def predict_main(argv=None) -> int:
     parser.add_argument("--uncertainty", action="store_true", help="also write <case>_uncertainty_{WT,TC,ET}.nii.gz (entropy, bits) and a case score in the report; implies --tta")
     parser.add_argument("--mc-samples", type=int, default=0, metavar="N", help="MC-dropout samples per flip (models trained with dropout only)")
     parser.add_argument("--min-et-voxels", type=int, metavar="N", help="BraTS post-processing: an ET of fewer voxels is relabelled necrosis (the BraTS 2021 winner used 200); off by default")
-    parser.add_argument("--min-component-ml", type=float, metavar="ML", help="remove whole-tumour pieces under ML millilitres (default: what the model declares; the shipped default 0.5); 0 keeps every piece")
+    parser.add_argument("--min-component-ml", type=float, metavar="ML", help="remove whole-tumour pieces under ML millilitres and no core or enhancing piece (default: what the model declares per region, README \"Post-processing\"); 0 keeps every piece")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)

@@ -39,7 +39,7 @@ from napari_sevnet.checkpoint import CheckpointInfo, bundled_checkpoint, load_ch
 from napari_sevnet.errors import Cancelled, InputError
 from napari_sevnet.io import MODALITIES, MODALITY_LABELS
 from napari_sevnet.model import size_divisor
-from napari_sevnet.regions import drop_small_components, make_nested
+from napari_sevnet.regions import REGIONS, make_nested, postprocess
 
 ProgressCallback = Callable[[float, str], None]
 
@@ -119,6 +119,20 @@ def binary_entropy(p: np.ndarray) -> np.ndarray:
     return (-(q * np.log2(q) + (1 - q) * np.log2(1 - q))).astype(np.float32)
 
 
+#: the checkpoint's preprocessing entries that say how probabilities become masks (a fine-tune and publish carry them)
+POSTPROCESSING_KEYS = ("thresholds", "min_component_ml", "min_et_voxels")
+
+
+def per_region(value: float | dict[str, float], *, default: float, number_for: tuple[str, ...] = REGIONS) -> tuple[float, float, float]:
+    """A per-region setting as (WT, TC, ET) from a dict by region name (``default`` where absent) or one number for ``number_for``."""
+    if isinstance(value, dict):
+        unknown = sorted(set(value) - set(REGIONS))
+        if unknown:
+            raise ValueError(f"unknown regions {unknown} in a per-region setting; known: {list(REGIONS)}")
+        return tuple(float(value.get(r, default)) for r in REGIONS)
+    return tuple(float(value) if r in number_for else default for r in REGIONS)
+
+
 def _dropout_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     return [m for m in model.modules() if isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0]
 
@@ -161,14 +175,14 @@ class Predictor:
         *,
         tta: bool | int = False,
         overlap: float = DEFAULT_OVERLAP,
-        threshold: float = 0.5,
+        threshold: float | dict[str, float] | None = None,
         whole_crop: bool | None = None,
         model: torch.nn.Module | None = None,
         info: CheckpointInfo | None = None,
         uncertainty: bool = False,
         mc_samples: int = 0,
         min_et_voxels: int | None = None,
-        min_component_ml: float | None = None,
+        min_component_ml: float | dict[str, float] | None = None,
     ):
         enable_huge_pages()
         self.device = resolve_device(device)
@@ -181,7 +195,6 @@ class Predictor:
         self.info = info
         self.tta = tta
         self.overlap = overlap
-        self.threshold = threshold
         name = info.architecture["name"] if info else "sevnet"
         self.divisor = size_divisor(self.model, name)
         patch = (info.preprocessing.get("patch_size") if info else None) or [128, 128, 128]
@@ -196,9 +209,11 @@ class Predictor:
         self.mc_samples = int(mc_samples)
         if self.mc_samples and not _dropout_layers(self.model):
             raise ValueError("MC-dropout needs a model with dropout; this one has none (train with model.config.dropout > 0)")
-        self.min_et_voxels = min_et_voxels
-        declared_min = (info.preprocessing.get("min_component_ml") if info else None) or 0.0
-        self.min_component_ml = float(declared_min if min_component_ml is None else min_component_ml)
+        declared = info.preprocessing if info else {}
+        self.thresholds = per_region(declared.get("thresholds", 0.5) if threshold is None else threshold, default=0.5)
+        # one number is the whole tumour's smallest piece (how checkpoints before per-region clean-up declare it)
+        self.min_component_ml = per_region(declared.get("min_component_ml", 0.0) if min_component_ml is None else min_component_ml, default=0.0, number_for=("WT",))
+        self.min_et_voxels = int(declared.get("min_et_voxels", 0) if min_et_voxels is None else min_et_voxels)
         declared = (info.preprocessing.get("spacing_mm") if info else None) or TRAINING_SPACING_MM
         self.training_spacing = tuple(float(v) for v in declared)
         self._lock = threading.Lock()
@@ -274,19 +289,12 @@ class Predictor:
                 full = _resize(full, image.shape[1:])
                 members_disagree = _resize(members_disagree, image.shape[1:]) > 0.5 if members_disagree is not None else None
                 box = brain_box(image)
-            regions = make_nested(full > self.threshold)
+            regions = make_nested(full > np.asarray(self.thresholds, dtype=np.float32)[:, None, None, None])
             if len(sequences) < len(MODALITIES):
                 notes.append(f"segmented without {', '.join(MODALITY_LABELS[m] for m in MODALITIES if m not in sequences)} (a model trained with missing sequences)")
             result = Prediction(regions=regions, probabilities=full, attention=attention, box=box, timings=timings, device=str(self.device), members=members,
                                 tta=passes > 1, warnings=warnings, notes=notes, sequences=sequences, checkpoint=self.checkpoint)
-            if self.min_component_ml > 0:
-                removed = drop_small_components(regions, self.min_component_ml, spacing or self.training_spacing)
-                result.postprocessing.update({"min_component_ml": self.min_component_ml, "components_removed": removed})
-            if self.min_et_voxels:
-                small = 0 < int(regions[2].sum()) < self.min_et_voxels
-                result.postprocessing.update({"min_et_voxels": int(self.min_et_voxels), "et_relabelled_voxels": int(regions[2].sum()) if small else 0})
-                if small:  # BraTS 2021 winners' rule: a tiny ET is more likely noise than enhancement; it stays core (necrosis)
-                    regions[2] = False
+            result.postprocessing = postprocess(regions, spacing or self.training_spacing, dict(zip(REGIONS, self.min_component_ml)), self.min_et_voxels)
             if uncertainty:
                 result.uncertainty = binary_entropy(full)
                 result.disagreement = members_disagree
@@ -355,6 +363,7 @@ class Predictor:
         attention_sum: dict[str, np.ndarray] = {}
         counts = [0]
         acc = votes = None
+        cut = torch.tensor(self.thresholds, device=self.device).view(1, 3, 1, 1, 1)
         dropout = _dropout_layers(self.model) if self.mc_samples else []
         try:
             for layer in dropout:
@@ -373,7 +382,7 @@ class Predictor:
                     p = torch.flip(p, axes) if axes else p
                     acc = p if acc is None else acc + p
                     if uncertainty:
-                        vote = (p > self.threshold).to(torch.uint8)
+                        vote = (p > cut).to(torch.uint8)
                         votes = vote if votes is None else votes + vote
                     report((i + 1) / len(members), f"pass {i + 1}/{len(members)}")
         finally:

@@ -103,19 +103,42 @@ def volumes_ml(regions: np.ndarray, spacing: tuple[float, float, float]) -> dict
     return {name: float(np.count_nonzero(regions[i])) * voxel_ml for i, name in enumerate(REGIONS)}
 
 
-def drop_small_components(regions: np.ndarray, min_ml: float, spacing: tuple[float, float, float]) -> int:
-    """Remove every whole-tumour piece (26-connected) under ``min_ml`` from all three regions, in place; how many went.
+def drop_small_components(regions: np.ndarray, min_ml: float, spacing: tuple[float, float, float], region: int = 0) -> int:
+    """Remove every piece (26-connected) of ``regions[region]`` under ``min_ml`` from it and the regions inside it, in place.
 
-    Specks far from the tumour are the model's commonest false alarm; a piece
-    this small is below RANO's measurable size and clutters the lesion table.
+    A whole-tumour piece goes from all three regions, a core piece from core and
+    enhancing (it stays oedema), an enhancing piece from enhancing only (it stays
+    core), so the regions stay nested. Returns how many pieces went. Specks are
+    the model's commonest false alarm; a piece this small is below RANO's
+    measurable size, clutters the lesion table and counts as a false lesion.
     """
     from scipy import ndimage
 
-    labels, count = ndimage.label(regions[0], structure=np.ones((3, 3, 3), bool))
+    labels, count = ndimage.label(regions[region], structure=np.ones((3, 3, 3), bool))
     if count == 0:
         return 0
     sizes = np.bincount(labels.ravel())[1:]
     small = np.flatnonzero(sizes * float(np.prod(spacing)) / 1000.0 < min_ml) + 1
     if small.size:
-        regions &= ~np.isin(labels, small)[None]
+        regions[region:] &= ~np.isin(labels, small)[None]
     return int(small.size)
+
+
+def postprocess(regions: np.ndarray, spacing: tuple[float, float, float], min_component_ml: dict[str, float], min_et_voxels: int | None) -> dict:
+    """The model's clean-up of nested regions, in place; what it did, for the result's record.
+
+    Small pieces go region by region from the outside in (``min_component_ml``
+    per region, 0 keeps every piece); then a whole enhancing tumour under
+    ``min_et_voxels`` is relabelled necrosis (the BraTS 2021 winners' rule: a
+    tiny ET is more likely noise than enhancement).
+    """
+    record: dict = {}
+    removed = {name: drop_small_components(regions, min_component_ml[name], spacing, i) for i, name in enumerate(REGIONS) if min_component_ml.get(name, 0) > 0}
+    if removed:
+        record.update({"min_component_ml": {name: float(min_component_ml[name]) for name in removed}, "components_removed": removed})
+    if min_et_voxels:
+        small = 0 < int(regions[2].sum()) < min_et_voxels
+        record.update({"min_et_voxels": int(min_et_voxels), "et_relabelled_voxels": int(regions[2].sum()) if small else 0})
+        if small:
+            regions[2] = False
+    return record

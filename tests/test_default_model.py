@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from napari_sevnet.checkpoint import BUNDLED, PHANTOM, bundled_checkpoint, describe, read_info
+from napari_sevnet.checkpoint import BUNDLED, PHANTOM, bundled_checkpoint, describe, phantom_checkpoint, read_info
 from napari_sevnet.inference import Predictor
 from napari_sevnet.io import load_case
 from napari_sevnet.phantom import phantom_case
 from napari_sevnet.regions import REGIONS
 
 from .conftest import real_case
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # How far one channel's excitation moves between two cases, at the stage where it moves most. Measured with the
 # shipped model (stage 2, trained with sequence dropout): 0.054 between two phantoms (stage 1: 0.27), 0.032 between
@@ -97,3 +100,37 @@ def test_the_default_segments_a_case_missing_sequences_and_says_what_each_contri
     assert result.sequences == ("t1ce", "flair") and any("without T1, T2" in note for note in result.notes), result.notes
     drops = sequence_contributions(predictor, case.image, sequences=("t1ce", "t2", "flair"), spacing=case.spacing)
     assert set(drops) == {"t1ce", "t2", "flair"} and all(set(v) == set(REGIONS) for v in drops.values())
+
+
+def test_default_declares_the_postprocessing_chosen_on_the_training_cases():
+    chosen = json.loads((ROOT / "benchmarks" / "results" / "postprocessing.json").read_text(encoding="utf-8"))
+    declared = chosen["results"]["chosen"]["declared"]
+    info = read_info(bundled_checkpoint())
+    assert {k: info.preprocessing.get(k) for k in declared} == declared, "the shipped masks are the ones the benchmark scored"
+    assert {k: _card()["postprocessing"][k] for k in declared} == declared and _card()["postprocessing"]["why"]
+    predictor = Predictor(device="cpu")
+    assert predictor.thresholds == tuple(declared["thresholds"][r] for r in REGIONS)
+    assert predictor.min_component_ml == tuple(declared["min_component_ml"][r] for r in REGIONS)
+    assert set(chosen["train"]).isdisjoint(chosen["held_out"]), "chosen on training cases, never on held-out ones"
+
+
+def test_the_postprocessing_benchmark_applies_what_the_predictor_does():
+    from benchmarks.postprocessing import apply, declared
+
+    case = phantom_case(3, (48, 48, 48))
+    setting = {"threshold_WT": 0.6, "threshold_TC": 0.4, "threshold_ET": 0.5, "min_ml_WT": 0.5, "min_ml_TC": 0.05, "min_ml_ET": 0.02, "min_et_voxels": 0}
+    wanted = declared(setting)
+    predictor = Predictor(phantom_checkpoint(), "cpu", threshold=wanted["thresholds"], min_component_ml=wanted["min_component_ml"])
+    result = predictor.predict(case.image)
+    np.testing.assert_array_equal(apply(setting, result.probabilities * 255, case.spacing), result.regions)
+
+
+def test_publish_writes_the_chosen_postprocessing_into_the_checkpoint(tmp_path):
+    from training import publish
+
+    chosen = {"results": {"chosen": {"declared": {"thresholds": {"WT": 0.7, "TC": 0.5, "ET": 0.6}, "min_component_ml": {"WT": 0.5, "TC": 0.5, "ET": 0.5}, "min_et_voxels": 0}}}}
+    (tmp_path / "postprocessing.json").write_text(json.dumps(chosen), encoding="utf-8")
+    card = ROOT / "training" / "model_cards" / "sevnet_lite_phantom.yaml"
+    assert publish.main([str(phantom_checkpoint()), str(tmp_path / "model"), "--card", str(card), "--postprocessing", str(tmp_path / "postprocessing.json")]) == 0
+    assert Predictor(tmp_path / "model.json", "cpu").thresholds == (0.7, 0.5, 0.6)
+    assert read_info(tmp_path / "model.json").preprocessing["min_component_ml"] == {"WT": 0.5, "TC": 0.5, "ET": 0.5}

@@ -16,6 +16,7 @@ from napari_sevnet.inference import Predictor, binary_entropy
 from napari_sevnet.layers import LayerInfo
 from napari_sevnet.metrics import LESION_HD95_MISS_MM, lesion_wise_metrics
 from napari_sevnet.phantom import phantom_case, write_phantom
+from napari_sevnet.regions import make_nested, postprocess
 from napari_sevnet.uncertainty import uncertainty_summary
 
 BIN = Path(sys.executable).parent
@@ -207,11 +208,37 @@ def test_small_pieces_are_removed_when_asked_and_the_report_says_so():
     plain = _Speckled(0).predict(case.image)
     cleaned = _Speckled(0, min_component_ml=0.5).predict(case.image, spacing=(1.0, 1.0, 1.0))
     assert plain.regions[0].sum() == cleaned.regions[0].sum() + 1
-    assert cleaned.postprocessing == {"min_component_ml": 0.5, "components_removed": 1}
+    assert cleaned.postprocessing == {"min_component_ml": {"WT": 0.5}, "components_removed": {"WT": 1}}
     np.testing.assert_array_equal(cleaned.regions[1], plain.regions[1])
 
 
+def test_small_core_and_enhancing_pieces_go_from_their_region_inward_and_the_regions_stay_nested():
+    regions = np.zeros((3, 30, 30, 30), bool)
+    _cube(regions[0], (2, 2, 2), 20)  # one whole tumour with a large core and a large enhancing part ...
+    _cube(regions[1], (4, 4, 4), 8)
+    _cube(regions[2], (5, 5, 5), 4)
+    regions[1:, 18, 18, 18] = True  # ... a one-voxel core speck that enhances ...
+    regions[2, 10, 10, 10] = True  # ... and a one-voxel enhancing speck in the large core
+    before = regions.copy()
+    record = postprocess(regions, (1.0, 1.0, 1.0), {"WT": 0.5, "TC": 0.01, "ET": 0.01}, None)
+    assert record == {"min_component_ml": {"WT": 0.5, "TC": 0.01, "ET": 0.01}, "components_removed": {"WT": 0, "TC": 1, "ET": 1}}
+    assert not regions[1:, 18, 18, 18].any() and regions[0, 18, 18, 18], "a core speck stays oedema"
+    assert not regions[2, 10, 10, 10] and regions[1, 10, 10, 10], "an enhancing speck stays core"
+    assert (regions[0] == before[0]).all() and regions[2].sum() == 64
+    np.testing.assert_array_equal(make_nested(regions), regions)
+
+
+def test_thresholds_per_region_and_one_number_for_all():
+    case = phantom_case(0, (32, 32, 32))
+    assert _Planted(0).thresholds == (0.5, 0.5, 0.5)
+    assert _Planted(0, threshold=0.95).predict(case.image).regions.sum() == 0, "the planted 0.9 is under every threshold"
+    partly = _Planted(300, threshold={"ET": 0.95}).predict(case.image)
+    assert partly.regions[1].sum() == 1000 and partly.regions[2].sum() == 0
+    with pytest.raises(ValueError, match="unknown regions"):
+        _Planted(0, threshold={"NCR": 0.4})
+
+
 def test_the_shipped_default_declares_its_cleanup_and_zero_turns_it_off():
-    assert Predictor(device="cpu").min_component_ml == 0.5
-    assert Predictor(device="cpu", min_component_ml=0).min_component_ml == 0
-    assert Predictor(phantom_checkpoint(), "cpu").min_component_ml == 0
+    assert Predictor(device="cpu").min_component_ml[0] == 0.5
+    assert Predictor(device="cpu", min_component_ml=0).min_component_ml == (0, 0, 0)
+    assert Predictor(phantom_checkpoint(), "cpu").min_component_ml == (0, 0, 0)

@@ -25,7 +25,7 @@ from torch import nn
 
 from napari_sevnet.checkpoint import CheckpointInfo, load_checkpoint, provenance, save_checkpoint
 from napari_sevnet.files import atomic_output, remove_stale_temporaries, write_text_atomic
-from napari_sevnet.inference import Predictor, enable_huge_pages
+from napari_sevnet.inference import POSTPROCESSING_KEYS, Predictor, enable_huge_pages
 from napari_sevnet.metrics import case_metrics
 from napari_sevnet.model import build_model, size_divisor
 from napari_sevnet.regions import REGIONS
@@ -201,7 +201,7 @@ class Trainer:
         self.run_dir = Path(resume or cfg.output)
         self.start_epoch, self.best = 0, -1.0
         self.elapsed_before = 0.0  # wall time of the epochs before a resume
-        self.min_component_ml: float | None = None  # the init checkpoint's small-piece cleanup, carried into this run's checkpoints
+        self.postprocessing: dict = {}  # the init checkpoint's thresholds and clean-up, carried into this run's checkpoints
         self._lock = None  # the run folder's, held while this training writes there
 
     def run(self) -> Path:
@@ -300,7 +300,7 @@ class Trainer:
             cfg.inference = cfg.inference or init_info.preprocessing.get("inference")
             if cfg.augment.sequence_dropout is None:
                 cfg.augment.sequence_dropout = float(init_info.preprocessing.get("sequence_dropout") or 0.0)
-            self.min_component_ml = init_info.preprocessing.get("min_component_ml")  # a fine-tune keeps the model's cleanup
+            self.postprocessing = {k: init_info.preprocessing[k] for k in POSTPROCESSING_KEYS if k in init_info.preprocessing}  # a fine-tune keeps them
         else:
             cfg.model.config = dict(cfg.model.config or {"preset": "lite"})
             try:
@@ -337,7 +337,7 @@ class Trainer:
             label_convention=cfg.label_convention,
             preprocessing={"crop": "nonzero-box", "normalize": "zscore-over-brain", "patch_size": list(cfg.patch_size), "inference": cfg.inference,
                            "spacing_mm": self.training_spacing, "sequence_dropout": cfg.augment.sequence_dropout,
-                           **({"min_component_ml": self.min_component_ml} if self.min_component_ml is not None else {})},
+                           **self.postprocessing},
             provenance=provenance(
                 seed=cfg.seed,
                 git_revision=_git_revision(),

@@ -20,6 +20,7 @@ import yaml
 
 from napari_sevnet.checkpoint import read_info
 from napari_sevnet.files import atomic_output, write_text_atomic
+from napari_sevnet.inference import POSTPROCESSING_KEYS
 from napari_sevnet.regions import REGIONS
 
 CARD_REQUIRED = ("name", "intended_use", "training_data")
@@ -56,6 +57,7 @@ def main(argv=None) -> int:
     parser.add_argument("dest", type=Path, help="destination stem, e.g. napari_sevnet/weights/sevnet_lite_brats")
     parser.add_argument("--card", type=Path, required=True, help="model card YAML (training/model_cards/)")
     parser.add_argument("--held-out", type=Path, help="JSON written by python -m benchmarks.real_heldout for this checkpoint")
+    parser.add_argument("--postprocessing", type=Path, help="JSON written by python -m benchmarks.postprocessing for this checkpoint: its chosen thresholds and clean-up")
     parser.add_argument("--patterns", type=Path, help="JSON written by python -m benchmarks.real_heldout --patterns with this checkpoint first")
     args = parser.parse_args(argv)
     info = read_info(args.checkpoint)
@@ -78,9 +80,11 @@ def main(argv=None) -> int:
         card["held_out_figures"] = held_out_summary(json.loads(args.held_out.read_text(encoding="utf-8")))
     if args.patterns:
         card["held_out_figures_by_sequences"] = patterns_summary(json.loads(args.patterns.read_text(encoding="utf-8")))
-    cleanup = (card.get("postprocessing") or {}).get("min_component_ml")
-    if cleanup is not None:  # the Predictor reads it from the checkpoint: the shipped model's masks are what the card measured
-        data["preprocessing"]["min_component_ml"] = float(cleanup)
+    if args.postprocessing:
+        chosen = json.loads(args.postprocessing.read_text(encoding="utf-8"))["results"]["chosen"]["declared"]
+        card["postprocessing"] = (card.get("postprocessing") or {}) | chosen
+    # the Predictor reads these from the checkpoint: the shipped model's masks are what the card measured
+    data["preprocessing"].update({k: v for k, v in (card.get("postprocessing") or {}).items() if k in POSTPROCESSING_KEYS})
     data["intended_use"] = card["intended_use"]
     data["model_card"] = card
     with atomic_output(args.dest.with_suffix(".safetensors")) as tmp:
