@@ -113,7 +113,7 @@ def robustness(data: Path, work: Path, n_cases: int) -> dict:
         t1ce = sitk.ReadImage(str(next(folder.glob("*_t1ce.nii.gz"))))
         row = {}
         for i, r in enumerate(REGIONS):
-            on_native = to_native(result.probabilities[i], case.grid, prepared.folder, threshold=None)
+            on_native = to_native(result.regions[i].astype(np.float32), case.grid, prepared.folder, threshold=None)  # the mask the user gets
             on_original = sitk.GetArrayFromImage(sitk.Resample(on_native, t1ce, sitk.Euler3DTransform(), sitk.sitkLinear, 0.0)) > 0.5
             back = original.grid.to_canonical(np.transpose(on_original, (2, 1, 0)))
             row[r] = {"round_trip": dice(back, original.regions[i]), "direct": dice(direct.regions[i], original.regions[i])}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
@@ -64,8 +65,10 @@ def main(case_folder: str, out: str) -> int:
     wait(lambda: readout.table.rowCount() > 0, timeout=120)
     centre = largest_false_island(segment.last_result.regions[0], expert["WT"])
     if centre is None:
-        print("the model's whole tumour has no piece away from the expert's: nothing to show")
-        return 1
+        kept = f"kept {out}, made by an earlier model" if Path(out).exists() else f"{out} not written"
+        print(f"the model's whole tumour has no piece away from the expert's on this case: nothing to show ({kept})")
+        viewer.close()
+        return 0
     scale = viewer.layers[0].scale
     viewer.dims.set_point(0, centre[0] * scale[0])
     wait(lambda: False, timeout=2)
