@@ -57,6 +57,7 @@ def predict_main(argv=None) -> int:
     parser.add_argument("--mc-samples", type=int, default=0, metavar="N", help="MC-dropout samples per flip (models trained with dropout only)")
     parser.add_argument("--min-et-voxels", type=int, metavar="N", help="BraTS post-processing: an ET of fewer voxels is relabelled necrosis (the BraTS 2021 winner used 200); off by default")
     parser.add_argument("--min-component-ml", type=float, metavar="ML", help="remove whole-tumour pieces under ML millilitres and no core or enhancing piece (default: what the model declares per region, README \"Post-processing\"); 0 keeps every piece")
+    parser.add_argument("--threshold", type=float, metavar="P", help="one probability threshold for all three regions (default: the model's own per region, README \"Post-processing\")")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
@@ -81,7 +82,7 @@ def predict_main(argv=None) -> int:
                 device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
         predictor = Predictor(
             args.checkpoint, device, tta=args.tta or args.uncertainty, uncertainty=args.uncertainty,
-            mc_samples=args.mc_samples, min_et_voxels=args.min_et_voxels, min_component_ml=args.min_component_ml,
+            mc_samples=args.mc_samples, min_et_voxels=args.min_et_voxels, min_component_ml=args.min_component_ml, threshold=args.threshold,
         )
     except (InputError, RuntimeError, ValueError) as exc:
         print(f"sevnet-predict: error: {exc}", file=sys.stderr)

@@ -294,7 +294,8 @@ class Predictor:
                 notes.append(f"segmented without {', '.join(MODALITY_LABELS[m] for m in MODALITIES if m not in sequences)} (a model trained with missing sequences)")
             result = Prediction(regions=regions, probabilities=full, attention=attention, box=box, timings=timings, device=str(self.device), members=members,
                                 tta=passes > 1, warnings=warnings, notes=notes, sequences=sequences, checkpoint=self.checkpoint)
-            result.postprocessing = postprocess(regions, spacing or self.training_spacing, dict(zip(REGIONS, self.min_component_ml)), self.min_et_voxels)
+            result.postprocessing = {"thresholds": dict(zip(REGIONS, self.thresholds))} | postprocess(
+                regions, spacing or self.training_spacing, dict(zip(REGIONS, self.min_component_ml)), self.min_et_voxels)
             if uncertainty:
                 result.uncertainty = binary_entropy(full)
                 result.disagreement = members_disagree

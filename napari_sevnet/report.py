@@ -86,7 +86,7 @@ def _report(case: Case, result, predictor, paths: dict, convention: str, maps: d
         "tta": result.tta,
         "checkpoint": result.checkpoint or predictor.checkpoint,
         "sequences": list(result.sequences),
-        "postprocessing": result.postprocessing or None,
+        "postprocessing": result.postprocessing,
         "uncertainty": uncertainty_summary(result, case.spacing) if result.uncertainty is not None else None,
         "warnings": result.warnings,
         "notes": result.notes,

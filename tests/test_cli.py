@@ -54,3 +54,14 @@ def test_missing_checkpoint_is_one_line(tmp_path, capsys):
     assert predict_main([str(tmp_path), "-o", str(tmp_path / "o"), "--checkpoint", str(tmp_path / "nope.json")]) == 2
     err = capsys.readouterr().err
     assert "nope.json" in err and "not found" in err
+
+
+def test_threshold_and_cleanup_flags_override_what_the_model_declares(phantom_dir, tmp_path):
+    from napari_sevnet.checkpoint import phantom_checkpoint
+
+    case = str(phantom_dir / "phantom_0001")
+    common = ["--checkpoint", str(phantom_checkpoint()), "--device", "cpu"]
+    assert predict_main([case, "-o", str(tmp_path / "plain"), *common]) == 0
+    assert predict_main([case, "-o", str(tmp_path / "strict"), "--threshold", "0.999", "--min-component-ml", "0", *common]) == 0
+    volume = {name: json.loads((tmp_path / name / "phantom_0001_report.json").read_text(encoding="utf-8"))["volumes_ml"]["WT"] for name in ("plain", "strict")}
+    assert 0 <= volume["strict"] < volume["plain"], volume

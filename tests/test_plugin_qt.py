@@ -325,3 +325,13 @@ def test_attention_widget_shows_weights_and_adds_feature_map(qtbot, segment_widg
     assert layer.name == "enc2 ch3 feature map" and layer.data.shape == viewer.layers["phantom_0001 FLAIR"].data.shape
     assert np.any(layer.data != 0)
     del worker
+
+
+def test_a_long_fine_tune_message_wraps_instead_of_widening_the_dock(make_napari_viewer):
+    from napari_sevnet.widgets.finetune import FineTuneWidget
+
+    finetune = FineTuneWidget(make_napari_viewer())
+    before = finetune.native.minimumSizeHint().width()
+    finetune._status.value = "done, but worse than the starting model: " + "dice on the exported cases went down " * 12
+    assert finetune.native.minimumSizeHint().width() <= before, "the dock (and the viewer beside it) keeps its width"
+    assert finetune._status.native.wordWrap()

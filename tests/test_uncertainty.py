@@ -79,9 +79,9 @@ class _Planted(Predictor):
 def test_postprocessing_relabels_a_small_et_as_necrosis(et_voxels, removed):
     case = phantom_case(0, (32, 32, 32))
     plain = _Planted(et_voxels).predict(case.image)
-    assert plain.regions[2].sum() == et_voxels and plain.postprocessing == {}, "off by default"
+    assert plain.regions[2].sum() == et_voxels and plain.postprocessing == {"thresholds": {"WT": 0.5, "TC": 0.5, "ET": 0.5}}, "off by default"
     result = _Planted(et_voxels, min_et_voxels=200).predict(case.image)
-    assert result.postprocessing == {"min_et_voxels": 200, "et_relabelled_voxels": et_voxels if removed else 0}
+    assert result.postprocessing == plain.postprocessing | {"min_et_voxels": 200, "et_relabelled_voxels": et_voxels if removed else 0}
     assert bool(result.regions[2].sum() == 0) == removed
     np.testing.assert_array_equal(result.regions[1], plain.regions[1])  # the voxels stay tumour core
 
@@ -208,7 +208,7 @@ def test_small_pieces_are_removed_when_asked_and_the_report_says_so():
     plain = _Speckled(0).predict(case.image)
     cleaned = _Speckled(0, min_component_ml=0.5).predict(case.image, spacing=(1.0, 1.0, 1.0))
     assert plain.regions[0].sum() == cleaned.regions[0].sum() + 1
-    assert cleaned.postprocessing == {"min_component_ml": {"WT": 0.5}, "components_removed": {"WT": 1}}
+    assert cleaned.postprocessing == plain.postprocessing | {"min_component_ml": {"WT": 0.5}, "components_removed": {"WT": 1}}
     np.testing.assert_array_equal(cleaned.regions[1], plain.regions[1])
 
 

@@ -30,7 +30,7 @@ from magicgui.widgets import (
 )
 from matplotlib.ticker import MaxNLocator
 from qtpy.QtCore import QProcess, QProcessEnvironment, QTimer
-from qtpy.QtWidgets import QPlainTextEdit
+from qtpy.QtWidgets import QPlainTextEdit, QSizePolicy
 
 from napari_sevnet.errors import InputError
 from napari_sevnet.export import RUNS_DIR, active_cases, read_manifest
@@ -78,6 +78,8 @@ class FineTuneWidget(DockWidget):
         self._cancel = PushButton(text="Cancel", enabled=False)
         self._bar = ProgressBar(label="Progress", min=0, max=1000, value=0)
         self._status = Label(value="")
+        self._status.native.setWordWrap(True)  # a long verdict ("worse than the starting model: ...") is read whole ...
+        self._status.native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)  # ... and never widens the dock
         self._use = PushButton(text="Use this model", enabled=False)
         self._rerun = CheckBox(text="Re-segment the current case", value=True, tooltip=TOOLTIPS["rerun"])
         self.extend([self._dataset, self._base, self._epochs, self._steps, self._lr, self._device, self._replay, self._start, self._cancel, self._bar, self._status, self._use, self._rerun])
