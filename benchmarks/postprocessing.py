@@ -50,14 +50,11 @@ PASSES = 3  # at most, over all settings
 MARGIN = 6  # voxels around the tumour and the prediction kept when scoring: the lesion matching dilates by 3
 
 
-def probabilities(checkpoint: str | None, cases: dict[str, Path]) -> dict[str, tuple[np.ndarray, np.ndarray, tuple]]:
-    """Case id -> (probabilities as uint8 0-255, expert regions, spacing), cropped around both; cached on disk."""
-    from napari_sevnet.inference import Predictor
+def probabilities(predictor, cases: dict[str, Path]) -> dict[str, tuple[np.ndarray, np.ndarray, tuple]]:
+    """Case id -> (``predictor``'s probabilities as uint8 0-255, expert regions, spacing), cropped around both; cached on disk."""
     from napari_sevnet.io import load_case
 
-    predictor = Predictor(checkpoint, "cpu", min_component_ml=0)
-    key = hashlib.sha256(Path(predictor.checkpoint).with_suffix(".safetensors").read_bytes()).hexdigest()[:16]
-    cache = CACHE / key
+    cache = CACHE / hashlib.sha256(Path(predictor.checkpoint).with_suffix(".safetensors").read_bytes()).hexdigest()[:16]
     cache.mkdir(parents=True, exist_ok=True)
     out = {}
     for case_id, folder in cases.items():
@@ -125,11 +122,8 @@ def search(start: dict, data: dict, pool: Executor | None = None) -> tuple[dict,
     return setting, trail
 
 
-def shipped_setting(checkpoint: str | None) -> dict:
-    """The post-processing the checkpoint declares today, in GRID's terms."""
-    from napari_sevnet.inference import Predictor
-
-    p = Predictor(checkpoint, "cpu")
+def shipped_setting(p) -> dict:
+    """The post-processing Predictor ``p`` applies (what its checkpoint declares), in GRID's terms."""
     return ({f"threshold_{r}": t for r, t in zip(REGIONS, p.thresholds)} | {f"min_ml_{r}": ml for r, ml in zip(REGIONS, p.min_component_ml)}
             | {"min_et_voxels": p.min_et_voxels})
 
@@ -147,11 +141,14 @@ def main(argv=None) -> int:
     parser.add_argument("-o", "--output", type=Path, help="JSON to write (default: print only)")
     args = parser.parse_args(argv)
 
+    from napari_sevnet.inference import Predictor
+
     split = json.loads(args.split.read_text(encoding="utf-8"))
+    predictor = Predictor(args.checkpoint, "cpu")  # its probabilities come before any clean-up
     print("probabilities of the training and held-out cases", flush=True)
-    train = probabilities(args.checkpoint, find_cases(split["train"], DATA))
-    held_out = probabilities(args.checkpoint, find_cases(split["held_out"], DATA))
-    shipped = shipped_setting(args.checkpoint)
+    train = probabilities(predictor, find_cases(split["train"], DATA))
+    held_out = probabilities(predictor, find_cases(split["held_out"], DATA))
+    shipped = shipped_setting(predictor)
     print(f"search on the {len(train)} training cases from {shipped}", flush=True)
     with ProcessPoolExecutor(os.cpu_count() or 1, mp_context=multiprocessing.get_context("spawn")) as pool:
         chosen, trail = search(shipped, train, pool)

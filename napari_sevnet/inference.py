@@ -214,8 +214,7 @@ class Predictor:
         # one number is the whole tumour's smallest piece (how checkpoints before per-region clean-up declare it)
         self.min_component_ml = per_region(declared.get("min_component_ml", 0.0) if min_component_ml is None else min_component_ml, default=0.0, number_for=("WT",))
         self.min_et_voxels = int(declared.get("min_et_voxels", 0) if min_et_voxels is None else min_et_voxels)
-        declared = (info.preprocessing.get("spacing_mm") if info else None) or TRAINING_SPACING_MM
-        self.training_spacing = tuple(float(v) for v in declared)
+        self.training_spacing = tuple(float(v) for v in (declared.get("spacing_mm") or TRAINING_SPACING_MM))
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ public
