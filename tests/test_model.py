@@ -51,6 +51,38 @@ def test_attention_is_returned_not_stored():
     assert not any(isinstance(v, torch.Tensor) for v in vars(model).values())
 
 
+def test_standardised_squeeze_sees_the_same_scale_at_every_stage():
+    """The MLP's input is standardised across channels: a stage whose pre-norm means are large cannot saturate on scale alone."""
+    torch.manual_seed(1)  # with seed 0 both hidden units of tiny's dec2 SE start dead (ReLU), a constant excitation
+    model = build_model("sevnet", {"preset": "tiny", "se_squeeze": "standardised"}).eval()
+    seen = {}
+    for name, stage in zip(model.stage_names, model.stages):
+        stage.se.fc1.register_forward_pre_hook(lambda mod, args, name=name: seen.update({name: args[0]}) or None)
+    with torch.inference_mode():
+        model(torch.randn(1, 4, 16, 16, 16) * 50)
+    assert set(seen) == set(model.stage_names)
+    for squeezed in seen.values():
+        torch.testing.assert_close(squeezed.mean(dim=1), torch.zeros(1), atol=1e-4, rtol=0)
+        torch.testing.assert_close(squeezed.std(dim=1, unbiased=False), torch.ones(1), atol=1e-2, rtol=0)
+    a = model.forward_with_attention(torch.randn(1, 4, 16, 16, 16))[1]
+    b = model.forward_with_attention(torch.randn(1, 4, 16, 16, 16) * 3 + 1)[1]
+    assert all(not torch.equal(a[stage], b[stage]) for stage in a), "every stage's excitation depends on the input"
+
+
+def test_restart_excitations_starts_at_the_given_excitation_off_saturation():
+    torch.manual_seed(0)
+    model = build_model("sevnet", {"preset": "tiny", "se_squeeze": "standardised"}).eval()
+    target = {name: torch.rand(stage.se.fc2.out_features) for name, stage in zip(model.stage_names, model.stages)}
+    target["enc1"][0], target["enc1"][1] = 1.0, 0.0  # saturated gates of the old model
+    model.restart_excitations(target)
+    for name, stage in zip(model.stage_names, model.stages):
+        torch.testing.assert_close(torch.sigmoid(stage.se.fc2.bias), target[name].clamp(0.0025, 0.9975), atol=1e-4, rtol=0)
+    with torch.inference_mode():
+        _, attention, _ = model.forward_with_attention(torch.randn(1, 4, 16, 16, 16))
+    for name, exc in attention.items():
+        assert (exc[0] - target[name]).abs().mean() < 0.15, f"{name}: a restarted stage starts near the excitation it was given"
+
+
 def test_bad_configs_rejected():
     with pytest.raises(ValueError):
         SEVNetConfig(channels=(8, 16, 24), encoder_convs=(1, 1, 1))

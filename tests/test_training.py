@@ -172,6 +172,18 @@ def test_fine_tune_from_checkpoint_with_frozen_encoder_and_replay(phantom_dir, t
     assert info.preprocessing["min_component_ml"] == 0.5  # and the cleanup its masks were measured with
 
 
+def test_fine_tune_that_changes_the_se_squeeze_restarts_the_excitations(phantom_dir, tmp_path):
+    base = train(small_config(phantom_dir, tmp_path / "base", epochs=1, patch_size=[24, 24, 24]))
+    cfg = small_config(phantom_dir, tmp_path / "ft", epochs=1, init=str(base / "last.json"), lr=1e-9, patch_size=None)
+    cfg.model.config = {"se_squeeze": "standardised"}
+    run = train(cfg)
+    before, after = load_file(base / "last.safetensors"), load_file(run / "last.safetensors")
+    assert not torch.allclose(before["input_stage.se.fc2.bias"], after["input_stage.se.fc2.bias"]), "the SE MLPs restart"
+    torch.testing.assert_close(before["head.weight"], after["head.weight"], rtol=1e-4, atol=1e-6)  # the rest is kept
+    _, info = load_checkpoint(run / "last.json")
+    assert info.architecture["config"] == {"preset": "tiny", "se_squeeze": "standardised"}
+
+
 def test_progress_json_lines_and_error_line(phantom_dir, tmp_path):
     cmd = [sys.executable, "-m", "training.cli", f"data.roots=[{phantom_dir}]", "model.config.preset=tiny", "patch_size=[32,32,32]", "epochs=1", "steps_per_epoch=2", "data.val_cases=1", f"output={tmp_path / 'run'}", f"data.cache_dir={tmp_path / 'cache'}", "--progress-json"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)

@@ -35,6 +35,8 @@ from training.data import PatchDataset, discover_cases, load_preprocessed, set_t
 
 log = logging.getLogger("sevnet.train")
 STATE_FILE = "resume_state.pt"
+#: training patches (one per case) over which a fine-tune that changes the SE squeeze averages the old excitation
+EXCITATION_RESTART_PATCHES = 8
 #: what a run folder holds (their half-written temporaries are removed when a run starts or resumes)
 RUN_FILES = ("last.safetensors", "last.json", "best.safetensors", "best.json", STATE_FILE, "config.yaml", "data.json")
 
@@ -133,9 +135,15 @@ def freeze_encoder(model: nn.Module) -> int:
     return frozen
 
 
-def _start_from(cfg: TrainConfig) -> tuple[nn.Module, CheckpointInfo]:
-    """The ``init`` checkpoint's model, with the keys of ``cfg.model.config`` changed on top of its architecture."""
+def _start_from(cfg: TrainConfig) -> tuple[nn.Module, CheckpointInfo, nn.Module | None]:
+    """The ``init`` checkpoint's model, with the keys of ``cfg.model.config`` changed on top of its architecture.
+
+    The third value is the checkpoint's own model when the change gives the SE
+    blocks another squeeze: its excitation MLPs must restart (see
+    :func:`restart_excitations`), at what that model gave.
+    """
     model, info = load_checkpoint(cfg.init, "cpu")
+    original = None
     cfg.model.name = info.architecture["name"]
     config = {**info.architecture.get("config", {}), **(cfg.model.config or {})}
     if config != info.architecture.get("config", {}):
@@ -144,9 +152,25 @@ def _start_from(cfg: TrainConfig) -> tuple[nn.Module, CheckpointInfo]:
             changed.load_state_dict(model.state_dict(), strict=True)
         except RuntimeError:
             raise ValueError(f"model.config {cfg.model.config} changes the shape of {cfg.init}'s weights; a fine-tune can only change keys such as se_squeeze or dropout") from None
+        if getattr(changed, "config", None) is not None and changed.config.se and changed.config.se_squeeze != model.config.se_squeeze:
+            original = model
         model = changed
     cfg.model.config = config
-    return model, info
+    return model, info, original
+
+
+@torch.no_grad()
+def restart_excitations(model: nn.Module, original: nn.Module, patches: list[torch.Tensor]) -> dict[str, list[float]]:
+    """Restart ``model``'s SE MLPs at ``original``'s mean excitation over ``patches`` (each (4, Z, Y, X)); returns it."""
+    original.eval()
+    sums: dict[str, torch.Tensor] = {}
+    for x in patches:
+        _, attention, _ = original.forward_with_attention(x[None].cpu())
+        for name, exc in attention.items():
+            sums[name] = sums.get(name, 0) + exc[0]
+    mean = {name: total / len(patches) for name, total in sums.items()}
+    model.restart_excitations({name: m.to(next(model.parameters()).device) for name, m in mean.items()})
+    return {name: [round(float(v), 4) for v in m] for name, m in mean.items()}
 
 
 def _git_revision() -> str | None:
@@ -231,8 +255,15 @@ class Trainer:
         state = self._resume_state()
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed % 2**32)
+        self.squeeze_changed_from = None
         self.model = self._build_model()
         self._setup_data()
+        if self.squeeze_changed_from is not None and state is None:
+            patches = [self.dataset[i][0] for i in range(min(len(self.train_refs), EXCITATION_RESTART_PATCHES))]
+            restart_excitations(self.model, self.squeeze_changed_from, patches)
+            if self.dist.main:
+                log.info("SE squeeze changed to %s: the excitation MLPs restart at the initial model's mean excitation over %d training patches", cfg.model.config.get("se_squeeze"), len(patches))
+        self.squeeze_changed_from = None
         self.optimizer = make_optimizer(cfg, [p for p in self.model.parameters() if p.requires_grad])
         self.scheduler = make_scheduler(cfg, self.optimizer)
         self.use_amp = cfg.amp and self.device.type == "cuda"
@@ -295,7 +326,7 @@ class Trainer:
         """A fine-tune takes the architecture (and how it runs) from its initial checkpoint."""
         cfg = self.cfg
         if cfg.init:
-            model, init_info = _start_from(cfg)
+            model, init_info, self.squeeze_changed_from = _start_from(cfg)
             cfg.patch_size = cfg.patch_size or init_info.preprocessing.get("patch_size")
             cfg.inference = cfg.inference or init_info.preprocessing.get("inference")
             if cfg.augment.sequence_dropout is None:
