@@ -17,11 +17,18 @@ change, so the Correct dock (and the simulated annotator of
   with the full reach such clicks added several times more brain than tumour
   on the training cases).
 * :func:`shrink` (a negative click), its mirror: the part of the mask's
-  connected component under the click, within ``max_radius_mm`` (the same
-  reach as a positive click), that the model was no more sure
+  connected component under the click, within a reach that grows with how
+  deep inside the mask the click lies (``REACH_PER_DEPTH`` times that depth,
+  between ``IMAGE_REACH_MM`` and ``max_radius_mm``), that the model was no more sure
   of than of the clicked voxel (probability below ``keep_above``, by default
   a little above the click's own) and, given the guide sequence, looks like
-  the clicked voxel: a false alarm goes, the tumour next to it stays.
+  the clicked voxel: a false alarm goes, the tumour next to it stays. The
+  depth-bound reach matters where the model was sure of its false alarm (the
+  probability cannot tell it from the tumour): a click on a thin false rim
+  trims the rim near the click, a click deep in a false island removes the
+  island. With the full 20 mm reach such rim clicks on the real held-out cases
+  removed several times more tumour than false alarm (4063 tumour voxels for
+  803 false ones on CBICA_AOP_1), and the next click put it back.
 * :func:`fill_between` (two or more drawn slices): the slices in between get
   the shape interpolated between their neighbours by signed distance.
 """
@@ -38,6 +45,7 @@ FOLLOW_DOWN = 0.8  # a click below the threshold grows where the probability is 
 INFORMATIVE = 0.05  # below this the model saw nothing there: grow on the image instead
 INTENSITY_TOLERANCE = 0.5  # in standard deviations of the head's intensities within the click's ball
 IMAGE_REACH_MM = 5.0  # growing on the image alone (the model saw nothing there) reaches at most this far
+REACH_PER_DEPTH = 3.0  # a negative click reaches this many times its depth inside the mask (at least IMAGE_REACH_MM)
 #: the sequence that shows each region best: what a click on missed tumour grows on
 GUIDE_SEQUENCE = {"WT": "flair", "TC": "t1ce", "ET": "t1ce"}
 
@@ -82,8 +90,11 @@ def grow(probability: np.ndarray, seed, *, image: np.ndarray | None = None, thre
 
 
 def shrink(mask: np.ndarray, seed, probability: np.ndarray | None = None, *, image: np.ndarray | None = None, keep_above: float | None = None,
-           max_radius_mm: float = DEFAULT_RADIUS_MM, spacing=(1.0, 1.0, 1.0)) -> tuple[np.ndarray, float]:
-    """(bool mask of the voxels a negative click at ``seed`` removes from ``mask``, the threshold used); empty outside the mask."""
+           max_radius_mm: float = DEFAULT_RADIUS_MM, reach_per_depth: float | None = REACH_PER_DEPTH, spacing=(1.0, 1.0, 1.0)) -> tuple[np.ndarray, float]:
+    """(bool mask of the voxels a negative click at ``seed`` removes from ``mask``, the threshold used); empty outside the mask.
+
+    ``reach_per_depth`` None: the full ``max_radius_mm`` whatever the click's depth inside the mask.
+    """
     seed = tuple(int(v) for v in seed)
     out = np.zeros(mask.shape, bool)
     if probability is None:
@@ -92,6 +103,8 @@ def shrink(mask: np.ndarray, seed, probability: np.ndarray | None = None, *, ima
         keep_above = min(float(probability[seed]) / FOLLOW_DOWN, 1.0 + 1e-6)
     if not mask[seed]:
         return out, keep_above
+    if reach_per_depth is not None:
+        max_radius_mm = min(max_radius_mm, max(IMAGE_REACH_MM, reach_per_depth * _depth_inside(mask, seed, max_radius_mm, spacing)))
     box, ball = _ball_box(mask.shape, seed, max_radius_mm, spacing)
     local = np.asarray(mask[box], bool) & ball
     if probability is not None:
@@ -106,6 +119,14 @@ def shrink(mask: np.ndarray, seed, probability: np.ndarray | None = None, *, ima
     labels, _ = ndimage.label(local, structure=STRUCTURE)
     out[box] = labels == labels[local_seed]
     return out, keep_above
+
+
+def _depth_inside(mask: np.ndarray, seed, limit_mm: float, spacing) -> float:
+    """Distance in mm from ``seed`` to the nearest voxel outside ``mask`` (at most about ``limit_mm``: looked up in a box)."""
+    box, _ = _ball_box(mask.shape, seed, limit_mm, spacing)
+    local = np.pad(np.asarray(mask[box], bool), 1, constant_values=True)  # the box's edge is not the mask's
+    depth = ndimage.distance_transform_edt(local, sampling=spacing)
+    return float(depth[tuple(c - b.start + 1 for c, b in zip(seed, box))])
 
 
 def _signed_distance(section: np.ndarray, spacing) -> np.ndarray:

@@ -50,6 +50,20 @@ def test_a_negative_click_removes_the_false_alarm_and_keeps_the_tumour_it_touche
     assert not shrink(mask, (2, 2, 2), probability)[0].any(), "a click outside the mask removes nothing"
 
 
+def test_a_negative_click_on_a_confident_rim_trims_near_the_click_and_a_deep_one_removes_the_island():
+    shape = (48, 48, 48)
+    mask = ball(shape, (24, 24, 24), 12)  # tumour of radius 10 with a 2-voxel false rim, all of it called with certainty
+    sure = np.where(mask, 0.99, 0.0).astype(np.float32)
+    rim_click = (24, 24, 36)  # on the mask's outermost voxel
+    removed, _ = shrink(mask, rim_click, sure)
+    assert removed.any() and not (removed & ~ball(shape, rim_click, IMAGE_REACH_MM)).any(), "a click on the rim reaches a few mm, not 20"
+    unbounded, _ = shrink(mask, rim_click, sure, reach_per_depth=None)
+    assert (unbounded & ball(shape, (24, 24, 24), 10)).sum() > 10 * (removed & ball(shape, (24, 24, 24), 10)).sum()
+    island = ball(shape, (24, 24, 24), 6)
+    gone, _ = shrink(island, (24, 24, 24), np.where(island, 0.99, 0.0).astype(np.float32))
+    assert np.array_equal(gone, island), "a click deep in a false island removes all of it"
+
+
 def test_fill_between_slices_interpolates_the_shape():
     mask = np.zeros((11, 40, 40), bool)
     mask[0], mask[10] = ball((40, 40), (20, 20), 5), ball((40, 40), (20, 20), 11)

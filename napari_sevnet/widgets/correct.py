@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, FloatSlider, Label, PushButton, SpinBox
 
-from napari_sevnet.correction import DEFAULT_RADIUS_MM, DEFAULT_THRESHOLD, GUIDE_SEQUENCE, fill_between, grow, shrink
+from napari_sevnet.correction import DEFAULT_RADIUS_MM, DEFAULT_THRESHOLD, GUIDE_SEQUENCE, IMAGE_REACH_MM, REACH_PER_DEPTH, fill_between, grow, shrink
 from napari_sevnet.errors import InputError
 from napari_sevnet.layers import LayerInfo, region_group
 from napari_sevnet.regions import REGIONS
@@ -27,7 +27,9 @@ from napari_sevnet.widgets.base import DockWidget
 TOOLTIPS = {
     "clicks": "Click: add the region around the point. Shift+click: remove the false alarm under the point. Drags still pan.",
     "threshold": "The probability a click grows to (or, for a removal, keeps above). Moving it re-applies the last click.",
-    "reach": "How far (mm) one click may spread from where you clicked.",
+    "reach": "How far (mm) one click may spread from where you clicked."
+             f" A removing click near the mask's edge reaches less: {REACH_PER_DEPTH:g} times its depth inside the mask (at least {IMAGE_REACH_MM:g} mm),"
+             " so it trims the edge there rather than the tumour behind it.",
     "fill": "Draw the region on two or more slices with the brush, then fill the slices between them by shape interpolation.",
 }
 
