@@ -327,11 +327,13 @@ def test_attention_widget_shows_weights_and_adds_feature_map(qtbot, segment_widg
     del worker
 
 
-def test_a_long_fine_tune_message_wraps_instead_of_widening_the_dock(make_napari_viewer):
+@pytest.mark.parametrize("dock", ["finetune", "segment"])
+def test_a_long_message_wraps_instead_of_widening_the_dock(make_napari_viewer, dock):
     from napari_sevnet.widgets.finetune import FineTuneWidget
+    from napari_sevnet.widgets.segment import SegmentWidget
 
-    finetune = FineTuneWidget(make_napari_viewer())
-    before = finetune.native.minimumSizeHint().width()
-    finetune._status.value = "done, but worse than the starting model: " + "dice on the exported cases went down " * 12
-    assert finetune.native.minimumSizeHint().width() <= before, "the dock (and the viewer beside it) keeps its width"
-    assert finetune._status.native.wordWrap()
+    widget = {"finetune": FineTuneWidget, "segment": SegmentWidget}[dock](make_napari_viewer())
+    before = widget.native.minimumSizeHint().width()
+    widget._status.value = "done, but worse than the starting model: " + "warning: the case lies outside what the model was trained on " * 12
+    assert widget.native.minimumSizeHint().width() <= before, "the dock (and the viewer beside it) keeps its width"
+    assert widget._status.native.wordWrap(), "the whole message can be read"

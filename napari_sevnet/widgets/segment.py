@@ -85,7 +85,8 @@ class SegmentWidget(DockWidget):
         # repaints the whole window 30 times a second (see widgets/responsiveness.py)
         self._bar = ProgressBar(label="Progress", min=0, max=100, value=0)
         self._status = Label(value="")
-        self._status.native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)  # a new message never resizes the dock
+        self._status.native.setWordWrap(True)  # a run's notes and warnings are read whole ...
+        self._status.native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)  # ... and a new message never resizes the dock
         self._volumes = Label(value="")
         self._volumes.native.setWordWrap(True)
         self.extend([self._case, *self._modalities.values(), self._bundled, self._checkpoint, self._device, self._tta, self._uncertainty,
