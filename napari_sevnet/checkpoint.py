@@ -212,6 +212,23 @@ def describe(path: str | os.PathLike) -> str:
     return "\n".join(line for line in lines if line)
 
 
+#: excitations whose spread across held-out cases is under this share of their spread across channels barely respond to the case
+STATIC_ATTENTION_RATIO = 0.1
+
+
+def attention_caveat(path: str | os.PathLike | None) -> str | None:
+    """A warning for the Attention view when the model card measured SE excitations that hardly change between cases."""
+    try:
+        data = json.loads(checkpoint_files(path)[1].read_text(encoding="utf-8"))
+    except (OSError, ValueError, TypeError, InputError):
+        return None
+    spread = ((data.get("model_card") or {}).get("held_out_figures") or {}).get("se_spread")
+    if not spread or spread["across_cases"] >= STATIC_ATTENTION_RATIO * spread["across_channels"]:
+        return None
+    return (f"This model's SE excitations vary little between cases (spread {spread['across_cases']:.3f} across held-out cases against "
+            f"{spread['across_channels']:.2f} across channels): the bars show what it weighs for any scan, not what is particular to this one.")
+
+
 def phantom_checkpoint() -> Path:
     """The weights trained on synthetic phantoms only (tests, phantom demos); not for patient data."""
     return _shipped(PHANTOM)

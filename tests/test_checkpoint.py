@@ -24,3 +24,17 @@ def test_round_trip_is_exact(tmp_path):
         assert torch.equal(a, b), k
     assert linfo.metrics == {"dice": {"WT": 0.5}}
     assert not list(tmp_path.glob(".*"))  # no temporary files left
+
+
+def test_attention_caveat_only_when_the_card_measured_static_excitations(tmp_path):
+    from napari_sevnet.checkpoint import attention_caveat
+
+    save_checkpoint(tmp_path / "m", build_model("sevnet", {"preset": "tiny"}), tiny_info())
+    assert attention_caveat(tmp_path / "m.json") is None, "no measurement, no claim"
+    data = json.loads((tmp_path / "m.json").read_text(encoding="utf-8"))
+    for across_cases, expected in ((0.003, True), (0.08, False)):
+        data["model_card"] = {"held_out_figures": {"se_spread": {"across_cases": across_cases, "across_channels": 0.31}}}
+        (tmp_path / "m.json").write_text(json.dumps(data), encoding="utf-8")
+        caveat = attention_caveat(tmp_path / "m.json")
+        assert (caveat is not None) == expected and (not expected or "0.003" in caveat)
+    assert attention_caveat(tmp_path / "missing.json") is None and attention_caveat(None) is None

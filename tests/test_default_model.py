@@ -48,7 +48,7 @@ def test_default_checkpoint_carries_its_model_card():
     assert card["training"]["command"] and card["training"]["seconds"] > 0
     figures = card["held_out_figures"]
     assert len(figures["cases"]) >= 5 and set(figures["dice_per_case"]) == set(figures["cases"])
-    assert set(figures["mean"]) == set(REGIONS)
+    assert set(figures["mean"]) == set(REGIONS) and figures["se_spread"]["across_channels"] > 0
     assert not set(figures["cases"]) & set(read_info(bundled_checkpoint()).provenance["train_cases"]), "a held-out case was trained on"
     assert "Trained on" in describe(bundled_checkpoint()) and "Held-out Dice" in describe(bundled_checkpoint())
 

@@ -327,6 +327,23 @@ def test_attention_widget_shows_weights_and_adds_feature_map(qtbot, segment_widg
     del worker
 
 
+def test_the_attention_dock_says_when_the_models_bars_hardly_change_between_cases(make_napari_viewer):
+    from napari_sevnet.checkpoint import bundled_checkpoint
+    from napari_sevnet.layers import LayerInfo
+    from napari_sevnet.widgets.attention import AttentionWidget
+
+    viewer = make_napari_viewer()
+    attention_of = {"enc1": np.array([0.2, 0.8], np.float32)}
+    for name, checkpoint in (("phantom model", phantom_checkpoint()), ("default", bundled_checkpoint())):
+        info = LayerInfo(case_id=name, region="WT", checkpoint=str(checkpoint), attention=attention_of)
+        viewer.add_labels(np.zeros((4, 4, 4), np.uint8), name=f"{name} WT", metadata=info.to_metadata())
+    attention = AttentionWidget(viewer)
+    assert attention._source.value.name == "default WT"
+    assert "vary little between cases" in attention._status.value, "the shipped default's card measured static excitations"
+    attention._source.value = viewer.layers["phantom model WT"]
+    assert attention._status.value == "", "a model without that measurement gets no such claim"
+
+
 @pytest.mark.parametrize("dock", ["finetune", "segment"])
 def test_a_long_message_wraps_instead_of_widening_the_dock(make_napari_viewer, dock):
     from napari_sevnet.widgets.finetune import FineTuneWidget

@@ -30,13 +30,17 @@ def held_out_summary(evaluation: dict) -> dict:
     """Per-region means and per-case Dice of the first result of a benchmarks.real_heldout JSON."""
     result = evaluation["results"][0]
     keys = ("dice", "hd95", "sensitivity", "precision", "lesion_dice", "lesion_hd95")
-    return {
+    summary = {
         "cases": evaluation["held_out"],
         "mean": {r: {k: round(result["mean"][r][k], 4) for k in keys} for r in REGIONS},
         "dice_per_case": {case: {r: round(m[r]["dice"], 4) for r in REGIONS} for case, m in result["cases"].items()},
         "command": "python -m benchmarks.real_heldout (make eval-real)",
         "date": evaluation["date"],
     }
+    spread = (result.get("se_spread") or {}).get("mean")
+    if spread:  # how much the SE excitations move between cases: the Attention dock says when they hardly do
+        summary["se_spread"] = {k: round(spread[k], 4) for k in ("across_cases", "across_channels")}
+    return summary
 
 
 def patterns_summary(evaluation: dict) -> dict:

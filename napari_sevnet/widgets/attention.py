@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 from magicgui.widgets import ComboBox, Label, PushButton, SpinBox
 
+from napari_sevnet.checkpoint import attention_caveat
 from napari_sevnet.layers import LayerInfo
 from napari_sevnet.widgets import shared_predictor
 from napari_sevnet.widgets.base import DockWidget
@@ -70,6 +71,8 @@ class AttentionWidget(DockWidget):
         self._on_source()
 
     def _on_source(self, _value=None):
+        layer = self._source.value
+        self._status.value = (attention_caveat(LayerInfo.from_layer(layer).checkpoint) or "") if layer is not None else ""
         self._stage.reset_choices()
         if self._stage.choices and self._stage.value is None:
             self._stage.value = self._stage.choices[0]
