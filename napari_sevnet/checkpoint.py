@@ -194,11 +194,18 @@ def bundled_checkpoint() -> Path:
     return _shipped(BUNDLED)
 
 
+def _readable_json(path: str | os.PathLike) -> dict | None:
+    """The checkpoint's JSON, or None when there is none to read (for descriptions, never for loading)."""
+    try:
+        return json.loads(checkpoint_files(path)[1].read_text(encoding="utf-8"))
+    except (OSError, ValueError, InputError):
+        return None
+
+
 def describe(path: str | os.PathLike) -> str:
     """One paragraph on what a checkpoint is and is for, from its model card (for tooltips and reports)."""
-    try:
-        data = json.loads(checkpoint_files(path)[1].read_text(encoding="utf-8"))
-    except (OSError, ValueError, InputError):
+    data = _readable_json(path)
+    if data is None:
         return f"{path}: no description readable"
     card = data.get("model_card") or {}
     lines = [card.get("name") or Path(path).stem]
@@ -218,11 +225,8 @@ STATIC_ATTENTION_RATIO = 0.1
 
 def attention_caveat(path: str | os.PathLike | None) -> str | None:
     """A warning for the Attention view when the model card measured SE excitations that hardly change between cases."""
-    try:
-        data = json.loads(checkpoint_files(path)[1].read_text(encoding="utf-8"))
-    except (OSError, ValueError, TypeError, InputError):
-        return None
-    spread = ((data.get("model_card") or {}).get("held_out_figures") or {}).get("se_spread")
+    card = ((_readable_json(path) if path is not None else None) or {}).get("model_card") or {}
+    spread = (card.get("held_out_figures") or {}).get("se_spread")
     if not spread or spread["across_cases"] >= STATIC_ATTENTION_RATIO * spread["across_channels"]:
         return None
     return (f"This model's SE excitations vary little between cases (spread {spread['across_cases']:.3f} across held-out cases against "

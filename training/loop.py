@@ -160,17 +160,16 @@ def _start_from(cfg: TrainConfig) -> tuple[nn.Module, CheckpointInfo, nn.Module 
 
 
 @torch.no_grad()
-def restart_excitations(model: nn.Module, original: nn.Module, patches: list[torch.Tensor]) -> dict[str, list[float]]:
-    """Restart ``model``'s SE MLPs at ``original``'s mean excitation over ``patches`` (each (4, Z, Y, X)); returns it."""
+def restart_excitations(model: nn.Module, original: nn.Module, patches: list[torch.Tensor]) -> None:
+    """Restart ``model``'s SE MLPs at ``original``'s mean excitation over ``patches`` (each (4, Z, Y, X))."""
     original.eval()
     sums: dict[str, torch.Tensor] = {}
     for x in patches:
         _, attention, _ = original.forward_with_attention(x[None].cpu())
         for name, exc in attention.items():
             sums[name] = sums.get(name, 0) + exc[0]
-    mean = {name: total / len(patches) for name, total in sums.items()}
-    model.restart_excitations({name: m.to(next(model.parameters()).device) for name, m in mean.items()})
-    return {name: [round(float(v), 4) for v in m] for name, m in mean.items()}
+    device = next(model.parameters()).device
+    model.restart_excitations({name: (total / len(patches)).to(device) for name, total in sums.items()})
 
 
 def _git_revision() -> str | None:
@@ -255,15 +254,13 @@ class Trainer:
         state = self._resume_state()
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed % 2**32)
-        self.squeeze_changed_from = None
-        self.model = self._build_model()
+        self.model, squeeze_changed_from = self._build_model()
         self._setup_data()
-        if self.squeeze_changed_from is not None and state is None:
+        if squeeze_changed_from is not None and state is None:
             patches = [self.dataset[i][0] for i in range(min(len(self.train_refs), EXCITATION_RESTART_PATCHES))]
-            restart_excitations(self.model, self.squeeze_changed_from, patches)
+            restart_excitations(self.model, squeeze_changed_from, patches)
             if self.dist.main:
                 log.info("SE squeeze changed to %s: the excitation MLPs restart at the initial model's mean excitation over %d training patches", cfg.model.config.get("se_squeeze"), len(patches))
-        self.squeeze_changed_from = None
         self.optimizer = make_optimizer(cfg, [p for p in self.model.parameters() if p.requires_grad])
         self.scheduler = make_scheduler(cfg, self.optimizer)
         self.use_amp = cfg.amp and self.device.type == "cuda"
@@ -322,11 +319,15 @@ class Trainer:
             raise FileNotFoundError(f"{state_path}: nothing to resume (no finished epoch saved)")
         return torch.load(state_path, map_location="cpu", weights_only=True)
 
-    def _build_model(self) -> nn.Module:
-        """A fine-tune takes the architecture (and how it runs) from its initial checkpoint."""
+    def _build_model(self) -> tuple[nn.Module, nn.Module | None]:
+        """The model, and the init checkpoint's own when the fine-tune changes its SE squeeze (see :func:`_start_from`).
+
+        A fine-tune takes the architecture (and how it runs) from its initial checkpoint.
+        """
         cfg = self.cfg
+        squeeze_changed_from = None
         if cfg.init:
-            model, init_info, self.squeeze_changed_from = _start_from(cfg)
+            model, init_info, squeeze_changed_from = _start_from(cfg)
             cfg.patch_size = cfg.patch_size or init_info.preprocessing.get("patch_size")
             cfg.inference = cfg.inference or init_info.preprocessing.get("inference")
             if cfg.augment.sequence_dropout is None:
@@ -347,7 +348,7 @@ class Trainer:
         cfg.inference = cfg.inference or "windows"
         if cfg.freeze_encoder:
             freeze_encoder(model)
-        return model.to(self.device)
+        return model.to(self.device), squeeze_changed_from
 
     def _setup_data(self) -> None:
         cfg = self.cfg
