@@ -54,3 +54,16 @@ def test_gpu_only_run_refuses_clearly_without_cuda(tmp_path):
     result = subprocess.run([sys.executable, "-m", "benchmarks.run", "--gpu-only", "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "--gpu-only needs a CUDA device" in result.stderr
     assert not list(tmp_path.iterdir())  # nothing half-written
+
+
+def test_se_statistics_tell_a_case_blind_squeeze_from_one_that_sees_the_case(phantom_dir, random_checkpoint):
+    """The probe that chose ``mean_max``: the same scan twice gives no spread across cases, two scans do."""
+    from benchmarks.se_statistics import measure, table
+
+    first, second = sorted(p for p in phantom_dir.iterdir() if p.is_dir())[:2]
+    same = measure(str(random_checkpoint), {"a": first, "a again": first})
+    different = measure(str(random_checkpoint), {"a": first, "b": second})
+    assert set(same["stages"]) == set(different["stages"]) and "output max" in same["stages"]["enc1"]
+    assert all(s["across_cases"] == 0 for row in same["stages"].values() for s in row.values())
+    assert all(row["output max"]["across_cases"] > 0 for row in different["stages"].values())
+    assert "| **mean** |" in table(different)

@@ -69,14 +69,32 @@ def test_standardised_squeeze_sees_the_same_scale_at_every_stage():
     assert all(not torch.equal(a[stage], b[stage]) for stage in a), "every stage's excitation depends on the input"
 
 
-def test_restart_excitations_starts_at_the_given_excitation_off_saturation():
+def test_max_squeeze_sees_what_the_mean_hides():
+    """Two stage outputs with the same channel means but a different peak (a tumour's strongest response) excite differently."""
+    from napari_sevnet.model.sevnet import SqueezeExcitation3d
+
     torch.manual_seed(0)
-    model = build_model("sevnet", {"preset": "tiny", "se_squeeze": "standardised"}).eval()
+    flat = torch.ones(1, 8, 4, 4, 4)
+    peaked = torch.full_like(flat, 31.0 / 63)
+    peaked[0, :, 0, 0, 0] = 33.0  # 33 + 63 * 31/63 = 64: the mean of every channel stays 1
+    torch.testing.assert_close(peaked.mean(dim=(2, 3, 4)), flat.mean(dim=(2, 3, 4)))
+    assert not torch.equal(peaked.amax(dim=(2, 3, 4)), flat.amax(dim=(2, 3, 4)))
+    with_max, mean_only = SqueezeExcitation3d(8, 4, with_max=True), SqueezeExcitation3d(8, 4)
+    mean_only.load_state_dict(with_max.state_dict())
+    assert torch.equal(mean_only(flat)[1], mean_only(peaked)[1])
+    assert not torch.allclose(with_max(flat)[1], with_max(peaked)[1], atol=1e-4)
+
+
+@pytest.mark.parametrize("squeeze", ["standardised", "mean_max"])
+def test_restart_excitations_starts_at_the_given_excitation_off_saturation(squeeze):
+    torch.manual_seed(0)
+    model = build_model("sevnet", {"preset": "tiny", "se_squeeze": squeeze}).eval()
     target = {name: torch.rand(stage.se.fc2.out_features) for name, stage in zip(model.stage_names, model.stages)}
     target["enc1"][0], target["enc1"][1] = 1.0, 0.0  # saturated gates of the old model
     model.restart_excitations(target)
+    bias_enters = 2 if squeeze == "mean_max" else 1  # the maxima's logits add to the mean's
     for name, stage in zip(model.stage_names, model.stages):
-        torch.testing.assert_close(torch.sigmoid(stage.se.fc2.bias), target[name].clamp(0.0025, 0.9975), atol=1e-4, rtol=0)
+        torch.testing.assert_close(torch.sigmoid(bias_enters * stage.se.fc2.bias), target[name].clamp(0.0025, 0.9975), atol=1e-4, rtol=0)
     with torch.inference_mode():
         _, attention, _ = model.forward_with_attention(torch.randn(1, 4, 16, 16, 16))
     for name, exc in attention.items():

@@ -1,0 +1,109 @@
+"""Which statistic of a stage's features could an SE squeeze pool so that it differs between cases?
+
+    python -m benchmarks.se_statistics [--checkpoint CKPT] [--cases N] [-o OUT.json]
+
+Runs a checkpoint (default: the bundled default) on training cases of
+``training/configs/splits/real_brats_heldout.json`` (held-out cases stay
+unseen: this chooses a design) and records, for every stage, candidate
+squeeze statistics of its convolution stack: the channel means before the
+normalisation, standardised across channels (``se_squeeze: standardised``);
+the mean, standard deviation, 99th percentile and maximum of the normalised
+output (``"output"`` pools its mean, ``"mean_max"`` its mean and maximum);
+the standardised pre-norm maximum. For each: the standard deviation across
+cases, averaged over channels, over the standard deviation across channels
+of the case mean. A ratio near 0 means a squeeze of that statistic sees
+(nearly) the same vector in every case, and its excitation cannot respond to
+the case whatever the MLP learns. Writes JSON (``-o``) and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmarks.real_heldout import DATA, ROOT, SPLIT, find_cases
+
+
+def _statistics(output: torch.Tensor, pre_norm: torch.Tensor) -> dict[str, np.ndarray]:
+    """Candidate squeezes (C,) of one stage's normalised output and its last convolution's output before the norm."""
+    y, pre = output[0].float().flatten(1), pre_norm[0].float().flatten(1)
+
+    def standardised(v):
+        return ((v - v.mean()) / v.std(unbiased=False).clamp_min(1e-12)).numpy()
+
+    return {
+        "pre-norm mean, standardised": standardised(pre.mean(1)),
+        "output mean": y.mean(1).numpy(),
+        "output sd": y.std(1).numpy(),
+        "output p99": torch.quantile(y[:, ::7], 0.99, dim=1).numpy(),
+        "output max": y.amax(1).numpy(),
+        "pre-norm max, standardised": standardised(pre.amax(1)),
+    }
+
+
+def measure(checkpoint: str | None, cases: dict[str, Path]) -> dict:
+    """Per stage and statistic: across-case sd / across-channel sd, and both parts."""
+    from napari_sevnet.inference import Predictor
+    from napari_sevnet.io import load_case
+
+    predictor = Predictor(checkpoint, "cpu")
+    model = predictor.model
+    seen: dict[str, dict[str, np.ndarray]] = {}
+
+    def hook(name):
+        def record(module, inputs, outputs):
+            seen.setdefault(name, _statistics(*outputs))  # the first pass of a case only
+
+        return record
+
+    handles = [stage.convs.register_forward_hook(hook(name)) for name, stage in zip(model.stage_names, model.stages)]
+    per_case = []
+    try:
+        for case_id, folder in cases.items():
+            seen.clear()
+            predictor.predict(load_case(folder).image)
+            per_case.append(dict(seen))
+            print(f"  {case_id}", flush=True)
+    finally:
+        for h in handles:
+            h.remove()
+    out: dict[str, dict] = {}
+    for name in model.stage_names:
+        out[name] = {}
+        for stat in per_case[0][name]:
+            a = np.array([c[name][stat] for c in per_case])  # (cases, channels)
+            across_cases, across_channels = float(a.std(axis=0).mean()), float(a.mean(axis=0).std())
+            out[name][stat] = {"across_cases": across_cases, "across_channels": across_channels, "ratio": across_cases / across_channels if across_channels else None}
+    used = Path(predictor.checkpoint).resolve()
+    return {"checkpoint": str(used.relative_to(ROOT) if used.is_relative_to(ROOT) else used), "cases": list(cases), "stages": out}
+
+
+def table(result: dict) -> str:
+    stats = list(next(iter(result["stages"].values())))
+    lines = ["| stage | " + " | ".join(stats) + " |", "|---|" + "---|" * len(stats)]
+    for name, row in result["stages"].items():
+        lines.append(f"| {name} | " + " | ".join(f"{row[s]['ratio']:.3f}" for s in stats) + " |")
+    lines.append("| **mean** | " + " | ".join(f"**{np.mean([row[s]['ratio'] for row in result['stages'].values()]):.3f}**" for s in stats) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.se_statistics", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", help="checkpoint (default: the bundled default)")
+    parser.add_argument("--cases", type=int, default=8, help="how many training cases (every other one of the split's list)")
+    parser.add_argument("-o", "--output", type=Path, help="JSON to write")
+    args = parser.parse_args(argv)
+    train = json.loads(SPLIT.read_text())["train"][::2][: args.cases]
+    result = measure(args.checkpoint, find_cases(train, DATA))
+    print("Across-case sd / across-channel sd of each candidate squeeze (training cases):\n")
+    print(table(result))
+    if args.output:
+        args.output.write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
