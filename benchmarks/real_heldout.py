@@ -17,7 +17,9 @@ that ignores the case has a spread of 0.
 
 ``--compare`` adds, for every checkpoint after the first, the paired per-case
 Dice difference against the first: mean, sd over cases and a bootstrap 95 %
-interval. ``--patterns`` scores each checkpoint with sequences left out (all
+interval. ``--tta`` also scores each checkpoint with test-time augmentation
+(the Segment dock's checkbox, ``sevnet-predict --tta``: the 8 mirror flips
+averaged), so a user can see what the 8x time buys on real scans. ``--patterns`` scores each checkpoint with sequences left out (all
 four; no T1; no T2; no FLAIR; FLAIR + T1ce; T1ce only; FLAIR only): a model
 trained for missing sequences is told which are present, any other model is
 given zero-filled channels, which is what a user would otherwise get. Writes
@@ -65,8 +67,8 @@ def find_cases(ids: list[str], data: Path) -> dict[str, Path]:
     return {i: found[i] for i in ids}
 
 
-def evaluate(checkpoint: str | None, cases: dict[str, Path]) -> dict:
-    """Per-case metrics, SE excitations and seconds per case of one checkpoint."""
+def evaluate(checkpoint: str | None, cases: dict[str, Path], tta: bool = False) -> dict:
+    """Per-case metrics, SE excitations and seconds per case of one checkpoint (``tta``: the 8 mirror flips averaged)."""
     from napari_sevnet.inference import Predictor
     from napari_sevnet.io import load_case
     from napari_sevnet.metrics import case_lesion_metrics, case_metrics
@@ -76,7 +78,7 @@ def evaluate(checkpoint: str | None, cases: dict[str, Path]) -> dict:
     for case_id, folder in cases.items():
         case = load_case(folder)
         t0 = time.perf_counter()
-        result = predictor.predict(case.image)
+        result = predictor.predict(case.image, tta=tta)
         seconds = time.perf_counter() - t0
         m = case_metrics(result.regions, case.regions, case.spacing)
         for r, extra in case_lesion_metrics(result.regions, case.regions, case.spacing).items():
@@ -165,6 +167,7 @@ def main(argv=None) -> int:
     parser.add_argument("--label", action="append", help="a name per checkpoint for the tables")
     parser.add_argument("--compare", action="store_true", help="paired Dice differences of every checkpoint against the first")
     parser.add_argument("--consensus", action="store_true", help="also score the consensus-labelled cases (not expert)")
+    parser.add_argument("--tta", action="store_true", help="also score each checkpoint with test-time augmentation (the 8 mirror flips), labelled '+ TTA'")
     parser.add_argument("--patterns", action="store_true", help="only the missing-sequence figures: each checkpoint with sequences left out")
     parser.add_argument("--split", type=Path, default=SPLIT)
     parser.add_argument("-o", "--output", type=Path, help="JSON to write (default: print only)")
@@ -189,6 +192,9 @@ def main(argv=None) -> int:
             res["consensus"] = evaluate(checkpoint, consensus)
             res["consensus"].pop("attention")
         results.append(res)
+        if args.tta:
+            print(f"{label} + TTA: {len(cases)} held-out cases", flush=True)
+            results.append(evaluate(checkpoint, cases, tta=True) | {"label": f"{label} + TTA"})
     out = {"date": time.strftime("%Y-%m-%d %H:%M"), "host": platform.node(), "split": str(args.split.relative_to(ROOT) if args.split.is_relative_to(ROOT) else args.split),
            "held_out": ids, "results": results}
     if args.compare and len(results) > 1:

@@ -67,3 +67,17 @@ def test_se_statistics_tell_a_case_blind_squeeze_from_one_that_sees_the_case(pha
     assert all(s["across_cases"] == 0 for row in same["stages"].values() for s in row.values())
     assert all(row["output max"]["across_cases"] > 0 for row in different["stages"].values())
     assert "| **mean** |" in table(different)
+
+
+def test_real_heldout_scores_with_test_time_augmentation_when_asked(phantom_dir, random_checkpoint, monkeypatch):
+    """``--tta`` asks the Predictor for the 8 mirror flips, as the Segment dock's checkbox does."""
+    from benchmarks.real_heldout import evaluate
+    from napari_sevnet.inference import Predictor
+
+    asked = []
+    predict = Predictor.predict
+    monkeypatch.setattr(Predictor, "predict", lambda self, image, **kw: asked.append(kw.get("tta")) or predict(self, image, **kw))
+    case = sorted(p for p in phantom_dir.iterdir() if p.is_dir())[0]
+    plain, flipped = evaluate(str(random_checkpoint), {"a": case}), evaluate(str(random_checkpoint), {"a": case}, tta=True)
+    assert asked == [False, True]
+    assert set(plain["cases"]["a"]) == set(flipped["cases"]["a"]) and 0 <= flipped["mean"]["WT"]["dice"] <= 1

@@ -83,6 +83,16 @@ def test_the_segment_dock_says_what_the_default_was_trained_on():
     assert "BraTS" in tip and "Held-out Dice" in tip and "NOT for diagnosis" in tip
 
 
+def test_the_tta_checkbox_states_what_tta_measured_on_the_held_out_cases():
+    """The tooltip's gains are those of benchmarks/results/real-heldout-tta.json (the default with and without TTA)."""
+    from napari_sevnet.widgets.segment import TOOLTIPS
+
+    measured = json.loads((ROOT / "benchmarks" / "results" / "real-heldout-tta.json").read_text(encoding="utf-8"))
+    (gain,) = measured["paired_vs_first"].values()
+    stated = ", ".join(f"{r} {gain[r]['mean']:+.3f}" for r in REGIONS)
+    assert f"Dice {stated}" in TOOLTIPS["tta"]
+
+
 def test_the_default_handles_missing_sequences_and_its_card_gives_figures_per_set():
     info = read_info(bundled_checkpoint())
     assert float(info.preprocessing["sequence_dropout"]) > 0, "trained with sequences left out"
