@@ -19,7 +19,7 @@ that ignores the case has a spread of 0.
 Dice difference against the first: mean, sd over cases and a bootstrap 95 %
 interval. ``--tta`` also scores each checkpoint with test-time augmentation
 (the Segment dock's checkbox, ``sevnet-predict --tta``: the 8 mirror flips
-averaged), so a user can see what the 8x time buys on real scans. ``--patterns`` scores each checkpoint with sequences left out (all
+averaged), so a user can see what its extra time buys on real scans. ``--patterns`` scores each checkpoint with sequences left out (all
 four; no T1; no T2; no FLAIR; FLAIR + T1ce; T1ce only; FLAIR only): a model
 trained for missing sequences is told which are present, any other model is
 given zero-filled channels, which is what a user would otherwise get. Writes

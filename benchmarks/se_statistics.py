@@ -56,7 +56,8 @@ def measure(checkpoint: str | None, cases: dict[str, Path]) -> dict:
 
     def hook(name):
         def record(module, inputs, outputs):
-            seen.setdefault(name, _statistics(*outputs))  # the first pass of a case only
+            if name not in seen:  # a case's first forward: its whole brain crop, or its first window
+                seen[name] = _statistics(*outputs)
 
         return record
 
@@ -86,8 +87,9 @@ def table(result: dict) -> str:
     stats = list(next(iter(result["stages"].values())))
     lines = ["| stage | " + " | ".join(stats) + " |", "|---|" + "---|" * len(stats)]
     for name, row in result["stages"].items():
-        lines.append(f"| {name} | " + " | ".join(f"{row[s]['ratio']:.3f}" for s in stats) + " |")
-    lines.append("| **mean** | " + " | ".join(f"**{np.mean([row[s]['ratio'] for row in result['stages'].values()]):.3f}**" for s in stats) + " |")
+        lines.append(f"| {name} | " + " | ".join("–" if row[s]["ratio"] is None else f"{row[s]['ratio']:.3f}" for s in stats) + " |")
+    means = [np.mean([r for row in result["stages"].values() if (r := row[s]["ratio"]) is not None]) for s in stats]
+    lines.append("| **mean** | " + " | ".join(f"**{m:.3f}**" for m in means) + " |")
     return "\n".join(lines)
 
 
