@@ -25,15 +25,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.real_heldout import DATA, ROOT, SPLIT, find_cases
+from benchmarks.real_heldout import DATA, ROOT, SPLIT, find_cases, se_spread
 
 
 def _statistics(output: torch.Tensor, pre_norm: torch.Tensor) -> dict[str, np.ndarray]:
     """Candidate squeezes (C,) of one stage's normalised output and its last convolution's output before the norm."""
     y, pre = output[0].float().flatten(1), pre_norm[0].float().flatten(1)
 
-    def standardised(v):
-        return ((v - v.mean()) / v.std(unbiased=False).clamp_min(1e-12)).numpy()
+    def standardised(v):  # as the "standardised" squeeze does it
+        return torch.nn.functional.layer_norm(v, v.shape).numpy()
 
     return {
         "pre-norm mean, standardised": standardised(pre.mean(1)),
@@ -72,13 +72,10 @@ def measure(checkpoint: str | None, cases: dict[str, Path]) -> dict:
     finally:
         for h in handles:
             h.remove()
-    out: dict[str, dict] = {}
-    for name in model.stage_names:
-        out[name] = {}
-        for stat in per_case[0][name]:
-            a = np.array([c[name][stat] for c in per_case])  # (cases, channels)
-            across_cases, across_channels = float(a.std(axis=0).mean()), float(a.mean(axis=0).std())
-            out[name][stat] = {"across_cases": across_cases, "across_channels": across_channels, "ratio": across_cases / across_channels if across_channels else None}
+    stats = list(per_case[0][model.stage_names[0]])
+    # each statistic's spread is measured as the SE excitations' is (benchmarks.real_heldout.se_spread)
+    spread = {stat: se_spread({i: {name: c[name][stat] for name in model.stage_names} for i, c in enumerate(per_case)})["stages"] for stat in stats}
+    out = {name: {stat: spread[stat][name] for stat in stats} for name in model.stage_names}
     used = Path(predictor.checkpoint).resolve()
     return {"checkpoint": str(used.relative_to(ROOT) if used.is_relative_to(ROOT) else used), "cases": list(cases), "stages": out}
 
@@ -99,6 +96,8 @@ def main(argv=None) -> None:
     parser.add_argument("--cases", type=int, default=8, help="how many training cases (every other one of the split's list)")
     parser.add_argument("-o", "--output", type=Path, help="JSON to write")
     args = parser.parse_args(argv)
+    if args.cases < 2:
+        parser.error("--cases: a spread across cases needs at least 2")
     train = json.loads(SPLIT.read_text())["train"][::2][: args.cases]
     result = measure(args.checkpoint, find_cases(train, DATA))
     print("Across-case sd / across-channel sd of each candidate squeeze (training cases):\n")
