@@ -45,7 +45,7 @@ def predict_main(argv=None) -> int:
     parser.add_argument("-o", "--output", required=True, type=Path, action=_Once, help="output folder (never an input case's own folder)")
     parser.add_argument("--checkpoint", help="checkpoint (.json or .safetensors); default: the bundled default model")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--tta", action="store_true", help="average the 8 mirror flips (about 5x slower; what it gained on the held-out real cases: README, benchmarks/results/real-heldout-tta.md)")
+    parser.add_argument("--tta", action="store_true", help="average the 8 mirror flips (about 6x slower; what it gained on the held-out real cases: README, benchmarks/results/real-heldout-tta.md)")
     parser.add_argument("--labels", default="2021", choices=["2021", "2023"], help="label convention of the written masks (2021: <case>_seg, 2023: <case>-seg)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs of the same cases (their old maps go too)")
     parser.add_argument("--allow-missing", action="store_true", help="segment cases that lack one to three sequences (with a model trained for it, as the default is)")

@@ -19,10 +19,10 @@ from .conftest import real_case
 ROOT = Path(__file__).resolve().parents[1]
 
 # How far one channel's excitation moves between two cases, at the stage where it moves most. Measured with the
-# shipped model (stage 2, trained with sequence dropout): 0.054 between two phantoms (stage 1: 0.27), 0.032 between
-# BraTS2021_00006 and TCGA-DU-7294 (stage 1: 0.037). Several of its stages have saturated into fixed gates (README,
-# "The default model"): the test guards the stages that still respond.
-PHANTOM_MOVE, REAL_MOVE = 0.03, 0.02
+# shipped model (stage 3, mean + max squeeze): 0.043 between two phantoms, 0.147 between BraTS2021_00006 and
+# TCGA-DU-7294 (stage 2, pre-norm squeeze: 0.054 and 0.032, so the real-case bound fails for it; README, "The SE
+# blocks"). Its deepest stages barely move: the test guards the ones that respond.
+PHANTOM_MOVE, REAL_MOVE = 0.03, 0.1
 
 
 def _card() -> dict:
@@ -33,7 +33,7 @@ def test_default_is_the_real_model_not_the_phantom_one():
     assert BUNDLED != PHANTOM
     info = read_info(bundled_checkpoint())
     assert info.architecture["name"] == "sevnet"
-    assert info.architecture["config"].get("se_squeeze") == "pre_norm"
+    assert info.architecture["config"].get("se_squeeze") == "mean_max"
     assert "BraTS" in " ".join(_card()["training_data"]["sources"])
 
 
