@@ -13,7 +13,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from napari_sevnet.checkpoint import load_checkpoint
+from napari_sevnet.checkpoint import CheckpointInfo, load_checkpoint, save_checkpoint
+from napari_sevnet.model import build_model
 from training.config import TrainConfig, from_dict, load_config, save_config, to_dict
 from training.data import AugmentConfig, PatchDataset, discover_cases, patch_transform, split_cases
 from training.loop import region_loss, train
@@ -99,8 +100,6 @@ def test_augmentation_keeps_image_and_mask_aligned():
 
 
 def test_one_step_lowers_the_loss_on_a_fixed_batch(phantom_dir, tmp_path):
-    from napari_sevnet.model import build_model
-
     torch.manual_seed(0)
     ds = PatchDataset(discover_cases([phantom_dir]), tmp_path, [32, 32, 32], AugmentConfig())
     ds.transform.set_random_state(0)
@@ -227,3 +226,27 @@ def test_compare_trains_each_model_with_the_same_budget(phantom_dir, tmp_path):
     assert all(0 <= r["dice"]["WT"] <= 1 and r["parameters"] > 0 and r["inference_s"] > 0 for r in result["rows"])
     assert result["budget"]["steps"] == 1
     assert "| SEV-Net lite |" in (out / "comparison.md").read_text(encoding="utf-8")
+
+
+def test_average_is_the_mean_of_the_snapshots_and_refuses_other_networks_or_an_existing_output(tmp_path, capsys):
+    from training.average import main as average_main
+
+    tiny = CheckpointInfo(architecture={"name": "sevnet", "config": {"preset": "tiny"}})
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        save_checkpoint(tmp_path / f"s{seed}", build_model("sevnet", {"preset": "tiny"}), tiny)
+    snapshots = [load_checkpoint(tmp_path / f"s{seed}.json")[0] for seed in (1, 2)]
+    assert average_main([str(tmp_path / "s1.json"), str(tmp_path / "s2.safetensors"), "-o", str(tmp_path / "mean")]) == 0
+    averaged, info = load_checkpoint(tmp_path / "mean.json")
+    for key, value in averaged.state_dict().items():
+        assert torch.allclose(value, (snapshots[0].state_dict()[key] + snapshots[1].state_dict()[key]) / 2, atol=1e-6), key
+    assert info.provenance["averaged_from"] == [str(tmp_path / "s1.json"), str(tmp_path / "s2.safetensors")]
+
+    with pytest.raises(SystemExit):  # nothing is overwritten
+        average_main([str(tmp_path / "s1.json"), str(tmp_path / "s2.json"), "-o", str(tmp_path / "mean")])
+    assert "mean.safetensors already exists" in capsys.readouterr().err
+    save_checkpoint(tmp_path / "vnet", build_model("vnet", {"preset": "tiny"}), CheckpointInfo(architecture={"name": "vnet", "config": {"preset": "tiny"}}))
+    with pytest.raises(SystemExit) as exit_info:
+        average_main([str(tmp_path / "s1.json"), str(tmp_path / "vnet.json"), "-o", str(tmp_path / "other")])
+    assert exit_info.value.code == 2 and "vnet.json: its architecture differs" in capsys.readouterr().err
+    assert not (tmp_path / "other.json").exists()
