@@ -111,4 +111,4 @@ screenshots: setup system-deps  ## README screenshot of the plugin on the real s
 	mkdir -p docs
 	$(BIN)/sevnet-demo $(SHARED_DATA)/BraTS2021_00006 --screenshot docs/screenshot_real_case.png
 	xvfb-run -a -s "-screen 0 1600x1000x24" $(BIN)/python scripts/screenshot_loop.py docs/screenshot_loop.png
-	xvfb-run -a -s "-screen 0 1600x1000x24" $(BIN)/python scripts/screenshot_failure.py $(SHARED_DATA)/brats18/Brats18_CBICA_ALU_1 docs/known_failure_fp_island.png
+	xvfb-run -a -s "-screen 0 1600x1000x24" $(BIN)/python scripts/screenshot_failure.py $(SHARED_DATA)/TCGA-DU-7294 docs/known_failure_flair_overcall.png

@@ -1,11 +1,13 @@
-"""README screenshot of a known failure of the default model: its largest false-positive island on a held-out real case.
+"""README screenshot of a known failure of the default model: where its whole tumour goes most beyond the reference.
 
     python scripts/screenshot_failure.py CASE_FOLDER OUT.png     (needs a display; make screenshots runs it under Xvfb)
 
-Opens the case with its expert mask as outlines, segments it with the default
-model through the Segment dock, shows the Read-out dock's lesion table and
-moves to the axial slice through the largest connected piece of the model's
-whole tumour that the expert's whole tumour does not touch.
+Opens the case with its reference mask (expert or consensus) as outlines,
+segments it with the default model through the Segment dock, shows the
+Read-out dock's lesion table and moves to the axial slice through the largest
+connected piece of the model's whole tumour that the reference's whole tumour
+does not touch (a false island); where there is none, to the axial slice with
+the most whole-tumour voxels outside the reference (an over-call).
 """
 
 from __future__ import annotations
@@ -17,11 +19,13 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+REFERENCE_COLOUR = "dodgerblue"
 
-def largest_false_island(model_wt: np.ndarray, expert_wt: np.ndarray) -> np.ndarray | None:
-    """Centre (z, y, x) of the biggest 26-connected component of ``model_wt`` that does not touch ``expert_wt``."""
+
+def largest_false_island(model_wt: np.ndarray, reference_wt: np.ndarray) -> np.ndarray | None:
+    """Centre (z, y, x) of the biggest 26-connected component of ``model_wt`` that does not touch ``reference_wt``."""
     labels, count = ndimage.label(model_wt, structure=np.ones((3, 3, 3)))
-    touching = set(np.unique(labels[expert_wt & (labels > 0)]))
+    touching = set(np.unique(labels[reference_wt & (labels > 0)]))
     sizes = ndimage.sum_labels(np.ones_like(labels), labels, index=np.arange(1, count + 1))
     candidates = [(size, i + 1) for i, size in enumerate(sizes) if i + 1 not in touching]
     if not candidates:
@@ -30,8 +34,15 @@ def largest_false_island(model_wt: np.ndarray, expert_wt: np.ndarray) -> np.ndar
     return np.round(ndimage.center_of_mass(labels == best)).astype(int)
 
 
+def most_overcalled_slice(model_wt: np.ndarray, reference_wt: np.ndarray) -> int | None:
+    """Axial slice with the most model whole-tumour voxels outside the reference's, or None when there are none."""
+    per_slice = (model_wt & ~reference_wt).sum(axis=(1, 2))
+    return int(np.argmax(per_slice)) if per_slice.any() else None
+
+
 def main(case_folder: str, out: str) -> int:
     import napari
+    from napari.utils.colormaps import DirectLabelColormap
     from qtpy.QtWidgets import QApplication
 
     from napari_sevnet.layers import LayerInfo
@@ -47,14 +58,15 @@ def main(case_folder: str, out: str) -> int:
     viewer = napari.Viewer(show=True)
     app = QApplication.instance()
     viewer.window._qt_window.resize(1600, 1000)
-    expert = {}
+    reference = {}
     for layer in viewer.open(case_folder, plugin="napari-sevnet"):
         region = LayerInfo.from_layer(layer).region
         if region is None:
             continue
         if region == "WT":
-            expert["WT"] = np.asarray(layer.data) > 0
-            layer.name, layer.contour, layer.opacity = "expert WT (outline)", 2, 1.0
+            reference["WT"] = np.asarray(layer.data) > 0
+            layer.name, layer.contour, layer.opacity = "reference WT (outline)", 2, 1.0
+            layer.colormap = DirectLabelColormap(color_dict={None: REFERENCE_COLOUR, 0: "transparent", 1: REFERENCE_COLOUR})  # apart from the model's green
         else:
             viewer.layers.remove(layer)
     segment, readout = SegmentWidget(viewer), ReadoutWidget(viewer)
@@ -63,17 +75,22 @@ def main(case_folder: str, out: str) -> int:
     segment.run()
     wait(lambda: segment.worker is None)
     wait(lambda: readout.table.rowCount() > 0, timeout=120)
-    centre = largest_false_island(segment.last_result.regions[0], expert["WT"])
-    if centre is None:
+    model_wt = segment.last_result.regions[0]
+    centre = largest_false_island(model_wt, reference["WT"])
+    if centre is not None:
+        z, what = int(centre[0]), f"false island centred at voxel {tuple(int(c) for c in centre)}"
+    else:
+        z = most_overcalled_slice(model_wt, reference["WT"])
+        what = f"over-call: {int((model_wt & ~reference['WT'])[z].sum())} whole-tumour voxels outside the reference on axial slice {z}" if z is not None else ""
+    if z is None:
         kept = f"kept {out}, made by an earlier model" if Path(out).exists() else f"{out} not written"
-        print(f"the model's whole tumour has no piece away from the expert's on this case: nothing to show ({kept})")
+        print(f"the model's whole tumour lies inside the reference's on this case: nothing to show ({kept})")
         viewer.close()
         return 0
-    scale = viewer.layers[0].scale
-    viewer.dims.set_point(0, centre[0] * scale[0])
+    viewer.dims.set_point(0, z * viewer.layers[0].scale[0])
     wait(lambda: False, timeout=2)
     viewer.screenshot(out, canvas_only=False)
-    print(f"wrote {out} (island centred at voxel {tuple(int(c) for c in centre)})")
+    print(f"wrote {out} ({what})")
     viewer.close()
     return 0
 
