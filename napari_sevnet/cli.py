@@ -353,8 +353,7 @@ def prepare_main(argv=None) -> int:
             failed += 1
             print(f"sevnet-prepare: error: {exc}", file=sys.stderr)
             continue
-        steps = ", ".join(f"{k[:-2].replace('_', ' ')} {v:.1f} s" for k, v in prepared.timings_s.items())
-        print(f"{prepared.folder}: brain {prepared.brain_ml:.0f} mL; {steps}")
+        print(f"{prepared.folder}: {prepared.summary}")
     return 1 if failed else 0
 
 

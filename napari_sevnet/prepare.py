@@ -62,7 +62,13 @@ class Prepared:
     reference: str
     native_reference: Path  # the reference series as acquired: where results go back
     timings_s: dict = field(default_factory=dict)
-    brain_ml: float = 0.0
+    brain_ml: float | None = None  # None: the skull was kept (nothing stripped, nothing measured)
+
+    @property
+    def summary(self) -> str:
+        """What a user reads after a preparation: the brain volume (or that the skull was kept) and each step's time."""
+        brain = f"brain {self.brain_ml:.0f} mL" if self.brain_ml is not None else "skull kept (not stripped)"
+        return f"{brain}; " + ", ".join(f"{k[:-2].replace('_', ' ')} {v:.1f} s" for k, v in self.timings_s.items())
 
 
 def _sitk():
@@ -256,7 +262,7 @@ def _prepare(files: dict[str, Path], out_dir: Path, reference: str, case_id: str
             stripped.CopyInformation(grid)
             sitk.WriteImage(stripped, str(staging / f"{case_id}_{m}.nii.gz"))
             sitk.WriteTransform(transforms[m], str(staging / f"{case_id}_{m}_to_native.tfm"))
-        brain_ml = float(brain.sum()) * PREPARED_SPACING_MM**3 / 1000 if brain is not None else 0.0
+        brain_ml = float(brain.sum()) * PREPARED_SPACING_MM**3 / 1000 if brain is not None else None
         native = {m: str(Path(p).resolve()) for m, p in files.items()}
         if dicom:  # the converted series live in a temporary folder: the reference's native grid is kept with the case
             shutil.copyfile(files[reference], staging / f"{case_id}_{reference}_native.nii.gz")

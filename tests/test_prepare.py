@@ -157,6 +157,7 @@ def test_the_reader_offers_preparation_and_the_prepare_dock_opens_the_prepared_c
     assert dock.prepared is not None and len(viewer.layers) == 4 and tuple(viewer.layers[0].scale) == (1.0, 1.0, 1.0)
     record = json.loads((dock.prepared.folder / "prepare.json").read_text(encoding="utf-8"))
     assert record["bias_field"] is None and "bias_field_s" not in record["timings_s"]  # the dock's choice reached the preparation
+    assert record["brain_ml"] is None and "skull kept (not stripped)" in dock._status.value  # not "brain 0 mL"
 
 
 def write_dicom_series(image_path: Path, folder: Path, description: str, patient: str, series_number: int) -> None:

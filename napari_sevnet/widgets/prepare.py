@@ -60,8 +60,7 @@ class PrepareWidget(DockWidget):
             prepare_viewer(self._viewer)
             for layer in layers:
                 self._viewer.add_layer(layer)
-            steps = ", ".join(f"{k[:-2].replace('_', ' ')} {v:.0f} s" for k, v in self.prepared.timings_s.items())
-            self._status.value = f"prepared {self.prepared.folder} (brain {self.prepared.brain_ml:.0f} mL; {steps})"
+            self._status.value = f"prepared {self.prepared.folder} ({self.prepared.summary})"
 
         def failed(exc):
             self._status.value = "not prepared"
