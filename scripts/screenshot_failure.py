@@ -34,12 +34,6 @@ def largest_false_island(model_wt: np.ndarray, reference_wt: np.ndarray) -> np.n
     return np.round(ndimage.center_of_mass(labels == best)).astype(int)
 
 
-def most_overcalled_slice(model_wt: np.ndarray, reference_wt: np.ndarray) -> int | None:
-    """Axial slice with the most model whole-tumour voxels outside the reference's, or None when there are none."""
-    per_slice = (model_wt & ~reference_wt).sum(axis=(1, 2))
-    return int(np.argmax(per_slice)) if per_slice.any() else None
-
-
 def main(case_folder: str, out: str) -> int:
     import napari
     from napari.utils.colormaps import DirectLabelColormap
@@ -77,12 +71,13 @@ def main(case_folder: str, out: str) -> int:
     wait(lambda: readout.table.rowCount() > 0, timeout=120)
     model_wt = segment.last_result.regions[0]
     centre = largest_false_island(model_wt, reference["WT"])
+    overcalled_per_slice = (model_wt & ~reference["WT"]).sum(axis=(1, 2))
     if centre is not None:
         z, what = int(centre[0]), f"false island centred at voxel {tuple(int(c) for c in centre)}"
+    elif overcalled_per_slice.any():
+        z = int(np.argmax(overcalled_per_slice))
+        what = f"over-call: {int(overcalled_per_slice[z])} whole-tumour voxels outside the reference on axial slice {z}"
     else:
-        z = most_overcalled_slice(model_wt, reference["WT"])
-        what = f"over-call: {int((model_wt & ~reference['WT'])[z].sum())} whole-tumour voxels outside the reference on axial slice {z}" if z is not None else ""
-    if z is None:
         kept = f"kept {out}, made by an earlier model" if Path(out).exists() else f"{out} not written"
         print(f"the model's whole tumour lies inside the reference's on this case: nothing to show ({kept})")
         viewer.close()
