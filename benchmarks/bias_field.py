@@ -24,12 +24,12 @@ import numpy as np
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bias_field", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", help="default: the bundled default model")
+    parser.add_argument("--checkpoint", help="default: the shipped recipe without the held-out cases (benchmarks/checkpoints/)")
     parser.add_argument("--part", choices=("held_out", "train"), default="held_out", help="which part of the split (train: to decide on N4 without spending the held-out cases)")
     parser.add_argument("-o", "--output", type=Path)
     args = parser.parse_args(argv)
 
-    from benchmarks.real_heldout import CONSENSUS_CASES, DATA, SPLIT, find_cases, write_results
+    from benchmarks.real_heldout import CONSENSUS_CASES, DATA, HELD_OUT_MODEL, SPLIT, find_cases, unseen_checkpoint, write_results
     from napari_sevnet.inference import Predictor
     from napari_sevnet.io import load_case
     from napari_sevnet.metrics import dice
@@ -39,7 +39,7 @@ def main(argv=None) -> int:
     cases = find_cases(json.loads(SPLIT.read_text(encoding="utf-8"))[args.part], DATA)
     if args.part == "held_out":
         cases.update({name: DATA / folder for name, folder in CONSENSUS_CASES.items() if (DATA / folder).is_dir()})
-    predictor = Predictor(args.checkpoint, "cpu")
+    predictor = Predictor(unseen_checkpoint(args.checkpoint, cases) if args.part == "held_out" else str(args.checkpoint or HELD_OUT_MODEL), "cpu")
     rows = {}
     for case_id, folder in cases.items():
         case = load_case(folder)

@@ -154,7 +154,7 @@ def plot(result: dict, path: Path) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.correction", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="two small phantoms with the phantom weights: checks the benchmark works, figures mean nothing")
-    parser.add_argument("--checkpoint", help="model whose output is corrected (default: the bundled default)")
+    parser.add_argument("--checkpoint", help="model whose output is corrected (default: the shipped recipe without the held-out cases, benchmarks/checkpoints/)")
     parser.add_argument("--part", choices=("held_out", "train"), default="held_out", help="which part of the split (train: where the tools' settings are chosen)")
     parser.add_argument("--target", type=float, default=TARGET, help="Dice at which the simulated user stops (NoC@ this)")
     parser.add_argument("--max-clicks", type=int, default=20)
@@ -168,10 +168,10 @@ def main(argv=None) -> int:
         cases = {f"phantom_{s}": phantom_case(seed=s, shape=(64, 72, 64), contrast=0.4) for s in (31, 32)}
         checkpoint = args.checkpoint or str(phantom_checkpoint())
     else:
-        from benchmarks.real_heldout import DATA, SPLIT, find_cases
+        from benchmarks.real_heldout import DATA, HELD_OUT_MODEL, SPLIT, find_cases, unseen_checkpoint
 
         cases = find_cases(json.loads(SPLIT.read_text(encoding="utf-8"))[args.part], DATA)
-        checkpoint = args.checkpoint
+        checkpoint = unseen_checkpoint(args.checkpoint, cases) if args.part == "held_out" else str(args.checkpoint or HELD_OUT_MODEL)
     result = run(cases, checkpoint, args.max_clicks, args.max_strokes, args.target)
     result.update({"date": time.strftime("%Y-%m-%d %H:%M"), "host": platform.node(), "quick": args.quick, "part": "phantoms" if args.quick else args.part, "checkpoint": checkpoint})
     table = markdown(result)

@@ -23,17 +23,17 @@ import numpy as np
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.rano_agreement", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", help="default: the bundled default model")
+    parser.add_argument("--checkpoint", help="default: the shipped recipe without the held-out cases (benchmarks/checkpoints/)")
     parser.add_argument("-o", "--output", type=Path)
     args = parser.parse_args(argv)
 
-    from benchmarks.real_heldout import DATA, SPLIT, find_cases, write_results
+    from benchmarks.real_heldout import DATA, SPLIT, find_cases, unseen_checkpoint, write_results
     from napari_sevnet.inference import Predictor
     from napari_sevnet.io import load_case
     from napari_sevnet.readout import measure
 
     cases = find_cases(json.loads(SPLIT.read_text(encoding="utf-8"))["held_out"], DATA)
-    predictor = Predictor(args.checkpoint, "cpu")
+    predictor = Predictor(unseen_checkpoint(args.checkpoint, cases), "cpu")
     rows = {}
     for case_id, folder in cases.items():
         case = load_case(folder)

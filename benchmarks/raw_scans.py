@@ -8,12 +8,14 @@
    (the prepared T1ce registered rigidly to the BraTS-space T1ce, both
    skull-stripped) and compared with the native-grid result: Dice per region,
    WT volume on both grids, the time of each step; once as a user runs it
-   (N4 bias-field correction on) and once with ``--no-bias-field``.
+   (N4 bias-field correction on) and once with ``--no-bias-field``. The shipped
+   default segments it (no model here trained on this patient).
 2. Robustness: held-out BraTS cases made "raw" (every series but T1ce moved by
    a random rigid motion of up to 6 degrees and 5 mm, each on its own
    anisotropic grid), prepared without skull stripping (they have none),
    segmented, mapped back to the reference's grid and then to the original one:
-   Dice against the expert mask, beside the model's Dice on the original case.
+   Dice against the expert mask, beside the model's Dice on the original case;
+   segmented by the held-out model (the shipped weights trained on these cases).
 """
 
 from __future__ import annotations
@@ -93,7 +95,7 @@ def real_raw(data: Path, work: Path, bias_field: bool = True) -> dict:
 
 
 def robustness(data: Path, work: Path, n_cases: int) -> dict:
-    from benchmarks.real_heldout import SPLIT, find_cases
+    from benchmarks.real_heldout import SPLIT, find_cases, unseen_checkpoint
     from napari_sevnet.inference import Predictor
     from napari_sevnet.io import load_case
     from napari_sevnet.metrics import dice
@@ -101,7 +103,7 @@ def robustness(data: Path, work: Path, n_cases: int) -> dict:
 
     sitk = _sitk()
     cases = find_cases(json.loads(SPLIT.read_text(encoding="utf-8"))["held_out"], data)
-    predictor = Predictor(None, "cpu")
+    predictor = Predictor(unseen_checkpoint(None, cases), "cpu")
     rows = {}
     for seed, (case_id, folder) in enumerate(list(cases.items())[:n_cases]):
         original = load_case(folder)

@@ -2,12 +2,16 @@
 
     python -m benchmarks.real_heldout [--checkpoint CKPT ...] [--compare] [-o OUT.json]
 
-For each checkpoint (default: the bundled default weights) every held-out case
-of ``training/configs/splits/real_brats_heldout.json`` (cases that never
-trained) is segmented by the Predictor as a user runs it, and scored against
-its expert mask: Dice, HD95, sensitivity, precision per region, and the BraTS
-2023 lesion-wise Dice and HD95. Cases with a consensus mask instead of an
-expert one (``--consensus``) are scored in a separate table.
+For each checkpoint (default: ``HELD_OUT_MODEL``, the shipped default's recipe
+without the held-out cases; the shipped weights also trained on them) every
+held-out case of ``training/configs/splits/real_brats_heldout.json`` is
+segmented by the Predictor as a user runs it, and scored against its expert
+mask: Dice, HD95, sensitivity, precision per region, and the BraTS 2023
+lesion-wise Dice and HD95. A checkpoint whose provenance lists one of the
+scored cases among its training cases is refused. Cases with a consensus mask
+instead of an expert one (``--consensus``) are scored in a separate table;
+``--consensus-only`` scores only them (no model here trained on them), which
+is how the shipped weights are compared with ``HELD_OUT_MODEL``.
 
 SE spread: per stage, the standard deviation of each channel's excitation
 across the held-out cases, averaged over channels ("how much the attention
@@ -39,6 +43,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 SPLIT = ROOT / "training" / "configs" / "splits" / "real_brats_heldout.json"
+#: stage 3 of the shipped recipe, trained on the split's training cases only: the model whose held-out figures the
+#: README and the shipped model card report (the shipped weights are the same recipe on every case, held-out ones included)
+HELD_OUT_MODEL = ROOT / "benchmarks" / "checkpoints" / "sevnet_lite_brats_heldout.json"
 DATA = Path(os.environ.get("SEVNET_REAL_DATA", ROOT.parent / "shared" / "data"))
 #: cases with a five-algorithm consensus mask (not expert): reported apart
 CONSENSUS_CASES = {"TCGA-DU-7294": "TCGA-DU-7294", "TCGA-FG-6692": "TCIA-RAW-FG-6692/brats_space"}
@@ -65,6 +72,18 @@ def find_cases(ids: list[str], data: Path) -> dict[str, Path]:
     if missing:
         raise SystemExit(f"held-out cases not found under {data}: {missing} (set SEVNET_REAL_DATA)")
     return {i: found[i] for i in ids}
+
+
+def unseen_checkpoint(checkpoint: str | os.PathLike | None, case_ids) -> str:
+    """``checkpoint`` (default ``HELD_OUT_MODEL``), after checking that it never trained on any of ``case_ids``."""
+    from napari_sevnet.checkpoint import read_info
+
+    checkpoint = str(checkpoint or HELD_OUT_MODEL)
+    seen = sorted(set(read_info(checkpoint).provenance.get("train_cases") or []) & set(case_ids))
+    if seen:
+        raise SystemExit(f"{checkpoint} trained on {seen}: its figures on them would not be held-out "
+                         f"(score {HELD_OUT_MODEL.relative_to(ROOT)}, the same recipe without them, or other cases)")
+    return checkpoint
 
 
 def evaluate(checkpoint: str | None, cases: dict[str, Path], tta: bool = False) -> dict:
@@ -140,10 +159,10 @@ def paired(a: dict, b: dict, seed: int = 0, resamples: int = 10000) -> dict:
     return out
 
 
-def markdown(results: list[dict], label_of) -> str:
+def markdown(results: list[dict], label_of, kind: str = "held-out, expert labels") -> str:
     lines = []
     for res in results:
-        lines += [f"**{label_of(res)}** (held-out, expert labels)", "",
+        lines += [f"**{label_of(res)}** ({kind})", "",
                   "| case | " + " | ".join(f"{r} Dice" for r in REGIONS) + " | " + " | ".join(f"{r} HD95" for r in REGIONS) + " | WT sens / prec | s |",
                   "|---|" + "---|" * 8]
         for case_id, c in [*res["cases"].items(), ("**mean**", {**res["mean"], "seconds": np.mean([v["seconds"] for v in res["cases"].values()])})]:
@@ -163,28 +182,34 @@ def write_results(output: Path, record: dict, table: str) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.real_heldout", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", action="append", help="checkpoint to score (repeatable; default: the bundled default)")
+    parser.add_argument("--checkpoint", action="append", help="checkpoint to score (repeatable; default: HELD_OUT_MODEL, the shipped recipe without the held-out cases)")
     parser.add_argument("--label", action="append", help="a name per checkpoint for the tables")
     parser.add_argument("--compare", action="store_true", help="paired Dice differences of every checkpoint against the first")
     parser.add_argument("--consensus", action="store_true", help="also score the consensus-labelled cases (not expert)")
+    parser.add_argument("--consensus-only", action="store_true", help="score only the consensus-labelled cases, which no model here trained on (e.g. the shipped weights)")
     parser.add_argument("--tta", action="store_true", help="also score each checkpoint with test-time augmentation (the 8 mirror flips), labelled '+ TTA'")
     parser.add_argument("--patterns", action="store_true", help="only the missing-sequence figures: each checkpoint with sequences left out")
     parser.add_argument("--split", type=Path, default=SPLIT)
     parser.add_argument("-o", "--output", type=Path, help="JSON to write (default: print only)")
     args = parser.parse_args(argv)
 
-    ids = json.loads(args.split.read_text(encoding="utf-8"))["held_out"]
-    cases = find_cases(ids, DATA)
     consensus = {}
-    if args.consensus:
+    if args.consensus or args.consensus_only:
         consensus = {i: DATA / rel for i, rel in CONSENSUS_CASES.items() if (DATA / rel).is_dir()}
-    checkpoints = args.checkpoint or [None]
-    labels = args.label or [str(c or "bundled default") for c in checkpoints]
+    if args.consensus_only:
+        if not consensus:
+            raise SystemExit(f"no consensus-labelled case under {DATA} (set SEVNET_REAL_DATA)")
+        ids, cases, consensus = list(consensus), consensus, {}
+    else:
+        ids = json.loads(args.split.read_text(encoding="utf-8"))["held_out"]
+        cases = find_cases(ids, DATA)
+    checkpoints = [unseen_checkpoint(c, [*cases, *consensus]) for c in (args.checkpoint or [None])]
+    labels = args.label or checkpoints
     if args.patterns:
         return _patterns_main(args, checkpoints, labels, ids, cases)
     results = []
     for checkpoint, label in zip(checkpoints, labels):
-        print(f"{label}: {len(cases)} held-out cases", flush=True)
+        print(f"{label}: {len(cases)} {'consensus-labelled' if args.consensus_only else 'held-out'} cases", flush=True)
         res = evaluate(checkpoint, cases)
         res["label"] = label
         if consensus:
@@ -195,11 +220,11 @@ def main(argv=None) -> int:
         if args.tta:
             print(f"{label} + TTA: {len(cases)} held-out cases", flush=True)
             results.append(evaluate(checkpoint, cases, tta=True) | {"label": f"{label} + TTA"})
-    out = {"date": time.strftime("%Y-%m-%d %H:%M"), "host": platform.node(), "split": str(args.split.relative_to(ROOT) if args.split.is_relative_to(ROOT) else args.split),
-           "held_out": ids, "results": results}
+    out = {"date": time.strftime("%Y-%m-%d %H:%M"), "host": platform.node(), "split": "consensus-labelled cases" if args.consensus_only else
+           str(args.split.relative_to(ROOT) if args.split.is_relative_to(ROOT) else args.split), "held_out": ids, "results": results}
     if args.compare and len(results) > 1:
         out["paired_vs_first"] = {res["label"]: paired(results[0], res) for res in results[1:]}
-    table = markdown(results, lambda r: r["label"])
+    table = markdown(results, lambda r: r["label"], "consensus labels, not expert; trained on by no model here" if args.consensus_only else "held-out, expert labels")
     for res in results:
         spread = res["se_spread"].get("mean")
         if spread:

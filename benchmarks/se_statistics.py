@@ -2,7 +2,7 @@
 
     python -m benchmarks.se_statistics [--checkpoint CKPT] [--cases N] [-o OUT.json]
 
-Runs a checkpoint (default: the bundled default) on training cases of
+Runs a checkpoint (default: HELD_OUT_MODEL, stage 3 of the shipped recipe) on training cases of
 ``training/configs/splits/real_brats_heldout.json`` (held-out cases stay
 unseen: this chooses a design) and records, for every stage, candidate
 squeeze statistics of its convolution stack: the channel means before the
@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.real_heldout import DATA, ROOT, SPLIT, find_cases, se_spread
+from benchmarks.real_heldout import DATA, HELD_OUT_MODEL, ROOT, SPLIT, find_cases, se_spread
 
 
 def _statistics(output: torch.Tensor, pre_norm: torch.Tensor) -> dict[str, np.ndarray]:
@@ -92,14 +92,14 @@ def table(result: dict) -> str:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.se_statistics", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", help="checkpoint (default: the bundled default)")
+    parser.add_argument("--checkpoint", help="checkpoint (default: the shipped recipe without the held-out cases, benchmarks/checkpoints/)")
     parser.add_argument("--cases", type=int, default=8, help="how many training cases (every other one of the split's list)")
     parser.add_argument("-o", "--output", type=Path, help="JSON to write")
     args = parser.parse_args(argv)
     if args.cases < 2:
         parser.error("--cases: a spread across cases needs at least 2")
     train = json.loads(SPLIT.read_text())["train"][::2][: args.cases]
-    result = measure(args.checkpoint, find_cases(train, DATA))
+    result = measure(str(args.checkpoint or HELD_OUT_MODEL), find_cases(train, DATA))
     print("Across-case sd / across-channel sd of each candidate squeeze (training cases):\n")
     print(table(result))
     if args.output:

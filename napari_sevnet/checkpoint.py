@@ -212,9 +212,13 @@ def describe(path: str | os.PathLike) -> str:
     sources = (card.get("training_data") or {}).get("sources")
     if sources:
         lines.append("Trained on " + "; ".join(sources) + ".")
-    figures = (card.get("held_out_figures") or {}).get("mean")
+    held_out = card.get("held_out_figures") or {}
+    figures = held_out.get("mean")
     if figures:
-        lines.append("Held-out Dice " + ", ".join(f"{r} {figures[r]['dice']:.2f}" for r in REGIONS if r in figures) + ".")
+        # a model retrained on every case after its recipe was scored on held-out ones carries that recipe's figures
+        seen = set((data.get("provenance") or {}).get("train_cases") or []) & set(held_out.get("cases") or [])
+        whose = " of the same recipe trained without those cases (an estimate for unseen cases)" if seen else ""
+        lines.append(f"Held-out Dice{whose} " + ", ".join(f"{r} {figures[r]['dice']:.2f}" for r in REGIONS if r in figures) + ".")
     lines.append(card.get("intended_use") or data.get("intended_use") or "")
     return "\n".join(line for line in lines if line)
 

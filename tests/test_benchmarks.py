@@ -81,3 +81,17 @@ def test_real_heldout_scores_with_test_time_augmentation_when_asked(phantom_dir,
     plain, flipped = evaluate(str(random_checkpoint), {"a": case}), evaluate(str(random_checkpoint), {"a": case}, tta=True)
     assert asked == [False, True]
     assert set(plain["cases"]["a"]) == set(flipped["cases"]["a"]) and 0 <= flipped["mean"]["WT"]["dice"] <= 1
+
+
+def test_real_heldout_refuses_a_checkpoint_trained_on_the_cases_it_would_score(random_checkpoint, tmp_path):
+    """Figures on cases a model trained on are not held-out: the benchmark names the checkpoint and the cases."""
+    from benchmarks.real_heldout import unseen_checkpoint
+
+    meta = json.loads(random_checkpoint.with_suffix(".json").read_text(encoding="utf-8"))
+    meta["provenance"] = {"train_cases": ["case_a", "case_b"]}
+    seen = tmp_path / "seen"
+    seen.with_suffix(".json").write_text(json.dumps(meta), encoding="utf-8")
+    seen.with_suffix(".safetensors").write_bytes(random_checkpoint.with_suffix(".safetensors").read_bytes())
+    assert unseen_checkpoint(str(seen) + ".json", ["case_c"]) == str(seen) + ".json"
+    with pytest.raises(SystemExit, match=r"seen\.json trained on \['case_b'\]"):
+        unseen_checkpoint(str(seen) + ".json", ["case_b", "case_c"])

@@ -250,3 +250,16 @@ def test_average_is_the_mean_of_the_snapshots_and_refuses_other_networks_or_an_e
         average_main([str(tmp_path / "s1.json"), str(tmp_path / "vnet.json"), "-o", str(tmp_path / "other")])
     assert exit_info.value.code == 2 and "vnet.json: its architecture differs" in capsys.readouterr().err
     assert not (tmp_path / "other.json").exists()
+
+
+def test_a_model_card_extends_another_and_replaces_only_what_it_names(tmp_path):
+    """The held-out model's card is the shipped card with its own name, sources and training; the rest is shared."""
+    from training.publish import load_card
+
+    (tmp_path / "base.yaml").write_text("name: base\nintended_use: research\ntraining_data: {sources: [a], citations: [c]}\n", encoding="utf-8")
+    (tmp_path / "child.yaml").write_text("extends: base.yaml\nname: child\ntraining_data: {sources: [b]}\n", encoding="utf-8")
+    assert load_card(tmp_path / "child.yaml") == {"name": "child", "intended_use": "research", "training_data": {"sources": ["b"], "citations": ["c"]}}
+    shipped = load_card(ROOT / "training" / "model_cards" / "sevnet_lite_brats.yaml")
+    held_out = load_card(ROOT / "training" / "model_cards" / "sevnet_lite_brats_heldout.yaml")
+    assert held_out["known_failures"] == shipped["known_failures"] and held_out["name"] != shipped["name"]
+    assert held_out["training_data"]["citations"] == shipped["training_data"]["citations"]

@@ -5,8 +5,11 @@ card's text (intended use, training data, citations, licence notes,
 preprocessing, assumptions, known failures), the training command and time
 from the run, and the held-out figures from ``python -m benchmarks.real_heldout``
 output (``--patterns``: its held-out Dice per set of available sequences, for a
-model trained for missing sequences). Case paths of this machine become case
-ids, so the shipped JSON names no local folder.
+model trained for missing sequences), with the model they were measured on
+(the shipped default's are those of its recipe without the held-out cases).
+A card may start from another (``extends: other.yaml``, beside it) and replace
+some of its entries. Case paths of this machine become case ids, so the
+shipped JSON names no local folder.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from napari_sevnet.files import atomic_output, write_text_atomic
 from napari_sevnet.inference import POSTPROCESSING_KEYS
 from napari_sevnet.regions import REGIONS
 
+ROOT = Path(__file__).resolve().parents[1]
+
 CARD_REQUIRED = ("name", "intended_use", "training_data")
 
 
@@ -36,11 +41,29 @@ def held_out_summary(evaluation: dict) -> dict:
         "dice_per_case": {case: {r: round(m[r]["dice"], 4) for r in REGIONS} for case, m in result["cases"].items()},
         "command": "python -m benchmarks.real_heldout (make eval-real)",
         "date": evaluation["date"],
+        "model": _repo_path(result["checkpoint"]),
     }
     spread = (result.get("se_spread") or {}).get("mean")
     if spread:  # how much the SE excitations move between cases: the Attention dock says when they hardly do
         summary["se_spread"] = {k: round(spread[k], 4) for k in ("across_cases", "across_channels")}
     return summary
+
+
+def _repo_path(path: str) -> str:
+    """``path`` relative to the repository when it is inside it, else its file name (no folder of this machine)."""
+    resolved = Path(path).resolve()
+    return str(resolved.relative_to(ROOT)) if resolved.is_relative_to(ROOT) else resolved.name
+
+
+def load_card(path: Path) -> dict:
+    """The model card at ``path``; with ``extends: BASE.yaml`` (beside it), BASE's card with this one's entries on top
+    (a mapping entry, e.g. training_data, replaces only the keys it names)."""
+    card = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    base_name = card.pop("extends", None)
+    if base_name is None:
+        return card
+    base = load_card(path.parent / base_name)
+    return base | {k: (base[k] | v if isinstance(v, dict) and isinstance(base.get(k), dict) else v) for k, v in card.items()}
 
 
 def patterns_summary(evaluation: dict) -> dict:
@@ -65,7 +88,7 @@ def main(argv=None) -> int:
     parser.add_argument("--patterns", type=Path, help="JSON written by python -m benchmarks.real_heldout --patterns with this checkpoint first")
     args = parser.parse_args(argv)
     info = read_info(args.checkpoint)
-    card = yaml.safe_load(args.card.read_text(encoding="utf-8"))
+    card = load_card(args.card)
     missing = [k for k in CARD_REQUIRED if k not in card]
     if missing:
         parser.error(f"{args.card}: the model card lacks {missing}")
