@@ -29,7 +29,7 @@ def main(argv=None) -> int:
     parser.add_argument("-o", "--output", type=Path)
     args = parser.parse_args(argv)
 
-    from benchmarks.real_heldout import CONSENSUS_CASES, DATA, HELD_OUT_MODEL, SPLIT, find_cases, unseen_checkpoint, write_results
+    from benchmarks.real_heldout import CONSENSUS_CASES, DATA, SPLIT, checkpoint_for, find_cases, write_results
     from napari_sevnet.inference import Predictor
     from napari_sevnet.io import load_case
     from napari_sevnet.metrics import dice
@@ -39,7 +39,7 @@ def main(argv=None) -> int:
     cases = find_cases(json.loads(SPLIT.read_text(encoding="utf-8"))[args.part], DATA)
     if args.part == "held_out":
         cases.update({name: DATA / folder for name, folder in CONSENSUS_CASES.items() if (DATA / folder).is_dir()})
-    predictor = Predictor(unseen_checkpoint(args.checkpoint, cases) if args.part == "held_out" else str(args.checkpoint or HELD_OUT_MODEL), "cpu")
+    predictor = Predictor(checkpoint_for(args.part, args.checkpoint, cases), "cpu")
     rows = {}
     for case_id, folder in cases.items():
         case = load_case(folder)

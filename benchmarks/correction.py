@@ -168,10 +168,10 @@ def main(argv=None) -> int:
         cases = {f"phantom_{s}": phantom_case(seed=s, shape=(64, 72, 64), contrast=0.4) for s in (31, 32)}
         checkpoint = args.checkpoint or str(phantom_checkpoint())
     else:
-        from benchmarks.real_heldout import DATA, HELD_OUT_MODEL, SPLIT, find_cases, unseen_checkpoint
+        from benchmarks.real_heldout import DATA, SPLIT, checkpoint_for, find_cases
 
         cases = find_cases(json.loads(SPLIT.read_text(encoding="utf-8"))[args.part], DATA)
-        checkpoint = unseen_checkpoint(args.checkpoint, cases) if args.part == "held_out" else str(args.checkpoint or HELD_OUT_MODEL)
+        checkpoint = checkpoint_for(args.part, args.checkpoint, cases)
     result = run(cases, checkpoint, args.max_clicks, args.max_strokes, args.target)
     result.update({"date": time.strftime("%Y-%m-%d %H:%M"), "host": platform.node(), "quick": args.quick, "part": "phantoms" if args.quick else args.part, "checkpoint": checkpoint})
     table = markdown(result)

@@ -86,6 +86,12 @@ def unseen_checkpoint(checkpoint: str | os.PathLike | None, case_ids) -> str:
     return checkpoint
 
 
+def checkpoint_for(part: str, checkpoint: str | os.PathLike | None, case_ids) -> str:
+    """The checkpoint a benchmark runs on ``part`` of the split (default ``HELD_OUT_MODEL``): on held-out cases only one
+    that never trained on them (``unseen_checkpoint``); on training cases any."""
+    return unseen_checkpoint(checkpoint, case_ids) if part == "held_out" else str(checkpoint or HELD_OUT_MODEL)
+
+
 def evaluate(checkpoint: str | None, cases: dict[str, Path], tta: bool = False) -> dict:
     """Per-case metrics, SE excitations and seconds per case of one checkpoint (``tta``: the 8 mirror flips averaged)."""
     from napari_sevnet.inference import Predictor

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.real_heldout import DATA, HELD_OUT_MODEL, ROOT, SPLIT, find_cases, se_spread
+from benchmarks.real_heldout import DATA, ROOT, SPLIT, checkpoint_for, find_cases, se_spread
 
 
 def _statistics(output: torch.Tensor, pre_norm: torch.Tensor) -> dict[str, np.ndarray]:
@@ -99,7 +99,8 @@ def main(argv=None) -> None:
     if args.cases < 2:
         parser.error("--cases: a spread across cases needs at least 2")
     train = json.loads(SPLIT.read_text())["train"][::2][: args.cases]
-    result = measure(str(args.checkpoint or HELD_OUT_MODEL), find_cases(train, DATA))
+    cases = find_cases(train, DATA)
+    result = measure(checkpoint_for("train", args.checkpoint, cases), cases)
     print("Across-case sd / across-channel sd of each candidate squeeze (training cases):\n")
     print(table(result))
     if args.output:
