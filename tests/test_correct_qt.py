@@ -53,6 +53,7 @@ def corrected(request, qtbot, make_napari_viewer, tmp_path):
     segment._on_destroyed()
 
 
+@pytest.mark.timing
 @pytest.mark.parametrize("corrected", [FULL], indirect=True)  # the heartbeat is measured on a full BraTS-sized case
 def test_clicks_add_and_remove_nested_with_one_undo_and_the_gui_stays_live(qtbot, corrected):
     from qtpy.QtCore import QTimer

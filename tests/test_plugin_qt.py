@@ -114,6 +114,7 @@ def test_modality_layers_filled_in_from_names(make_napari_viewer):
     assert {m: c.value.name for m, c in widget._modalities.items()} == {"t1": "BraTS-GLI-1-t1n", "t1ce": "BraTS-GLI-1-t1c", "t2": "BraTS-GLI-1-t2w", "flair": "BraTS-GLI-1-t2f"}
 
 
+@pytest.mark.timing
 def test_segment_end_to_end_with_demo_weights(qtbot, segment_widget, phantom_dir):
     viewer, widget = segment_widget
     ticks = []
