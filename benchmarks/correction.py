@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage
 
 from napari_sevnet.correction import GUIDE_SEQUENCE, grow, largest_error_centre, shrink
 from napari_sevnet.io import MODALITIES
@@ -38,6 +39,8 @@ REGIONS = ("WT", "TC", "ET")
 TARGET = 0.90
 BRUSH_RADIUS = 5
 REPORT_AFTER = (1, 3, 5, 10)
+THRESHOLDS = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995)
+MARGINS_MM = (-3, -2, -1, 1, 2, 3)
 
 
 def click_session(probability, start, truth, spacing, limit, tool, image=None, target=TARGET) -> tuple[list[float], list[float]]:
@@ -62,6 +65,16 @@ def click_tool(current, seed, missed, probability, spacing, image):
     if missed:
         return current | grow(probability, seed, image=image, spacing=spacing)[0]
     return current & ~shrink(current, seed, probability, image=image, spacing=spacing)[0]
+
+
+def whole_boundary_ceilings(probability, start, truth, spacing) -> dict:
+    """Best Dice of one threshold on ``probability`` and of one margin (mm; negative shrinks) around ``start``, with what chose them."""
+    by_threshold = {t: dice(probability >= t, truth) for t in THRESHOLDS}
+    inside = ndimage.distance_transform_edt(start, sampling=spacing)
+    outside = ndimage.distance_transform_edt(~start, sampling=spacing)
+    by_margin = {m: dice(start | (outside <= m) if m > 0 else inside > -m, truth) for m in MARGINS_MM}
+    threshold, margin = max(by_threshold, key=by_threshold.get), max(by_margin, key=by_margin.get)
+    return {"threshold": threshold, "threshold_dice": by_threshold[threshold], "margin_mm": margin, "margin_dice": by_margin[margin]}
 
 
 def brush_tool(current, seed, missed, probability, spacing, image):
@@ -100,6 +113,7 @@ def run(cases: dict, checkpoint, max_clicks: int, max_strokes: int, target: floa
             per_case[case_id][r] = {
                 "start_dice": clicks[0], "click_dice": clicks, "click_seconds": click_s, "noc90": noc(clicks, max_clicks, target),
                 "brush_dice": strokes, "brush_noc90": noc(strokes, max_strokes, target),
+                "ceilings": whole_boundary_ceilings(probability, start, truth, case.spacing),
             }
             print(f"  {case_id} {r}: Dice {clicks[0]:.3f} -> {clicks[-1]:.3f} in {len(clicks) - 1} click(s); brush {strokes[-1]:.3f} in {len(strokes) - 1} stroke(s)", flush=True)
     summary = {}
@@ -114,6 +128,9 @@ def run(cases: dict, checkpoint, max_clicks: int, max_strokes: int, target: floa
             "start_dice": float(np.mean([row["start_dice"] for row in rows])),
             "median_click_s": statistics.median(seconds) if seconds else 0.0,
             "max_click_s": max(seconds) if seconds else 0.0,
+            **{f"best_{k}_dice": float(np.mean([row["ceilings"][f"{k}_dice"] for row in rows])) for k in ("threshold", "margin")},
+            **{f"cases_{k}_reach_target": sum(row["ceilings"][f"{k}_dice"] >= target for row in rows) for k in ("threshold", "margin")},
+            "dice_after_all_clicks": float(np.mean([row["click_dice"][-1] for row in rows])),
         }
     return {"cases": per_case, "summary": summary, "max_clicks": max_clicks, "max_strokes": max_strokes, "target": target}
 
@@ -126,6 +143,12 @@ def markdown(result: dict) -> str:
         lines.append(f"| {r} | {s['start_dice']:.3f} | {s['median_noc90']:g} | {s['median_brush_noc90']:g} | "
                      + " / ".join(f"{s['dice_after_clicks'][n]:.3f}" for n in REPORT_AFTER) + " | " + " / ".join(f"{s['dice_after_strokes'][n]:.3f}" for n in REPORT_AFTER)
                      + f" | {s['median_click_s']:.2f}, {s['max_click_s']:.2f} |")
+    n, at = len(result["cases"]), f"{result['target']:.2f}"
+    lines += ["", f"| region | start Dice | after the last click | best one threshold on the probability (cases >= {at}) | best one margin of +-1-3 mm (cases >= {at}) |",
+              "|---|---|---|---|---|"]
+    for r, s in result["summary"].items():
+        lines.append(f"| {r} | {s['start_dice']:.3f} | {s['dice_after_all_clicks']:.3f} | {s['best_threshold_dice']:.3f} ({s['cases_threshold_reach_target']} of {n}) | "
+                     f"{s['best_margin_dice']:.3f} ({s['cases_margin_reach_target']} of {n}) |")
     return "\n".join(lines) + "\n"
 
 

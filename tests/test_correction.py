@@ -73,6 +73,18 @@ def test_fill_between_slices_interpolates_the_shape():
     assert all(filled[k].sum() <= filled[k + 1].sum() for k in range(10))
 
 
+def test_the_ceilings_find_the_threshold_and_the_margin_that_fix_the_whole_boundary():
+    from benchmarks.correction import whole_boundary_ceilings
+
+    truth = ball((40, 40, 40), (20, 20, 20), 10)
+    distance = np.sqrt(((np.indices(truth.shape) - 20) ** 2).sum(0))
+    probability = np.clip(1.5 - distance / 10, 0, 1)  # 0.5 exactly on the truth's border
+    too_big = ball((40, 40, 40), (20, 20, 20), 12)  # a 2 mm rim all around
+    found = whole_boundary_ceilings(probability, too_big, truth, (1.0, 1.0, 1.0))
+    assert found["margin_mm"] == -2 and found["margin_dice"] > 0.95  # from 0.73
+    assert found["threshold"] == 0.5 and found["threshold_dice"] > 0.97
+
+
 def test_the_simulated_user_clicks_at_the_centre_of_the_largest_error():
     truth = ball((30, 30, 30), (15, 15, 15), 8)
     prediction = truth & ~ball((30, 30, 30), (15, 15, 21), 3)
@@ -88,3 +100,4 @@ def test_the_correction_benchmark_quick_mode(tmp_path):
     assert set(result["summary"]) == {"WT", "TC", "ET"} and out.with_suffix(".png").is_file() and out.with_suffix(".md").is_file()
     for summary in result["summary"].values():
         assert 0 <= summary["median_noc90"] <= 3 and summary["median_click_s"] >= 0
+        assert summary["best_threshold_dice"] >= summary["start_dice"] - 0.1 and 0 <= summary["cases_margin_reach_target"] <= 2
