@@ -32,9 +32,10 @@ demo: setup system-deps  ## napari with a case (real if ../shared/data has one),
 
 # The suite runs in TEST_WORKERS processes of one thread each (two processes of two threads each spent half
 # the CPU switching threads: 21 min against 14 min on 2 cores); the tests that assert on GUI responsiveness
-# run afterwards, alone, with every core.
+# run afterwards, alone, with every core. PYTHONUTF8: a worker once decoded a child's output as ASCII (its
+# locale's codeset had become ANSI_X3.4-1968) and failed on npe2's check mark.
 TEST_WORKERS ?= 2
-ONE_THREAD := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS=1
+ONE_THREAD := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS=1 PYTHONUTF8=1
 test: setup system-deps  ## lint, then the whole suite (Qt tests under a virtual X display)
 	$(BIN)/ruff check .
 	$(ONE_THREAD) $(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist worksteal -m "not timing" --durations=15

@@ -35,6 +35,6 @@ def test_npe2_validate_command():
     import sys
 
     npe2 = shutil.which("npe2") or str(Path(sys.executable).parent / "npe2")
-    proc = subprocess.run([npe2, "validate", "napari-sevnet"], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([npe2, "validate", "napari-sevnet"], capture_output=True, encoding="utf-8", timeout=300)  # it prints a check mark
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "valid" in (proc.stdout + proc.stderr).lower()
