@@ -143,8 +143,8 @@ def markdown(result: dict) -> str:
         lines.append(f"| {r} | {s['start_dice']:.3f} | {s['median_noc90']:g} | {s['median_brush_noc90']:g} | "
                      + " / ".join(f"{s['dice_after_clicks'][n]:.3f}" for n in REPORT_AFTER) + " | " + " / ".join(f"{s['dice_after_strokes'][n]:.3f}" for n in REPORT_AFTER)
                      + f" | {s['median_click_s']:.2f}, {s['max_click_s']:.2f} |")
-    n, at = len(result["cases"]), f"{result['target']:.2f}"
-    lines += ["", f"| region | start Dice | after the last click | best one threshold on the probability (cases >= {at}) | best one margin of +-1-3 mm (cases >= {at}) |",
+    n, target = len(result["cases"]), f"{result['target']:.2f}"
+    lines += ["", f"| region | start Dice | after the last click | best one threshold on the probability (cases >= {target}) | best one margin of +-1-3 mm (cases >= {target}) |",
               "|---|---|---|---|---|"]
     for r, s in result["summary"].items():
         lines.append(f"| {r} | {s['start_dice']:.3f} | {s['dice_after_all_clicks']:.3f} | {s['best_threshold_dice']:.3f} ({s['cases_threshold_reach_target']} of {n}) | "
