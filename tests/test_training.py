@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from napari_sevnet.checkpoint import CheckpointInfo, load_checkpoint, save_checkpoint
 from napari_sevnet.model import build_model
 from training.config import TrainConfig, from_dict, load_config, save_config, to_dict
-from training.data import AugmentConfig, PatchDataset, discover_cases, patch_transform, split_cases
+from training.data import AugmentConfig, PatchDataset, RandBiasFieldPerModality, discover_cases, patch_transform, split_cases
 from training.loop import region_loss, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,6 +97,28 @@ def test_augmentation_keeps_image_and_mask_aligned():
         assert img.shape == (4, 24, 24, 24) and lab.shape == (3, 24, 24, 24)
         agree = ((img[0] > 2.5) == (lab[0] > 0.5)).mean()
         assert agree > 0.97
+
+
+def test_bias_field_is_smooth_per_modality_and_keeps_background_and_statistics():
+    rng = np.random.default_rng(0)
+    image = np.zeros((4, 32, 40, 32), np.float32)
+    image[:, 4:28, 4:36, 4:28] = rng.normal(0, 1, (4, 24, 32, 24))
+    brain = image[0] != 0
+    transform = RandBiasFieldPerModality(0.1, prob=1.0)
+    transform.set_random_state(3)
+    out = transform({"image": image})["image"]
+    assert (out[:, ~brain] == 0).all()  # the background stays zero
+    ratios = []
+    for c in range(4):
+        assert abs(out[c][brain].mean() - image[c][brain].mean()) < 1e-4 and abs(out[c][brain].std() - image[c][brain].std()) < 1e-3
+        # what changed is a smooth gain: the voxel-wise ratio of the shifted intensities varies slowly in space
+        shifted_in, shifted_out = image[c] - image[c][brain].min(), out[c] - out[c][brain].min()
+        gain = np.where(brain, shifted_out / np.maximum(shifted_in, 1e-3), np.nan)
+        left, right = np.nanmedian(gain[:, :, 4:10]), np.nanmedian(gain[:, :, 22:28])
+        ratios.append(left / right)
+        assert np.corrcoef(image[c][brain], out[c][brain])[0, 1] > 0.8
+    assert max(abs(r - 1) for r in ratios) > 0.05  # a field that changes the gain across the brain
+    assert len({round(r, 3) for r in ratios}) == 4  # each sequence its own field
 
 
 def test_one_step_lowers_the_loss_on_a_fixed_batch(phantom_dir, tmp_path):
@@ -231,9 +253,10 @@ def test_compare_trains_each_model_with_the_same_budget(phantom_dir, tmp_path):
 def test_average_is_the_mean_of_the_snapshots_and_refuses_other_networks_or_an_existing_output(tmp_path, capsys):
     from training.average import main as average_main
 
-    tiny = CheckpointInfo(architecture={"name": "sevnet", "config": {"preset": "tiny"}})
     for seed in (1, 2):
         torch.manual_seed(seed)
+        tiny = CheckpointInfo(architecture={"name": "sevnet", "config": {"preset": "tiny"}}, metrics={"elapsed_s": 12.0 * seed, "dice": {"WT": 0.9}},
+                              provenance={"train_cases": [f"case{seed}", "shared"], "val_cases": ["val"]})
         save_checkpoint(tmp_path / f"s{seed}", build_model("sevnet", {"preset": "tiny"}), tiny)
     snapshots = [load_checkpoint(tmp_path / f"s{seed}.json")[0] for seed in (1, 2)]
     assert average_main([str(tmp_path / "s1.json"), str(tmp_path / "s2.safetensors"), "-o", str(tmp_path / "mean")]) == 0
@@ -241,6 +264,8 @@ def test_average_is_the_mean_of_the_snapshots_and_refuses_other_networks_or_an_e
     for key, value in averaged.state_dict().items():
         assert torch.allclose(value, (snapshots[0].state_dict()[key] + snapshots[1].state_dict()[key]) / 2, atol=1e-6), key
     assert info.provenance["averaged_from"] == [str(tmp_path / "s1.json"), str(tmp_path / "s2.safetensors")]
+    assert info.metrics == {"elapsed_s": 12.0}  # what the first cost to train; no snapshot's scores describe the mean
+    assert info.provenance["train_cases"] == ["case1", "case2", "shared"] and info.provenance["val_cases"] == ["val"]  # every case seen
 
     with pytest.raises(SystemExit):  # nothing is overwritten
         average_main([str(tmp_path / "s1.json"), str(tmp_path / "s2.json"), "-o", str(tmp_path / "mean")])
@@ -253,7 +278,7 @@ def test_average_is_the_mean_of_the_snapshots_and_refuses_other_networks_or_an_e
 
 
 def test_a_model_card_extends_another_and_replaces_only_what_it_names(tmp_path):
-    """The held-out model's card is the shipped card with its own name, sources and training; the rest is shared."""
+    """The held-out model's card is the shipped card with its own name; the rest is shared."""
     from training.publish import load_card
 
     (tmp_path / "base.yaml").write_text("name: base\nintended_use: research\ntraining_data: {sources: [a], citations: [c]}\n", encoding="utf-8")

@@ -4,8 +4,9 @@ Weight averaging (Izmailov et al. 2018, "Averaging weights leads to wider
 optima") of snapshots of one run, e.g. its ``best`` and ``last``: a flatter
 solution for the price of a file, no training. The checkpoints must describe
 the same network and preprocessing (a mean of two different networks means
-nothing); the output keeps the first one's JSON and names its sources in
-``provenance.averaged_from``. Whether it helps is measured, not assumed:
+nothing); the output keeps the first one's JSON (of its metrics only the
+training time), names its sources in ``provenance.averaged_from`` and lists
+every case any of them trained on, so no benchmark scores it on one. Whether it helps is measured, not assumed:
 ``python -m benchmarks.real_heldout --compare --checkpoint A.json --checkpoint
 OUT.json`` (``benchmarks/results/weight-averaging.md``).
 """
@@ -24,16 +25,21 @@ from napari_sevnet.errors import InputError
 def average(paths: list[Path]) -> tuple[torch.nn.Module, CheckpointInfo]:
     """(the network with the mean weights, the first checkpoint's info naming its sources); refuses checkpoints of different networks."""
     averaged, first = load_checkpoint(paths[0])
-    states = [averaged.state_dict()]
+    states, infos = [averaged.state_dict()], [first]
     for path in paths[1:]:
         model, info = load_checkpoint(path)
         for key in ("architecture", "modalities", "regions", "label_convention", "preprocessing"):
             if getattr(info, key) != getattr(first, key):
                 raise InputError(checkpoint_files(path)[1], f"its {key} differs from {checkpoint_files(paths[0])[1].name}'s: only snapshots of one network can be averaged")
         states.append(model.state_dict())
+        infos.append(info)
     mean = {k: sum(s[k].double() for s in states).div(len(states)).to(v.dtype) if v.is_floating_point() else v for k, v in states[0].items()}
     averaged.load_state_dict(mean)
-    info = CheckpointInfo(**{**first.__dict__, "provenance": provenance(averaged_from=[str(p) for p in paths], base=first.provenance), "metrics": {}})
+    # every case any snapshot saw, at the top level where the held-out benchmarks look before scoring a case
+    seen = {key: sorted({case for i in infos for case in i.provenance.get(key) or []}) for key in ("train_cases", "val_cases", "replay_cases")}
+    # the snapshots' scores do not describe their mean; the first one's training time still says what it cost
+    metrics = {k: first.metrics[k] for k in ("elapsed_s",) if k in first.metrics}
+    info = CheckpointInfo(**{**first.__dict__, "provenance": provenance(averaged_from=[str(p) for p in paths], base=first.provenance, **seen), "metrics": metrics})
     return averaged, info
 
 

@@ -56,6 +56,9 @@ class AugmentConfig:
     scale: float = 0.0  # random zoom in [1 - this, 1 + this] (one resampling with the rotation)
     affine_prob: float = 0.3  # probability of the rotation / zoom when either is on
     elastic: bool = False
+    # per modality, probability 0.5: a smooth multiplicative field (degree-3 Legendre, coefficients in +- this) as an
+    # uncorrected receive coil leaves; 0 turns it off (BraTS scans are not bias-corrected, README "Bias-field")
+    bias_field: float = 0.0
     # probability that a patch loses a random non-empty set of its sequences (zeroed; at least one stays): a model that
     # segments cases with missing sequences. None: the init checkpoint's (a fine-tune keeps the ability), else 0
     sequence_dropout: float | None = None

@@ -151,6 +151,8 @@ def patch_transform(patch_size: list[int], aug: AugmentConfig, train: bool = Tru
             ))
         if aug.elastic:
             steps.append(T.Rand3DElasticd(keys=keys, sigma_range=(5, 8), magnitude_range=(50, 150), prob=0.2, mode=("bilinear", "nearest")))
+        if aug.bias_field > 0:
+            steps.append(RandBiasFieldPerModality(aug.bias_field, prob=0.5))
         if aug.intensity_scale > 0:
             steps.append(T.RandScaleIntensityd(keys="image", factors=aug.intensity_scale, prob=1.0, channel_wise=True))
         if aug.intensity_shift > 0:
@@ -171,19 +173,18 @@ def _randomizable_map_transform():
     return _Base
 
 
-class RandGammaPerModality(_randomizable_map_transform()):
-    """Contrast gamma per modality inside the brain, keeping its mean and spread and the zero background.
+class _PerModalityInBrain(_randomizable_map_transform()):
+    """Changes each modality's brain voxels with probability ``prob`` (``changed``), then restores their mean and
+    spread, so the z-scored statistics the model sees stay put; the zero background stays zero."""
 
-    MONAI's RandAdjustContrastd takes one gamma for all channels and min-max
-    scales over the whole patch, which would lift the zero background.
-    """
-
-    def __init__(self, gamma: float, prob: float):
+    def __init__(self, prob: float):
         from monai.transforms import MapTransform, RandomizableTransform
 
         RandomizableTransform.__init__(self, prob)
         MapTransform.__init__(self, ["image"])
-        self.range = (max(1.0 - gamma, 0.1), 1.0 + gamma)
+
+    def changed(self, values: np.ndarray, brain: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
 
     def __call__(self, data):
         d = dict(data)
@@ -196,12 +197,56 @@ class RandGammaPerModality(_randomizable_map_transform()):
             if not self._do_transform:
                 continue
             v = image[c][brain]
-            lo, span, mean, std = float(v.min()), float(np.ptp(v)) or 1.0, float(v.mean()), float(v.std())
-            g = (((v - lo) / span) ** self.R.uniform(*self.range)) * span + lo
-            g_std = float(g.std())
-            image[c][brain] = (g - float(g.mean())) / (g_std if g_std > 0 else 1.0) * std + mean
+            mean, std = float(v.mean()), float(v.std())
+            out = self.changed(v, brain)
+            out_std = float(out.std())
+            image[c][brain] = (out - float(out.mean())) / (out_std if out_std > 0 else 1.0) * std + mean
         d["image"] = image
         return d
+
+
+class RandGammaPerModality(_PerModalityInBrain):
+    """Contrast gamma per modality inside the brain, keeping its mean and spread and the zero background.
+
+    MONAI's RandAdjustContrastd takes one gamma for all channels and min-max
+    scales over the whole patch, which would lift the zero background.
+    """
+
+    def __init__(self, gamma: float, prob: float):
+        super().__init__(prob)
+        self.range = (max(1.0 - gamma, 0.1), 1.0 + gamma)
+
+    def changed(self, values, brain):
+        lo, span = float(values.min()), float(np.ptp(values)) or 1.0
+        return (((values - lo) / span) ** self.R.uniform(*self.range)) * span + lo
+
+
+class RandBiasFieldPerModality(_PerModalityInBrain):
+    """A smooth multiplicative intensity field per modality inside the brain, keeping its mean, spread and zero background.
+
+    Each sequence gets its own degree-3 Legendre field exp(f), coefficients
+    uniform in +-``coefficient`` (MONAI's RandBiasField draws them in [0, c)
+    and multiplies the raw image, which for z-scored input would stretch the
+    negative values the wrong way). The z-scored intensities are shifted so the
+    brain's darkest voxel is zero, multiplied, then restored to the patch's
+    mean and spread, as a bias field seen before normalisation would be.
+    """
+
+    TERMS = [t for t in itertools.product(range(4), repeat=3) if 0 < sum(t) <= 3]  # the 19 non-constant ones of degree <= 3
+
+    def __init__(self, coefficient: float, prob: float):
+        super().__init__(prob)
+        self.coefficient = coefficient
+
+    def field(self, shape) -> np.ndarray:
+        coeffs = np.zeros((4, 4, 4))
+        for term in self.TERMS:
+            coeffs[term] = self.R.uniform(-self.coefficient, self.coefficient)
+        coords = [np.linspace(-1.0, 1.0, n, dtype=np.float32) for n in shape]
+        return np.exp(np.polynomial.legendre.leggrid3d(*coords, coeffs)).astype(np.float32)
+
+    def changed(self, values, brain):
+        return (values - float(values.min())) * self.field(brain.shape)[brain]
 
 
 class RandDropSequences(_randomizable_map_transform()):
