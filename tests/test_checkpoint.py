@@ -38,3 +38,17 @@ def test_attention_caveat_only_when_the_card_measured_static_excitations(tmp_pat
         caveat = attention_caveat(tmp_path / "m.json")
         assert (caveat is not None) == expected and (not expected or "0.003" in caveat)
     assert attention_caveat(tmp_path / "missing.json") is None and attention_caveat(None) is None
+
+
+def test_describe_says_whose_held_out_figures_a_model_carries(tmp_path):
+    """Its own on cases it never saw; a recipe's estimate when these weights trained on those cases too."""
+    from napari_sevnet.checkpoint import describe
+
+    save_checkpoint(tmp_path / "m", build_model("sevnet", {"preset": "tiny"}), tiny_info())
+    data = json.loads((tmp_path / "m.json").read_text(encoding="utf-8"))
+    data["model_card"] = {"name": "m", "held_out_figures": {"cases": ["a", "b"], "mean": {"WT": {"dice": 0.85}}}}
+    for train_cases, recipe in ((["c"], False), (["a", "b", "c"], True)):
+        data["provenance"] = {"train_cases": train_cases}
+        (tmp_path / "m.json").write_text(json.dumps(data), encoding="utf-8")
+        text = describe(tmp_path / "m.json")
+        assert "WT 0.85" in text and ("of the same recipe trained without those cases" in text) == recipe
