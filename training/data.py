@@ -165,10 +165,13 @@ def patch_transform(patch_size: list[int], aug: AugmentConfig, train: bool = Tru
 
 
 def _randomizable_map_transform():
+    """Base of this module's random transforms: applied with probability ``prob`` to the "image" key."""
     from monai.transforms import MapTransform, RandomizableTransform
 
     class _Base(RandomizableTransform, MapTransform):
-        pass
+        def __init__(self, prob: float):
+            RandomizableTransform.__init__(self, prob)
+            MapTransform.__init__(self, ["image"])
 
     return _Base
 
@@ -176,12 +179,6 @@ def _randomizable_map_transform():
 class _PerModalityInBrain(_randomizable_map_transform()):
     """Changes each modality's brain voxels with probability ``prob`` (``changed``), then restores their mean and
     spread, so the z-scored statistics the model sees stay put; the zero background stays zero."""
-
-    def __init__(self, prob: float):
-        from monai.transforms import MapTransform, RandomizableTransform
-
-        RandomizableTransform.__init__(self, prob)
-        MapTransform.__init__(self, ["image"])
 
     def changed(self, values: np.ndarray, brain: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -258,12 +255,6 @@ class RandDropSequences(_randomizable_map_transform()):
     """
 
     SUBSETS = [s for n in range(1, 4) for s in itertools.combinations(range(4), n)]
-
-    def __init__(self, prob: float):
-        from monai.transforms import MapTransform, RandomizableTransform
-
-        RandomizableTransform.__init__(self, prob)
-        MapTransform.__init__(self, ["image"])
 
     def __call__(self, data):
         self.randomize(None)
