@@ -140,9 +140,14 @@ def test_one_step_lowers_the_loss_on_a_fixed_batch(phantom_dir, tmp_path):
 
 
 def test_training_writes_a_complete_run(phantom_dir, tmp_path):
-    run = train(small_config(phantom_dir, tmp_path, optimizer="nadam", schedule="cosine"))
+    run = train(small_config(phantom_dir, tmp_path, optimizer="nadam", schedule="cosine", keep_epochs=True))
     for name in ("config.yaml", "data.json", "metrics.csv", "best.json", "best.safetensors", "last.json", "resume_state.pt"):
         assert (run / name).is_file(), name
+    # each epoch's weights kept for weight averaging; the last of them is the last checkpoint
+    assert sorted(p.name for p in run.glob("epoch_*.json")) == ["epoch_001.json", "epoch_002.json"]
+    assert load_file(run / "epoch_002.safetensors").keys() == load_file(run / "last.safetensors").keys()
+    assert all(torch.equal(v, load_file(run / "last.safetensors")[k]) for k, v in load_file(run / "epoch_002.safetensors").items())
+    assert not all(torch.equal(v, load_file(run / "last.safetensors")[k]) for k, v in load_file(run / "epoch_001.safetensors").items())
     rows = (run / "metrics.csv").read_text(encoding="utf-8").splitlines()
     assert rows[0].startswith("epoch,train_loss") and len(rows) == 3
     model, info = load_checkpoint(run / "best.json")

@@ -89,6 +89,8 @@ class TrainConfig:
     num_workers: int = 0
     output: str = "runs/sevnet"
     init: str | None = None  # fine-tuning: start from this checkpoint
+    # also keep each epoch's weights as epoch_NNN (for stochastic weight averaging: python -m training.average run/epoch_*.json)
+    keep_epochs: bool = False
     freeze_encoder: bool = False
     label_convention: str = "brats2021"
 

@@ -460,6 +460,8 @@ class Trainer:
             self.best = metrics["mean_dice"]
             save_checkpoint(self.run_dir / "best", self.model, self.info)
         save_checkpoint(self.run_dir / "last", self.model, self.info)
+        if self.cfg.keep_epochs:
+            save_checkpoint(self.run_dir / f"epoch_{epoch + 1:03d}", self.model, self.info)
         if not self.val_arrays:
             save_checkpoint(self.run_dir / "best", self.model, self.info)
         _atomic_torch_save(
