@@ -145,9 +145,10 @@ def test_training_writes_a_complete_run(phantom_dir, tmp_path):
         assert (run / name).is_file(), name
     # each epoch's weights kept for weight averaging; the last of them is the last checkpoint
     assert sorted(p.name for p in run.glob("epoch_*.json")) == ["epoch_001.json", "epoch_002.json"]
-    assert load_file(run / "epoch_002.safetensors").keys() == load_file(run / "last.safetensors").keys()
-    assert all(torch.equal(v, load_file(run / "last.safetensors")[k]) for k, v in load_file(run / "epoch_002.safetensors").items())
-    assert not all(torch.equal(v, load_file(run / "last.safetensors")[k]) for k, v in load_file(run / "epoch_001.safetensors").items())
+    last, first, second = (load_file(run / f"{name}.safetensors") for name in ("last", "epoch_001", "epoch_002"))
+    assert second.keys() == last.keys()
+    assert all(torch.equal(v, last[k]) for k, v in second.items())
+    assert not all(torch.equal(v, last[k]) for k, v in first.items())
     rows = (run / "metrics.csv").read_text(encoding="utf-8").splitlines()
     assert rows[0].startswith("epoch,train_loss") and len(rows) == 3
     model, info = load_checkpoint(run / "best.json")
