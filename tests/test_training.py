@@ -156,6 +156,26 @@ def test_training_writes_a_complete_run(phantom_dir, tmp_path):
     assert list(run.glob("tensorboard/events.*"))
 
 
+def test_the_two_hour_recipe_runs_on_phantoms(phantom_dir, tmp_path):
+    """make real-weights-2h's configs as shipped, shrunk to a few small steps: part 1 from the phantom weights, part 2 and its average."""
+    from training.average import average
+
+    configs = ROOT / "training" / "configs"
+    small = [f"data.roots=[{phantom_dir}]", "data.split=null", "data.val_cases=1", f"data.cache_dir={tmp_path / 'cache'}",
+             "patch_size=[32,32,32]", "steps_per_epoch=1", "val_every=1"]
+    part1 = train(load_config(configs / "sevnet_real_brats_2h.yaml", [*small, "epochs=1", f"output={tmp_path / 'part1'}"]))
+    _, info = load_checkpoint(part1 / "last.json")
+    assert info.provenance["init"].endswith("napari_sevnet/weights/sevnet_lite_phantom.json")
+    assert info.architecture["config"]["se_squeeze"] == "mean_max" and info.preprocessing["sequence_dropout"] == 0.5
+    part2 = train(load_config(configs / "sevnet_real_brats_2h_swa.yaml",
+                              [*small, "epochs=2", f"init={part1 / 'last.json'}", f"output={tmp_path / 'part2'}"]))
+    model, averaged = average([part2 / "epoch_002.json", part2 / "epoch_001.json"])
+    snapshots = [load_file(part2 / f"epoch_00{n}.safetensors") for n in (1, 2)]
+    key = "head.weight"
+    torch.testing.assert_close(model.state_dict()[key], (snapshots[0][key] + snapshots[1][key]) / 2)
+    assert averaged.architecture["config"]["se_squeeze"] == "mean_max"
+
+
 def test_resume_equals_an_uninterrupted_run(phantom_dir, tmp_path, monkeypatch):
     from training import loop
 
