@@ -157,7 +157,7 @@ def test_training_writes_a_complete_run(phantom_dir, tmp_path):
 
 
 def test_the_two_hour_recipe_runs_on_phantoms(phantom_dir, tmp_path):
-    """make real-weights-2h's configs as shipped, shrunk to a few small steps: part 1 from the phantom weights, part 2 and its average."""
+    """make real-weights's configs (the two-hour recipe) as shipped, shrunk to a few small steps: part 1 from the phantom weights, part 2 and its average."""
     from training.average import average
 
     configs = ROOT / "training" / "configs"

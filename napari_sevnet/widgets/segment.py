@@ -32,7 +32,7 @@ from napari_sevnet.widgets.responsiveness import FrozenCollector, LayerInserter,
 TOOLTIPS = {
     "model": "A napari-sevnet checkpoint (.json beside its .safetensors). Untick 'Bundled default model' to use it.",
     "device": "auto = CUDA when a GPU is available, else CPU.",
-    "tta": "Average the 8 mirror flips, about 6x slower. On the held-out real cases it changed the default model's mean Dice WT +0.006, TC -0.001, ET +0.002.",
+    "tta": "Average the 8 mirror flips, about 6x slower. On the held-out real cases it changed the default model's mean Dice WT +0.001, TC +0.002, ET -0.001.",
     "uncertainty": "Add a map of where the model is unsure (entropy over the 8 mirror flips; turns test-time augmentation on).",
     "outlines": "Draw the regions you are not editing as outlines, so every boundary stays visible (the selected region is filled).",
     "orientation": "Radiological: the patient's right on the screen's left, anterior up. Neurological: the right on the right.",
