@@ -97,7 +97,7 @@ real-weights: setup  ## train the shipped default on the real training cases wit
 	$(BIN)/python -m training.publish $(HELDOUT_RUN)/averaged.json $(HELDOUT_MODEL) --card training/model_cards/sevnet_lite_brats_heldout.yaml $(FIGURES)
 	$(BIN)/python -m training.publish $(HELDOUT_RUN)/averaged.json napari_sevnet/weights/sevnet_lite_brats --card training/model_cards/sevnet_lite_brats.yaml $(FIGURES)
 
-real-weights-five-stages: setup  ## the earlier five-stage recipe (about 4.4 h on 2 CPU cores) and its held-out Dice against the default (benchmarks/results/recipe-2h.json)
+real-weights-five-stages: setup  ## the earlier five-stage recipe (about 4.4 h on 2 CPU cores) and, after make real-weights, its held-out Dice against the two-hour recipe (benchmarks/results/recipe-2h.json)
 	$(BIN)/sevnet-train --config training/configs/sevnet_real_brats.yaml $(ROOTS)
 	$(BIN)/sevnet-train --config training/configs/sevnet_real_brats_missing.yaml $(ROOTS)
 	$(MAKE) postprocessing
