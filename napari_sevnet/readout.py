@@ -112,9 +112,10 @@ def measure(regions: np.ndarray, spacing, grid: SourceGrid | None = None) -> Rea
     readout = Readout(volumes_ml={"WT": wt.sum() * voxel_ml, "TC": tc.sum() * voxel_ml, "ET": et.sum() * voxel_ml})
     if n == 0:
         return readout
-    nearest = ndimage.distance_transform_edt(labels == 0, sampling=spacing, return_distances=False, return_indices=True)
-    owner = labels[tuple(nearest)]  # each voxel's nearest lesion: where its edema belongs
-    edema = wt & ~tc
+    tumour = ndimage.find_objects((wt | tc).astype(np.uint8))[0]  # every lesion and all edema lie in it: the distances need no more
+    nearest = ndimage.distance_transform_edt(labels[tumour] == 0, sampling=spacing, return_distances=False, return_indices=True)
+    owner = labels[tumour][tuple(nearest)]  # each voxel's nearest lesion: where its edema belongs
+    edema = (wt & ~tc)[tumour]
     to_world = canonical_affine(grid) if grid is not None else None
     boxes = ndimage.find_objects(labels)
     ed_counts = np.bincount(owner[edema], minlength=n + 1)
