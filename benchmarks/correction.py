@@ -15,8 +15,12 @@ stops at Dice 0.90 or after ``--max-clicks``. A click is
 stroke paints or erases a disc of radius 5 voxels on the axial slice through
 that centre. Reported per region: clicks to Dice 0.90 (NoC@90; the limit when
 never reached), Dice after 1, 3, 5 and 10 interactions, the CPU time of one
-click on the full case, and the same for the brush. JSON, a markdown table and
-a plot of Dice against the number of interactions.
+click on the full case, and the same for the brush; and a third session that
+starts with one move of the whole edge (:func:`~napari_sevnet.correction.move_threshold`,
+the Correct dock's "Whole edge" slider) to the best threshold of the grid
+(chosen knowing the truth, so an upper bound of what a user's eye picks) and
+goes on with clicks. JSON, markdown tables and a plot of Dice against the
+number of interactions.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from napari_sevnet.correction import GUIDE_SEQUENCE, grow, largest_error_centre, shrink
+from napari_sevnet.correction import GUIDE_SEQUENCE, grow, largest_error_centre, move_threshold, shrink
 from napari_sevnet.io import MODALITIES
 from napari_sevnet.metrics import dice
 
@@ -77,6 +81,21 @@ def whole_boundary_ceilings(probability, start, truth, spacing) -> dict:
     return {"threshold": threshold, "threshold_dice": by_threshold[threshold], "margin_mm": margin, "margin_dice": by_margin[margin]}
 
 
+def edge_then_clicks(probability, start, truth, spacing, model_threshold, limit, image, target=TARGET) -> tuple[float, list[float]]:
+    """(threshold, Dice before and after each interaction): one move of the whole edge, then clicks.
+
+    The move goes to the threshold of ``THRESHOLDS`` that scores best against
+    the truth: what a user who judges the edge by eye picks at best, so an
+    upper bound of the slider's first move.
+    """
+    if dice(start, truth) >= target:
+        return model_threshold, [dice(start, truth)]
+    moved = {t: move_threshold(start, probability, model_threshold, t) for t in THRESHOLDS}
+    best = max(moved, key=lambda t: dice(moved[t], truth))
+    scores, _ = click_session(probability, moved[best], truth, spacing, limit - 1, click_tool, image, target)
+    return best, [dice(start, truth)] + scores
+
+
 def brush_tool(current, seed, missed, probability, spacing, image):
     z, y, x = seed
     yy, xx = np.ogrid[: current.shape[1], : current.shape[2]]
@@ -110,12 +129,15 @@ def run(cases: dict, checkpoint, max_clicks: int, max_strokes: int, target: floa
             guide = case.image[MODALITIES.index(GUIDE_SEQUENCE[r])]
             clicks, click_s = click_session(probability, start, truth, case.spacing, max_clicks, click_tool, guide, target)
             strokes, _ = click_session(probability, start, truth, case.spacing, max_strokes, brush_tool, target=target)
+            edge, edge_scores = edge_then_clicks(probability, start, truth, case.spacing, float(predictor.thresholds[i]), max_clicks, guide, target)
             per_case[case_id][r] = {
                 "start_dice": clicks[0], "click_dice": clicks, "click_seconds": click_s, "noc90": noc(clicks, max_clicks, target),
                 "brush_dice": strokes, "brush_noc90": noc(strokes, max_strokes, target),
+                "edge_threshold": edge, "edge_dice": edge_scores, "edge_noc90": noc(edge_scores, max_clicks, target),
                 "ceilings": whole_boundary_ceilings(probability, start, truth, case.spacing),
             }
-            print(f"  {case_id} {r}: Dice {clicks[0]:.3f} -> {clicks[-1]:.3f} in {len(clicks) - 1} click(s); brush {strokes[-1]:.3f} in {len(strokes) - 1} stroke(s)", flush=True)
+            print(f"  {case_id} {r}: Dice {clicks[0]:.3f} -> {clicks[-1]:.3f} in {len(clicks) - 1} click(s); brush {strokes[-1]:.3f} in {len(strokes) - 1} stroke(s);"
+                  f" edge at {edge:g} then clicks {edge_scores[-1]:.3f} in {len(edge_scores) - 1}", flush=True)
     summary = {}
     for r in REGIONS:
         rows = [per_case[c][r] for c in per_case]
@@ -123,6 +145,8 @@ def run(cases: dict, checkpoint, max_clicks: int, max_strokes: int, target: floa
         summary[r] = {
             "median_noc90": statistics.median(row["noc90"] for row in rows),
             "median_brush_noc90": statistics.median(row["brush_noc90"] for row in rows),
+            "median_edge_noc90": statistics.median(row["edge_noc90"] for row in rows),
+            "dice_after_edge": {n: float(np.mean([after(row["edge_dice"], n) for row in rows])) for n in REPORT_AFTER},
             "dice_after_clicks": {n: float(np.mean([after(row["click_dice"], n) for row in rows])) for n in REPORT_AFTER},
             "dice_after_strokes": {n: float(np.mean([after(row["brush_dice"], n) for row in rows])) for n in REPORT_AFTER},
             "start_dice": float(np.mean([row["start_dice"] for row in rows])),
@@ -149,6 +173,11 @@ def markdown(result: dict) -> str:
     for r, s in result["summary"].items():
         lines.append(f"| {r} | {s['start_dice']:.3f} | {s['dice_after_all_clicks']:.3f} | {s['best_threshold_dice']:.3f} ({s['cases_threshold_reach_target']} of {n}) | "
                      f"{s['best_margin_dice']:.3f} ({s['cases_margin_reach_target']} of {n}) |")
+    lines += ["", f"| region | start Dice | one whole-edge move, then clicks: {at} (median) | Dice after 1 / 3 / 5 / 10 interactions (the move is the first) | after the last |",
+              "|---|---|---|---|---|"]
+    for r, s in result["summary"].items():
+        lines.append(f"| {r} | {s['start_dice']:.3f} | {s['median_edge_noc90']:g} | " + " / ".join(f"{s['dice_after_edge'][n]:.3f}" for n in REPORT_AFTER)
+                     + f" | {np.mean([row[r]['edge_dice'][-1] for row in result['cases'].values()]):.3f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -160,7 +189,7 @@ def plot(result: dict, path: Path) -> None:
 
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.4), sharey=True)
     for ax, r in zip(axes, REGIONS):
-        for key, style, label in (("click_dice", "-", "clicks"), ("brush_dice", ":", "brush strokes")):
+        for key, style, label in (("click_dice", "-", "clicks"), ("edge_dice", "--", "whole edge, then clicks"), ("brush_dice", ":", "brush strokes")):
             runs = [row[r][key] for row in result["cases"].values()]
             longest = max(len(x) for x in runs)
             padded = np.array([x + [x[-1]] * (longest - len(x)) for x in runs])

@@ -118,6 +118,14 @@ class NestedEditor:
 
     # ------------------------------------------------------------------ history
 
+    def last_edit(self) -> dict | None:
+        """The group's last edit (the same object through undo and redo), to ask later whether it still :meth:`holds`."""
+        return self._undo[-1] if self._undo else None
+
+    def holds(self, edit) -> bool:
+        """Whether ``edit`` is in effect: made and not undone."""
+        return any(entry is edit for entry in self._undo)
+
     def undo(self) -> None:
         """Undo the group's last edit in every layer it changed."""
         self._replay(self._undo, self._redo, Labels.undo)
@@ -247,7 +255,7 @@ _WATCHED: weakref.WeakSet = weakref.WeakSet()
 
 
 def apply_edit(layer: Labels, wanted: np.ndarray, source: str) -> int:
-    """Make ``layer`` hold the bool mask ``wanted``, as one edit from ``source`` ('click', 'fill'): nested, one undo step.
+    """Make ``layer`` hold the bool mask ``wanted``, as one edit from ``source`` ('click', 'edge', 'fill'): nested, one undo step.
 
     Returns how many voxels changed (0: nothing was recorded, so nothing to undo).
     """

@@ -57,6 +57,7 @@ class LayerInfo:
     attention: dict | None = None  # results: stage -> mean SE excitation
     prediction: np.ndarray | None = None  # results: the model's own (3, Z, Y, X) regions, to measure edits against
     probabilities: np.ndarray | None = None  # results: the model's (3, Z, Y, X) probabilities (float16), for the click tools
+    thresholds: dict[str, float] | None = None  # results: region -> the probability its edge was cut at (the Correct dock moves it)
     run: int | None = None  # results: the how-manieth run on this case in the viewer (None: a mask from the case's files)
     sequences: tuple[str, ...] | None = None  # results: the sequences the model was given
 

@@ -146,3 +146,31 @@ def test_a_click_in_3d_view_picks_the_voxel_the_model_is_surest_of_along_the_ray
     assert picked is None or (picked[1], picked[2]) == (y, x)
     assert picked is None or probability[picked] == probability[:, y, x].max(), "the surest voxel along the ray"
     assert changed == 0 or segment.current_regions()[1].sum() > before
+
+
+def test_the_whole_edge_slider_moves_the_region_as_one_edit_and_follows_undo(qtbot, corrected):
+    viewer, segment, correct, _ = corrected
+    wt, tc = segment.result_layers["WT"], segment.result_layers["TC"]
+    viewer.layers.selection.active = tc
+    correct._region.value = "TC"
+    model_cut = segment.last_result.postprocessing["thresholds"]["TC"]
+    assert correct._edge.value == pytest.approx(model_cut, abs=0.01), "the slider shows where the model cut the region"
+    from benchmarks.correction import THRESHOLDS
+
+    assert correct._edge.min <= min(THRESHOLDS) and max(THRESHOLDS) <= correct._edge.max, "the benchmark's moves are the slider's"
+    before = segment.current_regions().copy()
+    correct._edge.value = 0.1  # looser all around
+    looser = segment.current_regions()
+    assert looser[1].sum() > before[1].sum() and (looser[0] >= looser[1]).all() and (looser[1] >= looser[2]).all()
+    correct._edge.value = 0.95  # then tighter than the model
+    assert segment.current_regions()[1].sum() < before[1].sum()
+    wt.undo()  # one Ctrl+Z per move: back to the looser edge, and the slider's record with it
+    np.testing.assert_array_equal(segment.current_regions(), looser)
+    from napari_sevnet.layers import LayerInfo
+
+    assert correct.edge_threshold(tc, LayerInfo.from_layer(tc)) == pytest.approx(0.1)
+    wt.undo()
+    np.testing.assert_array_equal(segment.current_regions(), before)
+    from napari_sevnet.editing import editor_of
+
+    assert editor_of(tc).counts["edge"]["edits"] == 2

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_sevnet.correction import IMAGE_REACH_MM, fill_between, grow, largest_error_centre, shrink
+from napari_sevnet.correction import IMAGE_REACH_MM, fill_between, grow, largest_error_centre, move_threshold, shrink
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,6 +64,23 @@ def test_a_negative_click_on_a_confident_rim_trims_near_the_click_and_a_deep_one
     assert np.array_equal(gone, island), "a click deep in a false island removes all of it"
 
 
+def test_moving_the_whole_edge_changes_only_the_band_between_the_thresholds_and_keeps_the_users_edits():
+    shape = (40, 40, 40)
+    distance = np.sqrt(sum((g - 20.0) ** 2 for g in np.ogrid[:40, :40, :40]))
+    probability = np.clip(1.2 - distance / 10, 0, 1).astype(np.float32)  # 1 at the centre, falling off with the distance
+    model = probability >= 0.8
+    drawn = ball(shape, (20, 20, 34), 2)  # painted by the user where the model saw little: kept by any move
+    speck = np.zeros(shape, bool)
+    speck[2, 2, 2] = True
+    probability[2, 2, 2] = 0.5  # apart from the region: lowering never adds it
+    mask = model | drawn
+    looser = move_threshold(mask, probability, 0.8, 0.5)
+    assert np.array_equal(looser, mask | (probability >= 0.5) & ~speck) and not looser[2, 2, 2]
+    tighter = move_threshold(mask, probability, 0.8, 0.9)
+    assert np.array_equal(tighter, (probability >= 0.9) | drawn)
+    assert np.array_equal(move_threshold(looser, probability, 0.5, 0.8), mask), "moving back restores the region"
+
+
 def test_fill_between_slices_interpolates_the_shape():
     mask = np.zeros((11, 40, 40), bool)
     mask[0], mask[10] = ball((40, 40), (20, 20), 5), ball((40, 40), (20, 20), 11)
@@ -101,3 +118,4 @@ def test_the_correction_benchmark_quick_mode(tmp_path):
     for summary in result["summary"].values():
         assert 0 <= summary["median_noc90"] <= 3 and summary["median_click_s"] >= 0
         assert summary["best_threshold_dice"] >= summary["start_dice"] - 0.1 and 0 <= summary["cases_margin_reach_target"] <= 2
+        assert 0 <= summary["median_edge_noc90"] <= 3 and summary["dice_after_edge"]["1"] >= summary["start_dice"] - 1e-9, "the best move never loses"

@@ -7,7 +7,10 @@ around that point; Shift+click removes the false alarm under the cursor. In
 2D the voxel under the cursor is used; in 3D the voxel along the view ray
 where the model was most sure of the region. The threshold slider re-applies
 the last click with another threshold, the reach bounds how far one click
-may spread. "Fill between slices" interpolates the region between the last
+may spread. "Whole edge" moves the region's edge to another probability
+everywhere at once (tighter or looser all around, where a rim is too wide or
+too narrow): only voxels whose probability lies between the old and the new
+value change, so clicks and brush strokes elsewhere stay. "Fill between slices" interpolates the region between the last
 slices drawn on it with the brush. Every click and fill is one edit: nested
 with the other regions, one Ctrl+Z, counted apart from brush strokes in the
 export's statistics.
@@ -18,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, FloatSlider, Label, PushButton, SpinBox
 
-from napari_sevnet.correction import DEFAULT_RADIUS_MM, DEFAULT_THRESHOLD, GUIDE_SEQUENCE, IMAGE_REACH_MM, REACH_PER_DEPTH, fill_between, grow, shrink
+from napari_sevnet.correction import DEFAULT_RADIUS_MM, DEFAULT_THRESHOLD, GUIDE_SEQUENCE, IMAGE_REACH_MM, REACH_PER_DEPTH, fill_between, grow, move_threshold, shrink
 from napari_sevnet.errors import InputError
 from napari_sevnet.layers import LayerInfo, region_group
 from napari_sevnet.regions import REGIONS
@@ -30,6 +33,8 @@ TOOLTIPS = {
     "reach": "How far (mm) one click may spread from where you clicked."
              f" A removing click near the mask's edge reaches less: {REACH_PER_DEPTH:g} times its depth inside the mask (at least {IMAGE_REACH_MM:g} mm),"
              " so it trims the edge there rather than the tumour behind it.",
+    "edge": "Move the whole region's edge to where the model's probability is this value: higher is tighter all around, lower looser."
+            " Only voxels between the old and the new value change; one Ctrl+Z undoes a move.",
     "fill": "Draw the region on two or more slices with the brush, then fill the slices between them by shape interpolation.",
 }
 
@@ -41,15 +46,19 @@ class CorrectWidget(DockWidget):
         self._clicks = CheckBox(text="Click to correct", value=False, tooltip=TOOLTIPS["clicks"])
         self._threshold = FloatSlider(label="Threshold", min=0.05, max=0.95, step=0.05, value=DEFAULT_THRESHOLD, tooltip=TOOLTIPS["threshold"])
         self._reach = SpinBox(label="Reach (mm)", min=2, max=100, value=int(DEFAULT_RADIUS_MM), tooltip=TOOLTIPS["reach"])
+        self._edge = FloatSlider(label="Whole edge", min=0.02, max=0.995, step=0.005, value=0.5, tracking=False, tooltip=TOOLTIPS["edge"])
         self._fill = PushButton(text="Fill between slices", tooltip=TOOLTIPS["fill"])
         self._status = Label(value="")
         self._status.native.setWordWrap(True)
-        self.extend([self._region, self._clicks, self._threshold, self._reach, self._fill, self._status])
+        self.extend([self._region, self._clicks, self._threshold, self._reach, self._edge, self._fill, self._status])
+        self._edge_moves: list = []  # (layer, threshold, the editor's record of that move), oldest first
         self.last_click: tuple | None = None  # (layer, voxel, add?) of the last click: what the slider re-applies
         self.clicks = 0
         self._clicks.changed.connect(self._on_clicks)
         self._threshold.changed.connect(self._reapply_last_click)
         self._fill.changed.connect(self.fill_between_slices)
+        self._edge.changed.connect(self.move_edge)
+        self._region.changed.connect(self._show_edge)
         self.connect_while_open(self._viewer.layers.selection.events.active, self._on_selection)
 
     def closed(self):
@@ -62,6 +71,7 @@ class CorrectWidget(DockWidget):
         info = LayerInfo.from_layer(active) if active is not None else None
         if info is not None and info.region is not None:
             self._region.value = info.region
+        self._show_edge()
 
     def target(self):
         """(region layer, its result's info) of the selected result, for the chosen region."""
@@ -159,6 +169,46 @@ class CorrectWidget(DockWidget):
         changed = self._apply_click(layer, LayerInfo.from_layer(layer), voxel, add, threshold, record=False)
         self.last_click = (layer, voxel, add) if changed else None
         self._status.value = f"click {self.clicks} again at threshold {threshold:.2f}: {changed} voxel(s)"
+
+    # ------------------------------------------------------------------ whole edge
+
+    def edge_threshold(self, layer, info) -> float:
+        """The probability the region's edge is at now: the last move of it still in effect, else where the model cut it."""
+        from napari_sevnet.editing import editor_of
+
+        editor = editor_of(layer)
+        for moved, threshold, edit in reversed(self._edge_moves):
+            if moved is layer and (editor is None or edit is None or editor.holds(edit)):
+                return threshold
+        return float((info.thresholds or {}).get(self._region.value, 0.5))
+
+    def _show_edge(self, _event=None) -> None:
+        """Show where the chosen region's edge is, without moving it."""
+        try:
+            layer, info = self.target()
+        except InputError:
+            return
+        with self._edge.changed.blocked():
+            self._edge.value = float(np.clip(self.edge_threshold(layer, info), self._edge.min, self._edge.max))
+
+    def move_edge(self, threshold: float) -> int:
+        """Move the chosen region's whole edge to ``threshold`` as one edit; returns the voxels changed."""
+        from napari_sevnet.editing import apply_edit, editor_of
+
+        try:
+            layer, info = self.target()
+            probability = self._probability(info)
+            if probability is None:
+                raise InputError(None, f"{layer.name} keeps no model probabilities to move its edge along (a result of the Segment dock does)")
+        except InputError as exc:
+            self.report_error("Whole edge", exc)
+            return 0
+        old = self.edge_threshold(layer, info)
+        changed = apply_edit(layer, move_threshold(np.asarray(layer.data) > 0, probability, old, threshold), "edge")
+        editor = editor_of(layer)  # the move holds while its edit (or, if it changed nothing, the edit before it) is not undone
+        self._edge_moves = [m for m in self._edge_moves if m[0] in self._viewer.layers] + [(layer, threshold, editor.last_edit() if editor else None)]
+        self._status.value = f"{self._region.value} edge moved from {old:.2f} to {threshold:.2f}: {changed} voxel(s)"
+        return changed
 
     # ------------------------------------------------------------------ fill between slices
 

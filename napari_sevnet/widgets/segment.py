@@ -368,6 +368,7 @@ class SegmentWidget(DockWidget):
             attention=result.attention,
             prediction=result.regions,  # the model's own output, to measure edits against
             probabilities=result.probabilities.astype(np.float16),  # what the Correct dock's clicks grow on
+            thresholds=result.postprocessing.get("thresholds"),
             run=run,
             sequences=result.sequences,
         )
