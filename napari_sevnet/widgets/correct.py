@@ -10,10 +10,11 @@ the last click with another threshold, the reach bounds how far one click
 may spread. "Whole edge" moves the region's edge to another probability
 everywhere at once (tighter or looser all around, where a rim is too wide or
 too narrow): only voxels whose probability lies between the old and the new
-value change, so clicks and brush strokes elsewhere stay. "Fill between slices" interpolates the region between the last
-slices drawn on it with the brush. Every click and fill is one edit: nested
-with the other regions, one Ctrl+Z, counted apart from brush strokes in the
-export's statistics.
+value change, so clicks and brush strokes elsewhere stay. "Fill between
+slices" interpolates the region between the last slices drawn on it with the
+brush. Every click, edge move and fill is one edit: nested with the other
+regions, one Ctrl+Z, counted apart from brush strokes in the export's
+statistics.
 """
 
 from __future__ import annotations
