@@ -1,6 +1,6 @@
 """Choose the default's post-processing on the training cases, then score the choice once on the held-out cases.
 
-    python -m benchmarks.postprocessing [--checkpoint CKPT] [-o benchmarks/results/postprocessing.json]
+    python -m benchmarks.postprocessing [--checkpoint CKPT] [--ablate SETTING] [-o benchmarks/results/postprocessing.json]
 
 The model's probabilities are computed once per case (cached under
 ``runs/postprocessing_cache/``, keyed by the checkpoint's weights) and every
@@ -15,7 +15,10 @@ and of the BraTS 2023 lesion-wise Dice, so specks that the voxel Dice hardly
 sees count too), and goes over the settings again until a pass changes
 nothing: a threshold raised to drop specks comes back down once the piece
 sizes drop them. The held-out cases are scored with the shipped setting and the
-chosen one and nothing is chosen on them. Writes JSON and prints a table.
+chosen one and nothing is chosen on them. ``--ablate SETTING`` searches nothing:
+it scores the shipped setting against the same with SETTING alone changed
+(e.g. ``fill_core_holes``: the core's holes filled or not), per case, on both
+parts. Writes JSON and prints a table.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ GRID = {
     "min_ml_TC": (0.0, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0),
     "min_ml_ET": (0.0, 0.02, 0.05, 0.1, 0.25, 0.5),  # 0.5 mL: about a sphere of 10 mm, RANO's smallest measurable lesion
     "min_et_voxels": (0, 50, 100, 200, 500),
+    "fill_core_holes": (False, True),
 }
 PASSES = 3  # at most, over all settings
 MARGIN = 6  # voxels around the tumour and the prediction kept when scoring: the lesion matching dilates by 3
@@ -79,7 +83,7 @@ def apply(setting: dict, probs: np.ndarray, spacing: tuple) -> np.ndarray:
 
     cut = np.asarray([setting[f"threshold_{r}"] for r in REGIONS]) * 255
     regions = make_nested(probs > cut[:, None, None, None])
-    postprocess(regions, spacing, {r: setting[f"min_ml_{r}"] for r in REGIONS}, setting["min_et_voxels"])
+    postprocess(regions, spacing, {r: setting[f"min_ml_{r}"] for r in REGIONS}, setting["min_et_voxels"], setting["fill_core_holes"])
     return regions
 
 
@@ -125,19 +129,20 @@ def search(start: dict, data: dict, pool: Executor | None = None) -> tuple[dict,
 def shipped_setting(p) -> dict:
     """The post-processing Predictor ``p`` applies (what its checkpoint declares), in GRID's terms."""
     return ({f"threshold_{r}": t for r, t in zip(REGIONS, p.thresholds)} | {f"min_ml_{r}": ml for r, ml in zip(REGIONS, p.min_component_ml)}
-            | {"min_et_voxels": p.min_et_voxels})
+            | {"min_et_voxels": p.min_et_voxels, "fill_core_holes": p.fill_core_holes})
 
 
 def declared(setting: dict) -> dict:
     """``setting`` as a checkpoint declares it (preprocessing entries the Predictor reads; training.publish --postprocessing)."""
     return {"thresholds": {r: setting[f"threshold_{r}"] for r in REGIONS}, "min_component_ml": {r: setting[f"min_ml_{r}"] for r in REGIONS},
-            "min_et_voxels": setting["min_et_voxels"]}
+            "min_et_voxels": setting["min_et_voxels"], "fill_core_holes": setting["fill_core_holes"]}
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.postprocessing", description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", help="checkpoint (default: the bundled default)")
     parser.add_argument("--split", type=Path, default=SPLIT)
+    parser.add_argument("--ablate", choices=GRID, help="no search: the shipped setting against the same with this one setting changed (a yes/no one flipped, else each other value)")
     parser.add_argument("-o", "--output", type=Path, help="JSON to write (default: print only)")
     args = parser.parse_args(argv)
 
@@ -149,18 +154,28 @@ def main(argv=None) -> int:
     train = probabilities(predictor, find_cases(split["train"], DATA))
     held_out = probabilities(predictor, find_cases(split["held_out"], DATA))
     shipped = shipped_setting(predictor)
-    print(f"search on the {len(train)} training cases from {shipped}", flush=True)
     with ProcessPoolExecutor(os.cpu_count() or 1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        chosen, trail = search(shipped, train, pool)
-        results = {name: {"setting": s, "declared": declared(s), "train": score(s, train, pool), "held_out": score(s, held_out, pool)}
-                   for name, s in (("shipped", shipped), ("chosen", chosen))}
+        if args.ablate:
+            settings = [("shipped", shipped)] + [(f"{args.ablate} = {v}", shipped | {args.ablate: v}) for v in GRID[args.ablate] if v != shipped[args.ablate]]
+            trail = []
+        else:
+            print(f"search on the {len(train)} training cases from {shipped}", flush=True)
+            chosen, trail = search(shipped, train, pool)
+            settings = [("shipped", shipped), ("chosen", chosen)]
+        results = {name: {"setting": s, "declared": declared(s), "train": score(s, train, pool), "held_out": score(s, held_out, pool)} for name, s in settings}
     lines = ["| setting | cases | Dice WT / TC / ET | lesion-wise Dice WT / TC / ET |", "|---|---|---|---|"]
     for name, res in results.items():
         for part in ("train", "held_out"):
             m = res[part]["mean"]
             lines.append(f"| {name} | {part} ({len(res[part]['cases'])}) | " + " / ".join(f"{m[r]['dice']:.3f}" for r in REGIONS) + " | "
                          + " / ".join(f"{m[r]['lesion_dice']:.3f}" for r in REGIONS) + " |")
-    table = "\n".join(lines) + f"\n\nchosen on the training cases: {declared(chosen)}"
+    if args.ablate:
+        lines += ["", "| case | part | " + " | ".join(f"Dice WT / TC / ET, {name}" for name in results) + " |", "|---|---|" + "---|" * len(results)]
+        lines += [f"| {case} | {part} | " + " | ".join(" / ".join(f"{res[part]['cases'][case][r]['dice']:.3f}" for r in REGIONS) for res in results.values()) + " |"
+                  for part in ("train", "held_out") for case in results["shipped"][part]["cases"]]
+        table = "\n".join(lines) + f"\n\nshipped: {declared(shipped)}"
+    else:
+        table = "\n".join(lines) + f"\n\nchosen on the training cases: {declared(chosen)}"
     print(table)
     if args.output:
         out = {"date": time.strftime("%Y-%m-%d %H:%M"), "host": platform.node(), "checkpoint": args.checkpoint or "bundled default",

@@ -120,7 +120,7 @@ def binary_entropy(p: np.ndarray) -> np.ndarray:
 
 
 #: the checkpoint's preprocessing entries that say how probabilities become masks (a fine-tune and publish carry them)
-POSTPROCESSING_KEYS = ("thresholds", "min_component_ml", "min_et_voxels")
+POSTPROCESSING_KEYS = ("thresholds", "min_component_ml", "min_et_voxels", "fill_core_holes")
 
 
 def per_region(value: float | dict[str, float], *, default: float, number_for: tuple[str, ...] = REGIONS) -> tuple[float, float, float]:
@@ -183,6 +183,7 @@ class Predictor:
         mc_samples: int = 0,
         min_et_voxels: int | None = None,
         min_component_ml: float | dict[str, float] | None = None,
+        fill_core_holes: bool | None = None,
     ):
         enable_huge_pages()
         self.device = resolve_device(device)
@@ -214,6 +215,7 @@ class Predictor:
         # one number is the whole tumour's smallest piece (how checkpoints before per-region clean-up declare it)
         self.min_component_ml = per_region(declared.get("min_component_ml", 0.0) if min_component_ml is None else min_component_ml, default=0.0, number_for=("WT",))
         self.min_et_voxels = int(declared.get("min_et_voxels", 0) if min_et_voxels is None else min_et_voxels)
+        self.fill_core_holes = bool(declared.get("fill_core_holes", False) if fill_core_holes is None else fill_core_holes)
         self.training_spacing = tuple(float(v) for v in (declared.get("spacing_mm") or TRAINING_SPACING_MM))
         self._lock = threading.Lock()
 
@@ -294,7 +296,7 @@ class Predictor:
             result = Prediction(regions=regions, probabilities=full, attention=attention, box=box, timings=timings, device=str(self.device), members=members,
                                 tta=passes > 1, warnings=warnings, notes=notes, sequences=sequences, checkpoint=self.checkpoint)
             result.postprocessing = {"thresholds": dict(zip(REGIONS, self.thresholds))} | postprocess(
-                regions, spacing or self.training_spacing, dict(zip(REGIONS, self.min_component_ml)), self.min_et_voxels)
+                regions, spacing or self.training_spacing, dict(zip(REGIONS, self.min_component_ml)), self.min_et_voxels, self.fill_core_holes)
             if uncertainty:
                 result.uncertainty = binary_entropy(full)
                 result.disagreement = members_disagree

@@ -147,13 +147,30 @@ def test_default_declares_the_postprocessing_chosen_on_the_training_cases():
     assert set(chosen["train"]).isdisjoint(chosen["held_out"]), "chosen on training cases, never on held-out ones"
 
 
+def test_default_fills_the_core_holes_because_the_training_cases_said_so():
+    """The hole filling was kept on the training cases' figures alone; the held-out figures were measured with it."""
+    from napari_sevnet.inference import POSTPROCESSING_KEYS
+
+    ablation = json.loads((ROOT / "benchmarks" / "results" / "core-holes.json").read_text(encoding="utf-8"))
+    results = ablation["results"]
+    assert results["shipped"]["setting"]["fill_core_holes"] and not results["fill_core_holes = False"]["setting"]["fill_core_holes"]
+    train_tc = {name: res["train"]["mean"]["TC"]["dice"] for name, res in results.items()}
+    assert train_tc["shipped"] > train_tc["fill_core_holes = False"]
+    assert set(ablation["train"]).isdisjoint(ablation["held_out"])
+    shipped = read_info(bundled_checkpoint()).preprocessing
+    assert shipped["fill_core_holes"] is True and "fill_core_holes" in _card()["postprocessing"]["why"]
+    held_out_model = read_info(_held_out_model(_card()["held_out_figures"])).preprocessing
+    assert {k: shipped.get(k) for k in POSTPROCESSING_KEYS} == {k: held_out_model.get(k) for k in POSTPROCESSING_KEYS}
+    assert Predictor(device="cpu").fill_core_holes
+
+
 def test_the_postprocessing_benchmark_applies_what_the_predictor_does():
     from benchmarks.postprocessing import apply, declared
 
     case = phantom_case(3, (48, 48, 48))
-    setting = {"threshold_WT": 0.6, "threshold_TC": 0.4, "threshold_ET": 0.5, "min_ml_WT": 0.5, "min_ml_TC": 0.05, "min_ml_ET": 0.02, "min_et_voxels": 0}
+    setting = {"threshold_WT": 0.6, "threshold_TC": 0.4, "threshold_ET": 0.5, "min_ml_WT": 0.5, "min_ml_TC": 0.05, "min_ml_ET": 0.02, "min_et_voxels": 0, "fill_core_holes": True}
     wanted = declared(setting)
-    predictor = Predictor(phantom_checkpoint(), "cpu", threshold=wanted["thresholds"], min_component_ml=wanted["min_component_ml"])
+    predictor = Predictor(phantom_checkpoint(), "cpu", threshold=wanted["thresholds"], min_component_ml=wanted["min_component_ml"], fill_core_holes=wanted["fill_core_holes"])
     result = predictor.predict(case.image)
     np.testing.assert_array_equal(apply(setting, result.probabilities * 255, case.spacing), result.regions)
 

@@ -70,3 +70,55 @@ def test_drop_small_components_removes_small_pieces_from_every_region_by_volume(
     regions = kept.copy()
     assert reg.drop_small_components(regions, 0.5, (3.0, 3.0, 3.0)) == 0, "27 voxels of 27 mm^3 are 0.73 mL"
     assert reg.drop_small_components(np.zeros((3, 4, 4, 4), bool), 0.5, (1.0, 1.0, 1.0)) == 0
+
+
+def _ring_enhancing_tumour(shape=(12, 32, 32)):
+    """A hollow enhancing sphere shell whose dark centre the model left out of the core: the classic ring-enhancing glioblastoma."""
+    zz, yy, xx = np.indices(shape)
+    r = np.sqrt(((zz - 6) * 2.0) ** 2 + (yy - 16) ** 2 + (xx - 16) ** 2)
+    et = (r >= 6) & (r < 9)
+    wt = r < 12
+    return np.stack([wt, et.copy(), et])
+
+
+def test_fill_core_holes_makes_the_enclosed_centre_core_not_enhancing():
+    regions = _ring_enhancing_tumour()
+    centre = np.zeros(regions.shape[1:], bool)
+    centre[3:10, 12:21, 12:21] = True
+    centre &= ~regions[1]
+    et_before = regions[2].copy()
+    added = reg.fill_core_holes(regions)
+    assert added > 0 and added == int(regions[1].sum() - et_before.sum())
+    assert regions[1][6, 16, 16], "the necrotic centre enclosed by the rim becomes core"
+    np.testing.assert_array_equal(regions[2], et_before)  # enhancing stays a rim: the filled voxels are necrosis
+    assert (regions[0] >= regions[1]).all()
+    labels = reg.regions_to_labels(regions)
+    assert labels[6, 16, 16] == reg.CONVENTIONS["brats2021"]["NCR"]
+
+
+def test_fill_core_holes_fills_a_cavity_open_in_3d_but_closed_on_each_slice():
+    regions = _ring_enhancing_tumour()
+    regions[1][:6, 14:19, 14:19] = False  # a channel from the centre up and out through the top: no 3D hole left
+    regions[2] = regions[1].copy()
+    from scipy import ndimage
+
+    assert (ndimage.binary_fill_holes(regions[1]) == regions[1]).all()
+    reg.fill_core_holes(regions)
+    assert regions[1][6, 16, 16] and regions[1][4, 16, 16], "closed on the axial slice: filled"
+    assert not regions[1][0, 16, 16], "nothing outside the core's outline"
+
+
+def test_fill_core_holes_leaves_a_solid_or_empty_core_alone():
+    regions = np.zeros((3, 8, 8, 8), bool)
+    assert reg.fill_core_holes(regions) == 0
+    regions[:, 2:6, 2:6, 2:6] = True
+    before = regions.copy()
+    assert reg.fill_core_holes(regions) == 0
+    np.testing.assert_array_equal(regions, before)
+
+
+def test_postprocess_records_the_filled_voxels_only_when_asked():
+    regions = _ring_enhancing_tumour()
+    assert "core_holes_filled_voxels" not in reg.postprocess(regions.copy(), (1.0, 1.0, 1.0), {}, None)
+    record = reg.postprocess(regions, (1.0, 1.0, 1.0), {}, None, fill_holes=True)
+    assert record["core_holes_filled_voxels"] > 0 and regions[1][6, 16, 16]

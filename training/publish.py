@@ -99,7 +99,8 @@ def main(argv=None) -> int:
         provenance[key] = [Path(p).name for p in provenance.get(key, [])]
     if provenance.get("init"):
         provenance["init"] = Path(provenance["init"]).name  # the file it started from, not a folder of this machine
-    provenance["published_from"] = args.checkpoint.name
+    if "model_card" not in data:  # published again (a new card or new figures): it still comes from the run's file
+        provenance["published_from"] = args.checkpoint.name
     # the card may name the reproducible command (a run finished with --resume records that) and add a note
     card["training"] = {"command": provenance.get("command"), "seconds": info.metrics.get("elapsed_s"), "epochs": info.metrics.get("epoch"), "torch": provenance.get("torch"),
                         **(card.get("training") or {})}
