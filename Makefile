@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 SHARED_DATA ?= ../shared/data
 
-.PHONY: setup system-deps demo test test-fast bench bench-dice bench-se demo-weights demo-weights-eval real-weights real-weights-five-stages all-cases postprocessing core-holes eval-real eval-unseen eval-missing sample-data screenshots clean
+.PHONY: setup system-deps demo test test-fast bench bench-dice bench-se demo-weights demo-weights-eval real-weights real-weights-five-stages all-cases postprocessing core-holes recipe-ingredients eval-real eval-unseen eval-missing sample-data screenshots clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -137,6 +137,27 @@ eval-real: setup  ## held-out Dice, HD95, lesion-wise scores and SE spread of th
 eval-unseen: setup  ## the held-out model (the default) against the same recipe on all 21 cases (make all-cases), on the consensus-labelled cases neither trained on (a minute)
 	SEVNET_REAL_DATA=$(SHARED_DATA) $(BIN)/python -m benchmarks.real_heldout --consensus-only --compare -o benchmarks/results/all-cases-vs-heldout-unseen.json \
 	  --checkpoint $(HELDOUT_MODEL).json --label "held-out model, the default (15 cases)" --checkpoint $(REAL_RUN)/published.json --label "stage 4 on all 21 cases (not shipped)"
+
+# What each ingredient of the recipe gives at an equal, short budget: 150 steps of part 1's recipe, one change per arm
+# against a control, the same seed, cases and split; scored with the default's post-processing on the held-out cases.
+# Network size: the middle preset (lite's depth at 1.5x the width) has no phantom weights, so it is compared from
+# scratch with lite from scratch (without init, name the preset: the network's defaults are the faithful one's). About
+# 2 h on 2 CPU cores in all.
+ARM := sevnet-train --config training/configs/sevnet_real_brats_2h.yaml $(ROOTS) epochs=6 steps_per_epoch=25 val_every=6
+ARMS := control dice_only batch2_patch96 lite_scratch middle_scratch
+recipe-ingredients: setup  ## the recipe's ingredients one at a time, 150 steps each (about 2 h): benchmarks/results/recipe-ingredients-150-steps.*
+	$(BIN)/$(ARM) -o runs/ingredients/control
+	$(BIN)/$(ARM) bce_weight=0 -o runs/ingredients/dice_only
+	$(BIN)/$(ARM) batch_size=2 'patch_size=[96,128,96]' -o runs/ingredients/batch2_patch96
+	$(BIN)/$(ARM) init=null 'model.config={preset: lite, se_squeeze: mean_max}' -o runs/ingredients/lite_scratch
+	$(BIN)/$(ARM) init=null 'model.config={preset: middle, se_squeeze: mean_max}' -o runs/ingredients/middle_scratch
+	$(foreach a,$(ARMS),$(BIN)/python -m training.publish runs/ingredients/$(a)/last.json runs/ingredients/$(a)/published --card training/model_cards/sevnet_lite_brats_heldout.yaml --postprocessing benchmarks/results/postprocessing.json &&) true
+	SEVNET_REAL_DATA=$(SHARED_DATA) $(BIN)/python -m benchmarks.real_heldout --compare -o benchmarks/results/recipe-ingredients-150-steps.json \
+	  --checkpoint runs/ingredients/control/published.json --label "control: part 1's recipe from the phantom weights, 150 steps" \
+	  --checkpoint runs/ingredients/dice_only/published.json --label "Dice alone (no cross-entropy)" \
+	  --checkpoint runs/ingredients/batch2_patch96/published.json --label "batch 2 of 96x128x96 patches (one of 128x160x128 in the control)" \
+	  --checkpoint runs/ingredients/lite_scratch/published.json --label "lite from scratch" \
+	  --checkpoint runs/ingredients/middle_scratch/published.json --label "middle (1.5x the width) from scratch"
 
 STAGE1_CKPT ?= runs/sevnet_real_brats/last.json
 eval-missing: setup  ## held-out Dice per set of available sequences: the default (trained with sequence dropout) against stage 1 given zero-filled channels

@@ -18,7 +18,7 @@ def test_faithful_configuration_is_the_paper():
     assert any(isinstance(m, torch.nn.PReLU) for m in model.modules())
 
 
-@pytest.mark.parametrize("preset", ["lite", "tiny"])
+@pytest.mark.parametrize("preset", ["middle", "lite", "tiny"])
 def test_forward_shapes_and_attention_in_every_stage(preset):
     model = build_model("sevnet", {"preset": preset}).eval()
     x = torch.randn(1, 4, 32, 32, 32)

@@ -47,6 +47,16 @@ def test_config_round_trip_and_overrides(tmp_path):
         from_dict({"learning_rate": 1})
     with pytest.raises(ValueError, match="optimizer"):
         from_dict({"optimizer": "lion"})
+    with pytest.raises(ValueError, match="bce_weight"):
+        from_dict({"bce_weight": -1})
+
+
+def test_the_loss_weighs_cross_entropy_as_configured():
+    torch.manual_seed(0)
+    logits, target = torch.randn(2, 3, 8, 8, 8), (torch.rand(2, 3, 8, 8, 8) > 0.5).float()
+    dice_alone, default, double = (float(region_loss(w)(logits, target)) for w in (0.0, 1.0, 2.0))
+    bce = float(torch.nn.functional.binary_cross_entropy_with_logits(logits, target))
+    assert default == pytest.approx(dice_alone + bce, rel=1e-5) and double == pytest.approx(dice_alone + 2 * bce, rel=1e-5)
 
 
 def test_every_shipped_config_loads():

@@ -84,6 +84,7 @@ class TrainConfig:
     warmup_epochs: int = 0
     amp: bool = True
     grad_clip: float = 12.0
+    bce_weight: float = 1.0  # the loss: soft Dice + this x binary cross-entropy per region; 0: Dice alone
     val_every: int = 5
     seed: int = 0
     num_workers: int = 0
@@ -108,6 +109,8 @@ class TrainConfig:
                 raise ValueError(f"{key} must be at least 1, got {getattr(self, key)}")
         if not self.lr > 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
+        if not self.bce_weight >= 0:
+            raise ValueError(f"bce_weight must be 0 or more, got {self.bce_weight}")
         if self.inference is not None and self.inference not in INFERENCE_MODES:
             raise ValueError(f"inference must be one of {INFERENCE_MODES}, not {self.inference!r}")
 

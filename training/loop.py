@@ -86,13 +86,15 @@ class Emitter:
             log.info("%s: %s", name, fields)
 
 
-def region_loss():
-    """Dice + BCE on three sigmoid region channels (not DiceCELoss: its CE is a softmax one)."""
+def region_loss(bce_weight: float = 1.0):
+    """Dice + ``bce_weight`` x BCE on three sigmoid region channels (not DiceCELoss: its CE is a softmax one)."""
     from monai.losses import DiceLoss
 
     dice = DiceLoss(sigmoid=True, smooth_nr=1e-5, smooth_dr=1e-5, batch=True)
+    if not bce_weight:
+        return dice
     bce = nn.BCEWithLogitsLoss()
-    return lambda logits, target: dice(logits, target) + bce(logits, target)
+    return lambda logits, target: dice(logits, target) + bce_weight * bce(logits, target)
 
 
 def make_optimizer(cfg: TrainConfig, params):
@@ -280,7 +282,7 @@ class Trainer:
         if self.dist.world > 1:
             ids = [self.dist.local_rank] if self.device.type == "cuda" else None
             self.network = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
-        self.loss_fn = region_loss()
+        self.loss_fn = region_loss(cfg.bce_weight)
         self.info = self._checkpoint_info()
         if self.dist.main:
             save_config(cfg, self.run_dir / "config.yaml")

@@ -109,6 +109,7 @@ class SEVNetConfig:
 #: named configurations: the paper's, and lighter ones of the same class
 CONFIGS: dict[str, dict] = {
     "faithful": dict(channels=(16, 32, 64, 128, 256), encoder_convs=(1, 2, 3, 3, 3), kernel_size=5),
+    "middle": dict(channels=(12, 24, 48, 96, 192), encoder_convs=(1, 1, 2, 2, 2), kernel_size=3),  # lite's depth at 1.5x the width
     "lite": dict(channels=(8, 16, 32, 64, 128), encoder_convs=(1, 1, 2, 2, 2), kernel_size=3),
     "tiny": dict(channels=(4, 8, 16, 32), encoder_convs=(1, 1, 1, 1), kernel_size=3),
 }
