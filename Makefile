@@ -142,7 +142,7 @@ eval-unseen: setup  ## the held-out model (the default) against the same recipe 
 # against a control, the same seed, cases and split; scored with the default's post-processing on the held-out cases.
 # Network size: the middle preset (lite's depth at 1.5x the width) has no phantom weights, so it is compared from
 # scratch with lite from scratch (without init, name the preset: the network's defaults are the faithful one's). About
-# 2 h on 2 CPU cores in all.
+# 1.5 h on 2 CPU cores in all (the middle arm a third of it).
 ARM := sevnet-train --config training/configs/sevnet_real_brats_2h.yaml $(ROOTS) epochs=6 steps_per_epoch=25 val_every=6
 ARMS := control dice_only batch2_patch96 lite_scratch middle_scratch
 recipe-ingredients: setup  ## the recipe's ingredients one at a time, 150 steps each (about 2 h): benchmarks/results/recipe-ingredients-150-steps.*
