@@ -138,11 +138,10 @@ def fill_core_holes(regions: np.ndarray) -> int:
     from scipy import ndimage
 
     core = regions[1]
-    zs = np.flatnonzero(core.any(axis=(1, 2)))
-    if zs.size == 0:
+    boxes = ndimage.find_objects(core.view(np.uint8))  # the core's bounding box; none when it is empty
+    if not boxes:
         return 0
-    ys, xs = (np.flatnonzero(core.any(axis=a)) for a in ((0, 2), (0, 1)))
-    box = (slice(zs[0], zs[-1] + 1), slice(ys[0], ys[-1] + 1), slice(xs[0], xs[-1] + 1))
+    box = boxes[0]
     before = core[box]
     filled = np.stack([ndimage.binary_fill_holes(section) for section in before])
     added = int(np.count_nonzero(filled & ~before))
