@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 SHARED_DATA ?= ../shared/data
 
-.PHONY: setup system-deps demo test test-fast bench bench-dice bench-se demo-weights demo-weights-eval real-weights real-weights-five-stages all-cases postprocessing core-holes recipe-ingredients eval-real eval-unseen eval-missing sample-data screenshots clean
+.PHONY: setup system-deps demo test test-fast bench bench-dice bench-se demo-weights demo-weights-eval real-weights real-weights-five-stages all-cases postprocessing core-holes recipe-ingredients recipe-augmentation click-refiner eval-real eval-unseen eval-missing sample-data screenshots clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -145,8 +145,9 @@ eval-unseen: setup  ## the held-out model (the default) against the same recipe 
 # 1.5 h on 2 CPU cores in all (the middle arm a third of it).
 ARM := sevnet-train --config training/configs/sevnet_real_brats_2h.yaml $(ROOTS) epochs=6 steps_per_epoch=25 val_every=6
 ARMS := control dice_only batch2_patch96 lite_scratch middle_scratch
-recipe-ingredients: setup  ## the recipe's ingredients one at a time, 150 steps each (about 2 h): benchmarks/results/recipe-ingredients-150-steps.*
+runs/ingredients/control/last.json:
 	$(BIN)/$(ARM) -o runs/ingredients/control
+recipe-ingredients: setup runs/ingredients/control/last.json  ## the recipe's ingredients one at a time, 150 steps each (about 2 h): benchmarks/results/recipe-ingredients-150-steps.*
 	$(BIN)/$(ARM) bce_weight=0 -o runs/ingredients/dice_only
 	$(BIN)/$(ARM) batch_size=2 'patch_size=[96,128,96]' -o runs/ingredients/batch2_patch96
 	$(BIN)/$(ARM) init=null 'model.config={preset: lite, se_squeeze: mean_max}' -o runs/ingredients/lite_scratch
@@ -158,6 +159,29 @@ recipe-ingredients: setup  ## the recipe's ingredients one at a time, 150 steps 
 	  --checkpoint runs/ingredients/batch2_patch96/published.json --label "batch 2 of 96x128x96 patches (one of 128x160x128 in the control)" \
 	  --checkpoint runs/ingredients/lite_scratch/published.json --label "lite from scratch" \
 	  --checkpoint runs/ingredients/middle_scratch/published.json --label "middle (1.5x the width) from scratch"
+
+# The augmentations and the schedule, one at a time, the same way: each arm switches one of part 1's augmentations off
+# (or holds the learning rate constant) against the same control. About 1.5 h.
+AUG_ARMS := no_flip no_rotation no_scaling no_gamma no_intensity constant_lr
+recipe-augmentation: setup runs/ingredients/control/last.json  ## part 1's augmentations and schedule one at a time, 150 steps each: benchmarks/results/recipe-augmentation-150-steps.*
+	$(BIN)/$(ARM) augment.flip=false -o runs/ingredients/no_flip
+	$(BIN)/$(ARM) augment.rotate_degrees=0 -o runs/ingredients/no_rotation
+	$(BIN)/$(ARM) augment.scale=0 -o runs/ingredients/no_scaling
+	$(BIN)/$(ARM) augment.gamma=0 -o runs/ingredients/no_gamma
+	$(BIN)/$(ARM) augment.intensity_scale=0 augment.intensity_shift=0 -o runs/ingredients/no_intensity
+	$(BIN)/$(ARM) schedule=constant -o runs/ingredients/constant_lr
+	$(foreach a,$(AUG_ARMS),$(BIN)/python -m training.publish runs/ingredients/$(a)/last.json runs/ingredients/$(a)/published --card training/model_cards/sevnet_lite_brats_heldout.yaml --postprocessing benchmarks/results/postprocessing.json &&) true
+	SEVNET_REAL_DATA=$(SHARED_DATA) $(BIN)/python -m benchmarks.real_heldout --compare -o benchmarks/results/recipe-augmentation-150-steps.json \
+	  --checkpoint runs/ingredients/control/published.json --label "control: part 1's recipe from the phantom weights, 150 steps" \
+	  --checkpoint runs/ingredients/no_flip/published.json --label "no flips" \
+	  --checkpoint runs/ingredients/no_rotation/published.json --label "no rotation (scaling kept)" \
+	  --checkpoint runs/ingredients/no_scaling/published.json --label "no scaling (rotation kept)" \
+	  --checkpoint runs/ingredients/no_gamma/published.json --label "no gamma" \
+	  --checkpoint runs/ingredients/no_intensity/published.json --label "no intensity scale and shift" \
+	  --checkpoint runs/ingredients/constant_lr/published.json --label "constant learning rate (poly decay in the control)"
+
+click-refiner: setup  ## the Correct dock's learned click: simulated clicks on the held-out model's output for the training cases (about 11 min): napari_sevnet/weights/click_refiner.*
+	SEVNET_REAL_DATA=$(SHARED_DATA) $(BIN)/python -m training.click_refiner
 
 STAGE1_CKPT ?= runs/sevnet_real_brats/last.json
 eval-missing: setup  ## held-out Dice per set of available sequences: the default (trained with sequence dropout) against stage 1 given zero-filled channels

@@ -1,6 +1,6 @@
 """How many interactions a correction takes: clicks on the model's probabilities against brush strokes.
 
-    python -m benchmarks.correction [--quick] [--part held_out|train] [--target 0.90] [--checkpoint CKPT] [-o OUT.json]
+    python -m benchmarks.correction [--quick] [--part held_out|train] [--target 0.90] [--checkpoint CKPT] [--refiner STEM] [-o OUT.json]
 
 The protocol of interactive-segmentation studies, on the held-out real cases
 of ``training/configs/splits/real_brats_heldout.json`` (``--quick``: two small
@@ -9,7 +9,7 @@ tools' settings are chosen, with a higher ``--target`` since the model starts
 near 0.9 there): start from the default model's output; for
 each region separately a simulated user places each interaction at the centre
 of the largest error region (the error voxel farthest from its border) and
-stops at Dice 0.90 or after ``--max-clicks``. A click is
+stops at Dice 0.90 or after ``--max-clicks``. A probability click is
 :func:`napari_sevnet.correction.grow` on missed tumour or
 :func:`~napari_sevnet.correction.shrink` on a false alarm; the baseline brush
 stroke paints or erases a disc of radius 5 voxels on the axial slice through
@@ -19,8 +19,11 @@ click on the full case, and the same for the brush; and a third session that
 starts with one move of the whole edge (:func:`~napari_sevnet.correction.move_threshold`,
 the Correct dock's "Whole edge" slider) to the best threshold of the grid
 (chosen knowing the truth, so an upper bound of what a user's eye picks) and
-goes on with clicks. JSON, markdown tables and a plot of Dice against the
-number of interactions.
+goes on with clicks. The learned clicks of the click refiner
+(:mod:`napari_sevnet.click_refiner`, the Correct dock's default) get the same
+session, beside a bound for any tool that acts within the refiner's ball: the
+ball around each click set to the truth. JSON, markdown tables and a plot of
+Dice against the number of interactions.
 """
 
 from __future__ import annotations
@@ -35,7 +38,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from napari_sevnet.correction import GUIDE_SEQUENCE, grow, largest_error_centre, move_threshold, shrink
+from napari_sevnet.click_refiner import RADIUS_MM, WEIGHTS, ClickRefiner, normalise
+from napari_sevnet.correction import GUIDE_SEQUENCE, _ball_box, grow, largest_error_centre, move_threshold, shrink
 from napari_sevnet.io import MODALITIES
 from napari_sevnet.metrics import dice
 
@@ -63,6 +67,24 @@ def click_session(probability, start, truth, spacing, limit, tool, image=None, t
         seconds.append(time.perf_counter() - t)
         scores.append(dice(current, truth))
     return scores, seconds
+
+
+def refiner_tool(refiner, region: str, guides: dict):
+    """A click of the click refiner (napari_sevnet/click_refiner.py): it adds on missed tumour, removes on a false alarm."""
+    def tool(current, seed, missed, probability, spacing, image):
+        change = refiner.click(region, current, seed, missed, probability, guides, spacing)
+        return current | change if missed else current & ~change
+    return tool
+
+
+def perfect_ball_tool(truth):
+    """The bound of any tool that acts within the refiner's ball: the ball around the click set to the truth."""
+    def tool(current, seed, missed, probability, spacing, image):
+        box, ball = _ball_box(current.shape, seed, RADIUS_MM, spacing)
+        out = current.copy()
+        out[box][ball] = truth[box][ball]
+        return out
+    return tool
 
 
 def click_tool(current, seed, missed, probability, spacing, image):
@@ -114,7 +136,7 @@ def after(scores: list[float], n: int) -> float:
     return scores[min(n, len(scores) - 1)]
 
 
-def run(cases: dict, checkpoint, max_clicks: int, max_strokes: int, target: float = TARGET) -> dict:
+def run(cases: dict, checkpoint, max_clicks: int, max_strokes: int, target: float = TARGET, refiner=None) -> dict:
     from napari_sevnet.inference import Predictor
     from napari_sevnet.io import load_case
 
@@ -123,10 +145,16 @@ def run(cases: dict, checkpoint, max_clicks: int, max_strokes: int, target: floa
     for case_id, source in cases.items():
         case = source if not isinstance(source, Path) else load_case(source)
         result = predictor.predict(case.image, spacing=case.spacing)
+        guides = {g: normalise(case.image[MODALITIES.index(g)]) for g in ("flair", "t1ce")}
         per_case[case_id] = {}
         for i, r in enumerate(REGIONS):
             truth, start, probability = case.regions[i], result.regions[i], result.probabilities[i]
             guide = case.image[MODALITIES.index(GUIDE_SEQUENCE[r])]
+            learned = {}
+            if refiner is not None:
+                scores, seconds = click_session(probability, start, truth, case.spacing, max_clicks, refiner_tool(refiner, r, guides), target=target)
+                learned = {"refiner_dice": scores, "refiner_seconds": seconds, "refiner_noc90": noc(scores, max_clicks, target)}
+            perfect, _ = click_session(probability, start, truth, case.spacing, max_clicks, perfect_ball_tool(truth), target=target)
             clicks, click_s = click_session(probability, start, truth, case.spacing, max_clicks, click_tool, guide, target)
             strokes, _ = click_session(probability, start, truth, case.spacing, max_strokes, brush_tool, target=target)
             edge, edge_scores = edge_then_clicks(probability, start, truth, case.spacing, float(predictor.thresholds[i]), max_clicks, guide, target)
@@ -135,7 +163,10 @@ def run(cases: dict, checkpoint, max_clicks: int, max_strokes: int, target: floa
                 "brush_dice": strokes, "brush_noc90": noc(strokes, max_strokes, target),
                 "edge_threshold": edge, "edge_dice": edge_scores, "edge_noc90": noc(edge_scores, max_clicks, target),
                 "ceilings": whole_boundary_ceilings(probability, start, truth, case.spacing),
+                "perfect_ball_dice": perfect, "perfect_ball_noc90": noc(perfect, max_clicks, target), **learned,
             }
+            if learned:
+                print(f"  {case_id} {r}: learned clicks {learned['refiner_dice'][-1]:.3f} in {len(learned['refiner_dice']) - 1}", flush=True)
             print(f"  {case_id} {r}: Dice {clicks[0]:.3f} -> {clicks[-1]:.3f} in {len(clicks) - 1} click(s); brush {strokes[-1]:.3f} in {len(strokes) - 1} stroke(s);"
                   f" edge at {edge:g} then clicks {edge_scores[-1]:.3f} in {len(edge_scores) - 1}", flush=True)
     summary = {}
@@ -155,13 +186,31 @@ def run(cases: dict, checkpoint, max_clicks: int, max_strokes: int, target: floa
             **{f"best_{k}_dice": float(np.mean([row["ceilings"][f"{k}_dice"] for row in rows])) for k in ("threshold", "margin")},
             **{f"cases_{k}_reach_target": sum(row["ceilings"][f"{k}_dice"] >= target for row in rows) for k in ("threshold", "margin")},
             "dice_after_all_clicks": float(np.mean([row["click_dice"][-1] for row in rows])),
+            "median_perfect_ball_noc90": statistics.median(row["perfect_ball_noc90"] for row in rows),
         }
-    return {"cases": per_case, "summary": summary, "max_clicks": max_clicks, "max_strokes": max_strokes, "target": target}
+        if refiner is not None:
+            seconds = [s for row in rows for s in row["refiner_seconds"]]
+            summary[r] |= {
+                "median_refiner_noc90": statistics.median(row["refiner_noc90"] for row in rows),
+                "dice_after_refiner": {n: float(np.mean([after(row["refiner_dice"], n) for row in rows])) for n in REPORT_AFTER},
+                "median_refiner_click_s": statistics.median(seconds) if seconds else 0.0,
+                "max_refiner_click_s": max(seconds) if seconds else 0.0,
+            }
+    return {"cases": per_case, "summary": summary, "max_clicks": max_clicks, "max_strokes": max_strokes, "target": target,
+            "refiner": refiner.info if refiner is not None else None}
 
 
 def markdown(result: dict) -> str:
     at = f"NoC@{round(100 * result['target'])}"
-    lines = [f"| region | start Dice | {at} clicks (median) | {at} brush strokes (median) | Dice after 1 / 3 / 5 / 10 clicks | after 1 / 3 / 5 / 10 strokes | s per click (median, max) |",
+    lines = []
+    if result.get("refiner"):
+        lines += [f"| region | start Dice | {at} learned clicks (median) | Dice after 1 / 3 / 5 / 10 learned clicks | s per learned click (median, max) |"
+                  f" {at} with the ball set to the truth (the bound) |", "|---|---|---|---|---|---|"]
+        for r, s in result["summary"].items():
+            lines.append(f"| {r} | {s['start_dice']:.3f} | {s['median_refiner_noc90']:g} | " + " / ".join(f"{s['dice_after_refiner'][n]:.3f}" for n in REPORT_AFTER)
+                         + f" | {s['median_refiner_click_s']:.2f}, {s['max_refiner_click_s']:.2f} | {s['median_perfect_ball_noc90']:g} |")
+        lines.append("")
+    lines += [f"| region | start Dice | {at} clicks (median) | {at} brush strokes (median) | Dice after 1 / 3 / 5 / 10 clicks | after 1 / 3 / 5 / 10 strokes | s per click (median, max) |",
              "|---|---|---|---|---|---|---|"]
     for r, s in result["summary"].items():
         lines.append(f"| {r} | {s['start_dice']:.3f} | {s['median_noc90']:g} | {s['median_brush_noc90']:g} | "
@@ -189,8 +238,11 @@ def plot(result: dict, path: Path) -> None:
 
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.4), sharey=True)
     for ax, r in zip(axes, REGIONS):
-        for key, style, label in (("click_dice", "-", "clicks"), ("edge_dice", "--", "whole edge, then clicks"), ("brush_dice", ":", "brush strokes")):
-            runs = [row[r][key] for row in result["cases"].values()]
+        for key, style, label in (("refiner_dice", "-", "learned clicks"), ("click_dice", "-", "probability clicks"), ("edge_dice", "--", "whole edge, then clicks"),
+                                  ("brush_dice", ":", "brush strokes")):
+            runs = [row[r][key] for row in result["cases"].values() if key in row[r]]
+            if not runs:
+                continue
             longest = max(len(x) for x in runs)
             padded = np.array([x + [x[-1]] * (longest - len(x)) for x in runs])
             ax.plot(range(longest), padded.mean(0), style, label=label)
@@ -211,8 +263,14 @@ def main(argv=None) -> int:
     parser.add_argument("--target", type=float, default=TARGET, help="Dice at which the simulated user stops (NoC@ this)")
     parser.add_argument("--max-clicks", type=int, default=20)
     parser.add_argument("--max-strokes", type=int, default=100)
+    parser.add_argument("--refiner", type=Path, default=WEIGHTS, help="click refiner weights (stem); without them the learned clicks are left out")
     parser.add_argument("-o", "--output", type=Path, help="JSON to write (beside it: .md and .png)")
     args = parser.parse_args(argv)
+    refiner = None
+    if args.refiner.with_suffix(".json").is_file():
+        refiner = ClickRefiner.load(args.refiner)
+    else:
+        print(f"no click refiner at {args.refiner}: its clicks are left out (make click-refiner trains it)")
     if args.quick:
         from napari_sevnet.checkpoint import phantom_checkpoint
         from napari_sevnet.phantom import phantom_case
@@ -224,7 +282,7 @@ def main(argv=None) -> int:
 
         cases = find_cases(json.loads(SPLIT.read_text(encoding="utf-8"))[args.part], DATA)
         checkpoint = checkpoint_for(args.part, args.checkpoint, cases)
-    result = run(cases, checkpoint, args.max_clicks, args.max_strokes, args.target)
+    result = run(cases, checkpoint, args.max_clicks, args.max_strokes, args.target, refiner)
     result.update({"date": time.strftime("%Y-%m-%d %H:%M"), "host": platform.node(), "quick": args.quick, "part": "phantoms" if args.quick else args.part, "checkpoint": checkpoint})
     table = markdown(result)
     print(table)

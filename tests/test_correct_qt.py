@@ -76,6 +76,7 @@ def test_clicks_add_and_remove_nested_with_one_undo_and_the_gui_stays_live(qtbot
     qtbot.wait(100)
     heartbeat.stop()
     assert np.diff(ticks).max() < 1.0, f"a click on a full case held the GUI {np.diff(ticks).max() * 1000:.0f} ms"
+    assert correct.fallback is None, "the click was a learned one (the default tool)"
     after = segment.current_regions()
     assert after[1].sum() > before[1].sum() and (after[0] >= after[1]).all() and (after[1] >= after[2]).all(), "TC grew, WT with it"
     grown = after[1].sum()
@@ -174,3 +175,23 @@ def test_the_whole_edge_slider_moves_the_region_as_one_edit_and_follows_undo(qtb
     from napari_sevnet.editing import editor_of
 
     assert editor_of(tc).counts["edge"]["edits"] == 2
+
+
+def test_a_learned_click_needs_flair_and_t1ce_and_says_so_when_it_falls_back(qtbot, corrected):
+    from napari_sevnet.layers import LayerInfo
+
+    viewer, segment, correct, reference = corrected
+    wt = segment.result_layers["WT"]
+    viewer.layers.selection.active = wt
+    correct._region.value = "WT"
+    assert correct._tool.value == "learned", "the learned click is the default"
+    edge = np.argwhere((np.asarray(wt.data) > 0) ^ reference["WT"])
+    where = tuple(float(v) for v in edge[len(edge) // 2])
+    press(correct, viewer, Mouse(where, modifiers=() if reference["WT"][tuple(edge[len(edge) // 2])] else ("Shift",)))
+    assert correct.fallback is None and "unavailable" not in correct._status.value
+    viewer.layers.remove(LayerInfo.from_layer(wt).source_layers["flair"])
+    press(correct, viewer, Mouse(where))
+    assert "no FLAIR layer open" in correct.fallback and "probability tool" in correct._status.value
+    correct._tool.value = "probability"
+    press(correct, viewer, Mouse(where))
+    assert correct.fallback is None

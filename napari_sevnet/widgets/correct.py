@@ -1,9 +1,15 @@
 """Correct dock widget: fix a result in clicks instead of brush strokes, and fill between drawn slices.
 
 With "Click to correct" on, a click in the viewer edits the chosen region of
-the selected result (:mod:`napari_sevnet.correction`): a click adds the
-region the model's probability (or, where it saw nothing, the image) shows
-around that point; Shift+click removes the false alarm under the cursor. In
+the selected result: a click adds missed tumour around that point,
+Shift+click removes the false alarm under the cursor. The "learned" click tool
+(:mod:`napari_sevnet.click_refiner`, the default) redraws the 20 mm around the
+click with a small network trained on simulated corrections, from the model's
+probability, the mask's edge and FLAIR / T1ce; the "probability" tool
+(:mod:`napari_sevnet.correction`) adds the region the model's probability (or,
+where it saw nothing, the image) shows and removes the component under the
+cursor. The learned tool needs the model's probability and the FLAIR and T1ce
+layers; without them a click falls back to the probability tool and says so. In
 2D the voxel under the cursor is used; in 3D the voxel along the view ray
 where the model was most sure of the region. The threshold slider re-applies
 the last click with another threshold, the reach bounds how far one click
@@ -22,6 +28,9 @@ from __future__ import annotations
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, FloatSlider, Label, PushButton, SpinBox
 
+from napari_sevnet.click_refiner import GUIDES as REFINER_GUIDES
+from napari_sevnet.click_refiner import LEVEL as REFINER_LEVEL
+from napari_sevnet.click_refiner import ClickRefiner, normalise
 from napari_sevnet.correction import DEFAULT_RADIUS_MM, DEFAULT_THRESHOLD, GUIDE_SEQUENCE, IMAGE_REACH_MM, REACH_PER_DEPTH, fill_between, grow, move_threshold, shrink
 from napari_sevnet.errors import InputError
 from napari_sevnet.layers import LayerInfo, region_group
@@ -30,8 +39,11 @@ from napari_sevnet.widgets.base import DockWidget
 
 TOOLTIPS = {
     "clicks": "Click: add the region around the point. Shift+click: remove the false alarm under the point. Drags still pan.",
-    "threshold": "The probability a click grows to (or, for a removal, keeps above). Moving it re-applies the last click.",
-    "reach": "How far (mm) one click may spread from where you clicked."
+    "tool": "learned: a network trained on simulated corrections redraws the 20 mm around the click (FLAIR, T1ce and the model's probability needed)."
+            " probability: grow where the model's probability is above the threshold, remove the component under the click.",
+    "threshold": "Probability tool: the probability a click grows to (or, for a removal, keeps above). Learned tool: how sure the network"
+                 f" must be that a voxel is tumour (default {REFINER_LEVEL:g}; lower adds more, removes less). Moving it re-applies the last click.",
+    "reach": "How far (mm) one click may spread from where you clicked (a learned click at most 20 mm)."
              f" A removing click near the mask's edge reaches less: {REACH_PER_DEPTH:g} times its depth inside the mask (at least {IMAGE_REACH_MM:g} mm),"
              " so it trims the edge there rather than the tumour behind it.",
     "edge": "Move the whole region's edge to where the model's probability is this value: higher is tighter all around, lower looser."
@@ -45,16 +57,20 @@ class CorrectWidget(DockWidget):
         super().__init__(napari_viewer)
         self._region = ComboBox(label="Region", choices=list(REGIONS), value="WT")
         self._clicks = CheckBox(text="Click to correct", value=False, tooltip=TOOLTIPS["clicks"])
+        self._tool = ComboBox(label="Click tool", choices=["learned", "probability"], value="learned", tooltip=TOOLTIPS["tool"])
         self._threshold = FloatSlider(label="Threshold", min=0.05, max=0.95, step=0.05, value=DEFAULT_THRESHOLD, tooltip=TOOLTIPS["threshold"])
         self._reach = SpinBox(label="Reach (mm)", min=2, max=100, value=int(DEFAULT_RADIUS_MM), tooltip=TOOLTIPS["reach"])
         self._edge = FloatSlider(label="Whole edge", min=0.02, max=0.995, step=0.005, value=0.5, tracking=False, tooltip=TOOLTIPS["edge"])
         self._fill = PushButton(text="Fill between slices", tooltip=TOOLTIPS["fill"])
         self._status = Label(value="")
         self._status.native.setWordWrap(True)
-        self.extend([self._region, self._clicks, self._threshold, self._reach, self._edge, self._fill, self._status])
+        self.extend([self._region, self._clicks, self._tool, self._threshold, self._reach, self._edge, self._fill, self._status])
         self._edge_moves: list = []  # (layer, threshold, the editor's record of that move), oldest first
         self.last_click: tuple | None = None  # (layer, voxel, add?) of the last click: what the slider re-applies
         self.clicks = 0
+        self._refiner: ClickRefiner | None = None
+        self.fallback: str | None = None  # why the last click could not be a learned one
+        self._normalised: tuple = ((), {})  # (the guide arrays' ids, their normalised copies): normalised once per case
         self._clicks.changed.connect(self._on_clicks)
         self._threshold.changed.connect(self._reapply_last_click)
         self._fill.changed.connect(self.fill_between_slices)
@@ -110,7 +126,8 @@ class CorrectWidget(DockWidget):
         changed = self._apply_click(layer, info, voxel, add, self._threshold.value, record=True)
         self.last_click = (layer, voxel, add) if changed else None  # nothing recorded: nothing for the slider to undo
         self.clicks += 1
-        self._status.value = f"click {self.clicks}: {'added' if add else 'removed'} {changed} voxel(s) of {self._region.value} at {voxel}"
+        self._status.value = f"click {self.clicks}: {'added' if add else 'removed'} {changed} voxel(s) of {self._region.value} at {voxel}" + (
+            f"; {self.fallback}" if self.fallback else "")
         return changed
 
     def _voxel(self, layer, info, world_position, view_direction, dims_displayed) -> tuple[int, int, int]:
@@ -137,6 +154,25 @@ class CorrectWidget(DockWidget):
         name = (info.source_layers or {}).get(GUIDE_SEQUENCE[self._region.value])
         return np.asarray(self._viewer.layers[name].data) if name in self._viewer.layers else None
 
+    def _learned_inputs(self, info) -> tuple[ClickRefiner, dict] | str:
+        """(the refiner, FLAIR and T1ce normalised) for a learned click, or why it cannot run."""
+        if info.probabilities is None:
+            return "this result kept no model probability"
+        names = {g: (info.source_layers or {}).get(g) for g in REFINER_GUIDES}
+        missing = [g for g, n in names.items() if n not in self._viewer.layers]
+        if missing:
+            return f"no {' or '.join(m.upper() for m in missing)} layer open"
+        if self._refiner is None:
+            try:
+                self._refiner = ClickRefiner.load()
+            except InputError as exc:
+                return str(exc)
+        arrays = {g: self._viewer.layers[n].data for g, n in names.items()}
+        key = tuple(id(a) for a in arrays.values())
+        if self._normalised[0] != key:
+            self._normalised = (key, {g: normalise(a) for g, a in arrays.items()})
+        return self._refiner, self._normalised[1]
+
     def _apply_click(self, layer, info, voxel, add: bool, threshold: float, *, record: bool) -> int:
         """Apply one click; the first time (``record``) its threshold may follow the click and is shown on the slider."""
         from napari_sevnet.editing import apply_edit
@@ -144,6 +180,19 @@ class CorrectWidget(DockWidget):
         probability = self._probability(info)
         spacing = tuple(float(v) for v in layer.scale)
         current = np.asarray(layer.data) > 0
+        self.fallback = None
+        if self._tool.value == "learned":
+            learned = self._learned_inputs(info)
+            if isinstance(learned, str):
+                self.fallback = f"learned click unavailable ({learned}): used the probability tool"
+            else:
+                refiner, guides = learned
+                used = REFINER_LEVEL if record else threshold
+                change = refiner.click(self._region.value, current, voxel, add, probability, guides, spacing, level=used, reach_mm=self._reach.value)
+                if record:
+                    with self._threshold.changed.blocked():
+                        self._threshold.value = used
+                return apply_edit(layer, current | change if add else current & ~change, "click")
         if add:
             if probability is None:
                 probability = np.zeros(layer.data.shape, np.float32)  # no model output kept: grow on the image

@@ -1,0 +1,123 @@
+"""The click refiner on arrays (no Qt): its features, that a click only adds or only removes within its reach, the
+file format, that training fits, and that the shipped one never saw the held-out cases."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from napari_sevnet.click_refiner import FEATURES, RADIUS_MM, WEIGHTS, ClickRefiner, RefinerNet, click_features, normalise
+from napari_sevnet.correction import largest_error_centre
+from napari_sevnet.errors import InputError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def ball(shape, centre, radius):
+    grids = np.ogrid[tuple(slice(0, n) for n in shape)]
+    return sum((g - c) ** 2 for g, c in zip(grids, centre)) <= radius**2
+
+
+@pytest.fixture
+def scene():
+    """A bright lesion the mask covers only half of, and the model's probability for it."""
+    shape = (48, 56, 56)
+    lesion = ball(shape, (24, 28, 28), 10)
+    rng = np.random.default_rng(0)
+    flair = np.where(lesion, 3.0, 1.0) + rng.normal(0, 0.1, shape)
+    t1ce = np.ones(shape) + rng.normal(0, 0.1, shape)
+    guides = {"flair": normalise(flair.astype(np.float32)), "t1ce": normalise(t1ce.astype(np.float32))}
+    mask = lesion & (np.arange(shape[2]) < 28)[None, None, :]
+    probability = np.where(lesion, 0.6, 0.05).astype(np.float32)
+    return mask, probability, guides, lesion
+
+
+def random_refiner(seed=0) -> ClickRefiner:
+    torch.manual_seed(seed)
+    return ClickRefiner({r: RefinerNet(8) for r in ("WT", "TC", "ET")}, {"what": "untrained, for the mechanics"})
+
+
+def test_the_features_of_a_click_cover_its_ball_and_carry_its_sign(scene):
+    mask, probability, guides, _ = scene
+    x, box, ball_ = click_features(mask, (24, 28, 34), True, probability, guides, (1.0, 1.0, 1.0))
+    assert x.shape == (ball_.sum(), len(FEATURES)) and np.isfinite(x).all()
+    assert (x[:, FEATURES.index("sign")] == 1).all() and x[:, FEATURES.index("click_distance")].max() <= 1.0
+    x_neg, _, _ = click_features(mask, (24, 28, 20), False, probability, guides, (1.0, 1.0, 1.0))
+    assert (x_neg[:, FEATURES.index("sign")] == -1).all()
+    centre = np.flatnonzero(np.all(np.argwhere(ball_) + [b.start for b in box] == (24, 28, 34), axis=1))[0]
+    assert x[centre, FEATURES.index("flair_z_minus_click")] == 0 and x[centre, FEATURES.index("mask")] == 0
+
+
+@pytest.mark.parametrize("level", [0.0, 1.0])
+def test_a_positive_click_only_adds_and_a_negative_one_only_removes_within_the_reach(scene, level):
+    mask, probability, guides, _ = scene
+    refiner = random_refiner()
+    added = refiner.click("WT", mask, (24, 28, 34), True, probability, guides, (1.0, 1.0, 1.0), level=level, reach_mm=12)
+    removed = refiner.click("WT", mask, (24, 28, 20), False, probability, guides, (1.0, 1.0, 1.0), level=level, reach_mm=12)
+    assert not (added & mask).any() and not (removed & ~mask).any(), "monotone: a click never undoes what it was not asked about"
+    assert not (added & ~ball(mask.shape, (24, 28, 34), 12)).any() and not (removed & ~ball(mask.shape, (24, 28, 20), 12)).any()
+    reach_add, reach_remove = ball(mask.shape, (24, 28, 34), 12), ball(mask.shape, (24, 28, 20), 12)
+    if level == 0.0:  # everything counts as tumour: a click adds every voxel of its reach not yet in the mask, removes none
+        assert added.sum() == (reach_add & ~mask).sum() and not removed.any()
+    else:  # nothing does: a click adds none, removes the whole mask within its reach
+        assert not added.any() and removed.sum() == (reach_remove & mask).sum()
+
+
+def test_save_and_load_keep_the_networks_and_a_stale_file_is_refused_by_name(scene, tmp_path):
+    mask, probability, guides, _ = scene
+    refiner = random_refiner(3)
+    refiner.save(tmp_path / "refiner")
+    again = ClickRefiner.load(tmp_path / "refiner")
+    args = ("TC", mask, (24, 28, 34), True, probability, guides, (1.0, 1.0, 1.0))
+    np.testing.assert_array_equal(refiner.tumour_probability(*args)[0], again.tumour_probability(*args)[0])
+    card = json.loads((tmp_path / "refiner.json").read_text())
+    (tmp_path / "refiner.json").write_text(json.dumps(card | {"features": card["features"][:-1]}))
+    with pytest.raises(InputError, match="refiner.json"):
+        ClickRefiner.load(tmp_path / "refiner")
+    with pytest.raises(InputError, match="not found"):
+        ClickRefiner.load(tmp_path / "absent")
+
+
+@pytest.mark.slow
+def test_training_on_simulated_clicks_fits_and_the_result_clicks():
+    from napari_sevnet.checkpoint import phantom_checkpoint
+    from napari_sevnet.phantom import phantom_case
+    from training.click_refiner import train
+
+    case = phantom_case(seed=31, shape=(56, 64, 56), contrast=0.4)
+    refiner = train({"p31": case}, phantom_checkpoint(), epochs=3, session=3, random_clicks=2)
+    for region, losses in refiner.info["trained_on"]["loss_per_epoch"].items():
+        assert losses[-1] < losses[0], f"{region}: the loss did not fall ({losses})"
+    piece, added, wrong = click_on_a_missed_piece(refiner, case)
+    assert added > wrong, "a click on the missed piece adds more lesion than brain"
+
+
+def click_on_a_missed_piece(refiner, case) -> tuple[int, int, int]:
+    """(voxels of a piece the mask missed at the lesion's edge, of them a positive click there adds, brain it adds)."""
+    truth = case.regions[0]
+    lesion = np.argwhere(truth)
+    piece = ball(truth.shape, lesion[np.argmax(lesion[:, 2])] - (0, 0, 3), 6) & truth
+    missed, _ = largest_error_centre(truth & ~piece, truth, case.spacing)
+    probability = ndimage.gaussian_filter(truth.astype(np.float32), 1.5)
+    change = refiner.click("WT", truth & ~piece, missed, True, probability, {g: normalise(case.image[i]) for g, i in (("flair", 3), ("t1ce", 1))}, case.spacing)
+    return int(piece.sum()), int((change & piece).sum()), int((change & ~truth).sum())
+
+
+def test_the_shipped_refiner_never_saw_a_held_out_case():
+    card = json.loads(WEIGHTS.with_suffix(".json").read_text(encoding="utf-8"))
+    split = json.loads((ROOT / "training" / "configs" / "splits" / "real_brats_heldout.json").read_text(encoding="utf-8"))
+    assert card["trained_on"]["cases"] and set(card["trained_on"]["cases"]) <= set(split["train"])
+    assert not set(card["trained_on"]["cases"]) & set(split["held_out"])
+    assert card["features"] == list(FEATURES) and RADIUS_MM == 20.0
+
+
+def test_the_shipped_refiner_fills_a_piece_missed_at_a_phantom_lesions_edge():
+    from napari_sevnet.phantom import phantom_case
+
+    piece, added, wrong = click_on_a_missed_piece(ClickRefiner.load(), phantom_case(seed=31, shape=(56, 64, 56), contrast=0.4))
+    assert added >= piece / 4 and added > 3 * wrong, f"added {added} of the {piece} missed voxels, and {wrong} of brain"
