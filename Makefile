@@ -145,6 +145,7 @@ eval-unseen: setup  ## the held-out model (the default) against the same recipe 
 # 1.5 h on 2 CPU cores in all (the middle arm a third of it).
 ARM := sevnet-train --config training/configs/sevnet_real_brats_2h.yaml $(ROOTS) epochs=6 steps_per_epoch=25 val_every=6
 ARMS := control dice_only batch2_patch96 lite_scratch middle_scratch
+PUBLISH_ARMS = $(foreach a,$(1),$(BIN)/python -m training.publish runs/ingredients/$(a)/last.json runs/ingredients/$(a)/published --card training/model_cards/sevnet_lite_brats_heldout.yaml --postprocessing benchmarks/results/postprocessing.json &&) true
 runs/ingredients/control/last.json:
 	$(BIN)/$(ARM) -o runs/ingredients/control
 recipe-ingredients: setup runs/ingredients/control/last.json  ## the recipe's ingredients one at a time, 150 steps each (about 2 h): benchmarks/results/recipe-ingredients-150-steps.*
@@ -152,7 +153,7 @@ recipe-ingredients: setup runs/ingredients/control/last.json  ## the recipe's in
 	$(BIN)/$(ARM) batch_size=2 'patch_size=[96,128,96]' -o runs/ingredients/batch2_patch96
 	$(BIN)/$(ARM) init=null 'model.config={preset: lite, se_squeeze: mean_max}' -o runs/ingredients/lite_scratch
 	$(BIN)/$(ARM) init=null 'model.config={preset: middle, se_squeeze: mean_max}' -o runs/ingredients/middle_scratch
-	$(foreach a,$(ARMS),$(BIN)/python -m training.publish runs/ingredients/$(a)/last.json runs/ingredients/$(a)/published --card training/model_cards/sevnet_lite_brats_heldout.yaml --postprocessing benchmarks/results/postprocessing.json &&) true
+	$(call PUBLISH_ARMS,$(ARMS))
 	SEVNET_REAL_DATA=$(SHARED_DATA) $(BIN)/python -m benchmarks.real_heldout --compare -o benchmarks/results/recipe-ingredients-150-steps.json \
 	  --checkpoint runs/ingredients/control/published.json --label "control: part 1's recipe from the phantom weights, 150 steps" \
 	  --checkpoint runs/ingredients/dice_only/published.json --label "Dice alone (no cross-entropy)" \
@@ -170,7 +171,7 @@ recipe-augmentation: setup runs/ingredients/control/last.json  ## part 1's augme
 	$(BIN)/$(ARM) augment.gamma=0 -o runs/ingredients/no_gamma
 	$(BIN)/$(ARM) augment.intensity_scale=0 augment.intensity_shift=0 -o runs/ingredients/no_intensity
 	$(BIN)/$(ARM) schedule=constant -o runs/ingredients/constant_lr
-	$(foreach a,$(AUG_ARMS),$(BIN)/python -m training.publish runs/ingredients/$(a)/last.json runs/ingredients/$(a)/published --card training/model_cards/sevnet_lite_brats_heldout.yaml --postprocessing benchmarks/results/postprocessing.json &&) true
+	$(call PUBLISH_ARMS,control $(AUG_ARMS))
 	SEVNET_REAL_DATA=$(SHARED_DATA) $(BIN)/python -m benchmarks.real_heldout --compare -o benchmarks/results/recipe-augmentation-150-steps.json \
 	  --checkpoint runs/ingredients/control/published.json --label "control: part 1's recipe from the phantom weights, 150 steps" \
 	  --checkpoint runs/ingredients/no_flip/published.json --label "no flips" \
