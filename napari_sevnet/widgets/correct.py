@@ -70,7 +70,7 @@ class CorrectWidget(DockWidget):
         self.clicks = 0
         self._refiner: ClickRefiner | None = None
         self.fallback: str | None = None  # why the last click could not be a learned one
-        self._normalised: tuple = ((), {})  # (the guide arrays' ids, their normalised copies): normalised once per case
+        self._normalised: tuple = ((), {})  # (the guide arrays, their normalised copies): normalised once per case
         self._clicks.changed.connect(self._on_clicks)
         self._threshold.changed.connect(self._reapply_last_click)
         self._fill.changed.connect(self.fill_between_slices)
@@ -168,9 +168,9 @@ class CorrectWidget(DockWidget):
             except InputError as exc:
                 return str(exc)
         arrays = {g: self._viewer.layers[n].data for g, n in names.items()}
-        key = tuple(id(a) for a in arrays.values())
-        if self._normalised[0] != key:
-            self._normalised = (key, {g: normalise(a) for g, a in arrays.items()})
+        cached = self._normalised[0]
+        if len(cached) != len(arrays) or any(a is not b for a, b in zip(cached, arrays.values())):
+            self._normalised = (tuple(arrays.values()), {g: normalise(a) for g, a in arrays.items()})
         return self._refiner, self._normalised[1]
 
     def _apply_click(self, layer, info, voxel, add: bool, threshold: float, *, record: bool) -> int:
