@@ -38,8 +38,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from napari_sevnet.click_refiner import RADIUS_MM, WEIGHTS, ClickRefiner, normalise
-from napari_sevnet.correction import GUIDE_SEQUENCE, _ball_box, grow, largest_error_centre, move_threshold, shrink
+from napari_sevnet.click_refiner import WEIGHTS, ClickRefiner, case_guides, truth_in_ball
+from napari_sevnet.correction import GUIDE_SEQUENCE, grow, largest_error_centre, move_threshold, shrink
 from napari_sevnet.io import MODALITIES
 from napari_sevnet.metrics import dice
 
@@ -80,10 +80,7 @@ def refiner_tool(refiner, region: str, guides: dict):
 def perfect_ball_tool(truth):
     """The bound of any tool that acts within the refiner's ball: the ball around the click set to the truth."""
     def tool(current, seed, missed, probability, spacing, image):
-        box, ball = _ball_box(current.shape, seed, RADIUS_MM, spacing)
-        out = current.copy()
-        out[box][ball] = truth[box][ball]
-        return out
+        return truth_in_ball(current, truth, seed, spacing)
     return tool
 
 
@@ -145,7 +142,7 @@ def run(cases: dict, checkpoint, max_clicks: int, max_strokes: int, target: floa
     for case_id, source in cases.items():
         case = source if not isinstance(source, Path) else load_case(source)
         result = predictor.predict(case.image, spacing=case.spacing)
-        guides = {g: normalise(case.image[MODALITIES.index(g)]) for g in ("flair", "t1ce")}
+        guides = case_guides(case.image)
         per_case[case_id] = {}
         for i, r in enumerate(REGIONS):
             truth, start, probability = case.regions[i], result.regions[i], result.probabilities[i]

@@ -49,6 +49,21 @@ FEATURES = ("probability", "mask", "edge_distance", "click_distance", "sign", "s
 WEIGHTS = Path(__file__).parent / "weights" / "click_refiner"
 
 
+def case_guides(image: np.ndarray) -> dict:
+    """FLAIR and T1ce of a case's (4, Z, Y, X) image in the sequence order of :data:`napari_sevnet.io.MODALITIES`, normalised."""
+    from napari_sevnet.io import MODALITIES
+
+    return {g: normalise(image[MODALITIES.index(g)]) for g in GUIDES}
+
+
+def truth_in_ball(current: np.ndarray, truth: np.ndarray, seed, spacing) -> np.ndarray:
+    """``current`` with the refiner's ball around ``seed`` set to ``truth``: a perfect click, for simulations and the bound."""
+    box, ball = _ball_box(current.shape, seed, RADIUS_MM, spacing)
+    out = current.copy()
+    out[box][ball] = truth[box][ball]
+    return out
+
+
 def _distance_mm(box: tuple, seed, spacing) -> np.ndarray:
     grids = np.ogrid[tuple(slice(b.start - c, b.stop - c) for b, c in zip(box, seed))]
     return np.sqrt(sum((g * s) ** 2 for g, s in zip(grids, spacing)))

@@ -25,9 +25,8 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from napari_sevnet.click_refiner import FEATURES, RADIUS_MM, WEIGHTS, ClickRefiner, RefinerNet, click_features, normalise
-from napari_sevnet.correction import _ball_box, largest_error_centre
-from napari_sevnet.io import MODALITIES
+from napari_sevnet.click_refiner import FEATURES, WEIGHTS, ClickRefiner, RefinerNet, case_guides, click_features, truth_in_ball
+from napari_sevnet.correction import largest_error_centre
 from napari_sevnet.regions import REGIONS
 
 SESSION_CLICKS = 8
@@ -44,9 +43,7 @@ def clicks_for(start: np.ndarray, truth: np.ndarray, spacing, rng: np.random.Gen
         if found is None:
             break
         clicks.append((current, *found))
-        box, ball = _ball_box(current.shape, found[0], RADIUS_MM, spacing)
-        current = current.copy()
-        current[box][ball] = truth[box][ball]
+        current = truth_in_ball(current, truth, found[0], spacing)
     for missed, error in ((True, truth & ~start), (False, start & ~truth)):
         inner = np.argwhere(ndimage.binary_erosion(error))  # not on a one-voxel sliver
         for i in rng.choice(len(inner), min(random_clicks, len(inner)), replace=False):
@@ -98,7 +95,7 @@ def train(cases: dict, checkpoint, seed: int = 0, epochs: int = 4, **clicks) -> 
     for case_id, source in cases.items():
         case = load_case(source) if isinstance(source, Path) else source
         result = predictor.predict(case.image, spacing=case.spacing)
-        guides = {g: normalise(case.image[MODALITIES.index(g)]) for g in ("flair", "t1ce")}
+        guides = case_guides(case.image)
         for i, region in enumerate(REGIONS):
             x, y = samples(result.probabilities[i], result.regions[i], case.regions[i], guides, case.spacing, rng, **clicks)
             per_region[region][0].append(x)
