@@ -21,8 +21,9 @@ the Correct dock's "Whole edge" slider) to the best threshold of the grid
 (chosen knowing the truth, so an upper bound of what a user's eye picks) and
 goes on with clicks. The learned clicks of the click refiner
 (:mod:`napari_sevnet.click_refiner`, the Correct dock's default) get the same
-session, beside a bound for any tool that acts within the refiner's ball: the
-ball around each click set to the truth. JSON, markdown tables and a plot of
+two sessions (clicks alone; the whole-edge move, then learned clicks), beside
+a bound for any tool that acts within the refiner's ball: the ball around each
+click set to the truth. JSON, markdown tables and a plot of
 Dice against the number of interactions.
 """
 
@@ -100,8 +101,8 @@ def whole_boundary_ceilings(probability, start, truth, spacing) -> dict:
     return {"threshold": threshold, "threshold_dice": by_threshold[threshold], "margin_mm": margin, "margin_dice": by_margin[margin]}
 
 
-def edge_then_clicks(probability, start, truth, spacing, model_threshold, limit, image, target=TARGET) -> tuple[float, list[float]]:
-    """(threshold, Dice before and after each interaction): one move of the whole edge, then clicks.
+def edge_then_clicks(probability, start, truth, spacing, model_threshold, limit, image, target=TARGET, tool=click_tool) -> tuple[float, list[float]]:
+    """(threshold, Dice before and after each interaction): one move of the whole edge, then clicks of ``tool``.
 
     The move goes to the threshold of ``THRESHOLDS`` that scores best against
     the truth: what a user who judges the edge by eye picks at best, so an
@@ -111,7 +112,7 @@ def edge_then_clicks(probability, start, truth, spacing, model_threshold, limit,
         return model_threshold, [dice(start, truth)]
     moved = {t: move_threshold(start, probability, model_threshold, t) for t in THRESHOLDS}
     best = max(moved, key=lambda t: dice(moved[t], truth))
-    scores, _ = click_session(probability, moved[best], truth, spacing, limit - 1, click_tool, image, target)
+    scores, _ = click_session(probability, moved[best], truth, spacing, limit - 1, tool, image, target)
     return best, [dice(start, truth)] + scores
 
 
@@ -149,8 +150,11 @@ def run(cases: dict, checkpoint, max_clicks: int, max_strokes: int, target: floa
             guide = case.image[MODALITIES.index(GUIDE_SEQUENCE[r])]
             learned = {}
             if refiner is not None:
-                scores, seconds = click_session(probability, start, truth, case.spacing, max_clicks, refiner_tool(refiner, r, guides), target=target)
-                learned = {"refiner_dice": scores, "refiner_seconds": seconds, "refiner_noc90": noc(scores, max_clicks, target)}
+                tool = refiner_tool(refiner, r, guides)
+                scores, seconds = click_session(probability, start, truth, case.spacing, max_clicks, tool, target=target)
+                _, edge_learned = edge_then_clicks(probability, start, truth, case.spacing, float(predictor.thresholds[i]), max_clicks, None, target, tool)
+                learned = {"refiner_dice": scores, "refiner_seconds": seconds, "refiner_noc90": noc(scores, max_clicks, target),
+                           "edge_refiner_dice": edge_learned, "edge_refiner_noc90": noc(edge_learned, max_clicks, target)}
             perfect, _ = click_session(probability, start, truth, case.spacing, max_clicks, perfect_ball_tool(truth), target=target)
             clicks, click_s = click_session(probability, start, truth, case.spacing, max_clicks, click_tool, guide, target)
             strokes, _ = click_session(probability, start, truth, case.spacing, max_strokes, brush_tool, target=target)
@@ -190,6 +194,8 @@ def run(cases: dict, checkpoint, max_clicks: int, max_strokes: int, target: floa
             summary[r] |= {
                 "median_refiner_noc90": statistics.median(row["refiner_noc90"] for row in rows),
                 "dice_after_refiner": {n: float(np.mean([after(row["refiner_dice"], n) for row in rows])) for n in REPORT_AFTER},
+                "median_edge_refiner_noc90": statistics.median(row["edge_refiner_noc90"] for row in rows),
+                "dice_after_edge_refiner": {n: float(np.mean([after(row["edge_refiner_dice"], n) for row in rows])) for n in REPORT_AFTER},
                 "median_refiner_click_s": statistics.median(seconds) if seconds else 0.0,
                 "max_refiner_click_s": max(seconds) if seconds else 0.0,
             }
@@ -202,10 +208,12 @@ def markdown(result: dict) -> str:
     lines = []
     if result.get("refiner"):
         lines += [f"| region | start Dice | {at} learned clicks (median) | Dice after 1 / 3 / 5 / 10 learned clicks | s per learned click (median, max) |"
-                  f" {at} with the ball set to the truth (the bound) |", "|---|---|---|---|---|---|"]
+                  f" {at} with the ball set to the truth (the bound) | one whole-edge move, then learned clicks: {at} (median) | Dice after 1 / 3 / 5 / 10 (the move is the first) |",
+                  "|---|---|---|---|---|---|---|---|"]
         for r, s in result["summary"].items():
             lines.append(f"| {r} | {s['start_dice']:.3f} | {s['median_refiner_noc90']:g} | " + " / ".join(f"{s['dice_after_refiner'][n]:.3f}" for n in REPORT_AFTER)
-                         + f" | {s['median_refiner_click_s']:.2f}, {s['max_refiner_click_s']:.2f} | {s['median_perfect_ball_noc90']:g} |")
+                         + f" | {s['median_refiner_click_s']:.2f}, {s['max_refiner_click_s']:.2f} | {s['median_perfect_ball_noc90']:g} | {s['median_edge_refiner_noc90']:g} | "
+                         + " / ".join(f"{s['dice_after_edge_refiner'][n]:.3f}" for n in REPORT_AFTER) + " |")
         lines.append("")
     lines += [f"| region | start Dice | {at} clicks (median) | {at} brush strokes (median) | Dice after 1 / 3 / 5 / 10 clicks | after 1 / 3 / 5 / 10 strokes | s per click (median, max) |",
              "|---|---|---|---|---|---|---|"]
@@ -236,6 +244,7 @@ def plot(result: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.4), sharey=True)
     for ax, r in zip(axes, REGIONS):
         for key, style, label in (("refiner_dice", "-", "learned clicks"), ("click_dice", "-", "probability clicks"), ("edge_dice", "--", "whole edge, then clicks"),
+                                  ("edge_refiner_dice", "-.", "whole edge, then learned clicks"),
                                   ("brush_dice", ":", "brush strokes")):
             runs = [row[r][key] for row in result["cases"].values() if key in row[r]]
             if not runs:

@@ -120,4 +120,5 @@ def test_the_correction_benchmark_quick_mode(tmp_path):
         assert summary["best_threshold_dice"] >= summary["start_dice"] - 0.1 and 0 <= summary["cases_margin_reach_target"] <= 2
         assert 0 <= summary["median_edge_noc90"] <= 3 and summary["dice_after_edge"]["1"] >= summary["start_dice"] - 1e-9, "the best move never loses"
         assert 0 <= summary["median_refiner_noc90"] <= 3 and 0 <= summary["median_refiner_click_s"] <= summary["max_refiner_click_s"], "the learned clicks ran"
+        assert 0 <= summary["median_edge_refiner_noc90"] <= 3 and summary["dice_after_edge_refiner"]["1"] == summary["dice_after_edge"]["1"], "same move, then learned clicks"
         assert summary["median_perfect_ball_noc90"] <= summary["median_noc90"], "the ball set to the truth bounds the clicks"
