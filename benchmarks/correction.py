@@ -101,19 +101,26 @@ def whole_boundary_ceilings(probability, start, truth, spacing) -> dict:
     return {"threshold": threshold, "threshold_dice": by_threshold[threshold], "margin_mm": margin, "margin_dice": by_margin[margin]}
 
 
-def edge_then_clicks(probability, start, truth, spacing, model_threshold, limit, image, target=TARGET, tool=click_tool) -> tuple[float, list[float]]:
-    """(threshold, Dice before and after each interaction): one move of the whole edge, then clicks of ``tool``.
+def best_edge_move(probability, start, truth, model_threshold, target=TARGET) -> tuple[float, np.ndarray]:
+    """(threshold, mask) of one move of the whole edge; no move when the start already reaches ``target``.
 
     The move goes to the threshold of ``THRESHOLDS`` that scores best against
     the truth: what a user who judges the edge by eye picks at best, so an
     upper bound of the slider's first move.
     """
     if dice(start, truth) >= target:
-        return model_threshold, [dice(start, truth)]
+        return model_threshold, start
     moved = {t: move_threshold(start, probability, model_threshold, t) for t in THRESHOLDS}
     best = max(moved, key=lambda t: dice(moved[t], truth))
-    scores, _ = click_session(probability, moved[best], truth, spacing, limit - 1, tool, image, target)
-    return best, [dice(start, truth)] + scores
+    return best, moved[best]
+
+
+def edge_then_clicks(probability, start, truth, spacing, moved, limit, image, target=TARGET, tool=click_tool) -> list[float]:
+    """Dice before and after each interaction: the move to ``moved`` (:func:`best_edge_move`), then clicks of ``tool``."""
+    if dice(start, truth) >= target:
+        return [dice(start, truth)]
+    scores, _ = click_session(probability, moved, truth, spacing, limit - 1, tool, image, target)
+    return [dice(start, truth)] + scores
 
 
 def brush_tool(current, seed, missed, probability, spacing, image):
@@ -148,17 +155,18 @@ def run(cases: dict, checkpoint, max_clicks: int, max_strokes: int, target: floa
         for i, r in enumerate(REGIONS):
             truth, start, probability = case.regions[i], result.regions[i], result.probabilities[i]
             guide = case.image[MODALITIES.index(GUIDE_SEQUENCE[r])]
+            edge, moved = best_edge_move(probability, start, truth, float(predictor.thresholds[i]), target)
             learned = {}
             if refiner is not None:
                 tool = refiner_tool(refiner, r, guides)
                 scores, seconds = click_session(probability, start, truth, case.spacing, max_clicks, tool, target=target)
-                _, edge_learned = edge_then_clicks(probability, start, truth, case.spacing, float(predictor.thresholds[i]), max_clicks, None, target, tool)
+                edge_learned = edge_then_clicks(probability, start, truth, case.spacing, moved, max_clicks, None, target, tool)
                 learned = {"refiner_dice": scores, "refiner_seconds": seconds, "refiner_noc90": noc(scores, max_clicks, target),
                            "edge_refiner_dice": edge_learned, "edge_refiner_noc90": noc(edge_learned, max_clicks, target)}
             perfect, _ = click_session(probability, start, truth, case.spacing, max_clicks, perfect_ball_tool(truth), target=target)
             clicks, click_s = click_session(probability, start, truth, case.spacing, max_clicks, click_tool, guide, target)
             strokes, _ = click_session(probability, start, truth, case.spacing, max_strokes, brush_tool, target=target)
-            edge, edge_scores = edge_then_clicks(probability, start, truth, case.spacing, float(predictor.thresholds[i]), max_clicks, guide, target)
+            edge_scores = edge_then_clicks(probability, start, truth, case.spacing, moved, max_clicks, guide, target)
             per_case[case_id][r] = {
                 "start_dice": clicks[0], "click_dice": clicks, "click_seconds": click_s, "noc90": noc(clicks, max_clicks, target),
                 "brush_dice": strokes, "brush_noc90": noc(strokes, max_strokes, target),
