@@ -177,21 +177,31 @@ def test_the_whole_edge_slider_moves_the_region_as_one_edit_and_follows_undo(qtb
     assert editor_of(tc).counts["edge"]["edits"] == 2
 
 
-def test_a_learned_click_needs_flair_and_t1ce_and_says_so_when_it_falls_back(qtbot, corrected):
+def test_a_learned_click_needs_its_regions_guides_and_says_so_when_it_falls_back(qtbot, corrected):
     from napari_sevnet.layers import LayerInfo
 
     viewer, segment, correct, reference = corrected
-    wt = segment.result_layers["WT"]
-    viewer.layers.selection.active = wt
-    correct._region.value = "WT"
+
+    def click_on_the_edge(region):
+        layer = segment.result_layers[region]
+        viewer.layers.selection.active = layer
+        correct._region.value = region
+        edge = np.argwhere((np.asarray(layer.data) > 0) ^ reference[region])
+        where = edge[len(edge) // 2]
+        press(correct, viewer, Mouse(tuple(float(v) for v in where), modifiers=() if reference[region][tuple(where)] else ("Shift",)))
+
     assert correct._tool.value == "learned", "the learned click is the default"
-    edge = np.argwhere((np.asarray(wt.data) > 0) ^ reference["WT"])
-    where = tuple(float(v) for v in edge[len(edge) // 2])
-    press(correct, viewer, Mouse(where, modifiers=() if reference["WT"][tuple(edge[len(edge) // 2])] else ("Shift",)))
+    click_on_the_edge("WT")
     assert correct.fallback is None and "unavailable" not in correct._status.value
-    viewer.layers.remove(LayerInfo.from_layer(wt).source_layers["flair"])
-    press(correct, viewer, Mouse(where))
+    sources = LayerInfo.from_layer(segment.result_layers["WT"]).source_layers
+    viewer.layers.remove(sources["t2"])
+    click_on_the_edge("WT")
+    assert "no T2 layer open" in correct.fallback, "WT's refiner compares voxels on T2 too"
+    click_on_the_edge("TC")
+    assert correct.fallback is None, "the core's refiner needs FLAIR and T1ce only"
+    viewer.layers.remove(sources["flair"])
+    click_on_the_edge("TC")
     assert "no FLAIR layer open" in correct.fallback and "probability tool" in correct._status.value
     correct._tool.value = "probability"
-    press(correct, viewer, Mouse(where))
+    click_on_the_edge("TC")
     assert correct.fallback is None

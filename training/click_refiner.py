@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from napari_sevnet.click_refiner import FEATURES, WEIGHTS, ClickRefiner, RefinerNet, case_guides, click_features, truth_in_ball
+from napari_sevnet.click_refiner import WEIGHTS, ClickRefiner, RefinerNet, case_guides, click_features, features, truth_in_ball
 from napari_sevnet.correction import largest_error_centre
 from napari_sevnet.regions import REGIONS
 
@@ -51,23 +51,23 @@ def clicks_for(start: np.ndarray, truth: np.ndarray, spacing, rng: np.random.Gen
     return clicks
 
 
-def samples(probability, start, truth, guides, spacing, rng, keep: float = KEEP, **clicks) -> tuple[np.ndarray, np.ndarray]:
-    """(features, truth) of a share ``keep`` of the voxels in every simulated click's ball."""
+def samples(region, probability, start, truth, guides, spacing, rng, keep: float = KEEP, **clicks) -> tuple[np.ndarray, np.ndarray]:
+    """(features, truth) of a share ``keep`` of the voxels in every simulated click's ball on ``region``."""
     xs, ys = [], []
     for current, seed, missed in clicks_for(start, truth, spacing, rng, **clicks):
-        x, box, ball = click_features(current, seed, missed, probability, guides, spacing)
+        x, box, ball = click_features(region, current, seed, missed, probability, guides, spacing)
         chosen = rng.random(len(x)) < keep
         xs.append(x[chosen])
         ys.append(truth[box][ball][chosen])
     if not xs:
-        return np.zeros((0, len(FEATURES)), np.float32), np.zeros(0, np.float32)
+        return np.zeros((0, len(features(region))), np.float32), np.zeros(0, np.float32)
     return np.concatenate(xs), np.concatenate(ys).astype(np.float32)
 
 
 def train_net(x: np.ndarray, y: np.ndarray, epochs: int = 4, batch: int = 4096, seed: int = 0, width: int = 64) -> tuple[RefinerNet, list[float]]:
     """A network fitted to (features, truth) with Adam and cross-entropy; and the loss of each epoch."""
     torch.manual_seed(seed)
-    net = RefinerNet(width)
+    net = RefinerNet(x.shape[1], width)
     optimiser = torch.optim.Adam(net.parameters(), lr=1e-3)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     losses = []
@@ -97,7 +97,7 @@ def train(cases: dict, checkpoint, seed: int = 0, epochs: int = 4, **clicks) -> 
         result = predictor.predict(case.image, spacing=case.spacing)
         guides = case_guides(case.image)
         for i, region in enumerate(REGIONS):
-            x, y = samples(result.probabilities[i], result.regions[i], case.regions[i], guides, case.spacing, rng, **clicks)
+            x, y = samples(region, result.probabilities[i], result.regions[i], case.regions[i], guides, case.spacing, rng, **clicks)
             per_region[region][0].append(x)
             per_region[region][1].append(y)
         print(f"  {case_id}: {sum(len(v[1][-1]) for v in per_region.values())} samples ({time.time() - started:.0f} s)", flush=True)

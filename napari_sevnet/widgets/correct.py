@@ -5,11 +5,12 @@ the selected result: a click adds missed tumour around that point,
 Shift+click removes the false alarm under the cursor. The "learned" click tool
 (:mod:`napari_sevnet.click_refiner`, the default) redraws the 20 mm around the
 click with a small network trained on simulated corrections, from the model's
-probability, the mask's edge and FLAIR / T1ce; the "probability" tool
+probability, the mask's edge and FLAIR / T1ce (and T2 for the whole tumour); the "probability" tool
 (:mod:`napari_sevnet.correction`) adds the region the model's probability (or,
 where it saw nothing, the image) shows and removes the component under the
-cursor. The learned tool needs the model's probability and the FLAIR and T1ce
-layers; without them a click falls back to the probability tool and says so. In
+cursor. The learned tool needs the model's probability and the region's guide
+layers (FLAIR and T1ce, and T2 for WT); without them a click falls back to the
+probability tool and says so. In
 2D the voxel under the cursor is used; in 3D the voxel along the view ray
 where the model was most sure of the region. The threshold slider re-applies
 the last click with another threshold, the reach bounds how far one click
@@ -39,7 +40,7 @@ from napari_sevnet.widgets.base import DockWidget
 
 TOOLTIPS = {
     "clicks": "Click: add the region around the point. Shift+click: remove the false alarm under the point. Drags still pan.",
-    "tool": "learned: a network trained on simulated corrections redraws the 20 mm around the click (FLAIR, T1ce and the model's probability needed)."
+    "tool": "learned: a network trained on simulated corrections redraws the 20 mm around the click (FLAIR, T1ce, for WT also T2, and the model's probability needed)."
             " probability: grow where the model's probability is above the threshold, remove the component under the click.",
     "threshold": "Probability tool: the probability a click grows to (or, for a removal, keeps above). Learned tool: how sure the network"
                  f" must be that a voxel is tumour (default {REFINER_LEVEL:g}; lower adds more, removes less). Moving it re-applies the last click.",
@@ -70,7 +71,7 @@ class CorrectWidget(DockWidget):
         self.clicks = 0
         self._refiner: ClickRefiner | None = None
         self.fallback: str | None = None  # why the last click could not be a learned one
-        self._normalised: tuple = ((), {})  # (the guide arrays, their normalised copies): normalised once per case
+        self._normalised: dict = {}  # sequence -> (its array, the normalised copy): normalised once per case
         self._clicks.changed.connect(self._on_clicks)
         self._threshold.changed.connect(self._reapply_last_click)
         self._fill.changed.connect(self.fill_between_slices)
@@ -155,10 +156,10 @@ class CorrectWidget(DockWidget):
         return np.asarray(self._viewer.layers[name].data) if name in self._viewer.layers else None
 
     def _learned_inputs(self, info) -> tuple[ClickRefiner, dict] | str:
-        """(the refiner, FLAIR and T1ce normalised) for a learned click, or why it cannot run."""
+        """(the refiner, the region's guide sequences normalised) for a learned click, or why it cannot run."""
         if info.probabilities is None:
             return "this result kept no model probability"
-        names = {g: (info.source_layers or {}).get(g) for g in REFINER_GUIDES}
+        names = {g: (info.source_layers or {}).get(g) for g in REFINER_GUIDES[self._region.value]}
         missing = [g for g, n in names.items() if n not in self._viewer.layers]
         if missing:
             return f"no {' or '.join(m.upper() for m in missing)} layer open"
@@ -167,11 +168,13 @@ class CorrectWidget(DockWidget):
                 self._refiner = ClickRefiner.load()
             except InputError as exc:
                 return str(exc)
-        arrays = {g: self._viewer.layers[n].data for g, n in names.items()}
-        cached = self._normalised[0]
-        if len(cached) != len(arrays) or any(a is not b for a, b in zip(cached, arrays.values())):
-            self._normalised = (tuple(arrays.values()), {g: normalise(a) for g, a in arrays.items()})
-        return self._refiner, self._normalised[1]
+        guides = {}
+        for g, n in names.items():
+            array = self._viewer.layers[n].data
+            if g not in self._normalised or self._normalised[g][0] is not array:
+                self._normalised[g] = (array, normalise(array))
+            guides[g] = self._normalised[g][1]
+        return self._refiner, guides
 
     def _apply_click(self, layer, info, voxel, add: bool, threshold: float, *, record: bool) -> int:
         """Apply one click; the first time (``record``) its threshold may follow the click and is shown on the slider."""
