@@ -48,7 +48,7 @@ LEVEL = 0.5  # the refiner's output above which a voxel is tumour (the Correct d
 # refiner's training it raised WT's Dice after 1/3/5/8 clicks (0.882/0.891/0.894/0.907 -> 0.887/0.898/0.908/0.914) and
 # left TC and ET about even, where two inputs fewer are the simpler network (README, "Correcting a result").
 GUIDES = {"WT": ("flair", "t1ce", "t2"), "TC": ("flair", "t1ce"), "ET": ("flair", "t1ce")}
-SEQUENCES = ("flair", "t1ce", "t2")  # every region's guides together: what case_guides normalises
+SEQUENCES = tuple(dict.fromkeys(g for names in GUIDES.values() for g in names))  # every region's guides: what case_guides normalises
 PER_GUIDE = ("z", "z_minus_click", "smoothed", "smoothed_minus_click", "smoothed_at_click")
 SHARED_FEATURES = ("probability", "mask", "edge_distance", "click_distance", "sign", "sign_x_edge_distance",
                    "probability_at_click", "edge_distance_at_click", "probability_minus_click")

@@ -5,10 +5,10 @@ the selected result: a click adds missed tumour around that point,
 Shift+click removes the false alarm under the cursor. The "learned" click tool
 (:mod:`napari_sevnet.click_refiner`, the default) redraws the 20 mm around the
 click with a small network trained on simulated corrections, from the model's
-probability, the mask's edge and FLAIR / T1ce (and T2 for the whole tumour); the "probability" tool
-(:mod:`napari_sevnet.correction`) adds the region the model's probability (or,
-where it saw nothing, the image) shows and removes the component under the
-cursor. The learned tool needs the model's probability and the region's guide
+probability, the mask's edge and FLAIR / T1ce (and T2 for the whole tumour);
+the "probability" tool (:mod:`napari_sevnet.correction`) adds the region the
+model's probability (or, where it saw nothing, the image) shows and removes
+the component under the cursor. The learned tool needs the model's probability and the region's guide
 layers (FLAIR and T1ce, and T2 for WT); without them a click falls back to the
 probability tool and says so. In
 2D the voxel under the cursor is used; in 3D the voxel along the view ray
