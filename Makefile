@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 SHARED_DATA ?= ../shared/data
 
-.PHONY: setup system-deps demo test test-fast bench bench-dice bench-se demo-weights demo-weights-eval real-weights real-weights-five-stages all-cases postprocessing core-holes recipe-ingredients recipe-augmentation click-refiner eval-real eval-unseen eval-missing sample-data screenshots clean
+.PHONY: setup system-deps demo test test-fast bench bench-dice bench-se demo-weights demo-weights-eval real-weights real-weights-five-stages all-cases postprocessing core-holes recipe-ingredients recipe-augmentation click-refiner click-refiner-loo eval-real eval-unseen eval-missing sample-data screenshots clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -181,8 +181,12 @@ recipe-augmentation: setup runs/ingredients/control/last.json  ## part 1's augme
 	  --checkpoint runs/ingredients/no_intensity/published.json --label "no intensity scale and shift" \
 	  --checkpoint runs/ingredients/constant_lr/published.json --label "constant learning rate (poly decay in the control)"
 
-click-refiner: setup  ## the Correct dock's learned click: simulated clicks on the held-out model's output for the training cases (about 11 min): napari_sevnet/weights/click_refiner.*
+click-refiner: setup  ## the Correct dock's learned click: simulated clicks on the held-out model's output for the training cases (about 4 min): napari_sevnet/weights/click_refiner.*
 	SEVNET_REAL_DATA=$(SHARED_DATA) $(BIN)/python -m training.click_refiner
+
+click-refiner-loo: setup  ## WT's learned click with and without geodesic distances, each training case scored by a refiner trained on the others (about 2 x 7 min): benchmarks/results/click-refiner-loo-WT-*
+	SEVNET_REAL_DATA=$(SHARED_DATA) $(BIN)/python -m benchmarks.click_refiner_loo --region WT -o benchmarks/results/click-refiner-loo-WT-geodesic.json
+	SEVNET_REAL_DATA=$(SHARED_DATA) $(BIN)/python -m benchmarks.click_refiner_loo --region WT --geodesic none -o benchmarks/results/click-refiner-loo-WT-no-geodesic.json
 
 STAGE1_CKPT ?= runs/sevnet_real_brats/last.json
 eval-missing: setup  ## held-out Dice per set of available sequences: the default (trained with sequence dropout) against stage 1 given zero-filled channels

@@ -1,6 +1,6 @@
 """Train the click refiner (napari_sevnet/click_refiner.py) on simulated clicks on the training cases.
 
-    python -m training.click_refiner            # make click-refiner: the split's training cases, about 15 min on 2 cores
+    python -m training.click_refiner            # make click-refiner: the split's training cases, about 4 min on 2 cores
 
 The held-out model (benchmarks/checkpoints/, trained on the split's training
 cases only) segments each training case; a simulated user then clicks the
