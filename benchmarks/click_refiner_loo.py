@@ -1,6 +1,6 @@
 """Choose the click refiner's settings without the held-out cases: leave one training case out at a time.
 
-    python -m benchmarks.click_refiner_loo [--region WT] [--geodesic flair,t2|none] [--quick] [-o OUT.json]
+    python -m benchmarks.click_refiner_loo [--region WT] [--quick] [-o OUT.json]
 
 Every training case of the split whose region starts below the target (Dice
 0.90 on the held-out model's output) is scored by a refiner network trained on
@@ -9,9 +9,8 @@ the simulated clicks of the *other* training cases (the samples and settings of
 (``benchmarks/correction.py``: each click at the centre of the largest error,
 stop at the target or after ``--max-clicks``). The held-out cases never take
 part, so a setting chosen on these figures leaves the correction benchmark's
-held-out figures unseen. ``--geodesic`` replaces the guides whose geodesic
-distance from the click the region's network reads, to compare with and
-without. About 7 min for WT on 2 cores. JSON and a markdown table.
+held-out figures unseen: change the refiner, run this before and after. About
+5 min for WT on 2 cores. JSON and a markdown table.
 """
 
 from __future__ import annotations
@@ -26,8 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.correction import REPORT_AFTER, TARGET, after, click_session, noc, refiner_tool
-from napari_sevnet import click_refiner
-from napari_sevnet.click_refiner import ClickRefiner, case_guides
+from napari_sevnet.click_refiner import ClickRefiner, case_guides, features
 from napari_sevnet.metrics import dice
 from training.click_refiner import samples, train_net
 
@@ -59,8 +57,7 @@ def run(cases: dict, checkpoint, region: str, max_clicks: int, target: float = T
         rows[case_id] = {"trained_on": others, "dice": scores, "noc": noc(scores, max_clicks, target), "seconds": seconds}
         print(f"  {case_id} left out: {scores[0]:.3f} -> {scores[-1]:.3f} in {len(scores) - 1} clicks ({time.time() - started:.0f} s)", flush=True)
     return {
-        "region": region, "target": target, "max_clicks": max_clicks, "geodesic": list(click_refiner.GEODESIC[region]),
-        "features": list(click_refiner.features(region)), "cases": rows,
+        "region": region, "target": target, "max_clicks": max_clicks, "features": list(features(region)), "cases": rows,
         "scored": sorted(rows), "not_scored_start_at_target": sorted(set(cases) - set(rows)),
         "summary": {
             "median_noc": statistics.median(r["noc"] for r in rows.values()) if rows else None,
@@ -71,7 +68,7 @@ def run(cases: dict, checkpoint, region: str, max_clicks: int, target: float = T
 
 def markdown(result: dict) -> str:
     after_head = " / ".join(str(n) for n in REPORT_AFTER)
-    lines = [f"| left-out case ({result['region']}; geodesic through {', '.join(result['geodesic']) or 'none'}) | start Dice | NoC@{result['target']:.2f} | Dice after {after_head} clicks |",
+    lines = [f"| left-out case ({result['region']}) | start Dice | NoC@{result['target']:.2f} | Dice after {after_head} clicks |",
              "|---|---|---|---|"]
     for case_id, row in result["cases"].items():
         lines.append(f"| {case_id} | {row['dice'][0]:.3f} | {row['noc']} | " + " / ".join(f"{after(row['dice'], n):.3f}" for n in REPORT_AFTER) + " |")
@@ -84,19 +81,12 @@ def markdown(result: dict) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.click_refiner_loo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--region", choices=REGIONS, default="WT")
-    parser.add_argument("--geodesic", help="comma-separated guides of the region's geodesic distances, or 'none' (default: the library's)")
     parser.add_argument("--quick", action="store_true", help="three small phantoms with the phantom weights: checks the benchmark works, figures mean nothing")
     parser.add_argument("--target", type=float, default=TARGET)
     parser.add_argument("--max-clicks", type=int, default=20)
     parser.add_argument("--checkpoint", help="the model whose output the clicks correct (default: the held-out model)")
     parser.add_argument("-o", "--output", type=Path, help="JSON to write (beside it: .md)")
     args = parser.parse_args(argv)
-    if args.geodesic is not None:
-        chosen = () if args.geodesic == "none" else tuple(g.strip() for g in args.geodesic.split(","))
-        unknown = [g for g in chosen if g not in click_refiner.GUIDES[args.region]]
-        if unknown:
-            parser.error(f"--geodesic {','.join(unknown)}: not among {args.region}'s guides {', '.join(click_refiner.GUIDES[args.region])}")
-        click_refiner.GEODESIC[args.region] = chosen
     if args.quick:
         from napari_sevnet.checkpoint import phantom_checkpoint
         from napari_sevnet.phantom import phantom_case

@@ -13,11 +13,8 @@ The refiner is conditioned on the click. For every voxel within
 the current mask, the signed distance to its edge, the distance to the click,
 the click's sign, what probability, edge distance and the guide sequences are
 at the click, and the region's guide sequences (z-scored within the head, raw
-and smoothed, and relative to the click's), and for WT the geodesic distance
-from the click through FLAIR and T2 (a path through tissue like the clicked
-one is short, one that crosses an edge is long: the cue interactive
-segmentation tools such as DeepIGeoS give their networks), and says whether
-the voxel is tumour. The guides are FLAIR and T1ce for every region, and T2 as well for the
+and smoothed, and relative to the click's), and says whether the voxel is
+tumour. The guides are FLAIR and T1ce for every region, and T2 as well for the
 whole tumour, whose edge is the oedema T2 shows (:data:`GUIDES`). A positive
 click only adds, a negative one only removes: a click never undoes the user's
 work where it was not asked to. About 0.1 s per click on 2 CPU cores (tens of
@@ -51,11 +48,6 @@ LEVEL = 0.5  # the refiner's output above which a voxel is tumour (the Correct d
 # refiner's training it raised WT's Dice after 1/3/5/8 clicks (0.882/0.891/0.894/0.907 -> 0.887/0.898/0.908/0.914) and
 # left TC and ET about even, where two inputs fewer are the simpler network (README, "Correcting a result").
 GUIDES = {"WT": ("flair", "t1ce", "t2"), "TC": ("flair", "t1ce"), "ET": ("flair", "t1ce")}
-# The guides through which each region's network also sees the geodesic distance from the click. WT's FLAIR and T2 (the
-# oedema's edge): on the six training cases whose WT starts below Dice 0.90, each scored by a network trained on the
-# other 13, WT's mean Dice after 1/3/5/10 clicks 0.842/0.855/0.859/0.875 -> 0.843/0.860/0.870/0.883 (README).
-GEODESIC = {"WT": ("flair", "t2"), "TC": (), "ET": ()}
-GEODESIC_CONTRAST = 1.0  # a path's cost per mm: 1 + this x |smoothed guide - its value at the click| (z-score units)
 SEQUENCES = tuple(dict.fromkeys(g for names in GUIDES.values() for g in names))  # every region's guides: what case_guides normalises
 PER_GUIDE = ("z", "z_minus_click", "smoothed", "smoothed_minus_click", "smoothed_at_click")
 SHARED_FEATURES = ("probability", "mask", "edge_distance", "click_distance", "sign", "sign_x_edge_distance",
@@ -65,7 +57,7 @@ WEIGHTS = Path(__file__).parent / "weights" / "click_refiner"
 
 def features(region: str) -> tuple[str, ...]:
     """The names of the columns :func:`click_features` gives for ``region``."""
-    return SHARED_FEATURES + tuple(f"{g}_{f}" for g in GUIDES[region] for f in PER_GUIDE) + tuple(f"{g}_geodesic_distance" for g in GEODESIC[region])
+    return SHARED_FEATURES + tuple(f"{g}_{f}" for g in GUIDES[region] for f in PER_GUIDE)
 
 
 def case_guides(image: np.ndarray) -> dict:
@@ -86,15 +78,6 @@ def truth_in_ball(current: np.ndarray, truth: np.ndarray, seed, spacing) -> np.n
 def _distance_mm(box: tuple, seed, spacing) -> np.ndarray:
     grids = np.ogrid[tuple(slice(b.start - c, b.stop - c) for b, c in zip(box, seed))]
     return np.sqrt(sum((g * s) ** 2 for g, s in zip(grids, spacing)))
-
-
-def _geodesic_distance(smoothed: np.ndarray, at: tuple, spacing) -> np.ndarray:
-    """mm from ``at`` along the cheapest path, each mm costing more the more the guide differs from its value at ``at``; at most 4 reaches."""
-    from skimage.graph import MCP_Geometric
-
-    cost = 1.0 + GEODESIC_CONTRAST * np.abs(smoothed - smoothed[at]).astype(np.float64)
-    distance, _ = MCP_Geometric(cost, sampling=tuple(float(s) for s in spacing)).find_costs([at])
-    return np.minimum(distance, 4 * RADIUS_MM)
 
 
 class RefinerNet(nn.Module):
@@ -120,8 +103,7 @@ def normalise(image: np.ndarray) -> np.ndarray:
 def click_features(region: str, current: np.ndarray, seed, missed: bool, probability: np.ndarray, guides: dict, spacing) -> tuple[np.ndarray, tuple, np.ndarray]:
     """(features (voxels of the ball, ``features(region)``), the ball's box, the ball in that box) for a click at ``seed``.
 
-    ``guides``: at least the region's :data:`GUIDES`, as :func:`normalise` returns them. The geodesic distances come
-    last, after every guide's five columns.
+    ``guides``: at least the region's :data:`GUIDES`, as :func:`normalise` returns them.
     """
     seed = tuple(int(v) for v in seed)
     box, ball = _ball_box(current.shape, seed, RADIUS_MM, spacing)
@@ -136,15 +118,11 @@ def click_features(region: str, current: np.ndarray, seed, missed: bool, probabi
     sign = 1.0 if missed else -1.0
     columns = [p, np.asarray(current[box], np.float32), edge, click_distance, sign, sign * edge, p[at], edge[at], p - p[at]]
     sigma = [SMOOTHING_MM / s for s in spacing]
-    geodesic = []
     for name in GUIDES[region]:
         image = guides[name][wide]
         smoothed = ndimage.gaussian_filter(image, sigma)[inner]
         image = image[inner]
         columns += [image, image - image[at], smoothed, smoothed - smoothed[at], smoothed[at]]
-        if name in GEODESIC[region]:
-            geodesic.append(_geodesic_distance(smoothed, at, spacing) / RADIUS_MM)
-    columns += geodesic
     x = np.stack([np.broadcast_to(np.asarray(c, np.float32), ball.shape)[ball] for c in columns], axis=1)
     return x, box, ball
 

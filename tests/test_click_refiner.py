@@ -56,25 +56,6 @@ def test_the_features_of_a_click_cover_its_ball_and_carry_its_sign(scene):
     assert x[centre, names.index("t2_z_minus_click")] == 0 and x[:, names.index("t2_z")].max() > 1, "WT compares on T2 too"
 
 
-def test_the_geodesic_distance_is_short_within_the_clicked_tissue_and_long_across_its_edge(scene):
-    mask, probability, guides, lesion = scene
-    names = features("WT")
-    click = (24, 28, 34)  # inside the lesion, 4 voxels from its edge along x
-    x, box, ball_ = click_features("WT", mask, click, True, probability, guides, (1.0, 1.0, 1.0))
-    voxels = np.argwhere(ball_) + [b.start for b in box]
-
-    def at(voxel):
-        return np.flatnonzero(np.all(voxels == voxel, axis=1))[0]
-
-    for guide in ("flair", "t2"):
-        geodesic = x[:, names.index(f"{guide}_geodesic_distance")]
-        assert geodesic[at(click)] == 0
-        inside, outside = geodesic[at((24, 28, 24))], geodesic[at((24, 28, 44))]  # both 10 mm from the click
-        assert lesion[24, 28, 24] and not lesion[24, 28, 44]
-        assert 10 / RADIUS_MM <= inside < 1.5 * 10 / RADIUS_MM < 2 * 10 / RADIUS_MM < outside, guide
-    assert not any("geodesic" in n for n in features("TC") + features("ET")), "only WT reads geodesic distances"
-
-
 def test_each_region_compares_on_its_own_guides_and_a_case_gives_them_all(scene):
     mask, probability, guides, _ = scene
     for region in ("WT", "TC", "ET"):
@@ -164,19 +145,15 @@ def test_the_shipped_refiner_fills_a_piece_missed_at_a_phantom_lesions_edge():
 
 
 @pytest.mark.slow
-def test_leaving_a_training_case_out_scores_it_with_a_refiner_trained_without_it(tmp_path, monkeypatch):
+def test_leaving_a_training_case_out_scores_it_with_a_refiner_trained_without_it(tmp_path):
     from benchmarks import click_refiner_loo
-    from napari_sevnet import click_refiner
 
-    monkeypatch.setitem(click_refiner.GEODESIC, "WT", click_refiner.GEODESIC["WT"])  # --geodesic changes it for the run
     out = tmp_path / "loo.json"
-    assert click_refiner_loo.main(["--quick", "--target", "0.995", "--max-clicks", "2", "--geodesic", "none", "-o", str(out)]) == 0
+    assert click_refiner_loo.main(["--quick", "--target", "0.995", "--max-clicks", "2", "-o", str(out)]) == 0
     result = json.loads(out.read_text())
-    assert result["scored"] and result["geodesic"] == [] and not any("geodesic" in f for f in result["features"])
+    assert result["scored"] and result["features"] == list(features("WT"))
     every = set(result["scored"]) | set(result["not_scored_start_at_target"])
     for case_id, row in result["cases"].items():
         assert set(row["trained_on"]) == every - {case_id}, "the left-out case took part in its own refiner's training"
         assert row["dice"][0] < 0.995 and 1 <= len(row["dice"]) <= 3
     assert "| **median NoC, mean Dice** |" in out.with_suffix(".md").read_text()
-    with pytest.raises(SystemExit):
-        click_refiner_loo.main(["--quick", "--geodesic", "t1"])
