@@ -27,9 +27,8 @@ import numpy as np
 from benchmarks.correction import REPORT_AFTER, TARGET, after, click_session, noc, refiner_tool
 from napari_sevnet.click_refiner import ClickRefiner, case_guides, features
 from napari_sevnet.metrics import dice
+from napari_sevnet.regions import REGIONS
 from training.click_refiner import samples, train_net
-
-REGIONS = ("WT", "TC", "ET")
 
 
 def run(cases: dict, checkpoint, region: str, max_clicks: int, target: float = TARGET, seed: int = 0) -> dict:
@@ -103,11 +102,10 @@ def main(argv=None) -> int:
     table = markdown(result)
     print(table)
     if args.output:
-        from napari_sevnet.files import write_text_atomic
+        from benchmarks.real_heldout import write_results
 
         args.output.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(args.output, json.dumps(result, indent=1) + "\n")
-        write_text_atomic(args.output.with_suffix(".md"), table)
+        write_results(args.output, result, table)
     return 0
 
 

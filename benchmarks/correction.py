@@ -301,11 +301,10 @@ def main(argv=None) -> int:
     table = markdown(result)
     print(table)
     if args.output:
-        from napari_sevnet.files import write_text_atomic
+        from benchmarks.real_heldout import write_results
 
         args.output.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(args.output, json.dumps(result, indent=1) + "\n")
-        write_text_atomic(args.output.with_suffix(".md"), table)
+        write_results(args.output, result, table)
         plot(result, args.output.with_suffix(".png"))
     return 0
 
