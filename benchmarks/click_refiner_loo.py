@@ -25,23 +25,17 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.correction import REPORT_AFTER, TARGET, after, click_session, noc, refiner_tool
-from napari_sevnet.click_refiner import ClickRefiner, case_guides, features
+from napari_sevnet.click_refiner import ClickRefiner, features
 from napari_sevnet.metrics import dice
 from napari_sevnet.regions import REGIONS
-from training.click_refiner import samples, train_net
+from training.click_refiner import samples, segmented, train_net
 
 
 def run(cases: dict, checkpoint, region: str, max_clicks: int, target: float = TARGET, seed: int = 0) -> dict:
     """Per case below ``target``: the Dice of each click of a refiner trained without that case."""
-    from napari_sevnet.inference import Predictor
-    from napari_sevnet.io import load_case
-
-    predictor, rng, index = Predictor(checkpoint, "cpu"), np.random.default_rng(seed), REGIONS.index(region)
+    rng, index = np.random.default_rng(seed), REGIONS.index(region)
     clicks, sessions, started = {}, {}, time.time()
-    for case_id, source in cases.items():
-        case = load_case(source) if isinstance(source, Path) else source
-        result = predictor.predict(case.image, spacing=case.spacing)
-        guides = case_guides(case.image)
+    for case_id, case, result, guides in segmented(cases, checkpoint):
         probability, start, truth = result.probabilities[index], result.regions[index], case.regions[index]
         clicks[case_id] = samples(region, probability, start, truth, guides, case.spacing, rng)
         if dice(start, truth) < target:
@@ -104,7 +98,6 @@ def main(argv=None) -> int:
     if args.output:
         from benchmarks.real_heldout import write_results
 
-        args.output.parent.mkdir(parents=True, exist_ok=True)
         write_results(args.output, result, table)
     return 0
 

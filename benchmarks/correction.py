@@ -303,7 +303,6 @@ def main(argv=None) -> int:
     if args.output:
         from benchmarks.real_heldout import write_results
 
-        args.output.parent.mkdir(parents=True, exist_ok=True)
         write_results(args.output, result, table)
         plot(result, args.output.with_suffix(".png"))
     return 0

@@ -179,9 +179,10 @@ def markdown(results: list[dict], label_of, kind: str = "held-out, expert labels
 
 
 def write_results(output: Path, record: dict, table: str) -> None:
-    """The JSON record at ``output`` and its markdown table beside it (``.md``), each written atomically."""
+    """The JSON record at ``output`` and its markdown table beside it (``.md``), each written atomically; the folder is made."""
     from napari_sevnet.files import write_text_atomic
 
+    output.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(output, json.dumps(record, indent=1) + "\n")
     write_text_atomic(output.with_suffix(".md"), table)
 
@@ -240,7 +241,6 @@ def main(argv=None) -> int:
             f"{r} {d['mean']:+.3f} +/- {d['sd']:.3f} (95% CI {d['ci95'][0]:+.3f} to {d['ci95'][1]:+.3f})" for r, d in diff.items())
     print(table)
     if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
         write_results(args.output, out, table + "\n")
     return 0
 

@@ -84,18 +84,23 @@ def train_net(x: np.ndarray, y: np.ndarray, epochs: int = 4, batch: int = 4096, 
     return net.eval(), losses
 
 
-def train(cases: dict, checkpoint, seed: int = 0, epochs: int = 4, **clicks) -> ClickRefiner:
-    """A refiner trained on ``cases`` (id -> Case or folder) segmented by ``checkpoint``."""
+def segmented(cases: dict, checkpoint):
+    """(case id, case, ``checkpoint``'s result, the case's guides) for each of ``cases`` (id -> Case or folder), one at a time."""
     from napari_sevnet.inference import Predictor
     from napari_sevnet.io import load_case
 
-    predictor, rng = Predictor(checkpoint, "cpu"), np.random.default_rng(seed)
-    per_region = {r: ([], []) for r in REGIONS}
-    started = time.time()
+    predictor = Predictor(checkpoint, "cpu")
     for case_id, source in cases.items():
         case = load_case(source) if isinstance(source, Path) else source
-        result = predictor.predict(case.image, spacing=case.spacing)
-        guides = case_guides(case.image)
+        yield case_id, case, predictor.predict(case.image, spacing=case.spacing), case_guides(case.image)
+
+
+def train(cases: dict, checkpoint, seed: int = 0, epochs: int = 4, **clicks) -> ClickRefiner:
+    """A refiner trained on ``cases`` (id -> Case or folder) segmented by ``checkpoint``."""
+    rng = np.random.default_rng(seed)
+    per_region = {r: ([], []) for r in REGIONS}
+    started = time.time()
+    for case_id, case, result, guides in segmented(cases, checkpoint):
         for i, region in enumerate(REGIONS):
             x, y = samples(region, result.probabilities[i], result.regions[i], case.regions[i], guides, case.spacing, rng, **clicks)
             per_region[region][0].append(x)
