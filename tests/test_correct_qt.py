@@ -112,6 +112,45 @@ def test_fill_between_two_drawn_slices_is_one_edit(qtbot, corrected):
     np.testing.assert_array_equal(np.asarray(wt.data), before)
 
 
+def test_a_click_that_changes_nothing_says_why_and_the_slider_takes_back_only_the_clicks_own_edit(qtbot, corrected):
+    from napari_sevnet.layers import LayerInfo
+
+    viewer, segment, correct, _ = corrected
+    wt = segment.result_layers["WT"]
+    viewer.layers.selection.active = wt
+    correct._region.value, correct._tool.value = "WT", "probability"
+    wt.brush_size, wt.selected_label = 4, 1
+    wt.paint((20, 10, 10), 1)  # the user's brush stroke, away from the tumour
+    stroke = np.asarray(wt.data).copy()
+    outside = tuple(float(v) for v in np.argwhere(stroke == 0)[0])
+    press(correct, viewer, Mouse(outside, modifiers=("Shift",)))  # nothing there to remove
+    assert "removed 0 voxel(s)" in correct._status.value and "is not WT" in correct._status.value
+    correct._threshold.value = 0.9  # re-applies that click: still nothing, and the stroke before it stays
+    np.testing.assert_array_equal(np.asarray(wt.data), stroke)
+
+    probability = LayerInfo.from_layer(wt).probabilities[0]
+    surest = np.unravel_index(np.argmax(np.where(stroke > 0, probability, 0)), stroke.shape)
+    correct._threshold.value = 0.5
+    press(correct, viewer, Mouse(tuple(float(v) for v in surest)))  # inside the mask: nothing to add at its own threshold
+    assert "added 0 voxel(s)" in correct._status.value and "is WT already" in correct._status.value
+    correct._threshold.value = 0.05  # the slider can still act on that click: grow more generously
+    assert (np.asarray(wt.data) > 0).sum() > (stroke > 0).sum()
+    wt.undo()  # one Ctrl+Z takes the click back; the stroke stays
+    np.testing.assert_array_equal(np.asarray(wt.data), stroke)
+    correct._threshold.value = 0.3  # the click was undone: the slider must not take back the stroke in its place
+    np.testing.assert_array_equal(np.asarray(wt.data), stroke)
+    assert "click again" in correct._status.value
+
+    press(correct, viewer, Mouse(tuple(float(v) for v in surest)))
+    correct._threshold.value = 0.05
+    wt.paint((30, 10, 10), 1)  # a brush stroke after the click
+    after_stroke = np.asarray(wt.data).copy()
+    correct._threshold.value = 0.2  # the click is no longer the last edit: nothing is taken back
+    np.testing.assert_array_equal(np.asarray(wt.data), after_stroke)
+    assert "click again" in correct._status.value
+    assert "down to add" in correct._why_nothing(add=True, inside=False) and "up to remove" in correct._why_nothing(add=False, inside=True)
+
+
 def test_the_export_counts_clicks_and_brush_strokes_apart(qtbot, corrected, tmp_path):
     import json
 

@@ -13,8 +13,9 @@ layers (FLAIR and T1ce, and T2 for WT); without them a click falls back to the
 probability tool and says so. In
 2D the voxel under the cursor is used; in 3D the voxel along the view ray
 where the model was most sure of the region. The threshold slider re-applies
-the last click with another threshold, the reach bounds how far one click
-may spread. "Whole edge" moves the region's edge to another probability
+the last click with another threshold (also a click that changed nothing,
+whose status line says why and which way to move it), as long as that click
+is still the group's last edit; the reach bounds how far one click may spread. "Whole edge" moves the region's edge to another probability
 everywhere at once (tighter or looser all around, where a rim is too wide or
 too narrow): only voxels whose probability lies between the old and the new
 value change, so clicks and brush strokes elsewhere stay. "Fill between
@@ -53,6 +54,14 @@ TOOLTIPS = {
 }
 
 
+def _last_edit(layer):
+    """The last edit of ``layer``'s nested group (None without one): the slider may take back only the click's own edit."""
+    from napari_sevnet.editing import editor_of
+
+    editor = editor_of(layer)
+    return editor.last_edit() if editor else None
+
+
 class CorrectWidget(DockWidget):
     def __init__(self, napari_viewer):
         super().__init__(napari_viewer)
@@ -67,7 +76,7 @@ class CorrectWidget(DockWidget):
         self._status.native.setWordWrap(True)
         self.extend([self._region, self._clicks, self._tool, self._threshold, self._reach, self._edge, self._fill, self._status])
         self._edge_moves: list = []  # (layer, threshold, the editor's record of that move), oldest first
-        self.last_click: tuple | None = None  # (layer, voxel, add?) of the last click: what the slider re-applies
+        self.last_click: tuple | None = None  # (layer, voxel, add?, changed anything?, the group's last edit after it): what the slider re-applies
         self.clicks = 0
         self._refiner: ClickRefiner | None = None
         self.fallback: str | None = None  # why the last click could not be a learned one
@@ -124,12 +133,24 @@ class CorrectWidget(DockWidget):
         except InputError as exc:
             self.report_error("Correct", exc)
             return 0
+        inside = bool(np.asarray(layer.data)[voxel] > 0)
         changed = self._apply_click(layer, info, voxel, add, self._threshold.value, record=True)
-        self.last_click = (layer, voxel, add) if changed else None  # nothing recorded: nothing for the slider to undo
+        self.last_click = (layer, voxel, add, changed > 0, _last_edit(layer))
         self.clicks += 1
         self._status.value = f"click {self.clicks}: {'added' if add else 'removed'} {changed} voxel(s) of {self._region.value} at {voxel}" + (
-            f"; {self.fallback}" if self.fallback else "")
+            f"; {self.fallback}" if self.fallback else "") + ("" if changed else "; " + self._why_nothing(add, inside))
         return changed
+
+    def _why_nothing(self, add: bool, inside: bool) -> str:
+        """What to do after a click that changed nothing (the slider re-applies it, so it can still act)."""
+        region = self._region.value
+        if add and inside:
+            return f"the voxel is {region} already: click outside the mask to add, Shift+click to remove"
+        if not add and not inside:
+            return f"the voxel is not {region}: Shift+click on the mask to remove, click to add"
+        tool = "the network" if self._tool.value == "learned" and not self.fallback else "the model's probability"
+        return (f"{tool} does not call this {'missed tumour' if add else 'a false alarm'} at threshold {self._threshold.value:.2f}: "
+                f"move the Threshold slider {'down to add' if add else 'up to remove'} more, or use the brush")
 
     def _voxel(self, layer, info, world_position, view_direction, dims_displayed) -> tuple[int, int, int]:
         if view_direction is not None and dims_displayed is not None and len(dims_displayed) == 3:
@@ -214,13 +235,18 @@ class CorrectWidget(DockWidget):
         """The slider moved: undo the last click and apply it again at the slider's threshold (still one undo step)."""
         if self.last_click is None:
             return
-        layer, voxel, add = self.last_click
+        layer, voxel, add, edited, mark = self.last_click
         if layer not in self._viewer.layers:
             self.last_click = None
             return
-        layer.undo()
+        if _last_edit(layer) is not mark:  # undone, or edited since: taking back "the last edit" would take the user's
+            self.last_click = None
+            self._status.value = f"the slider re-applies the last click only while it is the last edit of {layer.name}: click again"
+            return
+        if edited:  # a click that changed nothing left no undo step to take back
+            layer.undo()
         changed = self._apply_click(layer, LayerInfo.from_layer(layer), voxel, add, threshold, record=False)
-        self.last_click = (layer, voxel, add) if changed else None
+        self.last_click = (layer, voxel, add, changed > 0, _last_edit(layer))
         self._status.value = f"click {self.clicks} again at threshold {threshold:.2f}: {changed} voxel(s)"
 
     # ------------------------------------------------------------------ whole edge
