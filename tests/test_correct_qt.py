@@ -148,6 +148,11 @@ def test_a_click_that_changes_nothing_says_why_and_the_slider_takes_back_only_th
     correct._threshold.value = 0.2  # the click is no longer the last edit: nothing is taken back
     np.testing.assert_array_equal(np.asarray(wt.data), after_stroke)
     assert "click again" in correct._status.value
+    press(correct, viewer, Mouse(tuple(float(v) for v in surest)))
+    before = np.asarray(wt.data).copy()
+    correct._region.value = "TC"  # another region: the slider no longer re-applies the WT click (with TC's probability)
+    correct._threshold.value = 0.05
+    np.testing.assert_array_equal(np.asarray(wt.data), before)
     assert "down to add" in correct._why_nothing(add=True, inside=False) and "up to remove" in correct._why_nothing(add=False, inside=True)
 
 

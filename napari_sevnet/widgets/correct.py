@@ -86,6 +86,8 @@ class CorrectWidget(DockWidget):
         self._fill.changed.connect(self.fill_between_slices)
         self._edge.changed.connect(self.move_edge)
         self._region.changed.connect(self._show_edge)
+        for choice in (self._region, self._tool):  # the slider re-applies a click with the region and tool it was made with
+            choice.changed.connect(self._forget_last_click)
         self.connect_while_open(self._viewer.layers.selection.events.active, self._on_selection)
 
     def closed(self):
@@ -230,6 +232,9 @@ class CorrectWidget(DockWidget):
             with self._threshold.changed.blocked():  # show what the click used, without re-applying it
                 self._threshold.value = float(np.clip(used, self._threshold.min, self._threshold.max))
         return apply_edit(layer, wanted, "click")
+
+    def _forget_last_click(self, _value=None) -> None:
+        self.last_click = None
 
     def _reapply_last_click(self, threshold: float) -> None:
         """The slider moved: undo the last click and apply it again at the slider's threshold (still one undo step)."""
