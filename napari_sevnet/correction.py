@@ -33,7 +33,8 @@ applies them as one edit of a Labels layer.
   to another threshold, only where the probability lies between the two, so
   one move tightens or loosens a rim that is too wide or too narrow all around.
 * :func:`fill_between` (two or more drawn slices): the slices in between get
-  the shape interpolated between their neighbours by signed distance.
+  the shape interpolated between their neighbours by signed distance, only
+  where the brush went on those slices (the rest of the tumour stays).
 """
 
 from __future__ import annotations
@@ -159,12 +160,15 @@ def _signed_distance(section: np.ndarray, spacing) -> np.ndarray:
     return outside - inside
 
 
-def fill_between(mask: np.ndarray, drawn: list[int], axis: int = 0, spacing=(1.0, 1.0, 1.0)) -> np.ndarray:
+def fill_between(mask: np.ndarray, drawn: list[int], axis: int = 0, spacing=(1.0, 1.0, 1.0), areas: dict | None = None) -> np.ndarray:
     """``mask`` with the slices between consecutive ``drawn`` slices (along ``axis``) interpolated by signed distance.
 
     The drawn slices themselves are kept; each gap gets, slice by slice, the
     region where the distance-weighted mix of its two neighbours' signed
     distances is negative: a shape that morphs from one drawn outline to the next.
+    ``areas`` (drawn slice -> its in-plane box, e.g. where the brush went): each
+    gap changes only within the box around its two slices' areas, so a shape
+    drawn beside the tumour does not redraw the tumour in the slices between.
     """
     out = np.array(mask, bool, copy=True)
     drawn = sorted({int(d) for d in drawn})
@@ -172,13 +176,16 @@ def fill_between(mask: np.ndarray, drawn: list[int], axis: int = 0, spacing=(1.0
     for a, b in zip(drawn, drawn[1:]):
         if b - a < 2:
             continue
-        da = _signed_distance(np.take(out, a, axis=axis), in_plane)
-        db = _signed_distance(np.take(out, b, axis=axis), in_plane)
+        within = (slice(None),) * (out.ndim - 1)
+        if areas is not None:
+            within = tuple(slice(min(p.start, q.start), max(p.stop, q.stop)) for p, q in zip(areas[a], areas[b]))
+        da = _signed_distance(np.take(out, a, axis=axis)[within], in_plane)
+        db = _signed_distance(np.take(out, b, axis=axis)[within], in_plane)
         for k in range(a + 1, b):
             t = (k - a) / (b - a)
             mixed = (1 - t) * np.where(np.isinf(da), 1e3, da) + t * np.where(np.isinf(db), 1e3, db)
-            index = [slice(None)] * out.ndim
-            index[axis] = k
+            index = list(within)
+            index.insert(axis, k)
             out[tuple(index)] = mixed < 0
     return out
 

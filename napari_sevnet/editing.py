@@ -35,6 +35,7 @@ from napari_sevnet.regions import REGIONS
 
 UNDO_KEY = KeyMod.CtrlCmd | KeyCode.KeyZ  # napari's own keys for a Labels layer's undo and redo
 REDO_KEY = KeyMod.CtrlCmd | KeyMod.Shift | KeyCode.KeyZ
+DRAWN_SLICES = 8  # the most recent single-slice edits per region that fill between slices remembers
 _EDITORS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # layer -> the editor of its group
 
 
@@ -65,7 +66,8 @@ class NestedEditor:
         self.on_change: list[Callable[[], None]] = []
         self.source = "brush"  # what the next edit is: napari's tools, or a napari-sevnet tool that says so (a click, a fill)
         self.counts: dict[str, dict[str, int]] = {}  # source -> {"edits": n, "voxels": changed} for the export's statistics
-        self.drawn: dict[str, list[int]] = {r: [] for r in REGIONS}  # region -> axial slices of its recent single-slice edits
+        # region -> {axial slice: in-plane box of its recent single-slice edits there}, oldest slice first (fill between slices)
+        self.drawn: dict[str, dict[int, tuple[slice, slice]]] = {r: {} for r in REGIONS}
         for index, layer in enumerate(self.layers):
             _EDITORS[layer] = self
             layer.bind_key(UNDO_KEY, lambda _layer: self.undo(), overwrite=True)
@@ -109,8 +111,12 @@ class NestedEditor:
         tally["edits"] += 1
         tally["voxels"] += changed
         if box[0].stop - box[0].start == 1:
-            slices = self.drawn[REGIONS[index]]
-            slices[:] = [z for z in slices if z != box[0].start][-7:] + [box[0].start]
+            areas = self.drawn[REGIONS[index]]
+            earlier = areas.pop(box[0].start, None)
+            areas[box[0].start] = box[1:] if earlier is None else tuple(
+                slice(min(e.start, b.start), max(e.stop, b.stop)) for e, b in zip(earlier, box[1:]))
+            while len(areas) > DRAWN_SLICES:
+                del areas[next(iter(areas))]
 
     def _only_label_one(self, layer: RegionLabels) -> None:
         if layer.selected_label not in (0, 1):

@@ -108,6 +108,9 @@ def test_fill_between_two_drawn_slices_is_one_edit(qtbot, corrected):
     assert correct.fill_between_slices() > 0
     between = (np.asarray(wt.data) > 0)[z0 + 1 : z1, 4:20, 4:20]
     assert all(between[k].any() for k in range(len(between))), "every slice in between is filled"
+    away = np.ones(before.shape, bool)
+    away[:, :20, :20] = False
+    np.testing.assert_array_equal(np.asarray(wt.data)[away], before[away])  # the tumour on those slices is not redrawn
     wt.undo()
     np.testing.assert_array_equal(np.asarray(wt.data), before)
 

@@ -90,6 +90,26 @@ def test_fill_between_slices_interpolates_the_shape():
     assert all(filled[k].sum() <= filled[k + 1].sum() for k in range(10))
 
 
+def test_fill_between_slices_changes_only_where_the_brush_went():
+    tumour = ball((21, 60, 60), (10, 40, 40), 9)  # the model's tumour, on every slice from 1 to 19
+    drawn = tumour.copy()
+    drawn[4, 5:11, 5:11] = drawn[14, 5:15, 5:15] = True  # a shape drawn beside it on two slices
+    areas = {4: (slice(5, 11), slice(5, 11)), 14: (slice(5, 15), slice(5, 15))}
+    filled = fill_between(drawn, [4, 14], areas=areas)
+    beside = np.zeros(drawn.shape, bool)
+    beside[:, 5:15, 5:15] = True
+    np.testing.assert_array_equal(filled[~beside], drawn[~beside])  # the tumour between the slices is not redrawn
+    assert all(filled[k, 5:15, 5:15].any() for k in range(4, 15)), "the drawn shape fills every slice between"
+    assert (fill_between(drawn, [4, 14]) != drawn)[~beside].any(), "without areas the whole slices are interpolated"
+
+    erased = tumour.copy()
+    erased[[4, 14], 30:50, 30:40] = False  # a part of the tumour wiped off on two slices
+    areas = {4: (slice(30, 50), slice(30, 40)), 14: (slice(30, 50), slice(30, 40))}
+    filled = fill_between(erased, [4, 14], areas=areas)
+    assert not filled[5:14, 30:50, 30:40].any(), "the wiped part is wiped on the slices between too"
+    np.testing.assert_array_equal(filled[:, :, 40:], tumour[:, :, 40:])
+
+
 def test_the_ceilings_find_the_threshold_and_the_margin_that_fix_the_whole_boundary():
     from benchmarks.correction import whole_boundary_ceilings
 

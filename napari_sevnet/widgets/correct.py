@@ -14,13 +14,15 @@ probability tool and says so. In
 2D the voxel under the cursor is used; in 3D the voxel along the view ray
 where the model was most sure of the region. The threshold slider re-applies
 the last click with another threshold (also a click that changed nothing,
-whose status line says why and which way to move it), as long as that click
-is still the group's last edit; the reach bounds how far one click may spread. "Whole edge" moves the region's edge to another probability
-everywhere at once (tighter or looser all around, where a rim is too wide or
-too narrow): only voxels whose probability lies between the old and the new
-value change, so clicks and brush strokes elsewhere stay. "Fill between
-slices" interpolates the region between the last slices drawn on it with the
-brush. Every click, edge move and fill is one edit: nested with the other
+whose status line says why and which way to move it), as long as that click is
+still the group's last edit; the reach bounds how far one click may spread.
+"Whole edge" moves the region's edge to another probability everywhere at once
+(tighter or looser all around, where a rim is too wide or too narrow): only
+voxels whose probability lies between the old and the new value change, so
+clicks and brush strokes elsewhere stay. "Fill between slices" interpolates
+the region between the last slices drawn on it with the brush, within where
+the brush went (the rest of the tumour on the slices in between stays as it
+was). Every click, edge move and fill is one edit: nested with the other
 regions, one Ctrl+Z, counted apart from brush strokes in the export's
 statistics.
 """
@@ -50,7 +52,8 @@ TOOLTIPS = {
              " so it trims the edge there rather than the tumour behind it.",
     "edge": "Move the whole region's edge to where the model's probability is this value: higher is tighter all around, lower looser."
             " Only voxels between the old and the new value change; one Ctrl+Z undoes a move.",
-    "fill": "Draw the region on two or more slices with the brush, then fill the slices between them by shape interpolation.",
+    "fill": "Draw the region on two or more slices with the brush, then fill the slices between them by shape interpolation"
+            " (only where the brush went: the rest of the region stays).",
 }
 
 
@@ -303,15 +306,16 @@ class CorrectWidget(DockWidget):
         try:
             layer, _ = self.target()
             editor = editor_of(layer)
-            drawn = sorted(editor.drawn[self._region.value]) if editor is not None else []
+            areas = editor.drawn[self._region.value] if editor is not None else {}
+            drawn = sorted(areas)
             if len(drawn) < 2:
                 raise InputError(None, f"draw {self._region.value} on at least two axial slices with the brush first")
         except InputError as exc:
             self.report_error("Fill between slices", exc)
             return 0
         current = np.asarray(layer.data) > 0
-        filled = fill_between(current, drawn, axis=0, spacing=tuple(float(v) for v in layer.scale))
+        filled = fill_between(current, drawn, axis=0, spacing=tuple(float(v) for v in layer.scale), areas=areas)
         changed = apply_edit(layer, filled, "fill")
-        self._status.value = f"filled {self._region.value} between slices {drawn[0]} and {drawn[-1]}: {changed} voxel(s)"
+        self._status.value = f"filled {self._region.value} between slices {drawn[0]} and {drawn[-1]} where the brush went: {changed} voxel(s)"
         editor.drawn[self._region.value].clear()
         return changed
