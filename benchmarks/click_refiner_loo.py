@@ -1,6 +1,6 @@
 """Choose the click refiner's settings without the held-out cases: leave one training case out at a time.
 
-    python -m benchmarks.click_refiner_loo [--region WT] [--quick] [-o OUT.json]
+    python -m benchmarks.click_refiner_loo [--region WT] [--seed N] [--quick] [-o OUT.json]
 
 Every training case of the split whose region starts below the target (Dice
 0.90 on the held-out model's output) is scored by a refiner network trained on
@@ -78,6 +78,7 @@ def main(argv=None) -> int:
     parser.add_argument("--target", type=float, default=TARGET)
     parser.add_argument("--max-clicks", type=int, default=20)
     parser.add_argument("--checkpoint", help="the model whose output the clicks correct (default: the held-out model)")
+    parser.add_argument("--seed", type=int, default=0, help="of the sampled clicks and the networks (another seed: the figures' run-to-run spread)")
     parser.add_argument("-o", "--output", type=Path, help="JSON to write (beside it: .md)")
     args = parser.parse_args(argv)
     if args.quick:
@@ -91,8 +92,8 @@ def main(argv=None) -> int:
 
         cases = find_cases(json.loads(SPLIT.read_text(encoding="utf-8"))["train"], DATA)
         checkpoint = args.checkpoint or str(HELD_OUT_MODEL)
-    result = run(cases, checkpoint, args.region, args.max_clicks, args.target)
-    result.update({"date": time.strftime("%Y-%m-%d %H:%M"), "host": platform.node(), "quick": args.quick, "checkpoint": checkpoint})
+    result = run(cases, checkpoint, args.region, args.max_clicks, args.target, seed=args.seed)
+    result.update({"seed": args.seed, "date": time.strftime("%Y-%m-%d %H:%M"), "host": platform.node(), "quick": args.quick, "checkpoint": checkpoint})
     table = markdown(result)
     print(table)
     if args.output:
