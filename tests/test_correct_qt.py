@@ -179,21 +179,32 @@ def test_the_export_counts_clicks_and_brush_strokes_apart(qtbot, corrected, tmp_
     assert record["interactions"]["brush"]["edits"] >= 1 and record["interactions"]["click"]["edits"] >= 1
 
 
-def test_a_click_in_3d_view_picks_the_voxel_the_model_is_surest_of_along_the_ray(qtbot, corrected):
+def test_a_click_in_3d_view_adds_where_the_model_was_surest_outside_and_removes_the_surface_under_the_cursor(qtbot, corrected):
     viewer, segment, correct, _ = corrected
-    viewer.dims.ndisplay = 3
     tc = segment.result_layers["TC"]
     viewer.layers.selection.active = tc
+    correct._region.value, correct._tool.value = "TC", "probability"
     from napari_sevnet.layers import LayerInfo
 
     probability = np.asarray(LayerInfo.from_layer(tc).probabilities[1], np.float32)
     z, y, x = np.unravel_index(int(np.argmax(probability)), probability.shape)
-    before = segment.current_regions()[1].sum()
-    changed = correct.click((0.0, float(y), float(x)), add=True, view_direction=(1.0, 0.0, 0.0), dims_displayed=(0, 1, 2))
-    picked = correct.last_click[1] if correct.last_click else None
-    assert picked is None or (picked[1], picked[2]) == (y, x)
-    assert picked is None or probability[picked] == probability[:, y, x].max(), "the surest voxel along the ray"
-    assert changed == 0 or segment.current_regions()[1].sum() > before
+    assert not (np.asarray(tc.data)[:3, y, x] > 0).any()
+    tc.brush_size, tc.selected_label = 3, 1
+    tc.paint((1, y, x), 1)  # a false alarm in front of the tumour, seen from z = 0
+    viewer.dims.ndisplay = 3
+    before = np.asarray(tc.data) > 0
+    correct.click((0.0, float(y), float(x)), add=False, view_direction=(1.0, 0.0, 0.0), dims_displayed=(0, 1, 2))
+    assert correct.last_click[1] == (1, y, x), "the first voxel of the region along the ray: the surface the user sees"
+    after = np.asarray(tc.data) > 0
+    assert not after[1, y, x] and np.array_equal(after[3:], before[3:]), "the false alarm goes, the tumour behind it stays"
+
+    tc.undo()
+    column = probability[:, y, x]
+    outside = np.flatnonzero(np.asarray(tc.data)[:, y, x] == 0)
+    correct.click((0.0, float(y), float(x)), add=True, view_direction=(1.0, 0.0, 0.0), dims_displayed=(0, 1, 2))
+    picked = correct.last_click[1]
+    assert picked[1:] == (y, x) and picked[0] in outside and column[picked[0]] == column[outside].max(), \
+        "a click adds at the voxel outside the region where the model was surest"
 
 
 def test_the_whole_edge_slider_moves_the_region_as_one_edit_and_follows_undo(qtbot, corrected):

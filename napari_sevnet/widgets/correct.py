@@ -11,8 +11,9 @@ model's probability (or, where it saw nothing, the image) shows and removes
 the component under the cursor. The learned tool needs the model's probability and the region's guide
 layers (FLAIR and T1ce, and T2 for WT); without them a click falls back to the
 probability tool and says so. In
-2D the voxel under the cursor is used; in 3D the voxel along the view ray
-where the model was most sure of the region. The threshold slider re-applies
+2D the voxel under the cursor is used; in 3D, along the view ray, a click
+adds at the voxel outside the region where the model was surest and a
+Shift+click removes at the first voxel of the region (the surface you see). The threshold slider re-applies
 the last click with another threshold (also a click that changed nothing,
 whose status line says why and which way to move it), as long as that click is
 still the group's last edit; the reach bounds how far one click may spread.
@@ -55,6 +56,23 @@ TOOLTIPS = {
     "fill": "Draw the region on two or more slices with the brush, then fill the slices between them by shape interpolation"
             " (only where the brush went: the rest of the region stays).",
 }
+
+
+def _along_ray(points: np.ndarray, inside: np.ndarray, probability: np.ndarray | None, add: bool) -> tuple[int, int, int]:
+    """The voxel a 3D click means, of the ray's ``points`` (nearest the camera first; ``inside``: which are in the region).
+
+    Adding: the voxel outside the region where the model was surest (missed tumour). Removing: the first voxel of the
+    region the ray meets, the surface under the cursor; the voxel the model was surest of would be the tumour behind a
+    false alarm.
+    """
+    if add:
+        outside = np.flatnonzero(~inside)
+        if outside.size == 0:
+            return tuple(int(v) for v in points[0])
+        best = outside[int(np.argmax(probability[tuple(points[outside].T)]))] if probability is not None else outside[0]
+        return tuple(int(v) for v in points[best])
+    first = np.flatnonzero(inside)
+    return tuple(int(v) for v in points[first[0] if first.size else 0])
 
 
 def _last_edit(layer):
@@ -134,7 +152,7 @@ class CorrectWidget(DockWidget):
         """Apply a click at a world position; returns how many voxels changed (0 and a message when it cannot)."""
         try:
             layer, info = self.target()
-            voxel = self._voxel(layer, info, world_position, view_direction, dims_displayed)
+            voxel = self._voxel(layer, info, world_position, view_direction, dims_displayed, add)
         except InputError as exc:
             self.report_error("Correct", exc)
             return 0
@@ -157,7 +175,7 @@ class CorrectWidget(DockWidget):
         return (f"{tool} does not call this {'missed tumour' if add else 'a false alarm'} at threshold {self._threshold.value:.2f}: "
                 f"move the Threshold slider {'down to add' if add else 'up to remove'} more, or use the brush")
 
-    def _voxel(self, layer, info, world_position, view_direction, dims_displayed) -> tuple[int, int, int]:
+    def _voxel(self, layer, info, world_position, view_direction, dims_displayed, add: bool) -> tuple[int, int, int]:
         if view_direction is not None and dims_displayed is not None and len(dims_displayed) == 3:
             start, end = layer.get_ray_intersections(list(world_position), list(view_direction), list(dims_displayed), world=True)
             if start is None or end is None:
@@ -166,9 +184,7 @@ class CorrectWidget(DockWidget):
             points = points[np.all((points >= 0) & (points < layer.data.shape), axis=1)]
             if len(points) == 0:
                 raise InputError(None, "the click missed the volume")
-            probability = self._probability(info)
-            weights = probability[tuple(points.T)] if probability is not None else np.asarray(layer.data)[tuple(points.T)]
-            return tuple(int(v) for v in points[int(np.argmax(weights))])  # where the model was surest along the ray
+            return _along_ray(points, np.asarray(layer.data)[tuple(points.T)] > 0, self._probability(info), add)
         voxel = np.round(layer.world_to_data(world_position)).astype(int)
         if np.any(voxel < 0) or np.any(voxel >= layer.data.shape):
             raise InputError(None, "the click is outside the scan")
