@@ -159,6 +159,26 @@ def test_a_click_that_changes_nothing_says_why_and_the_slider_takes_back_only_th
     assert "down to add" in correct._why_nothing(add=True, inside=False) and "up to remove" in correct._why_nothing(add=False, inside=True)
 
 
+def test_a_click_while_the_layer_paints_is_the_brushs_not_a_correction(qtbot, corrected):
+    viewer, segment, correct, reference = corrected
+    wt = segment.result_layers["WT"]
+    viewer.layers.selection.active = wt
+    wt.mode = "paint"
+    correct._clicks.value = True
+    assert wt.mode == "pan_zoom", "turning clicks on stops the brush, so the first click does not also paint"
+    wt.mode = "erase"  # the user picks the eraser again
+    before = np.asarray(wt.data).copy()
+    missed = tuple(float(v) for v in np.argwhere(reference["WT"] & ~(before > 0))[0])
+    handler = correct._on_mouse(viewer, Mouse(missed))
+    with pytest.raises(StopIteration):
+        next(handler)
+    np.testing.assert_array_equal(np.asarray(wt.data), before)
+    assert "erase mode" in correct._status.value
+    wt.mode = "pan_zoom"
+    press(correct, viewer, Mouse(missed))
+    assert correct.clicks == 1
+
+
 def test_the_export_counts_clicks_and_brush_strokes_apart(qtbot, corrected, tmp_path):
     import json
 

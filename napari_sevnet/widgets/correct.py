@@ -42,6 +42,8 @@ from napari_sevnet.layers import LayerInfo, region_group
 from napari_sevnet.regions import REGIONS
 from napari_sevnet.widgets.base import DockWidget
 
+DRAWING_MODES = ("paint", "erase", "fill", "polygon")  # a Labels layer's modes in which a click already edits
+
 TOOLTIPS = {
     "clicks": "Click: add the region around the point. Shift+click: remove the false alarm under the point. Drags still pan.",
     "tool": "learned: a network trained on simulated corrections redraws the 20 mm around the click (FLAIR, T1ce, for WT also T2, and the model's probability needed)."
@@ -134,13 +136,21 @@ class CorrectWidget(DockWidget):
     def _on_clicks(self, on: bool) -> None:
         if on and self._on_mouse not in self._viewer.mouse_drag_callbacks:
             self._viewer.mouse_drag_callbacks.append(self._on_mouse)
+            active = self._viewer.layers.selection.active
+            if getattr(active, "mode", None) in DRAWING_MODES:
+                active.mode = "pan_zoom"  # else the first click would also paint, erase or fill
         elif not on and self._on_mouse in self._viewer.mouse_drag_callbacks:
             self._viewer.mouse_drag_callbacks.remove(self._on_mouse)
 
     # ------------------------------------------------------------------ clicks
 
     def _on_mouse(self, viewer, event):
-        """A click (not a drag) edits; Shift+click removes."""
+        """A click (not a drag) edits; Shift+click removes. Not while the selected layer draws: the click is its brush's."""
+        active = viewer.layers.selection.active
+        if getattr(active, "mode", None) in DRAWING_MODES:
+            self._status.value = (f"{active.name} is in {active.mode} mode, so the click was napari's {active.mode}: "
+                                  "switch the layer to pan/zoom to correct by clicks")
+            return
         start = event.position
         yield
         while event.type == "mouse_move":
