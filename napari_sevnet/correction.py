@@ -112,7 +112,7 @@ def shrink(mask: np.ndarray, seed, probability: np.ndarray | None = None, *, ima
     box, ball = _ball_box(mask.shape, seed, max_radius_mm, spacing)
     local = np.asarray(mask[box], bool) & ball
     if probability is not None:
-        local &= np.asarray(probability[box]) < keep_above
+        local &= np.asarray(probability[box], dtype=np.float32) < keep_above
     if image is not None:
         intensity = np.asarray(image[box], dtype=np.float32)
         head = intensity[ball & (intensity != 0)]

@@ -66,6 +66,7 @@ def test_clicks_add_and_remove_nested_with_one_undo_and_the_gui_stays_live(qtbot
     missed = np.argwhere(reference["TC"] & ~(np.asarray(tc.data) > 0))
     if len(missed) == 0:
         pytest.skip("the phantom weights missed no core on this phantom")
+    qtbot.waitUntil(lambda: {"flair", "t1ce", "t2"} <= set(correct._normalised), timeout=10_000)  # normalised in a worker on selection
     before = segment.current_regions().copy()
     ticks = []
     heartbeat = QTimer()
@@ -75,7 +76,7 @@ def test_clicks_add_and_remove_nested_with_one_undo_and_the_gui_stays_live(qtbot
     press(correct, viewer, Mouse(tuple(float(v) for v in missed[len(missed) // 2])))  # a click in 2D view
     qtbot.wait(100)
     heartbeat.stop()
-    assert np.diff(ticks).max() < 1.0, f"a click on a full case held the GUI {np.diff(ticks).max() * 1000:.0f} ms"
+    assert np.diff(ticks).max() < 0.2, f"a click on a full case held the GUI {np.diff(ticks).max() * 1000:.0f} ms"
     assert correct.fallback is None, "the click was a learned one (the default tool)"
     after = segment.current_regions()
     assert after[1].sum() > before[1].sum() and (after[0] >= after[1]).all() and (after[1] >= after[2]).all(), "TC grew, WT with it"
