@@ -256,6 +256,22 @@ def test_the_whole_edge_slider_moves_the_region_as_one_edit_and_follows_undo(qtb
     assert editor_of(tc).counts["edge"]["edits"] == 2
 
 
+def test_the_whole_edge_slider_shows_the_edge_of_the_result_selected(qtbot, corrected):
+    viewer, segment, correct, _ = corrected
+    first = segment.result_layers["TC"]
+    viewer.layers.selection.active = first
+    correct._edge.value = 0.95
+    qtbot.waitUntil(lambda: {"flair", "t1ce", "t2"} <= set(correct._normalised), timeout=10_000)
+    segment.run()  # a second result of the same case: the same guides, already normalised
+    qtbot.waitUntil(lambda: segment.worker is None, timeout=300_000)
+    second = segment.result_layers["TC"]
+    assert second is not first
+    viewer.layers.selection.active = second
+    assert correct._edge.value == pytest.approx(segment.last_result.postprocessing["thresholds"]["TC"], abs=0.01)
+    viewer.layers.selection.active = first
+    assert correct._edge.value == pytest.approx(0.95)
+
+
 def test_a_learned_click_needs_its_regions_guides_and_says_so_when_it_falls_back(qtbot, corrected):
     from napari_sevnet.layers import LayerInfo
 

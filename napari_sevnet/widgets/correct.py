@@ -125,6 +125,7 @@ class CorrectWidget(DockWidget):
         if info is not None and info.region is not None:
             self._region.value = info.region
             self._warm_guides()
+        self._show_edge()
 
     def _warm_guides(self) -> None:
         """Normalise the selected result's guide sequences in a worker, so the first learned click need not (0.1 s on a full case)."""
@@ -147,7 +148,6 @@ class CorrectWidget(DockWidget):
         worker = work(_start_thread=False)
         worker.returned.connect(self._normalised.update)
         worker.start()
-        self._show_edge()
 
     def target(self):
         """(region layer, its result's info) of the selected result, for the chosen region."""
