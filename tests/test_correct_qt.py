@@ -228,6 +228,18 @@ def test_a_click_in_3d_view_adds_where_the_model_was_surest_outside_and_removes_
         "a click adds at the voxel outside the region where the model was surest"
 
 
+def test_along_the_ray_a_click_adds_at_the_likeliest_voxel_outside_and_removes_at_the_first_inside():
+    from napari_sevnet.widgets.correct import _along_ray
+
+    points = np.array([[z, 5, 5] for z in range(6)])  # nearest the camera first
+    inside = np.array([False, False, True, True, False, False])
+    guide = np.zeros((6, 10, 10), np.float32)
+    guide[0, 5, 5], guide[3, 5, 5], guide[4, 5, 5] = 1, 5, 3  # no model probability kept: the guide sequence decides
+    assert _along_ray(points, inside, guide, add=True) == (4, 5, 5)
+    assert _along_ray(points, inside, None, add=True) == (0, 5, 5)
+    assert _along_ray(points, inside, guide, add=False) == (2, 5, 5)
+
+
 def test_the_whole_edge_slider_moves_the_region_as_one_edit_and_follows_undo(qtbot, corrected):
     viewer, segment, correct, _ = corrected
     wt, tc = segment.result_layers["WT"], segment.result_layers["TC"]

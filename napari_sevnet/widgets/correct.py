@@ -61,18 +61,18 @@ TOOLTIPS = {
 }
 
 
-def _along_ray(points: np.ndarray, inside: np.ndarray, probability: np.ndarray | None, add: bool) -> tuple[int, int, int]:
+def _along_ray(points: np.ndarray, inside: np.ndarray, likelihood: np.ndarray | None, add: bool) -> tuple[int, int, int]:
     """The voxel a 3D click means, of the ray's ``points`` (nearest the camera first; ``inside``: which are in the region).
 
-    Adding: the voxel outside the region where the model was surest (missed tumour). Removing: the first voxel of the
-    region the ray meets, the surface under the cursor; the voxel the model was surest of would be the tumour behind a
-    false alarm.
+    Adding: the voxel outside the region where ``likelihood`` (the model's probability, else the guide sequence) is
+    highest: the likeliest missed tumour. Removing: the first voxel of the region the ray meets, the surface under the
+    cursor; the voxel the model was surest of would be the tumour behind a false alarm.
     """
     if add:
         outside = np.flatnonzero(~inside)
         if outside.size == 0:
             return tuple(int(v) for v in points[0])
-        best = outside[int(np.argmax(probability[tuple(points[outside].T)]))] if probability is not None else outside[0]
+        best = outside[int(np.argmax(likelihood[tuple(points[outside].T)]))] if likelihood is not None else outside[0]
         return tuple(int(v) for v in points[best])
     first = np.flatnonzero(inside)
     return tuple(int(v) for v in points[first[0] if first.size else 0])
@@ -219,7 +219,8 @@ class CorrectWidget(DockWidget):
             points = points[np.all((points >= 0) & (points < layer.data.shape), axis=1)]
             if len(points) == 0:
                 raise InputError(None, "the click missed the volume")
-            return _along_ray(points, np.asarray(layer.data)[tuple(points.T)] > 0, self._probability(info), add)
+            likelihood = self._probability(info)
+            return _along_ray(points, np.asarray(layer.data)[tuple(points.T)] > 0, likelihood if likelihood is not None else self._guide(info), add)
         voxel = np.round(layer.world_to_data(world_position)).astype(int)
         if np.any(voxel < 0) or np.any(voxel >= layer.data.shape):
             raise InputError(None, "the click is outside the scan")
