@@ -66,8 +66,8 @@ class NestedEditor:
         self.on_change: list[Callable[[], None]] = []
         self.source = "brush"  # what the next edit is: napari's tools, or a napari-sevnet tool that says so (a click, a fill)
         self.counts: dict[str, dict[str, int]] = {}  # source -> {"edits": n, "voxels": changed} for the export's statistics
-        # region -> {axial slice: in-plane box of its recent single-slice edits there}, oldest slice first (fill between slices)
-        self.drawn: dict[str, dict[int, tuple[slice, slice]]] = {r: {} for r in REGIONS}
+        # region -> {axial slice: [(in-plane box, undo entry) of its recent single-slice edits there]}, oldest slice first
+        self.drawn: dict[str, dict[int, list]] = {r: {} for r in REGIONS}
         for index, layer in enumerate(self.layers):
             _EDITORS[layer] = self
             layer.bind_key(UNDO_KEY, lambda _layer: self.undo(), overwrite=True)
@@ -86,8 +86,11 @@ class NestedEditor:
             box = _bounding_box(event.value, layer.data.shape)
             if box is not None:
                 self._count(index, box, _changed_voxels(event.value))
-                self._undo.append(self._apply_rule(index, box, _values_after(layer, box, event.value)))
+                entry = self._apply_rule(index, box, _values_after(layer, box, event.value))
+                self._undo.append(entry)
                 self._redo.clear()
+                if box[0].stop - box[0].start == 1:
+                    self._remember_drawn(REGIONS[index], box, entry)
         finally:
             self._busy = False
         self._changed()
@@ -106,17 +109,26 @@ class NestedEditor:
         return added
 
     def _count(self, index: int, box: tuple[slice, ...], changed: int) -> None:
-        """Tally the edit by its source and remember the slice of a single-slice edit (fill between slices uses them)."""
+        """Tally the edit by its source (the export's statistics)."""
         tally = self.counts.setdefault(self.source, {"edits": 0, "voxels": 0})
         tally["edits"] += 1
         tally["voxels"] += changed
-        if box[0].stop - box[0].start == 1:
-            areas = self.drawn[REGIONS[index]]
-            earlier = areas.pop(box[0].start, None)
-            areas[box[0].start] = box[1:] if earlier is None else tuple(
-                slice(min(e.start, b.start), max(e.stop, b.stop)) for e, b in zip(earlier, box[1:]))
-            while len(areas) > DRAWN_SLICES:
-                del areas[next(iter(areas))]
+
+    def _remember_drawn(self, region: str, box: tuple[slice, ...], entry) -> None:
+        """Remember a single-slice edit's slice, in-plane box and undo entry, for fill between slices."""
+        strokes = self.drawn[region]
+        strokes[box[0].start] = strokes.pop(box[0].start, []) + [(box[1:], entry)]
+        while len(strokes) > DRAWN_SLICES:
+            del strokes[next(iter(strokes))]
+
+    def drawn_areas(self, region: str) -> dict[int, tuple[slice, slice]]:
+        """Axial slice -> in-plane box of the recent single-slice edits of ``region`` there that are not undone."""
+        areas = {}
+        for z, strokes in self.drawn[region].items():
+            boxes = [b for b, entry in strokes if self.holds(entry)]
+            if boxes:
+                areas[z] = tuple(slice(min(b[i].start for b in boxes), max(b[i].stop for b in boxes)) for i in range(2))
+        return areas
 
     def _only_label_one(self, layer: RegionLabels) -> None:
         if layer.selected_label not in (0, 1):

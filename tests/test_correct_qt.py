@@ -100,10 +100,15 @@ def test_fill_between_two_drawn_slices_is_one_edit(qtbot, corrected):
     wt = segment.result_layers["WT"]
     viewer.layers.selection.active = wt
     z0, z1 = 20, 30
-    for z, radius in ((z0, 4), (z1, 7)):
+    for z, radius in ((z0, 4), (25, 3), (z1, 7)):
         wt.brush_size = 2 * radius
         wt.selected_label = 1
-        wt.paint((z, 12, 12), 1)  # away from the tumour: only these two slices hold it there
+        wt.paint((z, 12, 12), 1)  # away from the tumour: only these slices hold it there
+        if z == 25:
+            wt.undo()  # a stroke taken back is not a drawn slice
+    from napari_sevnet.editing import editor_of
+
+    assert sorted(editor_of(wt).drawn_areas("WT")) == [z0, z1]
     correct._region.value = "WT"
     before = np.asarray(wt.data).copy()
     assert correct.fill_between_slices() > 0

@@ -21,8 +21,8 @@ still the group's last edit; the reach bounds how far one click may spread.
 (tighter or looser all around, where a rim is too wide or too narrow): only
 voxels whose probability lies between the old and the new value change, so
 clicks and brush strokes elsewhere stay. "Fill between slices" interpolates
-the region between the last slices drawn on it with the brush, within where
-the brush went (the rest of the tumour on the slices in between stays as it
+the region between the last slices drawn on it with the brush (strokes
+undone do not count), within where the brush went (the rest of the tumour on the slices in between stays as it
 was). Every click, edge move and fill is one edit: nested with the other
 regions, one Ctrl+Z, counted apart from brush strokes in the export's
 statistics.
@@ -360,7 +360,7 @@ class CorrectWidget(DockWidget):
         try:
             layer, _ = self.target()
             editor = editor_of(layer)
-            areas = editor.drawn[self._region.value] if editor is not None else {}
+            areas = editor.drawn_areas(self._region.value) if editor is not None else {}
             drawn = sorted(areas)
             if len(drawn) < 2:
                 raise InputError(None, f"draw {self._region.value} on at least two axial slices with the brush first")
