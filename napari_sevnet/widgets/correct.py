@@ -1,31 +1,31 @@
 """Correct dock widget: fix a result in clicks instead of brush strokes, and fill between drawn slices.
 
 With "Click to correct" on, a click in the viewer edits the chosen region of
-the selected result: a click adds missed tumour around that point,
-Shift+click removes the false alarm under the cursor. The "learned" click tool
+the selected result: a click adds missed tumour around that point, Shift+click
+removes the false alarm under the cursor. The "learned" click tool
 (:mod:`napari_sevnet.click_refiner`, the default) redraws the 20 mm around the
 click with a small network trained on simulated corrections, from the model's
 probability, the mask's edge and FLAIR / T1ce (and T2 for the whole tumour);
 the "probability" tool (:mod:`napari_sevnet.correction`) adds the region the
 model's probability (or, where it saw nothing, the image) shows and removes
-the component under the cursor. The learned tool needs the model's probability and the region's guide
-layers (FLAIR and T1ce, and T2 for WT); without them a click falls back to the
-probability tool and says so. In
-2D the voxel under the cursor is used; in 3D, along the view ray, a click adds
-at the voxel outside the region where the model was surest and a Shift+click
-removes at the first voxel of the region (the surface you see). The threshold
-slider re-applies the last click with another threshold (also a click that
-changed nothing, whose status line says why and which way to move it), as long
-as that click is still the group's last edit; the reach bounds how far one
-click may spread. "Whole edge" moves the region's edge to another probability
-everywhere at once (tighter or looser all around, where a rim is too wide or
-too narrow): only voxels whose probability lies between the old and the new
-value change, so clicks and brush strokes elsewhere stay. "Fill between
-slices" interpolates the region between the last slices drawn on it with the
-brush (strokes undone do not count), within where the brush went (the rest of
-the tumour on the slices in between stays as it was). Every click, edge move
-and fill is one edit: nested with the other regions, one Ctrl+Z, counted apart
-from brush strokes in the export's statistics.
+the component under the cursor. The learned tool needs the model's probability
+and the region's guide layers (FLAIR and T1ce, and T2 for WT); without them a
+click falls back to the probability tool and says so. In 2D the voxel under
+the cursor is used; in 3D, along the view ray, a click adds at the voxel
+outside the region where the model was surest and a Shift+click removes at the
+first voxel of the region (the surface you see). The threshold slider re-
+applies the last click with another threshold (also a click that changed
+nothing, whose status line says why and which way to move it), as long as that
+click is still the group's last edit; the reach bounds how far one click may
+spread. "Whole edge" moves the region's edge to another probability everywhere
+at once (tighter or looser all around, where a rim is too wide or too narrow):
+only voxels whose probability lies between the old and the new value change,
+so clicks and brush strokes elsewhere stay. "Fill between slices" interpolates
+the region between the last slices drawn on it with the brush (strokes undone
+do not count), within where the brush went (the rest of the tumour on the
+slices in between stays as it was). Every click, edge move and fill is one
+edit: nested with the other regions, one Ctrl+Z, counted apart from brush
+strokes in the export's statistics.
 """
 
 from __future__ import annotations
