@@ -137,7 +137,7 @@ class CorrectWidget(DockWidget):
             return
         names = {g: (info.source_layers or {}).get(g) for g in REFINER_SEQUENCES}
         pending = {g: self._viewer.layers[n].data for g, n in names.items() if n in self._viewer.layers}
-        pending = {g: a for g, a in pending.items() if g not in self._normalised or self._normalised[g][0] is not a}
+        pending = {g: a for g, a in pending.items() if not self._normalised_for(g, a)}
         if not pending:
             return
 
@@ -234,6 +234,10 @@ class CorrectWidget(DockWidget):
         name = (info.source_layers or {}).get(GUIDE_SEQUENCE[self._region.value])
         return np.asarray(self._viewer.layers[name].data) if name in self._viewer.layers else None
 
+    def _normalised_for(self, sequence: str, array) -> bool:
+        """Whether the cache holds ``sequence`` normalised from this very ``array`` (a new case's layer is another array)."""
+        return sequence in self._normalised and self._normalised[sequence][0] is array
+
     def _learned_inputs(self, info) -> tuple[ClickRefiner, dict] | str:
         """(the refiner, the region's guide sequences normalised) for a learned click, or why it cannot run."""
         if info.probabilities is None:
@@ -250,7 +254,7 @@ class CorrectWidget(DockWidget):
         guides = {}
         for g, n in names.items():
             array = self._viewer.layers[n].data
-            if g not in self._normalised or self._normalised[g][0] is not array:
+            if not self._normalised_for(g, array):
                 self._normalised[g] = (array, normalise(array))
             guides[g] = self._normalised[g][1]
         return self._refiner, guides
