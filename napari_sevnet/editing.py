@@ -11,7 +11,9 @@ applies the nesting rule of :mod:`napari_sevnet.regions` inside the edited box
   ET there; erasing TC erases ET there),
 
 and records which layers the edit changed; Ctrl+Z and Ctrl+Shift+Z on any of
-the three undo or redo that whole edit in all three. A region layer paints 1 only: its
+the three undo or redo that whole edit in all three. It also tallies the edits
+by the tool that made them (the export's statistics): an undone edit leaves
+the tally of edits in effect for that of edits taken back. A region layer paints 1 only: its
 selected label is held at 1 (napari's "new label" button would otherwise
 paint an invisible 2 that still counts), and any non-zero value is drawn in
 the region's colour and counted as the region (what is seen is what is
@@ -51,6 +53,15 @@ class RegionLabels(Labels):
         editor.redo() if editor is not None else super().redo()
 
 
+class Edit:
+    """One edit of a group: the history items it added per layer, and the tool and voxel count it is tallied under."""
+
+    def __init__(self, items: dict[int, int], source: str, voxels: int):
+        self.items = items  # layer index -> history items the edit added to that layer
+        self.source = source
+        self.voxels = voxels
+
+
 class NestedEditor:
     """Keeps one group's WT/TC/ET layers nested through each edit and undoes an edit in all three at once.
 
@@ -60,12 +71,13 @@ class NestedEditor:
     def __init__(self, layers: dict[str, Labels]):
         self.layers = [layers[r] for r in REGIONS]
         limit = min(getattr(layer, "_history_limit", 2000) for layer in self.layers)
-        self._undo: deque[dict[int, int]] = deque(maxlen=limit)  # per edit: layer index -> history items it added
-        self._redo: deque[dict[int, int]] = deque(maxlen=limit)
+        self._undo: deque[Edit] = deque(maxlen=limit)
+        self._redo: deque[Edit] = deque(maxlen=limit)
         self._busy = False
         self.on_change: list[Callable[[], None]] = []
         self.source = "brush"  # what the next edit is: napari's tools, or a napari-sevnet tool that says so (a click, a fill)
-        self.counts: dict[str, dict[str, int]] = {}  # source -> {"edits": n, "voxels": changed} for the export's statistics
+        # source -> {"edits": in effect, "voxels": they changed, "undone": edits taken back}: the export's statistics
+        self.counts: dict[str, dict[str, int]] = {}
         # region -> {axial slice: [(in-plane box, undo entry) of its recent single-slice edits there]}, oldest slice first
         self.drawn: dict[str, dict[int, list]] = {r: {} for r in REGIONS}
         for index, layer in enumerate(self.layers):
@@ -85,8 +97,8 @@ class NestedEditor:
             layer = self.layers[index]
             box = _bounding_box(event.value, layer.data.shape)
             if box is not None:
-                self._count(index, box, _changed_voxels(event.value))
-                entry = self._apply_rule(index, box, _values_after(layer, box, event.value))
+                entry = Edit(self._apply_rule(index, box, _values_after(layer, box, event.value)), self.source, _changed_voxels(event.value))
+                self._tally(entry, in_effect=1)
                 self._undo.append(entry)
                 self._redo.clear()
                 if box[0].stop - box[0].start == 1:
@@ -108,11 +120,12 @@ class NestedEditor:
                 added[k] = 1
         return added
 
-    def _count(self, index: int, box: tuple[slice, ...], changed: int) -> None:
-        """Tally the edit by its source (the export's statistics)."""
-        tally = self.counts.setdefault(self.source, {"edits": 0, "voxels": 0})
-        tally["edits"] += 1
-        tally["voxels"] += changed
+    def _tally(self, edit: Edit, in_effect: int, undone: int = 0) -> None:
+        """Move ``edit`` into (+1) or out of (-1) the edits in effect of its tool, and ``undone`` into or out of those taken back."""
+        tally = self.counts.setdefault(edit.source, {"edits": 0, "voxels": 0, "undone": 0})
+        tally["edits"] += in_effect
+        tally["voxels"] += in_effect * edit.voxels
+        tally["undone"] += undone
 
     def _remember_drawn(self, region: str, box: tuple[slice, ...], entry) -> None:
         """Remember a single-slice edit's slice, in-plane box and undo entry, for fill between slices."""
@@ -146,25 +159,39 @@ class NestedEditor:
 
     def undo(self) -> None:
         """Undo the group's last edit in every layer it changed."""
-        self._replay(self._undo, self._redo, Labels.undo)
+        entry = self._replay(self._undo, self._redo, Labels.undo)
+        if entry is not None:
+            self._tally(entry, in_effect=-1, undone=1)
+            self._changed()
 
     def redo(self) -> None:
-        self._replay(self._redo, self._undo, Labels.redo)
+        entry = self._replay(self._redo, self._undo, Labels.redo)
+        if entry is not None:
+            self._tally(entry, in_effect=1, undone=-1)
+            self._changed()
 
-    def _replay(self, source: deque, target: deque, method: Callable) -> None:
+    def retract(self) -> None:
+        """Undo the last edit to make it again differently (a click re-applied at another threshold): not counted as taken back."""
+        entry = self._replay(self._undo, self._redo, Labels.undo)
+        if entry is not None:
+            self._redo.pop()  # the edit that replaces it clears the redo history anyway; now nothing can bring it back
+            self._tally(entry, in_effect=-1)
+            self._changed()
+
+    def _replay(self, source: deque, target: deque, method: Callable) -> Edit | None:
         """Run napari's own undo (or redo) of each layer the last edit changed, once per history item it added."""
         if not source:
-            return
+            return None
         entry = source.pop()
         self._busy = True
         try:
-            for k, items in entry.items():
+            for k, items in entry.items.items():
                 for _ in range(items):
                     method(self.layers[k])
         finally:
             self._busy = False
         target.append(entry)
-        self._changed()
+        return entry
 
     def _changed(self) -> None:
         for callback in list(self.on_change):

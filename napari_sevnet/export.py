@@ -280,7 +280,8 @@ def export_case(
 
     ``model_regions`` (the model's output before correction) gives the edit
     statistics; ``checkpoint`` is the model that produced it; ``interactions``
-    how the correction was made ({"click": {"edits": n, "voxels": m}, "edge": ..., "brush": ..., "fill": ...}).
+    how the correction was made ({"click": {"edits": in effect, "voxels": they changed, "undone": taken back},
+    "edge": ..., "brush": ..., "fill": ...}).
     """
     from filelock import FileLock, Timeout
 

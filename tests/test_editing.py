@@ -37,6 +37,26 @@ def test_painting_et_outside_the_core_grows_tc_and_wt_and_one_undo_reverts_all_t
     assert len(changes) == 3, "the volumes are told about the edit, the undo and the redo"
 
 
+def test_the_tally_of_edits_follows_undo_and_redo():
+    layers, _ = make_group()
+    editor = editor_of(layers["WT"])
+    layers["WT"].data_setitem((np.array([0, 0]), np.array([0, 1]), np.array([0, 0])), 1)  # a stroke of 2 voxels
+    layers["TC"].data_setitem((np.array([1]), np.array([2]), np.array([2])), 1)  # one of 1 voxel
+    assert editor.counts == {"brush": {"edits": 2, "voxels": 3, "undone": 0}}
+    layers["ET"].undo()
+    assert editor.counts["brush"] == {"edits": 1, "voxels": 2, "undone": 1}
+    layers["ET"].redo()
+    assert editor.counts["brush"] == {"edits": 2, "voxels": 3, "undone": 0}
+    layers["WT"].undo()
+    layers["WT"].undo()
+    layers["WT"].data_setitem((np.array([3]), np.array([0]), np.array([15])), 1)  # a new stroke: the two undone stay undone
+    assert editor.counts["brush"] == {"edits": 1, "voxels": 1, "undone": 2}
+    editor.retract()  # taken back to be made again differently (the click slider): not counted at all
+    assert editor.counts["brush"] == {"edits": 0, "voxels": 0, "undone": 2}
+    layers["WT"].redo()  # nothing to redo: the retracted edit is gone
+    assert editor.counts["brush"]["edits"] == 0 and not (np.asarray(layers["WT"].data)[3, 0, 15])
+
+
 def test_erasing_wt_erases_the_core_and_erasing_tc_keeps_wt():
     layers, before = make_group()
     layers["WT"].fill((2, 8, 8), 0)  # the bucket on WT: the whole tumour of that slice... and the cores under it

@@ -310,7 +310,10 @@ class CorrectWidget(DockWidget):
             self._status.value = f"the slider re-applies the last click only while it is the last edit of {layer.name}: click again"
             return
         if edited:  # a click that changed nothing left no undo step to take back
-            layer.undo()
+            from napari_sevnet.editing import editor_of
+
+            editor = editor_of(layer)
+            editor.retract() if editor is not None else layer.undo()  # replaced, not taken back: the export counts one click
         changed = self._apply_click(layer, LayerInfo.from_layer(layer), voxel, add, threshold, record=False)
         self.last_click = (layer, voxel, add, changed > 0, _last_edit(layer))
         self._status.value = f"click {self.clicks} again at threshold {threshold:.2f}: {changed} voxel(s)"
