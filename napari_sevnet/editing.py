@@ -159,29 +159,21 @@ class NestedEditor:
 
     def undo(self) -> None:
         """Undo the group's last edit in every layer it changed."""
-        entry = self._replay(self._undo, self._redo, Labels.undo)
-        if entry is not None:
-            self._tally(entry, in_effect=-1, undone=1)
-            self._changed()
+        self._replay(self._undo, Labels.undo, self._redo, in_effect=-1, undone=1)
 
     def redo(self) -> None:
-        entry = self._replay(self._redo, self._undo, Labels.redo)
-        if entry is not None:
-            self._tally(entry, in_effect=1, undone=-1)
-            self._changed()
+        self._replay(self._redo, Labels.redo, self._undo, in_effect=1, undone=-1)
 
     def retract(self) -> None:
-        """Undo the last edit to make it again differently (a click re-applied at another threshold): not counted as taken back."""
-        entry = self._replay(self._undo, self._redo, Labels.undo)
-        if entry is not None:
-            self._redo.pop()  # the edit that replaces it clears the redo history anyway; now nothing can bring it back
-            self._tally(entry, in_effect=-1)
-            self._changed()
+        """Undo the last edit to make it again differently (a click re-applied at another threshold): not counted as taken back,
+        and not redoable (the edit that replaces it would clear the redo history anyway)."""
+        self._replay(self._undo, Labels.undo, None, in_effect=-1, undone=0)
 
-    def _replay(self, source: deque, target: deque, method: Callable) -> Edit | None:
-        """Run napari's own undo (or redo) of each layer the last edit changed, once per history item it added."""
+    def _replay(self, source: deque, method: Callable, target: deque | None, in_effect: int, undone: int) -> None:
+        """Run napari's own undo (or redo) of each layer the last edit of ``source`` changed, once per history item it added;
+        move the edit to ``target`` and its tally by ``in_effect`` and ``undone``."""
         if not source:
-            return None
+            return
         entry = source.pop()
         self._busy = True
         try:
@@ -190,8 +182,10 @@ class NestedEditor:
                     method(self.layers[k])
         finally:
             self._busy = False
-        target.append(entry)
-        return entry
+        if target is not None:
+            target.append(entry)
+        self._tally(entry, in_effect, undone)
+        self._changed()
 
     def _changed(self) -> None:
         for callback in list(self.on_change):

@@ -341,7 +341,7 @@ class CorrectWidget(DockWidget):
 
     def move_edge(self, threshold: float) -> int:
         """Move the chosen region's whole edge to ``threshold`` as one edit; returns the voxels changed."""
-        from napari_sevnet.editing import apply_edit, editor_of
+        from napari_sevnet.editing import apply_edit
 
         try:
             layer, info = self.target()
@@ -353,8 +353,8 @@ class CorrectWidget(DockWidget):
             return 0
         old = self.edge_threshold(layer, info)
         changed = apply_edit(layer, move_threshold(np.asarray(layer.data) > 0, np.asarray(probability, np.float32), old, threshold), "edge")
-        editor = editor_of(layer)  # the move holds while its edit (or, if it changed nothing, the edit before it) is not undone
-        self._edge_moves = [m for m in self._edge_moves if m[0] in self._viewer.layers] + [(layer, threshold, editor.last_edit() if editor else None)]
+        # the move holds while its edit (or, if it changed nothing, the edit before it) is not undone
+        self._edge_moves = [m for m in self._edge_moves if m[0] in self._viewer.layers] + [(layer, threshold, _last_edit(layer))]
         self._status.value = f"{self._region.value} edge moved from {old:.2f} to {threshold:.2f}: {changed} voxel(s)"
         return changed
 
