@@ -173,13 +173,24 @@ class ClickRefiner:
 
     def click(self, region: str, current: np.ndarray, seed, missed: bool, probability: np.ndarray, guides: dict, spacing,
               level: float = LEVEL, reach_mm: float = RADIUS_MM) -> np.ndarray:
-        """Bool mask of what a click changes: the voxels it adds (``missed``) or removes, within ``reach_mm`` (at most RADIUS_MM)."""
+        """Bool mask of what a click changes: the voxels it adds (``missed``) or removes, within ``reach_mm`` (at most RADIUS_MM).
+
+        The clicked voxel is what the user says it is: where the network, at ``level``, would leave it as it was, the click
+        also takes the connected piece around it of voxels at least as tumour-like as it (adding) or at most (removing).
+        Without that a click the network disagrees with changed nothing, and the simulated user clicked the same error
+        again and again (leave-one-out, README "Correcting a result").
+        """
+        seed = tuple(int(v) for v in seed)
         tumour, box, ball = self.tumour_probability(region, current, seed, missed, probability, guides, spacing)
-        within = _distance_mm(box, tuple(int(v) for v in seed), spacing) <= min(reach_mm, RADIUS_MM)
         inside = np.zeros(ball.shape, np.float32)
         inside[ball] = tumour
+        at = tuple(c - b.start for c, b in zip(seed, box))
         local = np.asarray(current[box], bool)
-        change = (inside >= level) & ~local if missed else (inside < level) & local
+        side = (~local if missed else local) & ball & (_distance_mm(box, seed, spacing) <= min(reach_mm, RADIUS_MM))
+        change = side & ((inside >= level) if missed else (inside < level))
+        if side[at] and not change[at]:
+            pieces, _ = ndimage.label(side & ((inside >= inside[at]) if missed else (inside <= inside[at])))
+            change |= pieces == pieces[at]
         out = np.zeros(current.shape, bool)
-        out[box] = change & ball & within
+        out[box] = change
         return out

@@ -78,10 +78,43 @@ def test_a_positive_click_only_adds_and_a_negative_one_only_removes_within_the_r
     assert not (added & mask).any() and not (removed & ~mask).any(), "monotone: a click never undoes what it was not asked about"
     assert not (added & ~ball(mask.shape, (24, 28, 34), 12)).any() and not (removed & ~ball(mask.shape, (24, 28, 20), 12)).any()
     reach_add, reach_remove = ball(mask.shape, (24, 28, 34), 12), ball(mask.shape, (24, 28, 20), 12)
-    if level == 0.0:  # everything counts as tumour: a click adds every voxel of its reach not yet in the mask, removes none
-        assert added.sum() == (reach_add & ~mask).sum() and not removed.any()
-    else:  # nothing does: a click adds none, removes the whole mask within its reach
-        assert not added.any() and removed.sum() == (reach_remove & mask).sum()
+    if level == 0.0:  # everything counts as tumour: a click adds every voxel of its reach not yet in the mask
+        assert added.sum() == (reach_add & ~mask).sum()
+    else:  # nothing does: a click removes the whole mask within its reach
+        assert removed.sum() == (reach_remove & mask).sum()
+    assert added[24, 28, 34] and removed[24, 28, 20], "the clicked voxel is what the user says it is, even where the network disagrees"
+
+
+def probability_refiner(cut: float = 0.5) -> ClickRefiner:
+    """A refiner whose networks say tumour where the model's probability is above ``cut``: a known verdict to click against."""
+    nets = {}
+    for region in ("WT", "TC", "ET"):
+        net = RefinerNet(len(features(region)), 8)
+        with torch.no_grad():
+            for layer in net.layers[::2]:
+                layer.weight.zero_()
+                layer.bias.zero_()
+            net.layers[0].weight[0, features(region).index("probability")] = 1.0
+            net.layers[2].weight[0, 0] = 1.0
+            net.layers[4].weight[0, 0] = 40.0
+            net.layers[4].bias[0] = -40.0 * cut
+        nets[region] = net
+    return ClickRefiner(nets, {"what": "the model's probability above a cut, for the mechanics"})
+
+
+def test_a_click_the_network_disagrees_with_takes_the_piece_as_tumour_like_as_the_clicked_voxel(scene):
+    mask, probability, guides, lesion = scene
+    probability = probability.copy()
+    blob, other = ball(mask.shape, (24, 10, 10), 3), ball(mask.shape, (24, 4, 22), 3)  # both within the click's reach
+    probability[blob | other] = 0.3  # faint, apart from the lesion: below the network's cut of 0.5
+    refiner = probability_refiner()
+    assert refiner.click("WT", mask, (24, 28, 34), True, probability, guides, (1.0, 1.0, 1.0)).sum() == (lesion & ~mask).sum()
+    added = refiner.click("WT", mask, (24, 10, 10), True, probability, guides, (1.0, 1.0, 1.0))
+    sure = lesion & ~mask & ball(mask.shape, (24, 10, 10), RADIUS_MM)  # what the network calls tumour anyway
+    np.testing.assert_array_equal(added, blob | sure)  # and the faint blob clicked, not the other faint one nor the background
+    assert not (added & other).any() and blob.sum() > 100
+    removed = refiner.click("WT", mask, (24, 28, 20), False, probability, guides, (1.0, 1.0, 1.0))
+    np.testing.assert_array_equal(removed, mask & ball(mask.shape, (24, 28, 20), RADIUS_MM))  # the mask's piece at most as tumour-like
 
 
 def test_save_and_load_keep_the_networks_and_a_stale_file_is_refused_by_name(scene, tmp_path):

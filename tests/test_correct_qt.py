@@ -80,6 +80,7 @@ def test_clicks_add_and_remove_nested_with_one_undo_and_the_gui_stays_live(qtbot
     assert correct.fallback is None, "the click was a learned one (the default tool)"
     after = segment.current_regions()
     assert after[1].sum() > before[1].sum() and (after[0] >= after[1]).all() and (after[1] >= after[2]).all(), "TC grew, WT with it"
+    assert after[1][tuple(missed[len(missed) // 2])], "the voxel clicked is core now"
     grown = after[1].sum()
     correct._threshold.value = 0.05  # the slider re-applies the last click, here more generously
     assert segment.current_regions()[1].sum() > grown
