@@ -113,6 +113,8 @@ def test_a_click_the_network_disagrees_with_takes_the_piece_as_tumour_like_as_th
     sure = lesion & ~mask & ball(mask.shape, (24, 10, 10), RADIUS_MM)  # what the network calls tumour anyway
     np.testing.assert_array_equal(added, blob | sure)  # and the faint blob clicked, not the other faint one nor the background
     assert not (added & other).any() and blob.sum() > 100
+    on_et = refiner.click("ET", mask, (24, 10, 10), True, probability, guides, (1.0, 1.0, 1.0))
+    assert not (on_et & blob).any() and (on_et & sure).any(), "on ET's thin rim the network's verdict stands (CLICKED_VOXEL_CHANGES)"
     removed = refiner.click("WT", mask, (24, 28, 20), False, probability, guides, (1.0, 1.0, 1.0))
     np.testing.assert_array_equal(removed, mask & ball(mask.shape, (24, 28, 20), RADIUS_MM))  # the mask's piece at most as tumour-like
 

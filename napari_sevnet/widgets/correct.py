@@ -8,9 +8,9 @@ click with a small network trained on simulated corrections, from the model's
 probability, the mask's edge and FLAIR / T1ce (and T2 for the whole tumour);
 the "probability" tool (:mod:`napari_sevnet.correction`) adds the region the
 model's probability (or, where it saw nothing, the image) shows and removes
-the component under the cursor. A learned click always changes the voxel
-clicked: where the network disagrees, it takes the piece around it that is at
-least as tumour-like (adding) or at most (removing). The learned tool needs the model's probability
+the component under the cursor. A learned click on WT or TC always changes
+the voxel clicked: where the network disagrees, it takes the piece around it
+that is at least as tumour-like (adding) or at most (removing). The learned tool needs the model's probability
 and the region's guide layers (FLAIR and T1ce, and T2 for WT); without them a
 click falls back to the probability tool and says so. In 2D the voxel under
 the cursor is used; in 3D, along the view ray, a click adds at the voxel
@@ -208,8 +208,8 @@ class CorrectWidget(DockWidget):
             return f"the voxel is {region} already: click outside the mask to add, Shift+click to remove"
         if not add and not inside:
             return f"the voxel is not {region}: Shift+click on the mask to remove, click to add"
-        # the learned click always changes the voxel clicked (ClickRefiner.click): only the probability tool gets here
-        return (f"the model's probability does not call this {'missed tumour' if add else 'a false alarm'} at threshold {self._threshold.value:.2f}: "
+        tool = "the network" if self._tool.value == "learned" and not self.fallback else "the model's probability"
+        return (f"{tool} does not call this {'missed tumour' if add else 'a false alarm'} at threshold {self._threshold.value:.2f}: "
                 f"move the Threshold slider {'down to add' if add else 'up to remove'} more, or use the brush")
 
     def _voxel(self, layer, info, world_position, view_direction, dims_displayed, add: bool) -> tuple[int, int, int]:
