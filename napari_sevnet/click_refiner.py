@@ -45,7 +45,7 @@ SMOOTHING_MM = 1.5
 EDGE_CLIP_MM = 15.0
 LEVEL = 0.5  # the refiner's output above which a voxel is tumour (the Correct dock's slider moves it)
 # The regions where the clicked voxel always changes (ClickRefiner.click). Chosen on the leave-one-out of the training
-# cases (runs of session 25, README "Correcting a result"): it raised WT's and TC's Dice after 10 clicks on more cases than
+# cases (seed 0, session 25, README "Correcting a result"): it raised WT's and TC's Dice after 10 clicks on more cases than
 # it lowered (WT 2 and 0, TC 5 and 1); ET's thin rim lost on 5 cases of 12 and on 7 after 20 clicks, so there a click the
 # network disagrees with still changes nothing (and the dock says to move the slider).
 CLICKED_VOXEL_CHANGES = frozenset({"WT", "TC"})
