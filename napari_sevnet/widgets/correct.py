@@ -10,9 +10,10 @@ the "probability" tool (:mod:`napari_sevnet.correction`) adds the region the
 model's probability (or, where it saw nothing, the image) shows and removes
 the component under the cursor. A learned click on WT or TC always changes
 the voxel clicked: where the network disagrees, it takes the piece around it
-that is at least as tumour-like (adding) or at most (removing). The learned tool needs the model's probability
-and the region's guide layers (FLAIR and T1ce, and T2 for WT); without them a
-click falls back to the probability tool and says so. In 2D the voxel under
+that is at least as tumour-like (adding) or at most (removing). The learned
+tool needs the model's probability and the region's guide layers (FLAIR and
+T1ce, and T2 for WT); without them a click falls back to the probability
+tool and says so. In 2D the voxel under
 the cursor is used; in 3D, along the view ray, a click adds at the voxel
 outside the region where the model was surest and a Shift+click removes at the
 first voxel of the region (the surface you see). The threshold slider re-
