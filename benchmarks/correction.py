@@ -71,9 +71,15 @@ def click_session(probability, start, truth, spacing, limit, tool, image=None, t
 
 
 def refiner_tool(refiner, region: str, guides: dict):
-    """A click of the click refiner (napari_sevnet/click_refiner.py): it adds on missed tumour, removes on a false alarm."""
+    """A click of the click refiner (napari_sevnet/click_refiner.py): it adds on missed tumour, removes on a false alarm.
+
+    One per session: like the Correct dock, it remembers the session's clicks, which a later click does not undo.
+    """
+    earlier = []
+
     def tool(current, seed, missed, probability, spacing, image):
-        change = refiner.click(region, current, seed, missed, probability, guides, spacing)
+        change = refiner.click(region, current, seed, missed, probability, guides, spacing, earlier=earlier)
+        earlier.append((seed, missed))
         return current | change if missed else current & ~change
     return tool
 
@@ -158,9 +164,8 @@ def run(cases: dict, checkpoint, max_clicks: int, max_strokes: int, target: floa
             edge, moved = best_edge_move(probability, start, truth, float(predictor.thresholds[i]), target)
             learned = {}
             if refiner is not None:
-                tool = refiner_tool(refiner, r, guides)
-                scores, seconds = click_session(probability, start, truth, case.spacing, max_clicks, tool, target=target)
-                edge_learned = edge_then_clicks(probability, start, truth, case.spacing, moved, max_clicks, None, target, tool)
+                scores, seconds = click_session(probability, start, truth, case.spacing, max_clicks, refiner_tool(refiner, r, guides), target=target)
+                edge_learned = edge_then_clicks(probability, start, truth, case.spacing, moved, max_clicks, None, target, refiner_tool(refiner, r, guides))
                 learned = {"refiner_dice": scores, "refiner_seconds": seconds, "refiner_noc90": noc(scores, max_clicks, target),
                            "edge_refiner_dice": edge_learned, "edge_refiner_noc90": noc(edge_learned, max_clicks, target)}
             perfect, _ = click_session(probability, start, truth, case.spacing, max_clicks, perfect_ball_tool(truth), target=target)

@@ -119,6 +119,22 @@ def test_a_click_the_network_disagrees_with_takes_the_piece_as_tumour_like_as_th
     np.testing.assert_array_equal(removed, mask & ball(mask.shape, (24, 28, 20), RADIUS_MM))  # the mask's piece at most as tumour-like
 
 
+def test_a_click_leaves_alone_what_lies_nearer_an_earlier_click_of_the_other_sign(scene):
+    mask, probability, guides, lesion = scene
+    refiner, spacing, seed = probability_refiner(), (1.0, 1.0, 1.0), (24, 28, 31)
+    said_no = ((24, 28, 38), False)  # an earlier removing click whose voxel is still outside the mask
+    alone = refiner.click("WT", mask, seed, True, probability, guides, spacing)
+    np.testing.assert_array_equal(alone, lesion & ~mask)
+    added = refiner.click("WT", mask, seed, True, probability, guides, spacing, earlier=[said_no])
+    x = np.arange(mask.shape[2])[None, None, :]
+    np.testing.assert_array_equal(added, lesion & ~mask & (x < 35))  # the two clicks' bisector lies at x = 34.5
+    same_sign = refiner.click("WT", mask, seed, True, probability, guides, spacing, earlier=[((24, 28, 38), True)])
+    np.testing.assert_array_equal(same_sign, alone)
+    overruled = mask.copy()
+    overruled[24, 28, 38] = True  # the brush (or an undo) put the earlier click's voxel back: that click no longer counts
+    np.testing.assert_array_equal(refiner.click("WT", overruled, seed, True, probability, guides, spacing, earlier=[said_no]), lesion & ~overruled)
+
+
 def test_save_and_load_keep_the_networks_and_a_stale_file_is_refused_by_name(scene, tmp_path):
     mask, probability, guides, _ = scene
     refiner = random_refiner(3)

@@ -322,3 +322,37 @@ def test_a_learned_click_needs_its_regions_guides_and_says_so_when_it_falls_back
     correct._tool.value = "probability"
     click_on_the_edge("TC")
     assert correct.fallback is None
+
+
+def test_a_learned_click_does_not_undo_an_earlier_click_of_the_other_sign(qtbot, corrected):
+    from napari_sevnet.layers import LayerInfo
+    from tests.test_click_refiner import probability_refiner
+
+    viewer, segment, correct, _ = corrected
+    wt = segment.result_layers["WT"]
+    viewer.layers.selection.active = wt
+    correct._region.value = "WT"
+    correct._refiner = probability_refiner()  # tumour where the model's probability is above 0.5: a known verdict
+    start = np.asarray(wt.data) > 0
+    probability = np.asarray(LayerInfo.from_layer(wt).probabilities[0], np.float32)
+    inside = np.argwhere(start & (probability < np.quantile(probability[start], 0.5)))
+    said_no = tuple(int(v) for v in inside[len(inside) // 2])
+    press(correct, viewer, Mouse(tuple(float(v) for v in said_no), modifiers=("Shift",)))
+    after_removal = np.asarray(wt.data) > 0
+    removed = np.argwhere(start & ~after_removal)
+    distance = np.linalg.norm(removed - said_no, axis=1)
+    said_yes = tuple(int(v) for v in removed[np.argmin(np.abs(distance - 5))])  # a voxel the removal took, about 5 voxels away
+    grid = np.indices(start.shape).reshape(3, -1).T
+    nearer_no = (np.linalg.norm(grid - said_no, axis=1) < np.linalg.norm(grid - said_yes, axis=1)).reshape(start.shape)
+    without_memory = correct._refiner.click("WT", after_removal, said_yes, True, probability, correct._learned_inputs(LayerInfo.from_layer(wt))[1],
+                                            tuple(float(v) for v in wt.scale))
+    assert (without_memory & nearer_no).any(), "without the memory the adding click would put back part of what the removal took"
+    press(correct, viewer, Mouse(tuple(float(v) for v in said_yes)))
+    after_adding = np.asarray(wt.data) > 0
+    assert after_adding[said_yes] and (after_adding & ~after_removal).any()
+    np.testing.assert_array_equal(after_adding[nearer_no], after_removal[nearer_no])
+    correct._threshold.value = 0.3  # the slider re-applies the adding click: still not over the removal
+    np.testing.assert_array_equal((np.asarray(wt.data) > 0)[nearer_no], after_removal[nearer_no])
+    wt.undo()
+    wt.undo()  # one Ctrl+Z per click
+    np.testing.assert_array_equal(np.asarray(wt.data) > 0, start)

@@ -10,7 +10,10 @@ the "probability" tool (:mod:`napari_sevnet.correction`) adds the region the
 model's probability (or, where it saw nothing, the image) shows and removes
 the component under the cursor. A learned click on WT or TC always changes
 the voxel clicked: where the network disagrees, it takes the piece around it
-that is at least as tumour-like (adding) or at most (removing). The learned
+that is at least as tumour-like (adding) or at most (removing). A learned
+click does not undo an earlier click of the other sign: it leaves the voxels
+nearer to that click than to itself (while that click's voxel still says what
+it said, so an undone click no longer counts). The learned
 tool needs the model's probability and the region's guide layers (FLAIR and
 T1ce, and T2 for WT); without them a click falls back to the probability
 tool and says so. In 2D the voxel under
@@ -32,6 +35,8 @@ strokes in the export's statistics.
 """
 
 from __future__ import annotations
+
+import weakref
 
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, FloatSlider, Label, PushButton, SpinBox
@@ -104,6 +109,7 @@ class CorrectWidget(DockWidget):
         self.extend([self._region, self._clicks, self._tool, self._threshold, self._reach, self._edge, self._fill, self._status])
         self._edge_moves: list = []  # (layer, threshold, the editor's record of that move), oldest first
         self.last_click: tuple | None = None  # (layer, voxel, add?, changed anything?, the group's last edit after it): what the slider re-applies
+        self._earlier_clicks = weakref.WeakKeyDictionary()  # layer -> [(voxel, add?)] of its clicks, which a learned click does not undo
         self.clicks = 0
         self._refiner: ClickRefiner | None = None
         self.fallback: str | None = None  # why the last click could not be a learned one
@@ -196,6 +202,7 @@ class CorrectWidget(DockWidget):
             return 0
         inside = bool(np.asarray(layer.data)[voxel] > 0)
         changed = self._apply_click(layer, info, voxel, add, self._threshold.value, record=True)
+        self._earlier_clicks.setdefault(layer, []).append((voxel, add))
         self.last_click = (layer, voxel, add, changed > 0, _last_edit(layer))
         self.clicks += 1
         self._status.value = f"click {self.clicks}: {'added' if add else 'removed'} {changed} voxel(s) of {self._region.value} at {voxel}" + (
@@ -278,7 +285,8 @@ class CorrectWidget(DockWidget):
             else:
                 refiner, guides = learned
                 used = REFINER_LEVEL if record else threshold
-                change = refiner.click(self._region.value, current, voxel, add, probability, guides, spacing, level=used, reach_mm=self._reach.value)
+                change = refiner.click(self._region.value, current, voxel, add, probability, guides, spacing, level=used,
+                                       reach_mm=self._reach.value, earlier=self._earlier_clicks.get(layer, ()))
                 if record:
                     with self._threshold.changed.blocked():
                         self._threshold.value = used
