@@ -91,17 +91,20 @@ def claimed_by_earlier(current: np.ndarray, box: tuple, seed, missed: bool, earl
 
     Without it two clicks undid each other: a removing click took some tumour along, the adding click on that tumour put
     the false alarm back, and the simulated user went round that cycle until the limit (CBICA_AQN_1's WT in the
-    leave-one-out of the training cases: three states, Dice 0.827-0.842, from its 9th click to its 20th). ``earlier``: (voxel, added?) of each earlier click; one counts while its
-    voxel still says what it said (an undone click, or one the brush overruled, no longer does).
+    leave-one-out of the training cases: three states, Dice 0.827-0.842, from its 9th click to its 20th). ``earlier``:
+    (voxel, added?) of each earlier click; one counts while its voxel still says what it said (an undone click, or one the
+    brush overruled, no longer does).
     """
-    mine = _distance_mm(box, seed, spacing)
-    claimed = np.zeros(mine.shape, bool)
+    claimed, mine = np.zeros(tuple(b.stop - b.start for b in box), bool), None
     for voxel, added in earlier:
         voxel = tuple(int(v) for v in voxel)
         if added == missed or bool(current[voxel]) != added:
             continue
-        if np.sqrt(sum(((a - b) * s) ** 2 for a, b, s in zip(voxel, seed, spacing))) < 2 * RADIUS_MM:  # else nearer nowhere in the ball
-            claimed |= _distance_mm(box, voxel, spacing) < mine
+        if np.sqrt(sum(((a - b) * s) ** 2 for a, b, s in zip(voxel, seed, spacing))) >= 2 * RADIUS_MM:
+            continue  # nearer nowhere in the ball
+        if mine is None:  # most clicks have no such earlier click: no distance grid for them
+            mine = _distance_mm(box, seed, spacing)
+        claimed |= _distance_mm(box, voxel, spacing) < mine
     return claimed
 
 
