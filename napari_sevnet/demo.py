@@ -50,6 +50,7 @@ def run_viewer(case_path: Path | None, screenshot: Path | None, checkpoint: str 
     import napari
     from qtpy.QtWidgets import QApplication
 
+    from napari_sevnet.display import camera
     from napari_sevnet.io import load_case
     from napari_sevnet.layers import case_layers, demo_case_folder
     from napari_sevnet.widgets.attention import AttentionWidget
@@ -64,7 +65,7 @@ def run_viewer(case_path: Path | None, screenshot: Path | None, checkpoint: str 
     segment = SegmentWidget(viewer)
     attention = AttentionWidget(viewer)
     viewer.window._qt_window.resize(1500, 950)
-    viewer.camera.orientation2d = ("up", "left")  # radiological: anterior up, patient's left on the right
+    camera(viewer).orientation2d = ("up", "left")  # radiological: anterior up, patient's left on the right
     viewer.window.add_dock_widget(segment, name="Segment", area="right")
     viewer.window.add_dock_widget(attention, name="Attention", area="right")
     segment.set_checkpoint(checkpoint)

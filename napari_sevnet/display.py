@@ -48,10 +48,16 @@ def screen_sides(displayed: tuple[int, int], convention: str) -> dict[str, str]:
     return {"top": up, "bottom": down, "left": left, "right": right}
 
 
+def camera(viewer):
+    """The viewer's camera: ``viewer.scene.camera`` from napari 0.9 on (where ``viewer.camera`` is deprecated), ``viewer.camera`` before."""
+    scene = getattr(viewer, "scene", None)
+    return scene.camera if scene is not None else viewer.camera
+
+
 def show_radiological(viewer, convention: str | None = None) -> None:
     """Orient the viewer's 2D camera by ``convention`` (default: the setting) and name the sides on screen."""
     convention = convention or orientation_setting()
-    viewer.camera.orientation2d = ORIENTATIONS[convention]
+    camera(viewer).orientation2d = ORIENTATIONS[convention]
     viewer.text_overlay.position = "top_left"
     viewer.text_overlay.font_size = 11
     viewer.text_overlay.visible = True

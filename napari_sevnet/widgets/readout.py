@@ -18,6 +18,7 @@ from magicgui.widgets import ComboBox, FileEdit, Label, PushButton
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QAbstractItemView, QHeaderView, QTableWidget, QTableWidgetItem
 
+from napari_sevnet.display import camera
 from napari_sevnet.errors import InputError
 from napari_sevnet.layers import LayerInfo, case_from_layers, region_group
 from napari_sevnet.regions import REGIONS
@@ -168,7 +169,7 @@ class ReadoutWidget(DockWidget):
         z = lesion.diameters.slice if lesion.diameters is not None else lesion.voxel[0]
         world = np.asarray(reference.data_to_world((z, *lesion.voxel[1:])))
         self._viewer.dims.set_point(0, float(world[0]))
-        self._viewer.camera.center = tuple(float(v) for v in world)
+        camera(self._viewer).center = tuple(float(v) for v in world)
 
     # ------------------------------------------------------------------ report and visits
 
