@@ -210,8 +210,9 @@ sample-data: setup  ## regenerate sample_data/ (the demo case)
 clean:
 	rm -rf $(VENV) runs data *.egg-info
 
-screenshots: setup system-deps  ## README screenshot of the plugin on the real shared case
+screenshots: setup system-deps  ## README screenshots: the plugin on real shared cases (demo, known failure, Correct dock), the loop on a phantom
 	mkdir -p docs
 	$(BIN)/sevnet-demo $(SHARED_DATA)/BraTS-GLI-00001-000 --screenshot docs/screenshot_real_case.png
 	xvfb-run -a -s "-screen 0 1600x1000x24" $(BIN)/python scripts/screenshot_loop.py docs/screenshot_loop.png
 	xvfb-run -a -s "-screen 0 1600x1000x24" $(BIN)/python scripts/screenshot_failure.py $(SHARED_DATA)/TCGA-DU-7294 docs/known_failure_flair_overcall.png
+	xvfb-run -a -s "-screen 0 1600x1000x24" $(BIN)/python scripts/screenshot_correct.py $(SHARED_DATA)/brats18/Brats18_CBICA_AOP_1 docs/screenshot_correct.png 3

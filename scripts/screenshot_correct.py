@@ -1,0 +1,92 @@
+"""README screenshot of the Correct dock after a few learned clicks on a case with a reference mask.
+
+    python scripts/screenshot_correct.py CASE_FOLDER OUT.png [CLICKS]   (needs a display; make screenshots runs it under Xvfb)
+
+Opens the case with its reference whole tumour as a blue outline, segments it
+with the default model through the Segment dock, then clicks through the
+Correct dock as the correction benchmark's simulated user does (each click at
+the centre of the largest whole-tumour error, Shift for a false alarm) and
+shows the axial slice of the last click, with the dock's status line. Prints the whole tumour's Dice against
+the reference after each click.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import numpy as np
+
+REFERENCE_COLOUR = "dodgerblue"
+
+
+def main(case_folder: str, out: str, clicks: int = 3) -> int:
+    import napari
+    from napari.utils.colormaps import DirectLabelColormap
+    from qtpy.QtWidgets import QApplication
+
+    from napari_sevnet.correction import largest_error_centre
+    from napari_sevnet.display import camera
+    from napari_sevnet.layers import LayerInfo, region_group
+    from napari_sevnet.metrics import dice
+    from napari_sevnet.widgets.correct import CorrectWidget
+    from napari_sevnet.widgets.segment import SegmentWidget
+
+    def wait(condition, timeout=600):
+        start = time.time()
+        while not condition() and time.time() - start < timeout:
+            app.processEvents()
+            time.sleep(0.02)
+
+    viewer = napari.Viewer(show=True)
+    app = QApplication.instance()
+    viewer.window._qt_window.resize(1600, 1000)
+    reference = None
+    for layer in viewer.open(case_folder, plugin="napari-sevnet"):
+        region = LayerInfo.from_layer(layer).region
+        if region is None:
+            continue
+        if region == "WT":
+            reference = np.asarray(layer.data) > 0
+            layer.name, layer.contour, layer.opacity = "reference WT (outline)", 2, 1.0
+            layer.colormap = DirectLabelColormap(color_dict={None: REFERENCE_COLOUR, 0: "transparent", 1: REFERENCE_COLOUR})
+        else:
+            viewer.layers.remove(layer)
+    if reference is None:
+        print(f"{case_folder}: no reference mask, so there is nothing for a simulated user to correct towards")
+        viewer.close()
+        return 1
+    segment, correct = SegmentWidget(viewer), CorrectWidget(viewer)
+    viewer.window.add_dock_widget(segment, name="Segment", area="right")
+    correct_dock = viewer.window.add_dock_widget(correct, name="Correct", area="right")
+    segment.run()
+    wait(lambda: segment.worker is None)
+    run_wt = next(layer for layer in viewer.layers if LayerInfo.from_layer(layer).region == "WT" and layer.name != "reference WT (outline)")
+    viewer.layers.selection.active = run_wt
+    correct._clicks.value = True
+    spacing = tuple(float(s) for s in run_wt.scale)
+    scores = [dice(np.asarray(run_wt.data) > 0, reference)]
+    voxel = None
+    for _ in range(clicks):
+        found = largest_error_centre(np.asarray(run_wt.data) > 0, reference, spacing)
+        if found is None:
+            break
+        voxel, missed = found
+        correct.click(run_wt.data_to_world(voxel), add=missed)
+        scores.append(dice(np.asarray(region_group(viewer.layers, run_wt)["WT"].data) > 0, reference))
+        print(f"click {len(scores) - 1} ({'add' if missed else 'remove'} at {voxel}): WT Dice {scores[-2]:.3f} -> {scores[-1]:.3f}", flush=True)
+    if voxel is not None:  # the slice of the last click, zoomed on it
+        world = run_wt.data_to_world(voxel)
+        viewer.dims.set_point(0, world[0])
+        camera(viewer).center = tuple(world[1:])
+        camera(viewer).zoom *= 1.8
+    correct_dock.raise_()
+    wait(lambda: False, timeout=2)
+    viewer.screenshot(out, canvas_only=False)
+    print(f"wrote {out}: WT Dice " + " -> ".join(f"{s:.3f}" for s in scores))
+    viewer.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1], sys.argv[2], *(int(a) for a in sys.argv[3:4])))
