@@ -1,12 +1,13 @@
 """How many interactions a correction takes: clicks on the model's probabilities against brush strokes.
 
-    python -m benchmarks.correction [--quick] [--part held_out|train] [--target 0.90] [--checkpoint CKPT] [--refiner STEM] [-o OUT.json]
+    python -m benchmarks.correction [--quick] [--part held_out|train | --cases PATH ...] [--target 0.90] [--checkpoint CKPT] [--refiner STEM] [-o OUT.json]
 
 The protocol of interactive-segmentation studies, on the held-out real cases
 of ``training/configs/splits/real_brats_heldout.json`` (``--quick``: two small
 phantoms, for the test suite; ``--part train``: the training cases, where the
 tools' settings are chosen, with a higher ``--target`` since the model starts
-near 0.9 there): start from the default model's output; for
+near 0.9 there; ``--cases``: expert-labelled cases of one's own, which neither
+the model nor the click refiner may have trained on): start from the default model's output; for
 each region separately a simulated user places each interaction at the centre
 of the largest error region (the error voxel farthest from its border) and
 stops at Dice 0.90 or after ``--max-clicks``. A probability click is
@@ -274,11 +275,21 @@ def plot(result: dict, path: Path) -> None:
     fig.savefig(path, dpi=100)
 
 
+def unseen_refiner(refiner, stem, case_ids) -> None:
+    """Refuse to score a click refiner on cases it trained on (its card lists them): its clicks there would flatter it."""
+    seen = sorted(set((refiner.info.get("trained_on") or {}).get("cases") or []) & set(case_ids)) if refiner is not None else []
+    if seen:
+        raise SystemExit(f"{Path(stem).with_suffix('.json')}: the click refiner trained on {seen}, so its figures on them would not be "
+                         "held-out (score other cases, or train one without them: python -m training.click_refiner)")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.correction", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="two small phantoms with the phantom weights: checks the benchmark works, figures mean nothing")
     parser.add_argument("--checkpoint", help="model whose output is corrected (default: the shipped recipe without the held-out cases, benchmarks/checkpoints/)")
     parser.add_argument("--part", choices=("held_out", "train"), default="held_out", help="which part of the split (train: where the tools' settings are chosen)")
+    parser.add_argument("--cases", nargs="+", type=Path, metavar="PATH",
+                        help="score these labelled cases (case folders, or folders holding them) instead of a part of the split")
     parser.add_argument("--target", type=float, default=TARGET, help="Dice at which the simulated user stops (NoC@ this)")
     parser.add_argument("--max-clicks", type=int, default=20)
     parser.add_argument("--max-strokes", type=int, default=100)
@@ -296,13 +307,22 @@ def main(argv=None) -> int:
 
         cases = {f"phantom_{s}": phantom_case(seed=s, shape=(64, 72, 64), contrast=0.4) for s in (31, 32)}
         checkpoint = args.checkpoint or str(phantom_checkpoint())
+    elif args.cases:
+        from benchmarks.real_heldout import labelled_cases, unseen_checkpoint
+
+        cases = labelled_cases(args.cases)
+        checkpoint = unseen_checkpoint(args.checkpoint, cases)
+        unseen_refiner(refiner, args.refiner, cases)
     else:
         from benchmarks.real_heldout import DATA, SPLIT, checkpoint_for, find_cases
 
         cases = find_cases(json.loads(SPLIT.read_text(encoding="utf-8"))[args.part], DATA)
         checkpoint = checkpoint_for(args.part, args.checkpoint, cases)
+        if args.part == "held_out":
+            unseen_refiner(refiner, args.refiner, cases)
     result = run(cases, checkpoint, args.max_clicks, args.max_strokes, args.target, refiner)
-    result.update({"date": time.strftime("%Y-%m-%d %H:%M"), "host": platform.node(), "quick": args.quick, "part": "phantoms" if args.quick else args.part, "checkpoint": checkpoint})
+    part = "phantoms" if args.quick else "cases given: " + " ".join(map(str, args.cases)) if args.cases else args.part
+    result.update({"date": time.strftime("%Y-%m-%d %H:%M"), "host": platform.node(), "quick": args.quick, "part": part, "checkpoint": checkpoint})
     table = markdown(result)
     print(table)
     if args.output:

@@ -1,6 +1,6 @@
 """Held-out accuracy on real expert-labelled scans, and how much the SE excitations respond to the case.
 
-    python -m benchmarks.real_heldout [--checkpoint CKPT ...] [--compare] [-o OUT.json]
+    python -m benchmarks.real_heldout [--checkpoint CKPT ...] [--compare] [--cases PATH ...] [-o OUT.json]
 
 For each checkpoint (default: ``HELD_OUT_MODEL``, the shipped default's recipe
 without the held-out cases; the shipped weights also trained on them) every
@@ -11,7 +11,10 @@ lesion-wise Dice and HD95. A checkpoint whose provenance lists one of the
 scored cases among its training cases is refused. Cases with a consensus mask
 instead of an expert one (``--consensus``) are scored in a separate table;
 ``--consensus-only`` scores only them (no model here trained on them), which
-is how the shipped weights are compared with ``HELD_OUT_MODEL``.
+is how the shipped weights are compared with ``HELD_OUT_MODEL``. ``--cases``
+scores expert-labelled cases of one's own instead (BraTS-named folders with a
+segmentation, or folders holding them): the figures checked on cases this
+project never had, still refusing a checkpoint that trained on one of them.
 
 SE spread: per stage, the standard deviation of each channel's excitation
 across the held-out cases, averaged over channels ("how much the attention
@@ -74,6 +77,18 @@ def find_cases(ids: list[str], data: Path) -> dict[str, Path]:
     return {i: found[i] for i in ids}
 
 
+def labelled_cases(paths) -> dict[str, Path]:
+    """Case id -> folder of the expert-labelled BraTS cases in ``paths`` (case folders, or folders holding them): to score
+    the figures on cases of one's own instead of the split's held-out ones."""
+    from napari_sevnet.errors import InputError
+    from training.data import discover_cases
+
+    try:
+        return {ref.case_id: ref.folder for ref in discover_cases([Path(p) for p in paths])}
+    except InputError as exc:
+        raise SystemExit(str(exc)) from None
+
+
 def unseen_checkpoint(checkpoint: str | os.PathLike | None, case_ids) -> str:
     """``checkpoint`` (default ``HELD_OUT_MODEL``), after checking that it never trained on any of ``case_ids``."""
     from napari_sevnet.checkpoint import read_info
@@ -81,8 +96,9 @@ def unseen_checkpoint(checkpoint: str | os.PathLike | None, case_ids) -> str:
     checkpoint = str(checkpoint or HELD_OUT_MODEL)
     seen = sorted(set(read_info(checkpoint).provenance.get("train_cases") or []) & set(case_ids))
     if seen:
-        raise SystemExit(f"{checkpoint} trained on {seen}: its figures on them would not be held-out "
-                         f"(score {HELD_OUT_MODEL.relative_to(ROOT)}, the same recipe without them, or other cases)")
+        instead = "other cases" if Path(checkpoint).resolve() == HELD_OUT_MODEL.resolve() else \
+            f"{HELD_OUT_MODEL.relative_to(ROOT)}, the same recipe without the split's held-out cases, or other cases"
+        raise SystemExit(f"{checkpoint} trained on {seen}: its figures on them would not be held-out (score {instead})")
     return checkpoint
 
 
@@ -197,16 +213,23 @@ def main(argv=None) -> int:
     parser.add_argument("--tta", action="store_true", help="also score each checkpoint with test-time augmentation (the 8 mirror flips), labelled '+ TTA'")
     parser.add_argument("--patterns", action="store_true", help="only the missing-sequence figures: each checkpoint with sequences left out")
     parser.add_argument("--split", type=Path, default=SPLIT)
+    parser.add_argument("--cases", nargs="+", type=Path, metavar="PATH",
+                        help="score these labelled cases (case folders, or folders holding them) instead of the split's held-out ones")
     parser.add_argument("-o", "--output", type=Path, help="JSON to write (default: print only)")
     args = parser.parse_args(argv)
 
     consensus = {}
     if args.consensus or args.consensus_only:
         consensus = {i: DATA / rel for i, rel in CONSENSUS_CASES.items() if (DATA / rel).is_dir()}
+    if args.cases and args.consensus_only:
+        raise SystemExit("--cases and --consensus-only each say which cases to score: give one of them")
     if args.consensus_only:
         if not consensus:
             raise SystemExit(f"no consensus-labelled case under {DATA} (set SEVNET_REAL_DATA)")
         ids, cases, consensus = list(consensus), consensus, {}
+    elif args.cases:
+        cases = labelled_cases(args.cases)
+        ids = list(cases)
     else:
         ids = json.loads(args.split.read_text(encoding="utf-8"))["held_out"]
         cases = find_cases(ids, DATA)
@@ -228,7 +251,7 @@ def main(argv=None) -> int:
             print(f"{label} + TTA: {len(cases)} held-out cases", flush=True)
             results.append(evaluate(checkpoint, cases, tta=True) | {"label": f"{label} + TTA"})
     out = {"date": time.strftime("%Y-%m-%d %H:%M"), "host": platform.node(), "split": "consensus-labelled cases" if args.consensus_only else
-           str(args.split.relative_to(ROOT) if args.split.is_relative_to(ROOT) else args.split), "held_out": ids, "results": results}
+           "cases given: " + " ".join(map(str, args.cases)) if args.cases else str(args.split.relative_to(ROOT) if args.split.is_relative_to(ROOT) else args.split), "held_out": ids, "results": results}
     if args.compare and len(results) > 1:
         out["paired_vs_first"] = {res["label"]: paired(results[0], res) for res in results[1:]}
     table = markdown(results, lambda r: r["label"], "consensus labels, not expert; trained on by no model here" if args.consensus_only else "held-out, expert labels")

@@ -95,3 +95,19 @@ def test_real_heldout_refuses_a_checkpoint_trained_on_the_cases_it_would_score(r
     assert unseen_checkpoint(str(seen) + ".json", ["case_c"]) == str(seen) + ".json"
     with pytest.raises(SystemExit, match=r"seen\.json trained on \['case_b'\]"):
         unseen_checkpoint(str(seen) + ".json", ["case_b", "case_c"])
+
+
+def test_real_heldout_scores_labelled_cases_given_on_the_command_line(phantom_dir, random_checkpoint, tmp_path):
+    """``--cases``: the figures on cases of one's own (every labelled case below the folder), not the split's."""
+    from benchmarks.real_heldout import main
+
+    out = tmp_path / "own.json"
+    assert main(["--cases", str(phantom_dir), "--checkpoint", str(random_checkpoint), "-o", str(out)]) == 0
+    result = json.loads(out.read_text(encoding="utf-8"))
+    ids = sorted(p.name for p in phantom_dir.iterdir() if p.is_dir())
+    assert result["held_out"] == ids and set(result["results"][0]["cases"]) == set(ids)
+    assert result["split"].startswith("cases given: ")
+    empty = tmp_path / "no_cases"
+    empty.mkdir()
+    with pytest.raises(SystemExit, match="no_cases.*no labelled BraTS cases"):
+        main(["--cases", str(empty), "--checkpoint", str(random_checkpoint)])

@@ -142,3 +142,22 @@ def test_the_correction_benchmark_quick_mode(tmp_path):
         assert 0 <= summary["median_refiner_noc90"] <= 3 and 0 <= summary["median_refiner_click_s"] <= summary["max_refiner_click_s"], "the learned clicks ran"
         assert 0 <= summary["median_edge_refiner_noc90"] <= 3 and summary["dice_after_edge_refiner"]["1"] == summary["dice_after_edge"]["1"], "same move, then learned clicks"
         assert summary["median_perfect_ball_noc90"] <= summary["median_noc90"], "the ball set to the truth bounds the clicks"
+
+
+def test_the_correction_benchmark_scores_cases_given_and_refuses_a_refiner_trained_on_them(tmp_path):
+    """``--cases``: the simulated user on cases of one's own; a click refiner whose card lists one of them is refused."""
+    from benchmarks.correction import main, unseen_refiner
+    from napari_sevnet.checkpoint import phantom_checkpoint
+    from napari_sevnet.click_refiner import ClickRefiner
+    from napari_sevnet.phantom import write_phantom
+
+    folder = write_phantom(tmp_path / "cases", seed=7, shape=(48, 56, 48), contrast=0.4)
+    out = tmp_path / "own.json"
+    assert main(["--cases", str(folder), "--checkpoint", str(phantom_checkpoint()), "--refiner", str(tmp_path / "no_refiner"),
+                 "--max-clicks", "1", "--max-strokes", "1", "-o", str(out)]) == 0
+    result = json.loads(out.read_text(encoding="utf-8"))
+    assert set(result["cases"]) == {folder.name} and result["part"] == f"cases given: {folder}"
+    trained = ClickRefiner({}, {"trained_on": {"cases": ["case_a", folder.name]}})
+    unseen_refiner(trained, tmp_path / "refiner", ["case_b"])
+    with pytest.raises(SystemExit, match=rf"refiner\.json: the click refiner trained on \['{folder.name}'\]"):
+        unseen_refiner(trained, tmp_path / "refiner", [folder.name, "case_b"])
