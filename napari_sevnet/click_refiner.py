@@ -46,13 +46,13 @@ SMOOTHING_MM = 1.5
 EDGE_CLIP_MM = 15.0
 LEVEL = 0.5  # the refiner's output above which a voxel is tumour (the Correct dock's slider moves it)
 # The regions where the clicked voxel always changes (ClickRefiner.click). Chosen on the leave-one-out of the training
-# cases (seed 0, session 25, README "Correcting a result"): it raised WT's and TC's Dice after 10 clicks on more cases than
+# cases (seed 0, session 25, docs/correction-experiments.md): it raised WT's and TC's Dice after 10 clicks on more cases than
 # it lowered (WT 2 and 0, TC 5 and 1); ET's thin rim lost on 5 cases of 12 and on 7 after 20 clicks, so there a click the
 # network disagrees with still changes nothing (and the dock says to move the slider).
 CLICKED_VOXEL_CHANGES = frozenset({"WT", "TC"})
 # The sequences each region's network compares voxels on. T2 for WT only: on three training cases held back from the
 # refiner's training it raised WT's Dice after 1/3/5/8 clicks (0.882/0.891/0.894/0.907 -> 0.887/0.898/0.908/0.914) and
-# left TC and ET about even, where two inputs fewer are the simpler network (README, "Correcting a result").
+# left TC and ET about even, where two inputs fewer are the simpler network (docs/correction-experiments.md).
 GUIDES = {"WT": ("flair", "t1ce", "t2"), "TC": ("flair", "t1ce"), "ET": ("flair", "t1ce")}
 SEQUENCES = tuple(dict.fromkeys(g for names in GUIDES.values() for g in names))  # every region's guides: what case_guides normalises
 PER_GUIDE = ("z", "z_minus_click", "smoothed", "smoothed_minus_click", "smoothed_at_click")
