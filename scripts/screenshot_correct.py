@@ -6,25 +6,19 @@ Opens the case with its reference whole tumour as a blue outline, segments it
 with the default model through the Segment dock, then clicks through the
 Correct dock as the correction benchmark's simulated user does (each click at
 the centre of the largest whole-tumour error, Shift for a false alarm) and
-shows the axial slice of the last click, with the dock's status line. Prints the whole tumour's Dice against
-the reference after each click.
+shows the axial slice of the last click, with the dock's status line. Prints
+the whole tumour's Dice against the reference after each click.
 """
 
 from __future__ import annotations
 
 import sys
-import time
 
 import numpy as np
-
-REFERENCE_COLOUR = "dodgerblue"
+from screenshot_common import open_with_reference, viewer_and_wait
 
 
 def main(case_folder: str, out: str, clicks: int = 3) -> int:
-    import napari
-    from napari.utils.colormaps import DirectLabelColormap
-    from qtpy.QtWidgets import QApplication
-
     from napari_sevnet.correction import largest_error_centre
     from napari_sevnet.display import camera
     from napari_sevnet.layers import LayerInfo, region_group
@@ -32,26 +26,8 @@ def main(case_folder: str, out: str, clicks: int = 3) -> int:
     from napari_sevnet.widgets.correct import CorrectWidget
     from napari_sevnet.widgets.segment import SegmentWidget
 
-    def wait(condition, timeout=600):
-        start = time.time()
-        while not condition() and time.time() - start < timeout:
-            app.processEvents()
-            time.sleep(0.02)
-
-    viewer = napari.Viewer(show=True)
-    app = QApplication.instance()
-    viewer.window._qt_window.resize(1600, 1000)
-    reference = None
-    for layer in viewer.open(case_folder, plugin="napari-sevnet"):
-        region = LayerInfo.from_layer(layer).region
-        if region is None:
-            continue
-        if region == "WT":
-            reference = np.asarray(layer.data) > 0
-            layer.name, layer.contour, layer.opacity = "reference WT (outline)", 2, 1.0
-            layer.colormap = DirectLabelColormap(color_dict={None: REFERENCE_COLOUR, 0: "transparent", 1: REFERENCE_COLOUR})
-        else:
-            viewer.layers.remove(layer)
+    viewer, wait = viewer_and_wait()
+    reference = open_with_reference(viewer, case_folder)
     if reference is None:
         print(f"{case_folder}: no reference mask, so there is nothing for a simulated user to correct towards")
         viewer.close()

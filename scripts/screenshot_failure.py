@@ -13,13 +13,11 @@ the most whole-tumour voxels outside the reference (an over-call).
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
-
-REFERENCE_COLOUR = "dodgerblue"
+from screenshot_common import open_with_reference, viewer_and_wait
 
 
 def largest_false_island(model_wt: np.ndarray, reference_wt: np.ndarray) -> np.ndarray | None:
@@ -35,34 +33,15 @@ def largest_false_island(model_wt: np.ndarray, reference_wt: np.ndarray) -> np.n
 
 
 def main(case_folder: str, out: str) -> int:
-    import napari
-    from napari.utils.colormaps import DirectLabelColormap
-    from qtpy.QtWidgets import QApplication
-
-    from napari_sevnet.layers import LayerInfo
     from napari_sevnet.widgets.readout import ReadoutWidget
     from napari_sevnet.widgets.segment import SegmentWidget
 
-    def wait(condition, timeout=600):
-        start = time.time()
-        while not condition() and time.time() - start < timeout:
-            app.processEvents()
-            time.sleep(0.02)
-
-    viewer = napari.Viewer(show=True)
-    app = QApplication.instance()
-    viewer.window._qt_window.resize(1600, 1000)
-    reference = {}
-    for layer in viewer.open(case_folder, plugin="napari-sevnet"):
-        region = LayerInfo.from_layer(layer).region
-        if region is None:
-            continue
-        if region == "WT":
-            reference["WT"] = np.asarray(layer.data) > 0
-            layer.name, layer.contour, layer.opacity = "reference WT (outline)", 2, 1.0
-            layer.colormap = DirectLabelColormap(color_dict={None: REFERENCE_COLOUR, 0: "transparent", 1: REFERENCE_COLOUR})  # apart from the model's green
-        else:
-            viewer.layers.remove(layer)
+    viewer, wait = viewer_and_wait()
+    reference_wt = open_with_reference(viewer, case_folder)
+    if reference_wt is None:
+        print(f"{case_folder}: no reference mask, so no failure against it to show")
+        viewer.close()
+        return 1
     segment, readout = SegmentWidget(viewer), ReadoutWidget(viewer)
     viewer.window.add_dock_widget(segment, name="Segment", area="right")
     viewer.window.add_dock_widget(readout, name="Read-out", area="right")
@@ -70,8 +49,8 @@ def main(case_folder: str, out: str) -> int:
     wait(lambda: segment.worker is None)
     wait(lambda: readout.table.rowCount() > 0, timeout=120)
     model_wt = segment.last_result.regions[0]
-    centre = largest_false_island(model_wt, reference["WT"])
-    overcalled_per_slice = (model_wt & ~reference["WT"]).sum(axis=(1, 2))
+    centre = largest_false_island(model_wt, reference_wt)
+    overcalled_per_slice = (model_wt & ~reference_wt).sum(axis=(1, 2))
     if centre is not None:
         z, what = int(centre[0]), f"false island centred at voxel {tuple(int(c) for c in centre)}"
     elif overcalled_per_slice.any():

@@ -7,14 +7,12 @@ from __future__ import annotations
 
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from screenshot_common import viewer_and_wait
 
 
 def main(out: str) -> int:
-    import napari
-    from qtpy.QtWidgets import QApplication
-
     from napari_sevnet.checkpoint import phantom_checkpoint
     from napari_sevnet.layers import LayerInfo
     from napari_sevnet.phantom import write_phantom
@@ -22,17 +20,9 @@ def main(out: str) -> int:
     from napari_sevnet.widgets.finetune import FineTuneWidget
     from napari_sevnet.widgets.segment import SegmentWidget
 
-    def wait(condition, timeout=600):
-        start = time.time()
-        while not condition() and time.time() - start < timeout:
-            app.processEvents()
-            time.sleep(0.02)
-
     work = Path(tempfile.mkdtemp(prefix="sevnet-shot-"))
     case = write_phantom(work / "cases", seed=11, shape=(96, 112, 96), contrast=0.35)
-    viewer = napari.Viewer(show=True)
-    app = QApplication.instance()  # napari's own, made with the OpenGL attributes it needs
-    viewer.window._qt_window.resize(1600, 1000)
+    viewer, wait = viewer_and_wait()
     for layer in [layer for layer in viewer.open(str(case), plugin="napari-sevnet") if LayerInfo.from_layer(layer).region is not None]:
         viewer.layers.remove(layer)
     segment, export, finetune = SegmentWidget(viewer), ExportWidget(viewer), FineTuneWidget(viewer)
