@@ -312,14 +312,13 @@ def main(argv=None) -> int:
 
         cases = labelled_cases(args.cases)
         checkpoint = unseen_checkpoint(args.checkpoint, cases)
-        unseen_refiner(refiner, args.refiner, cases)
     else:
         from benchmarks.real_heldout import DATA, SPLIT, checkpoint_for, find_cases
 
         cases = find_cases(json.loads(SPLIT.read_text(encoding="utf-8"))[args.part], DATA)
         checkpoint = checkpoint_for(args.part, args.checkpoint, cases)
-        if args.part == "held_out":
-            unseen_refiner(refiner, args.refiner, cases)
+    if args.cases or (not args.quick and args.part == "held_out"):
+        unseen_refiner(refiner, args.refiner, cases)
     result = run(cases, checkpoint, args.max_clicks, args.max_strokes, args.target, refiner)
     part = "phantoms" if args.quick else "cases given: " + " ".join(map(str, args.cases)) if args.cases else args.part
     result.update({"date": time.strftime("%Y-%m-%d %H:%M"), "host": platform.node(), "quick": args.quick, "part": part, "checkpoint": checkpoint})

@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import sys
 
-import numpy as np
 from screenshot_common import open_with_reference, viewer_and_wait
 
 
 def main(case_folder: str, out: str, clicks: int = 3) -> int:
     from napari_sevnet.correction import largest_error_centre
     from napari_sevnet.display import camera
-    from napari_sevnet.layers import LayerInfo, region_group
     from napari_sevnet.metrics import dice
     from napari_sevnet.widgets.correct import CorrectWidget
     from napari_sevnet.widgets.segment import SegmentWidget
@@ -37,19 +35,19 @@ def main(case_folder: str, out: str, clicks: int = 3) -> int:
     correct_dock = viewer.window.add_dock_widget(correct, name="Correct", area="right")
     segment.run()
     wait(lambda: segment.worker is None)
-    run_wt = next(layer for layer in viewer.layers if LayerInfo.from_layer(layer).region == "WT" and layer.name != "reference WT (outline)")
+    run_wt = segment.result_layers["WT"]  # a click edits this layer's data in place
     viewer.layers.selection.active = run_wt
     correct._clicks.value = True
     spacing = tuple(float(s) for s in run_wt.scale)
-    scores = [dice(np.asarray(run_wt.data) > 0, reference)]
+    scores = [dice(run_wt.data > 0, reference)]
     voxel = None
     for _ in range(clicks):
-        found = largest_error_centre(np.asarray(run_wt.data) > 0, reference, spacing)
+        found = largest_error_centre(run_wt.data > 0, reference, spacing)
         if found is None:
             break
         voxel, missed = found
         correct.click(run_wt.data_to_world(voxel), add=missed)
-        scores.append(dice(np.asarray(region_group(viewer.layers, run_wt)["WT"].data) > 0, reference))
+        scores.append(dice(run_wt.data > 0, reference))
         print(f"click {len(scores) - 1} ({'add' if missed else 'remove'} at {voxel}): WT Dice {scores[-2]:.3f} -> {scores[-1]:.3f}", flush=True)
     if voxel is not None:  # the slice of the last click, zoomed on it
         world = run_wt.data_to_world(voxel)
