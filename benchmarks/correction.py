@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import statistics
 import time
@@ -139,6 +140,25 @@ def brush_tool(current, seed, missed, probability, spacing, image):
     return out
 
 
+def fewest_strokes(start, truth, target=TARGET, radius=BRUSH_RADIUS) -> int:
+    """The fewest strokes of a disc of ``radius`` voxels that could take ``start`` to Dice ``target``: any brush user's bound.
+
+    A stroke changes at most one disc's voxels, so it fixes at most that many
+    errors. Dice = 2 TP / (|mask| + |truth|): painting a missed voxel gains
+    2 - target on ``2 TP - target (|mask| + |truth|) >= 0``, erasing a false
+    one target, so the fewest fixes take missed voxels first. The simulated
+    brush stops at its limit; this says how far beyond it even a perfect one lies.
+    """
+    tp, fp, fn = int((start & truth).sum()), int((start & ~truth).sum()), int((~start & truth).sum())
+    short = target * (2 * tp + fp + fn) - 2 * tp
+    if short <= 0:
+        return 0
+    gain_missed, gain_false = 2 - target, target
+    fixes = math.ceil(short / gain_missed - 1e-9) if short <= gain_missed * fn else fn + math.ceil((short - gain_missed * fn) / gain_false - 1e-9)
+    yy, xx = np.ogrid[-radius : radius + 1, -radius : radius + 1]
+    return math.ceil(fixes / int((yy**2 + xx**2 <= radius**2).sum()))
+
+
 def noc(scores: list[float], limit: int, target: float = TARGET) -> int:
     """Interactions to reach ``target`` (0 when the start already does); ``limit`` when it was never reached."""
     return next((i for i, s in enumerate(scores) if s >= target), limit)
@@ -175,7 +195,7 @@ def run(cases: dict, checkpoint, max_clicks: int, max_strokes: int, target: floa
             edge_scores = edge_then_clicks(probability, start, truth, case.spacing, moved, max_clicks, guide, target)
             per_case[case_id][r] = {
                 "start_dice": clicks[0], "click_dice": clicks, "click_seconds": click_s, "noc90": noc(clicks, max_clicks, target),
-                "brush_dice": strokes, "brush_noc90": noc(strokes, max_strokes, target),
+                "brush_dice": strokes, "brush_noc90": noc(strokes, max_strokes, target), "fewest_strokes": fewest_strokes(start, truth, target),
                 "edge_threshold": edge, "edge_dice": edge_scores, "edge_noc90": noc(edge_scores, max_clicks, target),
                 "ceilings": whole_boundary_ceilings(probability, start, truth, case.spacing),
                 "perfect_ball_dice": perfect, "perfect_ball_noc90": noc(perfect, max_clicks, target), **learned,
@@ -191,6 +211,7 @@ def run(cases: dict, checkpoint, max_clicks: int, max_strokes: int, target: floa
         summary[r] = {
             "median_noc90": statistics.median(row["noc90"] for row in rows),
             "median_brush_noc90": statistics.median(row["brush_noc90"] for row in rows),
+            "median_fewest_strokes": statistics.median(row["fewest_strokes"] for row in rows),
             "median_edge_noc90": statistics.median(row["edge_noc90"] for row in rows),
             "dice_after_edge": {n: float(np.mean([after(row["edge_dice"], n) for row in rows])) for n in REPORT_AFTER},
             "dice_after_clicks": {n: float(np.mean([after(row["click_dice"], n) for row in rows])) for n in REPORT_AFTER},
@@ -229,10 +250,11 @@ def markdown(result: dict) -> str:
                          + f" | {s['median_refiner_click_s']:.2f}, {s['max_refiner_click_s']:.2f} | {s['median_perfect_ball_noc90']:g} | {s['median_edge_refiner_noc90']:g} | "
                          + " / ".join(f"{s['dice_after_edge_refiner'][n]:.3f}" for n in REPORT_AFTER) + " |")
         lines.append("")
-    lines += [f"| region | start Dice | {at} clicks (median) | {at} brush strokes (median) | Dice after 1 / 3 / 5 / 10 clicks | after 1 / 3 / 5 / 10 strokes | s per click (median, max) |",
-             "|---|---|---|---|---|---|---|"]
+    lines += [f"| region | start Dice | {at} clicks (median) | {at} brush strokes (median) | the fewest strokes any brush needs (median) |"
+              " Dice after 1 / 3 / 5 / 10 clicks | after 1 / 3 / 5 / 10 strokes | s per click (median, max) |",
+              "|---|---|---|---|---|---|---|---|"]
     for r, s in result["summary"].items():
-        lines.append(f"| {r} | {s['start_dice']:.3f} | {s['median_noc90']:g} | {s['median_brush_noc90']:g} | "
+        lines.append(f"| {r} | {s['start_dice']:.3f} | {s['median_noc90']:g} | {s['median_brush_noc90']:g} | {s['median_fewest_strokes']:g} | "
                      + " / ".join(f"{s['dice_after_clicks'][n]:.3f}" for n in REPORT_AFTER) + " | " + " / ".join(f"{s['dice_after_strokes'][n]:.3f}" for n in REPORT_AFTER)
                      + f" | {s['median_click_s']:.2f}, {s['max_click_s']:.2f} |")
     n, target = len(result["cases"]), f"{result['target']:.2f}"
@@ -246,6 +268,16 @@ def markdown(result: dict) -> str:
     for r, s in result["summary"].items():
         lines.append(f"| {r} | {s['start_dice']:.3f} | {s['median_edge_noc90']:g} | " + " / ".join(f"{s['dice_after_edge'][n]:.3f}" for n in REPORT_AFTER)
                      + f" | {np.mean([row[r]['edge_dice'][-1] for row in result['cases'].values()]):.3f} |")
+    learned = "learned clicks" if result.get("refiner") else "probability clicks"
+    lines += ["", f"| case | region | start Dice | {at} {learned} | {at} brush strokes (limit {result['max_strokes']}) | the fewest strokes any brush needs |",
+              "|---|---|---|---|---|---|"]
+    def count(scores, limit):
+        return f"{noc(scores, limit, result['target'])}" if scores[-1] >= result["target"] else f"not within {len(scores) - 1}"
+
+    for case_id, row in result["cases"].items():
+        for r in REGIONS:
+            clicks = count(row[r].get("refiner_dice", row[r]["click_dice"]), result["max_clicks"])
+            lines.append(f"| {case_id} | {r} | {row[r]['start_dice']:.3f} | {clicks} | {count(row[r]['brush_dice'], result['max_strokes'])} | {row[r]['fewest_strokes']} |")
     return "\n".join(lines) + "\n"
 
 

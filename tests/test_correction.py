@@ -129,6 +129,25 @@ def test_the_simulated_user_clicks_at_the_centre_of_the_largest_error():
     assert missed and np.abs(np.subtract(seed, (15, 15, 21))).max() <= 1
 
 
+def test_the_fewest_brush_strokes_count_the_fixes_a_perfect_brush_needs_and_bound_the_simulated_one():
+    from benchmarks.correction import brush_tool, click_session, fewest_strokes, noc
+
+    truth = np.zeros((20, 20, 20), bool)
+    truth[:10, :10, :10] = True
+    missing, extra = truth.copy(), truth.copy()
+    missing[:3] = False  # 300 missed voxels: painting 119 of them reaches Dice 0.9005, 118 only 0.8999
+    extra[10:13, :10, :10] = True  # 300 false ones: erasing 78 reaches 0.9001, 77 only 0.8997
+    assert fewest_strokes(missing, truth, radius=0) == 119 and fewest_strokes(missing, truth) == 2  # 81 voxels a disc
+    assert fewest_strokes(extra, truth, radius=0) == 78 and fewest_strokes(truth, truth) == 0
+    truth = ball((30, 40, 40), (15, 20, 20), 8)
+    start = truth.copy()
+    start[11:20, 16:25, 16:25] = False  # a block missed inside the tumour
+    strokes, _ = click_session(None, start, truth, (1.0, 1.0, 1.0), 30, brush_tool, target=1.0)
+    reached = {t: noc(strokes, 30, t) for t in (0.8, 0.82, 0.84, 0.85, 0.88)}
+    assert all(reached[t] >= fewest_strokes(start, truth, t) for t in reached) and max(reached.values()) < 30
+    assert reached[0.82] == fewest_strokes(start, truth, 0.82) == 2, "two full discs of missed voxels: the bound is met"
+
+
 @pytest.mark.slow
 def test_the_correction_benchmark_quick_mode(tmp_path):
     out = tmp_path / "corr.json"
@@ -142,6 +161,8 @@ def test_the_correction_benchmark_quick_mode(tmp_path):
         assert 0 <= summary["median_refiner_noc90"] <= 3 and 0 <= summary["median_refiner_click_s"] <= summary["max_refiner_click_s"], "the learned clicks ran"
         assert 0 <= summary["median_edge_refiner_noc90"] <= 3 and summary["dice_after_edge_refiner"]["1"] == summary["dice_after_edge"]["1"], "same move, then learned clicks"
         assert summary["median_perfect_ball_noc90"] <= summary["median_noc90"], "the ball set to the truth bounds the clicks"
+        assert 0 <= summary["median_fewest_strokes"] <= summary["median_brush_noc90"] or summary["median_brush_noc90"] == 6, "no brush beats the fewest strokes"
+    assert "the fewest strokes any brush needs |" in out.with_suffix(".md").read_text(encoding="utf-8")
 
 
 def test_the_correction_benchmark_scores_cases_given_and_refuses_a_refiner_trained_on_them(tmp_path):
