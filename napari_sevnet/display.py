@@ -7,8 +7,9 @@ and the patient's right on the right. :func:`show_radiological` turns the 2D
 camera so the positive end of the vertical axis is up and of the horizontal
 axis on the left: anterior (or superior) up and the patient's right on the
 screen's left in every plane, the radiological convention
-(``SEVNET_ORIENTATION=neurological`` keeps the right on the right), and a
-text overlay names the four sides of the plane on screen.
+(``SEVNET_ORIENTATION=neurological`` keeps the right on the right), a
+text overlay names the four sides of the plane on screen, and the slider
+names the plane it steps through (axial, coronal, sagittal).
 
 Regions. WT (green), TC (red) and ET (yellow) stacked as fills blend into one
 orange blob. The layer being edited (the selected one) is drawn filled, the
@@ -24,6 +25,8 @@ import weakref
 ORIENTATIONS = {"radiological": ("up", "left"), "neurological": ("up", "right")}
 #: the (positive, negative) end of canonical Z, Y and X
 AXIS_ENDS = (("S", "I"), ("A", "P"), ("R", "L"))
+#: the plane a slider along canonical Z, Y or X steps through (napari names the axes -3, -2, -1)
+SLICE_PLANES = ("axial", "coronal", "sagittal")
 OUTLINE_PX = 2
 FILL_OPACITY = 0.5
 _OUTLINES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # viewer -> whether regions not edited are outlined
@@ -77,6 +80,8 @@ def show_radiological(viewer, convention: str | None = None) -> None:
 
 def _label_sides(viewer) -> None:
     convention = _CONVENTION[viewer]
+    if viewer.dims.ndim == 3 and all(label.lstrip("-").isdigit() for label in viewer.dims.axis_labels):  # napari's own names, not the user's
+        viewer.dims.axis_labels = SLICE_PLANES
     if viewer.dims.ndisplay != 2 or viewer.dims.ndim != 3:
         viewer.text_overlay.text = f"{convention}" if viewer.dims.ndim == 3 else ""
         return

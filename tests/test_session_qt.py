@@ -53,8 +53,12 @@ def test_a_case_opens_radiological_anterior_up_and_the_patients_right_on_the_lef
     row, col = marker_position(viewer, layers[3])
     assert row < -0.05 and col < -0.05, f"the anterior-right marker should be top-left, got {row:+.2f}, {col:+.2f}"
     assert viewer.text_overlay.visible and "A up, R on the left" in viewer.text_overlay.text
+    assert viewer.dims.axis_labels == ("axial", "coronal", "sagittal"), "the slider names the plane it steps through"
     viewer.dims.order = (1, 0, 2)  # coronal: superior up, the patient's right still on the left
     assert "S up, R on the left" in viewer.text_overlay.text
+    viewer.dims.axis_labels = ("z", "y", "x")
+    viewer.dims.order = (0, 1, 2)
+    assert viewer.dims.axis_labels == ("z", "y", "x"), "names the user gave stay"
 
     monkeypatch.setenv("SEVNET_ORIENTATION", "neurological")
     other = make_napari_viewer(show=True)
