@@ -22,11 +22,19 @@ class Mouse:
 
 
 def press(widget, viewer, event) -> None:
+    """Press and release; then wait, with the event loop running, until the dock has answered the click."""
+    from qtpy.QtWidgets import QApplication
+
     handler = widget._on_mouse(viewer, event)
     next(handler)
     event.type = "mouse_release"
     with pytest.raises(StopIteration):
         next(handler)
+    deadline = time.perf_counter() + 60
+    while widget.busy and time.perf_counter() < deadline:
+        QApplication.processEvents()
+        time.sleep(0.002)
+    assert not widget.busy, "the click was not answered within 60 s"
 
 
 FULL, SMALL = (155, 240, 240), (64, 72, 64)
@@ -187,6 +195,32 @@ def test_a_click_while_the_layer_paints_is_the_brushs_not_a_correction(qtbot, co
     wt.mode = "pan_zoom"
     press(correct, viewer, Mouse(missed))
     assert correct.clicks == 1
+
+
+def test_a_mouse_click_is_answered_in_a_worker_and_keeps_a_stroke_made_meanwhile(qtbot, corrected):
+    """The GUI thread does not wait for the network; a second click waits its turn; the brush meanwhile is not overwritten."""
+    viewer, segment, correct, reference = corrected
+    wt = segment.result_layers["WT"]
+    viewer.layers.selection.active = wt
+    before = np.asarray(wt.data) > 0
+    missed = np.argwhere(reference["WT"] & ~before)
+    clicked = tuple(int(v) for v in missed[len(missed) // 2])
+    far = tuple(int(v) for v in np.argwhere(~before)[0])  # a corner of the scan, far outside the click's ball
+    event = Mouse(tuple(float(v) for v in clicked))
+    handler = correct._on_mouse(viewer, event)
+    next(handler)
+    event.type = "mouse_release"
+    with pytest.raises(StopIteration):
+        next(handler)
+    assert correct.busy and correct.clicks == 0, "the click is being answered, not yet applied"
+    assert correct.click(tuple(float(v) for v in clicked)) == 0 and "still answering" in correct._status.value
+    wt.paint(far, 1)  # a brush stroke while the network runs
+    qtbot.waitUntil(lambda: not correct.busy, timeout=60_000)
+    after = np.asarray(wt.data) > 0
+    assert after[clicked] and after[far] and correct.clicks == 1, "the click applied, the stroke kept"
+    assert correct.fallback is None and "click 1: added" in correct._status.value
+    wt.undo()
+    assert not np.asarray(wt.data)[clicked] and np.asarray(wt.data)[far], "one undo takes the click back, not the stroke"
 
 
 def test_the_export_counts_clicks_and_brush_strokes_apart(qtbot, corrected, tmp_path):

@@ -37,6 +37,7 @@ strokes in the export's statistics.
 from __future__ import annotations
 
 import weakref
+from functools import partial
 
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, FloatSlider, Label, PushButton, SpinBox
@@ -86,6 +87,14 @@ def _along_ray(points: np.ndarray, inside: np.ndarray, likelihood: np.ndarray | 
     return tuple(int(v) for v in points[first[0] if first.size else 0])
 
 
+def _apply_change(layer, change: np.ndarray, add: bool, box) -> int:
+    """Add (or remove) a click's ``change`` to the layer as it is now: strokes made while the click was answered stay."""
+    from napari_sevnet.editing import apply_edit
+
+    current = np.asarray(layer.data) > 0
+    return apply_edit(layer, current | change if add else current & ~change, "click", box=box)
+
+
 def _last_edit(layer):
     """The last edit of ``layer``'s nested group (None without one): the slider may take back only the click's own edit."""
     from napari_sevnet.editing import editor_of
@@ -114,6 +123,7 @@ class CorrectWidget(DockWidget):
         self._refiner: ClickRefiner | None = None
         self.fallback: str | None = None  # why the last click could not be a learned one
         self._normalised: dict = {}  # sequence -> (its array, the normalised copy): normalised once per case
+        self._pending = None  # the worker answering a click of the mouse
         self._clicks.changed.connect(self._on_clicks)
         self._threshold.changed.connect(self._reapply_last_click)
         self._fill.changed.connect(self.fill_between_slices)
@@ -190,10 +200,24 @@ class CorrectWidget(DockWidget):
         while event.type == "mouse_move":
             yield
         if np.allclose(event.position, start, atol=1e-6):
-            self.click(event.position, add="Shift" not in event.modifiers, view_direction=event.view_direction, dims_displayed=event.dims_displayed)
+            self.click(event.position, add="Shift" not in event.modifiers, view_direction=event.view_direction,
+                       dims_displayed=event.dims_displayed, in_background=True)
 
-    def click(self, world_position, *, add: bool = True, view_direction=None, dims_displayed=None) -> int:
-        """Apply a click at a world position; returns how many voxels changed (0 and a message when it cannot)."""
+    @property
+    def busy(self) -> bool:
+        """Whether a click of the mouse is still being answered (its network runs in a worker)."""
+        return self._pending is not None
+
+    def click(self, world_position, *, add: bool = True, view_direction=None, dims_displayed=None, in_background: bool = False) -> int:
+        """Apply a click at a world position; returns how many voxels changed (0 and a message when it cannot).
+
+        ``in_background`` (a click of the mouse): a learned click's network runs in a worker, so the viewer stays live on a
+        full case (it took 0.1-0.2 s of the GUI thread on a slow day), and the click is applied when it returns
+        (:attr:`busy` until then; the return value is then 0, the status line says what it did).
+        """
+        if self.busy:
+            self._status.value = "still answering the last click: click again once it shows"
+            return 0
         try:
             layer, info = self.target()
             voxel = self._voxel(layer, info, world_position, view_direction, dims_displayed, add)
@@ -201,13 +225,17 @@ class CorrectWidget(DockWidget):
             self.report_error("Correct", exc)
             return 0
         inside = bool(np.asarray(layer.data)[voxel] > 0)
-        changed = self._apply_click(layer, info, voxel, add, self._threshold.value, record=True)
-        self._earlier_clicks.setdefault(layer, []).append((voxel, add))
-        self.last_click = (layer, voxel, add, changed > 0, _last_edit(layer))
-        self.clicks += 1
-        self._status.value = f"click {self.clicks}: {'added' if add else 'removed'} {changed} voxel(s) of {self._region.value} at {voxel}" + (
-            f"; {self.fallback}" if self.fallback else "") + ("" if changed else "; " + self._why_nothing(add, inside))
-        return changed
+
+        def done(changed: int) -> int:
+            self._earlier_clicks.setdefault(layer, []).append((voxel, add))
+            self.last_click = (layer, voxel, add, changed > 0, _last_edit(layer))
+            self.clicks += 1
+            self._status.value = f"click {self.clicks}: {'added' if add else 'removed'} {changed} voxel(s) of {self._region.value} at {voxel}" + (
+                f"; {self.fallback}" if self.fallback else "") + ("" if changed else "; " + self._why_nothing(add, inside))
+            return changed
+
+        changed = self._apply_click(layer, info, voxel, add, self._threshold.value, record=True, then=done if in_background else None)
+        return 0 if changed is None else done(changed)
 
     def _why_nothing(self, add: bool, inside: bool) -> str:
         """What to do after a click that changed nothing (the slider re-applies it, so it can still act)."""
@@ -269,8 +297,12 @@ class CorrectWidget(DockWidget):
             guides[g] = self._normalised[g][1]
         return self._refiner, guides
 
-    def _apply_click(self, layer, info, voxel, add: bool, threshold: float, *, record: bool) -> int:
-        """Apply one click; the first time (``record``) its threshold may follow the click and is shown on the slider."""
+    def _apply_click(self, layer, info, voxel, add: bool, threshold: float, *, record: bool, then=None) -> int | None:
+        """Apply one click; the first time (``record``) its threshold may follow the click and is shown on the slider.
+
+        ``then``: run a learned click's network in a worker and, when it returns, apply the click and call ``then`` with
+        the voxels changed (returns None); other clicks are applied at once (and ``then`` is not called).
+        """
         from napari_sevnet.editing import apply_edit
 
         probability = self._probability(info)
@@ -285,12 +317,15 @@ class CorrectWidget(DockWidget):
             else:
                 refiner, guides = learned
                 used = REFINER_LEVEL if record else threshold
-                change = refiner.click(self._region.value, current, voxel, add, probability, guides, spacing, level=used,
-                                       reach_mm=self._reach.value, earlier=self._earlier_clicks.get(layer, ()))
                 if record:
                     with self._threshold.changed.blocked():
                         self._threshold.value = used
-                return apply_edit(layer, current | change if add else current & ~change, "click", box=ball_box)
+                answer = partial(refiner.click, self._region.value, current, voxel, add, probability, guides, spacing, level=used,
+                                 reach_mm=self._reach.value, earlier=tuple(self._earlier_clicks.get(layer, ())))
+                if then is None:
+                    return _apply_change(layer, answer(), add, ball_box)
+                self._answer_in_background(answer, lambda change: then(_apply_change(layer, change, add, ball_box)))
+                return None
         if add:
             if probability is None:
                 probability = np.zeros(layer.data.shape, np.float32)  # no model output kept: grow on the image
@@ -305,12 +340,23 @@ class CorrectWidget(DockWidget):
                 self._threshold.value = float(np.clip(used, self._threshold.min, self._threshold.max))
         return apply_edit(layer, wanted, "click", box=ball_box)
 
+    def _answer_in_background(self, answer, apply) -> None:
+        """Run ``answer`` in a worker and ``apply`` its result on the GUI thread; :attr:`busy` until both are done."""
+        from napari.qt.threading import thread_worker
+
+        worker = thread_worker(answer)(_start_thread=False)
+        worker.returned.connect(apply)
+        worker.errored.connect(lambda exc: self.report_error("Correct", exc))
+        worker.finished.connect(lambda: setattr(self, "_pending", None))
+        self._pending = worker
+        worker.start()
+
     def _forget_last_click(self, _value=None) -> None:
         self.last_click = None
 
     def _reapply_last_click(self, threshold: float) -> None:
         """The slider moved: undo the last click and apply it again at the slider's threshold (still one undo step)."""
-        if self.last_click is None:
+        if self.last_click is None or self.busy:  # busy: the last click is the one still being answered
             return
         layer, voxel, add, edited, mark = self.last_click
         if layer not in self._viewer.layers:
