@@ -224,13 +224,13 @@ class CorrectWidget(DockWidget):
         except InputError as exc:
             self.report_error("Correct", exc)
             return 0
-        inside = bool(np.asarray(layer.data)[voxel] > 0)
+        inside, region = bool(np.asarray(layer.data)[voxel] > 0), self._region.value
 
         def done(changed: int) -> int:
             self._earlier_clicks.setdefault(layer, []).append((voxel, add))
             self.last_click = (layer, voxel, add, changed > 0, _last_edit(layer))
             self.clicks += 1
-            self._status.value = f"click {self.clicks}: {'added' if add else 'removed'} {changed} voxel(s) of {self._region.value} at {voxel}" + (
+            self._status.value = f"click {self.clicks}: {'added' if add else 'removed'} {changed} voxel(s) of {region} at {voxel}" + (
                 f"; {self.fallback}" if self.fallback else "") + ("" if changed else "; " + self._why_nothing(add, inside))
             return changed
 
