@@ -52,9 +52,10 @@ def test_predicted_mask_lies_on_the_input_grid(random_checkpoint, tmp_path):
 
 @pytest.mark.slow
 def test_fine_tuning_the_default_on_a_real_case_it_gets_wrong_fits_its_consensus(tmp_path):
-    """TCGA-DU-7294, where the default over-calls FLAIR hyperintensity (model card): 16 steps of finetune_real_case.yaml fix most of it.
+    """TCGA-DU-7294, where the default over-calls FLAIR hyperintensity (model card): 8 steps of finetune_real_case.yaml fix most of it.
 
-    Measured: the two-hour recipe's default 0.53 WT Dice (precision 0.36) -> 0.91; stage 5 of the five-stage recipe 0.37.
+    Measured (2026-12-06): the default's 0.53 WT Dice (precision 0.36) -> 0.92 after 8 steps, 0.91 after 16 (the test's
+    schedule until then; each step is about 25 s on one CPU thread, so 8 keep the suite shorter).
     """
     import subprocess
     import sys
@@ -66,7 +67,7 @@ def test_fine_tuning_the_default_on_a_real_case_it_gets_wrong_fits_its_consensus
     root = Path(__file__).resolve().parents[1]
     before = Predictor(None, "cpu").predict(io.load_case(src).image)  # the config's init: the shipped default
     cmd = [sys.executable, "-m", "training.cli", "--config", str(root / "training" / "configs" / "finetune_real_case.yaml"),
-           f"data.roots=[{src}]", "epochs=2", "steps_per_epoch=8", "-o", str(tmp_path / "run")]
+           f"data.roots=[{src}]", "epochs=1", "steps_per_epoch=8", "-o", str(tmp_path / "run")]
     subprocess.run(cmd, check=True, capture_output=True, timeout=900, cwd=root)
     case = io.load_case(src)
     after = Predictor(tmp_path / "run" / "last.json", "cpu").predict(case.image)
