@@ -302,12 +302,14 @@ def apply_edit(layer: Labels, wanted: np.ndarray, source: str, box: tuple[slice,
     """Make ``layer`` hold the bool mask ``wanted``, as one edit from ``source`` ('click', 'edge', 'fill'): nested, one undo step.
 
     ``box``: where ``wanted`` may differ from the layer (a click's ball); only there is compared (a full case: 20 ms).
+    ``wanted`` may then be only its part inside ``box``, so a click never builds a full-volume mask on the GUI thread.
     Returns how many voxels changed (0: nothing was recorded, so nothing to undo).
     """
     editor = _EDITORS.get(layer)
     wanted = np.asarray(wanted, bool)
     box = box or (slice(None),) * wanted.ndim
-    local = np.nonzero((np.asarray(layer.data[box]) > 0) != wanted[box])
+    inside = wanted if wanted.shape != layer.data.shape else wanted[box]
+    local = np.nonzero((np.asarray(layer.data[box]) > 0) != inside)
     positions = tuple(index + (b.start or 0) for index, b in zip(local, box))
     if positions[0].size == 0:
         return 0
@@ -315,7 +317,7 @@ def apply_edit(layer: Labels, wanted: np.ndarray, source: str, box: tuple[slice,
         editor.source = source
     try:
         with layer.block_history():
-            layer.data_setitem(positions, wanted[positions].astype(layer.data.dtype))
+            layer.data_setitem(positions, inside[local].astype(layer.data.dtype))
     finally:
         if editor is not None:
             editor.source = "brush"

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from napari_sevnet.editing import editor_of, nested_region_layers
+from napari_sevnet.editing import apply_edit, editor_of, nested_region_layers
 
 
 def make_group(shape=(4, 16, 16)):
@@ -82,3 +82,19 @@ def test_a_region_layer_paints_one_and_shows_any_other_value():
     et.data_setitem((np.array([0]), np.array([1]), np.array([1])), 2)  # a script writing another value
     assert state(layers)[:, 0, 1, 1].all(), "counted as ET, so TC and WT grew around it"
     assert et.colormap.map(np.array([2]))[0][3] > 0, "and drawn in the ET colour, not invisible"
+
+
+def test_a_tool_edit_given_only_inside_its_box_equals_the_same_edit_given_as_a_full_mask():
+    box = (slice(1, 3), slice(0, 8), slice(0, 8))
+    edited = []
+    for inside_only in (False, True):
+        layers, regions = make_group()
+        wanted = regions[0].copy()
+        wanted[box] = False  # a removing click's ball: WT (and so TC and ET) gone there
+        wanted[0, 0, 0] = True  # outside the box: not looked at
+        changed = apply_edit(layers["WT"], wanted[box] if inside_only else wanted, "click", box=box)
+        edited.append((changed, state(layers), editor_of(layers["WT"]).counts["click"]))
+    assert edited[0][0] == edited[1][0] == int(regions[0][box].sum())
+    np.testing.assert_array_equal(edited[0][1], edited[1][1])
+    assert not edited[1][1][:, 0, 0, 0].any() and not edited[1][1][(slice(None), *box)].any() and nested(edited[1][1])
+    assert edited[0][2] == edited[1][2] == {"edits": 1, "voxels": edited[0][0], "undone": 0}

@@ -91,7 +91,7 @@ def _apply_change(layer, change: np.ndarray, add: bool, box) -> int:
     """Add (or remove) a click's ``change`` to the layer as it is now: strokes made while the click was answered stay."""
     from napari_sevnet.editing import apply_edit
 
-    current = np.asarray(layer.data) > 0
+    current, change = np.asarray(layer.data[box]) > 0, change[box]
     return apply_edit(layer, current | change if add else current & ~change, "click", box=box)
 
 
