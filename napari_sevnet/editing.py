@@ -52,10 +52,10 @@ class RegionLabels(Labels):
         editor = _EDITORS.get(self)
         editor.redo() if editor is not None else super().redo()
 
-    def _calculate_contour(self, labels, data_slice):
+    def _calculate_contour(self, labels, *args, **kwargs):
         # napari warns on every 3D redraw of a layer with outlines, before the plugin's restyle fills them for 3D
         # (display.follow_selection); napari has no outlines in 3D to draw, so nothing is lost by passing quietly
-        return None if labels.ndim > 2 else super()._calculate_contour(labels, data_slice)
+        return None if labels.ndim > 2 else super()._calculate_contour(labels, *args, **kwargs)
 
 
 class Edit:
