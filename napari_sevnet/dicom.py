@@ -39,8 +39,9 @@ class Series:
         return f"{self.description or self.uid} ({len(self.files)} images)"
 
 
-def _tag(reader, index: int, key: str) -> str:
-    return reader.GetMetaData(index, key).strip() if reader.HasMetaDataKey(index, key) else ""
+def _tag(reader, key: str) -> str:
+    """A DICOM tag of the file ``reader`` read, stripped; empty where the file lacks it."""
+    return reader.GetMetaData(key).strip() if reader.HasMetaDataKey(key) else ""
 
 
 def find_series(folder: str | Path) -> list[Series]:
@@ -58,8 +59,8 @@ def find_series(folder: str | Path) -> list[Series]:
             reader.SetFileName(files[0])
             reader.LoadPrivateTagsOn()
             reader.ReadImageInformation()
-            description = reader.GetMetaData("0008|103e").strip() if reader.HasMetaDataKey("0008|103e") else ""
-            patient = reader.GetMetaData("0010|0020").strip() if reader.HasMetaDataKey("0010|0020") else ""
+            description = _tag(reader, "0008|103e")  # Series Description
+            patient = _tag(reader, "0010|0020")  # Patient ID
             found.append(Series(uid, description, patient, list(files), role_from_name(description)))
     if not found:
         raise InputError(folder, "holds no DICOM series")

@@ -119,7 +119,6 @@ def lesion_wise_metrics(
     pred, truth = np.asarray(pred, bool), np.asarray(truth, bool)
     structure = ndimage.generate_binary_structure(3, 2)
     voxel_mm3 = float(np.prod(spacing))
-    truth_cc, _ = _components(truth)
     dilated_cc, n_groups = _components(ndimage.binary_dilation(truth, structure, iterations=dilation) if truth.any() else truth)
     lesions = np.where(truth, dilated_cc, 0)  # lesions merged by their dilation, on the undilated voxels
     pred_cc, _ = _components(pred)

@@ -44,7 +44,6 @@ class ExportWidget(DockWidget):
         self._target.native.setWordWrap(True)
         self._status = Label(value="")
         self.extend([self._result, self._target, self._dataset, self._case_id, self._annotator, self._note, self._replace, self._export, self._status])
-        self.last_export = None
 
         self._result.changed.connect(self._on_result)
         self._export.changed.connect(self.export)
@@ -124,7 +123,6 @@ class ExportWidget(DockWidget):
     def _on_exported(self, result):
         from napari.utils.notifications import show_info
 
-        self.last_export = result
         self._status.value = f"{result.case_id} v{result.version} -> {result.folder}"
         show_info(f"Exported {result.case_id} (version {result.version}) to {result.folder}")
         from napari_sevnet.widgets.finetune import FineTuneWidget
