@@ -21,9 +21,9 @@ ROOT = Path(__file__).resolve().parents[1]
 # How far one channel's excitation moves between two cases, at the stage where it moves most. Measured with the
 # shipped weights (the two-hour recipe, mean + max squeeze from its first step): 0.276 between two phantoms, 0.197
 # between BraTS2021_00006 and TCGA-DU-7294; stage 5 of the five-stage recipe: 0.048 and 0.122; stage 3 on all cases:
-# 0.029 and 0.124; stage 3 on 15 cases: 0.043 and 0.147; stage 2 (pre-norm
-# squeeze): 0.054 and 0.032, so the real-case bound fails for it (README, "The SE blocks"); a squeeze blind to the
-# case moves 0. Its deepest stages barely move: the test guards the ones that respond.
+# 0.029 and 0.124; stage 3 on 15 cases: 0.043 and 0.147; stage 2 (pre-norm squeeze): 0.054 and 0.032, so the real-case
+# bound fails for it (docs/default-model-experiments.md, "How the SE squeeze was chosen"); a squeeze blind to the case
+# moves 0. Its deepest stages barely move: the test guards the ones that respond.
 PHANTOM_MOVE, REAL_MOVE = 0.02, 0.1
 
 
