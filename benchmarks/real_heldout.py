@@ -44,6 +44,8 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_sevnet.assumptions import SEQUENCE_SETS
+
 ROOT = Path(__file__).resolve().parents[1]
 SPLIT = ROOT / "training" / "configs" / "splits" / "real_brats_heldout.json"
 #: stage 3 of the shipped recipe, trained on the split's training cases only: the model whose held-out figures the
@@ -53,16 +55,6 @@ DATA = Path(os.environ.get("SEVNET_REAL_DATA", ROOT.parent / "shared" / "data"))
 #: cases with a five-algorithm consensus mask (not expert): reported apart
 CONSENSUS_CASES = {"TCGA-DU-7294": "TCGA-DU-7294", "TCGA-FG-6692": "TCIA-RAW-FG-6692/brats_space"}
 REGIONS = ("WT", "TC", "ET")
-#: availability patterns of the missing-sequence figures: name -> the sequences present
-PATTERNS = {
-    "all four": ("t1", "t1ce", "t2", "flair"),
-    "no T1": ("t1ce", "t2", "flair"),
-    "no T2": ("t1", "t1ce", "flair"),
-    "no FLAIR": ("t1", "t1ce", "t2"),
-    "FLAIR + T1ce": ("t1ce", "flair"),
-    "T1ce only": ("t1ce",),
-    "FLAIR only": ("flair",),
-}
 METRICS = ("dice", "hd95", "sensitivity", "precision", "lesion_dice", "lesion_hd95")
 
 
@@ -139,17 +131,17 @@ def evaluate_patterns(checkpoint: str | None, cases: dict[str, Path]) -> dict:
 
     predictor = Predictor(checkpoint, "cpu")
     handles = predictor.handles_missing_sequences
-    scores: dict[str, dict] = {name: {} for name in PATTERNS}
+    scores: dict[str, dict] = {name: {} for name in SEQUENCE_SETS}
     for case_id, folder in cases.items():
         case = load_case(folder)
-        for name, present in PATTERNS.items():
+        for name, present in SEQUENCE_SETS.items():
             image = case.image.copy()
             for i, m in enumerate(MODALITIES):
                 if m not in present:
                     image[i] = 0
             result = predictor.predict(image, spacing=case.spacing, sequences=present if handles else None)
             scores[name][case_id] = {r: dice(result.regions[i], case.regions[i]) for i, r in enumerate(REGIONS)}
-        print(f"  {case_id}: " + "  ".join(f"{n} WT {scores[n][case_id]['WT']:.2f}" for n in PATTERNS), flush=True)
+        print(f"  {case_id}: " + "  ".join(f"{n} WT {scores[n][case_id]['WT']:.2f}" for n in SEQUENCE_SETS), flush=True)
     return {"told_which_are_present": handles, "patterns": {n: {"mean": {r: float(np.mean([c[r] for c in per.values()])) for r in REGIONS}, "cases": per} for n, per in scores.items()}}
 
 
@@ -271,10 +263,10 @@ def main(argv=None) -> int:
 def _patterns_main(args, checkpoints, labels, ids, cases) -> int:
     results = {}
     for checkpoint, label in zip(checkpoints, labels):
-        print(f"{label}: {len(cases)} held-out cases x {len(PATTERNS)} availability patterns", flush=True)
+        print(f"{label}: {len(cases)} held-out cases x {len(SEQUENCE_SETS)} availability patterns", flush=True)
         results[label] = evaluate_patterns(checkpoint, cases)
     lines = ["| sequences present | " + " | ".join(f"{label} WT / TC / ET" for label in results) + " |", "|---|" + "---|" * len(results)]
-    for name in PATTERNS:
+    for name in SEQUENCE_SETS:
         lines.append(f"| {name} | " + " | ".join("{:.3f} / {:.3f} / {:.3f}".format(*(r["patterns"][name]["mean"][k] for k in REGIONS)) for r in results.values()) + " |")
     table = "\n".join(lines)
     print(table)

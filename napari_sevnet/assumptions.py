@@ -9,7 +9,9 @@ these is segmented anyway when it can be, but never silently:
   says so: :func:`needs_resampling`);
 * no zero background (an intensity offset, the skull still there), intensities
   that are mostly negative, or a brain volume outside a plausible range give a
-  warning that reaches the CLI, the report and the GUI (:func:`input_warnings`).
+  warning that reaches the CLI, the report and the GUI (:func:`input_warnings`);
+* a case with sequences missing gets the model card's held-out Dice for that set
+  of sequences, or says the set was never scored (:func:`sequence_set_warnings`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,16 @@ TRAINING_SPACING_MM = (1.0, 1.0, 1.0)
 SPACING_TOLERANCE = 0.1  # relative: 1.05 mm is fine, 0.5 or 1.5 mm is resampled
 MIN_BACKGROUND_FRACTION = 0.05  # a skull-stripped BraTS volume is 80-90 % zeros
 PLAUSIBLE_BRAIN_ML = (400.0, 2200.0)
+#: the sets of sequences a model card scores on held-out cases (``held_out_figures_by_sequences``): name -> the sequences present
+SEQUENCE_SETS = {
+    "all four": ("t1", "t1ce", "t2", "flair"),
+    "no T1": ("t1ce", "t2", "flair"),
+    "no T2": ("t1", "t1ce", "flair"),
+    "no FLAIR": ("t1", "t1ce", "t2"),
+    "FLAIR + T1ce": ("t1ce", "flair"),
+    "T1ce only": ("t1ce",),
+    "FLAIR only": ("flair",),
+}
 
 
 def needs_resampling(spacing, training_spacing=TRAINING_SPACING_MM) -> bool:
@@ -49,4 +61,37 @@ def input_warnings(image: np.ndarray, spacing=TRAINING_SPACING_MM) -> list[str]:
     lo, hi = PLAUSIBLE_BRAIN_ML
     if not lo <= brain_ml <= hi:
         warnings.append(f"the non-zero volume is {brain_ml:.0f} mL, outside the {lo:.0f}-{hi:.0f} mL of a skull-stripped adult brain (skull not removed? part of the head only?)")
+    return warnings
+
+
+def sequence_set_warnings(sequences, figures: dict | None, scored: str = "this model") -> list[str]:
+    """What a result from only ``sequences`` is worth, from a model card's ``held_out_figures_by_sequences`` (``figures``).
+
+    ``scored``: what the figures were measured on, for the sentence (a model retrained on every case carries the
+    figures of its recipe trained without the held-out ones).
+
+    A model trained with sequences left out segments any subset, but some subsets are far off (T1ce alone: held-out WT
+    0.29 for the default), and the figures are measured for a few sets only. Enhancement is seen on T1ce alone, so without
+    it the enhancing tumour and the core it defines have no direct evidence, whatever the figures say.
+    """
+    present = tuple(m for m in MODALITIES if m in sequences)
+    if present == MODALITIES:
+        return []
+    warnings = []
+    if "t1ce" not in present:
+        warnings.append("without T1ce the enhancement that defines the enhancing tumour (ET) and the core (TC) is not seen: those layers are the model's inference from the other sequences")
+    means = (figures or {}).get("mean_dice") or {}
+    name = next((n for n, s in SEQUENCE_SETS.items() if set(s) == set(present)), None)
+    labels = ", ".join(MODALITY_LABELS[m] for m in present)
+
+    def dice(set_name):
+        return " / ".join(f"{r} {means[set_name][r]:.2f}" for r in ("WT", "TC", "ET") if r in means[set_name])
+
+    complete = f" (all four: {dice('all four')})" if "all four" in means else ""
+    if name in means:
+        warnings.append(f"with {labels} only, the mean Dice of {scored} on {len(figures.get('cases') or [])} held-out cases was {dice(name)}{complete}")
+    elif means:
+        warnings.append(f"{scored} was never scored with {labels} only: expect it to be further off than with all four{complete}")
+    else:
+        warnings.append(f"the model card has no held-out figures for missing sequences: how far off {scored} is with {labels} only is unknown")
     return warnings

@@ -237,6 +237,16 @@ def attention_caveat(path: str | os.PathLike | None) -> str | None:
             f"{spread['across_channels']:.2f} across channels): the bars show what it weighs for any scan, not what is particular to this one.")
 
 
+def sequence_caveats(path: str | os.PathLike | None, sequences) -> list[str]:
+    """Warnings for a result segmented from only ``sequences``, with the held-out figures of ``path``'s model card."""
+    from napari_sevnet.assumptions import sequence_set_warnings
+
+    data = (_readable_json(path) if path is not None else None) or {}
+    figures = (data.get("model_card") or {}).get("held_out_figures_by_sequences")
+    seen = set((data.get("provenance") or {}).get("train_cases") or []) & set((figures or {}).get("cases") or [])
+    return sequence_set_warnings(sequences, figures, "this model's recipe trained without those cases" if seen else "this model")
+
+
 def phantom_checkpoint() -> Path:
     """The weights trained on synthetic phantoms only (tests, phantom demos); not for patient data."""
     return _shipped(PHANTOM)

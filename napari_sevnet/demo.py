@@ -56,7 +56,7 @@ def run_viewer(case_path: Path | None, screenshot: Path | None, checkpoint: str 
     from napari_sevnet.widgets.attention import AttentionWidget
     from napari_sevnet.widgets.segment import SegmentWidget
 
-    case = load_case(case_path or demo_case_folder())
+    case = load_case(case_path or demo_case_folder(), allow_missing=True)  # as napari's reader opens it: the default segments partial cases
     viewer = napari.Viewer(title=f"napari-sevnet demo: {case.case_id}")
     reference = case.regions
     case.regions = None  # show the model's segmentation, compare with the reference in the log
@@ -108,18 +108,21 @@ def run_headless_render(case_path: Path | None, screenshot: Path, checkpoint: st
     from napari_sevnet.layers import REGION_COLOURS, demo_case_folder
     from napari_sevnet.regions import REGIONS
 
-    case = load_case(case_path or demo_case_folder())
-    result = Predictor(checkpoint).predict(case.image)
+    case = load_case(case_path or demo_case_folder(), allow_missing=True)
+    result = Predictor(checkpoint).predict(case.image, spacing=case.spacing, sequences=case.sequences)
+    for line in result.notes + result.warnings:
+        log.warning("%s: %s", case.case_id, line)
     _log_result(result, case.regions, case.spacing)
     z = tumour_slice(result.regions)
     fig, axes = plt.subplots(1, 5, figsize=(16, 3.6))
     for i, m in enumerate(MODALITIES):
         axes[i].imshow(case.image[i, z], cmap="gray", origin="lower")
-        axes[i].set_title(MODALITY_LABELS[m])
-    axes[4].imshow(case.image[3, z], cmap="gray", origin="lower")
+        axes[i].set_title(MODALITY_LABELS[m] + ("" if m in case.sequences else " (missing)"))
+    under = next(m for m in ("flair", "t2", "t1ce", "t1") if m in case.sequences)  # the outlines over FLAIR, or what stands in for it
+    axes[4].imshow(case.image[MODALITIES.index(under), z], cmap="gray", origin="lower")
     for i, r in enumerate(REGIONS):
         axes[4].contour(result.regions[i, z], levels=[0.5], colors=[REGION_COLOURS[r]], linewidths=1.2)
-    axes[4].set_title("FLAIR + WT / TC / ET")
+    axes[4].set_title(f"{MODALITY_LABELS[under]} + WT / TC / ET")
     for a in axes:
         a.axis("off")
     fig.suptitle(f"napari-sevnet (rendered without a display): {case.case_id}, slice {z}")
@@ -142,7 +145,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="sevnet-demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("case", nargs="?", type=Path, help="a case folder or file (default: the sample case)")
     parser.add_argument("--screenshot", type=Path, help="save a screenshot here and exit")
-    parser.add_argument("--checkpoint", help="checkpoint to use (default: bundled demo weights)")
+    parser.add_argument("--checkpoint", help="checkpoint to use (default: the bundled default model)")
     parser.add_argument("--timeout", type=float, default=600, help="seconds to wait for the segmentation")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from napari_sevnet.assumptions import TRAINING_SPACING_MM, input_warnings, needs_resampling
-from napari_sevnet.checkpoint import CheckpointInfo, bundled_checkpoint, load_checkpoint
+from napari_sevnet.checkpoint import CheckpointInfo, bundled_checkpoint, load_checkpoint, sequence_caveats
 from napari_sevnet.errors import Cancelled, InputError
 from napari_sevnet.io import MODALITIES, MODALITY_LABELS
 from napari_sevnet.model import size_divisor
@@ -260,7 +260,7 @@ class Predictor:
         is_cancelled = cancel.is_set if isinstance(cancel, threading.Event) else (cancel or (lambda: False))
         report = progress or (lambda fraction, message: None)
         timings = {}
-        warnings = input_warnings(image, spacing or self.training_spacing)
+        warnings = input_warnings(image, spacing or self.training_spacing) + sequence_caveats(self.checkpoint, sequences)
         notes = []
         with self._lock:
             t0 = time.perf_counter()

@@ -131,6 +131,8 @@ def test_the_default_segments_a_case_missing_sequences_and_says_what_each_contri
     predictor = Predictor(device="cpu")
     result = predictor.predict(case.image, spacing=case.spacing, sequences=("t1ce", "flair"))
     assert result.sequences == ("t1ce", "flair") and any("without T1, T2" in note for note in result.notes), result.notes
+    figures = _card()["held_out_figures_by_sequences"]["mean_dice"]["FLAIR + T1ce"]
+    assert any(f"WT {figures['WT']:.2f} / TC {figures['TC']:.2f} / ET {figures['ET']:.2f}" in w for w in result.warnings), result.warnings
     drops = sequence_contributions(predictor, case.image, sequences=("t1ce", "t2", "flair"), spacing=case.spacing)
     assert set(drops) == {"t1ce", "t2", "flair"} and all(set(v) == set(REGIONS) for v in drops.values())
 

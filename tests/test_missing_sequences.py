@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from napari_sevnet.assumptions import sequence_set_warnings
 from napari_sevnet.checkpoint import CheckpointInfo, save_checkpoint
 from napari_sevnet.errors import InputError
 from napari_sevnet.inference import Predictor
@@ -62,12 +63,27 @@ def test_each_single_sequence_removed_segments_through_the_library_and_the_cli(t
     result = Predictor(dropout_checkpoint, "cpu").predict(case.image, sequences=case.sequences)
     assert result.sequences == case.sequences and result.regions.shape[1:] == case.shape
     assert any("segmented without" in note for note in result.notes)
+    assert any("no held-out figures for missing sequences" in w for w in result.warnings), result.warnings
+    assert any("without T1ce" in w for w in result.warnings) == (left_out == "t1ce")
     refused = subprocess.run([str(BIN / "sevnet-predict"), str(folder), "-o", str(tmp_path / "no"), "--checkpoint", str(dropout_checkpoint)], capture_output=True, text=True)
     assert refused.returncode == 1 and "--allow-missing" in refused.stderr
     done = subprocess.run([str(BIN / "sevnet-predict"), str(folder), "-o", str(tmp_path / "out"), "--allow-missing", "--checkpoint", str(dropout_checkpoint)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     report = json.loads((tmp_path / "out" / f"{folder.name}_report.json").read_text(encoding="utf-8"))
     assert report["sequences"] == list(case.sequences) and any("segmented without" in n for n in report["notes"])
+    assert report["warnings"] == result.warnings and "warning: " in done.stderr
+
+
+def test_a_partial_result_carries_the_held_out_figures_of_its_set_of_sequences_or_says_it_has_none():
+    figures = {"cases": ["a", "b"], "mean_dice": {"all four": {"WT": 0.85, "TC": 0.74, "ET": 0.71}, "FLAIR + T1ce": {"WT": 0.83, "TC": 0.68, "ET": 0.70}}}
+    assert sequence_set_warnings(MODALITIES, figures) == []
+    (measured,) = sequence_set_warnings(("flair", "t1ce"), figures)
+    assert "T1ce, FLAIR only" in measured and "WT 0.83 / TC 0.68 / ET 0.70" in measured and "2 held-out cases" in measured and "all four: WT 0.85" in measured
+    no_contrast, unscored = sequence_set_warnings(("t1", "flair"), figures, "the recipe")
+    assert "without T1ce" in no_contrast and "(ET)" in no_contrast
+    assert "the recipe was never scored with T1, FLAIR only" in unscored and "all four: WT 0.85" in unscored
+    (unknown,) = sequence_set_warnings(("t1ce", "t2"), None)
+    assert "no held-out figures" in unknown and "T1ce, T2" in unknown
 
 
 def test_the_trainer_drops_sequences_and_declares_it(phantom_dir, tmp_path):
