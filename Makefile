@@ -187,8 +187,13 @@ click-refiner: setup  ## the Correct dock's learned click: simulated clicks on t
 click-refiner-loo: setup  ## WT's learned click scored without the held-out cases: each training case below Dice 0.90 by a refiner trained on the others (about 5 min): benchmarks/results/click-refiner-loo-WT.*
 	SEVNET_REAL_DATA=$(SHARED_DATA) $(BIN)/python -m benchmarks.click_refiner_loo --region WT -o benchmarks/results/click-refiner-loo-WT.json
 
-STAGE1_CKPT ?= runs/sevnet_real_brats/last.json
-eval-missing: setup  ## held-out Dice per set of available sequences: the default (trained with sequence dropout) against stage 1 given zero-filled channels
+# stage 1 as it shipped on 2026-12-01 (its run, runs/sevnet_real_brats, is not kept): taken from the history
+STAGE1_CKPT ?= runs/stage1_2026-12-01/last.json
+runs/stage1_2026-12-01/last.json:
+	mkdir -p $(@D)
+	git show 0695e23:napari_sevnet/weights/sevnet_lite_brats.safetensors > $(@D)/last.safetensors
+	git show 0695e23:napari_sevnet/weights/sevnet_lite_brats.json > $@
+eval-missing: setup $(STAGE1_CKPT)  ## held-out Dice per set of available sequences: the default (trained with sequence dropout) against stage 1 given zero-filled channels
 	SEVNET_REAL_DATA=$(SHARED_DATA) $(BIN)/python -m benchmarks.real_heldout --patterns -o benchmarks/results/real-heldout-missing-sequences.json \
 	  --checkpoint $(HELDOUT_MODEL).json --label "held-out model (the two-hour recipe on the training cases, trained with sequence dropout)" \
 	  --checkpoint $(STAGE1_CKPT) --label "stage 1 of the five-stage recipe (no dropout), zero-filled"

@@ -31,7 +31,9 @@ SEQUENCE_SETS = {
     "no T1": ("t1ce", "t2", "flair"),
     "no T2": ("t1", "t1ce", "flair"),
     "no FLAIR": ("t1", "t1ce", "t2"),
+    "no T1ce": ("t1", "t2", "flair"),  # a protocol without contrast agent (renal failure, pregnancy)
     "FLAIR + T1ce": ("t1ce", "flair"),
+    "T2 + FLAIR": ("t2", "flair"),
     "T1ce only": ("t1ce",),
     "FLAIR only": ("flair",),
 }
