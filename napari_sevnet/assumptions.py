@@ -69,12 +69,12 @@ def input_warnings(image: np.ndarray, spacing=TRAINING_SPACING_MM) -> list[str]:
 def sequence_set_warnings(sequences, figures: dict | None, scored: str = "this model") -> list[str]:
     """What a result from only ``sequences`` is worth, from a model card's ``held_out_figures_by_sequences`` (``figures``).
 
-    ``scored``: what the figures were measured on, for the sentence (a model retrained on every case carries the
-    figures of its recipe trained without the held-out ones).
-
     A model trained with sequences left out segments any subset, but some subsets are far off (T1ce alone: held-out WT
     0.29 for the default), and the figures are measured for a few sets only. Enhancement is seen on T1ce alone, so without
     it the enhancing tumour and the core it defines have no direct evidence, whatever the figures say.
+
+    ``scored``: what the figures were measured on, for the sentence (a model retrained on every case carries the
+    figures of its recipe trained without the held-out ones).
     """
     present = tuple(m for m in MODALITIES if m in sequences)
     if present == MODALITIES:
