@@ -4,7 +4,8 @@ Patient/case id, the sequences used, axial, coronal and sagittal slices
 through the largest lesion with the regions' outlines and the RANO diameters,
 the lesion table, the volumes, the uncertainty score when there is one, the
 model and its version, the date, the change since an earlier visit when
-given, and a "for research, not diagnosis" line. Images are embedded, so the
+given, and a "for research, not diagnosis" line; a mask the model made
+from some sequences only carries the held-out figures of that set. Images are embedded, so the
 file can be mailed or archived as it is.
 """
 
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_sevnet.checkpoint import sequence_caveats
 from napari_sevnet.files import write_text_atomic
 from napari_sevnet.io import MODALITIES, MODALITY_LABELS, Case
 from napari_sevnet.readout import Readout
@@ -93,11 +95,13 @@ def render(case: Case, regions: np.ndarray, readout: Readout, *, checkpoint: str
         for les in readout.lesions
     )
     volumes = "".join(f"<tr><td>{r}</td><td>{readout.volumes_ml[r]:.1f}</td></tr>" for r in REGIONS)
+    # a mask the model made from some sequences only: what its card measured for that set (without T1ce, ET is not seen)
+    caveats = "".join(f"<p class='notice'>{html.escape(line)}.</p>" for line in (sequence_caveats(checkpoint, case.sequences) if checkpoint and missing else []))
     sections = [
         f"<section id='case'><h1>Tumour segmentation report: {html.escape(case.case_id)}</h1>"
         f"<p class='notice'><b>For {RESEARCH_USE}.</b> An automatic segmentation, checked by nobody unless stated: verify before any use.</p>"
         f"<p>Date {html.escape(date)}. Sequences used: {', '.join(MODALITY_LABELS[m] for m in case.sequences)}"
-        + (f" (missing: {', '.join(missing)})" if missing else "") + "</p></section>",
+        + (f" (missing: {', '.join(missing)})" if missing else "") + f"</p>{caveats}</section>",
         f"<section id='images'><h2>Through the largest lesion</h2><img alt='axial, coronal and sagittal slices' src='data:image/png;base64,{_slices_png(case, regions, readout)}'>"
         "<p>Outlines: WT green, TC red, ET yellow; on the axial slice the RANO diameters (cyan, magenta). Radiological view: the patient's right on the left.</p></section>",
         "<section id='lesions'><h2>Lesions (RANO)</h2><table><tr><th>#</th><th>NCR mL</th><th>ED mL</th><th>ET mL</th><th>centroid RAS mm</th><th>slice</th>"

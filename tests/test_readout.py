@@ -95,3 +95,23 @@ def test_the_case_report_has_its_sections_and_sevnet_measure_works_end_to_end(tm
     for section in ("case", "images", "lesions", "volumes", "uncertainty", "model", "visits"):
         assert f"<section id='{section}'>" in page, section
     assert "not for diagnosis" in page and re.search(r"data:image/png;base64,[A-Za-z0-9+/]{1000}", page), "self-contained, with its images"
+
+
+def test_a_report_on_a_mask_made_without_t1ce_says_what_the_model_card_measured_for_that_set(tmp_path):
+    import json
+
+    from napari_sevnet import case_report
+    from napari_sevnet.checkpoint import bundled_checkpoint
+    from napari_sevnet.io import load_case
+    from napari_sevnet.phantom import write_phantom
+
+    folder = write_phantom(tmp_path, seed=4, shape=(48, 56, 48))
+    complete = load_case(folder)
+    (folder / f"{folder.name}_t1ce.nii.gz").unlink()
+    partial = load_case(folder, allow_missing=True)
+    readout = measure(partial.regions, partial.spacing)
+    page = case_report.render(partial, partial.regions, readout, checkpoint=str(bundled_checkpoint()))
+    measured = json.loads(bundled_checkpoint().read_text(encoding="utf-8"))["model_card"]["held_out_figures_by_sequences"]["mean_dice"]["no T1ce"]
+    assert "(missing: T1ce)" in page and "without T1ce the enhancement" in page and "with T1, T2, FLAIR only" in page and f"ET {measured['ET']:.2f}" in page
+    assert "without T1ce" not in case_report.render(complete, complete.regions, readout, checkpoint=str(bundled_checkpoint()))
+    assert "without T1ce" not in case_report.render(partial, partial.regions, readout), "an expert's mask (no model named) gets no model caveat"
