@@ -214,9 +214,15 @@ def _recover(dataset: Path, manifest: dict) -> None:
 
 
 def _write_modalities(case: Case, staging: Path, folder_name: str) -> dict[str, str]:
-    """The four modalities with the source voxels and affine: 3D source files are copied byte for byte."""
+    """The case's sequences with the source voxels and affine: 3D source files are copied byte for byte.
+
+    A sequence the case lacks is not written (a volume of zeros would stand for a scan that was never taken, and no
+    reader accepts one); the record's ``sequences`` says which there are.
+    """
     names = {}
     for i, m in enumerate(MODALITIES):
+        if m not in case.sequences:
+            continue
         source = case.paths.get(m)
         single_file = source is not None and list(case.paths.values()).count(source) == 1
         if single_file:
@@ -320,6 +326,7 @@ def export_case(
             "note": note or None,
             "label_convention": manifest["label_convention"],
             "source": _source_record(case),
+            "sequences": list(case.sequences),  # those the case has: a fine-tune needs a model trained for missing ones otherwise
             "checkpoint": _checkpoint_record(checkpoint),
             "volumes_ml": volumes_ml(corrected, case.spacing),
             "edits": edit_statistics(model_regions, corrected, case.spacing) if model_regions is not None else None,

@@ -139,10 +139,10 @@ def find_cases(inputs: list[str | os.PathLike], *, labelled: bool = False) -> li
     """The cases named by ``inputs``: each is a case (its folder or one of its files) or a folder of case folders.
 
     A folder holding NIfTI files is one case; any other folder stands for its
-    (non-hidden) sub-folders. With ``labelled`` only complete cases with a
-    segmentation are kept and anything else below a folder is skipped (training
-    data); without it every sub-folder is returned, so the caller reports the
-    ones that are not cases.
+    (non-hidden) sub-folders. With ``labelled`` only cases with a segmentation
+    (and one to four sequences) are kept and anything else below a folder is
+    skipped (training data); without it every sub-folder is returned, so the
+    caller reports the ones that are not cases.
     """
     cases: list[Path] = []
     for raw in inputs:
@@ -160,7 +160,7 @@ def find_cases(inputs: list[str | os.PathLike], *, labelled: bool = False) -> li
 
 def _is_labelled_case(path: Path) -> bool:
     try:
-        _, files, _ = find_case_files(path)
+        _, files, _ = find_case_files(path, allow_missing=True)
     except InputError:
         return False
     return "seg" in files

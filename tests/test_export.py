@@ -71,6 +71,19 @@ def test_export_writes_a_brats_case_and_manifest(case, tmp_path, random_checkpoi
     assert [c.case_id for c in discover_cases([tmp_path / "ds"])] == ["phantom_0000"]
 
 
+def test_a_case_without_t1ce_is_exported_without_one_and_found_for_training_as_such(tmp_path):
+    folder = write_phantom(tmp_path / "src", seed=3, shape=(24, 28, 24))
+    (folder / f"{folder.name}_t1ce.nii.gz").unlink()
+    partial = load_case(folder, allow_missing=True)
+    result = ex.export_case(partial, partial.regions, tmp_path / "ds")
+    assert not (result.folder / f"{folder.name}_t1ce.nii.gz").exists(), "no volume of zeros standing for a scan never taken"
+    assert result.record["sequences"] == ["t1", "t2", "flair"] and "t1ce" not in result.record["files"]
+    again = load_case(result.folder, allow_missing=True)
+    assert again.missing == ("t1ce",) and np.array_equal(again.regions, partial.regions)
+    (ref,) = discover_cases([tmp_path / "ds"])
+    assert ref.missing == ("t1ce",)
+
+
 def test_re_export_adds_a_version_and_replace_removes_the_old_ones(case, tmp_path):
     ds = tmp_path / "ds"
     ex.export_case(case, case.regions, ds)

@@ -103,6 +103,29 @@ def test_the_trainer_drops_sequences_and_declares_it(phantom_dir, tmp_path):
     assert Predictor(run / "last.json", "cpu").handles_missing_sequences
 
 
+def test_a_case_lacking_a_sequence_trains_a_model_with_sequence_dropout_and_is_refused_by_name_without(phantom_dir, tmp_path):
+    from training.config import from_dict
+    from training.data import RandDropSequences
+    from training.loop import train
+
+    transform = RandDropSequences(1.0)
+    transform.set_random_state(0)
+    image = np.ones((4, 8, 8, 8), np.float32)
+    image[1] = 0  # the case has no T1ce
+    assert all(transform({"image": image})["image"].any() for _ in range(200)), "a patch never loses every sequence the case has"
+    partial = without(write_phantom(tmp_path / "partial", seed=5, shape=SHAPE), "t1ce")
+
+    def config(dropout):
+        return from_dict({"model": {"name": "sevnet", "config": {"preset": "tiny"}}, "data": {"roots": [str(phantom_dir), str(tmp_path / "partial")], "val_cases": 0,
+                          "cache_dir": str(tmp_path / "c")}, "patch_size": [32, 32, 32], "epochs": 1, "steps_per_epoch": 1,
+                          "output": str(tmp_path / f"run{dropout}"), "augment": {"sequence_dropout": dropout}})
+
+    with pytest.raises(ValueError, match=rf"{partial.name} lacks t1ce.*not trained for missing sequences"):
+        train(config(0.0))
+    run = train(config(0.5))
+    assert any(Path(p).name == partial.name for p in json.loads((run / "last.json").read_text(encoding="utf-8"))["provenance"]["train_cases"])
+
+
 @pytest.mark.qt
 def test_the_segment_dock_runs_with_a_sequence_set_to_none_and_records_it(qtbot, make_napari_viewer, tmp_path, dropout_checkpoint):
     from napari_sevnet.layers import LayerInfo

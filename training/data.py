@@ -22,7 +22,7 @@ from napari_sevnet.errors import InputError
 from napari_sevnet.export import active_cases, read_manifest
 from napari_sevnet.files import atomic_output
 from napari_sevnet.inference import preprocess
-from napari_sevnet.io import find_case_files, find_cases, load_case, role_of
+from napari_sevnet.io import MODALITIES, find_case_files, find_cases, load_case, role_of
 from training.config import AugmentConfig, DataConfig
 
 
@@ -30,6 +30,7 @@ from training.config import AugmentConfig, DataConfig
 class CaseRef:
     case_id: str
     folder: Path
+    missing: tuple[str, ...] = ()  # sequences the case lacks (zero channels when loaded): only a model trained with sequence dropout learns from it
 
 
 def discover_cases(roots: list[str | Path]) -> list[CaseRef]:
@@ -37,6 +38,7 @@ def discover_cases(roots: list[str | Path]) -> list[CaseRef]:
 
     A root may itself be one case folder. In an exported fine-tuning dataset
     only the newest version of each case is used (its manifest says which).
+    A case with one to three sequences is found, with what it lacks (``CaseRef.missing``).
     """
     refs: dict[str, CaseRef] = {}
     for root in roots:
@@ -50,13 +52,13 @@ def discover_cases(roots: list[str | Path]) -> list[CaseRef]:
             folders = find_cases([root], labelled=True)
         for folder in folders:
             try:
-                case_id, files, _ = find_case_files(folder)
+                case_id, files, _ = find_case_files(folder, allow_missing=True)
             except InputError:
                 continue
             if "seg" in files:
-                refs.setdefault(case_id, CaseRef(case_id, folder))
+                refs.setdefault(case_id, CaseRef(case_id, folder, tuple(m for m in MODALITIES if m not in files)))
     if not refs:
-        raise InputError(", ".join(map(str, roots)), "no labelled BraTS cases (t1, t1ce, t2, flair and seg files) found")
+        raise InputError(", ".join(map(str, roots)), "no labelled BraTS cases (t1, t1ce, t2 or flair files and a seg file) found")
     return [refs[k] for k in sorted(refs)]
 
 
@@ -115,7 +117,7 @@ def load_preprocessed(ref: CaseRef, cache_dir: Path) -> tuple[np.ndarray, np.nda
     if path.is_file():
         with np.load(path) as data:
             return data["image"], data["regions"]
-    case = load_case(ref.folder)
+    case = load_case(ref.folder, allow_missing=True)
     image, box = preprocess(case.image)
     regions = case.regions[(slice(None), *box)].astype(np.uint8)
     with atomic_output(path, suffix=".npz") as tmp:
@@ -251,7 +253,9 @@ class RandDropSequences(_randomizable_map_transform()):
 
     Each of the 14 proper non-empty subsets of the four sequences is kept
     equally often: one, two or three sequences missing, as clinics acquire them.
-    A zero channel is what the Predictor feeds for a missing sequence.
+    A zero channel is what the Predictor feeds for a missing sequence. A patch
+    of a case that lacks sequences is left as it is when the subset drawn keeps
+    none of those it has (no patch without an image).
     """
 
     SUBSETS = [s for n in range(1, 4) for s in itertools.combinations(range(4), n)]
@@ -261,6 +265,8 @@ class RandDropSequences(_randomizable_map_transform()):
         if not self._do_transform:
             return data
         keep = self.SUBSETS[self.R.randint(len(self.SUBSETS))]
+        if not any(np.any(data["image"][c]) for c in keep):
+            return data
         d = dict(data)
         image = np.array(d["image"], dtype=np.float32, copy=True)
         image[[c for c in range(image.shape[0]) if c not in keep]] = 0

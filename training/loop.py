@@ -359,6 +359,11 @@ class Trainer:
         if cfg.data.validate_on_train and not self.val_refs:
             self.val_refs, self.validation_kind = list(self.train_refs), "training_cases"
         self.replay_refs = discover_cases(cfg.data.replay_roots) if cfg.data.replay_roots else []
+        partial = [r for r in self.train_refs + self.val_refs + self.replay_refs if r.missing]
+        if partial and not cfg.augment.sequence_dropout:
+            named = "; ".join(f"{r.folder} lacks {', '.join(r.missing)}" for r in partial[:3]) + (f"; and {len(partial) - 3} more" if len(partial) > 3 else "")
+            raise ValueError(f"cases with sequences missing ({named}): this model is not trained for missing sequences; "
+                             "start from one that is (the bundled default) or set augment.sequence_dropout")
         cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else self.run_dir.parent / ".cache"
         self.dataset = PatchDataset(self.train_refs + self.replay_refs, cache_dir, cfg.patch_size, cfg.augment)
         self.val_arrays = [load_preprocessed(r, cache_dir) for r in self.val_refs]
