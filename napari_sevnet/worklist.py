@@ -35,6 +35,19 @@ class WorkItem:
         """Uncertainty score (higher: correct first); cases that failed sort last."""
         return self.report["uncertainty"]["score"] if self.report and self.report.get("uncertainty") else -1.0
 
+    @property
+    def status(self) -> str:
+        """The Status column: error, done, cached or new, and how many warnings the result carries (the input was not
+        what the model was trained on: sequences missing, the skull there, ...; :attr:`warnings` lists them)."""
+        if self.error:
+            return "error: " + self.error
+        status = "done (exported)" if self.done else ("cached" if self.cached else "new")
+        return status + (f"; {len(self.warnings)} warning(s)" if self.warnings else "")
+
+    @property
+    def warnings(self) -> list[str]:
+        return list((self.report or {}).get("warnings") or [])
+
 
 def model_cache(folder: Path, checkpoint: str) -> Path:
     from napari_sevnet.checkpoint import checkpoint_files

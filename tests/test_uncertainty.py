@@ -142,6 +142,21 @@ def test_predict_uncertainty_and_evaluate_lesion_wise_clis(tmp_path):
     assert 0 <= metrics["mean"]["WT"]["lesion_dice"] <= 1 and "false_positives" in metrics["mean"]["WT"]
 
 
+def test_the_worklist_marks_a_case_whose_result_carries_warnings(tmp_path):
+    from napari_sevnet.worklist import WorkItem, run_worklist
+
+    cases = tmp_path / "cases"
+    complete = write_phantom(cases, seed=21, shape=(48, 56, 48))
+    partial = write_phantom(cases, seed=22, shape=(48, 56, 48))
+    (partial / f"{partial.name}_t1ce.nii.gz").unlink()
+    items = {item.case_id: item for item in run_worklist(cases, Predictor(device="cpu"))}  # the default: trained for missing sequences
+    # a small phantom is a small brain: both carry that warning; the one without T1ce carries what that costs as well
+    assert not any("T1ce" in w for w in items[complete.name].warnings) and any("without T1ce" in w for w in items[partial.name].warnings)
+    assert len(items[partial.name].warnings) > len(items[complete.name].warnings) > 0
+    assert [item.status for item in items.values()] == [f"new; {len(item.warnings)} warning(s)" for item in items.values()]
+    assert WorkItem("x", tmp_path, report={"warnings": []}).status == "new" and WorkItem("x", tmp_path, error="bad file").status == "error: bad file"
+
+
 @pytest.mark.qt
 def test_worklist_ranks_by_score_marks_exported_cases_and_opens_them(qtbot, make_napari_viewer, tmp_path):
     from napari_sevnet.export import export_case

@@ -156,11 +156,10 @@ class WorklistWidget(DockWidget):
         self.table.setRowCount(len(self.items))
         for row, item in enumerate(self.items):
             volumes = (item.report or {}).get("volumes_ml", {})
-            status = "error: " + item.error if item.error else ("done (exported)" if item.done else ("cached" if item.cached else "new"))
-            cells = [item.case_id, f"{item.score:.3f}" if item.report else "", *(f"{volumes.get(r, 0):.1f}" if item.report else "" for r in REGIONS), status]
+            cells = [item.case_id, f"{item.score:.3f}" if item.report else "", *(f"{volumes.get(r, 0):.1f}" if item.report else "" for r in REGIONS), item.status]
             for col, text in enumerate(cells):
                 self.table.setItem(row, col, QTableWidgetItem(text))
-                self.table.item(row, col).setToolTip(text)
+                self.table.item(row, col).setToolTip("\n".join([text, *item.warnings]) if col == len(cells) - 1 else text)
 
     def open_case(self, item):
         """Open a listed case with the model's layers and the uncertainty map; returns the worker reading it.
