@@ -139,6 +139,13 @@ def measure(regions: np.ndarray, spacing, grid: SourceGrid | None = None) -> Rea
     return readout
 
 
+def enhancement_caveat(sequences) -> str | None:
+    """RANO measures contrast enhancement, seen on T1ce only: a result made without T1ce has none to measure."""
+    if sequences and "t1ce" not in sequences:
+        return "made without T1ce: its enhancing lesions and their diameters are the model's inference, not measured enhancement"
+    return None
+
+
 def rano_diameters(section: np.ndarray, spacing_yx, z: int, offset=(0, 0)) -> Diameters:
     """Longest diameter of a 2D region and the longest chord perpendicular to it (mm; endpoints as voxel z, y, x).
 

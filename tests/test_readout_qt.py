@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from napari_sevnet.layers import LayerInfo
 from napari_sevnet.phantom import write_phantom
 
 pytestmark = pytest.mark.qt
@@ -29,6 +30,11 @@ def test_the_lesion_table_follows_edits_and_moves_the_viewer(qtbot, make_napari_
     readout.table.cellClicked.emit(0, 0)
     lesion = readout.readout.lesions[0]
     assert viewer.dims.point[0] == pytest.approx((lesion.diameters.slice if lesion.diameters else lesion.voxel[0]) * layers[0].scale[0])
+    assert "without T1ce" not in readout._summary.value, "the case's own mask: no model caveat"
+    for layer in layers[-3:]:  # as if the model had made this result from a scan without contrast agent
+        layer.metadata = LayerInfo.from_layer(layer).but(sequences=("t1", "t2", "flair")).to_metadata()
+    readout.measure()
+    qtbot.waitUntil(lambda: readout.worker is None and "made without T1ce" in readout._summary.value, timeout=30_000)
 
 
 def test_two_visits_on_different_grids_are_compared_and_aligned(qtbot, make_napari_viewer, tmp_path):

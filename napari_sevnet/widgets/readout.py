@@ -142,8 +142,12 @@ class ReadoutWidget(DockWidget):
         if readout is None:
             self._summary.value = "select a result (a WT, TC or ET layer)"
             return
+        from napari_sevnet.readout import enhancement_caveat
+
         volumes = "  ".join(f"{r} {v:.1f} mL" for r, v in readout.volumes_ml.items())
-        self._summary.value = f"{len(lesions)} lesion(s), {readout.measurable} measurable; sum of products {readout.sum_of_products_mm2:.0f} mm²; {volumes}"
+        caveat = enhancement_caveat(LayerInfo.from_layer(self._tracked["WT"]).sequences) if "WT" in self._tracked else None
+        self._summary.value = (f"{len(lesions)} lesion(s), {readout.measurable} measurable; sum of products {readout.sum_of_products_mm2:.0f} mm²; {volumes}"
+                               + (f"; warning: {caveat}" if caveat else ""))
 
     def _draw_diameters(self):
         """The RANO diameters of every lesion as lines on the result's scale (one Shapes layer per result)."""
