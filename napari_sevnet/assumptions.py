@@ -25,7 +25,8 @@ TRAINING_SPACING_MM = (1.0, 1.0, 1.0)
 SPACING_TOLERANCE = 0.1  # relative: 1.05 mm is fine, 0.5 or 1.5 mm is resampled
 MIN_BACKGROUND_FRACTION = 0.05  # a skull-stripped BraTS volume is 80-90 % zeros
 PLAUSIBLE_BRAIN_ML = (400.0, 2200.0)
-#: the sets of sequences a model card scores on held-out cases (``held_out_figures_by_sequences``): name -> the sequences present
+#: the sets of sequences a model card scores on held-out cases (``held_out_figures_by_sequences``): name -> the sequences present;
+#: every one of the 14 a case can have besides all four
 SEQUENCE_SETS = {
     "all four": ("t1", "t1ce", "t2", "flair"),
     "no T1": ("t1ce", "t2", "flair"),
@@ -34,8 +35,14 @@ SEQUENCE_SETS = {
     "no T1ce": ("t1", "t2", "flair"),  # a protocol without contrast agent (renal failure, pregnancy)
     "FLAIR + T1ce": ("t1ce", "flair"),
     "T2 + FLAIR": ("t2", "flair"),
+    "T1 + FLAIR": ("t1", "flair"),
+    "T1 + T1ce": ("t1", "t1ce"),
+    "T1ce + T2": ("t1ce", "t2"),
+    "T1 + T2": ("t1", "t2"),
     "T1ce only": ("t1ce",),
     "FLAIR only": ("flair",),
+    "T1 only": ("t1",),
+    "T2 only": ("t2",),
 }
 
 
