@@ -186,6 +186,9 @@ def prepare_case(inputs: Path | dict[str, Path], out_dir: Path, *, reference: st
     ``inputs``: a folder of NIfTI series, a folder of DICOM series (``series`` may pick them: {sequence: series UID};
     by default the descriptions decide), or {sequence: NIfTI file}.
     """
+    if not isinstance(inputs, dict) and not Path(inputs).is_dir():
+        raise InputError(inputs, "is a file: give the folder that holds this patient's raw series (NIfTI or DICOM), one folder per patient"
+                         if Path(inputs).exists() else "cannot access: no such folder")
     dicom_dir = None
     if not isinstance(inputs, dict) and is_dicom_folder(Path(inputs)):
         from napari_sevnet import dicom
@@ -217,7 +220,10 @@ def is_dicom_folder(folder: Path) -> bool:
 def _prepare(files: dict[str, Path], out_dir: Path, reference: str, case_id: str | None, strip: bool, bias_field: bool, dicom: bool) -> Prepared:
     sitk = _sitk()
     if reference not in files:
-        raise InputError(None, f"the reference sequence {MODALITY_LABELS.get(reference, reference)} is not among the series found ({sorted(files)})")
+        found = ", ".join(f"{MODALITY_LABELS.get(m, m)} ({p.name})" for m, p in files.items())
+        raise InputError(next(iter(files.values())).parent if files else None,
+                         f"the reference sequence {MODALITY_LABELS.get(reference, reference)} is not among the series found: {found}; "
+                         f"choose one that is as the reference (--reference, or the Prepare dock's Reference: the mask goes back onto its grid)")
     case_id = case_id or nifti_stem(files[reference].name)
     timings: dict[str, float] = {}
     t = time.perf_counter()

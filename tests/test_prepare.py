@@ -112,6 +112,10 @@ def test_series_that_cannot_be_prepared_are_refused_by_name(tmp_path):
     sitk.WriteImage(image[:, :, image.GetSize()[2] // 2 : image.GetSize()[2] // 2 + 5], str(slab))
     with pytest.raises(InputError, match="field of view"):
         prepare_case(raw, tmp_path / "out2", strip=False)
+    with pytest.raises(InputError, match="is a file: give the folder"):  # a series given where its folder was meant: no traceback
+        prepare_case(slab, tmp_path / "out3", strip=False)
+    with pytest.raises(InputError, match=r"reference sequence T1 is not among the series found: .*AX_T2_TSE.*--reference"):
+        prepare_case({"t2": slab}, tmp_path / "out4", reference="t1", strip=False)
 
 
 def test_sevnet_predict_over_two_ranks_does_each_case_once(tmp_path, random_checkpoint):
