@@ -241,6 +241,8 @@ def sequence_caveats(path: str | os.PathLike | None, sequences) -> list[str]:
     """Warnings for a result segmented from only ``sequences``, with the held-out figures of ``path``'s model card."""
     from napari_sevnet.assumptions import sequence_set_warnings
 
+    if set(MODALITIES) <= set(sequences):
+        return []  # every prediction passes here: a complete case reads no model card
     data = (_readable_json(path) if path is not None else None) or {}
     figures = (data.get("model_card") or {}).get("held_out_figures_by_sequences")
     seen = set((data.get("provenance") or {}).get("train_cases") or []) & set((figures or {}).get("cases") or [])
