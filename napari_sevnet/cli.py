@@ -187,17 +187,26 @@ def evaluate_main(argv=None) -> int:
     from napari_sevnet.metrics import case_lesion_metrics, case_metrics, mean_metrics
     from napari_sevnet.regions import REGIONS
 
-    preds = find_segmentations(args.pred_dir)
-    if not preds:
-        print(f"sevnet-evaluate: error: {args.pred_dir}: no <case>_seg.nii.gz predictions found", file=sys.stderr)
+    found = find_segmentations(args.pred_dir)
+    twice = {case_id: paths for case_id, paths in found.items() if len(paths) > 1}
+    if not found or twice:
+        problem = "; ".join(f"case {c} has {len(p)} predictions: {', '.join(map(str, p))}" for c, p in twice.items()) or "no <case>_seg.nii.gz predictions found"
+        print(f"sevnet-evaluate: error: {args.pred_dir}: {problem}", file=sys.stderr)
         return 2
-    refs = find_segmentations(args.gt_dir)
+    preds = {case_id: paths[0] for case_id, paths in found.items()}
+    refs = find_segmentations(args.gt_dir, exclude=frozenset(p.resolve() for p in preds.values()))
+    unscored = sorted(set(refs) - set(preds))
+    if unscored:
+        print(f"sevnet-evaluate: note: {len(unscored)} reference case(s) under {args.gt_dir} have no prediction and are not in the mean: {', '.join(unscored)}", file=sys.stderr)
     rows, per_case, failed = [], [], 0
     for case_id, pred_path in preds.items():
-        ref = refs.get(case_id)
+        candidates = refs.get(case_id, [])
         try:
-            if ref is None:
+            if not candidates:
                 raise InputError(args.gt_dir, f"no reference mask for case {case_id}")
+            if len(candidates) > 1:
+                raise InputError(args.gt_dir, f"case {case_id} has {len(candidates)} reference masks: {', '.join(map(str, candidates))}; keep one, or name a folder that holds one")
+            ref = candidates[0]
             pred, pgrid = read_labels(pred_path)
             truth, tgrid = read_labels(ref)
             if pred.shape != truth.shape or not np.allclose(pgrid.affine, tgrid.affine, atol=1e-3):
@@ -222,7 +231,7 @@ def evaluate_main(argv=None) -> int:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    _write_json(out / "metrics.json", {"cases": rows[:-1], "mean": mean})
+    _write_json(out / "metrics.json", {"cases": rows[:-1], "mean": mean, "references_without_prediction": unscored})
     columns = [("dice", "Dice", ".3f"), ("hd95", "HD95", ".2f")] + ([("lesion_dice", "LwDice", ".3f"), ("lesion_hd95", "LwHD95", ".2f")] if args.lesion_wise else [])
     print(f"{'case':<24}" + "".join(f"{r + ' ' + title:>12}" for r in REGIONS for _, title, _ in columns))
     for row in rows:

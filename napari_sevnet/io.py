@@ -166,13 +166,18 @@ def _is_labelled_case(path: Path) -> bool:
     return "seg" in files
 
 
-def find_segmentations(folder: str | os.PathLike) -> dict[str, Path]:
-    """Case id -> label file, for every ``<case>_seg`` / ``<case>-seg`` NIfTI anywhere below ``folder``."""
-    found: dict[str, Path] = {}
+def find_segmentations(folder: str | os.PathLike, *, exclude: frozenset[Path] = frozenset()) -> dict[str, list[Path]]:
+    """Case id -> its ``<case>_seg`` / ``<case>-seg`` NIfTI files anywhere below ``folder``.
+
+    Every file is listed, so a caller can refuse a case found twice rather
+    than guess (a guess scores the wrong mask). ``exclude`` (resolved paths)
+    are skipped: the predictions, when they lie below the references.
+    """
+    found: dict[str, list[Path]] = {}
     for p in sorted(Path(folder).rglob("*")):
         parsed = role_of(p.name)
-        if parsed and parsed[1] == "seg" and p.is_file():
-            found.setdefault(parsed[0], p)
+        if parsed and parsed[1] == "seg" and p.is_file() and p.resolve() not in exclude:
+            found.setdefault(parsed[0], []).append(p)
     return found
 
 

@@ -1,6 +1,7 @@
 """sevnet-predict and sevnet-evaluate from files on disk to files on disk."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -24,13 +25,50 @@ def test_predict_folder_of_cases_then_evaluate(phantom_dir, random_checkpoint, t
         assert set(report["volumes_ml"]) == {"WT", "TC", "ET"} and report["device"] == "cpu"
         assert report["checkpoint"] == str(random_checkpoint) and report["label_convention"] == "brats2023"
         assert "not for diagnosis" in report["notice"]
-    # the reference compared with itself scores perfectly
-    assert evaluate_main([str(phantom_dir), str(phantom_dir), "-o", str(tmp_path / "self")]) == 0
+    # a copy of the reference scores perfectly
+    copies = tmp_path / "copies"
+    copies.mkdir()
+    for seed in range(3):
+        shutil.copy(phantom_dir / f"phantom_{seed:04d}" / f"phantom_{seed:04d}_seg.nii.gz", copies)
+    assert evaluate_main([str(copies), str(phantom_dir), "-o", str(tmp_path / "self")]) == 0
     mean = json.loads((tmp_path / "self" / "metrics.json").read_text(encoding="utf-8"))["mean"]
     assert mean["WT"]["dice"] == 1.0 and mean["ET"]["hd95"] == 0.0
     assert evaluate_main([str(out), str(phantom_dir)]) == 0
     rows = (out / "metrics.csv").read_text(encoding="utf-8").splitlines()
     assert rows[0].startswith("case,WT_dice") and rows[-1].startswith("mean,") and len(rows) == 5
+
+
+def test_evaluate_never_scores_a_prediction_against_itself_or_a_guessed_reference(phantom_dir, tmp_path, capsys):
+    """Predictions below the references' folder are not their own references;
+    a case with two reference masks is refused; references without a prediction are named."""
+    root = tmp_path / "data"
+    shutil.copytree(phantom_dir, root)
+    preds = root / "preds"
+    preds.mkdir()
+    shutil.copy(root / "phantom_0000" / "phantom_0000_seg.nii.gz", preds)
+    assert evaluate_main([str(preds), str(root)]) == 0
+    err = capsys.readouterr().err
+    assert "2 reference case(s)" in err and "phantom_0001, phantom_0002" in err
+    metrics = json.loads((preds / "metrics.json").read_text(encoding="utf-8"))
+    assert [row["case"] for row in metrics["cases"]] == ["phantom_0000"]
+    assert metrics["references_without_prediction"] == ["phantom_0001", "phantom_0002"]
+    # a prediction alone, with no reference anywhere but itself, is an error, not Dice 1
+    lone = tmp_path / "lone"
+    (lone / "preds").mkdir(parents=True)
+    shutil.copy(root / "phantom_0000" / "phantom_0000_seg.nii.gz", lone / "preds")
+    capsys.readouterr()
+    assert evaluate_main([str(lone / "preds"), str(lone)]) == 1
+    assert "no reference mask for case phantom_0000" in capsys.readouterr().err
+    # a second mask of the same case under the references is refused by name
+    shutil.copy(root / "phantom_0000" / "phantom_0000_seg.nii.gz", root / "phantom_0001")
+    assert evaluate_main([str(preds), str(root)]) == 1
+    err = capsys.readouterr().err
+    assert "case phantom_0000 has 2 reference masks" in err and str(root / "phantom_0001") in err
+    # and two predictions of one case are refused before any scoring
+    (preds / "again").mkdir()
+    shutil.copy(preds / "phantom_0000_seg.nii.gz", preds / "again")
+    assert evaluate_main([str(preds), str(lone)]) == 2
+    assert "case phantom_0000 has 2 predictions" in capsys.readouterr().err
 
 
 def test_bad_case_gets_one_line_and_the_batch_continues(phantom_dir, random_checkpoint, tmp_path):
