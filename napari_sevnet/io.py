@@ -449,14 +449,36 @@ def read_segmentation(path: str | os.PathLike, grid: SourceGrid, reference: Path
     A mask on the same world grid in another voxel order (RAS instead of LPS)
     is re-oriented like the scans. The convention: ``convention`` when given,
     else what the file says (:func:`label_convention_of`), else ``default``.
+    The mask of another case is refused (:func:`_other_case_of`).
     """
     path = Path(path)
+    other = _other_case_of(path, Path(reference))
+    if other:
+        raise InputError(path, f"this is the mask of case {other[0]} (beside it: {other[1]}), but the case is {role_of(Path(reference).name)[0]} ({reference}); give that case's mask, or copy the file under another name if it is meant for this case")
     data, img = read_nifti(path)
     mask_grid = grid_of(img)
     if not _same_world_grid(grid, mask_grid):
         _same_grid(grid, mask_grid, path, reference)  # raises, saying what differs
     labels = mask_grid.to_canonical(np.asarray(data))
     return _labels_to_regions(labels, convention or label_convention_of(path, img, default), path)
+
+
+def _other_case_of(mask: Path, reference: Path) -> tuple[str, str] | None:
+    """(case id, evidence) when ``mask`` is plainly another case's: BraTS cases share one grid, so only
+    the files can tell. Its BraTS name must name another case and the folder must hold that case's scans
+    or sevnet-predict's report of it; a user's own name ("corrected_seg.nii.gz") is taken at its word."""
+    named, case = role_of(mask.name), role_of(reference.name)
+    if not (named and case and named[1] == "seg" and named[0].casefold() != case[0].casefold()):
+        return None
+    try:
+        beside = sorted(mask.parent.iterdir())
+    except OSError:  # a folder that cannot be listed tells nothing
+        return None
+    for entry in beside:
+        parsed = role_of(entry.name)
+        if (parsed and parsed[0] == named[0] and parsed[1] in MODALITIES) or entry.name == f"{named[0]}_report.json":
+            return named[0], entry.name
+    return None
 
 
 def _same_world_grid(a: SourceGrid, b: SourceGrid) -> bool:

@@ -89,6 +89,28 @@ def test_a_corrected_mask_in_another_voxel_order_is_read_onto_the_scan(tmp_path)
     np.testing.assert_array_equal(regions, case.regions)
 
 
+def test_the_mask_of_another_case_is_refused_by_export_and_measure(tmp_path, capsys):
+    """BraTS cases share one grid, so only the name can tell that a mask belongs to another case."""
+    from napari_sevnet.cli import export_main, measure_main
+
+    mine, other = (write_phantom(tmp_path, seed=seed, shape=SHAPE) for seed in (1, 2))
+    wrong = other / f"{other.name}_seg.nii.gz"
+    assert export_main([str(mine), str(wrong), "-d", str(tmp_path / "ds")]) == 2
+    assert measure_main([str(mine), str(wrong)]) == 2
+    err = capsys.readouterr().err
+    assert err.count(f"the mask of case {other.name} (beside it: {other.name}_flair.nii.gz), but the case is {mine.name}") == 2, err
+    assert not (tmp_path / "ds").exists()
+    predictions = tmp_path / "pred"  # sevnet-predict's output of the other case
+    predictions.mkdir()
+    shutil.copy(wrong, predictions)
+    (predictions / f"{other.name}_report.json").write_text("{}")
+    assert measure_main([str(mine), str(predictions / wrong.name)]) == 2
+    assert f"beside it: {other.name}_report.json" in capsys.readouterr().err
+    for name in ("corrected.nii.gz", "corrected_seg.nii.gz"):  # a user's own name is taken at its word
+        shutil.copy(wrong, tmp_path / name)
+        assert measure_main([str(mine), str(tmp_path / name)]) == 0
+
+
 def test_a_decathlon_mask_given_to_export_keeps_its_labels(tmp_path):
     from napari_sevnet.cli import export_main
 
