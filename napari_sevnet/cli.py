@@ -301,6 +301,8 @@ def measure_main(argv=None) -> int:
         comparison = None
         if args.baseline:
             base_case = load_case(args.baseline[0], allow_missing=True)
+            if base_case.reference.resolve() == case.reference.resolve() or args.baseline[1].resolve() == args.mask.resolve():
+                raise InputError(args.baseline[0], f"the baseline is the follow-up itself ({args.case}, {args.mask}): give the earlier visit's case and mask")
             base_regions, _ = read_segmentation(args.baseline[1], base_case.grid, base_case.reference, args.labels)
             # volumes and products are measured on each visit's own grid: the comparison needs no registration
             comparison = compare_visits(measure(base_regions, base_case.spacing, base_case.grid), readout)

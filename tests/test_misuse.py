@@ -89,7 +89,7 @@ def test_a_corrected_mask_in_another_voxel_order_is_read_onto_the_scan(tmp_path)
     np.testing.assert_array_equal(regions, case.regions)
 
 
-def test_the_mask_of_another_case_is_refused_by_export_and_measure(tmp_path, capsys):
+def test_another_cases_mask_or_the_follow_up_as_its_own_baseline_is_refused(tmp_path, capsys):
     """BraTS cases share one grid, so only the name can tell that a mask belongs to another case."""
     from napari_sevnet.cli import export_main, measure_main
 
@@ -109,6 +109,11 @@ def test_the_mask_of_another_case_is_refused_by_export_and_measure(tmp_path, cap
     for name in ("corrected.nii.gz", "corrected_seg.nii.gz"):  # a user's own name is taken at its word
         shutil.copy(wrong, tmp_path / name)
         assert measure_main([str(mine), str(tmp_path / name)]) == 0
+    # nor is the follow-up its own baseline ("stable disease" by construction)
+    own = str(mine / f"{mine.name}_seg.nii.gz")
+    assert measure_main([str(mine), own, "--baseline", str(mine), own]) == 2
+    assert measure_main([str(mine), own, "--baseline", str(other), own]) == 2
+    assert capsys.readouterr().err.count("the baseline is the follow-up itself") == 2
 
 
 def test_a_decathlon_mask_given_to_export_keeps_its_labels(tmp_path):
