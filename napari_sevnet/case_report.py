@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_sevnet.checkpoint import sequence_caveats
+from napari_sevnet.checkpoint import sequence_caveats, training_caveats
 from napari_sevnet.files import write_text_atomic
 from napari_sevnet.io import MODALITIES, MODALITY_LABELS, Case
 from napari_sevnet.readout import Readout
@@ -96,7 +96,9 @@ def render(case: Case, regions: np.ndarray, readout: Readout, *, checkpoint: str
     )
     volumes = "".join(f"<tr><td>{r}</td><td>{readout.volumes_ml[r]:.1f}</td></tr>" for r in REGIONS)
     # a mask the model made from some sequences only: what its card measured for that set (without T1ce, ET is not seen)
-    caveats = "".join(f"<p class='notice'>{html.escape(line)}.</p>" for line in (sequence_caveats(checkpoint, case.sequences) if checkpoint and missing else []))
+    # and a model that never saw a patient's scan says so
+    lines = (training_caveats(checkpoint) + (sequence_caveats(checkpoint, case.sequences) if missing else [])) if checkpoint else []
+    caveats = "".join(f"<p class='notice'>{html.escape(line)}.</p>" for line in lines)
     sections = [
         f"<section id='case'><h1>Tumour segmentation report: {html.escape(case.case_id)}</h1>"
         f"<p class='notice'><b>For {RESEARCH_USE}.</b> An automatic segmentation, checked by nobody unless stated: verify before any use.</p>"

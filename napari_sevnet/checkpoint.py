@@ -237,6 +237,15 @@ def attention_caveat(path: str | os.PathLike | None) -> str | None:
             f"{spread['across_channels']:.2f} across channels): the bars show what it weighs for any scan, not what is particular to this one.")
 
 
+def training_caveats(path: str | os.PathLike | None) -> list[str]:
+    """A warning for every result of a model whose card says it never saw a patient's scan (the phantom weights)."""
+    card = ((_readable_json(path) if path is not None else None) or {}).get("model_card") or {}
+    if not (card.get("training_data") or {}).get("synthetic_only"):
+        return []
+    return [f"{card.get('name') or Path(path).stem}: this model was trained on synthetic phantoms only and never validated on patient scans; "
+            "its mask of a real case is not to be relied on (the bundled default is trained on expert-labelled BraTS cases)"]
+
+
 def sequence_caveats(path: str | os.PathLike | None, sequences) -> list[str]:
     """Warnings for a result segmented from only ``sequences``, with the held-out figures of ``path``'s model card."""
     from napari_sevnet.assumptions import sequence_set_warnings

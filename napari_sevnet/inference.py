@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from napari_sevnet.assumptions import TRAINING_SPACING_MM, input_warnings, needs_resampling
-from napari_sevnet.checkpoint import CheckpointInfo, bundled_checkpoint, load_checkpoint, sequence_caveats
+from napari_sevnet.checkpoint import CheckpointInfo, bundled_checkpoint, load_checkpoint, sequence_caveats, training_caveats
 from napari_sevnet.errors import Cancelled, InputError
 from napari_sevnet.io import MODALITIES, MODALITY_LABELS
 from napari_sevnet.model import size_divisor
@@ -217,6 +217,7 @@ class Predictor:
         self.min_et_voxels = int(declared.get("min_et_voxels", 0) if min_et_voxels is None else min_et_voxels)
         self.fill_core_holes = bool(declared.get("fill_core_holes", False) if fill_core_holes is None else fill_core_holes)
         self.training_spacing = tuple(float(v) for v in (declared.get("spacing_mm") or TRAINING_SPACING_MM))
+        self.model_caveats = training_caveats(self.checkpoint)  # read once: every result carries them
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ public
@@ -260,7 +261,7 @@ class Predictor:
         is_cancelled = cancel.is_set if isinstance(cancel, threading.Event) else (cancel or (lambda: False))
         report = progress or (lambda fraction, message: None)
         timings = {}
-        warnings = input_warnings(image, spacing or self.training_spacing) + sequence_caveats(self.checkpoint, sequences)
+        warnings = self.model_caveats + input_warnings(image, spacing or self.training_spacing) + sequence_caveats(self.checkpoint, sequences)
         notes = []
         with self._lock:
             t0 = time.perf_counter()

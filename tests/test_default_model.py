@@ -186,3 +186,13 @@ def test_publish_writes_the_chosen_postprocessing_into_the_checkpoint(tmp_path):
     assert publish.main([str(phantom_checkpoint()), str(tmp_path / "model"), "--card", str(card), "--postprocessing", str(tmp_path / "postprocessing.json")]) == 0
     assert Predictor(tmp_path / "model.json", "cpu").thresholds == (0.7, 0.5, 0.6)
     assert read_info(tmp_path / "model.json").preprocessing["min_component_ml"] == {"WT": 0.5, "TC": 0.5, "ET": 0.5}
+    # published again, the training's figures of the earlier card stay (the metrics do not hold them)
+    seconds = json.loads(phantom_checkpoint().read_text(encoding="utf-8"))["model_card"]["training"]["seconds"]
+    assert seconds and json.loads((tmp_path / "model.json").read_text(encoding="utf-8"))["model_card"]["training"]["seconds"] == seconds
+
+
+def test_every_result_of_the_phantom_model_says_it_never_saw_a_patient():
+    image = phantom_case(seed=3, shape=(48, 64, 64)).image
+    phantom = Predictor(phantom_checkpoint(), "cpu").predict(image)
+    assert any("synthetic phantoms only" in w and "not to be relied on" in w for w in phantom.warnings), phantom.warnings
+    assert not any("synthetic" in w for w in Predictor(device="cpu").predict(image).warnings)

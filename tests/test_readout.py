@@ -115,3 +115,7 @@ def test_a_report_on_a_mask_made_without_t1ce_says_what_the_model_card_measured_
     assert "(missing: T1ce)" in page and "without T1ce the enhancement" in page and "with T1, T2, FLAIR only" in page and f"ET {measured['ET']:.2f}" in page
     assert "without T1ce" not in case_report.render(complete, complete.regions, readout, checkpoint=str(bundled_checkpoint()))
     assert "without T1ce" not in case_report.render(partial, partial.regions, readout), "an expert's mask (no model named) gets no model caveat"
+    from napari_sevnet.checkpoint import phantom_checkpoint
+
+    assert "synthetic phantoms only" in case_report.render(complete, complete.regions, readout, checkpoint=str(phantom_checkpoint()))
+    assert "synthetic phantoms only" not in case_report.render(complete, complete.regions, readout, checkpoint=str(bundled_checkpoint()))

@@ -192,7 +192,8 @@ def test_worklist_ranks_by_score_marks_exported_cases_and_opens_them(qtbot, make
     assert all(item.cached for item in worklist.items), "the second pass reads the cache"
     assert {item.case_id for item in worklist.items if item.done} == {"phantom_0011"}
     status = worklist.table.item([i.case_id for i in worklist.items].index("phantom_0011"), 5)
-    assert status.text() == "done (exported); 1 warning(s)" and "outside the 400-2200 mL" in status.toolTip(), "a small phantom is a small brain, and the cell says so"
+    assert status.text() == "done (exported); 2 warning(s)", "a small phantom is a small brain, and the phantom model never saw a patient"
+    assert "outside the 400-2200 mL" in status.toolTip() and "synthetic phantoms only" in status.toolTip()
 
     worklist.open_case(worklist.items[0])
     qtbot.waitUntil(lambda: bool(worklist.opened), timeout=60_000)  # the files are read in a worker

@@ -102,8 +102,10 @@ def main(argv=None) -> int:
     if "model_card" not in data:  # published again (a new card or new figures): it still comes from the run's file
         provenance["published_from"] = args.checkpoint.name
     # the card may name the reproducible command (a run finished with --resume records that) and add a note
+    # (published again, the run's own figures are in the earlier card: its metrics may lack them)
+    earlier = {k: v for k, v in ((data.get("model_card") or {}).get("training") or {}).items() if v is not None}
     card["training"] = {"command": provenance.get("command"), "seconds": info.metrics.get("elapsed_s"), "epochs": info.metrics.get("epoch"), "torch": provenance.get("torch"),
-                        **(card.get("training") or {})}
+                        **earlier, **(card.get("training") or {})}
     if args.held_out:
         card["held_out_figures"] = held_out_summary(json.loads(args.held_out.read_text(encoding="utf-8")))
     if args.patterns:
