@@ -242,7 +242,7 @@ def training_caveats(path: str | os.PathLike | None) -> list[str]:
     card = ((_readable_json(path) if path is not None else None) or {}).get("model_card") or {}
     if not (card.get("training_data") or {}).get("synthetic_only"):
         return []
-    return [f"{card.get('name') or Path(path).stem}: this model was trained on synthetic phantoms only and never validated on patient scans; "
+    return ["the model was trained on synthetic phantoms only and never validated on patient scans: "
             "its mask of a real case is not to be relied on (the bundled default is trained on expert-labelled BraTS cases)"]
 
 

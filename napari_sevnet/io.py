@@ -141,14 +141,15 @@ def find_cases(inputs: list[str | os.PathLike], *, labelled: bool = False) -> li
     A folder holding NIfTI files is one case; any other folder stands for its
     (non-hidden) sub-folders. With ``labelled`` only cases with a segmentation
     (and one to four sequences) are kept and anything else below a folder is
-    skipped (training data); without it every sub-folder is returned, so the
+    skipped (training data); without it every sub-folder but a folder of masks
+    only (earlier predictions written beside the cases) is returned, so the
     caller reports the ones that are not cases.
     """
     cases: list[Path] = []
     for raw in inputs:
         path = Path(raw)
         if path.is_dir() and not any(nifti_stem(p.name) for p in path.iterdir() if p.is_file()):
-            subs = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+            subs = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".") and not _holds_masks_only(p))
             candidates = subs or [path]
         else:
             candidates = [path]
@@ -156,6 +157,11 @@ def find_cases(inputs: list[str | os.PathLike], *, labelled: bool = False) -> li
             candidates = [c for c in candidates if _is_labelled_case(c)]
         cases.extend(candidates)
     return cases
+
+
+def _holds_masks_only(folder: Path) -> bool:
+    roles = [role_of(p.name) for p in folder.iterdir() if p.is_file() and nifti_stem(p.name)]
+    return bool(roles) and all(r is not None and r[1] == "seg" for r in roles)
 
 
 def _is_labelled_case(path: Path) -> bool:

@@ -147,6 +147,16 @@ def cases(tmp_path):
     return [write_phantom(tmp_path / "cases", seed=seed, shape=SHAPE) for seed in range(3)]
 
 
+def test_earlier_predictions_beside_the_cases_are_not_taken_for_a_case(cases, random_checkpoint):
+    root = cases[0].parent
+    assert predict_cli(root, "-o", root / "pred", "--checkpoint", random_checkpoint).returncode == 0
+    again = predict_cli(root, "-o", root / "pred2", "--checkpoint", random_checkpoint)
+    assert again.returncode == 0 and "pred:" not in again.stderr, again.stderr
+    assert sorted(p.name for p in (root / "pred2").glob("*_seg.nii.gz")) == sorted(f"{c.name}_seg.nii.gz" for c in cases)
+    (root / "pred" / "notes_t1.nii.gz").write_bytes(b"")  # a folder with anything but masks is still reported
+    assert predict_cli(root, "-o", root / "pred3", "--checkpoint", random_checkpoint).returncode == 1
+
+
 def test_a_repeated_output_option_is_refused(cases, tmp_path, random_checkpoint):
     odd = cases[0].parent / "-oB"
     shutil.copytree(cases[0], odd)
