@@ -281,7 +281,7 @@ def test_cancel(qtbot, segment_widget):
     assert len(viewer.layers) == n_layers and widget._status.value == "cancelled"
 
 
-def test_error_is_a_notification_not_a_crash(qtbot, segment_widget, tmp_path, monkeypatch):
+def test_error_is_a_notification_not_a_crash(qtbot, segment_widget, tmp_path, monkeypatch, phantom_dir):
     viewer, widget = segment_widget
     messages = []
     monkeypatch.setattr("napari.utils.notifications.show_error", messages.append)
@@ -291,6 +291,13 @@ def test_error_is_a_notification_not_a_crash(qtbot, segment_widget, tmp_path, mo
     assert messages and "missing.json" in messages[0]
     widget._modalities["t2"].value = widget._modalities["t1"].value
     assert widget.run() is None and "chosen twice" in messages[-1]
+    flair = widget._modalities["flair"].value
+    widget._modalities["t2"].value, widget._modalities["flair"].value = flair, None
+    assert widget.run() is None and "the T2 box holds" in messages[-1] and "a FLAIR scan" in messages[-1]
+    other = open_case(viewer, phantom_dir / "phantom_0002")  # the same grid, another patient
+    widget.follow_case(LayerInfo.from_layer(flair).group)
+    widget._modalities["t1"].value = other["T1"]
+    assert widget.run() is None and "2 different cases" in messages[-1]
 
 
 def test_painting_keeps_the_regions_nested_and_volumes_follow_the_edit_its_undo_and_redo(qtbot, segment_widget):

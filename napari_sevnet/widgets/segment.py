@@ -236,6 +236,14 @@ class SegmentWidget(DockWidget):
             raise InputError(None, "choose an image layer for at least one sequence (T1, T1ce, T2, FLAIR)")
         if len({id(layer) for layer in chosen.values()}) < len(chosen):
             raise InputError(None, "each sequence needs its own layer (the same layer is chosen twice)")
+        # BraTS cases share one grid, so a box set to another case's layer, or to another sequence, would pass every later check
+        infos = {m: LayerInfo.from_layer(layer) for m, layer in chosen.items()}
+        for m, info in infos.items():
+            if info is not None and info.modality in MODALITY_LABELS and info.modality != m:
+                raise InputError(None, f"the {MODALITY_LABELS[m]} box holds {chosen[m].name!r}, a {MODALITY_LABELS[info.modality]} scan: choose the case's {MODALITY_LABELS[m]}")
+        cases = {info.group: chosen[m].name for m, info in infos.items() if info is not None and info.modality is not None}
+        if len(cases) > 1:
+            raise InputError(None, f"the chosen layers come from {len(cases)} different cases ({', '.join(sorted(cases.values()))}): choose one case's scans")
         shapes = {layer.data.shape for layer in chosen.values()}
         if len(shapes) != 1:
             raise InputError(None, f"the sequence layers differ in shape: {sorted(shapes)}")
