@@ -35,6 +35,15 @@ def test_the_lesion_table_follows_edits_and_moves_the_viewer(qtbot, make_napari_
         layer.metadata = LayerInfo.from_layer(layer).but(sequences=("t1", "t2", "flair")).to_metadata()
     readout.measure()
     qtbot.waitUntil(lambda: readout.worker is None and "made without T1ce" in readout._summary.value, timeout=30_000)
+    # another result of the same scan is no earlier visit: "stable disease" would be made up
+    again = viewer.open(str(tmp_path / "phantom_0004"), plugin="napari-sevnet")
+    viewer.layers.selection.active = et
+    qtbot.waitUntil(lambda: readout.worker is None, timeout=30_000)
+    errors = []
+    readout.report_error = lambda title, exc: errors.append(str(exc))
+    readout._baseline.value = again[4]
+    assert readout.compare() is None and readout.comparison is None
+    assert errors and "is a result of the same scan" in errors[0]
 
 
 def test_two_visits_on_different_grids_are_compared_and_aligned(qtbot, make_napari_viewer, tmp_path):

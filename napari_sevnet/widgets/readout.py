@@ -210,10 +210,13 @@ class ReadoutWidget(DockWidget):
         if baseline is None or follow is None or baseline is follow:
             self.report_error("Compare", InputError(None, "choose a baseline result other than the one selected"))
             return None
+        base_info, now_info = LayerInfo.from_layer(baseline), LayerInfo.from_layer(follow)
+        if base_info.paths == now_info.paths if base_info.paths else base_info.case_id == now_info.case_id:
+            self.report_error("Compare", InputError(None, f"{baseline.name} is a result of the same scan as {follow.name}: choose the earlier visit's result as the baseline"))
+            return None
         base_group = region_group(self._viewer.layers, baseline)
         base = np.stack([np.asarray(base_group[r].data) > 0 for r in REGIONS])
         now = np.stack([np.asarray(self._tracked[r].data) > 0 for r in REGIONS])
-        base_info, now_info = LayerInfo.from_layer(baseline), LayerInfo.from_layer(follow)
         same_grid = base.shape == now.shape and np.allclose(base_info.grid.affine, now_info.grid.affine, atol=1e-3)
         layers = list(self._viewer.layers)
 
