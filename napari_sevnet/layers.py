@@ -145,6 +145,77 @@ def case_layers(case: Case, visible: str = "flair") -> list[tuple]:
     return layers
 
 
+def prediction_layers(case: Case, report: dict, run: int | None) -> list:
+    """A case's scans with a ``sevnet-predict`` result (its ``report``): the model's WT/TC/ET as the result of
+    ``run``, editable and measured against the model's own mask, and its uncertainty map; as napari layers."""
+    from napari.layers import Layer
+
+    from napari_sevnet.io import read_nifti, read_segmentation
+
+    images = [Layer.create(data, kwargs, kind) for data, kwargs, kind in case_layers(case) if kind == "image"]
+    reference = images[-1]  # FLAIR when the case has it
+    source = LayerInfo.from_layer(reference)
+    regions, _ = read_segmentation(report["segmentation"], case.grid, case.reference, report.get("label_convention"))
+    info = LayerInfo(case_id=source.case_id, grid=case.grid, paths=source.paths, checkpoint=report.get("checkpoint"), prediction=regions, run=run,
+                     sequences=tuple(report.get("sequences") or case.sequences))
+    layers = images + region_labels(regions, reference.scale, reference.translate, info)
+    entropy_path = (report.get("maps") or {}).get("uncertainty_WT")
+    if entropy_path:
+        data, _ = read_nifti(entropy_path)
+        layers.append(uncertainty_layer(case.grid.to_canonical(np.asarray(data, np.float32)), reference.scale, reference.translate, info))
+    return layers
+
+
+def _report_beside(mask: Path) -> Path | None:
+    """The ``<case>_report.json`` sevnet-predict wrote beside ``mask``, when ``mask`` is its ``<case>_seg``."""
+    from napari_sevnet.io import role_of
+
+    named = role_of(mask.name)
+    report = mask.with_name(f"{named[0]}_report.json") if named and named[1] == "seg" else None
+    return report if report is not None and report.is_file() else None
+
+
+def read_prediction_layers(mask: Path, report_path: Path) -> list[tuple]:
+    """A ``sevnet-predict`` result opened from its output folder: the scans it was made from (named in its report)
+    with the result as the case's next run, as after a run in the Segment dock."""
+    import json
+
+    import napari
+    from napari.utils.notifications import show_warning
+
+    from napari_sevnet.display import next_run
+
+    try:
+        report = json.loads(report_path.read_text(encoding="utf-8"))
+        inputs = {role: Path(p) for role, p in report["inputs"].items() if role != "seg"}
+        case_id = str(report["case"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise InputError(report_path, f"not a readable sevnet-predict report ({exc}); open the case itself, or delete the report to open the mask alone") from None
+    gone = [str(p) for p in inputs.values() if not p.is_file()]
+    if gone or not inputs:
+        raise InputError(mask, f"the scans it was made from are not where its report {report_path.name} says ({', '.join(gone) or 'none named'}): "
+                               "open the case's folder, or put the scans back")
+    case = load_case(inputs["image"]) if "image" in inputs else load_case(mapping=inputs, allow_missing=True)
+    case.case_id = case_id
+    report["segmentation"] = str(mask)  # the file opened, wherever the output folder has moved since
+    viewer = napari.current_viewer()
+    layers = prediction_layers(case, report, next_run(viewer.layers, case_id) if viewer is not None else 1)
+    if viewer is not None:  # a mask dropped onto its open case adds the result only
+        shown = {_scan_path(layer) for layer in viewer.layers} - {None}
+        layers = [layer for layer in layers if _scan_path(layer) not in shown]
+    prepare_viewer(viewer)
+    for warning in report.get("warnings") or []:
+        show_warning(f"{case_id}: {warning}")
+    # a reader hands napari plain layer types: the regions come back as Labels, tied again as they go in (prepare_viewer)
+    return [(data, state, "labels" if kind == "regionlabels" else kind) for data, state, kind in (layer.as_layer_data_tuple() for layer in layers)]
+
+
+def _scan_path(layer) -> str | None:
+    """The file a scan layer of ours was read from (None for any other layer)."""
+    info = LayerInfo.from_layer(layer)
+    return (info.paths or {}).get(info.modality) if info is not None and info.modality else None
+
+
 def napari_get_reader(path):
     """npe2 reader: claim what looks like a case (a NIfTI file, a folder holding NIfTI files).
 
@@ -169,6 +240,9 @@ def read_case_layers(path) -> list[tuple]:
     from napari_sevnet.assignments import load_assigned_or_named
 
     path = path[0] if isinstance(path, list) else path
+    report = _report_beside(Path(path)) if Path(path).is_file() else None
+    if report is not None:  # sevnet-predict's output: the mask with the scans it was made from
+        return read_prediction_layers(Path(path), report)
     case = load_assigned_or_named(path)
     layers = case_layers(case)
     prepare_viewer()

@@ -75,7 +75,7 @@ def _report(case: Case, result, predictor, paths: dict, convention: str, maps: d
     return {
         "notice": f"Automatic segmentation for {RESEARCH_USE}: check and correct it before any use.",
         "case": case.case_id,
-        "inputs": {k: str(v) for k, v in case.paths.items()},
+        "inputs": {k: str(Path(v).absolute()) for k, v in case.paths.items()},  # napari opens the result with its scans from anywhere
         "segmentation": str(paths["seg"]),
         "maps": maps,
         "label_convention": convention,

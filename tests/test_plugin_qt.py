@@ -48,6 +48,39 @@ def test_reader_opens_folder_and_file(make_napari_viewer, phantom_dir):
     assert len(viewer2.open(str(phantom_dir / "phantom_0001" / "phantom_0001_t1ce.nii.gz"), plugin="napari-sevnet")) == 7
 
 
+def test_a_sevnet_predict_result_opens_with_its_scans_as_a_run_of_the_case(make_napari_viewer, phantom_dir, random_checkpoint, tmp_path, monkeypatch):
+    import json
+    import shutil
+
+    from napari_sevnet.cli import predict_main
+    from napari_sevnet.editing import editor_of
+
+    case = tmp_path / "cases" / "phantom_0001"
+    shutil.copytree(phantom_dir / "phantom_0001", case)
+    monkeypatch.chdir(tmp_path)  # the batch names the case relatively; napari opens its result from anywhere
+    assert predict_main(["cases/phantom_0001", "-o", "pred", "--checkpoint", str(random_checkpoint), "--device", "cpu"]) == 0
+    monkeypatch.chdir(phantom_dir)
+    mask = tmp_path / "pred" / "phantom_0001_seg.nii.gz"
+    viewer = make_napari_viewer()
+    layers = viewer.open(str(mask), plugin="napari-sevnet")
+    assert [layer.name for layer in layers] == [f"phantom_0001 {n}" for n in ("T1", "T1ce", "T2", "FLAIR")] + [f"phantom_0001 {r} (run 1)" for r in ("WT", "TC", "ET")]
+    wt = layers[4]
+    info = LayerInfo.from_layer(wt)
+    assert info.checkpoint == str(random_checkpoint) and info.run == 1 and editor_of(wt) is not None, "an editable result of the model that made it"
+    written = nib.load(mask)
+    np.testing.assert_array_equal(wt.data > 0, load_case(case).grid.to_canonical(np.asanyarray(written.dataobj)) > 0)
+    np.testing.assert_array_equal(info.prediction[0], wt.data > 0)  # edits are counted against the model's own mask
+    # dropped again onto the open case: the result only, as the next run
+    again = viewer.open(str(mask), plugin="napari-sevnet")
+    assert [layer.name for layer in again] == [f"phantom_0001 {r} (run 2)" for r in ("WT", "TC", "ET")]
+    # scans moved away since: the report's paths are named, nothing opens
+    shutil.move(case, tmp_path / "moved")
+    with pytest.raises(Exception, match="the scans it was made from are not where its report"):
+        make_napari_viewer().open(str(mask), plugin="napari-sevnet")
+    report = tmp_path / "pred" / "phantom_0001_report.json"
+    assert json.loads(report.read_text(encoding="utf-8"))["inputs"]["t1"] == str(case / "phantom_0001_t1.nii.gz")
+
+
 def test_bad_case_adds_no_layers(make_napari_viewer, phantom_dir, tmp_path):
     import shutil
 

@@ -155,6 +155,13 @@ def test_the_worklist_marks_a_case_whose_result_carries_warnings(tmp_path):
     assert len(items[partial.name].warnings) > len(items[complete.name].warnings) > 0
     assert [item.status for item in items.values()] == [f"new; {len(item.warnings)} warning(s)" for item in items.values()]
     assert WorkItem("x", tmp_path, report={"warnings": []}).status == "new" and WorkItem("x", tmp_path, error="bad file").status == "error: bad file"
+    # and the case without T1ce opens from the list, its result saying which sequences it was made from
+    from napari_sevnet.layers import LayerInfo
+    from napari_sevnet.widgets.worklist import case_result_layers
+
+    opened = case_result_layers(items[partial.name], run=1)
+    assert [LayerInfo.from_layer(layer).modality for layer in opened[:3]] == ["t1", "t2", "flair"]
+    assert LayerInfo.from_layer(opened[3]).sequences == ("t1", "t2", "flair")
 
 
 @pytest.mark.qt

@@ -198,20 +198,7 @@ def _duration(seconds: float) -> str:
 
 def case_result_layers(item, run: int) -> list:
     """The scans of a worklist case, the model's WT/TC/ET layers and its uncertainty map, as napari layers."""
-    from napari.layers import Layer
+    from napari_sevnet.io import load_case
+    from napari_sevnet.layers import prediction_layers
 
-    from napari_sevnet.io import load_case, read_nifti, read_segmentation
-    from napari_sevnet.layers import LayerInfo, case_layers, region_labels, uncertainty_layer
-
-    case = load_case(item.folder)
-    images = [Layer.create(data, kwargs, kind) for data, kwargs, kind in case_layers(case) if kind == "image"]
-    reference = images[-1]  # FLAIR
-    source = LayerInfo.from_layer(reference)
-    regions, _ = read_segmentation(item.report["segmentation"], case.grid, case.reference, "brats2021")
-    info = LayerInfo(case_id=source.case_id, grid=case.grid, paths=source.paths, checkpoint=item.report.get("checkpoint"), prediction=regions, run=run)
-    layers = images + region_labels(regions, reference.scale, reference.translate, info)
-    entropy_path = item.report.get("maps", {}).get("uncertainty_WT")
-    if entropy_path:
-        data, _ = read_nifti(entropy_path)
-        layers.append(uncertainty_layer(case.grid.to_canonical(np.asarray(data, np.float32)), reference.scale, reference.translate, info))
-    return layers
+    return prediction_layers(load_case(item.folder, allow_missing=True), item.report, run)
