@@ -197,7 +197,9 @@ def read_prediction_layers(mask: Path, report_path: Path) -> list[tuple]:
                                "open the case's folder, or put the scans back")
     case = load_case(inputs["image"]) if "image" in inputs else load_case(mapping=inputs, allow_missing=True)
     case.case_id = case_id
-    report["segmentation"] = str(mask)  # the file opened, wherever the output folder has moved since
+    # the files opened, wherever the output folder has moved since
+    report["segmentation"] = str(mask)
+    report["maps"] = {name: str(mask.with_name(Path(p).name)) for name, p in (report.get("maps") or {}).items()}
     viewer = napari.current_viewer()
     layers = prediction_layers(case, report, next_run(viewer.layers, case_id) if viewer is not None else 1)
     if viewer is not None:  # a mask dropped onto its open case adds the result only

@@ -76,8 +76,8 @@ def _report(case: Case, result, predictor, paths: dict, convention: str, maps: d
         "notice": f"Automatic segmentation for {RESEARCH_USE}: check and correct it before any use.",
         "case": case.case_id,
         "inputs": {k: str(Path(v).absolute()) for k, v in case.paths.items()},  # napari opens the result with its scans from anywhere
-        "segmentation": str(paths["seg"]),
-        "maps": maps,
+        "segmentation": str(Path(paths["seg"]).absolute()),
+        "maps": {name: str(Path(p).absolute()) for name, p in maps.items()},
         "label_convention": convention,
         "volumes_ml": volumes_ml(result.regions, case.spacing),
         "spacing_mm": list(case.spacing),

@@ -58,12 +58,14 @@ def test_a_sevnet_predict_result_opens_with_its_scans_as_a_run_of_the_case(make_
     case = tmp_path / "cases" / "phantom_0001"
     shutil.copytree(phantom_dir / "phantom_0001", case)
     monkeypatch.chdir(tmp_path)  # the batch names the case relatively; napari opens its result from anywhere
-    assert predict_main(["cases/phantom_0001", "-o", "pred", "--checkpoint", str(random_checkpoint), "--device", "cpu"]) == 0
+    assert predict_main(["cases/phantom_0001", "-o", "pred", "--uncertainty", "--checkpoint", str(random_checkpoint), "--device", "cpu"]) == 0
     monkeypatch.chdir(phantom_dir)
-    mask = tmp_path / "pred" / "phantom_0001_seg.nii.gz"
+    shutil.move(tmp_path / "pred", tmp_path / "results")  # the output folder moved since: its files are found beside the mask
+    mask = tmp_path / "results" / "phantom_0001_seg.nii.gz"
     viewer = make_napari_viewer()
     layers = viewer.open(str(mask), plugin="napari-sevnet")
-    assert [layer.name for layer in layers] == [f"phantom_0001 {n}" for n in ("T1", "T1ce", "T2", "FLAIR")] + [f"phantom_0001 {r} (run 1)" for r in ("WT", "TC", "ET")]
+    assert [layer.name for layer in layers] == ([f"phantom_0001 {n}" for n in ("T1", "T1ce", "T2", "FLAIR")] + [f"phantom_0001 {r} (run 1)" for r in ("WT", "TC", "ET")]
+                                                + ["phantom_0001 WT uncertainty (run 1)"])
     wt = layers[4]
     info = LayerInfo.from_layer(wt)
     assert info.checkpoint == str(random_checkpoint) and info.run == 1 and editor_of(wt) is not None, "an editable result of the model that made it"
@@ -72,12 +74,12 @@ def test_a_sevnet_predict_result_opens_with_its_scans_as_a_run_of_the_case(make_
     np.testing.assert_array_equal(info.prediction[0], wt.data > 0)  # edits are counted against the model's own mask
     # dropped again onto the open case: the result only, as the next run
     again = viewer.open(str(mask), plugin="napari-sevnet")
-    assert [layer.name for layer in again] == [f"phantom_0001 {r} (run 2)" for r in ("WT", "TC", "ET")]
+    assert [layer.name for layer in again] == [f"phantom_0001 {r} (run 2)" for r in ("WT", "TC", "ET")] + ["phantom_0001 WT uncertainty (run 2)"]
     # scans moved away since: the report's paths are named, nothing opens
     shutil.move(case, tmp_path / "moved")
     with pytest.raises(Exception, match="the scans it was made from are not where its report"):
         make_napari_viewer().open(str(mask), plugin="napari-sevnet")
-    report = tmp_path / "pred" / "phantom_0001_report.json"
+    report = tmp_path / "results" / "phantom_0001_report.json"
     assert json.loads(report.read_text(encoding="utf-8"))["inputs"]["t1"] == str(case / "phantom_0001_t1.nii.gz")
 
 
