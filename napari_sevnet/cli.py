@@ -249,7 +249,7 @@ def export_main(argv=None) -> int:
     parser.add_argument("-d", "--dataset", required=True, type=Path, help="dataset folder (created when new)")
     parser.add_argument("--case-id", help="id in the dataset (default: the case's own id)")
     parser.add_argument("--model-mask", type=Path, help="the model's mask before correction, for the edit statistics")
-    parser.add_argument("--checkpoint", type=Path, help="the checkpoint that produced the model's mask")
+    parser.add_argument("--checkpoint", type=Path, help="the checkpoint that produced the model's mask (default: the one its sevnet-predict report names)")
     parser.add_argument("--mask-labels", choices=["2021", "2023", "msd"], help="label convention of the masks (default: what the file says: our own masks and BraTS names do; a Decathlon case's masks are msd; else 0/1/2/4 is read as 2021, and 1/2/3 must be named)")
     parser.add_argument("--labels", choices=["2021", "2023"], help="label convention of a new dataset (default 2021)")
     parser.add_argument("--annotator", help="who corrected the mask")
@@ -259,6 +259,7 @@ def export_main(argv=None) -> int:
 
     from napari_sevnet.export import export_case
     from napari_sevnet.io import load_case, read_segmentation
+    from napari_sevnet.report import checkpoint_of
 
     try:
         case = load_case(args.case)
@@ -266,7 +267,7 @@ def export_main(argv=None) -> int:
         corrected, _ = read_segmentation(args.mask, case.grid, case.reference, args.mask_labels, default=default)
         model = read_segmentation(args.model_mask, case.grid, case.reference, args.mask_labels, default=default)[0] if args.model_mask else None
         result = export_case(
-            case, corrected, args.dataset, case_id=args.case_id, model_regions=model, checkpoint=args.checkpoint,
+            case, corrected, args.dataset, case_id=args.case_id, model_regions=model, checkpoint=args.checkpoint or (checkpoint_of(args.model_mask) if args.model_mask else None),
             annotator=args.annotator, note=args.note, replace=args.replace, label_convention=args.labels,
         )
     except InputError as exc:
@@ -285,7 +286,7 @@ def measure_main(argv=None) -> int:
     parser.add_argument("--baseline", nargs=2, type=Path, metavar=("CASE", "MASK"), help="an earlier visit of the same patient: report the change and the RANO category")
     parser.add_argument("--labels", choices=["2021", "2023", "msd"], help="label convention of the masks (default: what the files say)")
     parser.add_argument("--report", type=Path, help="also write the case report (self-contained HTML) here")
-    parser.add_argument("--checkpoint", help="the model that made the mask, named in the report")
+    parser.add_argument("--checkpoint", help="the model that made the mask, named in the report (default: the one its sevnet-predict report names)")
     parser.add_argument("-o", "--output", type=Path, help="write the read-out as JSON here")
     args = parser.parse_args(argv)
     _setup_logging(False)
@@ -293,6 +294,7 @@ def measure_main(argv=None) -> int:
     from napari_sevnet import case_report
     from napari_sevnet.io import load_case, read_segmentation
     from napari_sevnet.readout import compare_visits, measure
+    from napari_sevnet.report import checkpoint_of
 
     try:
         case = load_case(args.case, allow_missing=True)
@@ -307,7 +309,7 @@ def measure_main(argv=None) -> int:
             # volumes and products are measured on each visit's own grid: the comparison needs no registration
             comparison = compare_visits(measure(base_regions, base_case.spacing, base_case.grid), readout)
         if args.report:
-            case_report.write(args.report, case, regions, readout, checkpoint=args.checkpoint, comparison=comparison)
+            case_report.write(args.report, case, regions, readout, checkpoint=args.checkpoint or checkpoint_of(args.mask), comparison=comparison)
     except InputError as exc:
         print(f"sevnet-measure: error: {exc}", file=sys.stderr)
         return 2

@@ -166,15 +166,6 @@ def prediction_layers(case: Case, report: dict, run: int | None) -> list:
     return layers
 
 
-def _report_beside(mask: Path) -> Path | None:
-    """The ``<case>_report.json`` sevnet-predict wrote beside ``mask``, when ``mask`` is its ``<case>_seg``."""
-    from napari_sevnet.io import role_of
-
-    named = role_of(mask.name)
-    report = mask.with_name(f"{named[0]}_report.json") if named and named[1] == "seg" else None
-    return report if report is not None and report.is_file() else None
-
-
 def read_prediction_layers(mask: Path, report_path: Path) -> list[tuple]:
     """A ``sevnet-predict`` result opened from its output folder: the scans it was made from (named in its report)
     with the result as the case's next run, as after a run in the Segment dock."""
@@ -240,9 +231,10 @@ def napari_get_reader(path):
 def read_case_layers(path) -> list[tuple]:
     """Read the case at ``path`` completely before returning, so a bad file adds no layer at all."""
     from napari_sevnet.assignments import load_assigned_or_named
+    from napari_sevnet.report import report_beside
 
     path = path[0] if isinstance(path, list) else path
-    report = _report_beside(Path(path)) if Path(path).is_file() else None
+    report = report_beside(path) if Path(path).is_file() else None
     if report is not None:  # sevnet-predict's output: the mask with the scans it was made from
         return read_prediction_layers(Path(path), report)
     case = load_assigned_or_named(path)

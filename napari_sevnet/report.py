@@ -28,6 +28,27 @@ def output_paths(case_id: str, out_dir: Path, convention: str = "brats2021") -> 
     return {"seg": out_dir / seg, "report": out_dir / f"{case_id}_report.json"}
 
 
+def report_beside(mask: str | Path) -> Path | None:
+    """The ``<case>_report.json`` written beside ``mask`` when ``mask`` is that run's ``<case>_seg`` (or ``-seg``)."""
+    from napari_sevnet.io import role_of
+
+    mask = Path(mask)
+    named = role_of(mask.name)
+    report = mask.with_name(f"{named[0]}_report.json") if named and named[1] == "seg" else None
+    return report if report is not None and report.is_file() else None
+
+
+def checkpoint_of(mask: str | Path) -> str | None:
+    """The model that made ``mask``, from its report, for provenance when the user names none
+    (None when there is no report or its checkpoint is not on this machine)."""
+    report = report_beside(mask)
+    try:
+        checkpoint = str(json.loads(report.read_text(encoding="utf-8"))["checkpoint"]) if report else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return checkpoint if checkpoint and Path(checkpoint).is_file() else None
+
+
 def check_outputs_free(case_id: str, out_dir: Path, convention: str, *, overwrite: bool) -> None:
     """Refuse, before the work, outputs that exist (unless ``overwrite``)."""
     if overwrite:

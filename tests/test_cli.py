@@ -103,3 +103,19 @@ def test_threshold_and_cleanup_flags_override_what_the_model_declares(phantom_di
     assert predict_main([case, "-o", str(tmp_path / "strict"), "--threshold", "0.999", "--min-component-ml", "0", *common]) == 0
     volume = {name: json.loads((tmp_path / name / "phantom_0001_report.json").read_text(encoding="utf-8"))["volumes_ml"]["WT"] for name in ("plain", "strict")}
     assert 0 <= volume["strict"] < volume["plain"], volume
+
+
+def test_measure_and_export_name_the_model_from_the_predictions_report(phantom_dir, tmp_path):
+    """A mask straight from sevnet-predict carries its model into the case report and the dataset without --checkpoint."""
+    from napari_sevnet.checkpoint import phantom_checkpoint
+    from napari_sevnet.cli import export_main, measure_main
+
+    case = phantom_dir / "phantom_0002"
+    assert predict_main([str(case), "-o", str(tmp_path / "pred"), "--checkpoint", str(phantom_checkpoint()), "--device", "cpu"]) == 0
+    mask = tmp_path / "pred" / "phantom_0002_seg.nii.gz"
+    assert measure_main([str(case), str(mask), "--report", str(tmp_path / "case.html")]) == 0
+    page = (tmp_path / "case.html").read_text(encoding="utf-8")
+    assert "trained on synthetic phantoms only" in page and "not recorded" not in page
+    assert export_main([str(case), str(case / "phantom_0002_seg.nii.gz"), "-d", str(tmp_path / "ds"), "--model-mask", str(mask)]) == 0
+    record = json.loads((tmp_path / "ds" / "phantom_0002" / "export.json").read_text(encoding="utf-8"))
+    assert record["checkpoint"]["path"].endswith("sevnet_lite_phantom.json"), record["checkpoint"]
