@@ -561,9 +561,18 @@ def write_mask(regions: np.ndarray, grid: SourceGrid, path: str | os.PathLike, c
     return atomic_write_nifti(mask_image(regions, grid, convention), path, overwrite=overwrite)
 
 
-def write_volume(volume: np.ndarray, grid: SourceGrid, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
-    """Write a float map (Z, Y, X) on the source grid (probabilities, uncertainty)."""
+def write_volume(volume: np.ndarray, grid: SourceGrid, path: str | os.PathLike, *, overwrite: bool = False, eight_bit: bool = False) -> Path:
+    """Write a float map (Z, Y, X) on the source grid (probabilities, uncertainty).
+
+    ``eight_bit``: a map of values in [0, 1] stored in steps of 1/255 (the NIfTI
+    scale factor restores them on reading): 0.7 MB instead of 11 MB for a
+    probability map of a BraTS case, whose low bits are noise that does not compress.
+    """
     data = grid.from_canonical(np.asarray(volume, dtype=np.float32))
-    img = nib.Nifti1Image(data, grid.affine)
-    img.set_data_dtype(np.float32)
+    if eight_bit:
+        img = nib.Nifti1Image(np.round(np.clip(data, 0.0, 1.0) * 255).astype(np.uint8), grid.affine)
+        img.header.set_slope_inter(1.0 / 255, 0.0)
+    else:
+        img = nib.Nifti1Image(data, grid.affine)
+        img.set_data_dtype(np.float32)
     return atomic_write_nifti(img, path, overwrite=overwrite)

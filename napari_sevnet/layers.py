@@ -145,24 +145,40 @@ def case_layers(case: Case, visible: str = "flair") -> list[tuple]:
     return layers
 
 
-def prediction_layers(case: Case, report: dict, run: int | None) -> list:
-    """A case's scans with a ``sevnet-predict`` result (its ``report``): the model's WT/TC/ET as the result of
-    ``run``, editable and measured against the model's own mask, and its uncertainty map; as napari layers."""
+def prediction_layers(case: Case, report: dict, run: int | None, open_scans: dict[str, str] | None = None) -> list:
+    """A case's scans with a ``sevnet-predict`` result (its ``report``), as napari layers: the model's WT/TC/ET
+    as the result of ``run``, editable and measured against the model's own mask, with the probabilities the
+    Correct dock's clicks use when the report kept them, and the uncertainty map.
+
+    ``open_scans``: file -> name of the case's scan layers already in the viewer; those are not added again.
+    """
     from napari.layers import Layer
 
     from napari_sevnet.io import read_nifti, read_segmentation
 
-    images = [Layer.create(data, kwargs, kind) for data, kwargs, kind in case_layers(case) if kind == "image"]
-    reference = images[-1]  # FLAIR when the case has it
-    source = LayerInfo.from_layer(reference)
+    open_scans = open_scans or {}
+    scans = [t for t in case_layers(case) if t[2] == "image"]
+    names = {}  # sequence -> the name of its layer, new or open
+    images = []
+    for data, kwargs, kind in scans:
+        scan = LayerInfo.from_metadata(kwargs["metadata"])
+        path = scan.paths.get(scan.modality)
+        names[scan.modality] = open_scans.get(path, kwargs["name"])
+        if path not in open_scans:
+            images.append(Layer.create(data, kwargs, kind))
+    scale, translate = tuple(case.spacing), (0.0, 0.0, 0.0)
     regions, _ = read_segmentation(report["segmentation"], case.grid, case.reference, report.get("label_convention"))
-    info = LayerInfo(case_id=source.case_id, grid=case.grid, paths=source.paths, checkpoint=report.get("checkpoint"), prediction=regions, run=run,
-                     sequences=tuple(report.get("sequences") or case.sequences))
-    layers = images + region_labels(regions, reference.scale, reference.translate, info)
-    entropy_path = (report.get("maps") or {}).get("uncertainty_WT")
-    if entropy_path:
-        data, _ = read_nifti(entropy_path)
-        layers.append(uncertainty_layer(case.grid.to_canonical(np.asarray(data, np.float32)), reference.scale, reference.translate, info))
+    maps = report.get("maps") or {}
+    probabilities = None
+    if all(f"prob_{r}" in maps for r in REGIONS):
+        probabilities = np.stack([case.grid.to_canonical(np.asarray(read_nifti(maps[f"prob_{r}"])[0], np.float32)) for r in REGIONS]).astype(np.float16)
+    info = LayerInfo(case_id=case.case_id, grid=case.grid, paths={k: str(v) for k, v in case.paths.items()}, checkpoint=report.get("checkpoint"),
+                     device=report.get("device"), source_layers=names, prediction=regions, probabilities=probabilities,
+                     thresholds=(report.get("postprocessing") or {}).get("thresholds"), run=run, sequences=tuple(report.get("sequences") or case.sequences))
+    layers = images + region_labels(regions, scale, translate, info)
+    if maps.get("uncertainty_WT"):
+        data, _ = read_nifti(maps["uncertainty_WT"])
+        layers.append(uncertainty_layer(case.grid.to_canonical(np.asarray(data, np.float32)), scale, translate, info))
     return layers
 
 
@@ -192,10 +208,8 @@ def read_prediction_layers(mask: Path, report_path: Path) -> list[tuple]:
     report["segmentation"] = str(mask)
     report["maps"] = {name: str(mask.with_name(Path(p).name)) for name, p in (report.get("maps") or {}).items()}
     viewer = napari.current_viewer()
-    layers = prediction_layers(case, report, next_run(viewer.layers, case_id) if viewer is not None else 1)
-    if viewer is not None:  # a mask dropped onto its open case adds the result only
-        shown = {_scan_path(layer) for layer in viewer.layers} - {None}
-        layers = [layer for layer in layers if _scan_path(layer) not in shown]
+    # a mask dropped onto its open case adds the result only
+    layers = prediction_layers(case, report, next_run(viewer.layers, case_id) if viewer is not None else 1, open_scans(viewer.layers) if viewer is not None else None)
     prepare_viewer(viewer)
     for warning in report.get("warnings") or []:
         show_warning(f"{case_id}: {warning}")
@@ -203,10 +217,15 @@ def read_prediction_layers(mask: Path, report_path: Path) -> list[tuple]:
     return [(data, state, "labels" if kind == "regionlabels" else kind) for data, state, kind in (layer.as_layer_data_tuple() for layer in layers)]
 
 
-def _scan_path(layer) -> str | None:
-    """The file a scan layer of ours was read from (None for any other layer)."""
-    info = LayerInfo.from_layer(layer)
-    return (info.paths or {}).get(info.modality) if info is not None and info.modality else None
+def open_scans(layers) -> dict[str, str]:
+    """File -> layer name of the scans among ``layers`` that napari-sevnet read (the first layer of a file opened twice)."""
+    found = {}
+    for layer in layers:
+        info = LayerInfo.from_layer(layer)
+        path = (info.paths or {}).get(info.modality) if info is not None and info.modality else None
+        if path:
+            found.setdefault(path, layer.name)
+    return found
 
 
 def napari_get_reader(path):

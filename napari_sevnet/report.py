@@ -58,8 +58,11 @@ def check_outputs_free(case_id: str, out_dir: Path, convention: str, *, overwrit
             raise InputError(out, "already exists; pass --overwrite to replace it")
 
 
-def write_case_outputs(case: Case, result, predictor, out_dir: Path, *, convention: str, overwrite: bool = False, probabilities: bool = False) -> dict:
+def write_case_outputs(case: Case, result, predictor, out_dir: Path, *, convention: str, overwrite: bool = False, probabilities: bool = False,
+                       eight_bit_maps: bool = False) -> dict:
     """Write the mask, the optional maps and the report (last, so a report means a complete set); returns the report.
+
+    ``eight_bit_maps``: the maps in steps of 1/255 (:func:`~napari_sevnet.io.write_volume`), as the worklist keeps them.
 
     All or nothing: when one write fails (a full disk), the files this call
     wrote are removed again. With ``overwrite`` the case's maps of an earlier
@@ -78,7 +81,7 @@ def write_case_outputs(case: Case, result, predictor, out_dir: Path, *, conventi
     try:
         written.append(write_mask(result.regions, case.grid, paths["seg"], convention, overwrite=overwrite))
         for name, volume in maps.items():
-            written.append(write_volume(volume, case.grid, map_paths[name], overwrite=overwrite))
+            written.append(write_volume(volume, case.grid, map_paths[name], overwrite=overwrite, eight_bit=eight_bit_maps))
         report = _report(case, result, predictor, paths, convention, {n: str(p) for n, p in map_paths.items()})
         write_text_atomic(paths["report"], json.dumps(report, indent=2))
     except BaseException:

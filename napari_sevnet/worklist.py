@@ -1,8 +1,8 @@
 """Worklist: segment a folder of cases with uncertainty and say which one to correct first.
 
 Results are cached next to the cases in ``FOLDER/.sevnet-worklist/<model>/``
-(the usual ``<case>_seg.nii.gz``, ``<case>_report.json`` and uncertainty maps,
-keyed by the checkpoint's weights), so a second visit costs nothing; a case
+(the usual ``<case>_seg.nii.gz``, ``<case>_report.json``, uncertainty and
+probability maps in 8 bits, keyed by the checkpoint's weights), so a second visit costs nothing; a case
 whose files are newer than its cached report is segmented again. Cases already
 exported to a fine-tuning dataset are marked done (the dataset manifest keeps
 their source paths).
@@ -66,7 +66,8 @@ def _cached_report(case_id: str, case_folder: Path, cache: Path, passes: int) ->
         return None
     newest_input = max((p.stat().st_mtime for p in case_folder.iterdir() if p.is_file()), default=0)
     members = (report.get("uncertainty") or {}).get("members")
-    return report if newest_input <= stamp and members == passes else None
+    kept_probabilities = all(f"prob_{r}" in (report.get("maps") or {}) for r in ("WT", "TC", "ET"))  # a cache from before they were kept is redone
+    return report if newest_input <= stamp and members == passes and kept_probabilities else None
 
 
 def exported_cases(dataset: str | Path | None) -> tuple[set[str], set[str]]:
@@ -121,7 +122,8 @@ def run_worklist(
                 case = load_case(case_folder, allow_missing=True)
                 report = (lambda f, m, case_id=case_id: progress(case_id, f, m)) if progress else None
                 result = predictor.predict(case.image, spacing=case.spacing, sequences=case.sequences, tta=passes, uncertainty=True, cancel=cancel, progress=report)
-                item.report = write_case_outputs(case, result, predictor, cache, convention="brats2021", overwrite=True)
+                # the probabilities too, so an opened case is corrected with the Correct dock's clicks as a Segment run is
+                item.report = write_case_outputs(case, result, predictor, cache, convention="brats2021", overwrite=True, probabilities=True, eight_bit_maps=True)
         except InputError as exc:
             item.error = str(exc)
         yield item

@@ -133,3 +133,16 @@ def test_no_silent_overwrite_and_nothing_left_on_error(tmp_path):
     with pytest.raises(ValueError):
         io.write_mask(case.regions[:, :-1], case.grid, tmp_path / "out" / "bad.nii.gz")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["m.nii.gz"]
+
+
+def test_an_eight_bit_map_reads_back_within_half_a_step_and_is_far_smaller(tmp_path):
+    """The worklist keeps its probability and uncertainty maps in steps of 1/255: the low bits of a float map are noise that does not compress."""
+    rng = np.random.default_rng(0)
+    volume = np.clip(rng.normal(0.3, 0.3, (40, 48, 44)), 0, 1).astype(np.float32)
+    affine = np.diag([-1.0, -1.0, 1.0, 1.0])
+    grid = io.grid_of(nib.Nifti1Image(np.zeros(volume.shape[::-1], np.float32), affine))
+    full = io.write_volume(volume, grid, tmp_path / "full.nii.gz")
+    small = io.write_volume(volume, grid, tmp_path / "small.nii.gz", eight_bit=True)
+    back = grid.to_canonical(np.asarray(io.read_nifti(small)[0], np.float32))
+    assert np.abs(back - volume).max() <= 0.5 / 255 + 1e-6
+    assert small.stat().st_size < full.stat().st_size / 3

@@ -58,7 +58,7 @@ def test_a_sevnet_predict_result_opens_with_its_scans_as_a_run_of_the_case(make_
     case = tmp_path / "cases" / "phantom_0001"
     shutil.copytree(phantom_dir / "phantom_0001", case)
     monkeypatch.chdir(tmp_path)  # the batch names the case relatively; napari opens its result from anywhere
-    assert predict_main(["cases/phantom_0001", "-o", "pred", "--uncertainty", "--checkpoint", str(random_checkpoint), "--device", "cpu"]) == 0
+    assert predict_main(["cases/phantom_0001", "-o", "pred", "--uncertainty", "--probabilities", "--checkpoint", str(random_checkpoint), "--device", "cpu"]) == 0
     monkeypatch.chdir(phantom_dir)
     shutil.move(tmp_path / "pred", tmp_path / "results")  # the output folder moved since: its files are found beside the mask
     mask = tmp_path / "results" / "phantom_0001_seg.nii.gz"
@@ -72,6 +72,7 @@ def test_a_sevnet_predict_result_opens_with_its_scans_as_a_run_of_the_case(make_
     written = nib.load(mask)
     np.testing.assert_array_equal(wt.data > 0, load_case(case).grid.to_canonical(np.asanyarray(written.dataobj)) > 0)
     np.testing.assert_array_equal(info.prediction[0], wt.data > 0)  # edits are counted against the model's own mask
+    assert info.probabilities is not None and info.source_layers["flair"] == "phantom_0001 FLAIR", "what the Correct dock's clicks use"
     # dropped again onto the open case: the result only, as the next run
     again = viewer.open(str(mask), plugin="napari-sevnet")
     assert [layer.name for layer in again] == [f"phantom_0001 {r} (run 2)" for r in ("WT", "TC", "ET")] + ["phantom_0001 WT uncertainty (run 2)"]

@@ -216,6 +216,21 @@ def test_worklist_ranks_by_score_marks_exported_cases_and_opens_them(qtbot, make
     viewer.layers.selection.active = predicted[1]
     assert segment.result_layers["TC"] is predicted[1] and segment._volumes.value.startswith(f"{case_id} (run 1)"), "the volumes panel follows it"
     assert segment.checkpoint == str(phantom_checkpoint())
+    # the Correct dock's clicks have what a Segment run gives them: the model's probabilities (kept in 8 bits) and the guides
+    info = LayerInfo.from_layer(predicted[0])
+    assert info.probabilities is not None and info.probabilities.shape == (3, *added[0].data.shape)
+    wt = info.probabilities[0].astype(np.float32)
+    assert wt[info.prediction[0]].mean() > 0.5 > wt[~info.prediction[0]].mean() and set(info.thresholds) == {"WT", "TC", "ET"}
+    assert all(name in viewer.layers for name in info.source_layers.values()) and set(info.source_layers) == {"t1", "t1ce", "t2", "flair"}
+    from napari_sevnet.widgets.correct import CorrectWidget
+
+    correct = CorrectWidget(viewer)
+    viewer.window.add_dock_widget(correct)
+    assert not isinstance(correct._learned_inputs(info), str), correct._learned_inputs(info)
+    # opened again, the scans already open are not added twice
+    worklist.open_case(worklist.items[0])
+    qtbot.waitUntil(lambda: bool(worklist.opened), timeout=60_000)
+    assert [layer.name for layer in worklist.opened] == [f"{case_id} {r} (run 2)" for r in ("WT", "TC", "ET")] + [f"{case_id} WT uncertainty (run 2)"]
 
 
 class _Speckled(_Planted):

@@ -173,12 +173,14 @@ class WorklistWidget(DockWidget):
             return None
 
         from napari_sevnet.display import next_run
+        from napari_sevnet.layers import open_scans
 
         run = next_run(self._viewer.layers, item.case_id)
+        shown = open_scans(self._viewer.layers)  # read on the GUI thread: a case open already gets its result only
 
         @thread_worker
         def work():
-            return case_result_layers(item, run)
+            return case_result_layers(item, run, shown)
 
         def add(layers):
             self.opened = [self._viewer.add_layer(layer) for layer in layers]
@@ -196,9 +198,9 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
 
 
-def case_result_layers(item, run: int) -> list:
-    """The scans of a worklist case, the model's WT/TC/ET layers and its uncertainty map, as napari layers."""
+def case_result_layers(item, run: int, open_scans: dict[str, str] | None = None) -> list:
+    """The scans of a worklist case (those not open yet), the model's WT/TC/ET layers and its maps, as napari layers."""
     from napari_sevnet.io import load_case
     from napari_sevnet.layers import prediction_layers
 
-    return prediction_layers(load_case(item.folder, allow_missing=True), item.report, run)
+    return prediction_layers(load_case(item.folder, allow_missing=True), item.report, run, open_scans)
