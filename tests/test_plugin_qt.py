@@ -334,6 +334,9 @@ def test_error_is_a_notification_not_a_crash(qtbot, segment_widget, tmp_path, mo
     widget.follow_case(LayerInfo.from_layer(flair).group)
     widget._modalities["t1"].value = other["T1"]
     assert widget.run() is None and "2 different cases" in messages[-1]
+    same = open_case(viewer, phantom_dir / "phantom_0001")  # the same case opened again is still one case
+    widget._modalities["t1"].value = same["T1"]
+    assert widget._input_image()[1]["t1"] is same["T1"]
 
 
 def test_painting_keeps_the_regions_nested_and_volumes_follow_the_edit_its_undo_and_redo(qtbot, segment_widget):

@@ -62,6 +62,11 @@ class _Relay(QObject):
     progressed = Signal(float, str)
 
 
+def _case_key(info: LayerInfo) -> str:
+    path = (info.paths or {}).get(info.modality)
+    return str(Path(path).parent) if path else info.group
+
+
 class SegmentWidget(DockWidget):
     def __init__(self, napari_viewer):
         super().__init__(napari_viewer)
@@ -241,7 +246,8 @@ class SegmentWidget(DockWidget):
         for m, info in infos.items():
             if info is not None and info.modality in MODALITY_LABELS and info.modality != m:
                 raise InputError(None, f"the {MODALITY_LABELS[m]} box holds {chosen[m].name!r}, a {MODALITY_LABELS[info.modality]} scan: choose the case's {MODALITY_LABELS[m]}")
-        cases = {info.group: chosen[m].name for m, info in infos.items() if info is not None and info.modality is not None}
+        # one case: its files' folder (a case opened twice is still one), or its open when it has no files
+        cases = {_case_key(info): chosen[m].name for m, info in infos.items() if info is not None and info.modality is not None}
         if len(cases) > 1:
             raise InputError(None, f"the chosen layers come from {len(cases)} different cases ({', '.join(sorted(cases.values()))}): choose one case's scans")
         shapes = {layer.data.shape for layer in chosen.values()}
