@@ -90,7 +90,7 @@ def test_a_corrected_mask_in_another_voxel_order_is_read_onto_the_scan(tmp_path)
 
 
 def test_another_cases_mask_or_the_follow_up_as_its_own_baseline_is_refused(tmp_path, capsys):
-    """BraTS cases share one grid, so only the name can tell that a mask belongs to another case."""
+    """BraTS cases share one grid, so only the files (its name, what lies beside it) tell that a mask belongs to another case."""
     from napari_sevnet.cli import export_main, measure_main
 
     mine, other = (write_phantom(tmp_path, seed=seed, shape=SHAPE) for seed in (1, 2))
