@@ -64,6 +64,11 @@ class LayerInfo:
     def to_metadata(self) -> dict:
         return {META_KEY: self}
 
+    @property
+    def scan_path(self) -> str | None:
+        """The file a scan layer was read from (None for results, and for scans that have no file of their own)."""
+        return (self.paths or {}).get(self.modality) if self.modality else None
+
     @classmethod
     def from_metadata(cls, metadata: dict | None) -> LayerInfo | None:
         info = (metadata or {}).get(META_KEY)
@@ -162,7 +167,7 @@ def prediction_layers(case: Case, report: dict, run: int | None, open_scans: dic
     images = []
     for data, kwargs, kind in scans:
         scan = LayerInfo.from_metadata(kwargs["metadata"])
-        path = scan.paths.get(scan.modality)
+        path = scan.scan_path
         names[scan.modality] = open_scans.get(path, kwargs["name"])
         if path not in open_scans:
             images.append(Layer.create(data, kwargs, kind))
@@ -222,7 +227,7 @@ def open_scans(layers) -> dict[str, str]:
     found = {}
     for layer in layers:
         info = LayerInfo.from_layer(layer)
-        path = (info.paths or {}).get(info.modality) if info is not None and info.modality else None
+        path = info.scan_path if info is not None else None
         if path:
             found.setdefault(path, layer.name)
     return found

@@ -34,7 +34,7 @@ def report_beside(mask: str | Path) -> Path | None:
 
     mask = Path(mask)
     named = role_of(mask.name)
-    report = mask.with_name(f"{named[0]}_report.json") if named and named[1] == "seg" else None
+    report = output_paths(named[0], mask.parent)["report"] if named and named[1] == "seg" else None
     return report if report is not None and report.is_file() else None
 
 

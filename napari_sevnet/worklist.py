@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from napari_sevnet.errors import Cancelled, InputError
+from napari_sevnet.regions import REGIONS
 
 CACHE_DIR = ".sevnet-worklist"
 FAST_PASSES = 2  # the scan and its left-right mirror: enough disagreement to rank cases, at a quarter of the 8 flips' cost
@@ -66,7 +67,7 @@ def _cached_report(case_id: str, case_folder: Path, cache: Path, passes: int) ->
         return None
     newest_input = max((p.stat().st_mtime for p in case_folder.iterdir() if p.is_file()), default=0)
     members = (report.get("uncertainty") or {}).get("members")
-    kept_probabilities = all(f"prob_{r}" in (report.get("maps") or {}) for r in ("WT", "TC", "ET"))  # a cache from before they were kept is redone
+    kept_probabilities = all(f"prob_{r}" in (report.get("maps") or {}) for r in REGIONS)  # a cache from before they were kept is redone
     return report if newest_input <= stamp and members == passes and kept_probabilities else None
 
 

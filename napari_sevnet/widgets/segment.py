@@ -63,8 +63,7 @@ class _Relay(QObject):
 
 
 def _case_key(info: LayerInfo) -> str:
-    path = (info.paths or {}).get(info.modality)
-    return str(Path(path).parent) if path else info.group
+    return str(Path(info.scan_path).parent) if info.scan_path else info.group
 
 
 class SegmentWidget(DockWidget):
