@@ -326,4 +326,10 @@ def test_a_run_folder_holds_one_training(phantom_dir, tmp_path, capsys):
     assert main(["--resume", str(tmp_path / "run"), "epochs=2"]) == 0
     assert not (tmp_path / "run" / ".last.safetensors.x1y2.tmp").exists()
     assert main(["--resume", str(tmp_path / "run"), "epochs=3", "model.name=vnet", "model.config={preset: tiny}"]) == 1
-    assert "another network" in capsys.readouterr().err
+    assert "model.name: 'sevnet' -> 'vnet'" in capsys.readouterr().err, "one run, one network"
+    assert main(["--resume", str(tmp_path / "run"), "epochs=3", "lr=1e-5"]) == 1
+    err = capsys.readouterr().err
+    assert "lr: 0.003 -> 1e-05" in err and "--init" in err, "the saved optimizer would have kept its own rate without a word"
+    assert main(["--resume", str(tmp_path / "run"), "epochs=1"]) == 1
+    assert "trained 2 epochs already" in capsys.readouterr().err
+    assert main(["--resume", str(tmp_path / "run"), "epochs=3", "val_every=3"]) == 0, "how long it trains may change"

@@ -208,6 +208,26 @@ def test_resume_equals_an_uninterrupted_run(phantom_dir, tmp_path, monkeypatch):
     assert len((run_b / "metrics.csv").read_text(encoding="utf-8").splitlines()) == 4  # header + 3 epochs, none twice
 
 
+def test_a_finished_run_trained_longer_follows_the_stretched_schedule(phantom_dir, tmp_path):
+    """Resumed with more epochs, a poly run goes on at (1 - 1/3)^0.9 of its rate, not at the 0 its last epoch ended on."""
+    run = train(small_config(phantom_dir, tmp_path, epochs=1))
+    before = load_file(run / "last.safetensors")
+    train(load_config(run / "config.yaml", ["epochs=3"]), resume=run)
+    rates = [float(row.split(",")[2]) for row in (run / "metrics.csv").read_text(encoding="utf-8").splitlines()[1:]]
+    assert rates == pytest.approx([3e-3, 3e-3 * (2 / 3) ** 0.9, 3e-3 * (1 / 3) ** 0.9])
+    after = load_file(run / "last.safetensors")
+    assert any(not torch.equal(before[k], after[k]) for k in before), "the added epochs trained"
+
+
+def test_paths_typed_on_the_command_line_are_kept_from_where_they_were_typed(phantom_dir, tmp_path, monkeypatch):
+    """``data.roots=[cases]`` saved as typed would send a later ``--resume`` from another folder to the wrong place."""
+    monkeypatch.chdir(phantom_dir.parent)
+    cfg = load_config(ROOT / "training" / "configs" / "phantom_demo.yaml", [f"data.roots=[{phantom_dir.name}]", "init=w.json", "output=run"])
+    assert cfg.data.roots == [str(phantom_dir)] and cfg.init == str(phantom_dir.parent / "w.json") and cfg.output == str(phantom_dir.parent / "run")
+    assert cfg.data.val_cases == 6, "an override of one key keeps the config's others"
+    assert load_config(None, [f"data.roots={phantom_dir}"]).data.roots == [str(phantom_dir)]
+
+
 def test_fine_tune_from_checkpoint_with_frozen_encoder_and_replay(phantom_dir, tmp_path, capsys):
     base = train(small_config(phantom_dir, tmp_path / "base", epochs=1, patch_size=[24, 24, 24]))
     declared = json.loads((base / "last.json").read_text(encoding="utf-8"))

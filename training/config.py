@@ -163,16 +163,21 @@ def from_dict(data: dict) -> TrainConfig:
 
 
 def _resolve_paths(data: dict, base: Path) -> None:
+    def resolved(path):
+        return str((base / path).resolve()) if isinstance(path, str) and path and not Path(path).is_absolute() else path
+
     d = data.get("data", {})
+    if not isinstance(d, dict):
+        return  # the config's type check names it
     for key in ("roots", "replay_roots"):
         if key in d:
-            d[key] = [str((base / p).resolve()) if not Path(p).is_absolute() else p for p in d[key]]
+            d[key] = [resolved(p) for p in d[key]] if isinstance(d[key], list) else resolved(d[key])
     for key in ("split", "cache_dir"):
-        if d.get(key):
-            d[key] = str((base / d[key]).resolve())
+        if key in d:
+            d[key] = resolved(d[key])
     for key in ("init", "output"):
-        if data.get(key) and not Path(data[key]).is_absolute():
-            data[key] = str((base / data[key]).resolve())
+        if key in data:
+            data[key] = resolved(data[key])
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -221,13 +226,24 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConf
         if not isinstance(data, dict):
             raise ValueError(f"{path}: a config is a mapping of keys, not {type(data).__name__}")
         _resolve_paths(data, path.parent)
+    given: dict = {}
     for text in overrides:
         keys, value = parse_override(text)
-        node = data
+        node = given
         for k in keys[:-1]:
             node = node.setdefault(k, {})
         node[keys[-1]] = value
+    _resolve_paths(given, Path.cwd())  # a path typed on the command line means one from where it was typed
+    _merge(data, given)
     return from_dict(data)
+
+
+def _merge(into: dict, given: dict) -> None:
+    for key, value in given.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict) and key != "config":
+            _merge(into[key], value)
+        else:
+            into[key] = value
 
 
 def save_config(cfg: TrainConfig, path: str | Path) -> None:

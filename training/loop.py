@@ -30,13 +30,15 @@ from napari_sevnet.metrics import case_metrics
 from napari_sevnet.model import build_model, size_divisor
 from napari_sevnet.regions import REGIONS
 from training import events
-from training.config import DEFAULT_PATCH_SIZE, TrainConfig, save_config
+from training.config import DEFAULT_PATCH_SIZE, TrainConfig, load_config, save_config, to_dict
 from training.data import PatchDataset, discover_cases, load_preprocessed, set_transform_seed, split_cases, training_spacing
 
 log = logging.getLogger("sevnet.train")
 STATE_FILE = "resume_state.pt"
 #: training patches (one per case) over which a fine-tune that changes the SE squeeze averages the old excitation
 EXCITATION_RESTART_PATCHES = 8
+#: settings a resumed run may change: how long it trains and what it keeps, not what or how it learns
+RESUMABLE_KEYS = ("epochs", "val_every", "keep_epochs", "num_workers")
 #: what a run folder holds (their half-written temporaries are removed when a run starts or resumes)
 RUN_FILES = ("last.safetensors", "last.json", "best.safetensors", "best.json", STATE_FILE, "config.yaml", "data.json")
 
@@ -274,10 +276,15 @@ class Trainer:
                 raise ValueError(f"--resume {self.run_dir}: its saved state belongs to another network than {cfg.model.name} {cfg.model.config}; resume with the run's own config.yaml") from None
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
+            self._follow_schedule_of_resumed_run()
             self.scaler.load_state_dict(state["scaler"])
             torch.set_rng_state(state["torch_rng"])
             self.start_epoch, self.best = int(state["epoch"]) + 1, float(state["best"])
             self.elapsed_before = float(state.get("elapsed_s", 0.0))
+            if self.dist.main and self.start_epoch == cfg.epochs:
+                log.info("%s: all %d epochs are trained; nothing to do (resume with epochs=N to train longer)", self.run_dir, cfg.epochs)
+            elif self.dist.main:
+                log.info("resuming after epoch %d of %d at learning rate %.2e", self.start_epoch, cfg.epochs, self.optimizer.param_groups[0]["lr"])
         self.network = self.model
         if self.dist.world > 1:
             ids = [self.dist.local_rank] if self.device.type == "cuda" else None
@@ -319,7 +326,44 @@ class Trainer:
         state_path = self.run_dir / STATE_FILE
         if not state_path.is_file():
             raise FileNotFoundError(f"{state_path}: nothing to resume (no finished epoch saved)")
-        return torch.load(state_path, map_location="cpu", weights_only=True)
+        self._check_resumed_config()
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        done = int(state["epoch"]) + 1
+        if self.cfg.epochs < done:
+            raise ValueError(f"--resume {self.run_dir}: it has trained {done} epochs already; epochs={self.cfg.epochs} is fewer (give epochs={done} or more to train on)")
+        return state
+
+    def _check_resumed_config(self) -> None:
+        """A resumed run continues the run its config.yaml describes: only :data:`RESUMABLE_KEYS` may change.
+
+        Otherwise the checkpoints would mix two trainings under one config (and the learning rate, kept in the
+        saved optimizer, would silently ignore an ``lr=`` override). A setting left empty takes the run's.
+        """
+        saved_path = self.run_dir / "config.yaml"
+        try:
+            saved = _flat(to_dict(load_config(saved_path)))
+        except ValueError as exc:
+            raise ValueError(f"--resume {self.run_dir}: {exc}") from None
+        given = _flat(to_dict(self.cfg))
+        changed = sorted(k for k, v in given.items()
+                         if k not in RESUMABLE_KEYS and k != "output" and v not in (None, {}, []) and v != saved.get(k))
+        if changed:
+            listed = ", ".join(f"{k}: {saved.get(k)!r} -> {given[k]!r}" for k in changed)
+            raise ValueError(f"--resume {self.run_dir}: a resumed run keeps its settings ({saved_path}); only {', '.join(RESUMABLE_KEYS)} "
+                             f"may change, not {listed}. To train on from these weights with other settings, start a new run "
+                             f"with --init {self.run_dir / 'last.json'}")
+
+    def _follow_schedule_of_resumed_run(self) -> None:
+        """The learning rate of the next epoch as the config's schedule now gives it.
+
+        The optimizer was saved with the rate its last epoch stepped to; when ``epochs`` grew on resume, a poly or
+        cosine schedule stretches to the new length and that rate (0 at the end of a finished run) is no longer it.
+        """
+        if not isinstance(self.scheduler, torch.optim.lr_scheduler.LambdaLR):
+            return
+        for group, base, factor in zip(self.optimizer.param_groups, self.scheduler.base_lrs, self.scheduler.lr_lambdas):
+            group["lr"] = base * factor(self.scheduler.last_epoch)
+        self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
 
     def _build_model(self) -> tuple[nn.Module, nn.Module | None]:
         """The model, and the init checkpoint's own when the fine-tune changes its SE squeeze (see :func:`_start_from`).
@@ -495,6 +539,17 @@ class Trainer:
         if self.dist.world > 1:
             dist.destroy_process_group()
         return self.run_dir
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    """{'data': {'roots': [...]}} -> {'data.roots': [...]}: a config's settings by their override names."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and key != "config":  # model.config is one setting (the architecture's keywords)
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def train(cfg: TrainConfig, *, resume: str | Path | None = None, progress_json: bool = False) -> Path:
