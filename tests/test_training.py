@@ -249,11 +249,13 @@ def test_fine_tune_from_checkpoint_with_frozen_encoder_and_replay(phantom_dir, t
     assert info.preprocessing["min_component_ml"] == 0.5  # and the cleanup its masks were measured with
 
 
-def test_fine_tune_that_changes_the_se_squeeze_restarts_the_excitations(phantom_dir, tmp_path):
+def test_fine_tune_that_changes_the_se_squeeze_restarts_the_excitations(phantom_dir, tmp_path, caplog):
     base = train(small_config(phantom_dir, tmp_path / "base", epochs=1, patch_size=[24, 24, 24]))
     cfg = small_config(phantom_dir, tmp_path / "ft", epochs=1, init=str(base / "last.json"), lr=1e-9, patch_size=None)
     cfg.model.config = {"se_squeeze": "standardised"}
+    cfg.model.name = "vnet"
     run = train(cfg)
+    assert "model.name=vnet is not used" in caplog.text, "a fine-tune keeps its checkpoint's network, and says so"
     before, after = load_file(base / "last.safetensors"), load_file(run / "last.safetensors")
     assert not torch.allclose(before["input_stage.se.fc2.bias"], after["input_stage.se.fc2.bias"]), "the SE MLPs restart"
     torch.testing.assert_close(before["head.weight"], after["head.weight"], rtol=1e-4, atol=1e-6)  # the rest is kept

@@ -148,6 +148,8 @@ def _start_from(cfg: TrainConfig) -> tuple[nn.Module, CheckpointInfo, nn.Module 
     """
     model, info = load_checkpoint(cfg.init, "cpu")
     original = None
+    if cfg.model.name != info.architecture["name"]:
+        log.warning("model.name=%s is not used: a fine-tune keeps the network of %s, a %s", cfg.model.name, cfg.init, info.architecture["name"])
     cfg.model.name = info.architecture["name"]
     config = {**info.architecture.get("config", {}), **(cfg.model.config or {})}
     if config != info.architecture.get("config", {}):
