@@ -362,7 +362,7 @@ def prepare_main(argv=None) -> int:
         try:
             prepared = prepare_case(folder, args.output, reference=args.reference, strip=not args.no_skull_strip, bias_field=not args.no_bias_field,
                                     series=series or None)
-        except InputError as exc:
+        except (InputError, OSError) as exc:
             failed += 1
             print(f"sevnet-prepare: error: {exc}", file=sys.stderr)
             continue

@@ -63,12 +63,15 @@ class Prepared:
     native_reference: Path  # the reference series as acquired: where results go back
     timings_s: dict = field(default_factory=dict)
     brain_ml: float | None = None  # None: the skull was kept (nothing stripped, nothing measured)
+    sequences: tuple[str, ...] = MODALITIES  # those found and prepared
 
     @property
     def summary(self) -> str:
-        """What a user reads after a preparation: the brain volume (or that the skull was kept) and each step's time."""
+        """What a user reads after a preparation: a sequence not found, the brain volume (or that the skull was kept), each step's time."""
+        missing = [MODALITY_LABELS[m] for m in MODALITIES if m not in self.sequences]
+        lacks = f"no {' or '.join(missing)} series found, prepared without; " if missing else ""
         brain = f"brain {self.brain_ml:.0f} mL" if self.brain_ml is not None else "skull kept (not stripped)"
-        return f"{brain}; " + ", ".join(f"{k[:-2].replace('_', ' ')} {v:.1f} s" for k, v in self.timings_s.items())
+        return f"{lacks}{brain}; " + ", ".join(f"{k[:-2].replace('_', ' ')} {v:.1f} s" for k, v in self.timings_s.items())
 
 
 def _sitk():
@@ -189,7 +192,12 @@ def prepare_case(inputs: Path | dict[str, Path], out_dir: Path, *, reference: st
     if not isinstance(inputs, dict) and not Path(inputs).is_dir():
         raise InputError(inputs, "is a file: give the folder that holds this patient's raw series (NIfTI or DICOM), one folder per patient"
                          if Path(inputs).exists() else "cannot access: no such folder")
+    if Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise InputError(out_dir, "is a file: the output is the folder the prepared cases go into")
     dicom_dir = None
+    if series and (isinstance(inputs, dict) or not is_dicom_folder(Path(inputs))):
+        raise InputError(None if isinstance(inputs, dict) else inputs,
+                         "picking series by UID is for a folder of DICOM files; NIfTI series are told by their names (T1, T1ce/post-Gd, T2, FLAIR): rename the file")
     if not isinstance(inputs, dict) and is_dicom_folder(Path(inputs)):
         from napari_sevnet import dicom
 
@@ -225,6 +233,9 @@ def _prepare(files: dict[str, Path], out_dir: Path, reference: str, case_id: str
                          f"the reference sequence {MODALITY_LABELS.get(reference, reference)} is not among the series found: {found}; "
                          f"choose one that is as the reference (--reference, or the Prepare dock's Reference: the mask goes back onto its grid)")
     case_id = case_id or nifti_stem(files[reference].name)
+    folder = Path(out_dir) / case_id
+    if folder.exists():  # said before minutes of work, and checked again before writing
+        raise InputError(folder, "already exists: choose another output folder (nothing is replaced)")
     timings: dict[str, float] = {}
     t = time.perf_counter()
     series = {m: read_series(p) for m, p in files.items()}
@@ -248,7 +259,6 @@ def _prepare(files: dict[str, Path], out_dir: Path, reference: str, case_id: str
         t = time.perf_counter()
         brain = skull_strip(volumes.get("t1", volumes[reference]))
         timings["skull_strip_s"] = time.perf_counter() - t
-    folder = Path(out_dir) / case_id
     if folder.exists():
         raise InputError(folder, "already exists: choose another output folder (nothing is replaced)")
     arrays = {}
@@ -281,7 +291,7 @@ def _prepare(files: dict[str, Path], out_dir: Path, reference: str, case_id: str
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return Prepared(case_id, folder, reference, Path(record["native"][reference]), timings, brain_ml)
+    return Prepared(case_id, folder, reference, Path(record["native"][reference]), timings, brain_ml, tuple(m for m in MODALITIES if m in volumes))
 
 
 def to_native(values: np.ndarray, grid, prepared_folder: Path, *, threshold: float | None = 0.5):

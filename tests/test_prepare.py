@@ -118,6 +118,36 @@ def test_series_that_cannot_be_prepared_are_refused_by_name(tmp_path):
         prepare_case({"t2": slab}, tmp_path / "out4", reference="t1", strip=False)
 
 
+def test_sevnet_prepare_says_what_it_lacks_and_refuses_before_minutes_of_work(tmp_path, monkeypatch):
+    from napari_sevnet import prepare
+
+    folder = write_phantom(tmp_path / "p", seed=3, shape=SHAPE)
+    raw = make_raw(folder, tmp_path / "raw" / "p9")
+    flair = next(p for p in raw.iterdir() if "FLAIR" in p.name.upper())
+    flair.rename(tmp_path / flair.name)  # the clinic sent three series
+
+    def run(*args):
+        result = subprocess.run([str(BIN / "sevnet-prepare"), *map(str, args)], capture_output=True, text=True, timeout=300)
+        assert "Traceback" not in result.stderr, result.stderr
+        return result
+
+    done = run(raw, "-o", tmp_path / "out", "--no-skull-strip", "--no-bias-field")
+    assert done.returncode == 0 and "no FLAIR series found, prepared without" in done.stdout, done.stdout
+    (tmp_path / "a_file").write_text("mine", encoding="utf-8")
+    refused = run(raw, "-o", tmp_path / "a_file", "--no-skull-strip")
+    assert refused.returncode == 1 and "a_file: is a file" in refused.stderr
+    assert (tmp_path / "a_file").read_text(encoding="utf-8") == "mine"
+    refused = run(raw, "-o", tmp_path / "out2", "--series", "t1ce=1.2.3", "--no-skull-strip")
+    assert refused.returncode == 1 and "by UID is for a folder of DICOM files" in refused.stderr, "a NIfTI folder would have ignored --series"
+
+    def no_work(*_):
+        raise AssertionError("read the series although the case's output folder exists")
+
+    monkeypatch.setattr(prepare, "read_series", no_work)
+    with pytest.raises(InputError, match="already exists"):
+        prepare.prepare_case(raw, tmp_path / "out", strip=False)
+
+
 def test_sevnet_predict_over_two_ranks_does_each_case_once(tmp_path, random_checkpoint):
     cases = [write_phantom(tmp_path / "cases", seed=s, shape=(32, 40, 32)) for s in range(4)]
     runs = []
