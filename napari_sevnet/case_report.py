@@ -23,7 +23,7 @@ import numpy as np
 from napari_sevnet.checkpoint import sequence_caveats, training_caveats
 from napari_sevnet.files import write_text_atomic
 from napari_sevnet.io import MODALITIES, MODALITY_LABELS, Case
-from napari_sevnet.readout import Readout
+from napari_sevnet.readout import Readout, format_ml
 from napari_sevnet.regions import REGIONS
 from napari_sevnet.report import RESEARCH_USE
 
@@ -87,14 +87,14 @@ def render(case: Case, regions: np.ndarray, readout: Readout, *, checkpoint: str
     date = date or _dt.date.today().isoformat()
     missing = [MODALITY_LABELS[m] for m in MODALITIES if m not in case.sequences]
     rows = "".join(
-        f"<tr><td>{les.index}</td><td>{les.ncr_ml:.1f}</td><td>{les.ed_ml:.1f}</td><td>{les.et_ml:.1f}</td>"
+        f"<tr><td>{les.index}</td><td>{format_ml(les.ncr_ml)}</td><td>{format_ml(les.ed_ml)}</td><td>{format_ml(les.et_ml)}</td>"
         f"<td>{', '.join(f'{v:.1f}' for v in les.centroid_ras_mm)}</td>"
         + (f"<td>{les.diameters.slice}</td><td>{les.diameters.longest_mm:.1f}</td><td>{les.diameters.perpendicular_mm:.1f}</td><td>{les.diameters.product_mm2:.0f}</td>"
            if les.diameters else "<td>-</td><td>-</td><td>-</td><td>-</td>")
         + f"<td>{'yes' if les.measurable else 'no'}</td></tr>"
         for les in readout.lesions
     )
-    volumes = "".join(f"<tr><td>{r}</td><td>{readout.volumes_ml[r]:.1f}</td></tr>" for r in REGIONS)
+    volumes = "".join(f"<tr><td>{r}</td><td>{format_ml(readout.volumes_ml[r])}</td></tr>" for r in REGIONS)
     # a mask the model made from some sequences only: what its card measured for that set (without T1ce, ET is not seen)
     # and a model that never saw a patient's scan says so
     lines = (training_caveats(checkpoint) + (sequence_caveats(checkpoint, case.sequences) if missing else [])) if checkpoint else []

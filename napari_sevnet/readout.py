@@ -32,6 +32,11 @@ PROGRESSION, PARTIAL_RESPONSE = 0.25, -0.50
 STRUCTURE = np.ones((3, 3, 3), bool)
 
 
+def format_ml(value: float) -> str:
+    """A volume as read in a table: one decimal, but a speck shows as '<0.1', not as a '0.0' that reads as nothing."""
+    return "0" if value == 0 else "<0.1" if value < 0.05 else f"{value:.1f}"
+
+
 @dataclass
 class Diameters:
     """The RANO measurement on one axial slice: two segments (endpoints in voxel coordinates z, y, x) and their lengths in mm."""

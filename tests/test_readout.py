@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_sevnet.readout import compare_visits, measure, rano_diameters
+from napari_sevnet.readout import compare_visits, format_ml, measure, rano_diameters
 
 
 def ellipse(shape, centre, a_mm, b_mm, spacing=(1.0, 1.0), angle_deg=0.0):
@@ -50,6 +50,11 @@ def test_a_lesion_table_of_two_lesions_one_too_small_to_measure():
     assert readout.sum_of_products_mm2 == pytest.approx(first.product_mm2)
     assert first.ed_ml + second.ed_ml == pytest.approx((regions[0] & ~regions[1]).sum() / 1000.0), "every edema voxel belongs to one lesion"
     assert first.ncr_ml == pytest.approx((regions[1] & ~regions[2])[:, :60, :60].sum() / 1000.0)
+    assert second.ncr_ml == 0 and format_ml(second.ncr_ml) == "0"
+
+
+def test_a_speck_of_tumour_reads_as_less_than_a_tenth_not_as_nothing():
+    assert [format_ml(v) for v in (0.0, 0.004, 0.049, 0.05, 1.26)] == ["0", "<0.1", "<0.1", "0.1", "1.3"]
 
 
 def test_two_visits_growth_by_a_known_factor_is_progression_and_the_percentages_are_exact():

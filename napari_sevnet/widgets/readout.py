@@ -129,12 +129,14 @@ class ReadoutWidget(DockWidget):
         self._draw_diameters()
 
     def _show(self):
+        from napari_sevnet.readout import enhancement_caveat, format_ml
+
         readout = self.readout
         lesions = readout.lesions if readout is not None else []
         self.table.setRowCount(len(lesions))
         for row, lesion in enumerate(lesions):
             d = lesion.diameters
-            cells = [str(lesion.index), f"{lesion.ncr_ml:.1f}", f"{lesion.ed_ml:.1f}", f"{lesion.et_ml:.1f}",
+            cells = [str(lesion.index), format_ml(lesion.ncr_ml), format_ml(lesion.ed_ml), format_ml(lesion.et_ml),
                      *((str(d.slice), f"{d.longest_mm:.1f}", f"{d.perpendicular_mm:.1f}", f"{d.product_mm2:.0f}") if d else ("-", "-", "-", "-")),
                      "yes" if lesion.measurable else "no"]
             for col, text in enumerate(cells):
@@ -142,9 +144,7 @@ class ReadoutWidget(DockWidget):
         if readout is None:
             self._summary.value = "select a result (a WT, TC or ET layer)"
             return
-        from napari_sevnet.readout import enhancement_caveat
-
-        volumes = "  ".join(f"{r} {v:.1f} mL" for r, v in readout.volumes_ml.items())
+        volumes = "  ".join(f"{r} {format_ml(v)} mL" for r, v in readout.volumes_ml.items())
         caveat = enhancement_caveat(LayerInfo.from_layer(self._tracked["WT"]).sequences) if "WT" in self._tracked else None
         self._summary.value = (f"{len(lesions)} lesion(s), {readout.measurable} measurable; sum of products {readout.sum_of_products_mm2:.0f} mm²; {volumes}"
                                + (f"; warning: {caveat}" if caveat else ""))
