@@ -46,7 +46,7 @@ def predict_main(argv=None) -> int:
     parser.add_argument("--checkpoint", help="checkpoint (.json or .safetensors); default: the bundled default model")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--tta", action="store_true", help="average the 8 mirror flips (about 6x slower; what it gained on the held-out real cases: README, benchmarks/results/real-heldout-tta.md)")
-    parser.add_argument("--labels", default="2021", choices=["2021", "2023"], help="label convention of the written masks (2021: <case>_seg, 2023: <case>-seg)")
+    parser.add_argument("--labels", choices=["2021", "2023"], help="label convention of the written masks (2021: <case>_seg, labels 1/2/4; 2023: <case>-seg, labels 1/2/3); default: the case's own (a case named as in BraTS 2023 gets 2023, any other 2021)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs of the same cases (their old maps go too)")
     parser.add_argument("--allow-missing", action="store_true", help="segment cases that lack one to three sequences (with a model trained for it, as the default is)")
     parser.add_argument("--prepare", action="store_true", help="raw clinical series (own grids, with the skull): co-register, 1 mm, skull-strip first; the mask is written on the reference series' own grid")
@@ -87,7 +87,6 @@ def predict_main(argv=None) -> int:
     except (InputError, RuntimeError, ValueError) as exc:
         print(f"sevnet-predict: error: {exc}", file=sys.stderr)
         return 2
-    convention = convention_name(args.labels)
     args.output.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(args.output / ".sevnet-predict.lock"))  # two runs into one folder claim each case's outputs in turn
     failed = 0
@@ -95,9 +94,10 @@ def predict_main(argv=None) -> int:
         try:
             if args.prepare:
                 with lock:
-                    _predict_prepared(path, args, predictor, convention)
+                    _predict_prepared(path, args, predictor, convention_name(args.labels or "2021"))
                 continue
             case = load_case(path, allow_missing=args.allow_missing)
+            convention = convention_name(args.labels) if args.labels else "brats2023" if case.layout == "brats2023" else "brats2021"
             check_outputs_free(case.case_id, args.output, convention, overwrite=args.overwrite)
             result = predictor.predict(case.image, spacing=case.spacing, sequences=case.sequences)
             for line in result.notes + result.warnings:

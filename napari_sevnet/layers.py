@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_sevnet.errors import InputError, NotSaved
-from napari_sevnet.io import MODALITIES, MODALITY_LABELS, Case, SourceGrid, load_case, nifti_stem, write_mask
+from napari_sevnet.io import MODALITIES, MODALITY_LABELS, Case, SourceGrid, load_case, nifti_stem, role_of, write_mask
 from napari_sevnet.regions import REGIONS, convention_name
 
 REGION_COLOURS = {"WT": "#2ecc40", "TC": "#ff4136", "ET": "#ffdc00"}
@@ -311,7 +311,9 @@ def write_regions(path: str, layer_data: list[tuple]) -> list[str]:
             raise InputError(path, f"select the WT, TC and ET layers of one result to save them as a BraTS label file (missing {', '.join(missing)})")
         if grid is None:
             raise InputError(path, "these layers do not come from a case opened with napari-sevnet, so the source grid is unknown")
-        convention = convention_name("2023") if str(path).endswith((".2023.nii.gz", ".2023.nii")) else "brats2021"
+        named = role_of(Path(path).name)  # a BraTS 2023 mask name (<case>-seg) promises 2023 labels to whoever reads it
+        as_2023 = str(path).endswith((".2023.nii.gz", ".2023.nii")) or (named is not None and named[1:] == ("seg", "brats2023"))
+        convention = convention_name("2023") if as_2023 else "brats2021"
         regions = np.stack([by_region[r] for r in REGIONS])
         written = [str(write_mask(regions, grid, path, convention))]
         from napari_sevnet.prepare import prepared_folder_of, write_native_mask

@@ -119,3 +119,36 @@ def test_measure_and_export_name_the_model_from_the_predictions_report(phantom_d
     assert export_main([str(case), str(case / "phantom_0002_seg.nii.gz"), "-d", str(tmp_path / "ds"), "--model-mask", str(mask)]) == 0
     record = json.loads((tmp_path / "ds" / "phantom_0002" / "export.json").read_text(encoding="utf-8"))
     assert record["checkpoint"]["path"].endswith("sevnet_lite_phantom.json"), record["checkpoint"]
+
+
+def test_each_case_gets_masks_in_its_own_label_convention_unless_told(phantom_dir, random_checkpoint, tmp_path):
+    """A BraTS 2023 case's mask in 1/2/4 under a 2021 name would not be found, or would be misread, by its own tools."""
+    from napari_sevnet.io import NAMINGS
+    from napari_sevnet.layers import LayerInfo, write_regions
+
+    cases = tmp_path / "cases"
+    shutil.copytree(phantom_dir / "phantom_0000", cases / "phantom_0000")
+    renamed = cases / "BraTS-GLI-00007-000"
+    renamed.mkdir()
+    for suffix, role in NAMINGS["brats2021"].items():
+        if role != "seg":
+            new = next(s for s, r in NAMINGS["brats2023"].items() if r == role)
+            shutil.copy(phantom_dir / "phantom_0001" / f"phantom_0001{suffix}.nii.gz", renamed / f"{renamed.name}{new}.nii.gz")
+    out = tmp_path / "pred"
+    assert predict_main([str(cases), "-o", str(out), "--checkpoint", str(random_checkpoint), "--device", "cpu"]) == 0
+    assert sorted(p.name for p in out.glob("*.nii.gz")) == ["BraTS-GLI-00007-000-seg.nii.gz", "phantom_0000_seg.nii.gz"]
+    for name, labels in (("BraTS-GLI-00007-000-seg.nii.gz", {0, 1, 2, 3}), ("phantom_0000_seg.nii.gz", {0, 1, 2, 4})):
+        assert set(np.unique(np.asanyarray(nib.load(out / name).dataobj)).tolist()) <= labels
+    forced = tmp_path / "forced"
+    assert predict_main([str(renamed), "-o", str(forced), "--checkpoint", str(random_checkpoint), "--device", "cpu", "--labels", "2021"]) == 0
+    assert (forced / "BraTS-GLI-00007-000_seg.nii.gz").is_file()
+    # saved from napari under a BraTS 2023 mask name: 2023 labels, as the name says
+    from napari_sevnet.io import load_case
+
+    case = load_case(phantom_dir / "phantom_0002")
+    paths = {k: str(v) for k, v in case.paths.items()}
+    layers = [(case.regions[i], {"name": r, "metadata": LayerInfo(case_id=case.case_id, grid=case.grid, paths=paths, region=r).to_metadata()}, "labels")
+              for i, r in enumerate(("WT", "TC", "ET"))]
+    saved = write_regions(str(tmp_path / "BraTS-GLI-00008-000-seg.nii.gz"), layers)
+    assert 4 not in np.unique(np.asanyarray(nib.load(saved[0]).dataobj)) and 3 in np.unique(np.asanyarray(nib.load(saved[0]).dataobj))
+    assert load_case(mapping={**{m: case.paths[m] for m in ("t1", "t1ce", "t2", "flair")}, "seg": saved[0]}).regions.sum() == case.regions.sum()
