@@ -100,15 +100,15 @@ def remember(folder: str | os.PathLike, mapping: dict[str, str | os.PathLike]) -
     return target
 
 
-def load_assigned_or_named(path: str | os.PathLike) -> Case:
+def load_assigned_or_named(path: str | os.PathLike, *, allow_missing: bool = True) -> Case:
     """Load a case by its BraTS names, or by the assignment remembered for its folder; say what to do when neither works."""
     path = Path(path)
     folder = path if path.is_dir() else path.parent
     mapping = remembered(folder)
     if mapping is not None:
-        return load_case(mapping=mapping, allow_missing=True)
+        return load_case(mapping=mapping, allow_missing=allow_missing)
     try:
-        case = load_case(path, allow_missing=True)
+        case = load_case(path, allow_missing=allow_missing)
         unnamed = [p.name for p in nifti_files(folder) if role_of(p.name) is None or role_of(p.name)[0] != case.case_id]
         if case.missing and unnamed and path.is_dir():  # the missing sequences may be the files whose names say nothing
             raise InputError(folder, f"case {case.case_id!r} has no {', '.join(case.missing)} by its BraTS names")
@@ -125,7 +125,8 @@ def load_assigned_or_named(path: str | os.PathLike) -> Case:
         found = ", ".join(unrecognised or [p.name for p in files])
         raise InputError(
             exc.path, f"{exc.problem}. Not recognised as BraTS names: {found}. Rename them (<id>_t1, <id>_t1ce, <id>_t2, <id>_flair .nii.gz) "
-            "or assign them to sequences with Plugins > napari-sevnet > Assign sequences, which remembers the choice for this folder",
+            "or assign them to sequences with Plugins > napari-sevnet > Assign sequences, which remembers the choice for this folder "
+            "(napari and sevnet-predict then open it as assigned)",
         ) from None
 
 

@@ -65,8 +65,9 @@ def predict_main(argv=None) -> int:
     from filelock import FileLock
     from tqdm import tqdm
 
+    from napari_sevnet.assignments import load_assigned_or_named
     from napari_sevnet.inference import Predictor, enable_huge_pages
-    from napari_sevnet.io import find_cases, load_case
+    from napari_sevnet.io import find_cases
     from napari_sevnet.regions import convention_name
     from napari_sevnet.report import check_outputs_free, write_case_outputs
 
@@ -75,7 +76,7 @@ def predict_main(argv=None) -> int:
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     device = args.device
     try:
-        _check_output_folder(args.output, cases)
+        _check_output_folder(args.output, cases, allow_missing=args.allow_missing)
         if world > 1:  # under torchrun: this rank's share of the cases, on its own GPU when there are GPUs
             cases = cases[rank::world]
             if device != "cpu" and torch_cuda_available():
@@ -96,7 +97,7 @@ def predict_main(argv=None) -> int:
                 with lock:
                     _predict_prepared(path, args, predictor, convention_name(args.labels or "2021"))
                 continue
-            case = load_case(path, allow_missing=args.allow_missing)
+            case = load_assigned_or_named(path, allow_missing=args.allow_missing)
             convention = convention_name(args.labels) if args.labels else "brats2023" if case.layout == "brats2023" else "brats2021"
             check_outputs_free(case.case_id, args.output, convention, overwrite=args.overwrite)
             result = predictor.predict(case.image, spacing=case.spacing, sequences=case.sequences)
@@ -150,14 +151,16 @@ def torch_cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
-def _check_output_folder(output: Path, cases: list[Path]) -> None:
-    """Refuse an output folder that is an input case's own folder, and two inputs with one case id."""
-    from napari_sevnet.io import find_case_files
+def _check_output_folder(output: Path, cases: list[Path], *, allow_missing: bool = False) -> None:
+    """Refuse an output folder that is an input case's own folder, and two inputs with one case id (as they will be read)."""
+    from napari_sevnet.assignments import remembered
+    from napari_sevnet.io import case_id_of_files, find_case_files
 
     seen: dict[str, Path] = {}
     for path in cases:
+        assigned = remembered(path if path.is_dir() else path.parent)  # read as the Assign dock's choice, as the case will be
         try:
-            case_id, files, _ = find_case_files(path, allow_missing=True)
+            case_id, files = (case_id_of_files([p for r, p in assigned.items() if r != "seg"]), assigned) if assigned else find_case_files(path, allow_missing=allow_missing)[:2]
         except InputError:
             continue  # reported, naming its file, when the case is read
         folder = next(iter(files.values())).parent.resolve()
@@ -257,12 +260,13 @@ def export_main(argv=None) -> int:
     parser.add_argument("--replace", action="store_true", help="replace the case's earlier versions instead of adding a version")
     args = parser.parse_args(argv)
 
+    from napari_sevnet.assignments import load_assigned_or_named
     from napari_sevnet.export import export_case
-    from napari_sevnet.io import load_case, read_segmentation
+    from napari_sevnet.io import read_segmentation
     from napari_sevnet.report import checkpoint_of
 
     try:
-        case = load_case(args.case)
+        case = load_assigned_or_named(args.case, allow_missing=False)
         default = "msd" if case.layout == "msd" else None  # a Decathlon case's masks use its labels unless they say otherwise
         corrected, _ = read_segmentation(args.mask, case.grid, case.reference, args.mask_labels, default=default)
         model = read_segmentation(args.model_mask, case.grid, case.reference, args.mask_labels, default=default)[0] if args.model_mask else None
@@ -292,17 +296,18 @@ def measure_main(argv=None) -> int:
     _setup_logging(False)
 
     from napari_sevnet import case_report
-    from napari_sevnet.io import load_case, read_segmentation
+    from napari_sevnet.assignments import load_assigned_or_named
+    from napari_sevnet.io import read_segmentation
     from napari_sevnet.readout import compare_visits, format_ml, measure
     from napari_sevnet.report import checkpoint_of
 
     try:
-        case = load_case(args.case, allow_missing=True)
+        case = load_assigned_or_named(args.case)
         regions, _ = read_segmentation(args.mask, case.grid, case.reference, args.labels)
         readout = measure(regions, case.spacing, case.grid)
         comparison = None
         if args.baseline:
-            base_case = load_case(args.baseline[0], allow_missing=True)
+            base_case = load_assigned_or_named(args.baseline[0])
             if base_case.reference.resolve() == case.reference.resolve() or args.baseline[1].resolve() == args.mask.resolve():
                 raise InputError(args.baseline[0], f"the baseline is the follow-up itself ({args.case}, {args.mask}): give the earlier visit's case and mask")
             base_regions, _ = read_segmentation(args.baseline[1], base_case.grid, base_case.reference, args.labels)

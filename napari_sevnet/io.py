@@ -405,8 +405,7 @@ def load_case(
         if unknown:
             raise InputError(None, f"unknown roles {unknown} in modality mapping; use {list(MODALITIES)} and 'seg'")
         present = [m for m in MODALITIES if m in files]
-        first = files[present[0]] if present else None
-        case_id, layout = (nifti_stem(first.name) or first.stem) if first else "case", "mapping"
+        case_id, layout = case_id_of_files([files[m] for m in present]), "mapping"
         _check_sequences(case_id, present, None, allow_missing)
     elif path is not None:
         case_id, files, layout = find_case_files(path, allow_missing=allow_missing)
@@ -447,6 +446,23 @@ def load_case(
         case.regions, case.label_convention = read_segmentation(files["seg"], grid, case.reference, convention)
         case.paths["seg"] = files["seg"]
     return case
+
+
+def case_id_of_files(paths: list[Path]) -> str:
+    """The id of a case given file by file: the one their BraTS names share, else the folder that holds them all.
+
+    Not the first file's stem: a clinic names every patient's series alike (``T1_pre.nii.gz``), and two patients
+    under one id would be one case to the export (the second a new version of the first) and to a batch's outputs.
+    """
+    if not paths:
+        return "case"
+    named = {role_of(p.name)[0] for p in paths if role_of(p.name)}
+    if len(named) == 1 and all(role_of(p.name) for p in paths):
+        return named.pop()
+    folders = {p.absolute().parent for p in paths}  # as the user named them: a link's target folder is not the case's
+    if len(folders) == 1 and next(iter(folders)).name:
+        return folders.pop().name
+    return nifti_stem(paths[0].name) or paths[0].stem
 
 
 def read_segmentation(path: str | os.PathLike, grid: SourceGrid, reference: Path, convention: str | None = None, *, default: str | None = None) -> tuple[np.ndarray, str]:

@@ -152,3 +152,24 @@ def test_each_case_gets_masks_in_its_own_label_convention_unless_told(phantom_di
     saved = write_regions(str(tmp_path / "BraTS-GLI-00008-000-seg.nii.gz"), layers)
     assert 4 not in np.unique(np.asanyarray(nib.load(saved[0]).dataobj)) and 3 in np.unique(np.asanyarray(nib.load(saved[0]).dataobj))
     assert load_case(mapping={**{m: case.paths[m] for m in ("t1", "t1ce", "t2", "flair")}, "seg": saved[0]}).regions.sum() == case.regions.sum()
+
+
+def test_a_folder_assigned_in_napari_is_segmented_by_sevnet_predict_under_its_own_name(phantom_dir, random_checkpoint, tmp_path, monkeypatch, capsys):
+    """A clinic names every patient's series alike; the folder is the case, and the Assign dock's choice holds on the command line."""
+    from napari_sevnet.assignments import remember
+
+    monkeypatch.setenv("SEVNET_CONFIG_DIR", str(tmp_path / "config"))
+    clinic = tmp_path / "clinic"
+    for patient, seed in (("patient_a", 0), ("patient_b", 1)):
+        (clinic / patient).mkdir(parents=True)
+        for role, name in (("t1", "T1_pre"), ("t1ce", "T1_post"), ("t2", "AX_T2"), ("flair", "FLAIR")):
+            shutil.copy(phantom_dir / f"phantom_{seed:04d}" / f"phantom_{seed:04d}_{role}.nii.gz", clinic / patient / f"{name}.nii.gz")
+    out = tmp_path / "pred"
+    args = [str(clinic), "-o", str(out), "--checkpoint", str(random_checkpoint), "--device", "cpu"]
+    assert predict_main(args) == 1
+    assert "Assign sequences" in capsys.readouterr().err
+    for patient in ("patient_a", "patient_b"):
+        folder = clinic / patient
+        remember(folder, {"t1": folder / "T1_pre.nii.gz", "t1ce": folder / "T1_post.nii.gz", "t2": folder / "AX_T2.nii.gz", "flair": folder / "FLAIR.nii.gz"})
+    assert predict_main(args) == 0
+    assert sorted(p.name for p in out.glob("*_seg.nii.gz")) == ["patient_a_seg.nii.gz", "patient_b_seg.nii.gz"]

@@ -114,6 +114,10 @@ def test_explicit_mapping(tmp_path):
         renamed[role] = path.rename(tmp_path / f"scan_{role.upper()}.nii.gz")
     case = io.load_case(mapping=renamed)
     np.testing.assert_array_equal(case.image, truth["image"])
+    assert case.case_id == "scan", "the names say it (scan_T1, scan_T1CE: BraTS names, whatever the case)"
+    folder, _ = write_case(tmp_path / "c2", AFFINES["LPS"])
+    case_id, files, _ = io.find_case_files(folder)
+    assert io.load_case(mapping={r: p for r, p in files.items() if r != "seg"}).case_id == case_id == "case", "BraTS names say the id"
     with pytest.raises(InputError, match="missing"):
         io.load_case(mapping={"t1": renamed["t1"]})
 
