@@ -243,6 +243,24 @@ def _source_record(case: Case) -> dict:
     return {"case_id": case.case_id, "layout": case.layout, "files": files}
 
 
+def _check_same_scans(manifest: dict, case_id: str, source: dict, dataset: Path) -> None:
+    """A new version of ``case_id`` must come from that case's scans: sharing none of them, it is another patient
+    under the same id, and as the newest version it would silently take the first one's place in training."""
+    earlier = [r for r in active_cases(manifest) if r["case_id"] == case_id]
+    if not earlier:
+        return
+    def scans(record: dict) -> dict:
+        return {role: f for role, f in (record.get("files") or {}).items() if role != "seg" and isinstance(f, dict) and f.get("sha256")}
+
+    kept = scans(earlier[0].get("source") or {})
+    before, now = {f["sha256"] for f in kept.values()}, {f["sha256"] for f in scans(source).values()}
+    if before and now and not before & now:
+        shown = next(iter(kept.values()))["path"]
+        raise InputError(dataset / MANIFEST_NAME, f"case {case_id} (version {earlier[0]['version']}) was exported from other scans ({shown}); "
+                         f"this case shares none of them, so it is another patient or visit under the same id: give it its own case id "
+                         f"(sevnet-export --case-id, the Export dock's Case id)")
+
+
 def _checkpoint_record(checkpoint) -> dict | None:
     if checkpoint is None:
         return None
@@ -311,6 +329,8 @@ def export_case(
         if label_convention and convention_name(label_convention) != manifest["label_convention"]:
             raise InputError(dataset / MANIFEST_NAME, f"the dataset uses {manifest['label_convention']} labels, not {convention_name(label_convention)}")
         _recover(dataset, manifest)
+        source = _source_record(case)
+        _check_same_scans(manifest, case_id, source, dataset)
         used = _used_versions(manifest, case_id)
         version = max(used, default=0) + 1
         folder_name = case_id if version == 1 else f"{case_id}_v{version}"
@@ -325,7 +345,7 @@ def export_case(
             "annotator": annotator or None,
             "note": note or None,
             "label_convention": manifest["label_convention"],
-            "source": _source_record(case),
+            "source": source,
             "sequences": list(case.sequences),  # those the case has: a fine-tune needs a model trained for missing ones otherwise
             "checkpoint": _checkpoint_record(checkpoint),
             "volumes_ml": volumes_ml(corrected, case.spacing),

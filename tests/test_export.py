@@ -102,6 +102,18 @@ def test_re_export_adds_a_version_and_replace_removes_the_old_ones(case, tmp_pat
     assert ex.export_case(case, case.regions, ds).version == 4, "a replaced version number is never reused"
 
 
+def test_another_patient_under_a_case_id_already_in_the_dataset_is_refused(case, phantom_dir, tmp_path):
+    """Two clinic folders both called 'scans': the second patient would become the first's newest version, the one that trains."""
+    ds = tmp_path / "ds"
+    ex.export_case(case, case.regions, ds, case_id="scans")
+    other = load_case(phantom_dir / "phantom_0001")
+    before = snapshot(ds)
+    with pytest.raises(InputError, match="shares none of them, so it is another patient.*--case-id"):
+        ex.export_case(other, other.regions, ds, case_id="scans")
+    assert snapshot(ds) == before
+    assert ex.export_case(other, other.regions, ds, case_id="scans_b").version == 1
+
+
 @pytest.mark.parametrize("case_id", ["../evil", "/tmp/evil", "a/b", "..", ".hidden", "a\\b", "runs", "x" * 101, "é"])
 def test_case_ids_cannot_escape_the_dataset(case, tmp_path, case_id):
     ds = tmp_path / "ds"
