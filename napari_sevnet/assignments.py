@@ -18,7 +18,7 @@ from pathlib import Path
 
 from napari_sevnet.errors import InputError
 from napari_sevnet.files import write_text_atomic
-from napari_sevnet.io import MODALITIES, Case, load_case, nifti_stem, role_of
+from napari_sevnet.io import MODALITIES, Case, case_id_of_files, find_case_files, load_case, nifti_stem, role_of
 
 ROLES = (*MODALITIES, "seg")
 #: words in a file or layer name that say its sequence (after lower-casing and splitting on anything not a letter or digit)
@@ -98,6 +98,16 @@ def remember(folder: str | os.PathLike, mapping: dict[str, str | os.PathLike]) -
         data[str(folder)] = {role: Path(path).name for role, path in mapping.items() if path}
         write_text_atomic(target, json.dumps(data, indent=2) + "\n")
     return target
+
+
+def case_files(path: str | os.PathLike, *, allow_missing: bool = True) -> tuple[str, dict[str, Path]]:
+    """(case id, {role: file}) of a case as :func:`load_assigned_or_named` will read it, without reading the scans."""
+    path = Path(path)
+    mapping = remembered(path if path.is_dir() else path.parent)
+    if mapping is not None:
+        return case_id_of_files([p for role, p in mapping.items() if role != "seg"]), mapping
+    case_id, files, _ = find_case_files(path, allow_missing=allow_missing)
+    return case_id, files
 
 
 def load_assigned_or_named(path: str | os.PathLike, *, allow_missing: bool = True) -> Case:

@@ -153,14 +153,12 @@ def torch_cuda_available() -> bool:
 
 def _check_output_folder(output: Path, cases: list[Path], *, allow_missing: bool = False) -> None:
     """Refuse an output folder that is an input case's own folder, and two inputs with one case id (as they will be read)."""
-    from napari_sevnet.assignments import remembered
-    from napari_sevnet.io import case_id_of_files, find_case_files
+    from napari_sevnet.assignments import case_files
 
     seen: dict[str, Path] = {}
     for path in cases:
-        assigned = remembered(path if path.is_dir() else path.parent)  # read as the Assign dock's choice, as the case will be
         try:
-            case_id, files = (case_id_of_files([p for r, p in assigned.items() if r != "seg"]), assigned) if assigned else find_case_files(path, allow_missing=allow_missing)[:2]
+            case_id, files = case_files(path, allow_missing=allow_missing)  # as the case will be read (an Assign dock choice too)
         except InputError:
             continue  # reported, naming its file, when the case is read
         folder = next(iter(files.values())).parent.resolve()

@@ -101,7 +101,8 @@ def run_worklist(
     left-right mirror, a quarter of the 8 flips' time). ``progress(case_id, fraction, message)``
     reports the work inside a case.
     """
-    from napari_sevnet.io import find_case_files, find_cases, load_case
+    from napari_sevnet.assignments import case_files, load_assigned_or_named
+    from napari_sevnet.io import find_cases
     from napari_sevnet.report import write_case_outputs
 
     folder = Path(folder)
@@ -114,13 +115,13 @@ def run_worklist(
             raise Cancelled("worklist cancelled")
         item = WorkItem(case_id=case_folder.name, folder=case_folder)
         try:
-            case_id, files, _ = find_case_files(case_folder, allow_missing=True)
+            case_id, files = case_files(case_folder)
             item.case_id = case_id
             item.done = case_id in done_ids or any(str(Path(p).resolve()) in done_paths for p in files.values())
             item.report = _cached_report(case_id, case_folder, cache, passes)
             item.cached = item.report is not None
             if item.report is None:
-                case = load_case(case_folder, allow_missing=True)
+                case = load_assigned_or_named(case_folder)
                 report = (lambda f, m, case_id=case_id: progress(case_id, f, m)) if progress else None
                 result = predictor.predict(case.image, spacing=case.spacing, sequences=case.sequences, tta=passes, uncertainty=True, cancel=cancel, progress=report)
                 # the probabilities too, so an opened case is corrected with the Correct dock's clicks as a Segment run is

@@ -164,6 +164,26 @@ def test_the_worklist_marks_a_case_whose_result_carries_warnings(tmp_path):
     assert LayerInfo.from_layer(opened[3]).sequences == ("t1", "t2", "flair")
 
 
+def test_the_worklist_reads_a_clinic_folder_by_the_assignment_remembered_in_napari(tmp_path, monkeypatch):
+    from napari_sevnet.assignments import remember
+    from napari_sevnet.widgets.worklist import case_result_layers
+    from napari_sevnet.worklist import run_worklist
+
+    monkeypatch.setenv("SEVNET_CONFIG_DIR", str(tmp_path / "config"))
+    source = write_phantom(tmp_path / "src", seed=23, shape=(48, 56, 48))
+    patient = tmp_path / "clinic" / "patient_c"
+    patient.mkdir(parents=True)
+    names = {"t1": "T1_pre", "t1ce": "T1_post", "t2": "AX_T2", "flair": "FLAIR"}
+    for role, name in names.items():
+        (patient / f"{name}.nii.gz").write_bytes((source / f"{source.name}_{role}.nii.gz").read_bytes())
+    (item,) = run_worklist(tmp_path / "clinic", Predictor(device="cpu"))
+    assert item.error and "Assign sequences" in item.error
+    remember(patient, {role: patient / f"{name}.nii.gz" for role, name in names.items()})
+    (item,) = run_worklist(tmp_path / "clinic", Predictor(device="cpu"))
+    assert item.error is None and item.case_id == "patient_c" and item.report is not None
+    assert len(case_result_layers(item, run=1)) > 4, "it opens, scans and result"
+
+
 @pytest.mark.qt
 def test_worklist_ranks_by_score_marks_exported_cases_and_opens_them(qtbot, make_napari_viewer, tmp_path):
     from napari_sevnet.export import export_case

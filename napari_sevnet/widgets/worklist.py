@@ -200,7 +200,7 @@ def _duration(seconds: float) -> str:
 
 def case_result_layers(item, run: int, open_scans: dict[str, str] | None = None) -> list:
     """The scans of a worklist case (those not open yet), the model's WT/TC/ET layers and its maps, as napari layers."""
-    from napari_sevnet.io import load_case
+    from napari_sevnet.assignments import load_assigned_or_named
     from napari_sevnet.layers import prediction_layers
 
-    return prediction_layers(load_case(item.folder, allow_missing=True), item.report, run, open_scans)
+    return prediction_layers(load_assigned_or_named(item.folder), item.report, run, open_scans)
