@@ -253,3 +253,10 @@ def test_dicom_series_in_and_a_dicom_seg_out(tmp_path):
     write_dicom_series(raw / "AX_T2_TSE.nii.gz", other, "AX T2 TSE REPEAT", "ROE^OTHER", 9)
     with pytest.raises(InputError, match="different patients"):
         dicom.choose(dicom.find_series(exported), {"t2": next(s.uid for s in dicom.find_series(exported) if s.patient_id == "ROE^OTHER")})
+    # by hand: a typo in a sequence name, one series for two sequences, and a series moved to the role it really has
+    with pytest.raises(InputError, match="'t1c' is not a sequence"):
+        dicom.choose(found, {"t1c": reference.uid})
+    with pytest.raises(InputError, match="one series is one sequence"):
+        dicom.choose(found, {"t1": reference.uid, "t1ce": reference.uid})
+    moved = dicom.choose(found, {"t1": reference.uid})
+    assert moved["t1"].uid == reference.uid and "t1ce" not in moved, "the series is not also left as T1ce"
