@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,9 @@ import torch
 from safetensors.torch import load_file
 
 from napari_sevnet.checkpoint import CheckpointInfo, load_checkpoint, save_checkpoint
+from napari_sevnet.errors import InputError
 from napari_sevnet.model import build_model
+from napari_sevnet.phantom import write_phantom
 from training.config import TrainConfig, from_dict, load_config, save_config, to_dict
 from training.data import AugmentConfig, PatchDataset, RandBiasFieldPerModality, discover_cases, patch_transform, split_cases
 from training.loop import region_loss, train
@@ -64,6 +67,15 @@ def test_every_shipped_config_loads():
     assert configs
     for path in configs:
         load_config(path)
+
+
+def test_one_case_in_two_training_folders_is_refused(phantom_dir, tmp_path):
+    """With data.roots=[originals, corrections] the first root's mask won without a word."""
+    corrections = tmp_path / "corrections"
+    shutil.copytree(phantom_dir / "phantom_0001", corrections / "phantom_0001")
+    with pytest.raises(InputError, match="phantom_0001.*holds too"):
+        discover_cases([phantom_dir, corrections])
+    assert len(discover_cases([phantom_dir, phantom_dir])) == 3, "one folder named twice is one case"
 
 
 def test_data_discovery_of_both_layouts_and_split(phantom_dir, tmp_path):
@@ -235,9 +247,13 @@ def test_fine_tune_from_checkpoint_with_frozen_encoder_and_replay(phantom_dir, t
     (base / "last.json").write_text(json.dumps(declared), encoding="utf-8")
     cfg = small_config(phantom_dir, tmp_path / "ft", epochs=1, init=str(base / "last.json"), freeze_encoder=True, lr=1e-2, patch_size=None)
     cfg.model.config = None  # the architecture comes from the checkpoint
-    cfg.data.replay_roots = [str(phantom_dir)]
+    replay = tmp_path / "replay"
+    write_phantom(replay, 7, (32, 40, 32))  # an original case the fine-tune set lacks
+    shutil.copytree(phantom_dir / "phantom_0000", replay / "phantom_0000")  # and the original of one it holds corrected
+    cfg.data.replay_roots = [str(replay)]
     capsys.readouterr()
     run = train(cfg, progress_json=True)
+    assert json.loads((run / "data.json").read_text(encoding="utf-8"))["replay"] == ["phantom_0007"], "the original mask never contradicts its correction"
     validations = [e for e in map(json.loads, capsys.readouterr().out.splitlines()) if e["event"] == "validation"]
     assert [e["epoch"] for e in validations] == [0, 1], "a fine-tune validates its starting model first (epoch 0)"
     before, after = load_file(base / "last.safetensors"), load_file(run / "last.safetensors")

@@ -55,8 +55,12 @@ def discover_cases(roots: list[str | Path]) -> list[CaseRef]:
                 case_id, files, _ = find_case_files(folder, allow_missing=True)
             except InputError:
                 continue
-            if "seg" in files:
-                refs.setdefault(case_id, CaseRef(case_id, folder, tuple(m for m in MODALITIES if m not in files)))
+            if "seg" not in files:
+                continue
+            if case_id in refs and refs[case_id].folder.resolve() != folder.resolve():
+                raise InputError(folder, f"holds case {case_id}, which {refs[case_id].folder} holds too: one case would train twice, or its "
+                                 "other mask (a correction?) not at all; keep one of them in the training data")
+            refs.setdefault(case_id, CaseRef(case_id, folder, tuple(m for m in MODALITIES if m not in files)))
     if not refs:
         raise InputError(", ".join(map(str, roots)), "no labelled BraTS cases (t1, t1ce, t2 or flair files and a seg file) found")
     return [refs[k] for k in sorted(refs)]

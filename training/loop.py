@@ -405,6 +405,12 @@ class Trainer:
         if cfg.data.validate_on_train and not self.val_refs:
             self.val_refs, self.validation_kind = list(self.train_refs), "training_cases"
         self.replay_refs = discover_cases(cfg.data.replay_roots) if cfg.data.replay_roots else []
+        own = {r.case_id for r in self.train_refs + self.val_refs}
+        corrected = sorted(r.case_id for r in self.replay_refs if r.case_id in own)
+        if corrected:  # the replayed original mask would contradict the correction being taught
+            self.replay_refs = [r for r in self.replay_refs if r.case_id not in own]
+            if self.dist.main:
+                log.info("replay leaves out %s: the training data holds their own (corrected) masks", ", ".join(corrected))
         partial = [r for r in self.train_refs + self.val_refs + self.replay_refs if r.missing]
         if partial and not cfg.augment.sequence_dropout:
             named = "; ".join(f"{r.folder} lacks {', '.join(r.missing)}" for r in partial[:3]) + (f"; and {len(partial) - 3} more" if len(partial) > 3 else "")
