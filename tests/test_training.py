@@ -89,6 +89,10 @@ def test_data_discovery_of_both_layouts_and_split(phantom_dir, tmp_path):
     cfg.split = str(tmp_path / "split.json")
     train_refs, val_refs = split_cases(refs, cfg)
     assert [r.case_id for r in train_refs] == ["phantom_0000", "case"] and [r.case_id for r in val_refs] == ["phantom_0002"]
+    for leak, said in (({"held_out": ["case"]}, "held-out cases"), ({"val": ["phantom_0002", "case"]}, "both training and validation")):
+        (tmp_path / "split.json").write_text(json.dumps({"train": ["phantom_0000", "case"], "val": ["phantom_0002"], **leak}), encoding="utf-8")
+        with pytest.raises(InputError, match=said):
+            split_cases(refs, cfg)
     cfg.split, cfg.val_cases, cfg.folds = None, None, 2
     folds = [split_cases(refs, type(cfg)(**{**cfg.__dict__, "fold": k}))[1] for k in range(2)]
     assert sorted(r.case_id for f in folds for r in f) == sorted(r.case_id for r in refs)

@@ -91,6 +91,9 @@ def split_cases(cases: list[CaseRef], cfg: DataConfig) -> tuple[list[CaseRef], l
         leaked = sorted(set(spec.get("held_out", [])) & set(spec.get("train", []) + spec.get("val", [])))
         if leaked:
             raise InputError(cfg.split, f"held-out cases {leaked} are also listed for training or validation")
+        validated_on_training = sorted(set(spec.get("train", [])) & set(spec.get("val", [])))
+        if validated_on_training:
+            raise InputError(cfg.split, f"cases {validated_on_training} are listed for both training and validation: the validation Dice would not be held-out")
         return [by_id[i] for i in spec["train"]], [by_id[i] for i in spec.get("val", [])]
     if cfg.val_cases is not None and not 0 <= cfg.val_cases < len(cases):
         raise ValueError(f"data.val_cases is {cfg.val_cases} but {len(cases)} labelled case(s) were found: at least one must be left to train on (0 turns validation off)")
