@@ -319,6 +319,8 @@ def test_a_run_folder_holds_one_training(phantom_dir, tmp_path, capsys):
             "data.val_cases=1", f"data.cache_dir={tmp_path / 'cache'}", "-o", str(tmp_path / "run")]
     assert main(args) == 0, "data.roots without brackets is one root"
     assert main(args) == 1 and "--resume" in capsys.readouterr().err, "a new run never replaces another's checkpoints"
+    (tmp_path / "notes.txt").write_text("mine", encoding="utf-8")
+    assert main([*args[:-1], str(tmp_path / "notes.txt")]) == 1 and "notes.txt: is a file" in capsys.readouterr().err
     (tmp_path / "run" / ".last.safetensors.x1y2.tmp").write_bytes(b"half")  # left by a kill mid-write
     with FileLock(str(tmp_path / "run" / ".training.lock")):
         assert main(["--resume", str(tmp_path / "run"), "epochs=2"]) == 1

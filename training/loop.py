@@ -311,7 +311,12 @@ class Trainer:
         """One training per run folder; a new run never replaces another's checkpoints; leftovers of a kill go."""
         from filelock import FileLock, Timeout
 
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.run_dir.exists() and not self.run_dir.is_dir():
+            raise ValueError(f"{self.run_dir}: is a file; the run folder (-o) is where checkpoints and logs go")
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ValueError(f"{self.run_dir}: cannot create the run folder: {exc.strerror or exc}") from None
         if self.dist.main:
             self._lock = FileLock(str(self.run_dir / ".training.lock"))
             try:
