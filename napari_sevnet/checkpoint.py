@@ -238,12 +238,20 @@ def attention_caveat(path: str | os.PathLike | None) -> str | None:
 
 
 def training_caveats(path: str | os.PathLike | None) -> list[str]:
-    """A warning for every result of a model whose card says it never saw a patient's scan (the phantom weights)."""
-    card = ((_readable_json(path) if path is not None else None) or {}).get("model_card") or {}
-    if not (card.get("training_data") or {}).get("synthetic_only"):
-        return []
-    return ["the model was trained on synthetic phantoms only and never validated on patient scans: "
-            "its mask of a real case is not to be relied on (the bundled default is trained on expert-labelled BraTS cases)"]
+    """A warning for every result of a model whose card says it never saw a patient's scan (the phantom weights),
+    and of a fine-tune without a card of its own: it was measured on nothing but the cases it trained on."""
+    data = (_readable_json(path) if path is not None else None) or {}
+    card, made = data.get("model_card") or {}, data.get("provenance") or {}
+    caveats = []
+    if (card.get("training_data") or {}).get("synthetic_only"):
+        caveats.append("the model was trained on synthetic phantoms only and never validated on patient scans: "
+                       "its mask of a real case is not to be relied on (the bundled default is trained on expert-labelled BraTS cases)")
+    trained, validated = set(made.get("train_cases") or []), set(made.get("val_cases") or [])
+    if made.get("init") and not card.get("held_out_figures") and validated <= trained:
+        cases = len(trained)
+        caveats.append(f"the model was fine-tuned from {Path(made['init']).name} on {cases} case(s) and measured only on cases it trained on: "
+                       "its accuracy on other scans is not known (the starting model's figures do not carry over); check its masks closely")
+    return caveats
 
 
 def sequence_caveats(path: str | os.PathLike | None, sequences) -> list[str]:

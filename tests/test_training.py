@@ -267,6 +267,13 @@ def test_fine_tune_from_checkpoint_with_frozen_encoder_and_replay(phantom_dir, t
     assert info.provenance["init"] == str(base / "last.json") and info.architecture["config"] == {"preset": "tiny"}
     assert info.preprocessing["patch_size"] == [24, 24, 24]  # unset: the model keeps the windows it was trained on
     assert info.preprocessing["min_component_ml"] == 0.5  # and the cleanup its masks were measured with
+    from napari_sevnet.checkpoint import training_caveats
+
+    assert training_caveats(run / "last.json") == [], "a fine-tune validated on a case it did not train on"
+    cfg = small_config(phantom_dir, tmp_path / "ft2", epochs=1, init=str(base / "last.json"), patch_size=None, steps_per_epoch=1)
+    cfg.model.config, cfg.data.val_cases, cfg.data.validate_on_train = None, 0, True  # as the Fine-tune dock runs it
+    (caveat,) = training_caveats(train(cfg) / "last.json")
+    assert "fine-tuned from last.json on 3 case(s) and measured only on cases it trained on" in caveat
 
 
 def test_fine_tune_that_changes_the_se_squeeze_restarts_the_excitations(phantom_dir, tmp_path, caplog):
