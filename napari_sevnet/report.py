@@ -65,9 +65,9 @@ def write_case_outputs(case: Case, result, predictor, out_dir: Path, *, conventi
     ``eight_bit_maps``: the maps in steps of 1/255 (:func:`~napari_sevnet.io.write_volume`), as the worklist keeps them.
 
     All or nothing: when one write fails (a full disk), the files this call
-    wrote are removed again. With ``overwrite`` the case's maps of an earlier
-    run that this run does not write go too, so no stale map sits beside the
-    new report.
+    wrote are removed again. With ``overwrite`` the case's maps (and a mask in
+    the other label convention) of an earlier run that this run does not write
+    go too, so nothing stale sits beside the new report.
     """
     paths = output_paths(case.case_id, out_dir, convention)
     check_outputs_free(case.case_id, out_dir, convention, overwrite=overwrite)
@@ -89,9 +89,10 @@ def write_case_outputs(case: Case, result, predictor, out_dir: Path, *, conventi
             Path(path).unlink(missing_ok=True)
         raise
     if overwrite:
-        for stale in [*out_dir.glob(f"{case.case_id}_prob_*.nii.gz"), *out_dir.glob(f"{case.case_id}_uncertainty_*.nii.gz")]:
+        other_mask = output_paths(case.case_id, out_dir, "brats2021" if convention == "brats2023" else "brats2023")["seg"]
+        for stale in [*out_dir.glob(f"{case.case_id}_prob_*.nii.gz"), *out_dir.glob(f"{case.case_id}_uncertainty_*.nii.gz"), other_mask]:
             if stale not in map_paths.values():
-                stale.unlink(missing_ok=True)
+                stale.unlink(missing_ok=True)  # an earlier run's mask in the other convention would be a second result of the case
     return report
 
 

@@ -189,6 +189,8 @@ def test_overwrite_leaves_no_stale_maps(cases, tmp_path, random_checkpoint):
     assert len(list(out.glob("*_prob_*.nii.gz"))) == 3
     assert predict_cli(cases[0], "-o", out, "--overwrite", "--checkpoint", random_checkpoint).returncode == 0
     assert not list(out.glob("*_prob_*.nii.gz")) and json.loads((out / f"{cases[0].name}_report.json").read_text(encoding="utf-8"))["maps"] == {}
+    assert predict_cli(cases[0], "-o", out, "--overwrite", "--labels", "2023", "--checkpoint", random_checkpoint).returncode == 0
+    assert [p.name for p in out.glob(f"{cases[0].name}*seg.nii.gz")] == [f"{cases[0].name}-seg.nii.gz"], "one result per case, not two"
 
 
 def test_two_runs_into_one_folder_at_once_never_replace_each_others_outputs(cases, tmp_path, random_checkpoint):
