@@ -64,12 +64,15 @@ class Prepared:
     timings_s: dict = field(default_factory=dict)
     brain_ml: float | None = None  # None: the skull was kept (nothing stripped, nothing measured)
     sequences: tuple[str, ...] = MODALITIES  # those found and prepared
+    unused: tuple[str, ...] = ()  # 'file (T2: the file taken)' for each series whose name says a sequence another series was taken for
 
     @property
     def summary(self) -> str:
         """What a user reads after a preparation: a sequence not found, the brain volume (or that the skull was kept), each step's time."""
         missing = [MODALITY_LABELS[m] for m in MODALITIES if m not in self.sequences]
         lacks = f"no {' or '.join(missing)} series found, prepared without; " if missing else ""
+        if self.unused:
+            lacks += f"not used: {'; '.join(self.unused)} (move the series not meant out of the folder); "
         brain = f"brain {self.brain_ml:.0f} mL" if self.brain_ml is not None else "skull kept (not stripped)"
         return f"{lacks}{brain}; " + ", ".join(f"{k[:-2].replace('_', ' ')} {v:.1f} s" for k, v in self.timings_s.items())
 
@@ -206,12 +209,21 @@ def prepare_case(inputs: Path | dict[str, Path], out_dir: Path, *, reference: st
         files = dicom.convert(chosen, dicom_dir)
     else:
         files = find_series(Path(inputs)) if not isinstance(inputs, dict) else {k: Path(v) for k, v in inputs.items()}
+    unused = () if isinstance(inputs, dict) or dicom_dir is not None else _unused_series(Path(inputs), files)
     try:
         return _prepare(files, Path(out_dir), reference, case_id or (Path(inputs).name if not isinstance(inputs, dict) else None), strip, bias_field,
-                        dicom=dicom_dir is not None)
+                        dicom=dicom_dir is not None, unused=unused)
     finally:
         if dicom_dir is not None:
             shutil.rmtree(dicom_dir, ignore_errors=True)
+
+
+def _unused_series(folder: Path, files: dict[str, Path]) -> tuple[str, ...]:
+    """Series whose names say a sequence that another series of ``folder`` was taken for (a repeat, a second plane)."""
+    from napari_sevnet.assignments import nifti_files, role_from_name
+
+    return tuple(f"{p.name} ({MODALITY_LABELS[role]}: {files[role].name} taken)" for p in nifti_files(folder)
+                 if p not in files.values() and (role := role_from_name(p.name)) in files)
 
 
 def is_dicom_folder(folder: Path) -> bool:
@@ -225,7 +237,8 @@ def is_dicom_folder(folder: Path) -> bool:
     return False
 
 
-def _prepare(files: dict[str, Path], out_dir: Path, reference: str, case_id: str | None, strip: bool, bias_field: bool, dicom: bool) -> Prepared:
+def _prepare(files: dict[str, Path], out_dir: Path, reference: str, case_id: str | None, strip: bool, bias_field: bool, dicom: bool,
+             unused: tuple[str, ...] = ()) -> Prepared:
     sitk = _sitk()
     if reference not in files:
         found = ", ".join(f"{MODALITY_LABELS.get(m, m)} ({p.name})" for m, p in files.items())
@@ -284,14 +297,14 @@ def _prepare(files: dict[str, Path], out_dir: Path, reference: str, case_id: str
             shutil.copyfile(files[reference], staging / f"{case_id}_{reference}_native.nii.gz")
             native = {reference: str(folder / f"{case_id}_{reference}_native.nii.gz")}
         record = {"case_id": case_id, "reference": reference, "native": native, "dicom": dicom,
-                  "spacing_mm": PREPARED_SPACING_MM, "skull_stripped": strip, "bias_field": "N4" if bias_field else None, "brain_ml": brain_ml, "timings_s": timings,
+                  "unused_series": list(unused), "spacing_mm": PREPARED_SPACING_MM, "skull_stripped": strip, "bias_field": "N4" if bias_field else None, "brain_ml": brain_ml, "timings_s": timings,
                   "transforms": {m: f"{case_id}_{m}_to_native.tfm" for m in volumes}}
         write_text_atomic(staging / PREPARE_RECORD, json.dumps(record, indent=2) + "\n")
         os.rename(staging, folder)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return Prepared(case_id, folder, reference, Path(record["native"][reference]), timings, brain_ml, tuple(m for m in MODALITIES if m in volumes))
+    return Prepared(case_id, folder, reference, Path(record["native"][reference]), timings, brain_ml, tuple(m for m in MODALITIES if m in volumes), unused)
 
 
 def to_native(values: np.ndarray, grid, prepared_folder: Path, *, threshold: float | None = 0.5):

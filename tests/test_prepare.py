@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -125,6 +126,7 @@ def test_sevnet_prepare_says_what_it_lacks_and_refuses_before_minutes_of_work(tm
     raw = make_raw(folder, tmp_path / "raw" / "p9")
     flair = next(p for p in raw.iterdir() if "FLAIR" in p.name.upper())
     flair.rename(tmp_path / flair.name)  # the clinic sent three series
+    shutil.copy(raw / "AX_T2_TSE.nii.gz", raw / "AX_T2_TSE_repeat.nii.gz")  # one of them twice
 
     def run(*args):
         result = subprocess.run([str(BIN / "sevnet-prepare"), *map(str, args)], capture_output=True, text=True, timeout=300)
@@ -133,6 +135,8 @@ def test_sevnet_prepare_says_what_it_lacks_and_refuses_before_minutes_of_work(tm
 
     done = run(raw, "-o", tmp_path / "out", "--no-skull-strip", "--no-bias-field")
     assert done.returncode == 0 and "no FLAIR series found, prepared without" in done.stdout, done.stdout
+    assert "not used: AX_T2_TSE_repeat.nii.gz (T2: AX_T2_TSE.nii.gz taken)" in done.stdout, "which of two T2 series was taken is said"
+    assert json.loads((tmp_path / "out" / "p9" / "prepare.json").read_text(encoding="utf-8"))["unused_series"] == ["AX_T2_TSE_repeat.nii.gz (T2: AX_T2_TSE.nii.gz taken)"]
     (tmp_path / "a_file").write_text("mine", encoding="utf-8")
     refused = run(raw, "-o", tmp_path / "a_file", "--no-skull-strip")
     assert refused.returncode == 1 and "a_file: is a file" in refused.stderr
