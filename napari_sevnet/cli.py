@@ -104,7 +104,10 @@ def predict_main(argv=None) -> int:
             for line in result.notes + result.warnings:
                 tqdm.write(f"sevnet-predict: {'note' if line in result.notes else 'warning'}: {case.case_id}: {line}", file=sys.stderr)
             with lock:
-                report = write_case_outputs(case, result, predictor, args.output, convention=convention, overwrite=args.overwrite, probabilities=args.probabilities)
+                report = write_case_outputs(case, result, predictor, args.output, convention=convention, overwrite=args.overwrite, probabilities=args.probabilities,
+                                            native=True)
+            if report.get("segmentation_native"):
+                tqdm.write(f"sevnet-predict: note: {case.case_id}: a prepared case: its mask also on the native grid, {report['segmentation_native']}", file=sys.stderr)
             log.debug("%s: %s", case.case_id, report["volumes_ml"])
         except InputError as exc:
             failed += 1

@@ -3,7 +3,9 @@
 ``<case>_seg.nii.gz`` (nested regions in the chosen label convention, on the
 source grid), ``<case>_report.json`` (volumes, timings, device, checkpoint,
 post-processing, uncertainty summary) and, when asked,
-``<case>_prob_{WT,TC,ET}.nii.gz`` and ``<case>_uncertainty_{WT,TC,ET}.nii.gz``.
+``<case>_prob_{WT,TC,ET}.nii.gz`` and ``<case>_uncertainty_{WT,TC,ET}.nii.gz``;
+for a case sevnet-prepare made, ``<case>_seg_native.nii.gz`` on the grid of
+the series it was prepared from, as napari's Save writes it.
 """
 
 from __future__ import annotations
@@ -59,10 +61,11 @@ def check_outputs_free(case_id: str, out_dir: Path, convention: str, *, overwrit
 
 
 def write_case_outputs(case: Case, result, predictor, out_dir: Path, *, convention: str, overwrite: bool = False, probabilities: bool = False,
-                       eight_bit_maps: bool = False) -> dict:
+                       eight_bit_maps: bool = False, native: bool = False) -> dict:
     """Write the mask, the optional maps and the report (last, so a report means a complete set); returns the report.
 
     ``eight_bit_maps``: the maps in steps of 1/255 (:func:`~napari_sevnet.io.write_volume`), as the worklist keeps them.
+    ``native``: a prepared case's mask on its native grid as well (when that series is still where it was).
 
     All or nothing: when one write fails (a full disk), the files this call
     wrote are removed again. With ``overwrite`` the case's maps (and a mask in
@@ -77,12 +80,21 @@ def write_case_outputs(case: Case, result, predictor, out_dir: Path, *, conventi
     if result.uncertainty is not None:
         maps.update({f"uncertainty_{r}": result.uncertainty[i] for i, r in enumerate(REGIONS)})
     map_paths = {name: out_dir / f"{case.case_id}_{name}.nii.gz" for name in maps}
+    on_native, native_note = _native_target(case, paths["seg"]) if native else (None, None)
     written: list[Path] = []
     try:
         written.append(write_mask(result.regions, case.grid, paths["seg"], convention, overwrite=overwrite))
         for name, volume in maps.items():
             written.append(write_volume(volume, case.grid, map_paths[name], overwrite=overwrite, eight_bit=eight_bit_maps))
+        if on_native is not None:
+            from napari_sevnet.prepare import write_native_mask
+
+            written.append(write_native_mask(result.regions, case.grid, on_native[0], on_native[1], convention, overwrite=overwrite)[0])
         report = _report(case, result, predictor, paths, convention, {n: str(p) for n, p in map_paths.items()})
+        if on_native is not None:
+            report["segmentation_native"] = str(Path(on_native[1]).absolute())
+        if native_note:
+            report["notes"] = [*report["notes"], native_note]
         write_text_atomic(paths["report"], json.dumps(report, indent=2))
     except BaseException:
         for path in written:
@@ -94,6 +106,22 @@ def write_case_outputs(case: Case, result, predictor, out_dir: Path, *, conventi
             if stale not in map_paths.values():
                 stale.unlink(missing_ok=True)  # an earlier run's mask in the other convention would be a second result of the case
     return report
+
+
+def _native_target(case: Case, seg: Path) -> tuple[tuple[Path, Path] | None, str | None]:
+    """((prepared folder, where its native-grid mask goes), None) for a case sevnet-prepare made; (None, why not) when
+    its native series is gone; (None, None) for any other case."""
+    from napari_sevnet.io import nifti_stem
+    from napari_sevnet.prepare import PREPARE_RECORD, prepared_folder_of
+
+    prepared = prepared_folder_of(case.paths)
+    if prepared is None:
+        return None, None
+    record = json.loads((prepared / PREPARE_RECORD).read_text(encoding="utf-8"))
+    series = Path(record["native"][record["reference"]])
+    if not series.is_file():
+        return None, f"no mask on the native grid: the series the case was prepared from is no longer at {series}"
+    return (prepared, seg.with_name(f"{nifti_stem(seg.name)}_native.nii.gz")), None
 
 
 def _report(case: Case, result, predictor, paths: dict, convention: str, maps: dict) -> dict:

@@ -97,6 +97,25 @@ def test_a_raw_case_is_prepared_and_a_mask_survives_the_way_back(tmp_path):
     assert abs(float((np.asarray(saved.dataobj) > 0).sum()) * np.prod(native.header.get_zooms()[:3]) / 1000 - prepared_ml) / prepared_ml < 0.03
 
 
+def test_sevnet_predict_on_a_prepared_case_also_writes_its_mask_on_the_native_grid(tmp_path, random_checkpoint):
+    """As napari's Save does: a clinician who prepared first and segments later still gets the mask on the scan as acquired."""
+    from napari_sevnet.cli import predict_main
+    from napari_sevnet.prepare import prepare_case
+
+    raw = make_raw(write_phantom(tmp_path / "p", seed=3, shape=SHAPE), tmp_path / "raw" / "p12")
+    prepared = prepare_case(raw, tmp_path / "prepared", strip=False, bias_field=False)
+    args = [str(prepared.folder), "--checkpoint", str(random_checkpoint), "--device", "cpu"]
+    assert predict_main([*args, "-o", str(tmp_path / "out")]) == 0
+    native, reference = nib.load(tmp_path / "out" / "p12_seg_native.nii.gz"), nib.load(prepared.native_reference)
+    assert native.shape == reference.shape and np.allclose(native.affine, reference.affine)
+    report = json.loads((tmp_path / "out" / "p12_report.json").read_text(encoding="utf-8"))
+    assert report["segmentation_native"] == str(tmp_path / "out" / "p12_seg_native.nii.gz")
+    prepared.native_reference.rename(tmp_path / "moved.nii.gz")  # the raw series went elsewhere: said, not a failure
+    assert predict_main([*args, "-o", str(tmp_path / "out2")]) == 0
+    report = json.loads((tmp_path / "out2" / "p12_report.json").read_text(encoding="utf-8"))
+    assert "segmentation_native" not in report and any("no longer at" in n for n in report["notes"])
+
+
 def test_series_that_cannot_be_prepared_are_refused_by_name(tmp_path):
     import SimpleITK as sitk
 
