@@ -456,9 +456,9 @@ def case_id_of_files(paths: list[Path]) -> str:
     """
     if not paths:
         return "case"
-    named = {role_of(p.name)[0] for p in paths if role_of(p.name)}
-    if len(named) == 1 and all(role_of(p.name) for p in paths):
-        return named.pop()
+    parsed = [role_of(p.name) for p in paths]
+    if all(parsed) and len({named[0] for named in parsed}) == 1:
+        return parsed[0][0]
     folders = {p.absolute().parent for p in paths}  # as the user named them: a link's target folder is not the case's
     if len(folders) == 1 and next(iter(folders)).name:
         return folders.pop().name

@@ -237,6 +237,11 @@ def is_dicom_folder(folder: Path) -> bool:
     return False
 
 
+def _refuse_existing(folder: Path) -> None:
+    if folder.exists():
+        raise InputError(folder, "already exists: choose another output folder (nothing is replaced)")
+
+
 def _prepare(files: dict[str, Path], out_dir: Path, reference: str, case_id: str | None, strip: bool, bias_field: bool, dicom: bool,
              unused: tuple[str, ...] = ()) -> Prepared:
     sitk = _sitk()
@@ -247,8 +252,7 @@ def _prepare(files: dict[str, Path], out_dir: Path, reference: str, case_id: str
                          f"choose one that is as the reference (--reference, or the Prepare dock's Reference: the mask goes back onto its grid)")
     case_id = case_id or nifti_stem(files[reference].name)
     folder = Path(out_dir) / case_id
-    if folder.exists():  # said before minutes of work, and checked again before writing
-        raise InputError(folder, "already exists: choose another output folder (nothing is replaced)")
+    _refuse_existing(folder)  # said before minutes of work, and checked again before writing
     timings: dict[str, float] = {}
     t = time.perf_counter()
     series = {m: read_series(p) for m, p in files.items()}
@@ -272,8 +276,7 @@ def _prepare(files: dict[str, Path], out_dir: Path, reference: str, case_id: str
         t = time.perf_counter()
         brain = skull_strip(volumes.get("t1", volumes[reference]))
         timings["skull_strip_s"] = time.perf_counter() - t
-    if folder.exists():
-        raise InputError(folder, "already exists: choose another output folder (nothing is replaced)")
+    _refuse_existing(folder)
     arrays = {}
     for m, image in volumes.items():
         array = sitk.GetArrayFromImage(image)
@@ -363,6 +366,12 @@ def prepared_folder_of(paths: dict | None) -> Path | None:
     return None
 
 
+def native_reference_of(prepared_folder: Path) -> Path:
+    """The series a prepared case was prepared onto, as acquired (where its masks go back), from its record."""
+    record = json.loads((Path(prepared_folder) / PREPARE_RECORD).read_text(encoding="utf-8"))
+    return Path(record["native"][record["reference"]])
+
+
 def write_native_mask(regions: np.ndarray, grid, prepared_folder: Path, path: Path, convention: str = "brats2021", *, overwrite: bool = False):
     """Write ``regions`` (the prepared grid's masks) as a label NIfTI on the reference series' native grid; returns
     (the path, the native regions in that file's voxel order)."""
@@ -371,8 +380,7 @@ def write_native_mask(regions: np.ndarray, grid, prepared_folder: Path, path: Pa
     from napari_sevnet.io import atomic_write_nifti
     from napari_sevnet.regions import regions_to_labels
 
-    record = json.loads((Path(prepared_folder) / PREPARE_RECORD).read_text(encoding="utf-8"))
-    native = nib.load(record["native"][record["reference"]])
+    native = nib.load(native_reference_of(prepared_folder))
     on_native = regions_to_native(regions, grid, prepared_folder)
     return atomic_write_nifti(nib.Nifti1Image(regions_to_labels(on_native, convention), native.affine), path, overwrite=overwrite), on_native
 

@@ -112,13 +112,12 @@ def _native_target(case: Case, seg: Path) -> tuple[tuple[Path, Path] | None, str
     """((prepared folder, where its native-grid mask goes), None) for a case sevnet-prepare made; (None, why not) when
     its native series is gone; (None, None) for any other case."""
     from napari_sevnet.io import nifti_stem
-    from napari_sevnet.prepare import PREPARE_RECORD, prepared_folder_of
+    from napari_sevnet.prepare import native_reference_of, prepared_folder_of
 
     prepared = prepared_folder_of(case.paths)
     if prepared is None:
         return None, None
-    record = json.loads((prepared / PREPARE_RECORD).read_text(encoding="utf-8"))
-    series = Path(record["native"][record["reference"]])
+    series = native_reference_of(prepared)
     if not series.is_file():
         return None, f"no mask on the native grid: the series the case was prepared from is no longer at {series}"
     return (prepared, seg.with_name(f"{nifti_stem(seg.name)}_native.nii.gz")), None
