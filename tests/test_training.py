@@ -335,6 +335,28 @@ def test_compare_trains_each_model_with_the_same_budget(phantom_dir, tmp_path):
     assert "| SEV-Net lite |" in (out / "comparison.md").read_text(encoding="utf-8")
 
 
+def test_compare_refuses_before_training_and_a_stopped_comparison_resumes(phantom_dir, tmp_path, capsys):
+    """Hours of training are not spent on a comparison that would fail at its end or overwrite another."""
+    from training.compare import main
+
+    out = tmp_path / "cmp"
+    budget = [f"data.roots=[{phantom_dir}]", "patch_size=[32,32,32]", "epochs=1", "steps_per_epoch=1", "data.val_cases=1", f"data.cache_dir={tmp_path / 'cache'}"]
+    with pytest.raises(SystemExit):
+        main(["-o", str(out), "--models", "sevnet,vnett", *budget])
+    assert "unknown model vnett; choose from sevnet, vnet" in capsys.readouterr().err
+    assert main(["-o", str(out), "--models", "vnet", *budget[:-2], "data.val_cases=0"]) == 1
+    assert "leaves no validation case" in capsys.readouterr().err and not out.exists()
+
+    assert main(["-o", str(out), "--models", "sevnet", *budget]) == 0
+    finished = (out / "sevnet" / "best.safetensors").stat().st_mtime_ns
+    assert main(["-o", str(out), "--models", "sevnet,vnet", *budget]) == 1
+    assert "cmp/sevnet: holds a run already; continue the comparison with --resume" in capsys.readouterr().err
+    assert not (out / "vnet").exists()
+    assert main(["-o", str(out), "--models", "sevnet,vnet", "--resume", *budget]) == 0
+    assert [r["name"] for r in json.loads((out / "comparison.json").read_text(encoding="utf-8"))["rows"]] == ["sevnet", "vnet"]
+    assert (out / "sevnet" / "best.safetensors").stat().st_mtime_ns == finished, "the finished model is read back, not trained again"
+
+
 def test_average_is_the_mean_of_the_snapshots_and_refuses_other_networks_or_an_existing_output(tmp_path, capsys):
     from training.average import main as average_main
 

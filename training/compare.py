@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
+from napari_sevnet.errors import InputError
 from napari_sevnet.files import write_text_atomic
 from training.config import load_config
 
@@ -27,29 +29,72 @@ ZOO = [
 ]
 
 
+def _selected_models(parser: argparse.ArgumentParser, models: str | None) -> list[tuple[str, str, dict]]:
+    """The zoo rows ``--models`` names (all when none); an unknown name is refused before any training."""
+    if not models:
+        return ZOO
+    wanted = [m.strip() for m in models.split(",") if m.strip()]
+    known = [name for _, name, _ in ZOO]
+    unknown = [m for m in wanted if m not in known]
+    if unknown:
+        parser.error(f"--models: unknown model {', '.join(unknown)}; choose from {', '.join(known)}")
+    return [row for row in ZOO if row[1] in wanted]
+
+
+def _check_before_training(cfg, models: list[tuple[str, str, dict]], output: Path, resume: bool) -> None:
+    """Refuse, before hours of training, what would fail or mislead after it: no validation cases, a finished comparison's folders."""
+    from training.data import discover_cases, split_cases
+    from training.loop import STATE_FILE
+
+    if cfg.data.validate_on_train:
+        raise ValueError("data.validate_on_train=true would rank the models on the cases they trained on; the comparison needs held-out validation cases")
+    _, val = split_cases(discover_cases(cfg.data.roots), cfg.data)
+    if not val:
+        raise ValueError("the comparison ranks the models by their validation Dice, but this config leaves no validation case (set data.val_cases=N or data.split)")
+    existing = [output / name for _, name, _ in models if (output / name / STATE_FILE).exists() or (output / name / "last.json").exists()]
+    if existing and not resume:
+        raise ValueError(f"{', '.join(map(str, existing))}: {'holds a run' if len(existing) == 1 else 'hold runs'} already; continue the comparison with --resume or choose another -o")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.compare", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", type=Path, default=Path(__file__).parent / "configs" / "phantom_demo.yaml")
     parser.add_argument("overrides", nargs="*", help="key=value overrides applied to every model (the shared budget)")
     parser.add_argument("-o", "--output", type=Path, default=Path("runs/compare"))
     parser.add_argument("--models", help="comma-separated subset of model names, e.g. sevnet,vnet")
-    args = parser.parse_args(argv)
+    parser.add_argument("--resume", action="store_true", help="continue a stopped comparison: finished models are read back, a stopped one resumes from its last epoch")
+    args = parser.parse_intermixed_args(argv)
+    models = _selected_models(parser, args.models)
+    try:
+        return _compare(args, models)
+    except (InputError, ValueError, FileNotFoundError) as exc:
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{parser.prog}: interrupted; finished models and the last finished epoch are saved (continue with --resume)", file=sys.stderr)
+        return 130
 
+
+def _compare(args: argparse.Namespace, models: list[tuple[str, str, dict]]) -> int:
     import numpy as np
     import torch
 
     from napari_sevnet.checkpoint import load_checkpoint
     from napari_sevnet.inference import Predictor
     from training.data import discover_cases, load_preprocessed, split_cases
-    from training.loop import train
+    from training.loop import STATE_FILE, train
 
-    rows = []
-    for label, name, config in ZOO:
-        if args.models and name not in args.models.split(","):
-            continue
+    def config_of(name: str, config: dict):
         cfg = load_config(args.config, [*args.overrides, f"model.name={name}", f"output={args.output / name}"])
         cfg.model.config = config
-        run = train(cfg)
+        return cfg
+
+    _check_before_training(config_of(*models[0][1:]), models, args.output, args.resume)
+    rows = []
+    for label, name, config in models:
+        cfg = config_of(name, config)
+        run_dir = args.output / name
+        run = train(cfg, resume=run_dir if (run_dir / STATE_FILE).exists() else None)
         model, info = load_checkpoint(run / "best.json")
         _, val = split_cases(discover_cases(cfg.data.roots), cfg.data)
         image, _ = load_preprocessed(val[0], Path(cfg.data.cache_dir) if cfg.data.cache_dir else run.parent / ".cache")
