@@ -62,7 +62,7 @@ data/phantoms/.done: | setup
 
 demo-weights: setup data/phantoms/.done  ## regenerate the bundled demo weights (about 75 min on 2 CPU cores)
 	$(BIN)/sevnet-train --config training/configs/phantom_demo.yaml
-	$(BIN)/python -m training.publish runs/phantom_demo/best.json napari_sevnet/weights/sevnet_lite_phantom --card training/model_cards/sevnet_lite_phantom.yaml
+	$(BIN)/python -m training.publish runs/phantom_demo/best.json napari_sevnet/weights/sevnet_lite_phantom --card training/model_cards/sevnet_lite_phantom.yaml --replace
 	$(MAKE) demo-weights-eval
 
 demo-weights-eval: setup  ## held-out phantom Dice of the bundled weights (the README table)
@@ -93,10 +93,10 @@ real-weights: setup  ## train the shipped default on the real training cases wit
 	$(BIN)/sevnet-train --config training/configs/sevnet_real_brats_2h.yaml $(ROOTS)
 	$(BIN)/sevnet-train --config training/configs/sevnet_real_brats_2h_swa.yaml $(ROOTS)
 	$(BIN)/python -m training.average $(foreach n,6 5 4 3 2 1,$(HELDOUT_RUN)/epoch_00$(n).json) -o $(HELDOUT_RUN)/averaged  # the last first: its training time is kept
-	$(BIN)/python -m training.publish $(HELDOUT_RUN)/averaged.json $(HELDOUT_MODEL) --card training/model_cards/sevnet_lite_brats_heldout.yaml --postprocessing benchmarks/results/postprocessing.json
+	$(BIN)/python -m training.publish $(HELDOUT_RUN)/averaged.json $(HELDOUT_MODEL) --card training/model_cards/sevnet_lite_brats_heldout.yaml --postprocessing benchmarks/results/postprocessing.json --replace
 	$(MAKE) eval-real eval-missing
-	$(BIN)/python -m training.publish $(HELDOUT_RUN)/averaged.json $(HELDOUT_MODEL) --card training/model_cards/sevnet_lite_brats_heldout.yaml $(FIGURES)
-	$(BIN)/python -m training.publish $(HELDOUT_RUN)/averaged.json napari_sevnet/weights/sevnet_lite_brats --card training/model_cards/sevnet_lite_brats.yaml $(FIGURES)
+	$(BIN)/python -m training.publish $(HELDOUT_RUN)/averaged.json $(HELDOUT_MODEL) --card training/model_cards/sevnet_lite_brats_heldout.yaml $(FIGURES) --replace
+	$(BIN)/python -m training.publish $(HELDOUT_RUN)/averaged.json napari_sevnet/weights/sevnet_lite_brats --card training/model_cards/sevnet_lite_brats.yaml $(FIGURES) --replace
 
 real-weights-five-stages: setup  ## the earlier five-stage recipe (about 4.4 h on 2 CPU cores) and, after make real-weights, its held-out Dice against the two-hour recipe (benchmarks/results/recipe-2h.json)
 	$(BIN)/sevnet-train --config training/configs/sevnet_real_brats.yaml $(ROOTS)
@@ -107,8 +107,8 @@ real-weights-five-stages: setup  ## the earlier five-stage recipe (about 4.4 h o
 	$(BIN)/python -m training.average $(STAGE4_RUN)/last.json $(STAGE3_RUN)/last.json -o $(STAGE4_RUN)/averaged
 	$(BIN)/sevnet-train --config training/configs/sevnet_real_brats_swa.yaml $(ROOTS)
 	$(BIN)/python -m training.average $(foreach n,6 5 4 3 2 1,$(STAGE5_RUN)/epoch_00$(n).json) -o $(STAGE5_RUN)/averaged
-	$(BIN)/python -m training.publish $(STAGE5_RUN)/averaged.json $(STAGE5_RUN)/published_averaged --card training/model_cards/sevnet_lite_brats_heldout.yaml --postprocessing benchmarks/results/postprocessing.json
-	$(BIN)/python -m training.publish $(RECIPE_RUN)/last.json $(RECIPE_RUN)/published_last --card training/model_cards/sevnet_lite_brats_heldout.yaml --postprocessing benchmarks/results/postprocessing.json
+	$(BIN)/python -m training.publish $(STAGE5_RUN)/averaged.json $(STAGE5_RUN)/published_averaged --card training/model_cards/sevnet_lite_brats_heldout.yaml --postprocessing benchmarks/results/postprocessing.json --replace
+	$(BIN)/python -m training.publish $(RECIPE_RUN)/last.json $(RECIPE_RUN)/published_last --card training/model_cards/sevnet_lite_brats_heldout.yaml --postprocessing benchmarks/results/postprocessing.json --replace
 	SEVNET_REAL_DATA=$(SHARED_DATA) $(BIN)/python -m benchmarks.real_heldout --consensus --compare -o benchmarks/results/recipe-2h.json \
 	  --checkpoint $(STAGE5_RUN)/published_averaged.json --label "five-stage recipe, 2,250 steps (the default until 2026-12-03)" \
 	  --checkpoint $(RECIPE_RUN)/published_last.json --label "two-hour recipe, part 1 (720 steps)" \
@@ -122,7 +122,7 @@ all-cases: setup  ## stages 3 and 4 on all 21 cases (about 65 min on 2 CPU cores
 	$(BIN)/sevnet-train --config training/configs/sevnet_real_brats_all.yaml $(ROOTS)
 	$(BIN)/sevnet-train --config training/configs/sevnet_real_brats_all_bias_field.yaml $(ROOTS)
 	$(BIN)/python -m training.average $(REAL_RUN)/last.json $(REAL_STAGE3_RUN)/last.json -o $(REAL_RUN)/averaged
-	$(BIN)/python -m training.publish $(REAL_RUN)/averaged.json $(REAL_RUN)/published --card training/model_cards/sevnet_lite_brats.yaml --postprocessing benchmarks/results/postprocessing.json
+	$(BIN)/python -m training.publish $(REAL_RUN)/averaged.json $(REAL_RUN)/published --card training/model_cards/sevnet_lite_brats.yaml --postprocessing benchmarks/results/postprocessing.json --replace
 	$(MAKE) eval-unseen
 
 postprocessing: setup  ## thresholds and small-piece clean-up chosen for stage 2 on the training cases (stage 3 keeps them), scored on the held-out ones (about 15 min)
@@ -145,7 +145,7 @@ eval-unseen: setup  ## the held-out model (the default) against the same recipe 
 # 1.5 h on 2 CPU cores in all (the middle arm a third of it).
 ARM := sevnet-train --config training/configs/sevnet_real_brats_2h.yaml $(ROOTS) epochs=6 steps_per_epoch=25 val_every=6
 ARMS := control dice_only batch2_patch96 lite_scratch middle_scratch
-PUBLISH_ARMS = $(foreach a,$(1),$(BIN)/python -m training.publish runs/ingredients/$(a)/last.json runs/ingredients/$(a)/published --card training/model_cards/sevnet_lite_brats_heldout.yaml --postprocessing benchmarks/results/postprocessing.json &&) true
+PUBLISH_ARMS = $(foreach a,$(1),$(BIN)/python -m training.publish runs/ingredients/$(a)/last.json runs/ingredients/$(a)/published --card training/model_cards/sevnet_lite_brats_heldout.yaml --postprocessing benchmarks/results/postprocessing.json --replace &&) true
 runs/ingredients/control/last.json:
 	$(BIN)/$(ARM) -o runs/ingredients/control
 recipe-ingredients: setup runs/ingredients/control/last.json  ## the recipe's ingredients one at a time, 150 steps each (about 2 h): benchmarks/results/recipe-ingredients-150-steps.*

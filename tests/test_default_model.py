@@ -191,6 +191,29 @@ def test_publish_writes_the_chosen_postprocessing_into_the_checkpoint(tmp_path):
     assert seconds and json.loads((tmp_path / "model.json").read_text(encoding="utf-8"))["model_card"]["training"]["seconds"] == seconds
 
 
+def test_publish_never_replaces_a_checkpoint_unasked_and_names_a_wrong_input_file(tmp_path, capsys):
+    from training import publish
+
+    card = ROOT / "training" / "model_cards" / "sevnet_lite_phantom.yaml"
+    args = [str(phantom_checkpoint()), str(tmp_path / "model"), "--card", str(card)]
+    assert publish.main(args) == 0
+    before = (tmp_path / "model.json").read_bytes()
+    with pytest.raises(SystemExit):
+        publish.main([*args, "--held-out", str(tmp_path / "model.json")])
+    assert "model.safetensors already exists; give --replace" in capsys.readouterr().err
+    assert (tmp_path / "model.json").read_bytes() == before
+    (tmp_path / "other.json").write_text('{"date": "today"}', encoding="utf-8")
+    for extra, said in ((["--held-out", str(tmp_path / "other.json")], "other.json: not a python -m benchmarks.real_heldout result"),
+                        (["--postprocessing", str(tmp_path / "missing.json")], "missing.json: cannot read it"),
+                        (["--card", str(tmp_path / "missing.yaml")], "missing.yaml: cannot read the model card")):
+        with pytest.raises(SystemExit) as stopped:
+            publish.main([*args, "--replace", *extra])
+        err = capsys.readouterr().err
+        assert stopped.value.code == 2 and said in err and "Traceback" not in err, err
+    assert (tmp_path / "model.json").read_bytes() == before, "a refused publish leaves the earlier one"
+    assert publish.main([*args, "--replace"]) == 0 and "replaced" in capsys.readouterr().out
+
+
 def test_every_result_of_the_phantom_model_says_it_never_saw_a_patient():
     image = phantom_case(seed=3, shape=(48, 64, 64)).image
     phantom = Predictor(phantom_checkpoint(), "cpu").predict(image)

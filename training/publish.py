@@ -21,7 +21,8 @@ from pathlib import Path
 
 import yaml
 
-from napari_sevnet.checkpoint import read_info
+from napari_sevnet.checkpoint import checkpoint_files, read_info
+from napari_sevnet.errors import InputError
 from napari_sevnet.files import atomic_output, write_text_atomic
 from napari_sevnet.inference import POSTPROCESSING_KEYS
 from napari_sevnet.regions import REGIONS
@@ -78,6 +79,16 @@ def patterns_summary(evaluation: dict) -> dict:
     }
 
 
+def _read_json(path: Path, what: str, read):
+    """``read(the JSON at path)``, or an InputError naming the file when it is missing, unreadable or not ``what``."""
+    try:
+        return read(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(path, f"cannot read it: {getattr(exc, 'strerror', None) or exc}") from None
+    except (KeyError, IndexError, TypeError, AttributeError, StopIteration):
+        raise InputError(path, f"not {what}") from None
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.publish", description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", type=Path)
@@ -86,12 +97,29 @@ def main(argv=None) -> int:
     parser.add_argument("--held-out", type=Path, help="JSON written by python -m benchmarks.real_heldout for this checkpoint")
     parser.add_argument("--postprocessing", type=Path, help="JSON written by python -m benchmarks.postprocessing for this checkpoint: its chosen thresholds and clean-up")
     parser.add_argument("--patterns", type=Path, help="JSON written by python -m benchmarks.real_heldout --patterns with this checkpoint first")
+    parser.add_argument("--replace", action="store_true", help="publish over an existing checkpoint at DEST (a new default, new figures)")
     args = parser.parse_args(argv)
+    existing = [p for p in checkpoint_files(args.dest) if p.exists()]
+    if existing and not args.replace:
+        parser.error(f"{existing[0]} already exists; give --replace to publish over it, or another DEST")
+    try:
+        data = publish(args)
+    except (InputError, yaml.YAMLError) as exc:
+        parser.exit(2, f"{parser.prog}: error: {exc}\n")
+    print(f"{'replaced' if existing else 'published'} {args.dest} ({data['model_card']['name']})")
+    return 0
+
+
+def publish(args: argparse.Namespace) -> dict:
+    """Write DEST's safetensors and JSON (the checkpoint's with its model card); returns the JSON written."""
     info = read_info(args.checkpoint)
-    card = load_card(args.card)
+    try:
+        card = load_card(args.card)
+    except OSError as exc:
+        raise InputError(args.card, f"cannot read the model card: {exc.strerror or exc}") from None
     missing = [k for k in CARD_REQUIRED if k not in card]
     if missing:
-        parser.error(f"{args.card}: the model card lacks {missing}")
+        raise InputError(args.card, f"the model card lacks {missing}")
     src = args.checkpoint.with_suffix("")
     data = json.loads(src.with_suffix(".json").read_text(encoding="utf-8"))
     provenance = data["provenance"]
@@ -107,11 +135,11 @@ def main(argv=None) -> int:
     card["training"] = {"command": provenance.get("command"), "seconds": info.metrics.get("elapsed_s"), "epochs": info.metrics.get("epoch"), "torch": provenance.get("torch"),
                         **earlier, **(card.get("training") or {})}
     if args.held_out:
-        card["held_out_figures"] = held_out_summary(json.loads(args.held_out.read_text(encoding="utf-8")))
+        card["held_out_figures"] = _read_json(args.held_out, "a python -m benchmarks.real_heldout result", held_out_summary)
     if args.patterns:
-        card["held_out_figures_by_sequences"] = patterns_summary(json.loads(args.patterns.read_text(encoding="utf-8")))
+        card["held_out_figures_by_sequences"] = _read_json(args.patterns, "a python -m benchmarks.real_heldout --patterns result", patterns_summary)
     if args.postprocessing:
-        chosen = json.loads(args.postprocessing.read_text(encoding="utf-8"))["results"]["chosen"]["declared"]
+        chosen = _read_json(args.postprocessing, "a python -m benchmarks.postprocessing result", lambda d: d["results"]["chosen"]["declared"])
         card["postprocessing"] = (card.get("postprocessing") or {}) | chosen
     # the Predictor reads these from the checkpoint: the shipped model's masks are what the card measured
     data["preprocessing"].update({k: v for k, v in (card.get("postprocessing") or {}).items() if k in POSTPROCESSING_KEYS})
@@ -120,8 +148,7 @@ def main(argv=None) -> int:
     with atomic_output(args.dest.with_suffix(".safetensors")) as tmp:
         shutil.copyfile(src.with_suffix(".safetensors"), tmp)
     write_text_atomic(args.dest.with_suffix(".json"), json.dumps(data, indent=2) + "\n")
-    print(f"published {args.dest} ({card['name']})")
-    return 0
+    return data
 
 
 if __name__ == "__main__":
