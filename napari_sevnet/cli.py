@@ -184,21 +184,25 @@ def evaluate_main(argv=None) -> int:
     parser.add_argument("gt_dir", type=Path, help="folder of reference masks or of case folders holding <case>_seg.nii.gz")
     parser.add_argument("-o", "--output", type=Path, help="where to write metrics.csv and metrics.json (default: pred_dir)")
     parser.add_argument("--lesion-wise", action="store_true", help="add the BraTS 2023 lesion-wise Dice and HD95 (gliomas: dilation 3, lesions over 50 mm^3)")
+    parser.add_argument("--labels", choices=["2021", "2023", "msd"], help="label convention of the predictions (default: what each file says; a <case>.nii.gz submission file takes its reference's)")
     args = parser.parse_args(argv)
     _setup_logging(False)
 
-    from napari_sevnet.io import find_segmentations, read_labels
+    from napari_sevnet.io import find_segmentations, find_submissions, read_labels, role_of
     from napari_sevnet.metrics import case_lesion_metrics, case_metrics, mean_metrics
     from napari_sevnet.regions import REGIONS
 
     found = find_segmentations(args.pred_dir)
+    refs = find_segmentations(args.gt_dir, exclude=frozenset(p.resolve() for paths in found.values() for p in paths))
+    for case_id, path in find_submissions(args.pred_dir, set(refs)).items():  # the BraTS challenges' layout: <case>.nii.gz
+        found.setdefault(case_id, []).append(path)
     twice = {case_id: paths for case_id, paths in found.items() if len(paths) > 1}
     if not found or twice:
-        problem = "; ".join(f"case {c} has {len(p)} predictions: {', '.join(map(str, p))}" for c, p in twice.items()) or "no <case>_seg.nii.gz predictions found"
+        problem = ("; ".join(f"case {c} has {len(p)} predictions: {', '.join(map(str, p))}" for c, p in twice.items())
+                   or "no <case>_seg.nii.gz predictions found, nor <case>.nii.gz files named by a reference case's id")
         print(f"sevnet-evaluate: error: {args.pred_dir}: {problem}", file=sys.stderr)
         return 2
     preds = {case_id: paths[0] for case_id, paths in found.items()}
-    refs = find_segmentations(args.gt_dir, exclude=frozenset(p.resolve() for p in preds.values()))
     unscored = sorted(set(refs) - set(preds))
     if unscored:
         print(f"sevnet-evaluate: note: {len(unscored)} reference case(s) under {args.gt_dir} have no prediction and are not in the mean: {', '.join(unscored)}", file=sys.stderr)
@@ -211,7 +215,7 @@ def evaluate_main(argv=None) -> int:
             if len(candidates) > 1:
                 raise InputError(args.gt_dir, f"case {case_id} has {len(candidates)} reference masks: {', '.join(map(str, candidates))}; keep one, or name a folder that holds one")
             ref = candidates[0]
-            pred, pgrid = read_labels(pred_path)
+            pred, pgrid = read_labels(pred_path, args.labels, default=role_of(ref.name)[2])
             truth, tgrid = read_labels(ref)
             if pred.shape != truth.shape or not np.allclose(pgrid.affine, tgrid.affine, atol=1e-3):
                 raise InputError(pred_path, f"grid differs from the reference {ref}")

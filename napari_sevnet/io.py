@@ -187,6 +187,16 @@ def find_segmentations(folder: str | os.PathLike, *, exclude: frozenset[Path] = 
     return found
 
 
+def find_submissions(folder: str | os.PathLike, case_ids: set[str]) -> dict[str, Path]:
+    """Case id -> ``<case>.nii.gz`` directly in ``folder``, for the ids in ``case_ids``: the BraTS challenges' prediction layout."""
+    found = {}
+    for p in sorted(Path(folder).iterdir()) if Path(folder).is_dir() else []:
+        stem = nifti_stem(p.name)
+        if stem in case_ids and p.is_file():
+            found[stem] = p
+    return found
+
+
 def find_case_files(path: str | os.PathLike, *, allow_missing: bool = False) -> tuple[str, dict[str, Path], str]:
     """Locate the files of the case at ``path`` (a folder or one of its files).
 
@@ -536,12 +546,13 @@ def _labels_to_regions(labels: np.ndarray, convention: str | None, path: Path) -
         raise InputError(path, f"{exc}{hint}") from None
 
 
-def read_labels(path: str | os.PathLike, convention: str | None = None) -> tuple[np.ndarray, SourceGrid]:
-    """A label file on its own grid -> ((3, Z, Y, X) WT/TC/ET bool, its grid); the convention as read_segmentation decides it."""
+def read_labels(path: str | os.PathLike, convention: str | None = None, *, default: str | None = None) -> tuple[np.ndarray, SourceGrid]:
+    """A label file on its own grid -> ((3, Z, Y, X) WT/TC/ET bool, its grid): in ``convention``, else the one the file
+    declares, else ``default``, else the one its values leave no doubt about."""
     path = Path(path)
     data, img = read_nifti(path)
     grid = grid_of(img)
-    return _labels_to_regions(grid.to_canonical(np.asarray(data)), convention or label_convention_of(path, img), path)[0], grid
+    return _labels_to_regions(grid.to_canonical(np.asarray(data)), convention or label_convention_of(path, img, default), path)[0], grid
 
 
 # --------------------------------------------------------------------------- writing

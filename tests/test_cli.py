@@ -71,6 +71,30 @@ def test_evaluate_never_scores_a_prediction_against_itself_or_a_guessed_referenc
     assert "case phantom_0000 has 2 predictions" in capsys.readouterr().err
 
 
+def test_evaluate_scores_predictions_in_the_challenge_layout_in_the_references_convention(phantom_dir, tmp_path, capsys):
+    """Another tool's BraTS submission (<case>.nii.gz) is scored as the challenge scores it: in the references' labels."""
+    from napari_sevnet.regions import labels_to_regions, regions_to_labels
+
+    submission = tmp_path / "submission"
+    submission.mkdir()
+    shutil.copy(phantom_dir / "phantom_0000" / "phantom_0000_seg.nii.gz", submission / "phantom_0000.nii.gz")
+    ref = nib.load(phantom_dir / "phantom_0001" / "phantom_0001_seg.nii.gz")
+    labels_2023 = regions_to_labels(labels_to_regions(np.asanyarray(ref.dataobj), "brats2021"), "brats2023")
+    assert 3 in labels_2023
+    nib.save(nib.Nifti1Image(labels_2023, ref.affine), submission / "phantom_0001.nii.gz")
+    (submission / "notes.nii.gz").write_bytes(b"")  # not a case id: not a prediction
+    assert evaluate_main([str(submission), str(phantom_dir), "-o", str(tmp_path / "as_2021")]) == 1
+    assert "phantom_0001.nii.gz" in capsys.readouterr().err  # 1/2/3 read as the references' 2021 labels: refused, not scored
+    assert evaluate_main([str(submission), str(phantom_dir), "-o", str(tmp_path / "m"), "--labels", "2023"]) == 1  # the 2021 file: 4 is not a 2023 label
+    shutil.move(submission / "phantom_0000.nii.gz", tmp_path)
+    capsys.readouterr()
+    assert evaluate_main([str(submission), str(phantom_dir), "-o", str(tmp_path / "m"), "--labels", "2023"]) == 0
+    metrics = json.loads((tmp_path / "m" / "metrics.json").read_text(encoding="utf-8"))
+    assert [row["case"] for row in metrics["cases"]] == ["phantom_0001"] and metrics["mean"]["ET"]["dice"] == 1.0
+    assert evaluate_main([str(tmp_path / "empty"), str(phantom_dir)]) == 2
+    assert "nor <case>.nii.gz files named by a reference case's id" in capsys.readouterr().err
+
+
 def test_bad_case_gets_one_line_and_the_batch_continues(phantom_dir, random_checkpoint, tmp_path):
     bad = tmp_path / "bad_case"
     bad.mkdir()
