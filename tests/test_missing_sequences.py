@@ -150,3 +150,7 @@ def test_the_segment_dock_runs_with_a_sequence_set_to_none_and_records_it(qtbot,
     qtbot.waitUntil(lambda: attention.worker is None, timeout=120_000)
     chart = attention.contributions[id(segment.result_layers["WT"])]
     assert set(chart) == {"t1ce", "t2", "flair"} and all(set(v) == {"WT", "TC", "ET"} for v in chart.values())
+    n = len(viewer.layers)
+    attention.show_feature_map("enc1", 0)  # from the three sequences the result had, not a missing T1 layer
+    qtbot.waitUntil(lambda: attention.worker is None, timeout=120_000)
+    assert len(viewer.layers) == n + 1 and viewer.layers[-1].name == "enc1 ch0 feature map", attention._status.value

@@ -142,29 +142,22 @@ class AttentionWidget(DockWidget):
         """Segment the selected result's case again without each sequence, in a worker; draw the sequences x regions chart."""
         from napari.qt.threading import thread_worker
 
-        from napari_sevnet.io import MODALITIES
-
         layer = self._source.value
         if layer is None:
             return None
         meta = LayerInfo.from_layer(layer)
-        sequences = tuple(meta.sequences or MODALITIES)
-        try:
-            sources = {m: self._viewer.layers[meta.source_layers[m]] for m in sequences}
-        except KeyError as exc:
-            self.report_error("Contributions failed", KeyError(f"the image layer {exc} used for this result was removed; run Segment again"))
+        sources = self._source_layers(meta, "Contributions failed")
+        if sources is None:
             return None
-        volumes = {m: sources[m].data for m in sequences}
+        volumes = {m: source.data for m, source in sources.items()}
         spacing = tuple(float(v) for v in next(iter(sources.values())).scale)
-        checkpoint, device, viewer = meta.checkpoint, meta.device or "cpu", self._viewer
+        checkpoint, device, viewer, sequences = meta.checkpoint, meta.device or "cpu", self._viewer, tuple(sources)
 
         @thread_worker
         def work():
             from napari_sevnet.contributions import sequence_contributions
 
-            shape = next(iter(volumes.values())).shape
-            image = np.stack([np.asarray(volumes[m], dtype=np.float32) if m in volumes else np.zeros(shape, np.float32) for m in MODALITIES])
-            return sequence_contributions(shared_predictor(viewer, checkpoint, device), image, sequences=sequences, spacing=spacing)
+            return sequence_contributions(shared_predictor(viewer, checkpoint, device), _model_input(volumes), sequences=sequences, spacing=spacing)
 
         def show(result):
             self.contributions[id(layer)] = result
@@ -191,29 +184,45 @@ class AttentionWidget(DockWidget):
         if layer is None or stage is None:
             return None
         meta = LayerInfo.from_layer(layer)
-        try:
-            sources = [self._viewer.layers[meta.source_layers[m]] for m in ("t1", "t1ce", "t2", "flair")]
-        except KeyError as exc:
-            self.report_error("Feature map failed", KeyError(f"the image layer {exc} used for this result was removed; run Segment again"))
+        sources = self._source_layers(meta, "Feature map failed")
+        if sources is None:
             return None
-        volumes = [s.data for s in sources]
+        volumes = {m: source.data for m, source in sources.items()}
+        reference = next(iter(sources.values()))
         checkpoint, device, viewer = meta.checkpoint, meta.device or "cpu", self._viewer
 
         @thread_worker
         def work():
-            image = np.stack([np.asarray(v, dtype=np.float32) for v in volumes])  # ~140 MB: not on the GUI thread
-            fmap = shared_predictor(viewer, checkpoint, device).features(image, stage)[channel]
+            fmap = shared_predictor(viewer, checkpoint, device).features(_model_input(volumes), stage)[channel]
             lo, hi = np.percentile(fmap[fmap != 0], [1, 99]) if np.any(fmap) else (0.0, 1.0)
             return fmap, (float(lo), float(max(hi, lo + 1e-6)))
 
         def add(out):
             fmap, limits = out
             name = f"{stage} ch{channel} feature map"
-            self._viewer.add_image(fmap, name=name, scale=sources[0].scale, translate=sources[0].translate, colormap="inferno", blending="additive", opacity=0.6, contrast_limits=limits)
+            self._viewer.add_image(fmap, name=name, scale=reference.scale, translate=reference.translate, colormap="inferno", blending="additive", opacity=0.6, contrast_limits=limits)
             self._status.value = f"added '{name}'"
 
         self._status.value = f"computing {stage} feature maps..."
         return self.start_worker(work, returned=add, errored=lambda exc: self.report_error("Feature map failed", exc), finished=self._on_finished)
 
+    def _source_layers(self, meta: LayerInfo, failure: str) -> dict | None:
+        """Sequence -> the image layer the result was segmented from (the sequences it had); None, reported, when one was closed."""
+        from napari_sevnet.io import MODALITIES
+
+        try:
+            return {m: self._viewer.layers[meta.source_layers[m]] for m in meta.sequences or MODALITIES}
+        except KeyError as exc:
+            self.report_error(failure, KeyError(f"the image layer {exc} used for this result was removed; run Segment again"))
+            return None
+
     def _on_finished(self):
         self.worker = None
+
+
+def _model_input(volumes: dict[str, np.ndarray]) -> np.ndarray:
+    """(4, Z, Y, X) float32 in the model's sequence order, zero for a sequence the case lacks (~140 MB: built in the worker)."""
+    from napari_sevnet.io import MODALITIES
+
+    shape = next(iter(volumes.values())).shape
+    return np.stack([np.asarray(volumes[m], dtype=np.float32) if m in volumes else np.zeros(shape, np.float32) for m in MODALITIES])
