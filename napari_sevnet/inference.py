@@ -266,10 +266,8 @@ class Predictor:
         with self._lock:
             t0 = time.perf_counter()
             report(0.0, "preprocessing")
-            work = image
-            if spacing is not None and needs_resampling(spacing, self.training_spacing):
-                shape = tuple(max(int(round(n * s / t)), 1) for n, s, t in zip(image.shape[1:], spacing, self.training_spacing))
-                work = _resize(image, shape)
+            work = self._at_training_spacing(image, spacing)
+            if work is not image:
                 notes.append(f"resampled from {'x'.join(f'{s:.2f}' for s in spacing)} mm to the model's {'x'.join(f'{t:.2f}' for t in self.training_spacing)} mm and back")
             crop, box = preprocess(work)
             timings["preprocess_s"] = time.perf_counter() - t0
@@ -311,19 +309,30 @@ class Predictor:
         """Whether the model was trained with sequences left out (``preprocessing.sequence_dropout`` > 0)."""
         return bool(self.info and float(self.info.preprocessing.get("sequence_dropout") or 0) > 0)
 
-    def features(self, image: np.ndarray, stage: str) -> np.ndarray:
-        """Feature maps (C, Z, Y, X) of one stage on the full grid (nearest up-sampling), for display."""
-        crop, box = preprocess(np.asarray(image))
+    def feature_map(self, image: np.ndarray, stage: str, channel: int, *, spacing: tuple[float, float, float] | None = None) -> np.ndarray:
+        """Channel ``channel`` of one stage's feature maps (Z, Y, X) on the image's grid, for display: computed as
+        ``predict`` sees the case (at the model's spacing when it resamples), one channel up-sampled (a stage's all
+        would take gigabytes on a fine scan)."""
+        image = np.asarray(image)
+        work = self._at_training_spacing(image, spacing)
+        crop, box = preprocess(work)
         x, pads = self._pad(torch.from_numpy(crop)[None].to(self.device))
         with self._lock, torch.inference_mode():
             _, _, feats = self.model.forward_with_attention(x, keep_features=True)
         if stage not in feats:
             raise ValueError(f"unknown stage {stage!r}; stages: {list(feats)}")
-        fmap = F.interpolate(feats[stage].float(), size=x.shape[2:], mode="trilinear", align_corners=False)
-        fmap = self._unpad(fmap, pads)[0].cpu().numpy()
-        full = np.zeros((fmap.shape[0], *image.shape[1:]), dtype=np.float32)
-        full[(slice(None), *box)] = fmap
-        return full
+        if not 0 <= channel < feats[stage].shape[1]:
+            raise ValueError(f"stage {stage} has channels 0 to {feats[stage].shape[1] - 1}, not {channel}")
+        fmap = F.interpolate(feats[stage][:, channel : channel + 1].float(), size=x.shape[2:], mode="trilinear", align_corners=False)
+        full = np.zeros((1, *work.shape[1:]), dtype=np.float32)
+        full[(slice(None), *box)] = self._unpad(fmap, pads)[0].cpu().numpy()
+        return (full if work is image else _resize(full, image.shape[1:]))[0]
+
+    def _at_training_spacing(self, image: np.ndarray, spacing: tuple[float, float, float] | None) -> np.ndarray:
+        """``image`` resampled to the model's training spacing, or ``image`` itself when its ``spacing`` is near it (or unknown)."""
+        if spacing is None or not needs_resampling(spacing, self.training_spacing):
+            return image
+        return _resize(image, tuple(max(int(round(n * s / t)), 1) for n, s, t in zip(image.shape[1:], spacing, self.training_spacing)))
 
     # ------------------------------------------------------------------ internals
 

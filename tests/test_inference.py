@@ -84,12 +84,17 @@ def test_cancel(random_checkpoint, phantom):
         Predictor(random_checkpoint, "cpu", tta=True).predict(phantom.image, cancel=event)
 
 
-def test_features_on_full_grid(random_checkpoint, phantom):
+def test_a_feature_map_is_on_the_image_grid_and_computed_as_predict_sees_the_case(random_checkpoint, phantom):
     predictor = Predictor(random_checkpoint, "cpu")
-    fmap = predictor.features(phantom.image, "enc2")
-    assert fmap.shape == (8, 40, 48, 44)
+    fmap = predictor.feature_map(phantom.image, "enc2", 3)
+    assert fmap.shape == (40, 48, 44) and np.any(fmap)
+    assert np.array_equal(predictor.feature_map(phantom.image, "enc2", 3, spacing=(1.0, 1.0, 1.0)), fmap)
+    fine = predictor.feature_map(phantom.image, "enc2", 3, spacing=(0.5, 0.5, 0.5))  # predict resamples a 0.5 mm case to 1 mm
+    assert fine.shape == fmap.shape and not np.allclose(fine, fmap)
     with pytest.raises(ValueError, match="unknown stage"):
-        predictor.features(phantom.image, "enc9")
+        predictor.feature_map(phantom.image, "enc9", 0)
+    with pytest.raises(ValueError, match="channels 0 to 7, not 8"):
+        predictor.feature_map(phantom.image, "enc2", 8)
 
 
 def test_bad_image_shape(random_checkpoint):

@@ -189,11 +189,12 @@ class AttentionWidget(DockWidget):
             return None
         volumes = {m: source.data for m, source in sources.items()}
         reference = next(iter(sources.values()))
+        spacing = tuple(float(v) for v in reference.scale)
         checkpoint, device, viewer = meta.checkpoint, meta.device or "cpu", self._viewer
 
         @thread_worker
         def work():
-            fmap = shared_predictor(viewer, checkpoint, device).features(_model_input(volumes), stage)[channel]
+            fmap = shared_predictor(viewer, checkpoint, device).feature_map(_model_input(volumes), stage, channel, spacing=spacing)
             lo, hi = np.percentile(fmap[fmap != 0], [1, 99]) if np.any(fmap) else (0.0, 1.0)
             return fmap, (float(lo), float(max(hi, lo + 1e-6)))
 
