@@ -84,7 +84,7 @@ class NestedEditor:
         # source -> {"edits": in effect, "voxels": they changed, "undone": edits taken back}: the export's statistics
         self.counts: dict[str, dict[str, int]] = {}
         # region -> {axial slice: [(in-plane box, undo entry) of its recent single-slice edits there]}, oldest slice first
-        self.drawn: dict[str, dict[int, list]] = {r: {} for r in REGIONS}
+        self.drawn: dict[str, dict[tuple[int, int], list]] = {r: {} for r in REGIONS}  # region -> (axis, slice) -> strokes
         for index, layer in enumerate(self.layers):
             _EDITORS[layer] = self
             layer.bind_key(UNDO_KEY, lambda _layer: self.undo(), overwrite=True)
@@ -106,8 +106,9 @@ class NestedEditor:
                 self._tally(entry, in_effect=1)
                 self._undo.append(entry)
                 self._redo.clear()
-                if box[0].stop - box[0].start == 1:
-                    self._remember_drawn(REGIONS[index], box, entry)
+                axis = _slice_axis(layer, box)
+                if axis is not None:
+                    self._remember_drawn(REGIONS[index], axis, box, entry)
         finally:
             self._busy = False
         self._changed()
@@ -132,21 +133,23 @@ class NestedEditor:
         tally["voxels"] += in_effect * edit.voxels
         tally["undone"] += undone
 
-    def _remember_drawn(self, region: str, box: tuple[slice, ...], entry) -> None:
-        """Remember a single-slice edit's slice, in-plane box and undo entry, for fill between slices."""
-        strokes = self.drawn[region]
-        strokes[box[0].start] = strokes.pop(box[0].start, []) + [(box[1:], entry)]
+    def _remember_drawn(self, region: str, axis: int, box: tuple[slice, ...], entry) -> None:
+        """Remember a single-slice edit's plane and slice, in-plane box and undo entry, for fill between slices."""
+        strokes, key = self.drawn[region], (axis, box[axis].start)
+        strokes[key] = strokes.pop(key, []) + [(tuple(b for i, b in enumerate(box) if i != axis), entry)]  # the latest last
         while len(strokes) > DRAWN_SLICES:
             del strokes[next(iter(strokes))]
 
-    def drawn_areas(self, region: str) -> dict[int, tuple[slice, slice]]:
-        """Axial slice -> in-plane box of the recent single-slice edits of ``region`` there that are not undone."""
-        areas = {}
-        for z, strokes in self.drawn[region].items():
-            boxes = [b for b, entry in strokes if self.holds(entry)]
-            if boxes:
-                areas[z] = tuple(slice(min(b[i].start for b in boxes), max(b[i].stop for b in boxes)) for i in range(2))
-        return areas
+    def drawn_areas(self, region: str) -> tuple[int, dict[int, tuple[slice, slice]]]:
+        """(the axis of the plane ``region`` was last drawn on, its slice -> in-plane box of the recent single-slice edits
+        there that are not undone): a clinician drawing on coronal slices fills between coronal slices."""
+        held = {key: [b for b, entry in strokes if self.holds(entry)] for key, strokes in self.drawn[region].items()}
+        held = {key: boxes for key, boxes in held.items() if boxes}
+        if not held:
+            return 0, {}
+        axis = next(reversed(held))[0]
+        return axis, {index: tuple(slice(min(b[i].start for b in boxes), max(b[i].stop for b in boxes)) for i in range(2))
+                      for (on, index), boxes in held.items() if on == axis}
 
     def _only_label_one(self, layer: RegionLabels) -> None:
         if layer.selected_label not in (0, 1):
@@ -195,6 +198,16 @@ class NestedEditor:
     def _changed(self) -> None:
         for callback in list(self.on_change):
             callback()
+
+
+def _slice_axis(layer, box: tuple[slice, ...]) -> int | None:
+    """The axis of the slice a stroke was drawn on (its box is one voxel thick there), or None for a stroke across slices;
+    a dot thin along several axes is on the plane the layer shows."""
+    thin = [axis for axis, s in enumerate(box) if s.stop - s.start == 1]
+    if len(thin) == 1:
+        return thin[0]
+    shown_across = tuple(getattr(getattr(layer, "_slice_input", None), "not_displayed", ()))
+    return shown_across[0] if len(shown_across) == 1 and shown_across[0] in thin else None
 
 
 def _bounding_box(history_item, shape) -> tuple[slice, ...] | None:

@@ -120,7 +120,8 @@ def test_fill_between_two_drawn_slices_is_one_edit(qtbot, corrected):
             wt.undo()  # a stroke taken back is not a drawn slice
     from napari_sevnet.editing import editor_of
 
-    assert sorted(editor_of(wt).drawn_areas("WT")) == [z0, z1]
+    axis, areas = editor_of(wt).drawn_areas("WT")
+    assert axis == 0 and sorted(areas) == [z0, z1]
     correct._region.value = "WT"
     before = np.asarray(wt.data).copy()
     assert correct.fill_between_slices() > 0
@@ -129,6 +130,28 @@ def test_fill_between_two_drawn_slices_is_one_edit(qtbot, corrected):
     away = np.ones(before.shape, bool)
     away[:, :20, :20] = False
     np.testing.assert_array_equal(np.asarray(wt.data)[away], before[away])  # the tumour on those slices is not redrawn
+    wt.undo()
+    np.testing.assert_array_equal(np.asarray(wt.data), before)
+
+
+def test_fill_between_slices_follows_the_plane_drawn_on(qtbot, corrected):
+    """A clinician contouring on coronal slices fills between coronal slices, not across the axial ones each stroke touched."""
+    viewer, segment, correct, _ = corrected
+    wt = segment.result_layers["WT"]
+    viewer.layers.selection.active = wt
+    viewer.dims.order = (1, 0, 2)  # coronal view: slices across the A-P axis
+    y0, y1 = 4, 12
+    for y, radius in ((y0, 3), (y1, 5)):
+        wt.brush_size = 2 * radius
+        wt.selected_label = 1
+        wt.paint((30, y, 12), 1)  # a disc in the displayed (S-I, R-L) plane, away from the tumour
+    before = np.asarray(wt.data).copy()
+    assert correct.fill_between_slices() > 0
+    assert "between coronal slices 4 and 12" in correct._status.value
+    between = (np.asarray(wt.data) > 0)[22:39, y0 + 1 : y1, 4:20]
+    assert all(between[:, k].any() for k in range(y1 - y0 - 1)), "every coronal slice in between is filled"
+    changed = np.asarray(wt.data) != before
+    assert not changed[:, : y0 + 1].any() and not changed[:, y1:].any(), "only the slices between the drawn ones change"
     wt.undo()
     np.testing.assert_array_equal(np.asarray(wt.data), before)
 

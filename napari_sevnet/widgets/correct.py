@@ -27,8 +27,8 @@ spread. "Whole edge" moves the region's edge to another probability everywhere
 at once (tighter or looser all around, where a rim is too wide or too narrow):
 only voxels whose probability lies between the old and the new value change,
 so clicks and brush strokes elsewhere stay. "Fill between slices" interpolates
-the region between the last slices drawn on it with the brush (strokes undone
-do not count), within where the brush went (the rest of the tumour on the
+the region between the last slices drawn on it with the brush, in the plane
+(axial, coronal or sagittal) last drawn on (strokes undone do not count), within where the brush went (the rest of the tumour on the
 slices in between stays as it was). Every click, edge move and fill is one
 edit: nested with the other regions, one Ctrl+Z, counted apart from brush
 strokes in the export's statistics.
@@ -53,6 +53,7 @@ from napari_sevnet.regions import REGIONS
 from napari_sevnet.widgets.base import DockWidget
 
 DRAWING_MODES = ("paint", "erase", "fill", "polygon")  # a Labels layer's modes in which a click already edits
+PLANES = ("axial", "coronal", "sagittal")  # the slices across each axis of the (S-I, A-P, R-L) grid the layers are on
 
 TOOLTIPS = {
     "clicks": "Click: add the region around the point. Shift+click: remove the false alarm under the point. Drags still pan.",
@@ -418,22 +419,22 @@ class CorrectWidget(DockWidget):
     # ------------------------------------------------------------------ fill between slices
 
     def fill_between_slices(self) -> int:
-        """Interpolate the chosen region between the axial slices last drawn on it; returns the voxels changed."""
+        """Interpolate the chosen region between the slices last drawn on it, in the plane (axial, coronal, sagittal) last drawn on; returns the voxels changed."""
         from napari_sevnet.editing import apply_edit, editor_of
 
         try:
             layer, _ = self.target()
             editor = editor_of(layer)
-            areas = editor.drawn_areas(self._region.value) if editor is not None else {}
+            axis, areas = editor.drawn_areas(self._region.value) if editor is not None else (0, {})
             drawn = sorted(areas)
             if len(drawn) < 2:
-                raise InputError(None, f"draw {self._region.value} on at least two axial slices with the brush first")
+                raise InputError(None, f"draw {self._region.value} on at least two slices of one plane (axial, coronal or sagittal) with the brush first")
         except InputError as exc:
             self.report_error("Fill between slices", exc)
             return 0
         current = np.asarray(layer.data) > 0
-        filled = fill_between(current, drawn, axis=0, spacing=tuple(float(v) for v in layer.scale), areas=areas)
+        filled = fill_between(current, drawn, axis=axis, spacing=tuple(float(v) for v in layer.scale), areas=areas)
         changed = apply_edit(layer, filled, "fill")
-        self._status.value = f"filled {self._region.value} between slices {drawn[0]} and {drawn[-1]} where the brush went: {changed} voxel(s)"
+        self._status.value = f"filled {self._region.value} between {PLANES[axis]} slices {drawn[0]} and {drawn[-1]} where the brush went: {changed} voxel(s)"
         editor.drawn[self._region.value].clear()
         return changed
