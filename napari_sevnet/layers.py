@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -150,12 +151,14 @@ def case_layers(case: Case, visible: str = "flair") -> list[tuple]:
     return layers
 
 
-def prediction_layers(case: Case, report: dict, run: int | None, open_scans: dict[str, str] | None = None) -> list:
+def prediction_layers(case: Case, report: dict, run: int | None, open_scans: dict[str, str] | None = None, taken: Collection[str] = ()) -> list:
     """A case's scans with a ``sevnet-predict`` result (its ``report``), as napari layers: the model's WT/TC/ET
     as the result of ``run``, editable and measured against the model's own mask, with the probabilities the
     Correct dock's clicks use when the report kept them, and the uncertainty map.
 
     ``open_scans``: file -> name of the case's scan layers already in the viewer; those are not added again.
+    ``taken``: the names of the viewer's layers; a new scan whose name another case's scan holds (two visits with
+    one case id) is named with its folder too, so the result's guides are its own scans, not napari's renamed copy.
     """
     from napari.layers import Layer
 
@@ -168,6 +171,8 @@ def prediction_layers(case: Case, report: dict, run: int | None, open_scans: dic
     for data, kwargs, kind in scans:
         scan = LayerInfo.from_metadata(kwargs["metadata"])
         path = scan.scan_path
+        if path not in open_scans and kwargs["name"] in taken:
+            kwargs = {**kwargs, "name": f"{kwargs['name']} ({Path(path).parent.name})"}
         names[scan.modality] = open_scans.get(path, kwargs["name"])
         if path not in open_scans:
             images.append(Layer.create(data, kwargs, kind))
@@ -214,7 +219,8 @@ def read_prediction_layers(mask: Path, report_path: Path) -> list[tuple]:
     report["maps"] = {name: str(mask.with_name(Path(p).name)) for name, p in (report.get("maps") or {}).items()}
     viewer = napari.current_viewer()
     # a mask dropped onto its open case adds the result only
-    layers = prediction_layers(case, report, next_run(viewer.layers, case_id) if viewer is not None else 1, open_scans(viewer.layers) if viewer is not None else None)
+    layers = (prediction_layers(case, report, next_run(viewer.layers, case_id), open_scans(viewer.layers), [layer.name for layer in viewer.layers])
+              if viewer is not None else prediction_layers(case, report, 1))
     prepare_viewer(viewer)
     for warning in report.get("warnings") or []:
         show_warning(f"{case_id}: {warning}")

@@ -1,9 +1,9 @@
 """Worklist: segment a folder of cases with uncertainty and say which one to correct first.
 
-Results are cached next to the cases in ``FOLDER/.sevnet-worklist/<model>/``
+Results are cached next to the cases in ``FOLDER/.sevnet-worklist/<model>/<case folder>/``
 (the usual ``<case>_seg.nii.gz``, ``<case>_report.json``, uncertainty and
 probability maps in 8 bits, keyed by the checkpoint's weights), so a second visit costs nothing; a case
-whose files are newer than its cached report is segmented again. Cases already
+whose files are newer than its cached report, or are not the files (or roles) it was made from, is segmented again. Cases already
 exported to a fine-tuning dataset are marked done (the dataset manifest keeps
 their source paths).
 """
@@ -58,7 +58,9 @@ def model_cache(folder: Path, checkpoint: str) -> Path:
     return Path(folder) / CACHE_DIR / sha256_of(weights)[:16]
 
 
-def _cached_report(case_id: str, case_folder: Path, cache: Path, passes: int) -> dict | None:
+def _cached_report(case_id: str, files: dict[str, Path], case_folder: Path, cache: Path, passes: int) -> dict | None:
+    """The case's cached report, or None when it must be segmented again: its files changed, or are other files or
+    other roles than the result was made from (sequences assigned anew), or the cache lacks what the worklist now keeps."""
     report_path = cache / f"{case_id}_report.json"
     try:
         stamp = report_path.stat().st_mtime
@@ -66,9 +68,10 @@ def _cached_report(case_id: str, case_folder: Path, cache: Path, passes: int) ->
     except (OSError, ValueError):
         return None
     newest_input = max((p.stat().st_mtime for p in case_folder.iterdir() if p.is_file()), default=0)
+    same_inputs = report.get("inputs") == {role: str(Path(p).absolute()) for role, p in files.items()}
     members = (report.get("uncertainty") or {}).get("members")
     kept_probabilities = all(f"prob_{r}" in (report.get("maps") or {}) for r in REGIONS)  # a cache from before they were kept is redone
-    return report if newest_input <= stamp and members == passes and kept_probabilities else None
+    return report if newest_input <= stamp and same_inputs and members == passes and kept_probabilities else None
 
 
 def exported_cases(dataset: str | Path | None) -> tuple[set[str], set[str]]:
@@ -118,14 +121,15 @@ def run_worklist(
             case_id, files = case_files(case_folder)
             item.case_id = case_id
             item.done = case_id in done_ids or any(str(Path(p).resolve()) in done_paths for p in files.values())
-            item.report = _cached_report(case_id, case_folder, cache, passes)
+            case_cache = cache / case_folder.relative_to(folder)  # one folder per case: two visits may share a case id
+            item.report = _cached_report(case_id, files, case_folder, case_cache, passes)
             item.cached = item.report is not None
             if item.report is None:
                 case = load_assigned_or_named(case_folder)
                 report = (lambda f, m, case_id=case_id: progress(case_id, f, m)) if progress else None
                 result = predictor.predict(case.image, spacing=case.spacing, sequences=case.sequences, tta=passes, uncertainty=True, cancel=cancel, progress=report)
                 # the probabilities too, so an opened case is corrected with the Correct dock's clicks as a Segment run is
-                item.report = write_case_outputs(case, result, predictor, cache, convention="brats2021", overwrite=True, probabilities=True, eight_bit_maps=True)
+                item.report = write_case_outputs(case, result, predictor, case_cache, convention="brats2021", overwrite=True, probabilities=True, eight_bit_maps=True)
         except InputError as exc:
             item.error = str(exc)
         yield item

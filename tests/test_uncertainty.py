@@ -182,6 +182,50 @@ def test_the_worklist_reads_a_clinic_folder_by_the_assignment_remembered_in_napa
     (item,) = run_worklist(tmp_path / "clinic", Predictor(device="cpu"))
     assert item.error is None and item.case_id == "patient_c" and item.report is not None
     assert len(case_result_layers(item, run=1)) > 4, "it opens, scans and result"
+    # the sequences assigned anew (T1 and T1ce were swapped): the result made from the old roles is not shown again
+    remember(patient, {**{role: patient / f"{name}.nii.gz" for role, name in names.items()}, "t1": patient / "T1_post.nii.gz", "t1ce": patient / "T1_pre.nii.gz"})
+    (again,) = run_worklist(tmp_path / "clinic", Predictor(device="cpu"))
+    assert not again.cached and again.report["inputs"]["t1"] == str(patient / "T1_post.nii.gz")
+
+
+def test_two_visits_with_one_case_id_each_keep_their_own_cached_result(tmp_path):
+    """Same-named files in two folders (two visits, a copy) are two cases: neither is shown the other's result."""
+    from napari_sevnet.worklist import run_worklist
+
+    cases = tmp_path / "cases"
+    write_phantom(cases, seed=24, shape=(48, 56, 48)).rename(cases / "visit1")
+    second = write_phantom(cases, seed=25, shape=(48, 56, 48))
+    for f in second.iterdir():
+        f.rename(second / f.name.replace("phantom_0025", "phantom_0024"))
+    second.rename(cases / "visit2")
+    predictor = Predictor(phantom_checkpoint(), "cpu")
+    first = {item.folder.name: item for item in run_worklist(cases, predictor)}
+    assert [item.case_id for item in first.values()] == ["phantom_0024", "phantom_0024"] and not any(item.cached for item in first.values())
+    assert first["visit1"].report["volumes_ml"] != first["visit2"].report["volumes_ml"]
+    again = {item.folder.name: item for item in run_worklist(cases, predictor)}
+    assert all(item.cached for item in again.values())
+    assert {name: item.report["volumes_ml"] for name, item in again.items()} == {name: item.report["volumes_ml"] for name, item in first.items()}
+    # opened beside the first visit, the second gets scan layers of its own, and its result's guides are those
+    from napari_sevnet.layers import LayerInfo
+    from napari_sevnet.widgets.worklist import case_result_layers
+
+    shown = case_result_layers(again["visit1"], run=1)
+    opened = case_result_layers(again["visit2"], run=2, taken=[layer.name for layer in shown])
+    scans = {LayerInfo.from_layer(layer).modality: layer for layer in opened[:4]}
+    assert scans["flair"].name == "phantom_0024 FLAIR (visit2)" and not {layer.name for layer in opened} & {layer.name for layer in shown}
+    assert LayerInfo.from_layer(opened[4]).source_layers == {m: layer.name for m, layer in scans.items()}
+
+
+@pytest.mark.qt
+def test_the_worklist_table_tells_two_visits_of_one_case_id_apart(make_napari_viewer, tmp_path):
+    from napari_sevnet.widgets.worklist import WorklistWidget
+    from napari_sevnet.worklist import WorkItem
+
+    worklist = WorklistWidget(make_napari_viewer())
+    worklist.items = [WorkItem("BraTS2021_00006", tmp_path / "2024-01"), WorkItem("BraTS2021_00006", tmp_path / "2024-06"), WorkItem("BraTS2021_00009", tmp_path / "x")]
+    worklist._show()
+    assert [worklist.table.item(row, 0).text() for row in range(3)] == ["BraTS2021_00006 (2024-01)", "BraTS2021_00006 (2024-06)", "BraTS2021_00009"]
+    assert worklist.table.item(1, 0).toolTip() == str(tmp_path / "2024-06")
 
 
 @pytest.mark.qt

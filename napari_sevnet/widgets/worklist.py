@@ -13,6 +13,7 @@ follow them like any result) and the uncertainty map.
 from __future__ import annotations
 
 import time
+from collections.abc import Collection
 
 import numpy as np
 from magicgui.widgets import CheckBox, FileEdit, Label, ProgressBar, PushButton
@@ -154,12 +155,15 @@ class WorklistWidget(DockWidget):
 
     def _show(self):
         self.table.setRowCount(len(self.items))
+        ids = [item.case_id for item in self.items]
         for row, item in enumerate(self.items):
             volumes = (item.report or {}).get("volumes_ml", {})
-            cells = [item.case_id, f"{item.score:.3f}" if item.report else "", *(f"{volumes.get(r, 0):.1f}" if item.report else "" for r in REGIONS), item.status]
-            for col, text in enumerate(cells):
+            case = f"{item.case_id} ({item.folder.name})" if ids.count(item.case_id) > 1 else item.case_id  # two visits of one case id
+            cells = [case, f"{item.score:.3f}" if item.report else "", *(f"{volumes.get(r, 0):.1f}" if item.report else "" for r in REGIONS), item.status]
+            tips = [str(item.folder), *cells[1:-1], "\n".join([item.status, *item.warnings])]
+            for col, (text, tip) in enumerate(zip(cells, tips)):
                 self.table.setItem(row, col, QTableWidgetItem(text))
-                self.table.item(row, col).setToolTip("\n".join([text, *item.warnings]) if col == len(cells) - 1 else text)
+                self.table.item(row, col).setToolTip(tip)
 
     def open_case(self, item):
         """Open a listed case with the model's layers and the uncertainty map; returns the worker reading it.
@@ -177,10 +181,11 @@ class WorklistWidget(DockWidget):
 
         run = next_run(self._viewer.layers, item.case_id)
         shown = open_scans(self._viewer.layers)  # read on the GUI thread: a case open already gets its result only
+        taken = [layer.name for layer in self._viewer.layers]
 
         @thread_worker
         def work():
-            return case_result_layers(item, run, shown)
+            return case_result_layers(item, run, shown, taken)
 
         def add(layers):
             self.opened = [self._viewer.add_layer(layer) for layer in layers]
@@ -198,9 +203,9 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
 
 
-def case_result_layers(item, run: int, open_scans: dict[str, str] | None = None) -> list:
+def case_result_layers(item, run: int, open_scans: dict[str, str] | None = None, taken: Collection[str] = ()) -> list:
     """The scans of a worklist case (those not open yet), the model's WT/TC/ET layers and its maps, as napari layers."""
     from napari_sevnet.assignments import load_assigned_or_named
     from napari_sevnet.layers import prediction_layers
 
-    return prediction_layers(load_assigned_or_named(item.folder), item.report, run, open_scans)
+    return prediction_layers(load_assigned_or_named(item.folder), item.report, run, open_scans, taken)
