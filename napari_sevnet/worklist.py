@@ -1,6 +1,7 @@
 """Worklist: segment a folder of cases with uncertainty and say which one to correct first.
 
 Results are cached next to the cases in ``FOLDER/.sevnet-worklist/<model>/<case folder>/``
+(in the user's cache folder when FOLDER is read-only)
 (the usual ``<case>_seg.nii.gz``, ``<case>_report.json``, uncertainty and
 probability maps in 8 bits, keyed by the checkpoint's weights), so a second visit costs nothing; a case
 whose files are newer than its cached report, or are not the files (or roles) it was made from, is segmented again. Cases already
@@ -10,13 +11,19 @@ their source paths).
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
+import os
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from napari_sevnet.errors import Cancelled, InputError
 from napari_sevnet.regions import REGIONS
+
+log = logging.getLogger(__name__)
 
 CACHE_DIR = ".sevnet-worklist"
 FAST_PASSES = 2  # the scan and its left-right mirror: enough disagreement to rank cases, at a quarter of the 8 flips' cost
@@ -51,11 +58,24 @@ class WorkItem:
 
 
 def model_cache(folder: Path, checkpoint: str) -> Path:
+    """Where the worklist keeps the model's results for ``folder``: beside the cases, or, where the folder cannot be
+    written (a read-only hospital share), in the user's cache folder ($SEVNET_CACHE_DIR, else
+    $XDG_CACHE_HOME/napari-sevnet), under a key of the folder's path."""
     from napari_sevnet.checkpoint import checkpoint_files
     from napari_sevnet.export import sha256_of
 
     weights, _ = checkpoint_files(checkpoint)
-    return Path(folder) / CACHE_DIR / sha256_of(weights)[:16]
+    model = sha256_of(weights)[:16]
+    beside = Path(folder) / CACHE_DIR / model
+    try:
+        beside.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=beside):
+            return beside
+    except OSError as exc:
+        base = Path(os.environ.get("SEVNET_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "napari-sevnet")
+        elsewhere = base / "worklist" / hashlib.sha256(str(Path(folder).resolve()).encode()).hexdigest()[:16] / model
+        log.info("%s: cannot write there (%s); the worklist keeps its results in %s", folder, exc.strerror or exc, elsewhere)
+        return elsewhere
 
 
 def _cached_report(case_id: str, files: dict[str, Path], case_folder: Path, cache: Path, passes: int) -> dict | None:

@@ -216,6 +216,20 @@ def test_two_visits_with_one_case_id_each_keep_their_own_cached_result(tmp_path)
     assert LayerInfo.from_layer(opened[4]).source_layers == {m: layer.name for m, layer in scans.items()}
 
 
+def test_the_worklist_of_a_folder_it_cannot_write_keeps_its_results_in_the_users_cache(tmp_path, monkeypatch):
+    from napari_sevnet.worklist import CACHE_DIR, run_worklist
+
+    cases = tmp_path / "share"
+    write_phantom(cases, seed=26, shape=(48, 56, 48))
+    (cases / CACHE_DIR).write_text("not a folder: the cache cannot go here", encoding="utf-8")  # as a read-only share refuses it
+    monkeypatch.setenv("SEVNET_CACHE_DIR", str(tmp_path / "user_cache"))
+    predictor = Predictor(phantom_checkpoint(), "cpu")
+    (item,) = run_worklist(cases, predictor)
+    assert item.error is None and not item.cached and Path(item.report["segmentation"]).is_relative_to(tmp_path / "user_cache")
+    (again,) = run_worklist(cases, predictor)
+    assert again.cached and again.report["volumes_ml"] == item.report["volumes_ml"]
+
+
 @pytest.mark.qt
 def test_the_worklist_table_tells_two_visits_of_one_case_id_apart(make_napari_viewer, tmp_path):
     from napari_sevnet.widgets.worklist import WorklistWidget
