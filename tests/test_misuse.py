@@ -183,6 +183,14 @@ def test_two_inputs_with_one_case_id_are_refused_naming_both(tmp_path, random_ch
     assert result.returncode == 2 and "site_a" in result.stderr and "site_b" in result.stderr
 
 
+def test_a_patient_folder_of_visit_folders_is_named_one_level_too_high(tmp_path):
+    patient = tmp_path / "patients" / "patient_7"
+    for visit, seed in (("2024-01", 1), ("2024-06", 2)):
+        write_phantom(patient, seed=seed, shape=SHAPE, case_id=visit)
+    with pytest.raises(InputError, match=r"patient_7: holds no scans itself but case folders \(2024-01, 2024-06\): open one of them"):
+        load_case(patient)
+
+
 def test_overwrite_leaves_no_stale_maps(cases, tmp_path, random_checkpoint):
     out = tmp_path / "out"
     assert predict_cli(cases[0], "-o", out, "--probabilities", "--checkpoint", random_checkpoint).returncode == 0
