@@ -354,7 +354,7 @@ def prepare_main(argv=None) -> int:
     parser.add_argument("--reference", default="t1ce", choices=["t1", "t1ce", "t2", "flair"], help="the series the others are registered to and whose grid results go back to")
     parser.add_argument("--no-skull-strip", action="store_true", help="the series are skull-stripped already")
     parser.add_argument("--no-bias-field", action="store_true", help="skip N4 bias-field correction (e.g. the series were corrected already)")
-    parser.add_argument("--series", action="append", default=[], metavar="SEQUENCE=UID", help="DICOM: the series for a sequence when its description does not say it (t1ce=1.2.3...)")
+    parser.add_argument("--series", action="append", default=[], metavar="SEQUENCE=UID", help="DICOM: the series for a sequence when its description does not say it (t1ce=1.2.3...), or none for no series (flair=none)")
     parser.add_argument("--list", action="store_true", help="DICOM: list the series found and the sequence proposed for each, and stop")
     args = parser.parse_args(argv)
     _setup_logging(False)

@@ -68,14 +68,18 @@ def find_series(folder: str | Path) -> list[Series]:
     return found
 
 
-def choose(series: list[Series], roles: dict[str, str] | None = None) -> dict[str, Series]:
-    """{sequence: series}: the proposal from the descriptions, changed by ``roles`` ({sequence: series uid})."""
+def choose(series: list[Series], roles: dict[str, str | None] | None = None) -> dict[str, Series]:
+    """{sequence: series}: the proposal from the descriptions, changed by ``roles`` ({sequence: series uid, or None /
+    "none" for no series: a sequence too damaged to use})."""
     by_uid = {s.uid: s for s in series}
     chosen = {s.role: s for s in reversed(series) if s.role in SEQUENCES}  # the first of a role wins
-    by_hand = {}
+    by_hand, left_out = {}, set()
     for role, uid in (roles or {}).items():
         if role not in SEQUENCES:
             raise InputError(None, f"{role!r} is not a sequence: choose series for {', '.join(SEQUENCES)}")
+        if uid is None or uid.lower() == "none":
+            left_out.add(role)
+            continue
         if uid not in by_uid:
             raise InputError(None, f"no series {uid!r} for {role}")
         twice = [r for r, s in by_hand.items() if s.uid == uid]
@@ -83,7 +87,7 @@ def choose(series: list[Series], roles: dict[str, str] | None = None) -> dict[st
             raise InputError(None, f"series {uid} is chosen for {twice[0]} and {role}: one series is one sequence")
         by_hand[role] = by_uid[uid]
     # a series chosen by hand leaves the role its description proposed
-    chosen = {r: s for r, s in chosen.items() if all(s.uid != h.uid for h in by_hand.values())} | by_hand
+    chosen = {r: s for r, s in chosen.items() if r not in left_out and all(s.uid != h.uid for h in by_hand.values())} | by_hand
     patients = {s.patient_id for s in chosen.values() if s.patient_id}
     if len(patients) > 1:
         raise InputError(None, "the chosen series belong to different patients: " + ", ".join(f"{r} {s.patient_id}" for r, s in chosen.items()))

@@ -226,6 +226,51 @@ def _unused_series(folder: Path, files: dict[str, Path]) -> tuple[str, ...]:
                  if p not in files.values() and (role := role_from_name(p.name)) in files)
 
 
+@dataclass
+class SeriesOptions:
+    """A patient's raw series as the Prepare dock offers them: which sequence each may be, proposed from the names."""
+
+    dicom: bool
+    options: dict[str, str]  # what the dock shows -> the series' UID (DICOM) or file path (NIfTI)
+    proposal: dict[str, str]  # sequence -> what the dock shows
+
+    def inputs(self, folder: Path, chosen: dict[str, str]) -> tuple[Path | dict[str, Path], dict[str, str | None] | None]:
+        """``prepare_case``'s inputs and ``series`` for the choice ``chosen`` ({sequence: what the dock shows})."""
+        if not chosen:
+            raise InputError(folder, "choose a series for at least one sequence (T1, T1ce, T2, FLAIR)")
+        repeated = sorted({shown for shown in chosen.values() if list(chosen.values()).count(shown) > 1})
+        if repeated:
+            raise InputError(folder, f"{', '.join(repeated)} is chosen for more than one sequence: one series is one sequence")
+        if self.dicom:  # by hand for every sequence, none where none is chosen
+            return folder, {m: self.options[chosen[m]] if m in chosen else None for m in MODALITIES}
+        if chosen == self.proposal:  # as the names say: the summary can still name the repeats not used
+            return folder, None
+        return {m: Path(self.options[shown]) for m, shown in chosen.items()}, None
+
+
+def series_options(folder: Path) -> SeriesOptions:
+    """The series of ``folder`` (DICOM or NIfTI) and the sequence proposed for each (nothing where no name says one)."""
+    if is_dicom_folder(folder):
+        from napari_sevnet import dicom
+
+        series = dicom.find_series(folder)
+        labels = [s.label for s in series]
+        shown = {s.uid: s.label if labels.count(s.label) == 1 else f"{s.label} [...{s.uid[-6:]}]" for s in series}  # two alike: told by UID
+        try:
+            chosen = dicom.choose(series)
+            proposal = {m: shown[chosen[m].uid] for m in MODALITIES if m in chosen}
+        except InputError:
+            proposal = {}
+        return SeriesOptions(True, {label: uid for uid, label in shown.items()}, proposal)
+    from napari_sevnet.assignments import guess_roles, nifti_files
+
+    files = nifti_files(folder)
+    if not files:
+        raise InputError(folder, "holds no NIfTI or DICOM series")
+    guessed = guess_roles(files)
+    return SeriesOptions(False, {p.name: str(p) for p in files}, {m: guessed[m].name for m in MODALITIES if m in guessed})
+
+
 def is_dicom_folder(folder: Path) -> bool:
     """A folder (tree) of DICOM files and no NIfTI: the preamble's 'DICM' marker, read from a few files."""
     if not folder.is_dir() or any(nifti_stem(p.name) for p in folder.iterdir() if p.is_file()):

@@ -217,6 +217,50 @@ def test_the_reader_offers_preparation_and_the_prepare_dock_opens_the_prepared_c
     assert record["brain_ml"] is None and "skull kept (not stripped)" in dock._status.value  # not "brain 0 mL"
 
 
+def test_the_prepare_dock_lists_the_series_and_prepares_the_ones_chosen(qtbot, make_napari_viewer, tmp_path, monkeypatch):
+    """A clinician confirms the proposal per sequence, and leaves out a series too damaged to use."""
+    from napari_sevnet.widgets.prepare import NONE, PrepareWidget
+
+    raw = make_raw(write_phantom(tmp_path / "p", seed=4, shape=SHAPE), tmp_path / "raw" / "p12")
+    (raw / "LOCALIZER.nii.gz").write_bytes((raw / "AX_T2_TSE.nii.gz").read_bytes())  # a series no name says a sequence of
+    errors = []
+    monkeypatch.setattr("napari.utils.notifications.show_error", errors.append)
+    viewer = make_napari_viewer()
+    dock = PrepareWidget(viewer)
+    viewer.window.add_dock_widget(dock)
+    dock._folder.value = raw
+    qtbot.waitUntil(lambda: dock.found is not None, timeout=30_000)
+    assert {m: c.value for m, c in dock._series.items()} == {"t1": "T1_AX_SE.nii.gz", "t1ce": "T1_AX_POST_GAD.nii.gz", "t2": "AX_T2_TSE.nii.gz", "flair": "FLAIR_AX.nii.gz"}
+    assert "LOCALIZER.nii.gz" in dock._series["t2"].choices and "proposed: T1 = T1_AX_SE.nii.gz" in dock._status.value
+    dock._output.value, dock._strip.value, dock._bias_field.value = tmp_path / "prepared", False, False
+    dock._series["t2"].value = "T1_AX_SE.nii.gz"
+    assert dock.prepare() is None and "T1_AX_SE.nii.gz is chosen for more than one sequence" in errors[-1]
+    dock._series["t2"].value, dock._series["flair"].value = "AX_T2_TSE.nii.gz", NONE
+    dock.prepare()
+    qtbot.waitUntil(lambda: dock.worker is None, timeout=180_000)
+    assert dock.prepared is not None and dock.prepared.sequences == ("t1", "t1ce", "t2") and dock.prepared.folder.name == "p12"
+    assert not list(dock.prepared.folder.glob("*flair*")) and len(viewer.layers) == 3
+
+
+def test_a_dicom_series_left_out_by_hand_is_not_taken_from_its_description(tmp_path):
+    from napari_sevnet import dicom
+
+    raw = make_raw(write_phantom(tmp_path / "p", seed=3, shape=SHAPE), tmp_path / "raw" / "p13")
+    exported = tmp_path / "dicom" / "p13"
+    for number, (name, description) in enumerate({"T1_AX_POST_GAD": "T1 AX POST GAD", "FLAIR_AX": "FLAIR AX"}.items(), start=2):
+        write_dicom_series(raw / f"{name}.nii.gz", exported / f"series{number}", description, "DOE^PAT13", number)
+    found = dicom.find_series(exported)
+    assert set(dicom.choose(found)) == {"t1ce", "flair"}
+    assert set(dicom.choose(found, {"flair": "none"})) == {"t1ce"} and set(dicom.choose(found, {"flair": None})) == {"t1ce"}
+    # as the Prepare dock offers them: the proposal by description, and a choice that leaves FLAIR out
+    from napari_sevnet.prepare import series_options
+
+    offered = series_options(exported)
+    assert offered.dicom and list(offered.proposal) == ["t1ce", "flair"] and offered.proposal["t1ce"].startswith("T1 AX POST GAD")
+    inputs, series = offered.inputs(exported, {"t1ce": offered.proposal["t1ce"]})
+    assert inputs == exported and set(dicom.choose(found, series)) == {"t1ce"}
+
+
 def write_dicom_series(image_path: Path, folder: Path, description: str, patient: str, series_number: int) -> None:
     """A NIfTI volume as a DICOM MR series (one file per slice), as a scanner exports it."""
     import time as _time

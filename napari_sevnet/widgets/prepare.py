@@ -1,6 +1,9 @@
 """Prepare raw scans dock widget: a clinic's series (own grids, with the skull) made into a case the model can read.
 
-Runs :func:`napari_sevnet.prepare.prepare_case` in a worker (co-registration
+Choosing the folder lists its series (DICOM or NIfTI) under each sequence,
+proposed from their names (:func:`napari_sevnet.prepare.series_options`); the
+user confirms or changes them, or sets a damaged one to none. Then it runs
+:func:`napari_sevnet.prepare.prepare_case` in a worker (co-registration
 to the reference series, 1 mm, skull stripping, N4 bias-field correction; a few minutes on a laptop
 CPU) and opens the prepared case. Results of the Segment dock on it can be
 written back onto the reference series' own grid with ``sevnet-predict
@@ -15,21 +18,62 @@ from napari_sevnet.errors import InputError
 from napari_sevnet.io import MODALITIES, MODALITY_LABELS
 from napari_sevnet.widgets.base import DockWidget, chosen_path
 
+NONE = "(none)"
+TOOLTIPS = {"series": "The series taken for this sequence, proposed from its name; (none) leaves the sequence out (the model segments without it)"}
+
 
 class PrepareWidget(DockWidget):
     def __init__(self, napari_viewer):
         super().__init__(napari_viewer)
         self._folder = FileEdit(label="Raw series", mode="d", nullable=True, tooltip="A folder of one patient's series, names saying T1, T1ce (post-Gd), T2, FLAIR")
         self._output = FileEdit(label="Prepared into", mode="d", nullable=True, tooltip="Where the prepared case goes (never replaced)")
+        self._series = {m: ComboBox(label=MODALITY_LABELS[m], choices=[NONE], tooltip=TOOLTIPS["series"]) for m in MODALITIES}
         self._reference = ComboBox(label="Reference", choices=[(MODALITY_LABELS[m], m) for m in MODALITIES], value="t1ce")
         self._strip = CheckBox(text="Skull strip (ROBEX)", value=True)
         self._bias_field = CheckBox(text="Bias-field correction (N4)", value=True, tooltip="Flattens the coil's smooth intensity ramp; off for series corrected already")
         self._run = PushButton(text="Prepare and open")
         self._status = Label(value="")
         self._status.native.setWordWrap(True)
-        self.extend([self._folder, self._output, self._reference, self._strip, self._bias_field, self._run, self._status])
+        self.extend([self._folder, *self._series.values(), self._output, self._reference, self._strip, self._bias_field, self._run, self._status])
         self._run.changed.connect(self.prepare)
+        self._folder.changed.connect(self._on_folder)
         self.prepared = None
+        self.found = None  # the chosen folder's SeriesOptions, once read
+        self.lister = None  # the worker reading them
+
+    def _on_folder(self, _value=None):
+        """List the folder's series under each sequence, as proposed from their names (DICOM headers are read in a worker)."""
+        from napari.qt.threading import thread_worker
+
+        from napari_sevnet.prepare import series_options
+
+        self.found = None
+        for combo in self._series.values():
+            combo.choices, combo.value = [NONE], NONE
+        folder = chosen_path(self._folder)
+        if folder is None or not folder.is_dir():
+            return None
+
+        def listed(found):
+            if chosen_path(self._folder) != folder:  # another folder was chosen meanwhile
+                return
+            self.found = found
+            for m, combo in self._series.items():
+                combo.choices = [NONE, *found.options]
+                combo.value = found.proposal.get(m, NONE)
+            proposed = ", ".join(f"{MODALITY_LABELS[m]} = {shown}" for m, shown in found.proposal.items())
+            self._status.value = (f"{len(found.options)} {'DICOM' if found.dicom else 'NIfTI'} series; proposed: {proposed or 'nothing recognised'}. "
+                                  "Check each sequence (none for a series too damaged to use), then Prepare and open.")
+
+        def failed(exc):
+            self._status.value = str(exc)
+
+        self._status.value = f"reading the series in {folder.name}..."
+        self.lister = thread_worker(series_options)(folder, _start_thread=False)
+        self.lister.returned.connect(listed)
+        self.lister.errored.connect(failed)
+        self.lister.start()
+        return self.lister
 
     def prepare(self):
         """Prepare in a worker, then open the prepared case; returns the worker (None on incomplete choices)."""
@@ -38,6 +82,13 @@ class PrepareWidget(DockWidget):
         folder, output = chosen_path(self._folder), chosen_path(self._output)
         if folder is None or output is None:
             self.report_error("Prepare", InputError(None, "choose the folder of raw series and where the prepared case goes"))
+            return None
+        try:
+            inputs, series = folder, None
+            if self.found is not None:  # the series chosen in the dock; before they are listed, as their names say
+                inputs, series = self.found.inputs(folder, {m: c.value for m, c in self._series.items() if c.value not in (None, NONE)})
+        except InputError as exc:
+            self.report_error("Prepare", exc)
             return None
         reference, strip, bias_field = self._reference.value, self._strip.value, self._bias_field.value
 
@@ -49,7 +100,7 @@ class PrepareWidget(DockWidget):
             from napari_sevnet.layers import case_layers
             from napari_sevnet.prepare import prepare_case
 
-            prepared = prepare_case(folder, output, reference=reference, strip=strip, bias_field=bias_field)
+            prepared = prepare_case(inputs, output, reference=reference, case_id=folder.name, strip=strip, bias_field=bias_field, series=series)
             case = load_case(prepared.folder, allow_missing=True)
             return prepared, [Layer.create(data, kwargs, kind) for data, kwargs, kind in case_layers(case)]
 
