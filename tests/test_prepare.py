@@ -231,7 +231,7 @@ def test_the_prepare_dock_lists_the_series_and_prepares_the_ones_chosen(qtbot, m
     dock._folder.value = raw
     qtbot.waitUntil(lambda: dock.found is not None, timeout=30_000)
     assert {m: c.value for m, c in dock._series.items()} == {"t1": "T1_AX_SE.nii.gz", "t1ce": "T1_AX_POST_GAD.nii.gz", "t2": "AX_T2_TSE.nii.gz", "flair": "FLAIR_AX.nii.gz"}
-    assert "LOCALIZER.nii.gz" in dock._series["t2"].choices and "proposed: T1 = T1_AX_SE.nii.gz" in dock._status.value
+    assert "LOCALIZER.nii.gz" in dock._series["t2"].choices and "5 NIfTI series; each sequence proposed" in dock._status.value
     dock._output.value, dock._strip.value, dock._bias_field.value = tmp_path / "prepared", False, False
     dock._series["t2"].value = "T1_AX_SE.nii.gz"
     assert dock.prepare() is None and "T1_AX_SE.nii.gz is chosen for more than one sequence" in errors[-1]

@@ -13,6 +13,7 @@ written back onto the reference series' own grid with ``sevnet-predict
 from __future__ import annotations
 
 from magicgui.widgets import CheckBox, ComboBox, FileEdit, Label, PushButton
+from qtpy.QtWidgets import QComboBox
 
 from napari_sevnet.errors import InputError
 from napari_sevnet.io import MODALITIES, MODALITY_LABELS
@@ -28,6 +29,9 @@ class PrepareWidget(DockWidget):
         self._folder = FileEdit(label="Raw series", mode="d", nullable=True, tooltip="A folder of one patient's series, names saying T1, T1ce (post-Gd), T2, FLAIR")
         self._output = FileEdit(label="Prepared into", mode="d", nullable=True, tooltip="Where the prepared case goes (never replaced)")
         self._series = {m: ComboBox(label=MODALITY_LABELS[m], choices=[NONE], tooltip=TOOLTIPS["series"]) for m in MODALITIES}
+        for combo in self._series.values():  # a clinic's long series names do not widen the dock
+            combo.native.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+            combo.native.setMinimumContentsLength(24)
         self._reference = ComboBox(label="Reference", choices=[(MODALITY_LABELS[m], m) for m in MODALITIES], value="t1ce")
         self._strip = CheckBox(text="Skull strip (ROBEX)", value=True)
         self._bias_field = CheckBox(text="Bias-field correction (N4)", value=True, tooltip="Flattens the coil's smooth intensity ramp; off for series corrected already")
@@ -61,9 +65,10 @@ class PrepareWidget(DockWidget):
             for m, combo in self._series.items():
                 combo.choices = [NONE, *found.options]
                 combo.value = found.proposal.get(m, NONE)
-            proposed = ", ".join(f"{MODALITY_LABELS[m]} = {shown}" for m, shown in found.proposal.items())
-            self._status.value = (f"{len(found.options)} {'DICOM' if found.dicom else 'NIfTI'} series; proposed: {proposed or 'nothing recognised'}. "
-                                  "Check each sequence (none for a series too damaged to use), then Prepare and open.")
+            unnamed = [MODALITY_LABELS[m] for m in MODALITIES if m not in found.proposal]
+            self._status.value = (f"{len(found.options)} {'DICOM' if found.dicom else 'NIfTI'} series; "
+                                  + (f"no name says {', '.join(unnamed)}: choose by hand. " if unnamed else "each sequence proposed from the names. ")
+                                  + "Check each (none for a series too damaged to use), then Prepare and open.")
 
         def failed(exc):
             self._status.value = str(exc)
