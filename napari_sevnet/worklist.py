@@ -94,19 +94,38 @@ def _cached_report(case_id: str, files: dict[str, Path], case_folder: Path, cach
     return report if newest_input <= stamp and same_inputs and members == passes and kept_probabilities else None
 
 
-def exported_cases(dataset: str | Path | None) -> tuple[set[str], set[str]]:
-    """(source case ids, resolved source file paths) of every case in a dataset's manifest."""
+@dataclass
+class Exported:
+    """What a dataset's manifest says was exported: the source files' paths, and their SHA-256 by source case id."""
+
+    paths: set[str]
+    sha256_by_case: dict[str, set[str]]
+
+    def holds(self, case_id: str, files: dict[str, Path]) -> bool:
+        """Whether this case was exported: its very files, or (copied elsewhere since) files of that id with the same
+        content; never the id alone, which a second visit may share."""
+        if any(str(Path(p).resolve()) in self.paths for p in files.values()):
+            return True
+        from napari_sevnet.export import sha256_of
+
+        known = self.sha256_by_case.get(case_id)
+        return bool(known) and any(Path(p).is_file() and sha256_of(p) in known for role, p in files.items() if role != "seg")
+
+
+def exported_cases(dataset: str | Path | None) -> Exported:
+    """The cases of a dataset's manifest (nothing without a dataset)."""
     from napari_sevnet.export import read_manifest
 
+    exported = Exported(set(), {})
     if not dataset:
-        return set(), set()
+        return exported
     manifest = read_manifest(dataset) or {"cases": []}
-    ids, paths = set(), set()
     for record in manifest["cases"]:
         source = record.get("source") or {}
-        ids.add(source.get("case_id"))
-        paths.update(f.get("path") for f in (source.get("files") or {}).values())
-    return ids, paths
+        files = [f for f in (source.get("files") or {}).values() if isinstance(f, dict)]
+        exported.paths.update(f["path"] for f in files if f.get("path"))
+        exported.sha256_by_case.setdefault(source.get("case_id"), set()).update(f["sha256"] for f in files if f.get("sha256"))
+    return exported
 
 
 def run_worklist(
@@ -132,7 +151,7 @@ def run_worklist(
     if not folder.is_dir():
         raise InputError(folder, "worklist folder not found")
     cache = model_cache(folder, predictor.checkpoint)
-    done_ids, done_paths = exported_cases(dataset)
+    exported = exported_cases(dataset)
     for case_folder in find_cases([folder]):
         if cancel():
             raise Cancelled("worklist cancelled")
@@ -140,7 +159,7 @@ def run_worklist(
         try:
             case_id, files = case_files(case_folder)
             item.case_id = case_id
-            item.done = case_id in done_ids or any(str(Path(p).resolve()) in done_paths for p in files.values())
+            item.done = exported.holds(case_id, files)
             case_cache = cache / case_folder.relative_to(folder)  # one folder per case: two visits may share a case id
             item.report = _cached_report(case_id, files, case_folder, case_cache, passes)
             item.cached = item.report is not None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -205,6 +206,16 @@ def test_two_visits_with_one_case_id_each_keep_their_own_cached_result(tmp_path)
     again = {item.folder.name: item for item in run_worklist(cases, predictor)}
     assert all(item.cached for item in again.values())
     assert {name: item.report["volumes_ml"] for name, item in again.items()} == {name: item.report["volumes_ml"] for name, item in first.items()}
+    # the first visit exported: it is done, the second (same id, other scans) is not; a copy of the first is
+    from napari_sevnet.export import export_case
+    from napari_sevnet.io import load_case
+
+    first_case = load_case(cases / "visit1")
+    export_case(first_case, first_case.regions, tmp_path / "ds")
+    shutil.copytree(cases / "visit1", cases / "visit1_copy")
+    done = {item.folder.name: item.done for item in run_worklist(cases, predictor, dataset=tmp_path / "ds")}
+    assert done == {"visit1": True, "visit1_copy": True, "visit2": False}
+    shutil.rmtree(cases / "visit1_copy")
     # opened beside the first visit, the second gets scan layers of its own, and its result's guides are those
     from napari_sevnet.layers import LayerInfo
     from napari_sevnet.widgets.worklist import case_result_layers
