@@ -235,11 +235,15 @@ def evaluate_main(argv=None) -> int:
     rows.append({"case": "mean", **{f"{r}_{k}": v for r in REGIONS for k, v in mean[r].items()}})
     out = args.output or args.pred_dir
     out.mkdir(parents=True, exist_ok=True)
+    earlier = (out / "metrics.json").exists()
     with open(out / "metrics.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    _write_json(out / "metrics.json", {"cases": rows[:-1], "mean": mean, "references_without_prediction": unscored})
+    # which predictions were scored against which references: two evaluations of one folder are told apart
+    _write_json(out / "metrics.json", {"predictions": str(args.pred_dir.resolve()), "references": str(args.gt_dir.resolve()), "labels": args.labels,
+                                       "cases": rows[:-1], "mean": mean, "references_without_prediction": unscored})
+    print(f"sevnet-evaluate: wrote {out / 'metrics.csv'} and metrics.json" + (" (replacing an earlier evaluation's)" if earlier else ""), file=sys.stderr)
     columns = [("dice", "Dice", ".3f"), ("hd95", "HD95", ".2f")] + ([("lesion_dice", "LwDice", ".3f"), ("lesion_hd95", "LwHD95", ".2f")] if args.lesion_wise else [])
     print(f"{'case':<24}" + "".join(f"{r + ' ' + title:>12}" for r in REGIONS for _, title, _ in columns))
     for row in rows:
