@@ -83,8 +83,8 @@ class NestedEditor:
         self.source = "brush"  # what the next edit is: napari's tools, or a napari-sevnet tool that says so (a click, a fill)
         # source -> {"edits": in effect, "voxels": they changed, "undone": edits taken back}: the export's statistics
         self.counts: dict[str, dict[str, int]] = {}
-        # region -> {axial slice: [(in-plane box, undo entry) of its recent single-slice edits there]}, oldest slice first
-        self.drawn: dict[str, dict[tuple[int, int], list]] = {r: {} for r in REGIONS}  # region -> (axis, slice) -> strokes
+        # region -> {(axis of the plane, slice): [(in-plane box, undo entry) of its recent single-slice edits there]}, oldest first
+        self.drawn: dict[str, dict[tuple[int, int], list]] = {r: {} for r in REGIONS}
         for index, layer in enumerate(self.layers):
             _EDITORS[layer] = self
             layer.bind_key(UNDO_KEY, lambda _layer: self.undo(), overwrite=True)

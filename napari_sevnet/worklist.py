@@ -1,12 +1,13 @@
 """Worklist: segment a folder of cases with uncertainty and say which one to correct first.
 
-Results are cached next to the cases in ``FOLDER/.sevnet-worklist/<model>/<case folder>/``
-(in the user's cache folder when FOLDER is read-only)
-(the usual ``<case>_seg.nii.gz``, ``<case>_report.json``, uncertainty and
-probability maps in 8 bits, keyed by the checkpoint's weights), so a second visit costs nothing; a case
-whose files are newer than its cached report, or are not the files (or roles) it was made from, is segmented again. Cases already
-exported to a fine-tuning dataset are marked done (the dataset manifest keeps
-their source paths).
+Results are cached next to the cases in ``FOLDER/.sevnet-worklist/<model>/<case folder>/``,
+or in the user's cache folder when FOLDER is read-only: the usual
+``<case>_seg.nii.gz``, ``<case>_report.json``, uncertainty and probability maps
+in 8 bits, keyed by the checkpoint's weights, so a second visit costs nothing.
+A case whose files are newer than its cached report, or are not the files (or
+roles) it was made from, is segmented again. Cases already exported to a
+fine-tuning dataset are marked done (the dataset manifest keeps their source
+paths and checksums).
 """
 
 from __future__ import annotations
