@@ -379,6 +379,9 @@ def test_attention_widget_shows_weights_and_adds_feature_map(qtbot, segment_widg
     layer = viewer.layers[-1]
     assert layer.name == "enc2 ch3 feature map" and layer.data.shape == viewer.layers["phantom_0001 FLAIR"].data.shape
     assert np.any(layer.data != 0)
+    layer.visible = False
+    assert attention.show_feature_map("enc2", 3) is None, "the map open already is not computed again"
+    assert len(viewer.layers) == n + 1 and layer.visible and viewer.layers.selection.active is layer
     del worker
 
 

@@ -17,6 +17,8 @@ from napari_sevnet.layers import LayerInfo
 from napari_sevnet.widgets import shared_predictor
 from napari_sevnet.widgets.base import DockWidget
 
+FEATURE_MAP_KEY = "sevnet_feature_map"  # a feature-map layer's metadata: the result, stage and channel it shows
+
 
 class AttentionWidget(DockWidget):
     def __init__(self, napari_viewer):
@@ -184,6 +186,13 @@ class AttentionWidget(DockWidget):
         if layer is None or stage is None:
             return None
         meta = LayerInfo.from_layer(layer)
+        shown = {"result": meta.group, "stage": stage, "channel": channel}  # which map of which result a layer holds
+        for open_map in self._viewer.layers:
+            if open_map.metadata.get(FEATURE_MAP_KEY) == shown:  # open already: shown again, not computed and added twice
+                open_map.visible = True
+                self._viewer.layers.selection.active = open_map
+                self._status.value = f"'{open_map.name}' is open already"
+                return None
         sources = self._source_layers(meta, "Feature map failed")
         if sources is None:
             return None
@@ -201,7 +210,8 @@ class AttentionWidget(DockWidget):
         def add(out):
             fmap, limits = out
             name = f"{stage} ch{channel} feature map"
-            self._viewer.add_image(fmap, name=name, scale=reference.scale, translate=reference.translate, colormap="inferno", blending="additive", opacity=0.6, contrast_limits=limits)
+            self._viewer.add_image(fmap, name=name, scale=reference.scale, translate=reference.translate, colormap="inferno", blending="additive", opacity=0.6,
+                                   contrast_limits=limits, metadata={FEATURE_MAP_KEY: shown})
             self._status.value = f"added '{name}'"
 
         self._status.value = f"computing {stage} feature maps..."
