@@ -13,6 +13,7 @@ follow them like any result) and the uncertainty map.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Collection
 
 import numpy as np
@@ -155,10 +156,10 @@ class WorklistWidget(DockWidget):
 
     def _show(self):
         self.table.setRowCount(len(self.items))
-        ids = [item.case_id for item in self.items]
+        ids = Counter(item.case_id for item in self.items)
         for row, item in enumerate(self.items):
             volumes = (item.report or {}).get("volumes_ml", {})
-            case = f"{item.case_id} ({item.folder.name})" if ids.count(item.case_id) > 1 else item.case_id  # two visits of one case id
+            case = f"{item.case_id} ({item.folder.name})" if ids[item.case_id] > 1 else item.case_id  # two visits of one case id
             cells = [case, f"{item.score:.3f}" if item.report else "", *(f"{volumes.get(r, 0):.1f}" if item.report else "" for r in REGIONS), item.status]
             tips = [str(item.folder), *cells[1:-1], "\n".join([item.status, *item.warnings])]
             for col, (text, tip) in enumerate(zip(cells, tips)):
