@@ -256,18 +256,30 @@ def export_main(argv=None) -> int:
         prog="sevnet-export",
         description="Add a case and its corrected mask (from napari, ITK-SNAP, 3D Slicer, ...) to a fine-tuning dataset that sevnet-train reads.",
     )
-    parser.add_argument("case", type=Path, help="the case: its folder or any one of its files")
-    parser.add_argument("mask", type=Path, help="the corrected label NIfTI on the case's grid (BraTS 2021, 2023 or Decathlon labels)")
+    parser.add_argument("case", type=Path, nargs="?", help="the case: its folder or any one of its files")
+    parser.add_argument("mask", type=Path, nargs="?", help="the corrected label NIfTI on the case's grid (BraTS 2021, 2023 or Decathlon labels)")
     parser.add_argument("-d", "--dataset", required=True, type=Path, help="dataset folder (created when new)")
+    marks = parser.add_mutually_exclusive_group()
+    marks.add_argument("--withdraw", metavar="CASE_ID", help="take an exported case out of training instead (a wrong patient, a mask found wrong): its files and record stay")
+    marks.add_argument("--restore", metavar="CASE_ID", help="undo --withdraw for a case")
+    parser.add_argument("--version", type=int, help="with --withdraw or --restore: only this version of the case (default: every version)")
     parser.add_argument("--case-id", help="id in the dataset (default: the case's own id)")
     parser.add_argument("--model-mask", type=Path, help="the model's mask before correction, for the edit statistics")
     parser.add_argument("--checkpoint", type=Path, help="the checkpoint that produced the model's mask (default: the one its sevnet-predict report names)")
     parser.add_argument("--mask-labels", choices=["2021", "2023", "msd"], help="label convention of the masks (default: what the file says: our own masks and BraTS names do; a Decathlon case's masks are msd; else 0/1/2/4 is read as 2021, and 1/2/3 must be named)")
     parser.add_argument("--labels", choices=["2021", "2023"], help="label convention of a new dataset (default 2021)")
     parser.add_argument("--annotator", help="who corrected the mask")
-    parser.add_argument("--note", help="free text kept in the manifest")
+    parser.add_argument("--note", help="free text kept in the manifest (with --withdraw: why)")
     parser.add_argument("--replace", action="store_true", help="replace the case's earlier versions instead of adding a version")
     args = parser.parse_args(argv)
+    if args.withdraw or args.restore:
+        if args.case or args.mask:
+            parser.error("--withdraw and --restore take a case id and the dataset, not a case and a mask")
+        return _mark_main(args)
+    if args.case is None or args.mask is None:
+        parser.error("give the case and its corrected mask (or --withdraw / --restore a case id)")
+    if args.version is not None:
+        parser.error("--version goes with --withdraw or --restore")
 
     from napari_sevnet.assignments import load_assigned_or_named
     from napari_sevnet.export import export_case
@@ -289,6 +301,27 @@ def export_main(argv=None) -> int:
     edits = result.record["edits"]
     summary = "   ".join(f"{r} Dice(model, corrected) {e['dice_model_vs_corrected']:.3f}" for r, e in edits.items()) if edits else ""
     print(f"exported {result.case_id} version {result.version} to {result.folder}" + (f"\n{summary}" if summary else ""))
+    return 0
+
+
+def _mark_main(args) -> int:
+    """sevnet-export --withdraw / --restore: mark a case's versions in the dataset's manifest."""
+    from napari_sevnet.export import active_cases, read_manifest, restore, withdraw
+
+    case_id = args.withdraw or args.restore
+    try:
+        if args.withdraw:
+            changed = withdraw(args.dataset, case_id, version=args.version, note=args.note)
+        else:
+            changed = restore(args.dataset, case_id, version=args.version)
+        training = next((r for r in active_cases(read_manifest(args.dataset)) if r["case_id"] == case_id), None)
+    except InputError as exc:
+        print(f"sevnet-export: error: {exc}", file=sys.stderr)
+        return 2
+    done = "withdrew" if args.withdraw else "restored"
+    versions = ", ".join(str(r["version"]) for r in changed)
+    print(f"{done} {case_id} version {versions}" if changed else f"nothing to do: {case_id} was {'already withdrawn' if args.withdraw else 'not withdrawn'}")
+    print(f"training uses {case_id} version {training['version']} ({training['folder']})" if training else f"training leaves {case_id} out")
     return 0
 
 

@@ -8,6 +8,10 @@ A dataset folder::
       <case>_v2/        the same case exported again (version 2), ...
       runs/             fine-tuning runs started from the plugin
 
+A version can be withdrawn (:func:`withdraw`: a wrong patient, a mask found
+wrong later): its record is marked, its files stay, and training uses the
+newest version that is not withdrawn; :func:`restore` takes the mark back.
+
 Nothing is lost or half-written: a version is written into a hidden staging
 folder and renamed into place in one step (the commit); the manifest is then
 replaced atomically, all under a file lock. Each version folder carries its own
@@ -44,7 +48,7 @@ LOCK_NAME = ".dataset.lock"
 STAGING_PREFIX = ".staging-"
 RUNS_DIR = "runs"
 FORMAT = "napari-sevnet-dataset"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: records may be withdrawn (a reader of version 1 would train on them)
 LOCK_TIMEOUT_S = 30
 _CASE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
@@ -143,6 +147,9 @@ def _check_record(record, where: str, path: Path) -> None:
     replaces = record.get("replaces", [])
     if not isinstance(replaces, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in replaces):
         raise InputError(path, f"{where}.replaces must be a list of version numbers, not {replaces!r}")
+    withdrawn = record.get("withdrawn")
+    if withdrawn is not None and not (isinstance(withdrawn, dict) and isinstance(withdrawn.get("at"), str)):
+        raise InputError(path, f"{where}.withdrawn must be null or a record with the time ('at') it was withdrawn, not {withdrawn!r}")
     folder = record["folder"]
     dataset = path.parent.resolve()
     if Path(folder).name != folder or folder in ("", ".", "..") or (dataset / folder).resolve().parent != dataset:
@@ -150,9 +157,11 @@ def _check_record(record, where: str, path: Path) -> None:
 
 
 def active_cases(manifest: dict) -> list[dict]:
-    """The newest version of each case: what training uses. Older versions stay for the record."""
+    """The newest version of each case that is not withdrawn: what training uses. The others stay for the record."""
     newest: dict[str, dict] = {}
     for record in manifest["cases"]:
+        if record.get("withdrawn"):
+            continue
         if record["case_id"] not in newest or record["version"] > newest[record["case_id"]]["version"]:
             newest[record["case_id"]] = record
     return [newest[k] for k in sorted(newest)]
@@ -208,6 +217,65 @@ def _recover(dataset: Path, manifest: dict) -> None:
         else:
             _commit_record(dataset, manifest, record)  # committed, but the manifest was not yet updated
             known.add(key)
+
+
+# --------------------------------------------------------------------------- withdraw
+
+
+def _lock(dataset: Path):
+    """The dataset's lock, acquired (an InputError when another writer holds it or it cannot be made)."""
+    from filelock import FileLock, Timeout
+
+    try:
+        lock = FileLock(str(dataset / LOCK_NAME), timeout=LOCK_TIMEOUT_S)
+        lock.acquire()
+    except Timeout:
+        raise InputError(dataset, f"another export has held this dataset for {LOCK_TIMEOUT_S} s; try again when it is done") from None
+    except OSError as exc:
+        raise InputError(dataset, f"cannot lock the dataset: {exc.strerror or exc}") from None
+    return lock
+
+
+def _mark(dataset, case_id: str, version: int | None, withdrawn: dict | None) -> list[dict]:
+    """Set the ``withdrawn`` mark of ``case_id``'s versions (all, or ``version``) to ``withdrawn``; returns those changed."""
+    dataset = Path(dataset)
+    manifest = read_manifest(dataset)
+    if manifest is None:
+        raise InputError(dataset, f"has no {MANIFEST_NAME}: not a napari-sevnet dataset")
+    lock = _lock(dataset)
+    try:
+        manifest = read_manifest(dataset)  # again, under the lock
+        versions = [r for r in manifest["cases"] if r["case_id"] == case_id]
+        if not versions:
+            known = sorted({r["case_id"] for r in manifest["cases"]})
+            raise InputError(dataset / MANIFEST_NAME, f"lists no case {case_id!r} (it lists {', '.join(known) or 'none'})")
+        chosen = [r for r in versions if version is None or r["version"] == version]
+        if not chosen:
+            raise InputError(dataset / MANIFEST_NAME, f"case {case_id} has no version {version} (it has {sorted(r['version'] for r in versions)})")
+        changed = [r for r in chosen if bool(r.get("withdrawn")) != bool(withdrawn)]
+        for record in changed:
+            record["withdrawn"] = withdrawn
+        if changed:
+            manifest["format_version"] = FORMAT_VERSION
+            write_text_atomic(dataset / MANIFEST_NAME, json.dumps(manifest, indent=2))
+    finally:
+        lock.release()
+    return changed
+
+
+def withdraw(dataset, case_id: str, *, version: int | None = None, note: str | None = None) -> list[dict]:
+    """Take ``case_id`` (every version, or only ``version``) out of training; its files and record stay.
+
+    Returns the records newly withdrawn. Training then uses the newest version
+    left, and the worklist no longer counts the case as done.
+    """
+    mark = {"at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "note": note or None}
+    return _mark(dataset, case_id, version, mark)
+
+
+def restore(dataset, case_id: str, *, version: int | None = None) -> list[dict]:
+    """Undo :func:`withdraw` for ``case_id`` (every version, or only ``version``); returns the records restored."""
+    return _mark(dataset, case_id, version, None)
 
 
 # --------------------------------------------------------------------------- export
@@ -307,8 +375,6 @@ def export_case(
     how the correction was made ({"click": {"edits": in effect, "voxels": they changed, "undone": taken back},
     "edge": ..., "brush": ..., "fill": ...}).
     """
-    from filelock import FileLock, Timeout
-
     dataset = Path(dataset)
     case_id = check_case_id(case_id or case.case_id)
     corrected = make_nested(np.asarray(corrected, bool))
@@ -317,13 +383,7 @@ def export_case(
     if model_regions is not None and np.shape(model_regions) != corrected.shape:
         raise InputError(None, f"model output has shape {np.shape(model_regions)[1:]}, the case {case.case_id} has {case.shape}")
     _prepare_dataset(dataset)
-    try:
-        lock = FileLock(str(dataset / LOCK_NAME), timeout=LOCK_TIMEOUT_S)
-        lock.acquire()
-    except Timeout:
-        raise InputError(dataset, f"another export has held this dataset for {LOCK_TIMEOUT_S} s; try again when it is done") from None
-    except OSError as exc:
-        raise InputError(dataset, f"cannot lock the dataset: {exc.strerror or exc}") from None
+    lock = _lock(dataset)
     try:
         manifest = read_manifest(dataset) or _new_manifest(convention_name(label_convention or "brats2021"))
         if label_convention and convention_name(label_convention) != manifest["label_convention"]:

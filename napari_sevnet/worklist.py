@@ -122,6 +122,8 @@ def exported_cases(dataset: str | Path | None) -> Exported:
         return exported
     manifest = read_manifest(dataset) or {"cases": []}
     for record in manifest["cases"]:
+        if record.get("withdrawn"):
+            continue  # taken out of training: the case is to be done again
         source = record.get("source") or {}
         files = [f for f in (source.get("files") or {}).values() if isinstance(f, dict)]
         exported.paths.update(f["path"] for f in files if f.get("path"))

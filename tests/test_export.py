@@ -114,6 +114,72 @@ def test_another_patient_under_a_case_id_already_in_the_dataset_is_refused(case,
     assert ex.export_case(other, other.regions, ds, case_id="scans_b").version == 1
 
 
+def test_a_withdrawn_case_leaves_training_keeps_its_files_and_can_be_restored(case, phantom_dir, tmp_path):
+    """A wrong patient exported, or a mask found wrong later: take it out of training without losing the record."""
+    from napari_sevnet.worklist import exported_cases
+
+    ds = tmp_path / "ds"
+    ex.export_case(case, case.regions, ds, case_id="scans")
+    other = load_case(phantom_dir / "phantom_0001")
+    ex.export_case(other, other.regions, ds)
+    smaller = case.regions.copy()
+    smaller[:, :, :, : case.shape[2] // 2] = False
+    ex.export_case(case, smaller, ds, case_id="scans")  # version 2
+    files = snapshot(ds)
+
+    assert [r["version"] for r in ex.withdraw(ds, "scans", version=2, note="half the tumour missing")] == [2]
+    assert {r.case_id: r.folder.name for r in discover_cases([ds])} == {"phantom_0001": "phantom_0001", "scans": "scans"}, "the newest version left trains"
+    assert ex.withdraw(ds, "scans", version=2) == [], "withdrawing twice changes nothing"
+    ex.withdraw(ds, "scans")
+    assert [r.case_id for r in discover_cases([ds])] == ["phantom_0001"]
+    manifest = ex.read_manifest(ds)
+    assert manifest["format_version"] == 2 and len(manifest["cases"]) == 3
+    assert next(r for r in manifest["cases"] if r["version"] == 2)["withdrawn"]["note"] == "half the tumour missing"
+    assert {p: b for p, b in snapshot(ds).items() if p != "dataset.json"} == {p: b for p, b in files.items() if p != "dataset.json"}, "no file is deleted"
+    assert not exported_cases(ds).holds("phantom_0000", case.paths), "the worklist no longer counts it as done"
+
+    # the right patient under the id the wrong one had is no longer refused
+    assert ex.export_case(other, other.regions, ds, case_id="scans").version == 3
+    ex.withdraw(ds, "scans", version=3)
+    assert [r["version"] for r in ex.restore(ds, "scans", version=1)] == [1]
+    assert {r.case_id: r.folder.name for r in discover_cases([ds])}["scans"] == "scans"
+    with pytest.raises(InputError, match="lists no case 'nobody'.*phantom_0001, scans"):
+        ex.withdraw(ds, "nobody")
+    with pytest.raises(InputError, match=r"case scans has no version 9 \(it has \[1, 2, 3\]\)"):
+        ex.restore(ds, "scans", version=9)
+    with pytest.raises(InputError, match="has no dataset.json"):
+        ex.withdraw(tmp_path, "scans")
+
+
+def test_a_listed_case_whose_files_are_gone_stops_training_with_its_name(case, tmp_path):
+    """Skipping it would train without a correction someone made, and say nothing."""
+    ds = tmp_path / "ds"
+    ex.export_case(case, case.regions, ds)
+    (ds / "phantom_0000" / "phantom_0000_seg.nii.gz").unlink()
+    with pytest.raises(InputError, match=r"phantom_0000: is listed in .*dataset.json but cannot be read \(its mask.*--withdraw phantom_0000 -d"):
+        discover_cases([ds])
+    ex.withdraw(ds, "phantom_0000")
+    with pytest.raises(InputError, match="no labelled BraTS cases"):
+        discover_cases([ds])
+
+
+def test_withdraw_and_restore_from_the_command_line(case, tmp_path, capsys):
+    from napari_sevnet.cli import export_main
+
+    ds = tmp_path / "ds"
+    ex.export_case(case, case.regions, ds)
+    assert export_main(["--withdraw", "phantom_0000", "-d", str(ds), "--note", "wrong patient"]) == 0
+    assert capsys.readouterr().out.splitlines() == ["withdrew phantom_0000 version 1", "training leaves phantom_0000 out"]
+    assert export_main(["--restore", "phantom_0000", "-d", str(ds)]) == 0
+    assert capsys.readouterr().out.splitlines() == ["restored phantom_0000 version 1", "training uses phantom_0000 version 1 (phantom_0000)"]
+    assert export_main(["--withdraw", "nobody", "-d", str(ds)]) == 2
+    assert "lists no case 'nobody'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        export_main(["--withdraw", "phantom_0000", str(ds), "-d", str(ds)])
+    with pytest.raises(SystemExit):
+        export_main(["-d", str(ds)])
+
+
 @pytest.mark.parametrize("case_id", ["../evil", "/tmp/evil", "a/b", "..", ".hidden", "a\\b", "runs", "x" * 101, "é"])
 def test_case_ids_cannot_escape_the_dataset(case, tmp_path, case_id):
     ds = tmp_path / "ds"

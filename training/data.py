@@ -37,7 +37,8 @@ def discover_cases(roots: list[str | Path]) -> list[CaseRef]:
     """Case folders (holding BraTS-named files with a segmentation) below each root, sorted by id.
 
     A root may itself be one case folder. In an exported fine-tuning dataset
-    only the newest version of each case is used (its manifest says which).
+    only the newest version of each case is used (its manifest says which, leaving out
+    withdrawn ones), and a listed case whose files are gone is an error, not skipped.
     A case with one to three sequences is found, with what it lacks (``CaseRef.missing``).
     """
     refs: dict[str, CaseRef] = {}
@@ -47,15 +48,19 @@ def discover_cases(roots: list[str | Path]) -> list[CaseRef]:
             raise InputError(root, "training data folder not found")
         manifest = read_manifest(root)
         if manifest is not None:
-            folders = [root / record["folder"] for record in active_cases(manifest)]
+            folders = [(root / record["folder"], record["case_id"]) for record in active_cases(manifest)]
         else:
-            folders = find_cases([root], labelled=True)
-        for folder in folders:
+            folders = [(folder, None) for folder in find_cases([root], labelled=True)]
+        for folder, listed_as in folders:
             try:
                 case_id, files, _ = find_case_files(folder, allow_missing=True)
-            except InputError:
+            except InputError as exc:
+                if listed_as is not None:
+                    raise _listed_but_unreadable(root, folder, listed_as, str(exc)) from None
                 continue
             if "seg" not in files:
+                if listed_as is not None:
+                    raise _listed_but_unreadable(root, folder, listed_as, "its mask (_seg file) is missing")
                 continue
             if case_id in refs and refs[case_id].folder.resolve() != folder.resolve():
                 raise InputError(folder, f"holds case {case_id}, which {refs[case_id].folder} holds too: one case would train twice, or its "
@@ -64,6 +69,12 @@ def discover_cases(roots: list[str | Path]) -> list[CaseRef]:
     if not refs:
         raise InputError(", ".join(map(str, roots)), "no labelled BraTS cases (t1, t1ce, t2 or flair files and a seg file) found")
     return [refs[k] for k in sorted(refs)]
+
+
+def _listed_but_unreadable(root: Path, folder: Path, case_id: str, problem: str) -> InputError:
+    """A case the dataset's manifest lists but whose files are gone: training without it would drop a correction unsaid."""
+    return InputError(folder, f"is listed in {root / 'dataset.json'} but cannot be read ({problem}): put its files back, or take the case "
+                      f"out of training with `sevnet-export --withdraw {case_id} -d {root}`")
 
 
 def training_spacing(cases: list[CaseRef]) -> list[float]:
