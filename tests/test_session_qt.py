@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import warnings
 
 import nibabel as nib
@@ -205,6 +206,44 @@ def test_finetune_cancelled_before_its_first_epoch_leaves_nothing(qtbot, make_na
     assert not finetune.run_dir.exists()
     finetune._draw()
     assert finetune.figure.axes and finetune.validation_kind == "training_cases"
+
+
+def test_finetune_names_unusable_data_and_folders_before_starting_the_trainer(qtbot, make_napari_viewer, tmp_path, monkeypatch):
+    """Each of these once started a trainer that failed seconds later (leaving an empty run folder), or raised and left Start dead."""
+    from napari_sevnet.export import export_case, withdraw
+    from napari_sevnet.widgets.finetune import FineTuneWidget
+
+    messages = []
+    monkeypatch.setattr("napari.utils.notifications.show_error", messages.append)
+    case = io.load_case(write_phantom(tmp_path / "cases", seed=3, shape=(48, 56, 48)))
+    export_case(case, case.regions, tmp_path / "ds")
+    finetune = FineTuneWidget(make_napari_viewer())
+    finetune.dataset = tmp_path / "ds"
+
+    (tmp_path / "empty").mkdir()
+    finetune._replay.value = tmp_path / "empty"
+    assert finetune.start() is None and "empty: no labelled BraTS cases" in messages[-1]
+    finetune._replay.value = None
+
+    seg = tmp_path / "ds" / "phantom_0003" / "phantom_0003_seg.nii.gz"
+    seg.rename(tmp_path / "seg.nii.gz")
+    assert finetune.start() is None and "is listed in" in messages[-1] and "--withdraw phantom_0003" in messages[-1]
+    (tmp_path / "seg.nii.gz").rename(seg)
+
+    (tmp_path / "ds" / "runs").write_text("not a folder")  # as a read-only share would refuse it
+    assert finetune.start() is None and "cannot create the folder for the run" in messages[-1]
+    assert finetune.process is None and finetune._start.enabled, "Start still works"
+    (tmp_path / "ds" / "runs").unlink()
+
+    monkeypatch.setattr("napari_sevnet.widgets.finetune.trainer_program", lambda: [sys.executable, "-c", "import sys; sys.exit('CUDA out of memory')"])
+    finetune.start()
+    qtbot.waitUntil(lambda: finetune.process is None, timeout=60_000)
+    assert "CUDA out of memory" in messages[-1] and "log and checkpoints" not in messages[-1]
+    assert not finetune.run_dir.exists(), "a trainer that wrote nothing leaves no empty run folder behind"
+
+    withdraw(tmp_path / "ds", "phantom_0003")
+    assert finetune.start() is None and "withdraws every case it lists" in messages[-1]
+    assert not any(p.is_dir() for p in (tmp_path / "ds").glob("runs/*")), "no trainer was started"
 
 
 def test_the_reader_says_why_and_files_can_be_assigned_by_hand(qtbot, make_napari_viewer, tmp_path, monkeypatch):

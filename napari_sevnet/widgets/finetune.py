@@ -149,7 +149,14 @@ class FineTuneWidget(DockWidget):
         if manifest is None:
             raise InputError(dataset, "has no dataset.json: choose a dataset written by Export or sevnet-export")
         if not active_cases(manifest):
-            raise InputError(dataset / "dataset.json", "lists no cases yet: export a corrected case first")
+            why = "withdraws every case it lists" if manifest["cases"] else "lists no cases yet"
+            raise InputError(dataset / "dataset.json", f"{why}: export a corrected case first")
+        from training.data import discover_cases
+
+        replay = chosen_path(self._replay)
+        discover_cases([dataset])  # what the trainer will read: a listed case whose files are gone is named here, not after its start
+        if replay is not None:
+            discover_cases([replay])
         base = self.base_checkpoint()
         read_info(base)  # a broken checkpoint is reported here, not by the subprocess
         try:
@@ -173,7 +180,6 @@ class FineTuneWidget(DockWidget):
             *trainer_program(), "--config", str(_finetune_config()), "--init", str(base), "-o", str(run_dir), "--progress-json",
             f"data.roots={json.dumps([str(dataset)])}", f"epochs={self._epochs.value}", f"steps_per_epoch={self._steps.value}", f"lr={lr}",
         ]
-        replay = chosen_path(self._replay)
         if replay is not None:
             args.append(f"data.replay_roots={json.dumps([str(replay)])}")
         return args
@@ -186,8 +192,13 @@ class FineTuneWidget(DockWidget):
             return self.process
         try:
             args = self.command()
+            # in a folder of ours: `python -m` would import a user's own `training/` from napari's working directory
+            self.run_dir.parent.mkdir(parents=True, exist_ok=True)
         except InputError as exc:
             self._fail(str(exc))
+            return None
+        except OSError as exc:
+            self._fail(f"{self.run_dir.parent}: cannot create the folder for the run ({exc.strerror or exc}); copy the dataset to a folder you can write to")
             return None
         self.losses, self.dice, self.error_message, self.exit_code, self.checkpoint = [], [], None, None, None
         self.validation_kind = None
@@ -210,8 +221,6 @@ class FineTuneWidget(DockWidget):
         process.errorOccurred.connect(self._on_process_error)
         self._start.enabled, self._cancel.enabled = False, True
         self._status.value = "starting the trainer..."
-        # in a folder of ours: `python -m` would import a user's own `training/` from napari's working directory
-        self.run_dir.parent.mkdir(parents=True, exist_ok=True)
         process.setWorkingDirectory(str(self.run_dir.parent))
         process.start(args[0], args[1:])
         return process
@@ -323,7 +332,10 @@ class FineTuneWidget(DockWidget):
         else:
             self.checkpoint = last if last is not None and last.is_file() else None
             reason = self.error_message or self._last_stderr or f"the trainer exited with code {exit_code}"
-            self._fail(f"{reason} (log and checkpoints in {self.run_dir})")
+            if self.run_dir is not None and self.run_dir.is_dir() and not any(self.run_dir.iterdir()):
+                self.run_dir.rmdir()  # it failed before writing anything: no empty folder left behind per try
+            kept = self.run_dir is not None and self.run_dir.is_dir()
+            self._fail(f"{reason} (log and checkpoints in {self.run_dir})" if kept else reason)
         self._use.enabled = self.checkpoint is not None
 
     def worse_than_start(self) -> str | None:
