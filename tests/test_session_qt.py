@@ -187,6 +187,19 @@ def test_export_follows_the_selected_run_and_warns_about_an_unedited_mask(qtbot,
     assert warnings and "not edited" in warnings[-1]
     assert finetune.dataset == tmp_path / "dataset", "Fine-tune picks up the dataset just exported"
 
+    # a second export, of another run, was a slip: the button takes it back out of training, and version 1 trains again
+    assert export._withdraw.enabled
+    viewer.layers.selection.active = first["WT"]
+    export.export()
+    qtbot.waitUntil(lambda: export.worker is None, timeout=60_000)
+    assert export.exported.version == 2
+    export.withdraw()
+    assert "phantom_0003 v2 withdrawn (training uses version 1" in export._status.value and not export._withdraw.enabled
+    from training.data import discover_cases
+
+    (ref,) = discover_cases([tmp_path / "dataset"])
+    assert ref.folder.name == "phantom_0003" and (tmp_path / "dataset" / "phantom_0003_v2").is_dir()
+
 
 def test_finetune_cancelled_before_its_first_epoch_leaves_nothing(qtbot, make_napari_viewer, tmp_path):
     from napari_sevnet.export import export_case

@@ -5,7 +5,8 @@ rename, manifest under a lock), run in a ``thread_worker``; this widget only
 gathers the layers, the dataset folder and the annotator's note. It follows
 the result the user works on (the one whose layer is selected, else the
 newest run), says which case and run it will export, and warns when those
-layers were never edited. The edit statistics compare the layers with the
+layers were never edited. *Withdraw this export* takes a mistaken export back
+out of training (:func:`napari_sevnet.export.withdraw`; the files stay). The edit statistics compare the layers with the
 model output kept in their metadata.
 """
 
@@ -27,6 +28,7 @@ TOOLTIPS = {
     "dataset": "A new or empty folder, or an existing napari-sevnet dataset (it has a dataset.json).",
     "case_id": "Folder name of the case in the dataset (default: the case's own id).",
     "replace": "Delete the case's earlier versions in this dataset (after the new one is written). Off: add a new version.",
+    "withdraw": "Take the version just exported out of training (the wrong case, an unfinished mask); its files stay in the dataset.",
 }
 
 
@@ -43,10 +45,13 @@ class ExportWidget(DockWidget):
         self._target = Label(value="")
         self._target.native.setWordWrap(True)
         self._status = Label(value="")
-        self.extend([self._result, self._target, self._dataset, self._case_id, self._annotator, self._note, self._replace, self._export, self._status])
+        self._withdraw = PushButton(text="Withdraw this export", enabled=False, tooltip=TOOLTIPS["withdraw"])
+        self.exported = None  # the last ExportResult, which Withdraw takes back out of training
+        self.extend([self._result, self._target, self._dataset, self._case_id, self._annotator, self._note, self._replace, self._export, self._status, self._withdraw])
 
         self._result.changed.connect(self._on_result)
         self._export.changed.connect(self.export)
+        self._withdraw.changed.connect(self.withdraw)
         self.follow_results(self._result, then=lambda _event: self._describe())
 
     def _on_result(self, layer):
@@ -124,12 +129,34 @@ class ExportWidget(DockWidget):
         from napari.utils.notifications import show_info
 
         self._status.value = f"{result.case_id} v{result.version} -> {result.folder}"
+        self.exported, self._withdraw.enabled = result, True
         show_info(f"Exported {result.case_id} (version {result.version}) to {result.folder}")
         from napari_sevnet.widgets.finetune import FineTuneWidget
 
         finetune = find_widget(self._viewer, FineTuneWidget)
         if finetune is not None:  # fine-tune on what was just exported
             finetune.dataset = result.folder.parent
+
+    def withdraw(self) -> None:
+        """Take the last export out of training (its record is marked; no file is deleted)."""
+        from napari.utils.notifications import show_info
+
+        from napari_sevnet.export import active_cases, read_manifest, withdraw
+
+        result = self.exported
+        if result is None:
+            return
+        dataset = result.folder.parent
+        try:
+            withdraw(dataset, result.case_id, version=result.version, note="withdrawn from the Export dock")
+            left = next((r for r in active_cases(read_manifest(dataset)) if r["case_id"] == result.case_id), None)
+        except InputError as exc:
+            self._error(exc)
+            return
+        self.exported, self._withdraw.enabled = None, False
+        training = f"training uses version {left['version']}" if left else "training leaves the case out"
+        self._status.value = f"{result.case_id} v{result.version} withdrawn ({training}; its files stay in {result.folder})"
+        show_info(f"Withdrew {result.case_id} version {result.version}: {training}.")
 
     def _on_finished(self):
         self._export.enabled = True
