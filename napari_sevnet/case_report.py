@@ -16,17 +16,20 @@ import datetime as _dt
 import html
 import io as _io
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 
 from napari_sevnet.checkpoint import sequence_caveats, training_caveats
+from napari_sevnet.errors import InputError
 from napari_sevnet.files import write_text_atomic
 from napari_sevnet.io import MODALITIES, MODALITY_LABELS, Case
 from napari_sevnet.readout import Readout, format_ml
 from napari_sevnet.regions import REGIONS
 from napari_sevnet.report import RESEARCH_USE
 
+SCAN_META = "napari-sevnet-scan"  # the report's scan, so a later report of another case never replaces it unasked
 REGION_COLOURS = {"WT": "#2ecc40", "TC": "#ff4136", "ET": "#ffdc00"}
 
 
@@ -125,9 +128,40 @@ def render(case: Case, regions: np.ndarray, readout: Readout, *, checkpoint: str
             f"<table><tr><th>region</th><th>baseline mL</th><th>follow-up mL</th><th>change</th><th>%</th></tr>{changes}</table><p>{html.escape(comparison['criteria'])}.</p></section>"
         )
     style = "body{font-family:sans-serif;max-width:1100px;margin:1em auto}table{border-collapse:collapse}td,th{border:1px solid #999;padding:2px 6px}.notice{background:#fff3cd;padding:6px}img{width:100%}"
-    return f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(case.case_id)} report</title><style>{style}</style></head><body>{''.join(sections)}</body></html>"
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><meta name='{SCAN_META}' content='{html.escape(scan_of(case), quote=True)}'>"
+            f"<title>{html.escape(case.case_id)} report</title><style>{style}</style></head><body>{''.join(sections)}</body></html>")
 
 
-def write(path: str | Path, case: Case, regions: np.ndarray, readout: Readout, **kwargs) -> Path:
-    """Write the report (atomically); returns its path."""
+def scan_of(case: Case) -> str:
+    """What a report is the report of: the case's reference scan (its id for a case held in memory only)."""
+    return str(Path(case.reference).resolve()) if case.paths else f"in-memory case {case.case_id}"
+
+
+def reported_scan(path: Path) -> str | None:
+    """The scan an existing report names (None: not a report of ours)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            head = fh.read(4096)
+    except OSError:
+        return None
+    found = re.search(rf"<meta name='{SCAN_META}' content='([^']*)'>", head)
+    return html.unescape(found.group(1)) if found else None
+
+
+def write(path: str | Path, case: Case, regions: np.ndarray, readout: Readout, *, overwrite: bool = False, **kwargs) -> Path:
+    """Write the report (atomically); returns its path.
+
+    An existing file is replaced when it is this scan's own earlier report (written again after edits) or
+    ``overwrite`` is given; another case's report, or any other file, is refused by name: a report path left
+    in the dock from the last patient must not silently replace that patient's report.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(path, "is a folder: give the report a file name (.html)")
+    if path.exists() and not overwrite:
+        scan = reported_scan(path)
+        if scan is None:
+            raise InputError(path, "already exists and is not a napari-sevnet case report; choose another name (nothing was written)")
+        if scan != scan_of(case):
+            raise InputError(path, f"already holds the report of another scan ({scan}); choose another name for the report of {case.case_id} (nothing was written)")
     return write_text_atomic(path, render(case, regions, readout, **kwargs))

@@ -334,8 +334,18 @@ def measure_main(argv=None) -> int:
     parser.add_argument("--report", type=Path, help="also write the case report (self-contained HTML) here")
     parser.add_argument("--checkpoint", help="the model that made the mask, named in the report (default: the one its sevnet-predict report names)")
     parser.add_argument("-o", "--output", type=Path, help="write the read-out as JSON here")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing -o file, or a --report that is not this scan's own earlier report")
     args = parser.parse_args(argv)
     _setup_logging(False)
+    inputs = {p.resolve() for p in (args.case, args.mask, *(args.baseline or ()))}
+    if args.report and args.output and args.report.resolve() == args.output.resolve():
+        parser.error("--report and -o name the same file")
+    for flag, target in (("--report", args.report), ("-o", args.output)):
+        if target is not None and target.resolve() in inputs:
+            parser.error(f"{flag} {target} is one of the inputs: it would be overwritten")
+    if args.output is not None and args.output.exists() and not args.overwrite:
+        print(f"sevnet-measure: error: {args.output}: already exists; pass --overwrite to replace it", file=sys.stderr)
+        return 2
 
     from napari_sevnet import case_report
     from napari_sevnet.assignments import load_assigned_or_named
@@ -356,7 +366,7 @@ def measure_main(argv=None) -> int:
             # volumes and products are measured on each visit's own grid: the comparison needs no registration
             comparison = compare_visits(measure(base_regions, base_case.spacing, base_case.grid), readout)
         if args.report:
-            case_report.write(args.report, case, regions, readout, checkpoint=args.checkpoint or checkpoint_of(args.mask), comparison=comparison)
+            case_report.write(args.report, case, regions, readout, checkpoint=args.checkpoint or checkpoint_of(args.mask), comparison=comparison, overwrite=args.overwrite)
     except InputError as exc:
         print(f"sevnet-measure: error: {exc}", file=sys.stderr)
         return 2

@@ -124,3 +124,42 @@ def test_a_report_on_a_mask_made_without_t1ce_says_what_the_model_card_measured_
 
     assert "synthetic phantoms only" in case_report.render(complete, complete.regions, readout, checkpoint=str(phantom_checkpoint()))
     assert "synthetic phantoms only" not in case_report.render(complete, complete.regions, readout, checkpoint=str(bundled_checkpoint()))
+
+
+def test_a_report_replaces_only_its_own_scans_earlier_report_and_sevnet_measure_never_overwrites_unasked(tmp_path, capsys):
+    """The report path stays in the dock (and in a shell's history) from the last patient: the next one must not replace that report."""
+    from napari_sevnet import case_report
+    from napari_sevnet.cli import measure_main
+    from napari_sevnet.errors import InputError
+    from napari_sevnet.io import load_case
+    from napari_sevnet.phantom import write_phantom
+
+    first, second = (load_case(write_phantom(tmp_path / "cases", seed=seed, shape=(48, 56, 48))) for seed in (4, 5))
+    report = tmp_path / "report.html"
+    case_report.write(report, first, first.regions, measure(first.regions, first.spacing, first.grid))
+    edited = first.regions.copy()
+    edited[:, :, :, :20] = False
+    case_report.write(report, first, edited, measure(edited, first.spacing, first.grid))  # the same scan, after edits: replaced
+    kept = report.read_bytes()
+    with pytest.raises(InputError, match="already holds the report of another scan .*phantom_0004.*choose another name for the report of phantom_0005"):
+        case_report.write(report, second, second.regions, measure(second.regions, second.spacing, second.grid))
+    assert report.read_bytes() == kept
+    notes = tmp_path / "notes.html"
+    notes.write_text("<html>the clinician's own notes</html>")
+    with pytest.raises(InputError, match="not a napari-sevnet case report"):
+        case_report.write(notes, first, first.regions, measure(first.regions, first.spacing, first.grid))
+    case_report.write(report, second, second.regions, measure(second.regions, second.spacing, second.grid), overwrite=True)
+    assert "phantom_0005 report" in report.read_text(encoding="utf-8")
+
+    case, mask = tmp_path / "cases" / "phantom_0004", tmp_path / "cases" / "phantom_0004" / "phantom_0004_seg.nii.gz"
+    out = tmp_path / "readout.json"
+    out.write_text("{}")
+    assert measure_main([str(case), str(mask), "-o", str(out)]) == 2
+    assert "readout.json: already exists; pass --overwrite" in capsys.readouterr().err and out.read_text() == "{}"
+    assert measure_main([str(case), str(mask), "-o", str(out), "--overwrite"]) == 0 and "lesions" in out.read_text()
+    assert measure_main([str(case), str(mask), "--report", str(notes)]) == 2
+    assert "not a napari-sevnet case report" in capsys.readouterr().err
+    before = mask.read_bytes()
+    with pytest.raises(SystemExit):
+        measure_main([str(case), str(mask), "-o", str(mask), "--overwrite"])
+    assert "is one of the inputs" in capsys.readouterr().err and mask.read_bytes() == before

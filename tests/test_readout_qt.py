@@ -86,3 +86,30 @@ def test_two_visits_on_different_grids_are_compared_and_aligned(qtbot, make_napa
     from napari_sevnet.metrics import dice
 
     assert dice(aligned, follow_wt) > 0.8
+
+
+def test_the_report_path_left_from_the_last_patient_does_not_replace_that_patients_report(qtbot, make_napari_viewer, tmp_path):
+    from napari_sevnet.widgets.readout import ReadoutWidget
+
+    viewer = make_napari_viewer(show=True)
+    readout = ReadoutWidget(viewer)
+    viewer.window.add_dock_widget(readout)
+    errors = []
+    readout.report_error = lambda title, exc: errors.append(str(exc))
+    first = viewer.open(str(write_phantom(tmp_path, seed=4, shape=(48, 56, 48))), plugin="napari-sevnet")
+    viewer.layers.selection.active = first[-1]
+    qtbot.waitUntil(lambda: readout.readout is not None and readout.worker is None, timeout=30_000)
+    readout._report_path.value = tmp_path / "report.html"
+    readout.write_report()
+    qtbot.waitUntil(lambda: readout.worker is None, timeout=60_000)
+    assert "report written" in readout._status.value and not errors
+    written = (tmp_path / "report.html").read_bytes()
+
+    second = viewer.open(str(write_phantom(tmp_path, seed=5, shape=(48, 56, 48))), plugin="napari-sevnet")
+    viewer.layers.selection.active = second[-1]
+    qtbot.waitUntil(lambda: readout.worker is None and "phantom_0005" in readout._tracked["WT"].name, timeout=30_000)
+    qtbot.waitUntil(lambda: readout.worker is None, timeout=30_000)
+    readout.write_report()
+    qtbot.waitUntil(lambda: readout.worker is None and bool(errors), timeout=60_000)
+    assert "already holds the report of another scan" in errors[-1] and "phantom_0004" in errors[-1]
+    assert (tmp_path / "report.html").read_bytes() == written
