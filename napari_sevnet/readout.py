@@ -224,11 +224,21 @@ def compare_visits(baseline: Readout, follow_up: Readout) -> dict:
     }
 
 
-def align_follow_up(baseline_image: np.ndarray, baseline_spacing, follow_image: np.ndarray, follow_spacing, follow_regions: np.ndarray) -> np.ndarray:
-    """The follow-up's regions moved onto the baseline's grid by a rigid registration of its FLAIR (SimpleITK, offline).
+#: the sequence two visits are registered on: the first that both have
+ALIGNMENT_SEQUENCES = ("flair", "t2", "t1ce", "t1")
+
+
+def alignment_sequence(fixed_sequences, moving_sequences) -> str | None:
+    """The sequence to register two visits on (FLAIR first: the whole tumour and the head's outline), None if they share none."""
+    return next((m for m in ALIGNMENT_SEQUENCES if m in fixed_sequences and m in moving_sequences), None)
+
+
+def align_regions(fixed_image: np.ndarray, fixed_spacing, moving_image: np.ndarray, moving_spacing, moving_regions: np.ndarray) -> np.ndarray:
+    """One visit's regions moved onto the other visit's grid by a rigid registration of one sequence (SimpleITK, offline).
 
     Used when the two visits are not on one grid: volumes do not need it, the
-    side-by-side view and any voxel-wise comparison do.
+    side-by-side view and any voxel-wise comparison do. Both images must be of
+    the same sequence (:func:`alignment_sequence`).
     """
     import SimpleITK as sitk
 
@@ -237,7 +247,7 @@ def align_follow_up(baseline_image: np.ndarray, baseline_spacing, follow_image: 
         img.SetSpacing(tuple(float(s) for s in spacing[::-1]))
         return img
 
-    fixed, moving = image(baseline_image, baseline_spacing), image(follow_image, follow_spacing)
+    fixed, moving = image(fixed_image, fixed_spacing), image(moving_image, moving_spacing)
     transform = sitk.CenteredTransformInitializer(fixed, moving, sitk.Euler3DTransform(), sitk.CenteredTransformInitializerFilter.MOMENTS)
     method = sitk.ImageRegistrationMethod()
     method.SetMetricAsMattesMutualInformation(32)
@@ -250,5 +260,5 @@ def align_follow_up(baseline_image: np.ndarray, baseline_spacing, follow_image: 
     method.SetSmoothingSigmasPerLevel([2, 1, 0])
     method.SetInitialTransform(transform, inPlace=False)
     final = method.Execute(fixed, moving)
-    moved = [sitk.GetArrayFromImage(sitk.Resample(image(r.astype(np.float32), follow_spacing), fixed, final, sitk.sitkNearestNeighbor, 0.0)) > 0.5 for r in follow_regions]
+    moved = [sitk.GetArrayFromImage(sitk.Resample(image(r.astype(np.float32), moving_spacing), fixed, final, sitk.sitkNearestNeighbor, 0.0)) > 0.5 for r in moving_regions]
     return np.stack(moved)

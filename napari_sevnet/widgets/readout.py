@@ -222,21 +222,31 @@ class ReadoutWidget(DockWidget):
 
         @thread_worker
         def work():
-            from napari_sevnet.readout import align_follow_up, compare_visits, measure
+            from napari_sevnet.io import MODALITIES
+            from napari_sevnet.readout import align_regions, alignment_sequence, compare_visits, measure
 
             comparison = compare_visits(measure(base, tuple(baseline.scale), base_info.grid), measure(now, tuple(follow.scale), now_info.grid))
-            aligned = None
-            if not same_grid:  # the baseline's regions onto the follow-up's scan, for the eye
+            aligned, unaligned = None, None
+            if not same_grid:  # the baseline's regions onto the follow-up's scan, for the eye; the change needs no registration
                 base_case, now_case = case_from_layers(layers, baseline), case_from_layers(layers, follow)
-                aligned = align_follow_up(now_case.image[3], now_case.spacing, base_case.image[3], base_case.spacing, base)
-            return comparison, aligned
+                sequence = alignment_sequence(now_case.sequences, base_case.sequences)
+                if sequence is None:
+                    unaligned = "the two visits share no sequence to register them on"
+                else:
+                    channel = MODALITIES.index(sequence)
+                    try:
+                        aligned = align_regions(now_case.image[channel], now_case.spacing, base_case.image[channel], base_case.spacing, base)
+                    except RuntimeError as exc:  # SimpleITK's own words
+                        unaligned = f"registering the visits' {sequence} failed ({str(exc).strip().splitlines()[-1]})"
+            return comparison, aligned, unaligned
 
         def show(out):
-            comparison, aligned = out
+            comparison, aligned, unaligned = out
             self.comparison = comparison
             spd = comparison["sum_of_products_mm2"]
             pct = f"{spd['percent']:+.1f} %" if spd["percent"] is not None else "n/a"
-            self._status.value = f"since {baseline.name.replace(' WT', '')}: sum of products {spd['baseline']:.0f} → {spd['follow_up']:.0f} mm² ({pct}): {comparison['category']}"
+            self._status.value = (f"since {baseline.name.replace(' WT', '')}: sum of products {spd['baseline']:.0f} → {spd['follow_up']:.0f} mm² ({pct}): {comparison['category']}"
+                                  + (f"; the baseline is not shown on this scan: {unaligned}" if unaligned else ""))
             if aligned is not None:
                 from napari_sevnet.layers import region_labels
 
