@@ -147,10 +147,19 @@ def test_the_segment_dock_runs_with_a_sequence_set_to_none_and_records_it(qtbot,
     attention._refresh()
     attention._source.value = segment.result_layers["WT"]
     attention.compute_contributions()
+    assert attention._cancel.enabled and not attention._contribute.enabled
+    attention.cancel()
     qtbot.waitUntil(lambda: attention.worker is None, timeout=120_000)
+    assert "cancelled" in attention._status.value and not attention.contributions and attention._contribute.enabled
+    attention.compute_contributions()
+    n = len(viewer.layers)
+    assert attention.show_feature_map("enc1", 1) is None and "still segmenting again" in attention._status.value, "one job at a time"
+    qtbot.waitUntil(lambda: attention.worker is None, timeout=120_000)
+    assert len(viewer.layers) == n
     chart = attention.contributions[id(segment.result_layers["WT"])]
     assert set(chart) == {"t1ce", "t2", "flair"} and all(set(v) == {"WT", "TC", "ET"} for v in chart.values())
-    n = len(viewer.layers)
     attention.show_feature_map("enc1", 0)  # from the three sequences the result had, not a missing T1 layer
+    for channel in (1, 2, 1):  # clicks on other bars while it computes: each map holds GBs on a real case
+        assert attention.show_feature_map("enc1", channel) is None and "still computing the enc1 ch0 feature map" in attention._status.value
     qtbot.waitUntil(lambda: attention.worker is None, timeout=120_000)
     assert len(viewer.layers) == n + 1 and viewer.layers[-1].name == "enc1 ch0 feature map", attention._status.value

@@ -9,6 +9,8 @@ feature map, resampled to the image grid, as an image layer over the scan.
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 from magicgui.widgets import ComboBox, Label, PushButton, SpinBox
 
@@ -28,9 +30,10 @@ class AttentionWidget(DockWidget):
         self._channel = SpinBox(label="Channel", min=0, max=0)
         self._show = PushButton(text="Show feature map")
         self._contribute = PushButton(text="What each sequence contributed", tooltip="Segment the case again without each sequence (one pass each; a model trained for missing sequences)")
+        self._cancel = PushButton(text="Cancel", enabled=False, tooltip="Stop working out the contributions")
         self._status = Label(value="")
         self._status.native.setWordWrap(True)
-        self.extend([self._source, self._stage, self._channel, self._show, self._contribute, self._status])
+        self.extend([self._source, self._stage, self._channel, self._show, self._contribute, self._cancel, self._status])
 
         from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
         from matplotlib.figure import Figure
@@ -42,12 +45,15 @@ class AttentionWidget(DockWidget):
         self.canvas.mpl_connect("button_press_event", self._on_click)
         self._drawn = None
         self.contributions: dict[int, dict] = {}  # id(WT layer) -> {sequence: {region: drop}}
+        self._job = ""  # what the running worker computes, for the words when another click comes meanwhile
+        self._cancel_event: threading.Event | None = None
 
         self._source.changed.connect(self._on_source)
         self._stage.changed.connect(self._on_stage)
         self._channel.changed.connect(lambda _v: self.draw())
         self._show.changed.connect(lambda: self.show_feature_map(self._stage.value, self._channel.value))
         self._contribute.changed.connect(self.compute_contributions)
+        self._cancel.changed.connect(self.cancel)
         self.on_layers_changed(self._refresh)
         self._refresh()
 
@@ -140,12 +146,51 @@ class AttentionWidget(DockWidget):
             ax.text(j, i, f"{value:.2f}", ha="center", va="center", color="white" if value < 0.6 * grid.max() else "black", fontsize=8)
         ax.set_title("drop in mean probability without each sequence", fontsize=9)
 
+    # ------------------------------------------------------------------ one job at a time
+
+    def _busy(self) -> bool:
+        """Whether a computation runs (then a click says so instead of starting a second one beside it)."""
+        if self.worker is None:
+            return False
+        self._status.value = f"still {self._job}: wait for it" + (", or cancel it" if self._cancel_event is not None else "")
+        return True
+
+    def _start(self, job: str, work, returned, failure: str, cancel: threading.Event | None = None):
+        self._job, self._cancel_event = job, cancel
+        self._status.value = job + "..."
+        self._show.enabled = self._contribute.enabled = False
+        self._cancel.enabled = cancel is not None
+        return self.start_worker(work, returned=returned, errored=lambda exc: self._failed(failure, exc), finished=self._on_finished)
+
+    def _failed(self, failure: str, exc: BaseException) -> None:
+        message = self.report_error(failure, exc)
+        try:
+            self._status.value = f"{failure}: {message}"
+        except RuntimeError:  # the dock was closed while it worked
+            pass
+
+    def cancel(self) -> None:
+        if self._cancel_event is not None:
+            self._cancel_event.set()
+            self._status.value = "cancelling..."
+
+    def closed(self) -> None:
+        self.cancel()
+
+    def _on_finished(self):
+        self.worker, self._job, self._cancel_event = None, "", None
+        try:
+            self._show.enabled = self._contribute.enabled = True
+            self._cancel.enabled = False
+        except RuntimeError:  # the dock was closed while it worked
+            pass
+
     def compute_contributions(self):
         """Segment the selected result's case again without each sequence, in a worker; draw the sequences x regions chart."""
         from napari.qt.threading import thread_worker
 
         layer = self._source.value
-        if layer is None:
+        if layer is None or self._busy():
             return None
         meta = LayerInfo.from_layer(layer)
         sources = self._source_layers(meta, "Contributions failed")
@@ -154,20 +199,20 @@ class AttentionWidget(DockWidget):
         volumes = {m: source.data for m, source in sources.items()}
         spacing = tuple(float(v) for v in next(iter(sources.values())).scale)
         checkpoint, device, viewer, sequences = meta.checkpoint, meta.device or "cpu", self._viewer, tuple(sources)
+        cancel = threading.Event()
 
         @thread_worker
         def work():
             from napari_sevnet.contributions import sequence_contributions
 
-            return sequence_contributions(shared_predictor(viewer, checkpoint, device), _model_input(volumes), sequences=sequences, spacing=spacing)
+            return sequence_contributions(shared_predictor(viewer, checkpoint, device), _model_input(volumes), sequences=sequences, spacing=spacing, cancel=cancel)
 
         def show(result):
             self.contributions[id(layer)] = result
             self._status.value = "contributions: " + "; ".join(f"{m}: ET {v['ET']:+.2f}" for m, v in result.items())
             self.draw()
 
-        self._status.value = f"segmenting again without each of {len(sequences)} sequences..."
-        return self.start_worker(work, returned=show, errored=lambda exc: self.report_error("Contributions failed", exc), finished=self._on_finished)
+        return self._start(f"segmenting again without each of {len(sequences)} sequences", work, show, "Contributions", cancel)
 
     def _on_click(self, event):
         if event.inaxes is getattr(self, "_bar_axes", None) and event.xdata is not None:
@@ -193,6 +238,8 @@ class AttentionWidget(DockWidget):
                 self._viewer.layers.selection.active = open_map
                 self._status.value = f"'{open_map.name}' is open already"
                 return None
+        if self._busy():  # each map holds GBs while it is computed: clicks on bars meanwhile must not pile them up
+            return None
         sources = self._source_layers(meta, "Feature map failed")
         if sources is None:
             return None
@@ -214,8 +261,7 @@ class AttentionWidget(DockWidget):
                                    contrast_limits=limits, metadata={FEATURE_MAP_KEY: shown})
             self._status.value = f"added '{name}'"
 
-        self._status.value = f"computing {stage} feature maps..."
-        return self.start_worker(work, returned=add, errored=lambda exc: self.report_error("Feature map failed", exc), finished=self._on_finished)
+        return self._start(f"computing the {stage} ch{channel} feature map", work, add, "Feature map failed")
 
     def _source_layers(self, meta: LayerInfo, failure: str) -> dict | None:
         """Sequence -> the image layer the result was segmented from (the sequences it had); None, reported, when one was closed."""
@@ -227,8 +273,6 @@ class AttentionWidget(DockWidget):
             self.report_error(failure, KeyError(f"the image layer {exc} used for this result was removed; run Segment again"))
             return None
 
-    def _on_finished(self):
-        self.worker = None
 
 
 def _model_input(volumes: dict[str, np.ndarray]) -> np.ndarray:
