@@ -303,16 +303,22 @@ def write_regions(path: str, layer_data: list[tuple]) -> list[str]:
     A case prepared from raw series (``sevnet-prepare``) also gets
     ``<name>_native.nii.gz``: the same masks on the reference series' own grid.
     """
-    by_region = {}
+    by_region, names, groups = {}, [], set()
     grid = paths = None
     for data, meta, _ in layer_data:
-        info = LayerInfo.from_metadata(meta.get("metadata")) or LayerInfo()
+        known = LayerInfo.from_metadata(meta.get("metadata"))
+        info = known or LayerInfo()
         region = info.region or (meta.get("name") if meta.get("name") in REGIONS else None)
         if region:
-            by_region[region] = np.asarray(data) > 0
+            names.append(meta.get("name") or region)
+            groups.add(known.group if known is not None else None)
+            by_region.setdefault(region, []).append(np.asarray(data) > 0)
             grid, paths = grid or info.grid, paths or info.paths
     missing = [r for r in REGIONS if r not in by_region]
     try:
+        if len(groups) > 1 or any(len(masks) > 1 for masks in by_region.values()):  # one file would mix two results (or two patients)
+            raise InputError(path, f"the selected layers come from more than one result ({', '.join(names)}): select the WT, TC and ET of one result")
+        by_region = {r: masks[0] for r, masks in by_region.items()}
         if missing:
             raise InputError(path, f"select the WT, TC and ET layers of one result to save them as a BraTS label file (missing {', '.join(missing)})")
         if grid is None:

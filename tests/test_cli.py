@@ -173,8 +173,8 @@ def test_each_case_gets_masks_in_its_own_label_convention_unless_told(phantom_di
 
     case = load_case(phantom_dir / "phantom_0002")
     paths = {k: str(v) for k, v in case.paths.items()}
-    layers = [(case.regions[i], {"name": r, "metadata": LayerInfo(case_id=case.case_id, grid=case.grid, paths=paths, region=r).to_metadata()}, "labels")
-              for i, r in enumerate(("WT", "TC", "ET"))]
+    info = LayerInfo(case_id=case.case_id, grid=case.grid, paths=paths)  # one result's layers share its group
+    layers = [(case.regions[i], {"name": r, "metadata": info.but(region=r).to_metadata()}, "labels") for i, r in enumerate(("WT", "TC", "ET"))]
     saved = write_regions(str(tmp_path / "BraTS-GLI-00008-000-seg.nii.gz"), layers)
     assert 4 not in np.unique(np.asanyarray(nib.load(saved[0]).dataobj)) and 3 in np.unique(np.asanyarray(nib.load(saved[0]).dataobj))
     assert load_case(mapping={**{m: case.paths[m] for m in ("t1", "t1ce", "t2", "flair")}, "seg": saved[0]}).regions.sum() == case.regions.sum()

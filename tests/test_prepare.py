@@ -88,8 +88,8 @@ def test_a_raw_case_is_prepared_and_a_mask_survives_the_way_back(tmp_path):
     # a mask corrected in napari on the prepared case, saved through the plugin's writer: also on the native grid
     from napari_sevnet.layers import LayerInfo, write_regions
 
-    layers = [(canonical, {"name": r, "metadata": LayerInfo(case_id=case.case_id, grid=case.grid, paths={k: str(v) for k, v in case.paths.items()}, region=r).to_metadata()}, "labels")
-              for r in ("WT", "TC", "ET")]
+    info = LayerInfo(case_id=case.case_id, grid=case.grid, paths={k: str(v) for k, v in case.paths.items()})
+    layers = [(canonical, {"name": r, "metadata": info.but(region=r).to_metadata()}, "labels") for r in ("WT", "TC", "ET")]
     written = write_regions(str(tmp_path / "corrected_seg.nii.gz"), layers)
     assert [Path(w).name for w in written] == ["corrected_seg.nii.gz", "corrected_seg_native.nii.gz"]
     saved = nib.load(written[1])

@@ -311,6 +311,14 @@ def test_the_writers_own_message_reaches_the_user_and_images_may_be_selected(mak
     assert viewer.layers.save(str(out), selected=True, plugin="napari-sevnet") == [str(out)]
     with pytest.raises(NotSaved, match="already exists"):
         viewer.layers.save(str(out), selected=True, plugin="napari-sevnet")
+    other = viewer.open(str(write_phantom(tmp_path / "cases", seed=4, shape=(48, 56, 48))), plugin="napari-sevnet")
+    viewer.layers.selection = {layers[4], other[5], other[6]}  # WT of one patient, TC and ET of another: never one file
+    with pytest.raises(NotSaved, match=r"come from more than one result \(phantom_0003 WT \(file\), phantom_0004 TC"):
+        viewer.layers.save(str(tmp_path / "mixed_seg.nii.gz"), selected=True, plugin="napari-sevnet")
+    viewer.layers.selection = {*layers[4:], *other[4:]}  # two whole results
+    with pytest.raises(NotSaved, match="more than one result"):
+        viewer.layers.save(str(tmp_path / "mixed_seg.nii.gz"), selected=True, plugin="napari-sevnet")
+    assert not (tmp_path / "mixed_seg.nii.gz").exists()
 
 
 def test_the_window_fits_a_1000_pixel_screen_with_every_dock_open(qtbot, make_napari_viewer):
