@@ -159,7 +159,7 @@ def find_cases(inputs: list[str | os.PathLike], *, labelled: bool = False) -> li
     return cases
 
 
-def _holds_nifti(folder: Path) -> bool:
+def holds_nifti(folder: Path) -> bool:
     try:
         return any(nifti_stem(p.name) for p in folder.iterdir())
     except OSError:
@@ -240,10 +240,10 @@ def find_case_files(path: str | os.PathLike, *, allow_missing: bool = False) -> 
         nifti = [e for e in entries if nifti_stem(e.name)]
         if len(nifti) == 1:
             return _msd_files(nifti[0])
-        nested = [e.name for e in entries if e.is_dir() and not e.name.startswith(".") and _holds_nifti(e)]
+        nested = sorted(e.name for e in entries if e.is_dir() and not e.name.startswith(".") and holds_nifti(e))
         if not nifti and nested:  # patient / visit folders: one level deeper than asked
             raise InputError(folder, f"holds no scans itself but case folders ({', '.join(nested[:3])}{', ...' if len(nested) > 3 else ''}): open one of them, "
-                                     "or choose this folder as the folder of cases")
+                                     "or choose this folder as a folder of cases (the Worklist dock, sevnet-predict)")
         raise InputError(
             folder,
             "no BraTS case files found: expected <id>_t1/_t1ce/_t2/_flair.nii.gz (2021) or "

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_sevnet.errors import InputError, NotSaved
-from napari_sevnet.io import MODALITIES, MODALITY_LABELS, Case, SourceGrid, load_case, nifti_stem, role_of, write_mask
+from napari_sevnet.io import MODALITIES, MODALITY_LABELS, Case, SourceGrid, holds_nifti, load_case, nifti_stem, role_of, write_mask
 from napari_sevnet.regions import REGIONS, convention_name
 
 REGION_COLOURS = {"WT": "#2ecc40", "TC": "#ff4136", "ET": "#ffdc00"}
@@ -252,7 +252,11 @@ def napari_get_reader(path):
         path = path[0]
     path = Path(path)
     try:
-        looks_like_a_case = nifti_stem(path.name) is not None if path.is_file() else any(nifti_stem(p.name) for p in path.iterdir() if p.is_file())
+        if path.is_file():
+            looks_like_a_case = nifti_stem(path.name) is not None
+        else:  # a case folder, or a folder of case folders (the reader then says to open one, or use the Worklist)
+            entries = [p for p in path.iterdir() if not p.name.startswith(".")]
+            looks_like_a_case = any(p.is_file() and nifti_stem(p.name) for p in entries) or any(p.is_dir() and holds_nifti(p) for p in entries)
     except OSError:
         return None
     return read_case_layers if looks_like_a_case else None

@@ -282,6 +282,8 @@ def test_the_reader_says_why_and_files_can_be_assigned_by_hand(qtbot, make_napar
         viewer.open(str(clinic), plugin="napari-sevnet")
     with pytest.raises(Exception, match="single 3D volume"):
         viewer.open(str(clinic / "FLAIR.nii.gz"), plugin="napari-sevnet")
+    with pytest.raises(Exception, match=r"holds no scans itself but case folders \(clinic, partial\).*Worklist"):
+        viewer.open(str(tmp_path), plugin="napari-sevnet")  # the folder of all cases, dropped on the viewer
     assert len(viewer.layers) == 0
 
     assign = AssignWidget(viewer)
