@@ -254,6 +254,25 @@ def test_the_worklist_table_tells_two_visits_of_one_case_id_apart(make_napari_vi
 
 
 @pytest.mark.qt
+def test_a_case_opened_from_the_worklist_alone_is_shown_radiological_with_its_sides_named(qtbot, make_napari_viewer, tmp_path):
+    """With no Segment dock open it showed neurological and unlabelled, unlike the same case opened any other way."""
+    from napari_sevnet.display import ORIENTATIONS
+    from napari_sevnet.widgets.worklist import WorklistWidget
+
+    write_phantom(tmp_path / "cases", seed=11, shape=(48, 56, 48))
+    viewer = make_napari_viewer()
+    worklist = WorklistWidget(viewer)
+    viewer.window.add_dock_widget(worklist)
+    worklist._folder.value = tmp_path / "cases"
+    worklist.start()
+    qtbot.waitUntil(lambda: worklist.worker is None, timeout=300_000)
+    worklist.open_case(worklist.items[0])
+    qtbot.waitUntil(lambda: bool(worklist.opened), timeout=60_000)
+    assert tuple(str(o.value) for o in viewer.camera.orientation2d) == ORIENTATIONS["radiological"]
+    assert viewer.text_overlay.visible and "R on the left (radiological)" in viewer.text_overlay.text
+
+
+@pytest.mark.qt
 def test_worklist_ranks_by_score_marks_exported_cases_and_opens_them(qtbot, make_napari_viewer, tmp_path):
     from napari_sevnet.export import export_case
     from napari_sevnet.io import load_case

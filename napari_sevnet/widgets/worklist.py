@@ -189,6 +189,9 @@ class WorklistWidget(DockWidget):
             return case_result_layers(item, run, shown, taken)
 
         def add(layers):
+            from napari_sevnet.layers import prepare_viewer
+
+            prepare_viewer(self._viewer)  # radiological with the sides named, as a case opened any other way
             self.opened = [self._viewer.add_layer(layer) for layer in layers]
             self._status.value = f"opened {item.case_id}"
 
