@@ -15,6 +15,11 @@ from pathlib import Path
 from napari_sevnet.errors import InputError
 
 
+def user_cache_dir() -> Path:
+    """napari-sevnet's folder in the user's cache: $SEVNET_CACHE_DIR, else $XDG_CACHE_HOME/napari-sevnet (~/.cache)."""
+    return Path(os.environ.get("SEVNET_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "napari-sevnet")
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -224,8 +224,25 @@ def read_prediction_layers(mask: Path, report_path: Path) -> list[tuple]:
     prepare_viewer(viewer)
     for warning in report.get("warnings") or []:
         show_warning(f"{case_id}: {warning}")
-    # a reader hands napari plain layer types: the regions come back as Labels, tied again as they go in (prepare_viewer)
+    return _layer_tuples(layers)
+
+
+def _layer_tuples(layers) -> list[tuple]:
+    """A reader hands napari plain layer types: the regions come back as Labels, tied again as they go in (prepare_viewer)."""
     return [(data, state, "labels" if kind == "regionlabels" else kind) for data, state, kind in (layer.as_layer_data_tuple() for layer in layers)]
+
+
+def _recovered(case: Case, viewer) -> list:
+    """The case's corrections kept by :mod:`napari_sevnet.recovery` (not those open in ``viewer``), with a notice."""
+    from napari_sevnet.recovery import recovered_layers
+
+    open_groups = {info.group for info in map(LayerInfo.from_layer, viewer.layers if viewer is not None else []) if info is not None}
+    layers, message = recovered_layers(case.case_id, case.grid, case.paths, case.spacing, case.shape, open_groups)
+    if message:
+        from napari.utils.notifications import show_warning
+
+        show_warning(message)
+    return layers
 
 
 def open_scans(layers) -> dict[str, str]:
@@ -272,7 +289,9 @@ def read_case_layers(path) -> list[tuple]:
     if report is not None:  # sevnet-predict's output: the mask with the scans it was made from
         return read_prediction_layers(Path(path), report)
     case = load_assigned_or_named(path)
-    layers = case_layers(case)
+    import napari
+
+    layers = case_layers(case) + _layer_tuples(_recovered(case, napari.current_viewer()))
     prepare_viewer()
     if case.missing:
         from napari.utils.notifications import show_info
@@ -289,6 +308,7 @@ def prepare_viewer(viewer=None) -> None:
     """
     from napari_sevnet.display import follow_selection, show_radiological
     from napari_sevnet.editing import keep_nested
+    from napari_sevnet.recovery import watch
 
     if viewer is None:
         import napari
@@ -298,6 +318,7 @@ def prepare_viewer(viewer=None) -> None:
         show_radiological(viewer)
         follow_selection(viewer)
         keep_nested(viewer)
+        watch(viewer)  # recovery copies of each result's edits
 
 
 def write_regions(path: str, layer_data: list[tuple]) -> list[str]:
@@ -332,6 +353,10 @@ def write_regions(path: str, layer_data: list[tuple]) -> list[str]:
         convention = convention_name("2023") if as_2023 else "brats2021"
         regions = np.stack([by_region[r] for r in REGIONS])
         written = [str(write_mask(regions, grid, path, convention))]
+        from napari_sevnet.recovery import discard
+
+        for group in groups - {None}:
+            discard(group)  # saved: its recovery copy has done its work
         from napari_sevnet.prepare import prepared_folder_of, write_native_mask
 
         prepared = prepared_folder_of(paths)

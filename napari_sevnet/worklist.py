@@ -15,13 +15,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from napari_sevnet.errors import Cancelled, InputError
+from napari_sevnet.files import user_cache_dir
 from napari_sevnet.regions import REGIONS
 
 log = logging.getLogger(__name__)
@@ -73,8 +73,7 @@ def model_cache(folder: Path, checkpoint: str) -> Path:
         with tempfile.TemporaryFile(dir=beside):
             return beside
     except OSError as exc:
-        base = Path(os.environ.get("SEVNET_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "napari-sevnet")
-        elsewhere = base / "worklist" / hashlib.sha256(str(Path(folder).resolve()).encode()).hexdigest()[:16] / model
+        elsewhere = user_cache_dir() / "worklist" / hashlib.sha256(str(Path(folder).resolve()).encode()).hexdigest()[:16] / model
         log.info("%s: cannot write there (%s); the worklist keeps its results in %s", folder, exc.strerror or exc, elsewhere)
         return elsewhere
 

@@ -24,6 +24,17 @@ def real_case(name: str) -> Path:
     return path
 
 
+@pytest.fixture(autouse=True)
+def recovery_folder(tmp_path_factory, monkeypatch) -> Path:
+    """Each test keeps its recovery copies to itself (the phantoms are shared: a copy of one test's edits would come back in the next)."""
+    from napari_sevnet import recovery
+
+    folder = tmp_path_factory.mktemp("recovery")
+    monkeypatch.setenv("SEVNET_RECOVERY_DIR", str(folder))
+    yield folder
+    recovery.flush()  # a copy still due is written here, not into the next test's folder
+
+
 @pytest.fixture(scope="session")
 def phantom_dir(tmp_path_factory) -> Path:
     """Three small BraTS-2021-layout phantom cases (seeds 0..2)."""

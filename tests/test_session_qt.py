@@ -189,10 +189,18 @@ def test_export_follows_the_selected_run_and_warns_about_an_unedited_mask(qtbot,
 
     # a second export, of another run, was a slip: the button takes it back out of training, and version 1 trains again
     assert export._withdraw.enabled
+    from napari_sevnet import recovery
+    from napari_sevnet.layers import LayerInfo
+
+    recovery.flush()
+    paths = LayerInfo.from_layer(first["WT"]).paths
+    assert [r.name for r in recovery.pending(paths)] == ["phantom_0003 (run 1)"], "run 1 was edited: a recovery copy is kept"
     viewer.layers.selection.active = first["WT"]
     export.export()
     qtbot.waitUntil(lambda: export.worker is None, timeout=60_000)
     assert export.exported.version == 2
+    recovery.flush()
+    assert recovery.pending(paths) == [], "exported: the copy has done its work"
     export.withdraw()
     assert "phantom_0003 v2 withdrawn (training uses version 1" in export._status.value and not export._withdraw.enabled
     from training.data import discover_cases

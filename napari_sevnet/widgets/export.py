@@ -47,6 +47,7 @@ class ExportWidget(DockWidget):
         self._status = Label(value="")
         self._withdraw = PushButton(text="Withdraw this export", enabled=False, tooltip=TOOLTIPS["withdraw"])
         self.exported = None  # the last ExportResult, which Withdraw takes back out of training
+        self._exported_group: str | None = None  # the result being exported: its recovery copy goes once it is in
         self.extend([self._result, self._target, self._dataset, self._case_id, self._annotator, self._note, self._replace, self._export, self._status, self._withdraw])
 
         self._result.changed.connect(self._on_result)
@@ -110,6 +111,7 @@ class ExportWidget(DockWidget):
                 "interactions": _interactions(layer),
             }
             layers = list(self._viewer.layers)
+            self._exported_group = info.group
         except InputError as exc:
             self._error(exc)
             return None
@@ -130,6 +132,9 @@ class ExportWidget(DockWidget):
 
         self._status.value = f"{result.case_id} v{result.version} -> {result.folder}"
         self.exported, self._withdraw.enabled = result, True
+        from napari_sevnet.recovery import discard
+
+        discard(self._exported_group)  # the correction is in the dataset now: its recovery copy has done its work
         show_info(f"Exported {result.case_id} (version {result.version}) to {result.folder}")
         from napari_sevnet.widgets.finetune import FineTuneWidget
 

@@ -22,6 +22,7 @@ from qtpy.QtCore import QObject, Signal
 from qtpy.QtWidgets import QAbstractItemView, QHeaderView, QTableWidget, QTableWidgetItem
 
 from napari_sevnet.errors import Cancelled, InputError
+from napari_sevnet.layers import LayerInfo
 from napari_sevnet.regions import REGIONS
 from napari_sevnet.report import RESEARCH_USE
 from napari_sevnet.widgets import find_widget, shared_predictor
@@ -183,17 +184,29 @@ class WorklistWidget(DockWidget):
         run = next_run(self._viewer.layers, item.case_id)
         shown = open_scans(self._viewer.layers)  # read on the GUI thread: a case open already gets its result only
         taken = [layer.name for layer in self._viewer.layers]
+        open_groups = {info.group for info in map(LayerInfo.from_layer, self._viewer.layers) if info is not None}
 
         @thread_worker
         def work():
-            return case_result_layers(item, run, shown, taken)
+            from napari_sevnet.recovery import recovered_layers
 
-        def add(layers):
+            layers = case_result_layers(item, run, shown, taken)
+            wt = next(layer for layer in layers if (LayerInfo.from_layer(layer) or LayerInfo()).region == "WT")
+            info = LayerInfo.from_layer(wt)
+            recovered, message = recovered_layers(info.case_id, info.grid, info.paths, wt.scale, wt.data.shape, open_groups, wt.translate)
+            return layers + recovered, message
+
+        def add(out):
             from napari_sevnet.layers import prepare_viewer
 
+            layers, message = out
             prepare_viewer(self._viewer)  # radiological with the sides named, as a case opened any other way
             self.opened = [self._viewer.add_layer(layer) for layer in layers]
             self._status.value = f"opened {item.case_id}"
+            if message:
+                from napari.utils.notifications import show_warning
+
+                show_warning(message)
 
         self.opened = []
         self._status.value = f"opening {item.case_id}..."

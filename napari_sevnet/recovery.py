@@ -1,0 +1,227 @@
+"""Recovery copies of corrections: what a clinician painted survives a crash, a closed viewer or a deleted layer.
+
+After each edit of a result whose scans are files (debounced, written off the
+GUI thread), its WT/TC/ET are kept in the recovery folder as ``<result>.npz``
+with ``<result>.json`` (case, layer name, the scans with their sizes and
+modification times, when). When the same scans, unchanged, are opened again
+(a case folder, a ``sevnet-predict`` output, the Worklist), each copy comes
+back as the layers "<case> WT (recovered)", with a notice saying when it was made.
+Exporting the result or saving it with the plugin's writer discards its copy
+(the correction is safe elsewhere); an untouched copy is dropped after
+:data:`KEEP_DAYS`. The folder is ``$SEVNET_RECOVERY_DIR``, else ``recovery/``
+in the user's cache.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import os
+import re
+import weakref
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from napari_sevnet.files import atomic_output, user_cache_dir, write_text_atomic
+from napari_sevnet.regions import REGIONS
+
+log = logging.getLogger(__name__)
+FORMAT = "napari-sevnet-recovery"
+KEEP_DAYS = 30
+SAVE_AFTER_MS = 1500  # after the last edit: a brush stroke is several edits in a row, written once
+_KEY = re.compile(r"[0-9a-f]{32}")  # a result's group id
+
+
+def recovery_dir() -> Path:
+    return Path(os.environ.get("SEVNET_RECOVERY_DIR") or user_cache_dir() / "recovery")
+
+
+def _scans(paths: dict) -> dict:
+    """The scan files with what tells a file changed since (size, modification time)."""
+    found = {}
+    for role, path in sorted(paths.items()):
+        if role == "seg":
+            continue
+        stat = Path(path).stat()
+        found[role] = {"path": str(Path(path).resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    return found
+
+
+@dataclass
+class Recovery:
+    key: str  # the result's group id
+    case_id: str
+    name: str  # the result's layer name without its region ("Brats18_X (run 2)")
+    saved_at: str
+    folder: Path
+
+    @property
+    def when(self) -> str:
+        return _dt.datetime.fromisoformat(self.saved_at).astimezone().strftime("%Y-%m-%d %H:%M")
+
+    def regions(self) -> np.ndarray:
+        with np.load(self.folder / f"{self.key}.npz") as data:
+            shape = tuple(int(v) for v in data["shape"])
+            return np.unpackbits(data["bits"], count=int(np.prod(shape))).reshape(shape).astype(bool)
+
+
+def save(key: str, regions: np.ndarray, *, case_id: str, name: str, paths: dict, folder: Path | None = None) -> Path:
+    """Keep (3, Z, Y, X) ``regions`` of the result ``key`` (replacing its earlier copy); returns the record's path."""
+    folder = Path(folder or recovery_dir())
+    regions = np.asarray(regions, bool)
+    with atomic_output(folder / f"{key}.npz", suffix=".npz") as tmp:
+        np.savez_compressed(tmp, bits=np.packbits(regions.ravel()), shape=np.array(regions.shape))
+    record = {"format": FORMAT, "key": key, "case_id": case_id, "name": name, "saved_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+              "scans": _scans(paths)}
+    return write_text_atomic(folder / f"{key}.json", json.dumps(record, indent=2))
+
+
+def discard(key: str, folder: Path | None = None) -> None:
+    """Drop the copy of result ``key`` (it was exported or saved): a copy still due is called off, and one being
+    written is removed after it (in the writing thread's order; :func:`flush` waits for it)."""
+    saver = _SAVERS.get(key)
+    if saver is not None:
+        saver.cancel()
+    _EXECUTOR.submit(_remove, key, Path(folder or (saver.folder if saver is not None else recovery_dir())))
+
+
+def _remove(key: str, folder: Path) -> None:
+    for suffix in (".json", ".npz"):
+        (folder / f"{key}{suffix}").unlink(missing_ok=True)
+
+
+def pending(paths: dict, folder: Path | None = None) -> list[Recovery]:
+    """The copies kept for these scans, unchanged since (oldest first); copies past :data:`KEEP_DAYS` are dropped."""
+    folder = Path(folder or recovery_dir())
+    if not folder.is_dir():
+        return []
+    try:
+        wanted = _scans(paths)
+    except OSError:
+        return []
+    oldest = _dt.datetime.now(_dt.timezone.utc) - _dt.timedelta(days=KEEP_DAYS)
+    found = []
+    for record_path in folder.glob("*.json"):
+        try:
+            record = json.loads(record_path.read_text(encoding="utf-8"))
+            saved = _dt.datetime.fromisoformat(record["saved_at"])
+            key = record["key"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if record.get("format") != FORMAT or not _KEY.fullmatch(str(key)) or record_path.stem != key:
+            continue
+        if saved < oldest:
+            _remove(key, folder)
+            continue
+        if record.get("scans") == wanted and (folder / f"{key}.npz").is_file():
+            found.append(Recovery(key, str(record["case_id"]), str(record["name"]), record["saved_at"], folder))
+    return sorted(found, key=lambda r: r.saved_at)
+
+
+def recovered_layers(case_id: str, grid, paths: dict | None, scale, shape, open_groups=(), translate=None) -> tuple[list, str | None]:
+    """The kept copies of a case's results (the case read from ``paths``, on ``grid``) as WT/TC/ET layers, not those
+    open already (``open_groups``), and the words to tell the user."""
+    from napari_sevnet.layers import LayerInfo, region_labels
+
+    if not paths:
+        return [], None
+    paths = {role: str(path) for role, path in paths.items()}
+    layers, names = [], []
+    for recovery in pending(paths):
+        if recovery.key in open_groups:
+            continue
+        try:
+            regions = recovery.regions()
+        except (OSError, ValueError, KeyError) as exc:
+            log.warning("%s: recovery copy unreadable (%s); left in place", recovery.folder / f"{recovery.key}.npz", exc)
+            continue
+        if regions.shape != (len(REGIONS), *shape):
+            continue
+        info = LayerInfo(group=recovery.key, case_id=case_id, grid=grid, paths=paths)
+        result = region_labels(regions, tuple(scale), tuple(translate) if translate is not None else (0.0,) * len(shape), info)
+        for layer, region in zip(result, REGIONS):
+            layer.name = f"{case_id} {region} (recovered)"  # short enough for the layer list; the notice says when
+        layers += result
+        names.append(f"{recovery.name} of {recovery.when}")
+    if not names:
+        return [], None
+    return layers, (f"{case_id}: corrections that were neither exported nor saved were recovered ({'; '.join(names)}) and added as "
+                    "'(recovered)' layers: export or save them to keep them, or delete the layers")
+
+
+# --------------------------------------------------------------------------- while napari runs
+
+_EXECUTOR = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sevnet-recovery")  # one write at a time, in edit order
+_SAVERS: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # result key -> its saver
+_WATCHED: weakref.WeakSet = weakref.WeakSet()
+_QUITTING: weakref.WeakSet = weakref.WeakSet()  # applications whose quitting writes what is due
+
+
+class _Saver:
+    """Writes one result's copy shortly after its last edit (the regions are taken on the GUI thread, written in a thread)."""
+
+    def __init__(self, editor, info):
+        from qtpy.QtCore import QTimer
+
+        self.editor, self.info = editor, info
+        self.folder = recovery_dir()  # where this result's copy goes, whatever the environment says later
+        self.timer = QTimer()
+        self.timer.setSingleShot(True)
+        self.timer.setInterval(SAVE_AFTER_MS)
+        self.timer.timeout.connect(self.save)
+        self.warned = False
+        editor.on_change.append(self.timer.start)
+        editor.recovery = self  # the editor keeps its saver alive
+
+    def cancel(self) -> None:
+        self.timer.stop()
+
+    def save(self) -> None:
+        wt = self.editor.layers[0]
+        regions = np.stack([np.asarray(layer.data) > 0 for layer in self.editor.layers])
+        name = wt.name.replace(" WT", "", 1)
+        future = _EXECUTOR.submit(save, self.info.group, regions, case_id=self.info.case_id or "case", name=name, paths=self.info.paths, folder=self.folder)
+        future.add_done_callback(self._report)
+
+    def _report(self, future) -> None:
+        exc = future.exception()
+        if exc is not None and not self.warned:
+            self.warned = True
+            log.warning("could not keep a recovery copy of the corrections: %s", exc)
+
+
+def watch(viewer) -> None:
+    """Keep recovery copies of the edits of every result in ``viewer`` whose scans are files, as results arrive."""
+    from napari_sevnet.editing import editor_of
+    from napari_sevnet.layers import LayerInfo
+
+    def attach(_event=None):
+        for layer in viewer.layers:
+            editor, info = editor_of(layer), LayerInfo.from_layer(layer)
+            if editor is None or info is None or not info.paths or getattr(editor, "recovery", None) is not None:
+                continue
+            _SAVERS[info.group] = _Saver(editor, info)
+
+    if viewer not in _WATCHED:
+        from qtpy.QtCore import QCoreApplication
+
+        app = QCoreApplication.instance()
+        if app is not None and app not in _QUITTING:  # napari quit within a second of an edit: that edit is kept too
+            _QUITTING.add(app)
+            app.aboutToQuit.connect(flush)
+        _WATCHED.add(viewer)
+        viewer.layers.events.inserted.connect(attach)
+    attach()
+
+
+def flush(timeout: float = 30.0) -> None:
+    """Write what is pending now (the tests, and a viewer closing): timers due are fired, the thread is waited for."""
+    for saver in list(_SAVERS.values()):
+        if saver.timer.isActive():
+            saver.timer.stop()
+            saver.save()
+    _EXECUTOR.submit(lambda: None).result(timeout=timeout)

@@ -1,0 +1,82 @@
+"""Recovery copies of corrections: a crash, a closed viewer or a deleted layer loses nothing a clinician painted."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+
+import numpy as np
+import pytest
+
+from napari_sevnet import recovery
+from napari_sevnet.io import load_case
+from napari_sevnet.phantom import write_phantom
+
+KEY = "0123456789abcdef0123456789abcdef"
+
+
+def test_a_copy_comes_back_for_the_same_unchanged_scans_only(tmp_path, recovery_folder):
+    case = load_case(write_phantom(tmp_path, seed=4, shape=(32, 40, 32)))
+    regions = case.regions.copy()
+    regions[:, 3:6, 3:6, 3:6] = True
+    recovery.save(KEY, regions, case_id=case.case_id, name=f"{case.case_id} (run 2)", paths=case.paths)
+    (found,) = recovery.pending(case.paths)
+    assert found.key == KEY and found.name == "phantom_0004 (run 2)"
+    np.testing.assert_array_equal(found.regions(), regions)
+    assert recovery.pending({**case.paths, "seg": tmp_path / "elsewhere_seg.nii.gz"}), "the mask file is not what identifies the scans"
+
+    other = load_case(write_phantom(tmp_path / "b", seed=5, shape=(32, 40, 32)))
+    assert recovery.pending(other.paths) == [], "another case's scans"
+    flair = case.paths["flair"]
+    stat = flair.stat()
+    os.utime(flair, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    assert recovery.pending(case.paths) == [], "a scan rewritten since: the copy may not fit it"
+    os.utime(flair, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert len(recovery.pending(case.paths)) == 1
+
+    record = recovery_folder / f"{KEY}.json"
+    data = json.loads(record.read_text())
+    data["saved_at"] = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=recovery.KEEP_DAYS + 1)).isoformat()
+    record.write_text(json.dumps(data))
+    assert recovery.pending(case.paths) == [] and not record.exists(), f"dropped after {recovery.KEEP_DAYS} days"
+
+    recovery.save(KEY, regions, case_id=case.case_id, name="x", paths=case.paths)
+    recovery.discard(KEY)
+    recovery.flush()
+    assert recovery.pending(case.paths) == [] and not list(recovery_folder.iterdir())
+
+
+@pytest.mark.qt
+def test_corrections_survive_a_closed_viewer_and_go_once_saved(qtbot, make_napari_viewer, tmp_path, monkeypatch):
+    from napari_sevnet.layers import LayerInfo
+
+    warnings = []
+    monkeypatch.setattr("napari.utils.notifications.show_warning", warnings.append)
+    folder = write_phantom(tmp_path / "cases", seed=4, shape=(48, 56, 48))
+    viewer = make_napari_viewer()
+    layers = viewer.open(str(folder), plugin="napari-sevnet")
+    wt, et = layers[4], layers[6]
+    spot = (24, 3, 3)
+    assert not wt.data[spot]
+    et.paint(spot, 1)  # a correction: ET there (and so TC and WT)
+    recovery.flush()
+    group = LayerInfo.from_layer(wt).group
+    viewer.layers.clear()  # closed without exporting or saving (a crash would do the same)
+    viewer.close()
+
+    viewer = make_napari_viewer()
+    opened = viewer.open(str(folder), plugin="napari-sevnet")
+    names = [layer.name for layer in opened]
+    recovered = [layer for layer in opened if "(recovered)" in layer.name]
+    assert len(recovered) == 3 and names[-3] == "phantom_0004 WT (recovered)", names
+    assert all(np.asarray(layer.data)[spot] for layer in recovered), "the painted voxel is back, nested"
+    assert warnings and "neither exported nor saved were recovered (phantom_0004 (file) of " in warnings[-1]
+    assert LayerInfo.from_layer(recovered[0]).group == group, "further edits update the same copy"
+    assert not [layer for layer in viewer.open(str(folder), plugin="napari-sevnet") if "(recovered)" in layer.name], "not added twice to one viewer"
+
+    viewer.layers.selection = set(recovered)
+    out = tmp_path / "corrected_seg.nii.gz"
+    assert viewer.layers.save(str(out), selected=True, plugin="napari-sevnet") == [str(out)]
+    recovery.flush()
+    assert recovery.pending(load_case(folder).paths) == [], "saved: the copy has done its work"
