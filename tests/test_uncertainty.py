@@ -270,6 +270,17 @@ def test_a_case_opened_from_the_worklist_alone_is_shown_radiological_with_its_si
     qtbot.waitUntil(lambda: bool(worklist.opened), timeout=60_000)
     assert tuple(str(o.value) for o in viewer.camera.orientation2d) == ORIENTATIONS["radiological"]
     assert viewer.text_overlay.visible and "R on the left (radiological)" in viewer.text_overlay.text
+    # corrected, then its layers deleted by mistake: opened from the list again, the correction comes back with it
+    from napari_sevnet import recovery
+
+    et = next(layer for layer in worklist.opened if layer.name.endswith("ET (run 1)"))
+    et.paint((24, 2, 2), 1)
+    recovery.flush()
+    viewer.layers.clear()
+    worklist.open_case(worklist.items[0])
+    qtbot.waitUntil(lambda: bool(worklist.opened), timeout=60_000)
+    recovered = [layer for layer in worklist.opened if layer.name.endswith("(recovered)")]
+    assert len(recovered) == 3 and all(np.asarray(layer.data)[24, 2, 2] for layer in recovered)
 
 
 @pytest.mark.qt
