@@ -92,6 +92,15 @@ def test_two_visits_on_different_grids_are_compared_and_aligned(qtbot, make_napa
 
     assert dice(aligned, follow_wt) > 0.8
 
+    # the report of the follow-up carries the change; the baseline's own report (selected after) must not carry it
+    for layer, report, visits in ((follow_layers[-1], tmp_path / "follow.html", True), (base_layers[-1], tmp_path / "base.html", False)):
+        viewer.layers.selection.active = layer
+        qtbot.waitUntil(lambda layer=layer: readout.worker is None and readout._tracked.get("ET") is layer, timeout=30_000)
+        readout._report_path.value = report
+        readout.write_report()
+        qtbot.waitUntil(lambda report=report: readout.worker is None and report.is_file(), timeout=60_000)
+        assert ("<section id='visits'>" in report.read_text(encoding="utf-8")) is visits, report.name
+
 
 def test_the_report_path_left_from_the_last_patient_does_not_replace_that_patients_report(qtbot, make_napari_viewer, tmp_path):
     from napari_sevnet.widgets.readout import ReadoutWidget
@@ -105,10 +114,14 @@ def test_the_report_path_left_from_the_last_patient_does_not_replace_that_patien
     viewer.layers.selection.active = first[-1]
     qtbot.waitUntil(lambda: readout.readout is not None and readout.worker is None, timeout=30_000)
     readout._report_path.value = tmp_path / "report.html"
+    before = len(readout.readout.lesions)
+    first[-1].paint((24, 3, 3), 1)  # a new lesion, and the report written at once: before the table measured it again
     readout.write_report()
-    qtbot.waitUntil(lambda: readout.worker is None, timeout=60_000)
-    assert "report written" in readout._status.value and not errors
+    qtbot.waitUntil(lambda: readout.worker is None and "report written" in readout._status.value, timeout=60_000)
+    assert not errors
     written = (tmp_path / "report.html").read_bytes()
+    lesions = written.decode().split("<section id='lesions'>")[1].split("</section>")[0]
+    assert lesions.count("<tr><td>") == before + 1, "the report measures the mask as it is, not the table's last measurement"
 
     second = viewer.open(str(write_phantom(tmp_path, seed=5, shape=(48, 56, 48))), plugin="napari-sevnet")
     viewer.layers.selection.active = second[-1]

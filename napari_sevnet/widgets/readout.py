@@ -51,6 +51,7 @@ class ReadoutWidget(DockWidget):
         self.native.layout().addWidget(self.table)
         self.readout = None
         self.comparison = None
+        self._compared: tuple[str, object] | None = None  # (the follow-up result's group, the baseline's Readout) of the last Compare
         self.shapes = None
         self._tracked: dict = {}
         self._debounce = QTimer(self.native)
@@ -187,15 +188,21 @@ class ReadoutWidget(DockWidget):
             return None
         if path.suffix.lower() != ".html":
             path = path.with_suffix(".html")
-        layers, reference, readout, comparison = list(self._viewer.layers), self._tracked["WT"], self.readout, self.comparison
+        layers, reference = list(self._viewer.layers), self._tracked["WT"]
         regions = np.stack([np.asarray(self._tracked[r].data) > 0 for r in REGIONS])
         info = LayerInfo.from_layer(reference)
+        spacing = tuple(float(v) for v in reference.scale)
+        # the change since a baseline only when it was compared with this very result, not the one selected before it
+        baseline = self._compared[1] if self._compared is not None and self._compared[0] == info.group else None
 
         @thread_worker
         def work():
             from napari_sevnet import case_report
+            from napari_sevnet.readout import compare_visits, measure
 
             case = case_from_layers(layers, reference)
+            readout = measure(regions, spacing, info.grid)  # the mask as it is now: the table's last measurement may predate an edit
+            comparison = compare_visits(baseline, readout) if baseline is not None else None
             return case_report.write(path, case, regions, readout, checkpoint=info.checkpoint, comparison=comparison)
 
         self._status.value = "writing the report..."
@@ -225,7 +232,8 @@ class ReadoutWidget(DockWidget):
             from napari_sevnet.io import MODALITIES
             from napari_sevnet.readout import align_regions, alignment_sequence, compare_visits, measure
 
-            comparison = compare_visits(measure(base, tuple(baseline.scale), base_info.grid), measure(now, tuple(follow.scale), now_info.grid))
+            base_readout = measure(base, tuple(baseline.scale), base_info.grid)
+            comparison = compare_visits(base_readout, measure(now, tuple(follow.scale), now_info.grid))
             aligned, unaligned = None, None
             if not same_grid:  # the baseline's regions onto the follow-up's scan, for the eye; the change needs no registration
                 base_case, now_case = case_from_layers(layers, baseline), case_from_layers(layers, follow)
@@ -238,11 +246,11 @@ class ReadoutWidget(DockWidget):
                         aligned = align_regions(now_case.image[channel], now_case.spacing, base_case.image[channel], base_case.spacing, base)
                     except RuntimeError as exc:  # SimpleITK's own words
                         unaligned = f"registering the visits' {sequence} failed ({str(exc).strip().splitlines()[-1]})"
-            return comparison, aligned, unaligned
+            return comparison, base_readout, aligned, unaligned
 
         def show(out):
-            comparison, aligned, unaligned = out
-            self.comparison = comparison
+            comparison, base_readout, aligned, unaligned = out
+            self.comparison, self._compared = comparison, (now_info.group, base_readout)
             spd = comparison["sum_of_products_mm2"]
             pct = f"{spd['percent']:+.1f} %" if spd["percent"] is not None else "n/a"
             self._status.value = (f"since {baseline.name.replace(' WT', '')}: sum of products {spd['baseline']:.0f} → {spd['follow_up']:.0f} mm² ({pct}): {comparison['category']}"
