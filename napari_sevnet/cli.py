@@ -364,7 +364,9 @@ def measure_main(argv=None) -> int:
                 raise InputError(args.baseline[0], f"the baseline is the follow-up itself ({args.case}, {args.mask}): give the earlier visit's case and mask")
             base_regions, _ = read_segmentation(args.baseline[1], base_case.grid, base_case.reference, args.labels)
             # volumes and products are measured on each visit's own grid: the comparison needs no registration
-            comparison = compare_visits(measure(base_regions, base_case.spacing, base_case.grid), readout)
+            comparison = compare_visits(measure(base_regions, base_case.spacing, base_case.grid), readout, baseline_id=base_case.case_id, follow_up_id=case.case_id)
+            if comparison["caveat"]:
+                print(f"sevnet-measure: warning: {comparison['caveat']}", file=sys.stderr)
         if args.report:
             case_report.write(args.report, case, regions, readout, checkpoint=args.checkpoint or checkpoint_of(args.mask), comparison=comparison, overwrite=args.overwrite)
     except InputError as exc:

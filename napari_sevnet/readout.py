@@ -20,6 +20,7 @@ growth, which a segmentation cannot see.
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -200,8 +201,30 @@ def _hull(points: np.ndarray) -> np.ndarray:
         return points
 
 
-def compare_visits(baseline: Readout, follow_up: Readout) -> dict:
-    """Change from ``baseline`` to ``follow_up``: volumes and sum of products (absolute, %) and the RANO imaging category."""
+#: a BraTS 2023+ case id names the patient and the timepoint: BraTS-GLI-00001-000 is patient 00001's first visit
+_BRATS_VISIT = re.compile(r"BraTS-([A-Za-z]+)-(\d+)-(\d+)")
+
+
+def visit_caveat(baseline_id: str | None, follow_up_id: str | None) -> str | None:
+    """Words when the two case ids say the visits cannot be baseline and follow-up (BraTS 2023+ ids name patient and timepoint)."""
+    ids = [_BRATS_VISIT.fullmatch(str(i or "")) for i in (baseline_id, follow_up_id)]
+    if not all(ids):
+        return None  # other ids say nothing about who or when: nothing to check
+    (_, base_patient, base_time), (_, follow_patient, follow_time) = (m.groups() for m in ids)
+    if base_patient != follow_patient:
+        return (f"the baseline {baseline_id} and the follow-up {follow_up_id} are two different patients ({base_patient}, {follow_patient}) "
+                "by their ids: a change between two patients means nothing; choose this patient's earlier visit")
+    if int(base_time) >= int(follow_time):
+        return (f"the baseline {baseline_id} is not an earlier timepoint than the follow-up {follow_up_id} by their ids: "
+                "the visits may be the wrong way round, and the change and its category read backwards")
+    return None
+
+
+def compare_visits(baseline: Readout, follow_up: Readout, *, baseline_id: str | None = None, follow_up_id: str | None = None) -> dict:
+    """Change from ``baseline`` to ``follow_up``: volumes and sum of products (absolute, %) and the RANO imaging category.
+
+    With the case ids, a ``caveat`` says when they show two patients or visits the wrong way round.
+    """
     def change(a: float, b: float) -> dict:
         return {"baseline": a, "follow_up": b, "absolute": b - a, "percent": (100.0 * (b - a) / a) if a else None}
 
@@ -221,6 +244,7 @@ def compare_visits(baseline: Readout, follow_up: Readout) -> dict:
         "sum_of_products_mm2": change(before, after),
         "category": category,
         "criteria": "RANO imaging thresholds on the sum of bidimensional products (>= +25 %: progression; <= -50 %: partial response; no enhancement left: complete response); steroids, clinical state and non-enhancing growth are not assessed",
+        "caveat": visit_caveat(baseline_id, follow_up_id),
     }
 
 

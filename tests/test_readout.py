@@ -163,3 +163,50 @@ def test_a_report_replaces_only_its_own_scans_earlier_report_and_sevnet_measure_
     with pytest.raises(SystemExit):
         measure_main([str(case), str(mask), "-o", str(mask), "--overwrite"])
     assert "is one of the inputs" in capsys.readouterr().err and mask.read_bytes() == before
+
+
+@pytest.mark.parametrize(("baseline", "follow_up", "says"), [
+    ("BraTS-GLI-00001-000", "BraTS-GLI-00001-001", None),
+    ("BraTS-GLI-00001-001", "BraTS-GLI-00001-000", "wrong way round"),
+    ("BraTS-GLI-00001-000", "BraTS-GLI-00002-001", "two different patients"),
+    ("BraTS2021_00006", "BraTS2021_00009", None),  # no timepoint in these ids: nothing to say
+    ("2024-01", "2024-06", None),
+])
+def test_two_visits_whose_ids_say_they_are_two_patients_or_the_wrong_way_round_are_flagged(tmp_path, capsys, baseline, follow_up, says):
+    from napari_sevnet import case_report
+    from napari_sevnet.io import load_case
+    from napari_sevnet.readout import visit_caveat
+
+    caveat = visit_caveat(baseline, follow_up)
+    assert (caveat is None) if says is None else (says in caveat)
+    if says is None:
+        return
+    case = load_case(write_phantom_case(tmp_path))
+    readout = measure(case.regions, case.spacing, case.grid)
+    comparison = compare_visits(readout, readout, baseline_id=baseline, follow_up_id=follow_up)
+    assert comparison["caveat"] == caveat
+    assert "Check the visits:" in case_report.render(case, case.regions, readout, comparison=comparison)
+
+
+def test_sevnet_measure_warns_when_the_baseline_is_the_later_visit(tmp_path, capsys):
+    import shutil
+
+    from napari_sevnet.cli import measure_main
+
+    first = write_phantom_case(tmp_path / "a")
+    visits = {}
+    for name in ("BraTS-GLI-00001-000", "BraTS-GLI-00001-001"):
+        folder = tmp_path / name
+        folder.mkdir()
+        for suffix, new in (("_t1", "-t1n"), ("_t1ce", "-t1c"), ("_t2", "-t2w"), ("_flair", "-t2f"), ("_seg", "-seg")):
+            shutil.copy(first / f"{first.name}{suffix}.nii.gz", folder / f"{name}{new}.nii.gz")
+        visits[name] = folder
+    early, late = visits.values()
+    assert measure_main([str(early), str(early / f"{early.name}-seg.nii.gz"), "--baseline", str(late), str(late / f"{late.name}-seg.nii.gz"), "--labels", "2021"]) == 0
+    assert "sevnet-measure: warning: the baseline BraTS-GLI-00001-001 is not an earlier timepoint" in capsys.readouterr().err
+
+
+def write_phantom_case(folder):
+    from napari_sevnet.phantom import write_phantom
+
+    return write_phantom(folder, seed=4, shape=(48, 56, 48))

@@ -51,7 +51,7 @@ class ReadoutWidget(DockWidget):
         self.native.layout().addWidget(self.table)
         self.readout = None
         self.comparison = None
-        self._compared: tuple[str, object] | None = None  # (the follow-up result's group, the baseline's Readout) of the last Compare
+        self._compared: tuple | None = None  # (the follow-up result's group, the baseline's case id and Readout) of the last Compare
         self.shapes = None
         self._tracked: dict = {}
         self._debounce = QTimer(self.native)
@@ -193,7 +193,7 @@ class ReadoutWidget(DockWidget):
         info = LayerInfo.from_layer(reference)
         spacing = tuple(float(v) for v in reference.scale)
         # the change since a baseline only when it was compared with this very result, not the one selected before it
-        baseline = self._compared[1] if self._compared is not None and self._compared[0] == info.group else None
+        baseline = self._compared[1:] if self._compared is not None and self._compared[0] == info.group else None  # (its case id, its Readout)
 
         @thread_worker
         def work():
@@ -202,7 +202,7 @@ class ReadoutWidget(DockWidget):
 
             case = case_from_layers(layers, reference)
             readout = measure(regions, spacing, info.grid)  # the mask as it is now: the table's last measurement may predate an edit
-            comparison = compare_visits(baseline, readout) if baseline is not None else None
+            comparison = compare_visits(baseline[1], readout, baseline_id=baseline[0], follow_up_id=info.case_id) if baseline is not None else None
             return case_report.write(path, case, regions, readout, checkpoint=info.checkpoint, comparison=comparison)
 
         self._status.value = "writing the report..."
@@ -233,7 +233,7 @@ class ReadoutWidget(DockWidget):
             from napari_sevnet.readout import align_regions, alignment_sequence, compare_visits, measure
 
             base_readout = measure(base, tuple(baseline.scale), base_info.grid)
-            comparison = compare_visits(base_readout, measure(now, tuple(follow.scale), now_info.grid))
+            comparison = compare_visits(base_readout, measure(now, tuple(follow.scale), now_info.grid), baseline_id=base_info.case_id, follow_up_id=now_info.case_id)
             aligned, unaligned = None, None
             if not same_grid:  # the baseline's regions onto the follow-up's scan, for the eye; the change needs no registration
                 base_case, now_case = case_from_layers(layers, baseline), case_from_layers(layers, follow)
@@ -250,11 +250,16 @@ class ReadoutWidget(DockWidget):
 
         def show(out):
             comparison, base_readout, aligned, unaligned = out
-            self.comparison, self._compared = comparison, (now_info.group, base_readout)
+            self.comparison, self._compared = comparison, (now_info.group, base_info.case_id, base_readout)
             spd = comparison["sum_of_products_mm2"]
             pct = f"{spd['percent']:+.1f} %" if spd["percent"] is not None else "n/a"
             self._status.value = (f"since {baseline.name.replace(' WT', '')}: sum of products {spd['baseline']:.0f} → {spd['follow_up']:.0f} mm² ({pct}): {comparison['category']}"
-                                  + (f"; the baseline is not shown on this scan: {unaligned}" if unaligned else ""))
+                                  + (f"; the baseline is not shown on this scan: {unaligned}" if unaligned else "")
+                                  + (f"; warning: {comparison['caveat']}" if comparison["caveat"] else ""))
+            if comparison["caveat"]:
+                from napari.utils.notifications import show_warning
+
+                show_warning(f"Compare: {comparison['caveat']}")
             if aligned is not None:
                 from napari_sevnet.layers import region_labels
 
