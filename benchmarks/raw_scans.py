@@ -131,6 +131,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     from benchmarks.real_heldout import DATA
 
+    if not (DATA / "TCIA-RAW-FG-6692" / "native").is_dir():
+        raise SystemExit(f"the raw clinical series are not here: no {DATA / 'TCIA-RAW-FG-6692' / 'native'} (set SEVNET_REAL_DATA to the folder holding TCIA-RAW-FG-6692/)")
     work = Path(tempfile.mkdtemp(prefix="sevnet-raw-"))
     out = {"date": time.strftime("%Y-%m-%d %H:%M"), "host": platform.node(), "real_raw": real_raw(DATA, work), "real_raw_without_n4": real_raw(DATA, work, bias_field=False),
            "robustness": robustness(DATA, work, args.cases)}

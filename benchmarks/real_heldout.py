@@ -62,7 +62,10 @@ def find_cases(ids: list[str], data: Path) -> dict[str, Path]:
     """Case id -> folder, among ``data``'s case folders and those of ``data/brats18``."""
     from training.data import discover_cases
 
-    found = {ref.case_id: ref.folder for ref in discover_cases([p for p in (data / "brats18", data) if p.is_dir()])}
+    roots = [p for p in (data / "brats18", data) if p.is_dir()]
+    if not roots:
+        raise SystemExit(f"the real cases are not here: {data} is not a folder (set SEVNET_REAL_DATA to the folder holding brats18/)")
+    found = {ref.case_id: ref.folder for ref in discover_cases(roots)}
     missing = [i for i in ids if i not in found]
     if missing:
         raise SystemExit(f"held-out cases not found under {data}: {missing} (set SEVNET_REAL_DATA)")

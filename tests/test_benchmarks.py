@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -111,3 +112,11 @@ def test_real_heldout_scores_labelled_cases_given_on_the_command_line(phantom_di
     empty.mkdir()
     with pytest.raises(SystemExit, match="no_cases.*no labelled BraTS cases"):
         main(["--cases", str(empty), "--checkpoint", str(random_checkpoint)])
+
+
+@pytest.mark.parametrize("module", ["real_heldout", "rano_agreement", "se_statistics", "raw_scans", "correction", "postprocessing"])
+def test_a_benchmark_without_the_real_data_says_where_it_looked_not_a_traceback(module, tmp_path):
+    result = subprocess.run([sys.executable, "-m", f"benchmarks.{module}"], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "SEVNET_REAL_DATA": str(tmp_path / "nowhere")}, cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-1500:]
+    assert "nowhere" in result.stderr and "SEVNET_REAL_DATA" in result.stderr
