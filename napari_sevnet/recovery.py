@@ -7,7 +7,8 @@ modification times, when). When the same scans, unchanged, are opened again
 (a case folder, a ``sevnet-predict`` output, the Worklist), each copy comes
 back as the layers "<case> WT (recovered)", with a notice saying when it was made.
 Exporting the result or saving it with the plugin's writer discards its copy
-(the correction is safe elsewhere); an untouched copy is dropped after
+(the correction is safe elsewhere), and so does deleting the three layers of
+a recovered result (deleting the original's never does); an untouched copy is dropped after
 :data:`KEEP_DAYS`. The folder is ``$SEVNET_RECOVERY_DIR``, else ``recovery/``
 in the user's cache.
 """
@@ -147,10 +148,11 @@ def recovered_layers(case_id: str, grid, paths: dict | None, scale, shape, open_
             layer.name = f"{case_id} {region} (recovered)"  # short enough for the layer list; the notice says when
         layers += result
         names.append(f"{recovery.name} of {recovery.when}")
+        _RESTORED.add(recovery.key)
     if not names:
         return [], None
     return layers, (f"{case_id}: corrections that were neither exported nor saved were recovered ({'; '.join(names)}) and added as "
-                    "'(recovered)' layers: export or save them to keep them, or delete the layers")
+                    "'(recovered)' layers: export or save them to keep them; deleting the three layers drops them")
 
 
 # --------------------------------------------------------------------------- while napari runs
@@ -159,6 +161,7 @@ _EXECUTOR = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sevnet-recover
 _SAVERS: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # result key -> its saver
 _WATCHED: weakref.WeakSet = weakref.WeakSet()
 _QUITTING: weakref.WeakSet = weakref.WeakSet()  # applications whose quitting writes what is due
+_RESTORED: set[str] = set()  # keys of the copies added back as layers in this session
 
 
 class _Saver:
@@ -206,6 +209,14 @@ def watch(viewer) -> None:
                 continue
             _SAVERS[info.group] = _Saver(editor, info)
 
+    def dropped(event):
+        """A recovered result whose layers the user deleted, all three, is not wanted: its copy goes (never the original's)."""
+        info = LayerInfo.from_layer(event.value)
+        if info is None or info.group not in _RESTORED or any((LayerInfo.from_layer(layer) or LayerInfo()).group == info.group for layer in viewer.layers):
+            return
+        _RESTORED.discard(info.group)
+        discard(info.group)
+
     if viewer not in _WATCHED:
         from qtpy.QtCore import QCoreApplication
 
@@ -215,6 +226,7 @@ def watch(viewer) -> None:
             app.aboutToQuit.connect(flush)
         _WATCHED.add(viewer)
         viewer.layers.events.inserted.connect(attach)
+        viewer.layers.events.removed.connect(dropped)
     attach()
 
 

@@ -48,7 +48,7 @@ def test_a_copy_comes_back_for_the_same_unchanged_scans_only(tmp_path, recovery_
 
 
 @pytest.mark.qt
-def test_corrections_survive_a_closed_viewer_and_go_once_saved(qtbot, make_napari_viewer, tmp_path, monkeypatch):
+def test_corrections_survive_a_closed_viewer_and_go_once_saved_or_their_recovered_layers_deleted(qtbot, make_napari_viewer, tmp_path, monkeypatch):
     from napari_sevnet.layers import LayerInfo
 
     warnings = []
@@ -79,4 +79,17 @@ def test_corrections_survive_a_closed_viewer_and_go_once_saved(qtbot, make_napar
     out = tmp_path / "corrected_seg.nii.gz"
     assert viewer.layers.save(str(out), selected=True, plugin="napari-sevnet") == [str(out)]
     recovery.flush()
-    assert recovery.pending(load_case(folder).paths) == [], "saved: the copy has done its work"
+    paths = load_case(folder).paths
+    assert recovery.pending(paths) == [], "saved: the copy has done its work"
+
+    recovered[2].paint((24, 5, 5), 1)  # edited after the save: a copy again
+    recovery.flush()
+    assert len(recovery.pending(paths)) == 1
+    for layer in [layer for layer in viewer.layers if "(file)" in layer.name]:
+        viewer.layers.remove(layer)  # the other results' layers deleted (by mistake, perhaps): their copies stay
+    recovery.flush()
+    assert len(recovery.pending(paths)) == 1
+    for layer in recovered:
+        viewer.layers.remove(layer)  # the recovered result deleted, all three layers: not wanted
+    recovery.flush()
+    assert recovery.pending(paths) == []
