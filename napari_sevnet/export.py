@@ -48,7 +48,8 @@ LOCK_NAME = ".dataset.lock"
 STAGING_PREFIX = ".staging-"
 RUNS_DIR = "runs"
 FORMAT = "napari-sevnet-dataset"
-FORMAT_VERSION = 2  # 2: records may be withdrawn (a reader of version 1 would train on them)
+FORMAT_VERSION = 2  # the newest this reads; a dataset is written as 1 until a record in it is withdrawn
+WITHDRAWALS_FORMAT = 2  # records may be withdrawn: a reader of version 1 would train on them, so it must refuse
 LOCK_TIMEOUT_S = 30
 _CASE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
@@ -108,7 +109,7 @@ def edit_statistics(model_regions: np.ndarray, corrected: np.ndarray, spacing) -
 
 
 def _new_manifest(convention: str) -> dict:
-    return {"format": FORMAT, "format_version": FORMAT_VERSION, "label_convention": convention, "modalities": list(MODALITIES), "regions": list(REGIONS), "cases": []}
+    return {"format": FORMAT, "format_version": 1, "label_convention": convention, "modalities": list(MODALITIES), "regions": list(REGIONS), "cases": []}
 
 
 def read_manifest(dataset: str | os.PathLike) -> dict | None:
@@ -256,7 +257,7 @@ def _mark(dataset, case_id: str, version: int | None, withdrawn: dict | None) ->
         for record in changed:
             record["withdrawn"] = withdrawn
         if changed:
-            manifest["format_version"] = FORMAT_VERSION
+            manifest["format_version"] = max(manifest.get("format_version", 1), WITHDRAWALS_FORMAT)
             write_text_atomic(dataset / MANIFEST_NAME, json.dumps(manifest, indent=2))
     finally:
         lock.release()

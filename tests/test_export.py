@@ -120,6 +120,7 @@ def test_a_withdrawn_case_leaves_training_keeps_its_files_and_can_be_restored(ca
 
     ds = tmp_path / "ds"
     ex.export_case(case, case.regions, ds, case_id="scans")
+    assert ex.read_manifest(ds)["format_version"] == 1, "an older napari-sevnet reads a dataset without withdrawals"
     other = load_case(phantom_dir / "phantom_0001")
     ex.export_case(other, other.regions, ds)
     smaller = case.regions.copy()
