@@ -7,7 +7,8 @@ in 8 bits, keyed by the checkpoint's weights, so a second visit costs nothing.
 A case whose files are newer than its cached report, or are not the files (or
 roles) it was made from, is segmented again. Cases already exported to a
 fine-tuning dataset are marked done (the dataset manifest keeps their source
-paths and checksums).
+paths and checksums); a case with corrections kept as recovery copies, not yet
+exported, says so.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class WorkItem:
     error: str | None = None
     cached: bool = False
     done: bool = False
+    kept: int = 0  # corrections kept as recovery copies, neither exported nor saved (:mod:`napari_sevnet.recovery`)
 
     @property
     def score(self) -> float:
@@ -51,6 +53,8 @@ class WorkItem:
         if self.error:
             return "error: " + self.error
         status = "done (exported)" if self.done else ("cached" if self.cached else "new")
+        if self.kept:  # work in progress on this case, which opening it brings back
+            status += f"; {self.kept} correction(s) not exported"
         return status + (f"; {len(self.warnings)} warning(s)" if self.warnings else "")
 
     @property
@@ -145,6 +149,7 @@ def run_worklist(
     left-right mirror, a quarter of the 8 flips' time). ``progress(case_id, fraction, message)``
     reports the work inside a case.
     """
+    from napari_sevnet import recovery
     from napari_sevnet.assignments import case_files, load_assigned_or_named
     from napari_sevnet.io import find_cases
     from napari_sevnet.report import write_case_outputs
@@ -162,6 +167,7 @@ def run_worklist(
             case_id, files = case_files(case_folder)
             item.case_id = case_id
             item.done = exported.holds(case_id, files)
+            item.kept = len(recovery.pending(files))
             case_cache = cache / case_folder.relative_to(folder)  # one folder per case: two visits may share a case id
             item.report = _cached_report(case_id, files, case_folder, case_cache, passes)
             item.cached = item.report is not None

@@ -281,6 +281,9 @@ def test_a_case_opened_from_the_worklist_alone_is_shown_radiological_with_its_si
     qtbot.waitUntil(lambda: bool(worklist.opened), timeout=60_000)
     recovered = [layer for layer in worklist.opened if layer.name.endswith("(recovered)")]
     assert len(recovered) == 3 and all(np.asarray(layer.data)[24, 2, 2] for layer in recovered)
+    worklist.start()  # the list says which case holds work not exported yet
+    qtbot.waitUntil(lambda: worklist.worker is None, timeout=300_000)
+    assert worklist.items[0].kept == 1 and "1 correction(s) not exported" in worklist.table.item(0, 5).text()
 
 
 @pytest.mark.qt
