@@ -191,10 +191,14 @@ class _Saver:
         future.add_done_callback(self._report)
 
     def _report(self, future) -> None:
+        """In the writing thread: a copy that could not be written is said once per result, on the GUI thread."""
         exc = future.exception()
         if exc is not None and not self.warned:
             self.warned = True
-            log.warning("could not keep a recovery copy of the corrections: %s", exc)
+            message = f"{self.info.case_id}: the corrections cannot be kept as a recovery copy ({exc}); export or save them, or set SEVNET_RECOVERY_DIR to a folder you can write"
+            log.warning(message)
+            if _RELAY is not None:
+                _RELAY.failed.emit(message)
 
 
 def watch(viewer) -> None:
@@ -220,6 +224,7 @@ def watch(viewer) -> None:
     if viewer not in _WATCHED:
         from qtpy.QtCore import QCoreApplication
 
+        _relay()
         app = QCoreApplication.instance()
         if app is not None and app not in _QUITTING:  # napari quit within a second of an edit: that edit is kept too
             _QUITTING.add(app)
@@ -228,6 +233,28 @@ def watch(viewer) -> None:
         viewer.layers.events.inserted.connect(attach)
         viewer.layers.events.removed.connect(dropped)
     attach()
+
+
+_RELAY = None  # carries a failed write's message from the writing thread to the GUI thread
+
+
+def _relay() -> None:
+    """Create the relay on the GUI thread (once): its signal reaches the GUI thread from the writing one."""
+    global _RELAY
+    if _RELAY is None:
+        from qtpy.QtCore import QObject, Signal
+
+        class Relay(QObject):
+            failed = Signal(str)
+
+        _RELAY = Relay()
+        _RELAY.failed.connect(_warn)
+
+
+def _warn(message: str) -> None:
+    from napari.utils import notifications
+
+    notifications.show_warning(message)
 
 
 def flush(timeout: float = 30.0) -> None:

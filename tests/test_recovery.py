@@ -93,3 +93,20 @@ def test_corrections_survive_a_closed_viewer_and_go_once_saved_or_their_recovere
         viewer.layers.remove(layer)  # the recovered result deleted, all three layers: not wanted
     recovery.flush()
     assert recovery.pending(paths) == []
+
+
+@pytest.mark.qt
+def test_a_recovery_folder_that_cannot_be_written_is_said_once_not_logged_away(qtbot, make_napari_viewer, tmp_path, monkeypatch):
+    warnings = []
+    monkeypatch.setattr("napari.utils.notifications.show_warning", warnings.append)
+    blocked = tmp_path / "not_a_folder"
+    blocked.write_text("a file where the folder should be")
+    monkeypatch.setenv("SEVNET_RECOVERY_DIR", str(blocked))
+    viewer = make_napari_viewer()
+    et = viewer.open(str(write_phantom(tmp_path / "cases", seed=4, shape=(48, 56, 48))), plugin="napari-sevnet")[6]
+    for x in (3, 5):
+        et.paint((24, x, 3), 1)
+        recovery.flush()
+    qtbot.waitUntil(lambda: bool(warnings), timeout=10_000)
+    qtbot.wait(200)
+    assert len(warnings) == 1 and "cannot be kept as a recovery copy" in warnings[0] and "SEVNET_RECOVERY_DIR" in warnings[0]
