@@ -306,7 +306,7 @@ def export_main(argv=None) -> int:
 
 def _mark_main(args) -> int:
     """sevnet-export --withdraw / --restore: mark a case's versions in the dataset's manifest."""
-    from napari_sevnet.export import active_cases, read_manifest, restore, withdraw
+    from napari_sevnet.export import restore, training_record, withdraw
 
     case_id = args.withdraw or args.restore
     try:
@@ -314,7 +314,7 @@ def _mark_main(args) -> int:
             changed = withdraw(args.dataset, case_id, version=args.version, note=args.note)
         else:
             changed = restore(args.dataset, case_id, version=args.version)
-        training = next((r for r in active_cases(read_manifest(args.dataset)) if r["case_id"] == case_id), None)
+        training = training_record(args.dataset, case_id)
     except InputError as exc:
         print(f"sevnet-export: error: {exc}", file=sys.stderr)
         return 2

@@ -274,6 +274,11 @@ def withdraw(dataset, case_id: str, *, version: int | None = None, note: str | N
     return _mark(dataset, case_id, version, mark)
 
 
+def training_record(dataset, case_id: str) -> dict | None:
+    """The version of ``case_id`` that training uses now (None: the case is left out)."""
+    return next((r for r in active_cases(read_manifest(dataset) or {"cases": []}) if r["case_id"] == case_id), None)
+
+
 def restore(dataset, case_id: str, *, version: int | None = None) -> list[dict]:
     """Undo :func:`withdraw` for ``case_id`` (every version, or only ``version``); returns the records restored."""
     return _mark(dataset, case_id, version, None)

@@ -236,13 +236,18 @@ def _recovered(case: Case, viewer) -> list:
     """The case's corrections kept by :mod:`napari_sevnet.recovery` (not those open in ``viewer``), with a notice."""
     from napari_sevnet.recovery import recovered_layers
 
-    open_groups = {info.group for info in map(LayerInfo.from_layer, viewer.layers if viewer is not None else []) if info is not None}
+    open_groups = layer_groups(viewer.layers) if viewer is not None else set()
     layers, message = recovered_layers(case.case_id, case.grid, case.paths, case.spacing, case.shape, open_groups)
     if message:
         from napari.utils.notifications import show_warning
 
         show_warning(message)
     return layers
+
+
+def layer_groups(layers) -> set[str]:
+    """The groups (opened cases, results) that napari-sevnet layers among ``layers`` belong to."""
+    return {info.group for info in map(LayerInfo.from_layer, layers) if info is not None}
 
 
 def open_scans(layers) -> dict[str, str]:

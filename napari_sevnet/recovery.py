@@ -95,14 +95,10 @@ def _remove(key: str, folder: Path) -> None:
         (folder / f"{key}{suffix}").unlink(missing_ok=True)
 
 
-def pending(paths: dict, folder: Path | None = None) -> list[Recovery]:
-    """The copies kept for these scans, unchanged since (oldest first); copies past :data:`KEEP_DAYS` are dropped."""
+def records(folder: Path | None = None) -> list[tuple[dict, Recovery]]:
+    """Every copy kept, as (its scans, its Recovery); copies past :data:`KEEP_DAYS` are dropped on the way."""
     folder = Path(folder or recovery_dir())
     if not folder.is_dir():
-        return []
-    try:
-        wanted = _scans(paths)
-    except OSError:
         return []
     oldest = _dt.datetime.now(_dt.timezone.utc) - _dt.timedelta(days=KEEP_DAYS)
     found = []
@@ -118,9 +114,19 @@ def pending(paths: dict, folder: Path | None = None) -> list[Recovery]:
         if saved < oldest:
             _remove(key, folder)
             continue
-        if record.get("scans") == wanted and (folder / f"{key}.npz").is_file():
-            found.append(Recovery(key, str(record["case_id"]), str(record["name"]), record["saved_at"], folder))
-    return sorted(found, key=lambda r: r.saved_at)
+        if (folder / f"{key}.npz").is_file():
+            found.append((record.get("scans"), Recovery(key, str(record["case_id"]), str(record["name"]), record["saved_at"], folder)))
+    return found
+
+
+def pending(paths: dict, folder: Path | None = None, kept: list[tuple[dict, Recovery]] | None = None) -> list[Recovery]:
+    """The copies kept for these scans, unchanged since (oldest first); ``kept``: :func:`records` read once for many cases."""
+    try:
+        wanted = _scans(paths)
+    except OSError:
+        return []
+    kept = records(folder) if kept is None else kept
+    return sorted((recovery for scans, recovery in kept if scans == wanted), key=lambda r: r.saved_at)
 
 
 def recovered_layers(case_id: str, grid, paths: dict | None, scale, shape, open_groups=(), translate=None) -> tuple[list, str | None]:
@@ -204,7 +210,7 @@ class _Saver:
 def watch(viewer) -> None:
     """Keep recovery copies of the edits of every result in ``viewer`` whose scans are files, as results arrive."""
     from napari_sevnet.editing import editor_of
-    from napari_sevnet.layers import LayerInfo
+    from napari_sevnet.layers import LayerInfo, layer_groups
 
     def attach(_event=None):
         for layer in viewer.layers:
@@ -216,7 +222,7 @@ def watch(viewer) -> None:
     def dropped(event):
         """A recovered result whose layers the user deleted, all three, is not wanted: its copy goes (never the original's)."""
         info = LayerInfo.from_layer(event.value)
-        if info is None or info.group not in _RESTORED or any((LayerInfo.from_layer(layer) or LayerInfo()).group == info.group for layer in viewer.layers):
+        if info is None or info.group not in _RESTORED or info.group in layer_groups(viewer.layers):
             return
         _RESTORED.discard(info.group)
         discard(info.group)

@@ -159,6 +159,7 @@ def run_worklist(
         raise InputError(folder, "worklist folder not found")
     cache = model_cache(folder, predictor.checkpoint)
     exported = exported_cases(dataset)
+    kept = recovery.records()  # read once, not once per case
     for case_folder in find_cases([folder]):
         if cancel():
             raise Cancelled("worklist cancelled")
@@ -167,7 +168,7 @@ def run_worklist(
             case_id, files = case_files(case_folder)
             item.case_id = case_id
             item.done = exported.holds(case_id, files)
-            item.kept = len(recovery.pending(files))
+            item.kept = len(recovery.pending(files, kept=kept))
             case_cache = cache / case_folder.relative_to(folder)  # one folder per case: two visits may share a case id
             item.report = _cached_report(case_id, files, case_folder, case_cache, passes)
             item.cached = item.report is not None

@@ -146,7 +146,7 @@ class ExportWidget(DockWidget):
         """Take the last export out of training (its record is marked; no file is deleted)."""
         from napari.utils.notifications import show_info
 
-        from napari_sevnet.export import active_cases, read_manifest, withdraw
+        from napari_sevnet.export import training_record, withdraw
 
         result = self.exported
         if result is None:
@@ -154,7 +154,7 @@ class ExportWidget(DockWidget):
         dataset = result.folder.parent
         try:
             withdraw(dataset, result.case_id, version=result.version, note="withdrawn from the Export dock")
-            left = next((r for r in active_cases(read_manifest(dataset)) if r["case_id"] == result.case_id), None)
+            left = training_record(dataset, result.case_id)
         except InputError as exc:
             self._error(exc)
             return

@@ -22,7 +22,7 @@ from qtpy.QtCore import QObject, Signal
 from qtpy.QtWidgets import QAbstractItemView, QHeaderView, QTableWidget, QTableWidgetItem
 
 from napari_sevnet.errors import Cancelled, InputError
-from napari_sevnet.layers import LayerInfo
+from napari_sevnet.layers import LayerInfo, layer_groups
 from napari_sevnet.regions import REGIONS
 from napari_sevnet.report import RESEARCH_USE
 from napari_sevnet.widgets import find_widget, shared_predictor
@@ -184,7 +184,7 @@ class WorklistWidget(DockWidget):
         run = next_run(self._viewer.layers, item.case_id)
         shown = open_scans(self._viewer.layers)  # read on the GUI thread: a case open already gets its result only
         taken = [layer.name for layer in self._viewer.layers]
-        open_groups = {info.group for info in map(LayerInfo.from_layer, self._viewer.layers) if info is not None}
+        open_groups = layer_groups(self._viewer.layers)
 
         @thread_worker
         def work():
