@@ -261,6 +261,17 @@ def open_scans(layers) -> dict[str, str]:
     return found
 
 
+def segmented_layers(info: LayerInfo, layers) -> dict[str, str]:
+    """Sequence -> name of the image layer a result was segmented from: as its run recorded it, else (a recovered
+    result, which outlives the layers of its run) the open layer read from the same file."""
+    from napari_sevnet.io import MODALITIES
+
+    if info.source_layers is not None:
+        return dict(info.source_layers)
+    by_file = open_scans(layers)
+    return {m: by_file[str(path)] for m, path in (info.paths or {}).items() if m in MODALITIES and str(path) in by_file}
+
+
 def napari_get_reader(path):
     """npe2 reader: claim what looks like a case (a NIfTI file, a folder holding NIfTI files).
 

@@ -3,9 +3,15 @@
 After each edit of a result whose scans are files (debounced, written off the
 GUI thread), its WT/TC/ET are kept in the recovery folder as ``<result>.npz``
 with ``<result>.json`` (case, layer name, the scans with their sizes and
-modification times, when). When the same scans, unchanged, are opened again
-(a case folder, a ``sevnet-predict`` output, the Worklist), each copy comes
-back as the layers "<case> WT (recovered)", with a notice saying when it was made.
+modification times, when, the edits tallied by tool). A model's result also
+keeps, once, its output in ``<result>.model.npz`` (its own regions,
+probabilities and SE attention) and its provenance in the record (model,
+device, thresholds, sequences), so a recovered result is a result again: the
+learned clicks and the whole edge work on it, and its export says which model
+made it and what the correction changed. When the same scans, unchanged, are
+opened again (a case folder, a ``sevnet-predict`` output, the Worklist), each
+copy comes back as the layers "<case> WT (recovered)", with a notice saying
+when it was made.
 Exporting the result or saving it with the plugin's writer discards its copy
 (the correction is safe elsewhere), and so does deleting the three layers of
 a recovered result (deleting the original's never does); an untouched copy is dropped after
@@ -59,6 +65,8 @@ class Recovery:
     name: str  # the result's layer name without its region ("Brats18_X (run 2)")
     saved_at: str
     folder: Path
+    model: dict | None = None  # the model's provenance (checkpoint, device, thresholds, sequences); None for a mask from files
+    interactions: dict | None = None  # the edits tallied by tool when the copy was made (the export's statistics)
 
     @property
     def when(self) -> str:
@@ -66,18 +74,63 @@ class Recovery:
 
     def regions(self) -> np.ndarray:
         with np.load(self.folder / f"{self.key}.npz") as data:
-            shape = tuple(int(v) for v in data["shape"])
-            return np.unpackbits(data["bits"], count=int(np.prod(shape))).reshape(shape).astype(bool)
+            return _unpack(data)
+
+    def info(self, grid, paths: dict):
+        """The recovered result's LayerInfo: the model's output and provenance when the copy kept them."""
+        from napari_sevnet.layers import LayerInfo
+
+        info = LayerInfo(group=self.key, case_id=self.case_id, grid=grid, paths=paths)
+        if self.model is None:
+            return info
+        output = self.folder / f"{self.key}{MODEL_SUFFIX}"
+        prediction = probabilities = attention = None
+        try:
+            if output.is_file():
+                with np.load(output) as data:
+                    prediction = _unpack(data)
+                    probabilities = data["probabilities"] if "probabilities" in data.files else None
+                    attention = {name.removeprefix("attention/"): data[name] for name in data.files if name.startswith("attention/")}
+        except (OSError, ValueError, KeyError) as exc:  # the provenance stays; the clicks fall back and say so
+            log.warning("%s: the model's output kept with the copy is unreadable (%s)", output, exc)
+        sequences = self.model.get("sequences")
+        return info.but(checkpoint=self.model.get("checkpoint"), device=self.model.get("device"), thresholds=self.model.get("thresholds"),
+                        sequences=tuple(sequences) if sequences else None, prediction=prediction, probabilities=probabilities, attention=attention or None)
 
 
-def save(key: str, regions: np.ndarray, *, case_id: str, name: str, paths: dict, folder: Path | None = None) -> Path:
-    """Keep (3, Z, Y, X) ``regions`` of the result ``key`` (replacing its earlier copy); returns the record's path."""
+MODEL_SUFFIX = ".model.npz"
+
+
+def _unpack(data) -> np.ndarray:
+    shape = tuple(int(v) for v in data["shape"])
+    return np.unpackbits(data["bits"], count=int(np.prod(shape))).reshape(shape).astype(bool)
+
+
+def save(key: str, regions: np.ndarray, *, case_id: str, name: str, paths: dict, folder: Path | None = None, result=None,
+         interactions: dict | None = None) -> Path:
+    """Keep (3, Z, Y, X) ``regions`` of the result ``key`` (replacing its earlier copy); returns the record's path.
+
+    ``result``: the result's LayerInfo; a model's output in it is written once (float16 probabilities: 1-2 s, up to
+    20 MB for a full case), its provenance with every record. ``interactions``: the edits tallied so far by tool.
+    """
     folder = Path(folder or recovery_dir())
     regions = np.asarray(regions, bool)
+    model = None
+    if result is not None and result.checkpoint is not None:
+        model = {"checkpoint": str(result.checkpoint), "device": result.device,
+                 "thresholds": {region: float(v) for region, v in result.thresholds.items()} if result.thresholds else None,
+                 "sequences": list(result.sequences) if result.sequences else None}
+        if not (folder / f"{key}{MODEL_SUFFIX}").is_file() and result.prediction is not None:
+            prediction = np.asarray(result.prediction, bool)
+            arrays = {f"attention/{stage}": np.asarray(weights) for stage, weights in (result.attention or {}).items()}
+            if result.probabilities is not None:  # a sevnet-predict output opened without its probability maps has none
+                arrays["probabilities"] = np.asarray(result.probabilities, np.float16)
+            with atomic_output(folder / f"{key}{MODEL_SUFFIX}", suffix=".npz") as tmp:
+                np.savez_compressed(tmp, bits=np.packbits(prediction.ravel()), shape=np.array(prediction.shape), **arrays)
     with atomic_output(folder / f"{key}.npz", suffix=".npz") as tmp:
         np.savez_compressed(tmp, bits=np.packbits(regions.ravel()), shape=np.array(regions.shape))
     record = {"format": FORMAT, "key": key, "case_id": case_id, "name": name, "saved_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-              "scans": _scans(paths)}
+              "scans": _scans(paths), "model": model, "interactions": interactions or None}
     return write_text_atomic(folder / f"{key}.json", json.dumps(record, indent=2))
 
 
@@ -91,7 +144,7 @@ def discard(key: str, folder: Path | None = None) -> None:
 
 
 def _remove(key: str, folder: Path) -> None:
-    for suffix in (".json", ".npz"):
+    for suffix in (".json", ".npz", MODEL_SUFFIX):
         (folder / f"{key}{suffix}").unlink(missing_ok=True)
 
 
@@ -115,7 +168,9 @@ def records(folder: Path | None = None) -> list[tuple[dict, Recovery]]:
             _remove(key, folder)
             continue
         if (folder / f"{key}.npz").is_file():
-            found.append((record.get("scans"), Recovery(key, str(record["case_id"]), str(record["name"]), record["saved_at"], folder)))
+            found.append((record.get("scans"), Recovery(key, str(record["case_id"]), str(record["name"]), record["saved_at"], folder,
+                                                        record.get("model") if isinstance(record.get("model"), dict) else None,
+                                                        record.get("interactions") if isinstance(record.get("interactions"), dict) else None)))
     return found
 
 
@@ -132,7 +187,7 @@ def pending(paths: dict, folder: Path | None = None, kept: list[tuple[dict, Reco
 def recovered_layers(case_id: str, grid, paths: dict | None, scale, shape, open_groups=(), translate=None) -> tuple[list, str | None]:
     """The kept copies of a case's results (the case read from ``paths``, on ``grid``) as WT/TC/ET layers, not those
     open already (``open_groups``), and the words to tell the user."""
-    from napari_sevnet.layers import LayerInfo, region_labels
+    from napari_sevnet.layers import region_labels
 
     if not paths:
         return [], None
@@ -148,13 +203,13 @@ def recovered_layers(case_id: str, grid, paths: dict | None, scale, shape, open_
             continue
         if regions.shape != (len(REGIONS), *shape):
             continue
-        info = LayerInfo(group=recovery.key, case_id=case_id, grid=grid, paths=paths)
+        info = recovery.info(grid, paths)
         result = region_labels(regions, tuple(scale), tuple(translate) if translate is not None else (0.0,) * len(shape), info)
         for layer, region in zip(result, REGIONS):
             layer.name = f"{case_id} {region} (recovered)"  # short enough for the layer list; the notice says when
         layers += result
         names.append(f"{recovery.name} of {recovery.when}")
-        _RESTORED.add(recovery.key)
+        _RESTORED[recovery.key] = recovery.interactions or {}
     if not names:
         return [], None
     return layers, (f"{case_id}: corrections that were neither exported nor saved were recovered ({'; '.join(names)}) and added as "
@@ -167,7 +222,7 @@ _EXECUTOR = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sevnet-recover
 _SAVERS: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # result key -> its saver
 _WATCHED: weakref.WeakSet = weakref.WeakSet()
 _QUITTING: weakref.WeakSet = weakref.WeakSet()  # applications whose quitting writes what is due
-_RESTORED: set[str] = set()  # keys of the copies added back as layers in this session
+_RESTORED: dict[str, dict] = {}  # key -> the edits tallied before, of the copies added back as layers in this session
 
 
 class _Saver:
@@ -183,6 +238,9 @@ class _Saver:
         self.timer.setInterval(SAVE_AFTER_MS)
         self.timer.timeout.connect(self.save)
         self.warned = False
+        earlier = _RESTORED.get(info.group)
+        if earlier and not editor.counts:  # a recovered result: the edits made before the copy still count in its export
+            editor.counts = {source: {k: int(v) for k, v in tally.items()} for source, tally in earlier.items() if isinstance(tally, dict)}
         editor.on_change.append(self.timer.start)
         editor.recovery = self  # the editor keeps its saver alive
 
@@ -193,7 +251,9 @@ class _Saver:
         wt = self.editor.layers[0]
         regions = np.stack([np.asarray(layer.data) > 0 for layer in self.editor.layers])
         name = wt.name.replace(" WT", "", 1)
-        future = _EXECUTOR.submit(save, self.info.group, regions, case_id=self.info.case_id or "case", name=name, paths=self.info.paths, folder=self.folder)
+        interactions = {source: dict(tally) for source, tally in self.editor.counts.items()}
+        future = _EXECUTOR.submit(save, self.info.group, regions, case_id=self.info.case_id or "case", name=name, paths=self.info.paths, folder=self.folder,
+                                  result=self.info, interactions=interactions)
         future.add_done_callback(self._report)
 
     def _report(self, future) -> None:
@@ -224,7 +284,7 @@ def watch(viewer) -> None:
         info = LayerInfo.from_layer(event.value)
         if info is None or info.group not in _RESTORED or info.group in layer_groups(viewer.layers):
             return
-        _RESTORED.discard(info.group)
+        _RESTORED.pop(info.group, None)
         discard(info.group)
 
     if viewer not in _WATCHED:

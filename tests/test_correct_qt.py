@@ -266,6 +266,61 @@ def test_the_export_counts_clicks_and_brush_strokes_apart(qtbot, corrected, tmp_
     assert record["interactions"]["brush"]["edits"] >= 1 and record["interactions"]["click"]["edits"] >= 1
 
 
+def test_a_result_recovered_after_a_crash_is_a_result_again_for_clicks_the_edge_and_the_export(qtbot, corrected, tmp_path):
+    import json
+    from pathlib import Path
+
+    from napari_sevnet import recovery
+    from napari_sevnet.layers import LayerInfo, segmented_layers
+    from napari_sevnet.widgets.export import ExportWidget
+
+    viewer, segment, correct, _ = corrected
+    et, before = segment.result_layers["ET"], LayerInfo.from_layer(segment.result_layers["WT"])
+    viewer.layers.selection.active = et
+    et.paint((32, 36, 32), 1)  # a brush stroke
+    correct._region.value = "ET"
+    press(correct, viewer, Mouse((32.0, 36.0, 33.0), modifiers=("Shift",)))  # a learned click
+    assert correct.fallback is None
+    recovery.flush()
+    viewer.layers.clear()  # lost (a crash would do the same); the case opened again
+    opened = viewer.open(str(Path(before.paths["flair"]).parent), plugin="napari-sevnet")
+    recovered = {layer.name.split()[1]: layer for layer in opened if "(recovered)" in layer.name}
+    info = LayerInfo.from_layer(recovered["WT"])
+    assert (info.checkpoint, info.thresholds, info.sequences) == (before.checkpoint, before.thresholds, before.sequences)
+    np.testing.assert_array_equal(info.prediction, before.prediction)
+    assert info.probabilities is not None and sorted(segmented_layers(info, viewer.layers)) == ["flair", "t1", "t1ce", "t2"]
+
+    viewer.layers.selection.active = recovered["WT"]
+    correct._region.value = "WT"
+    inside = np.argwhere(np.asarray(recovered["WT"].data) > 0)[0]
+    press(correct, viewer, Mouse(tuple(float(v) for v in recovered["WT"].data_to_world(inside)), modifiers=("Shift",)))
+    assert correct.fallback is None, "a learned click, as before the crash"
+    correct.move_edge(0.3)
+    assert "WT edge moved from" in correct._status.value
+
+    from napari_sevnet.widgets.attention import AttentionWidget
+
+    attention = AttentionWidget(viewer)
+    viewer.window.add_dock_widget(attention)
+    attention._refresh()
+    assert attention._source.value is recovered["WT"] and attention._stage.choices, "its SE attention is shown"
+    n = len(viewer.layers)
+    attention.show_feature_map(attention._stage.choices[0], 0)  # from the reopened scans: the run's own layers are gone
+    qtbot.waitUntil(lambda: len(viewer.layers) == n + 1, timeout=60_000)
+    viewer.layers.selection.active = recovered["WT"]
+
+    export = ExportWidget(viewer)
+    viewer.window.add_dock_widget(export)
+    assert export._result.value is recovered["WT"] and "(edited)" in export._target.value
+    export._dataset.value = tmp_path / "ds"
+    export.export()
+    qtbot.waitUntil(lambda: export.worker is None, timeout=60_000)
+    record = json.loads((tmp_path / "ds" / "dataset.json").read_text(encoding="utf-8"))["cases"][0]
+    assert record["checkpoint"] is not None and record["edits"] is not None, "which model made it, and what the correction changed"
+    tally = record["interactions"]
+    assert tally["brush"]["edits"] >= 1 and tally["click"]["edits"] >= 1 and tally["edge"]["edits"] >= 1, "the edits before the crash count too"
+
+
 def test_a_click_in_3d_view_adds_where_the_model_was_surest_outside_and_removes_the_surface_under_the_cursor(qtbot, corrected):
     viewer, segment, correct, _ = corrected
     tc = segment.result_layers["TC"]

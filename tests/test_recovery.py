@@ -47,6 +47,43 @@ def test_a_copy_comes_back_for_the_same_unchanged_scans_only(tmp_path, recovery_
     assert recovery.pending(case.paths) == [] and not list(recovery_folder.iterdir())
 
 
+def test_a_models_result_comes_back_with_its_output_provenance_and_tally(tmp_path, recovery_folder):
+    from napari_sevnet.layers import LayerInfo
+
+    case = load_case(write_phantom(tmp_path, seed=4, shape=(32, 40, 32)))
+    rng = np.random.default_rng(0)
+    result = LayerInfo(case_id=case.case_id, grid=case.grid, paths=case.paths, checkpoint="/models/m.json", device="cpu",
+                       thresholds={"WT": np.float32(0.4), "TC": 0.5, "ET": 0.5}, sequences=("t1", "t1ce", "t2", "flair"),
+                       prediction=case.regions, probabilities=rng.random((3, 32, 40, 32)).astype(np.float16),
+                       attention={"enc1": np.array([0.2, 0.7], np.float32)}, run=2)
+    tally = {"click": {"edits": 2, "voxels": 130, "undone": 1}, "brush": {"edits": 1, "voxels": 9, "undone": 0}}
+    recovery.save(KEY, case.regions, case_id=case.case_id, name="x", paths=case.paths, result=result, interactions=tally)
+    output = recovery_folder / f"{KEY}{recovery.MODEL_SUFFIX}"
+    written = output.stat().st_mtime_ns
+    recovery.save(KEY, case.regions, case_id=case.case_id, name="x", paths=case.paths, result=result, interactions=tally)
+    assert output.stat().st_mtime_ns == written, "the model's output does not change with the edits: written once"
+
+    (found,) = recovery.pending(case.paths)
+    info = found.info(case.grid, case.paths)
+    assert info.group == KEY and found.interactions == tally
+    assert (info.checkpoint, info.device, info.sequences) == ("/models/m.json", "cpu", result.sequences)
+    assert info.thresholds == pytest.approx({"WT": 0.4, "TC": 0.5, "ET": 0.5})
+    np.testing.assert_array_equal(info.prediction, case.regions)
+    np.testing.assert_array_equal(info.probabilities, result.probabilities)
+    np.testing.assert_array_equal(info.attention["enc1"], result.attention["enc1"])
+
+    output.write_bytes(b"damaged")  # the provenance still comes back; the clicks fall back to what they can do without
+    info = recovery.pending(case.paths)[0].info(case.grid, case.paths)
+    assert info.checkpoint == "/models/m.json" and info.probabilities is None
+
+    recovery.save("f" * 32, case.regions, case_id=case.case_id, name="y", paths=case.paths, result=LayerInfo(paths=case.paths))
+    mask_from_files = next(r for r in recovery.pending(case.paths) if r.key == "f" * 32)
+    assert mask_from_files.model is None and mask_from_files.info(case.grid, case.paths).prediction is None
+    recovery.discard(KEY)
+    recovery.flush()
+    assert not output.exists()
+
+
 @pytest.mark.qt
 def test_corrections_survive_a_closed_viewer_and_go_once_saved_or_their_recovered_layers_deleted(qtbot, make_napari_viewer, tmp_path, monkeypatch):
     from napari_sevnet.layers import LayerInfo

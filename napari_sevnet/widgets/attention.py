@@ -15,7 +15,7 @@ import numpy as np
 from magicgui.widgets import ComboBox, Label, PushButton, SpinBox
 
 from napari_sevnet.checkpoint import attention_caveat
-from napari_sevnet.layers import LayerInfo
+from napari_sevnet.layers import LayerInfo, segmented_layers
 from napari_sevnet.widgets import shared_predictor
 from napari_sevnet.widgets.base import DockWidget
 
@@ -268,7 +268,8 @@ class AttentionWidget(DockWidget):
         from napari_sevnet.io import MODALITIES
 
         try:
-            return {m: self._viewer.layers[meta.source_layers[m]] for m in meta.sequences or MODALITIES}
+            names = segmented_layers(meta, self._viewer.layers)
+            return {m: self._viewer.layers[names[m]] for m in meta.sequences or MODALITIES}
         except KeyError as exc:
             self.report_error(failure, KeyError(f"the image layer {exc} used for this result was removed; run Segment again"))
             return None

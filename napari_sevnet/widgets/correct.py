@@ -48,7 +48,7 @@ from napari_sevnet.click_refiner import SEQUENCES as REFINER_SEQUENCES
 from napari_sevnet.click_refiner import ClickRefiner, normalise
 from napari_sevnet.correction import DEFAULT_RADIUS_MM, DEFAULT_THRESHOLD, GUIDE_SEQUENCE, IMAGE_REACH_MM, REACH_PER_DEPTH, _ball_box, fill_between, grow, move_threshold, shrink
 from napari_sevnet.errors import InputError
-from napari_sevnet.layers import LayerInfo, region_group
+from napari_sevnet.layers import LayerInfo, region_group, segmented_layers
 from napari_sevnet.regions import REGIONS
 from napari_sevnet.widgets.base import DockWidget
 
@@ -155,7 +155,8 @@ class CorrectWidget(DockWidget):
             _, info = self.target()
         except InputError:
             return
-        names = {g: (info.source_layers or {}).get(g) for g in REFINER_SEQUENCES}
+        sources = segmented_layers(info, self._viewer.layers)
+        names = {g: sources.get(g) for g in REFINER_SEQUENCES}
         pending = {g: self._viewer.layers[n].data for g, n in names.items() if n in self._viewer.layers}
         pending = {g: a for g, a in pending.items() if not self._normalised_for(g, a)}
         if not pending:
@@ -270,7 +271,7 @@ class CorrectWidget(DockWidget):
         return info.probabilities[REGIONS.index(self._region.value)] if info.probabilities is not None else None
 
     def _guide(self, info) -> np.ndarray | None:
-        name = (info.source_layers or {}).get(GUIDE_SEQUENCE[self._region.value])
+        name = segmented_layers(info, self._viewer.layers).get(GUIDE_SEQUENCE[self._region.value])
         return np.asarray(self._viewer.layers[name].data) if name in self._viewer.layers else None
 
     def _normalised_for(self, sequence: str, array) -> bool:
@@ -281,7 +282,8 @@ class CorrectWidget(DockWidget):
         """(the refiner, the region's guide sequences normalised) for a learned click, or why it cannot run."""
         if info.probabilities is None:
             return "this result kept no model probability"
-        names = {g: (info.source_layers or {}).get(g) for g in REFINER_GUIDES[self._region.value]}
+        sources = segmented_layers(info, self._viewer.layers)
+        names = {g: sources.get(g) for g in REFINER_GUIDES[self._region.value]}
         missing = [g for g, n in names.items() if n not in self._viewer.layers]
         if missing:
             return f"no {' or '.join(m.upper() for m in missing)} layer open"
