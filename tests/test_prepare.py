@@ -209,9 +209,11 @@ def test_the_reader_offers_preparation_and_the_prepare_dock_opens_the_prepared_c
     dock = PrepareWidget(viewer)
     viewer.window.add_dock_widget(dock)
     dock._folder.value, dock._output.value, dock._strip.value, dock._bias_field.value = raw, tmp_path / "prepared", False, False
-    dock.prepare()
+    worker = dock.prepare()
+    assert not dock._run.enabled and dock.prepare() is worker, "a second click while it works starts no second preparation"
+    assert "still preparing" in dock._status.value
     qtbot.waitUntil(lambda: dock.worker is None, timeout=180_000)
-    assert dock.prepared is not None and len(viewer.layers) == 4 and tuple(viewer.layers[0].scale) == (1.0, 1.0, 1.0)
+    assert dock._run.enabled and dock.prepared is not None and len(viewer.layers) == 4 and tuple(viewer.layers[0].scale) == (1.0, 1.0, 1.0)
     record = json.loads((dock.prepared.folder / "prepare.json").read_text(encoding="utf-8"))
     assert record["bias_field"] is None and "bias_field_s" not in record["timings_s"]  # the dock's choice reached the preparation
     assert record["brain_ml"] is None and "skull kept (not stripped)" in dock._status.value  # not "brain 0 mL"

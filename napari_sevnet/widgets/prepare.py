@@ -84,6 +84,9 @@ class PrepareWidget(DockWidget):
         """Prepare in a worker, then open the prepared case; returns the worker (None on incomplete choices)."""
         from napari.qt.threading import thread_worker
 
+        if self.worker is not None:  # minutes of work: a second click would race the first for the same output folder
+            self._status.value = "still preparing the last case: it opens when done"
+            return self.worker
         folder, output = chosen_path(self._folder), chosen_path(self._output)
         if folder is None or output is None:
             self.report_error("Prepare", InputError(None, "choose the folder of raw series and where the prepared case goes"))
@@ -123,7 +126,9 @@ class PrepareWidget(DockWidget):
             self.report_error("Prepare", exc)
 
         self._status.value = "preparing (registration, resampling, skull stripping, bias field: a few minutes)..."
+        self._run.enabled = False
         return self.start_worker(work, returned=opened, errored=failed, finished=self._on_finished)
 
     def _on_finished(self):
         self.worker = None
+        self._run.enabled = True
