@@ -235,6 +235,10 @@ def test_the_prepare_dock_lists_the_series_and_prepares_the_ones_chosen(qtbot, m
     assert {m: c.value for m, c in dock._series.items()} == {"t1": "T1_AX_SE.nii.gz", "t1ce": "T1_AX_POST_GAD.nii.gz", "t2": "AX_T2_TSE.nii.gz", "flair": "FLAIR_AX.nii.gz"}
     assert "LOCALIZER.nii.gz" in dock._series["t2"].choices and "5 NIfTI series; each sequence proposed" in dock._status.value
     dock._output.value, dock._strip.value, dock._bias_field.value = tmp_path / "prepared", False, False
+    dock._series["flair"].value = "LOCALIZER.nii.gz"
+    viewer.add_image(np.zeros((4, 4, 4)))  # napari resets a dock's choices when a layer comes or goes: what was listed and chosen stays
+    assert dock._series["flair"].value == "LOCALIZER.nii.gz" and dock._series["t1"].value == "T1_AX_SE.nii.gz"
+    viewer.layers.clear()
     dock._series["t2"].value = "T1_AX_SE.nii.gz"
     assert dock.prepare() is None and "T1_AX_SE.nii.gz is chosen for more than one sequence" in errors[-1]
     dock._series["t2"].value, dock._series["flair"].value = "AX_T2_TSE.nii.gz", NONE

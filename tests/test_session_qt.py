@@ -306,6 +306,26 @@ def test_the_reader_says_why_and_files_can_be_assigned_by_hand(qtbot, make_napar
     config = json.loads((tmp_path / "config" / "assignments.json").read_text(encoding="utf-8"))
     assert config[str(clinic.resolve())]["t1ce"] == "T1_post.nii.gz"
 
+    # its mask corrected, then lost (a crash, the layers deleted): opened with the dock again, the correction comes back
+    from napari_sevnet import recovery
+
+    warned = []
+    monkeypatch.setattr("napari.utils.notifications.show_warning", warned.append)
+    (clinic / "lesion_mask.nii.gz").write_bytes((source / "phantom_0003_seg.nii.gz").read_bytes())
+    viewer.layers.clear()
+    assign._on_folder()  # the folder listed again, with the mask
+    assign._roles["seg"].value, assign._remember.value = "lesion_mask.nii.gz", False
+    assign.open_case()
+    qtbot.waitUntil(lambda: assign.worker is None and len(viewer.layers) == 7, timeout=60_000)
+    viewer.layers[-1].paint((24, 2, 2), 1)  # ET, and so TC and WT
+    recovery.flush()
+    viewer.layers.clear()  # napari resets the dock's choices as layers go: the files listed and chosen stay
+    assign.open_case()
+    qtbot.waitUntil(lambda: assign.worker is None and len(viewer.layers) == 10, timeout=60_000)
+    recovered = [layer for layer in viewer.layers if layer.name.endswith("(recovered)")]
+    assert len(recovered) == 3 and all(np.asarray(layer.data)[24, 2, 2] for layer in recovered)
+    assert warned and "were recovered" in warned[-1]
+
 
 def test_the_writers_own_message_reaches_the_user_and_images_may_be_selected(make_napari_viewer, tmp_path):
     from napari_sevnet.errors import NotSaved

@@ -3,7 +3,8 @@
 Choose the folder; each file is proposed for the sequence its name suggests
 (:func:`napari_sevnet.assignments.guess_roles`), the user confirms or changes
 the four sequences (and an optional mask), and "Open" reads the case in a
-worker and adds its layers as the reader would. The choice is remembered for
+worker and adds its layers as the reader would (with the corrections kept as
+recovery copies, :mod:`napari_sevnet.recovery`). The choice is remembered for
 the folder, so dropping it on napari later opens it directly.
 """
 
@@ -23,7 +24,10 @@ class AssignWidget(DockWidget):
     def __init__(self, napari_viewer):
         super().__init__(napari_viewer)
         self._folder = FileEdit(label="Folder", mode="d", nullable=True, tooltip="The folder holding the case's NIfTI files")
-        self._roles = {role: ComboBox(label=label, choices=[NONE]) for role, label in ROLE_LABELS.items()}
+        self._files: list[str] = []  # the chosen folder's NIfTI files
+        # choices from a function: napari resets a dock's choices whenever a layer comes or goes, and a plain list
+        # would go back to the one given here, losing the files listed and the user's choices
+        self._roles = {role: ComboBox(label=label, choices=self._file_choices) for role, label in ROLE_LABELS.items()}
         self._remember = CheckBox(text="Remember for this folder", value=True, tooltip="Kept in your napari-sevnet settings, not in the data folder")
         self._open = PushButton(text="Open")
         self._status = Label(value="")
@@ -41,11 +45,15 @@ class AssignWidget(DockWidget):
             return
         files = nifti_files(folder)
         proposal = remembered(folder) or guess_roles(files)
+        self._files = [p.name for p in files]
         for role, combo in self._roles.items():
-            combo.choices = [NONE, *(p.name for p in files)]
+            combo.reset_choices()
             combo.value = proposal[role].name if role in proposal else NONE
         guessed = ", ".join(f"{ROLE_LABELS[r]} = {p.name}" for r, p in proposal.items())
         self._status.value = f"{len(files)} NIfTI file(s); proposed: {guessed or 'nothing recognised'}. Check and press Open."
+
+    def _file_choices(self, _widget=None) -> list[str]:
+        return [NONE, *self._files]
 
     def mapping(self) -> dict:
         folder = chosen_path(self._folder)
@@ -69,7 +77,10 @@ class AssignWidget(DockWidget):
             self._status.value = "not opened"
             self.report_error("Assign sequences", exc)
             return None
+        from napari_sevnet.layers import layer_groups
+
         folder, remember = chosen_path(self._folder), self._remember.value
+        open_groups = layer_groups(self._viewer.layers)
 
         @thread_worker
         def work():
@@ -78,19 +89,27 @@ class AssignWidget(DockWidget):
             from napari_sevnet.assignments import remember as keep
             from napari_sevnet.io import load_case
             from napari_sevnet.layers import case_layers
+            from napari_sevnet.recovery import recovered_layers
 
             case = load_case(mapping=mapping, allow_missing=True)
             if remember:
                 keep(folder, mapping)
-            return [Layer.create(data, kwargs, kind) for data, kwargs, kind in case_layers(case)]
+            layers = [Layer.create(data, kwargs, kind) for data, kwargs, kind in case_layers(case)]
+            recovered, message = recovered_layers(case.case_id, case.grid, case.paths, case.spacing, case.shape, open_groups)
+            return layers + recovered, message
 
-        def add(layers):
+        def add(out):
             from napari_sevnet.layers import prepare_viewer
 
+            layers, message = out
             prepare_viewer(self._viewer)
             for layer in layers:
                 self._viewer.add_layer(layer)
             self._status.value = f"opened {len(layers)} layer(s)" + (" and remembered the choice" if remember else "")
+            if message:  # corrections of this case that were neither exported nor saved came back with it
+                from napari.utils.notifications import show_warning
+
+                show_warning(message)
 
         def failed(exc):
             self._status.value = "not opened"

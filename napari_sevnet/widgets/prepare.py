@@ -28,7 +28,10 @@ class PrepareWidget(DockWidget):
         super().__init__(napari_viewer)
         self._folder = FileEdit(label="Raw series", mode="d", nullable=True, tooltip="A folder of one patient's series, names saying T1, T1ce (post-Gd), T2, FLAIR")
         self._output = FileEdit(label="Prepared into", mode="d", nullable=True, tooltip="Where the prepared case goes (never replaced)")
-        self._series = {m: ComboBox(label=MODALITY_LABELS[m], choices=[NONE], tooltip=TOOLTIPS["series"]) for m in MODALITIES}
+        self.found = None  # the chosen folder's SeriesOptions, once read
+        # choices from a function: napari resets a dock's choices whenever a layer comes or goes (a plain list would
+        # go back to [none], losing the series listed and the user's choices)
+        self._series = {m: ComboBox(label=MODALITY_LABELS[m], choices=self._series_choices, tooltip=TOOLTIPS["series"]) for m in MODALITIES}
         for combo in self._series.values():  # a clinic's long series names do not widen the dock
             combo.native.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
             combo.native.setMinimumContentsLength(24)
@@ -42,8 +45,10 @@ class PrepareWidget(DockWidget):
         self._run.changed.connect(self.prepare)
         self._folder.changed.connect(self._on_folder)
         self.prepared = None
-        self.found = None  # the chosen folder's SeriesOptions, once read
         self.lister = None  # the worker reading them
+
+    def _series_choices(self, _widget=None) -> list[str]:
+        return [NONE, *self.found.options] if self.found is not None else [NONE]
 
     def _on_folder(self, _value=None):
         """List the folder's series under each sequence, as proposed from their names (DICOM headers are read in a worker)."""
@@ -53,7 +58,8 @@ class PrepareWidget(DockWidget):
 
         self.found = None
         for combo in self._series.values():
-            combo.choices, combo.value = [NONE], NONE
+            combo.reset_choices()
+            combo.value = NONE
         folder = chosen_path(self._folder)
         if folder is None or not folder.is_dir():
             return None
@@ -63,7 +69,7 @@ class PrepareWidget(DockWidget):
                 return
             self.found = found
             for m, combo in self._series.items():
-                combo.choices = [NONE, *found.options]
+                combo.reset_choices()
                 combo.value = found.proposal.get(m, NONE)
             unnamed = [MODALITY_LABELS[m] for m in MODALITIES if m not in found.proposal]
             self._status.value = (f"{len(found.options)} {'DICOM' if found.dicom else 'NIfTI'} series; "
