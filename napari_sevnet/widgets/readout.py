@@ -50,6 +50,7 @@ class ReadoutWidget(DockWidget):
         self.table.cellClicked.connect(lambda row, _col: self.go_to(row))
         self.native.layout().addWidget(self.table)
         self.readout = None
+        self.measuring = None  # the worker measuring the table (self.worker: the report or comparison under way)
         self.comparison = None
         self._compared: tuple | None = None  # (the follow-up result's group, the baseline's case id and Readout) of the last Compare
         self.shapes = None
@@ -113,13 +114,26 @@ class ReadoutWidget(DockWidget):
 
             return measure(regions, spacing, grid)
 
-        if self.worker is not None:
+        if self.measuring is not None:
             self._debounce.start()  # one measurement at a time: try again shortly
             return None
-        return self.start_worker(work, returned=self._on_measured, errored=lambda exc: self.report_error("Read-out failed", exc), finished=self._on_finished)
+        worker = self.measuring = work(_connect={"returned": self._on_measured, "errored": lambda exc: self.report_error("Read-out failed", exc),
+                                                 "finished": self._on_measured_all}, _start_thread=False)
+        worker.start()
+        return worker
+
+    def _on_measured_all(self):
+        self.measuring = None
 
     def _on_finished(self):
         self.worker = None
+
+    def _still_working(self) -> bool:
+        """A report or comparison is under way (a second click would write twice, or add the registered baseline twice)."""
+        if self.worker is None:
+            return False
+        self._status.value = "the last report or comparison is still under way: click again once it is done"
+        return True
 
     def _on_measured(self, readout):
         self.readout = readout
@@ -182,8 +196,10 @@ class ReadoutWidget(DockWidget):
         """Write the HTML case report of the result in a worker; returns the worker (None when there is nothing to write)."""
         from napari.qt.threading import thread_worker
 
+        if self._still_working():
+            return self.worker
         path = chosen_path(self._report_path)
-        if path is None or self.readout is None:
+        if path is None or len(self._tracked) < len(REGIONS):  # not self.readout: the table's measurement may still be under way
             self.report_error("Report", InputError(None, "choose where to write the report, and a result to report on"))
             return None
         if path.suffix.lower() != ".html":
@@ -213,6 +229,8 @@ class ReadoutWidget(DockWidget):
         """Change since the baseline result, its RANO category, and the two visits side by side; returns the worker."""
         from napari.qt.threading import thread_worker
 
+        if self._still_working():
+            return self.worker
         baseline, follow = self._baseline.value, self._tracked.get("WT")
         if baseline is None or follow is None or baseline is follow:
             self.report_error("Compare", InputError(None, "choose a baseline result other than the one selected"))
