@@ -76,7 +76,7 @@ def predict_main(argv=None) -> int:
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     device = args.device
     try:
-        _check_output_folder(args.output, cases, allow_missing=args.allow_missing)
+        cases = _check_output_folder(args.output, cases, allow_missing=args.allow_missing)
         if world > 1:  # under torchrun: this rank's share of the cases, on its own GPU when there are GPUs
             cases = cases[rank::world]
             if device != "cpu" and torch_cuda_available():
@@ -154,22 +154,30 @@ def torch_cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
-def _check_output_folder(output: Path, cases: list[Path], *, allow_missing: bool = False) -> None:
-    """Refuse an output folder that is an input case's own folder, and two inputs with one case id (as they will be read)."""
+def _check_output_folder(output: Path, cases: list[Path], *, allow_missing: bool = False) -> list[Path]:
+    """Refuse an output that is a file or an input case's own folder, and two inputs with one case id (as they will be
+    read); returns the cases, each once (a case named twice, as its folder and one of its files say, is segmented once)."""
     from napari_sevnet.assignments import case_files
 
+    if output.exists() and not output.is_dir():
+        raise InputError(output, "is a file: -o is the folder the outputs go into")
     seen: dict[str, Path] = {}
+    once: list[Path] = []
     for path in cases:
         try:
             case_id, files = case_files(path, allow_missing=allow_missing)  # as the case will be read (an Assign dock choice too)
         except InputError:
+            once.append(path)
             continue  # reported, naming its file, when the case is read
         folder = next(iter(files.values())).parent.resolve()
         if output.resolve() == folder:
             raise InputError(output, f"is the folder of the input case {case_id}: outputs never go into an input case's folder (a <case>_seg written there replaces or later passes for its reference mask); choose another -o")
         if case_id in seen and seen[case_id] != folder:
             raise InputError(path, f"has the case id {case_id!r} of another input, {seen[case_id]}: their outputs would collide; segment them into separate -o folders")
+        if case_id not in seen:
+            once.append(path)
         seen[case_id] = folder
+    return once
 
 
 def _write_json(path: Path, data) -> None:
@@ -191,6 +199,14 @@ def evaluate_main(argv=None) -> int:
     from napari_sevnet.io import find_segmentations, find_submissions, read_labels, role_of
     from napari_sevnet.metrics import case_lesion_metrics, case_metrics, mean_metrics
     from napari_sevnet.regions import REGIONS
+
+    for folder, what in ((args.pred_dir, "the predictions' folder"), (args.gt_dir, "the references' folder")):
+        if not folder.is_dir():
+            print(f"sevnet-evaluate: error: {folder}: {'is a file, not ' + what if folder.exists() else 'no such folder (' + what + ')'}", file=sys.stderr)
+            return 2
+    if args.output is not None and args.output.exists() and not args.output.is_dir():  # said before minutes of scoring, not after
+        print(f"sevnet-evaluate: error: {args.output}: is a file: -o is the folder metrics.csv and metrics.json go into", file=sys.stderr)
+        return 2
 
     found = find_segmentations(args.pred_dir)
     refs = find_segmentations(args.gt_dir, exclude=frozenset(p.resolve() for paths in found.values() for p in paths))
@@ -234,16 +250,21 @@ def evaluate_main(argv=None) -> int:
     mean = mean_metrics(per_case)
     rows.append({"case": "mean", **{f"{r}_{k}": v for r in REGIONS for k, v in mean[r].items()}})
     out = args.output or args.pred_dir
-    out.mkdir(parents=True, exist_ok=True)
-    earlier = (out / "metrics.json").exists()
-    with open(out / "metrics.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    # which predictions were scored against which references: two evaluations of one folder are told apart
-    _write_json(out / "metrics.json", {"predictions": str(args.pred_dir.resolve()), "references": str(args.gt_dir.resolve()), "labels": args.labels,
-                                       "cases": rows[:-1], "mean": mean, "references_without_prediction": unscored})
-    print(f"sevnet-evaluate: wrote {out / 'metrics.csv'} and metrics.json" + (" (replacing an earlier evaluation's)" if earlier else ""), file=sys.stderr)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        earlier = (out / "metrics.json").exists()
+        with open(out / "metrics.csv", "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        # which predictions were scored against which references: two evaluations of one folder are told apart
+        _write_json(out / "metrics.json", {"predictions": str(args.pred_dir.resolve()), "references": str(args.gt_dir.resolve()), "labels": args.labels,
+                                           "cases": rows[:-1], "mean": mean, "references_without_prediction": unscored})
+    except OSError as exc:  # a read-only or full disk: the table below is still printed
+        print(f"sevnet-evaluate: error: {out}: cannot write metrics.csv and metrics.json ({exc.strerror or exc}); choose another -o", file=sys.stderr)
+        failed += 1
+    else:
+        print(f"sevnet-evaluate: wrote {out / 'metrics.csv'} and metrics.json" + (" (replacing an earlier evaluation's)" if earlier else ""), file=sys.stderr)
     columns = [("dice", "Dice", ".3f"), ("hd95", "HD95", ".2f")] + ([("lesion_dice", "LwDice", ".3f"), ("lesion_hd95", "LwHD95", ".2f")] if args.lesion_wise else [])
     print(f"{'case':<24}" + "".join(f"{r + ' ' + title:>12}" for r in REGIONS for _, title, _ in columns))
     for row in rows:

@@ -33,6 +33,12 @@ def test_predict_folder_of_cases_then_evaluate(phantom_dir, random_checkpoint, t
     assert evaluate_main([str(copies), str(phantom_dir), "-o", str(tmp_path / "self")]) == 0
     mean = json.loads((tmp_path / "self" / "metrics.json").read_text(encoding="utf-8"))["mean"]
     assert mean["WT"]["dice"] == 1.0 and mean["ET"]["hd95"] == 0.0
+    capsys.readouterr()
+    (tmp_path / "metrics_file").write_text("x")
+    assert evaluate_main([str(copies), str(phantom_dir), "-o", str(tmp_path / "metrics_file")]) == 2, "said before the scoring, not a traceback after it"
+    assert evaluate_main([str(tmp_path / "typo"), str(phantom_dir)]) == 2
+    err = capsys.readouterr().err
+    assert "metrics_file: is a file: -o is the folder" in err and "typo: no such folder (the predictions' folder)" in err
     assert evaluate_main([str(out), str(phantom_dir)]) == 0
     rows = (out / "metrics.csv").read_text(encoding="utf-8").splitlines()
     assert rows[0].startswith("case,WT_dice") and rows[-1].startswith("mean,") and len(rows) == 5
@@ -112,6 +118,18 @@ def test_bad_case_gets_one_line_and_the_batch_continues(phantom_dir, random_chec
     # a second run refuses to overwrite without --overwrite
     assert predict_main([str(phantom_dir / "phantom_0000"), "-o", str(out), "--checkpoint", str(random_checkpoint)]) == 1
     assert predict_main([str(phantom_dir / "phantom_0000"), "-o", str(out), "--checkpoint", str(random_checkpoint), "--overwrite"]) == 0
+
+
+def test_a_case_named_twice_is_segmented_once_and_an_output_that_is_a_file_is_one_line(phantom_dir, random_checkpoint, tmp_path, capsys):
+    case = phantom_dir / "phantom_0000"
+    out = tmp_path / "pred"
+    # its folder and one of its files (a glob, a drag and drop): once, not a second time refused as "already exists"
+    assert predict_main([str(case), str(case / "phantom_0000_flair.nii.gz"), "-o", str(out), "--checkpoint", str(random_checkpoint), "--device", "cpu"]) == 0
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["phantom_0000_report.json", "phantom_0000_seg.nii.gz"]
+    capsys.readouterr()
+    (tmp_path / "notes.txt").write_text("x")
+    assert predict_main([str(case), "-o", str(tmp_path / "notes.txt"), "--checkpoint", str(random_checkpoint)]) == 2
+    assert "notes.txt: is a file: -o is the folder" in capsys.readouterr().err
 
 
 def test_missing_checkpoint_is_one_line(tmp_path, capsys):
