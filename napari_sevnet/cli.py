@@ -404,13 +404,23 @@ def measure_main(argv=None) -> int:
     return 0
 
 
-def _list_dicom(folders) -> int:
+def _list_series(folders) -> int:
+    """Each folder's series and the sequence proposed for each (DICOM with the UIDs --series takes), as the Prepare dock lists them."""
     from napari_sevnet import dicom
+    from napari_sevnet.prepare import is_dicom_folder, series_options
 
     for folder in folders:
         try:
-            for s in dicom.find_series(folder):
-                print(f"{folder}: {s.uid}  {s.label}  patient {s.patient_id or '?'}  -> {s.role or 'not recognised'}")
+            if not folder.is_dir():
+                raise InputError(folder, "is a file: give the folder that holds this patient's raw series" if folder.exists() else "cannot access: no such folder")
+            if is_dicom_folder(folder):
+                for s in dicom.find_series(folder):
+                    print(f"{folder}: {s.uid}  {s.label}  patient {s.patient_id or '?'}  -> {s.role or 'not recognised'}")
+                continue
+            found = series_options(folder)
+            proposed = {name: m for m, name in found.proposal.items()}
+            for name in found.options:
+                print(f"{folder}: {name}  -> {proposed.get(name, 'not recognised (rename it to say T1, T1ce/post-Gd, T2 or FLAIR)')}")
         except InputError as exc:
             print(f"sevnet-prepare: error: {exc}", file=sys.stderr)
             return 1
@@ -420,13 +430,15 @@ def _list_dicom(folders) -> int:
 def prepare_main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="sevnet-prepare", description="Raw clinical series (own grids, with the skull) -> a BraTS-style case: co-registered, 1 mm, skull-stripped, transforms kept.")
     parser.add_argument("inputs", nargs="+", type=Path, help="folders of one patient's series (names saying T1, T1ce/post-Gd, T2, FLAIR)")
-    parser.add_argument("-o", "--output", required=True, type=Path, help="where the prepared cases go (never replaced)")
+    parser.add_argument("-o", "--output", type=Path, help="where the prepared cases go (never replaced); required but with --list")
     parser.add_argument("--reference", default="t1ce", choices=["t1", "t1ce", "t2", "flair"], help="the series the others are registered to and whose grid results go back to")
     parser.add_argument("--no-skull-strip", action="store_true", help="the series are skull-stripped already")
     parser.add_argument("--no-bias-field", action="store_true", help="skip N4 bias-field correction (e.g. the series were corrected already)")
     parser.add_argument("--series", action="append", default=[], metavar="SEQUENCE=UID", help="DICOM: the series for a sequence when its description does not say it (t1ce=1.2.3...), or none for no series (flair=none)")
-    parser.add_argument("--list", action="store_true", help="DICOM: list the series found and the sequence proposed for each, and stop")
+    parser.add_argument("--list", action="store_true", help="list the series found (DICOM: with their UIDs) and the sequence proposed for each, and stop")
     args = parser.parse_args(argv)
+    if args.output is None and not args.list:
+        parser.error("the following arguments are required: -o/--output")
     _setup_logging(False)
 
     from napari_sevnet.prepare import prepare_case
@@ -436,7 +448,7 @@ def prepare_main(argv=None) -> int:
     except ValueError:
         parser.error("--series takes SEQUENCE=UID, e.g. --series t1ce=1.2.840.113619...")
     if args.list:
-        return _list_dicom(args.inputs)
+        return _list_series(args.inputs)
     failed = 0
     for folder in args.inputs:
         try:

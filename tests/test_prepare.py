@@ -152,6 +152,8 @@ def test_sevnet_prepare_says_what_it_lacks_and_refuses_before_minutes_of_work(tm
         assert "Traceback" not in result.stderr, result.stderr
         return result
 
+    listed = run(raw, "--list")  # what would be taken, before minutes of work (no -o needed to look)
+    assert listed.returncode == 0 and f"{raw}: AX_T2_TSE.nii.gz  -> t2" in listed.stdout and "T1_AX_POST_GAD.nii.gz  -> t1ce" in listed.stdout, listed.stdout
     done = run(raw, "-o", tmp_path / "out", "--no-skull-strip", "--no-bias-field")
     assert done.returncode == 0 and "no FLAIR series found, prepared without" in done.stdout, done.stdout
     assert "not used: AX_T2_TSE_repeat.nii.gz (T2: AX_T2_TSE.nii.gz taken)" in done.stdout, "which of two T2 series was taken is said"
