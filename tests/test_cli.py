@@ -99,6 +99,7 @@ def test_evaluate_scores_predictions_in_the_challenge_layout_in_the_references_c
     assert [row["case"] for row in metrics["cases"]] == ["phantom_0001"] and metrics["mean"]["ET"]["dice"] == 1.0
     assert metrics["references"] == str(phantom_dir.resolve()) and metrics["labels"] == "2023", "it says what it scored against what"
     assert "replacing an earlier evaluation's" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
     assert evaluate_main([str(tmp_path / "empty"), str(phantom_dir)]) == 2
     assert "nor <case>.nii.gz files named by a reference case's id" in capsys.readouterr().err
 
