@@ -266,8 +266,10 @@ def test_a_case_opened_from_the_worklist_alone_is_shown_radiological_with_its_si
     worklist._folder.value = tmp_path / "cases"
     worklist.start()
     qtbot.waitUntil(lambda: worklist.worker is None, timeout=300_000)
-    worklist.open_case(worklist.items[0])
-    qtbot.waitUntil(lambda: bool(worklist.opened), timeout=60_000)
+    opener = worklist.open_case(worklist.items[0])
+    assert worklist.open_case(worklist.items[0]) is opener, "double-clicked twice while it reads: opened once"
+    qtbot.waitUntil(lambda: bool(worklist.opened) and worklist.opener is None, timeout=60_000)
+    assert len([layer for layer in viewer.layers if layer.name.endswith(" WT (run 1)")]) == 1 and not any(" WT (run 2)" in layer.name for layer in viewer.layers)
     assert tuple(str(o.value) for o in viewer.camera.orientation2d) == ORIENTATIONS["radiological"]
     assert viewer.text_overlay.visible and "R on the left (radiological)" in viewer.text_overlay.text
     # corrected, then its layers deleted by mistake: opened from the list again, the correction comes back with it

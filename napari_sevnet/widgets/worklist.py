@@ -65,6 +65,7 @@ class WorklistWidget(DockWidget):
         self.native.layout().addWidget(self.table)
         self.items: list = []
         self.opener = None  # the worker reading a case to open
+        self._opening = None  # the folder it reads
         self._cancelled = False
         self._total = 0
         self._seconds: list[float] = []  # per freshly segmented case: the time estimate
@@ -177,6 +178,8 @@ class WorklistWidget(DockWidget):
         if item.report is None:
             self._fail(InputError(item.folder, item.error or "this case has no result"))
             return None
+        if self.opener is not None and self._opening == item.folder:  # a second double-click while it reads: opened once
+            return self.opener
 
         from napari_sevnet.display import next_run
         from napari_sevnet.layers import open_scans
@@ -210,9 +213,13 @@ class WorklistWidget(DockWidget):
 
         self.opened = []
         self._status.value = f"opening {item.case_id}..."
-        self.opener = work(_connect={"returned": add, "errored": self._fail}, _start_thread=False)
+        self._opening = item.folder
+        self.opener = work(_connect={"returned": add, "errored": self._fail, "finished": self._opened}, _start_thread=False)
         self.opener.start()
         return self.opener
+
+    def _opened(self) -> None:
+        self.opener = self._opening = None
 
 
 def _duration(seconds: float) -> str:
