@@ -36,6 +36,13 @@ def convention_name(name: str) -> str:
     return key
 
 
+def _listed(values: list) -> str:
+    """A few of the unknown values, not hundreds: a scan chosen as the mask has one per intensity."""
+    if len(values) <= 8:
+        return str(values)
+    return f"[{', '.join(map(str, values[:5]))}, ..., {values[-1]}] ({len(values)} values: a scan rather than a label mask?)"
+
+
 def guess_convention(labels: np.ndarray) -> str:
     """The convention of a label map whose file does not say it, when the values leave no doubt.
 
@@ -46,7 +53,7 @@ def guess_convention(labels: np.ndarray) -> str:
     """
     values = set(np.unique(labels).tolist())
     if not values <= {0, 1, 2, 3, 4}:
-        raise ValueError(f"unknown label values {sorted(values - {0, 1, 2, 3, 4})}; expected BraTS labels 0/1/2/4 or 0/1/2/3")
+        raise ValueError(f"unknown label values {_listed(sorted(values - {0, 1, 2, 3, 4}))}; expected BraTS labels 0/1/2/4 or 0/1/2/3")
     if 3 in values and 4 in values:
         raise ValueError("label map holds both 3 and 4: neither BraTS 2021 (1/2/4) nor BraTS 2023 (1/2/3)")
     if 3 in values:
@@ -69,7 +76,7 @@ def labels_to_regions(labels: np.ndarray, convention: str) -> np.ndarray:
     allowed = {0, *table.values()}
     unknown = sorted(set(np.unique(labels).tolist()) - allowed)
     if unknown:
-        raise ValueError(f"unknown label values {unknown} for convention {convention_name(convention)} (allowed {sorted(allowed)})")
+        raise ValueError(f"unknown label values {_listed(unknown)} for convention {convention_name(convention)} (allowed {sorted(allowed)})")
     ncr, ed, et = (labels == table[k] for k in ("NCR", "ED", "ET"))
     return np.stack([ncr | ed | et, ncr | et, et])
 

@@ -28,6 +28,9 @@ def test_unknown_labels_rejected():
         reg.guess_convention(np.array([0, 7]))
     with pytest.raises(ValueError, match="both 3 and 4"):
         reg.guess_convention(np.array([3, 4]))
+    with pytest.raises(ValueError, match=r"unknown label values \[5, 6, 7, 8, 9, \.\.\., 499\] \(495 values: a scan rather than a label mask\?\)") as scan:
+        reg.guess_convention(np.arange(500))  # a FLAIR picked as the mask: a few of its values, not five hundred
+    assert len(str(scan.value)) < 200
     with pytest.raises(ValueError, match="unknown label convention"):
         reg.convention_name("brats2099")
 
