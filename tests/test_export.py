@@ -160,8 +160,8 @@ def test_a_listed_case_whose_files_are_gone_stops_training_with_its_name(case, t
     with pytest.raises(InputError, match=r"phantom_0000: is listed in .*dataset.json but cannot be read \(its mask.*--withdraw phantom_0000 -d"):
         discover_cases([ds])
     ex.withdraw(ds, "phantom_0000")
-    with pytest.raises(InputError, match="no labelled BraTS cases"):
-        discover_cases([ds])
+    with pytest.raises(InputError, match=r"every case its dataset.json lists is withdrawn \(phantom_0000\).*--restore"):
+        discover_cases([ds])  # not "no labelled BraTS cases found" in a dataset that holds one
 
 
 def test_withdraw_and_restore_from_the_command_line(case, tmp_path, capsys):

@@ -42,13 +42,16 @@ def discover_cases(roots: list[str | Path]) -> list[CaseRef]:
     A case with one to three sequences is found, with what it lacks (``CaseRef.missing``).
     """
     refs: dict[str, CaseRef] = {}
+    withdrawn: set[str] = set()  # cases a manifest lists, every version of them withdrawn
     for root in roots:
         root = Path(root)
         if not root.is_dir():
             raise InputError(root, "training data folder not found")
         manifest = read_manifest(root)
         if manifest is not None:
-            folders = [(root / record["folder"], record["case_id"]) for record in active_cases(manifest)]
+            active = active_cases(manifest)
+            withdrawn |= {record["case_id"] for record in manifest["cases"]} - {record["case_id"] for record in active}
+            folders = [(root / record["folder"], record["case_id"]) for record in active]
         else:
             folders = [(folder, None) for folder in find_cases([root], labelled=True)]
         for folder, listed_as in folders:
@@ -66,6 +69,9 @@ def discover_cases(roots: list[str | Path]) -> list[CaseRef]:
                 raise InputError(folder, f"holds case {case_id}, which {refs[case_id].folder} holds too: one case would train twice, or its "
                                  "other mask (a correction?) not at all; keep one of them in the training data")
             refs.setdefault(case_id, CaseRef(case_id, folder, tuple(m for m in MODALITIES if m not in files)))
+    if not refs and withdrawn:
+        raise InputError(", ".join(map(str, roots)), f"every case its dataset.json lists is withdrawn ({', '.join(sorted(withdrawn))}): "
+                         "export corrected cases into it, or take one back into training with sevnet-export --restore CASE_ID -d DATASET")
     if not refs:
         raise InputError(", ".join(map(str, roots)), "no labelled BraTS cases (t1, t1ce, t2 or flair files and a seg file) found")
     return [refs[k] for k in sorted(refs)]
