@@ -154,6 +154,8 @@ def main(argv=None) -> int:
 
     xvfb = None
     try:
+        if args.screenshot is not None and (args.screenshot.is_dir() or not args.screenshot.parent.is_dir()):  # said now, not after the run
+            raise InputError(args.screenshot, "is a folder: name the PNG file" if args.screenshot.is_dir() else "its folder does not exist")
         if not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
             screenshot = args.screenshot or Path("demo_screenshot.png")
             xvfb = start_xvfb()
