@@ -97,10 +97,12 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, info: CheckpointI
 
 def read_info(path: str | os.PathLike) -> CheckpointInfo:
     """Read and validate the JSON side of a checkpoint."""
-    _, meta = checkpoint_files(path)
+    weights, meta = checkpoint_files(path)
     try:
         data = json.loads(meta.read_text(encoding="utf-8"))
     except FileNotFoundError:
+        if not weights.is_file():  # neither half: a typo, a moved model
+            raise InputError(path, "checkpoint not found (neither its .json nor its .safetensors)") from None
         raise InputError(meta, "checkpoint description (.json) not found next to the weights") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputError(meta, f"unreadable checkpoint description: {exc}") from None

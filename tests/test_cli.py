@@ -136,7 +136,7 @@ def test_a_case_named_twice_is_segmented_once_and_an_output_that_is_a_file_is_on
 def test_missing_checkpoint_is_one_line(tmp_path, capsys):
     assert predict_main([str(tmp_path), "-o", str(tmp_path / "o"), "--checkpoint", str(tmp_path / "nope.json")]) == 2
     err = capsys.readouterr().err
-    assert "nope.json" in err and "not found" in err
+    assert "nope.json: checkpoint not found (neither its .json nor its .safetensors)" in err, "a typo, not a half-copied model"
 
 
 def test_threshold_and_cleanup_flags_override_what_the_model_declares(phantom_dir, tmp_path):
