@@ -335,12 +335,14 @@ def _check_same_scans(manifest: dict, case_id: str, source: dict, dataset: Path)
                          f"(sevnet-export --case-id, the Export dock's Case id)")
 
 
-def _checkpoint_record(checkpoint) -> dict | None:
+def _checkpoint_record(checkpoint, gone_ok: bool = False) -> dict | None:
     if checkpoint is None:
         return None
     from napari_sevnet.checkpoint import checkpoint_files, read_info
 
     weights_path, meta_path = checkpoint_files(checkpoint)
+    if gone_ok and not (weights_path.is_file() and meta_path.is_file()):  # moved or deleted since it made the result
+        return {"path": str(meta_path.resolve()), "weights_sha256": None, "architecture": None, "gone_at_export": True}
     info = read_info(meta_path)
     if not weights_path.is_file():
         raise InputError(weights_path, "checkpoint weights not found")
@@ -373,13 +375,15 @@ def export_case(
     replace: bool = False,
     label_convention: str | None = None,
     interactions: dict | None = None,
+    checkpoint_gone_ok: bool = False,
 ) -> ExportResult:
     """Add ``case`` with its corrected regions (3, Z, Y, X on the case's canonical grid) to ``dataset``.
 
     ``model_regions`` (the model's output before correction) gives the edit
     statistics; ``checkpoint`` is the model that produced it; ``interactions``
     how the correction was made ({"click": {"edits": in effect, "voxels": they changed, "undone": taken back},
-    "edge": ..., "brush": ..., "fill": ...}).
+    "edge": ..., "brush": ..., "fill": ...}). ``checkpoint_gone_ok``: a model moved or deleted since it made the
+    result (a recovered correction, days later) is recorded by its path alone instead of stopping the export.
     """
     dataset = Path(dataset)
     case_id = check_case_id(case_id or case.case_id)
@@ -413,7 +417,7 @@ def export_case(
             "label_convention": manifest["label_convention"],
             "source": source,
             "sequences": list(case.sequences),  # those the case has: a fine-tune needs a model trained for missing ones otherwise
-            "checkpoint": _checkpoint_record(checkpoint),
+            "checkpoint": _checkpoint_record(checkpoint, checkpoint_gone_ok),
             "volumes_ml": volumes_ml(corrected, case.spacing),
             "edits": edit_statistics(model_regions, corrected, case.spacing) if model_regions is not None else None,
             "interactions": interactions or None,

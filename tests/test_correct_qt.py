@@ -266,7 +266,7 @@ def test_the_export_counts_clicks_and_brush_strokes_apart(qtbot, corrected, tmp_
     assert record["interactions"]["brush"]["edits"] >= 1 and record["interactions"]["click"]["edits"] >= 1
 
 
-def test_a_result_recovered_after_a_crash_is_a_result_again_for_clicks_the_edge_and_the_export(qtbot, corrected, tmp_path):
+def test_a_result_recovered_after_a_crash_is_a_result_again_for_clicks_the_edge_and_the_export(qtbot, corrected, tmp_path, monkeypatch):
     import json
     from pathlib import Path
 
@@ -319,6 +319,16 @@ def test_a_result_recovered_after_a_crash_is_a_result_again_for_clicks_the_edge_
     assert record["checkpoint"] is not None and record["edits"] is not None, "which model made it, and what the correction changed"
     tally = record["interactions"]
     assert tally["brush"]["edits"] >= 1 and tally["click"]["edits"] >= 1 and tally["edge"]["edits"] >= 1, "the edits before the crash count too"
+
+    # days later the model that made it is gone (a fine-tuned run cleaned up): the correction is still exported, and says so
+    warned = []
+    monkeypatch.setattr("napari.utils.notifications.show_warning", warned.append)
+    LayerInfo.from_layer(recovered["WT"]).checkpoint = str(tmp_path / "runs" / "gone" / "best.json")
+    export.export()
+    qtbot.waitUntil(lambda: export.worker is None, timeout=60_000)
+    record = json.loads((tmp_path / "ds" / "dataset.json").read_text(encoding="utf-8"))["cases"][1]
+    assert record["version"] == 2 and record["checkpoint"]["gone_at_export"] and record["checkpoint"]["path"].endswith("best.json")
+    assert any("no longer at" in w and "gone" in w for w in warned), warned
 
 
 def test_a_click_in_3d_view_adds_where_the_model_was_surest_outside_and_removes_the_surface_under_the_cursor(qtbot, corrected):

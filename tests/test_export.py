@@ -152,6 +152,15 @@ def test_a_withdrawn_case_leaves_training_keeps_its_files_and_can_be_restored(ca
         ex.withdraw(tmp_path, "scans")
 
 
+def test_a_model_gone_since_it_made_the_result_stops_a_command_line_export_but_not_the_docks(case, tmp_path):
+    gone = tmp_path / "deleted_run" / "best.json"
+    with pytest.raises(InputError, match="checkpoint not found"):  # sevnet-export --checkpoint with a typo: said
+        ex.export_case(case, case.regions, tmp_path / "ds", checkpoint=gone)
+    result = ex.export_case(case, case.regions, tmp_path / "ds", checkpoint=gone, checkpoint_gone_ok=True)
+    record = json.loads((result.folder / ex.RECORD_NAME).read_text(encoding="utf-8"))
+    assert record["checkpoint"] == {"path": str(gone.resolve()), "weights_sha256": None, "architecture": None, "gone_at_export": True}
+
+
 def test_a_listed_case_whose_files_are_gone_stops_training_with_its_name(case, tmp_path):
     """Skipping it would train without a correction someone made, and say nothing."""
     ds = tmp_path / "ds"

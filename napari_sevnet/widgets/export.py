@@ -97,10 +97,14 @@ class ExportWidget(DockWidget):
             group = region_group(self._viewer.layers, layer)
             corrected = np.stack([np.asarray(group[r].data) > 0 for r in REGIONS])  # a copy: painting may go on
             info = LayerInfo.from_layer(layer)
-            if self.edited(layer) is False:
-                from napari.utils.notifications import show_warning
+            from napari.utils.notifications import show_warning
 
+            from napari_sevnet.checkpoint import checkpoint_files
+
+            if self.edited(layer) is False:
                 show_warning(f"{layer.name.replace(' WT', '')} was not edited: the exported mask is the model's own, unchanged")
+            if info.checkpoint is not None and not all(p.is_file() for p in checkpoint_files(info.checkpoint)):
+                show_warning(f"{layer.name.replace(' WT', '')}: the model that made it is no longer at {info.checkpoint}; the export records that path without its checksum")
             options = {
                 "case_id": self._case_id.value.strip() or None,
                 "model_regions": info.prediction,
@@ -109,6 +113,7 @@ class ExportWidget(DockWidget):
                 "note": self._note.value.strip() or None,
                 "replace": self._replace.value,
                 "interactions": _interactions(layer),
+                "checkpoint_gone_ok": True,  # the user cannot bring a deleted model back: their correction still goes in
             }
             layers = list(self._viewer.layers)
             self._exported_group = info.group
