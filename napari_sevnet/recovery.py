@@ -39,6 +39,7 @@ from napari_sevnet.regions import REGIONS
 log = logging.getLogger(__name__)
 FORMAT = "napari-sevnet-recovery"
 KEEP_DAYS = 30
+MODEL_SUFFIX = ".model.npz"  # a model's output beside the copy, written once
 SAVE_AFTER_MS = 1500  # after the last edit: a brush stroke is several edits in a row, written once
 _KEY = re.compile(r"[0-9a-f]{32}")  # a result's group id
 
@@ -76,11 +77,11 @@ class Recovery:
         with np.load(self.folder / f"{self.key}.npz") as data:
             return _unpack(data)
 
-    def info(self, grid, paths: dict):
-        """The recovered result's LayerInfo: the model's output and provenance when the copy kept them."""
+    def info(self, case_id: str, grid, paths: dict):
+        """The recovered result's LayerInfo (the case as opened now): the model's output and provenance when the copy kept them."""
         from napari_sevnet.layers import LayerInfo
 
-        info = LayerInfo(group=self.key, case_id=self.case_id, grid=grid, paths=paths)
+        info = LayerInfo(group=self.key, case_id=case_id, grid=grid, paths=paths)
         if self.model is None:
             return info
         output = self.folder / f"{self.key}{MODEL_SUFFIX}"
@@ -96,9 +97,6 @@ class Recovery:
         sequences = self.model.get("sequences")
         return info.but(checkpoint=self.model.get("checkpoint"), device=self.model.get("device"), thresholds=self.model.get("thresholds"),
                         sequences=tuple(sequences) if sequences else None, prediction=prediction, probabilities=probabilities, attention=attention or None)
-
-
-MODEL_SUFFIX = ".model.npz"
 
 
 def _unpack(data) -> np.ndarray:
@@ -203,7 +201,7 @@ def recovered_layers(case_id: str, grid, paths: dict | None, scale, shape, open_
             continue
         if regions.shape != (len(REGIONS), *shape):
             continue
-        info = recovery.info(grid, paths)
+        info = recovery.info(case_id, grid, paths)
         result = region_labels(regions, tuple(scale), tuple(translate) if translate is not None else (0.0,) * len(shape), info)
         for layer, region in zip(result, REGIONS):
             layer.name = f"{case_id} {region} (recovered)"  # short enough for the layer list; the notice says when

@@ -64,7 +64,7 @@ def test_a_models_result_comes_back_with_its_output_provenance_and_tally(tmp_pat
     assert output.stat().st_mtime_ns == written, "the model's output does not change with the edits: written once"
 
     (found,) = recovery.pending(case.paths)
-    info = found.info(case.grid, case.paths)
+    info = found.info(case.case_id, case.grid, case.paths)
     assert info.group == KEY and found.interactions == tally
     assert (info.checkpoint, info.device, info.sequences) == ("/models/m.json", "cpu", result.sequences)
     assert info.thresholds == pytest.approx({"WT": 0.4, "TC": 0.5, "ET": 0.5})
@@ -73,12 +73,12 @@ def test_a_models_result_comes_back_with_its_output_provenance_and_tally(tmp_pat
     np.testing.assert_array_equal(info.attention["enc1"], result.attention["enc1"])
 
     output.write_bytes(b"damaged")  # the provenance still comes back; the clicks fall back to what they can do without
-    info = recovery.pending(case.paths)[0].info(case.grid, case.paths)
+    info = recovery.pending(case.paths)[0].info(case.case_id, case.grid, case.paths)
     assert info.checkpoint == "/models/m.json" and info.probabilities is None
 
     recovery.save("f" * 32, case.regions, case_id=case.case_id, name="y", paths=case.paths, result=LayerInfo(paths=case.paths))
     mask_from_files = next(r for r in recovery.pending(case.paths) if r.key == "f" * 32)
-    assert mask_from_files.model is None and mask_from_files.info(case.grid, case.paths).prediction is None
+    assert mask_from_files.model is None and mask_from_files.info(case.case_id, case.grid, case.paths).prediction is None
     recovery.discard(KEY)
     recovery.flush()
     assert not output.exists()
