@@ -289,7 +289,7 @@ def test_a_case_opened_from_the_worklist_alone_is_shown_radiological_with_its_si
 
 
 @pytest.mark.qt
-def test_worklist_ranks_by_score_marks_exported_cases_and_opens_them(qtbot, make_napari_viewer, tmp_path):
+def test_worklist_ranks_by_score_marks_exported_cases_and_opens_them(qtbot, make_napari_viewer, tmp_path, monkeypatch):
     from napari_sevnet.export import export_case
     from napari_sevnet.io import load_case
     from napari_sevnet.widgets.segment import SegmentWidget
@@ -315,6 +315,12 @@ def test_worklist_ranks_by_score_marks_exported_cases_and_opens_them(qtbot, make
     assert worklist._bar.value == 100 and worklist._status.value.startswith("3 case(s), most uncertain first"), "progress inside each case"
     assert all(item.report["uncertainty"]["members"] == 2 for item in worklist.items), "fast by default: the scan and its mirror"
 
+    warned = []
+    monkeypatch.setattr("napari.utils.notifications.show_warning", warned.append)
+    worklist._dataset.value = cases  # the cases folder picked as the dataset by mistake: said, not an empty list of exports
+    worklist.start()
+    qtbot.waitUntil(lambda: worklist.worker is None, timeout=60_000)
+    assert any("is not a napari-sevnet dataset (it holds no dataset.json)" in w for w in warned), warned
     case = load_case(cases / "phantom_0011")
     export_case(case, case.regions, tmp_path / "ds")
     worklist._dataset.value = tmp_path / "ds"

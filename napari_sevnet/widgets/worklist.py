@@ -98,6 +98,11 @@ class WorklistWidget(DockWidget):
         if folder is None:
             self._fail(InputError(None, "choose the folder of cases"))
             return None
+        if dataset is not None and dataset.is_dir() and not (dataset / "dataset.json").is_file() and any(not p.name.startswith(".") for p in dataset.iterdir()):
+            from napari.utils.notifications import show_warning
+
+            show_warning(f"Worklist: {dataset} is not a napari-sevnet dataset (it holds no dataset.json), so no case is marked exported; "
+                         "choose the folder the Export dock writes to")
         (checkpoint, device), viewer, relay = self._model(), self._viewer, self._relay
         passes = THOROUGH_PASSES if self._thorough.value else FAST_PASSES
         self._cancelled, self._total, self._seconds, self._last = False, 0, [], time.perf_counter()
