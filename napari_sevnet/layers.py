@@ -61,6 +61,7 @@ class LayerInfo:
     thresholds: dict[str, float] | None = None  # results: region -> the probability its edge was cut at (the Correct dock moves it)
     run: int | None = None  # results: the how-manieth run on this case in the viewer (None: a mask from the case's files)
     sequences: tuple[str, ...] | None = None  # results: the sequences the model was given
+    warnings: tuple[str, ...] | None = None  # results: what the run said may make them wrong (an input unlike the training data)
 
     def to_metadata(self) -> dict:
         return {META_KEY: self}
@@ -184,7 +185,8 @@ def prediction_layers(case: Case, report: dict, run: int | None, open_scans: dic
         probabilities = np.stack([case.grid.to_canonical(np.asarray(read_nifti(maps[f"prob_{r}"])[0], np.float32)) for r in REGIONS]).astype(np.float16)
     info = LayerInfo(case_id=case.case_id, grid=case.grid, paths={k: str(v) for k, v in case.paths.items()}, checkpoint=report.get("checkpoint"),
                      device=report.get("device"), source_layers=names, prediction=regions, probabilities=probabilities,
-                     thresholds=(report.get("postprocessing") or {}).get("thresholds"), run=run, sequences=tuple(report.get("sequences") or case.sequences))
+                     thresholds=(report.get("postprocessing") or {}).get("thresholds"), run=run, sequences=tuple(report.get("sequences") or case.sequences),
+                     warnings=tuple(str(w) for w in report.get("warnings") or ()) or None)
     layers = images + region_labels(regions, scale, translate, info)
     if maps.get("uncertainty_WT"):
         data, _ = read_nifti(maps["uncertainty_WT"])

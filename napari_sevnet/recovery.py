@@ -96,7 +96,8 @@ class Recovery:
             log.warning("%s: the model's output kept with the copy is unreadable (%s)", output, exc)
         sequences = self.model.get("sequences")
         return info.but(checkpoint=self.model.get("checkpoint"), device=self.model.get("device"), thresholds=self.model.get("thresholds"),
-                        sequences=tuple(sequences) if sequences else None, prediction=prediction, probabilities=probabilities, attention=attention or None)
+                        sequences=tuple(sequences) if sequences else None, prediction=prediction, probabilities=probabilities, attention=attention or None,
+                        warnings=tuple(str(w) for w in self.model.get("warnings") or ()) or None)
 
 
 def _unpack(data) -> np.ndarray:
@@ -117,7 +118,7 @@ def save(key: str, regions: np.ndarray, *, case_id: str, name: str, paths: dict,
     if result is not None and result.checkpoint is not None:
         model = {"checkpoint": str(result.checkpoint), "device": result.device,
                  "thresholds": {region: float(v) for region, v in result.thresholds.items()} if result.thresholds else None,
-                 "sequences": list(result.sequences) if result.sequences else None}
+                 "sequences": list(result.sequences) if result.sequences else None, "warnings": list(result.warnings or ())}
         if not (folder / f"{key}{MODEL_SUFFIX}").is_file() and result.prediction is not None:
             prediction = np.asarray(result.prediction, bool)
             arrays = {f"attention/{stage}": np.asarray(weights) for stage, weights in (result.attention or {}).items()}
@@ -206,7 +207,8 @@ def recovered_layers(case_id: str, grid, paths: dict | None, scale, shape, open_
         for layer, region in zip(result, REGIONS):
             layer.name = f"{case_id} {region} (recovered)"  # short enough for the layer list; the notice says when
         layers += result
-        names.append(f"{recovery.name} of {recovery.when}")
+        warned = f", made with the warning{'s' if len(info.warnings) > 1 else ''}: {'; '.join(info.warnings)}" if info.warnings else ""
+        names.append(f"{recovery.name} of {recovery.when}{warned}")  # what the run said may make it wrong is said again
         _RESTORED[recovery.key] = recovery.interactions or {}
     if not names:
         return [], None

@@ -286,7 +286,8 @@ def test_a_result_recovered_after_a_crash_is_a_result_again_for_clicks_the_edge_
     opened = viewer.open(str(Path(before.paths["flair"]).parent), plugin="napari-sevnet")
     recovered = {layer.name.split()[1]: layer for layer in opened if "(recovered)" in layer.name}
     info = LayerInfo.from_layer(recovered["WT"])
-    assert (info.checkpoint, info.thresholds, info.sequences) == (before.checkpoint, before.thresholds, before.sequences)
+    assert (info.checkpoint, info.thresholds, info.sequences, info.warnings) == (before.checkpoint, before.thresholds, before.sequences, before.warnings)
+    assert before.warnings, "the phantom weights warn that they never saw a patient"
     np.testing.assert_array_equal(info.prediction, before.prediction)
     assert info.probabilities is not None and sorted(segmented_layers(info, viewer.layers)) == ["flair", "t1", "t1ce", "t2"]
 

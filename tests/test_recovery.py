@@ -55,7 +55,7 @@ def test_a_models_result_comes_back_with_its_output_provenance_and_tally(tmp_pat
     result = LayerInfo(case_id=case.case_id, grid=case.grid, paths=case.paths, checkpoint="/models/m.json", device="cpu",
                        thresholds={"WT": np.float32(0.4), "TC": 0.5, "ET": 0.5}, sequences=("t1", "t1ce", "t2", "flair"),
                        prediction=case.regions, probabilities=rng.random((3, 32, 40, 32)).astype(np.float16),
-                       attention={"enc1": np.array([0.2, 0.7], np.float32)}, run=2)
+                       attention={"enc1": np.array([0.2, 0.7], np.float32)}, run=2, warnings=("trained on synthetic phantoms only",))
     tally = {"click": {"edits": 2, "voxels": 130, "undone": 1}, "brush": {"edits": 1, "voxels": 9, "undone": 0}}
     recovery.save(KEY, case.regions, case_id=case.case_id, name="x", paths=case.paths, result=result, interactions=tally)
     output = recovery_folder / f"{KEY}{recovery.MODEL_SUFFIX}"
@@ -71,6 +71,9 @@ def test_a_models_result_comes_back_with_its_output_provenance_and_tally(tmp_pat
     np.testing.assert_array_equal(info.prediction, case.regions)
     np.testing.assert_array_equal(info.probabilities, result.probabilities)
     np.testing.assert_array_equal(info.attention["enc1"], result.attention["enc1"])
+    assert info.warnings == result.warnings
+    layers, message = recovery.recovered_layers(case.case_id, case.grid, case.paths, case.spacing, case.shape)
+    assert len(layers) == 3 and "made with the warning: trained on synthetic phantoms only" in message, "what may make it wrong is said again"
 
     output.write_bytes(b"damaged")  # the provenance still comes back; the clicks fall back to what they can do without
     info = recovery.pending(case.paths)[0].info(case.case_id, case.grid, case.paths)

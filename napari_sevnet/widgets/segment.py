@@ -384,6 +384,7 @@ class SegmentWidget(DockWidget):
             thresholds=result.postprocessing.get("thresholds"),
             run=run,
             sequences=result.sequences,
+            warnings=tuple(result.warnings) or None,
         )
         layers = region_labels(result.regions, reference.scale, reference.translate, info)
         if result.uncertainty is not None:
