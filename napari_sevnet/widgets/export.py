@@ -97,14 +97,10 @@ class ExportWidget(DockWidget):
             group = region_group(self._viewer.layers, layer)
             corrected = np.stack([np.asarray(group[r].data) > 0 for r in REGIONS])  # a copy: painting may go on
             info = LayerInfo.from_layer(layer)
-            from napari.utils.notifications import show_warning
-
-            from napari_sevnet.checkpoint import checkpoint_files
-
             if self.edited(layer) is False:
+                from napari.utils.notifications import show_warning
+
                 show_warning(f"{layer.name.replace(' WT', '')} was not edited: the exported mask is the model's own, unchanged")
-            if info.checkpoint is not None and not all(p.is_file() for p in checkpoint_files(info.checkpoint)):
-                show_warning(f"{layer.name.replace(' WT', '')}: the model that made it is no longer at {info.checkpoint}; the export records that path without its checksum")
             options = {
                 "case_id": self._case_id.value.strip() or None,
                 "model_regions": info.prediction,
@@ -141,6 +137,11 @@ class ExportWidget(DockWidget):
 
         discard(self._exported_group)  # the correction is in the dataset now: its recovery copy has done its work
         show_info(f"Exported {result.case_id} (version {result.version}) to {result.folder}")
+        model = result.record.get("checkpoint") or {}
+        if model.get("gone_at_export"):
+            from napari.utils.notifications import show_warning
+
+            show_warning(f"{result.case_id}: the model that made it is no longer at {model['path']}; the export records that path without its checksum")
         from napari_sevnet.widgets.finetune import FineTuneWidget
 
         finetune = find_widget(self._viewer, FineTuneWidget)
