@@ -226,7 +226,7 @@ def read_prediction_layers(mask: Path, report_path: Path) -> list[tuple]:
     prepare_viewer(viewer)
     for warning in report.get("warnings") or []:
         show_warning(f"{case_id}: {warning}")
-    return _layer_tuples(layers)
+    return _layer_tuples(layers + _recovered(case, viewer))
 
 
 def _layer_tuples(layers) -> list[tuple]:
