@@ -5,7 +5,7 @@ GUI thread), its WT/TC/ET are kept in the recovery folder as ``<result>.npz``
 with ``<result>.json`` (case, layer name, the scans with their sizes and
 modification times, when, the edits tallied by tool). A model's result also
 keeps, once, its output in ``<result>.model.npz`` (its own regions,
-probabilities and SE attention) and its provenance in the record (model,
+probabilities, SE attention and, when the run made one, its uncertainty map) and its provenance in the record (model,
 device, thresholds, sequences), so a recovered result is a result again: the
 learned clicks and the whole edge work on it, and its export says which model
 made it and what the correction changed. When the same scans, unchanged, are
@@ -77,6 +77,18 @@ class Recovery:
         with np.load(self.folder / f"{self.key}.npz") as data:
             return _unpack(data)
 
+    def uncertainty(self) -> np.ndarray | None:
+        """The WT uncertainty map the run showed, if it made one and the copy kept it (else None, also when unreadable)."""
+        output = self.folder / f"{self.key}{MODEL_SUFFIX}"
+        if self.model is None or not output.is_file():
+            return None
+        try:
+            with np.load(output) as data:
+                return np.asarray(data["uncertainty"], np.float32) if "uncertainty" in data.files else None
+        except (OSError, ValueError, KeyError) as exc:
+            log.warning("%s: the uncertainty map kept with the copy is unreadable (%s)", output, exc)
+            return None
+
     def info(self, case_id: str, grid, paths: dict):
         """The recovered result's LayerInfo (the case as opened now): the model's output and provenance when the copy kept them."""
         from napari_sevnet.layers import LayerInfo
@@ -112,11 +124,12 @@ def _unpack(data) -> np.ndarray:
 
 
 def save(key: str, regions: np.ndarray, *, case_id: str, name: str, paths: dict, folder: Path | None = None, result=None,
-         interactions: dict | None = None) -> Path:
+         interactions: dict | None = None, uncertainty: np.ndarray | None = None) -> Path:
     """Keep (3, Z, Y, X) ``regions`` of the result ``key`` (replacing its earlier copy); returns the record's path.
 
     ``result``: the result's LayerInfo; a model's output in it is written once (float16 probabilities: 1-2 s, up to
-    20 MB for a full case), its provenance with every record. ``interactions``: the edits tallied so far by tool.
+    20 MB for a full case), with ``uncertainty`` (the run's WT map, if it made one), its provenance with every
+    record. ``interactions``: the edits tallied so far by tool.
     """
     folder = Path(folder or recovery_dir())
     model = None
@@ -128,6 +141,8 @@ def save(key: str, regions: np.ndarray, *, case_id: str, name: str, paths: dict,
             arrays = {f"attention/{stage}": np.asarray(weights) for stage, weights in (result.attention or {}).items()}
             if result.probabilities is not None:  # a sevnet-predict output opened without its probability maps has none
                 arrays["probabilities"] = np.asarray(result.probabilities, np.float16)
+            if uncertainty is not None:
+                arrays["uncertainty"] = np.asarray(uncertainty, np.float16)
             with atomic_output(folder / f"{key}{MODEL_SUFFIX}", suffix=".npz") as tmp:
                 np.savez_compressed(tmp, **_pack(result.prediction), **arrays)
     with atomic_output(folder / f"{key}.npz", suffix=".npz") as tmp:
@@ -188,9 +203,9 @@ def pending(paths: dict, folder: Path | None = None, kept: list[tuple[dict, Reco
 
 
 def recovered_layers(case_id: str, grid, paths: dict | None, scale, shape, open_groups=(), translate=None) -> tuple[list, str | None]:
-    """The kept copies of a case's results (the case read from ``paths``, on ``grid``) as WT/TC/ET layers, not those
-    open already (``open_groups``), and the words to tell the user."""
-    from napari_sevnet.layers import region_labels
+    """The kept copies of a case's results (the case read from ``paths``, on ``grid``) as WT/TC/ET layers (and the
+    run's uncertainty map when it made one), not those open already (``open_groups``), and the words to tell the user."""
+    from napari_sevnet.layers import region_labels, uncertainty_layer
 
     if not paths:
         return [], None
@@ -207,9 +222,14 @@ def recovered_layers(case_id: str, grid, paths: dict | None, scale, shape, open_
         if regions.shape != (len(REGIONS), *shape):
             continue
         info = recovery.info(case_id, grid, paths)
-        result = region_labels(regions, tuple(scale), tuple(translate) if translate is not None else (0.0,) * len(shape), info)
+        offset = tuple(translate) if translate is not None else (0.0,) * len(shape)
+        result = region_labels(regions, tuple(scale), offset, info)
         for layer, region in zip(result, REGIONS):
             layer.name = f"{case_id} {region} (recovered)"  # short enough for the layer list; the notice says when
+        entropy = recovery.uncertainty()
+        if entropy is not None and entropy.shape == tuple(shape):  # where the model was unsure: what the review was guided by
+            result.append(uncertainty_layer(entropy, tuple(scale), offset, info))
+            result[-1].name = f"{case_id} WT uncertainty (recovered)"
         layers += result
         warned = f", made with the warning{'s' if len(info.warnings) > 1 else ''}: {'; '.join(info.warnings)}" if info.warnings else ""
         names.append(f"{recovery.name} of {recovery.when}{warned}")  # what the run said may make it wrong is said again
@@ -232,10 +252,11 @@ _RESTORED: dict[str, dict] = {}  # key -> the edits tallied before, of the copie
 class _Saver:
     """Writes one result's copy shortly after its last edit (the regions are taken on the GUI thread, written in a thread)."""
 
-    def __init__(self, editor, info):
+    def __init__(self, editor, info, uncertainty=None):
         from qtpy.QtCore import QTimer
 
         self.editor, self.info = editor, info
+        self.uncertainty = uncertainty  # () -> the run's uncertainty map now in the viewer, or None
         self.folder = recovery_dir()  # where this result's copy goes, whatever the environment says later
         self.timer = QTimer()
         self.timer.setSingleShot(True)
@@ -256,8 +277,9 @@ class _Saver:
         regions = np.stack([np.asarray(layer.data) > 0 for layer in self.editor.layers])
         name = wt.name.replace(" WT", "", 1)
         interactions = {source: dict(tally) for source, tally in self.editor.counts.items()}
+        uncertainty = self.uncertainty() if self.uncertainty is not None else None  # written with the model's output, once
         future = _EXECUTOR.submit(save, self.info.group, regions, case_id=self.info.case_id or "case", name=name, paths=self.info.paths, folder=self.folder,
-                                  result=self.info, interactions=interactions)
+                                  result=self.info, interactions=interactions, uncertainty=uncertainty)
         future.add_done_callback(self._report)
 
     def _report(self, future) -> None:
@@ -274,19 +296,23 @@ class _Saver:
 def watch(viewer) -> None:
     """Keep recovery copies of the edits of every result in ``viewer`` whose scans are files, as results arrive."""
     from napari_sevnet.editing import editor_of
-    from napari_sevnet.layers import LayerInfo, layer_groups
+    from napari_sevnet.layers import LayerInfo
+
+    def region_groups(layers) -> set[str]:
+        return {info.group for info in map(LayerInfo.from_layer, layers) if info is not None and info.region is not None}
 
     def attach(_event=None):
         for layer in viewer.layers:
             editor, info = editor_of(layer), LayerInfo.from_layer(layer)
             if editor is None or info is None or not info.paths or getattr(editor, "recovery", None) is not None:
                 continue
-            _SAVERS[info.group] = _Saver(editor, info)
+            _SAVERS[info.group] = _Saver(editor, info, uncertainty=lambda group=info.group: _uncertainty_map(viewer, group))
 
     def dropped(event):
-        """A recovered result whose layers the user deleted, all three, is not wanted: its copy goes (never the original's)."""
+        """A recovered result whose region layers the user deleted, all three, is not wanted: its copy goes (never the
+        original's; its uncertainty map left open does not hold it)."""
         info = LayerInfo.from_layer(event.value)
-        if info is None or info.group not in _RESTORED or info.group in layer_groups(viewer.layers):
+        if info is None or info.region is None or info.group not in _RESTORED or info.group in region_groups(viewer.layers):
             return
         _RESTORED.pop(info.group, None)
         discard(info.group)
@@ -303,6 +329,17 @@ def watch(viewer) -> None:
         viewer.layers.events.inserted.connect(attach)
         viewer.layers.events.removed.connect(dropped)
     attach()
+
+
+def _uncertainty_map(viewer, group: str) -> np.ndarray | None:
+    """The uncertainty map of result ``group`` among the viewer's layers (the data itself: napari never edits it in place)."""
+    from napari_sevnet.layers import LayerInfo
+
+    for layer in viewer.layers:
+        info = LayerInfo.from_layer(layer)
+        if info is not None and info.group == group and info.uncertainty is not None:
+            return np.asarray(layer.data)
+    return None
 
 
 _RELAY = None  # carries a failed write's message from the writing thread to the GUI thread

@@ -57,7 +57,8 @@ def test_a_models_result_comes_back_with_its_output_provenance_and_tally(tmp_pat
                        prediction=case.regions, probabilities=rng.random((3, 32, 40, 32)).astype(np.float16),
                        attention={"enc1": np.array([0.2, 0.7], np.float32)}, run=2, warnings=("trained on synthetic phantoms only",))
     tally = {"click": {"edits": 2, "voxels": 130, "undone": 1}, "brush": {"edits": 1, "voxels": 9, "undone": 0}}
-    recovery.save(KEY, case.regions, case_id=case.case_id, name="x", paths=case.paths, result=result, interactions=tally)
+    entropy = rng.random((32, 40, 32)).astype(np.float32)
+    recovery.save(KEY, case.regions, case_id=case.case_id, name="x", paths=case.paths, result=result, interactions=tally, uncertainty=entropy)
     output = recovery_folder / f"{KEY}{recovery.MODEL_SUFFIX}"
     written = output.stat().st_mtime_ns
     recovery.save(KEY, case.regions, case_id=case.case_id, name="x", paths=case.paths, result=result, interactions=tally)
@@ -73,7 +74,10 @@ def test_a_models_result_comes_back_with_its_output_provenance_and_tally(tmp_pat
     np.testing.assert_array_equal(info.attention["enc1"], result.attention["enc1"])
     assert info.warnings == result.warnings
     layers, message = recovery.recovered_layers(case.case_id, case.grid, case.paths, case.spacing, case.shape)
-    assert len(layers) == 3 and "made with the warning: trained on synthetic phantoms only" in message, "what may make it wrong is said again"
+    assert "made with the warning: trained on synthetic phantoms only" in message, "what may make it wrong is said again"
+    assert [layer.name for layer in layers] == [f"{case.case_id} {r} (recovered)" for r in ("WT", "TC", "ET")] + [f"{case.case_id} WT uncertainty (recovered)"]
+    np.testing.assert_allclose(layers[3].data, entropy, atol=1e-3)  # where the model was unsure, as the run showed it
+    assert LayerInfo.from_layer(layers[3]).group == KEY
 
     output.write_bytes(b"damaged")  # the provenance still comes back; the clicks fall back to what they can do without
     info = recovery.pending(case.paths)[0].info(case.case_id, case.grid, case.paths)
@@ -82,6 +86,7 @@ def test_a_models_result_comes_back_with_its_output_provenance_and_tally(tmp_pat
     recovery.save("f" * 32, case.regions, case_id=case.case_id, name="y", paths=case.paths, result=LayerInfo(paths=case.paths))
     mask_from_files = next(r for r in recovery.pending(case.paths) if r.key == "f" * 32)
     assert mask_from_files.model is None and mask_from_files.info(case.case_id, case.grid, case.paths).prediction is None
+    assert mask_from_files.uncertainty() is None
     recovery.discard(KEY)
     recovery.flush()
     assert not output.exists()

@@ -282,10 +282,17 @@ def test_a_case_opened_from_the_worklist_alone_is_shown_radiological_with_its_si
     worklist.open_case(worklist.items[0])
     qtbot.waitUntil(lambda: bool(worklist.opened), timeout=60_000)
     recovered = [layer for layer in worklist.opened if layer.name.endswith("(recovered)")]
-    assert len(recovered) == 3 and all(np.asarray(layer.data)[24, 2, 2] for layer in recovered)
+    assert [layer.name for layer in recovered] == [f"{worklist.items[0].case_id} {r} (recovered)" for r in ("WT", "TC", "ET", "WT uncertainty")]
+    assert all(np.asarray(layer.data)[24, 2, 2] for layer in recovered[:3])
     worklist.start()  # the list says which case holds work not exported yet
     qtbot.waitUntil(lambda: worklist.worker is None, timeout=300_000)
     assert worklist.items[0].kept == 1 and "1 correction(s) not exported" in worklist.table.item(0, 5).text()
+    for layer in recovered[:3]:
+        viewer.layers.remove(layer)  # the recovered result not wanted: its copy goes, though its uncertainty map is still open
+    recovery.flush()
+    from napari_sevnet.layers import LayerInfo
+
+    assert recovered[3] in viewer.layers and recovery.pending(LayerInfo.from_layer(recovered[0]).paths) == []
 
 
 @pytest.mark.qt
