@@ -313,9 +313,14 @@ def test_the_reader_says_why_and_files_can_be_assigned_by_hand(qtbot, make_napar
     monkeypatch.setattr("napari.utils.notifications.show_warning", warned.append)
     (clinic / "lesion_mask.nii.gz").write_bytes((source / "phantom_0003_seg.nii.gz").read_bytes())
     viewer.layers.clear()
-    assign._on_folder()  # the folder listed again, with the mask
-    assign._roles["seg"].value, assign._remember.value = "lesion_mask.nii.gz", False
-    assign.open_case()
+    (clinic / "T1_pre.nii.gz").rename(clinic / "T1_pre_old.nii.gz")  # and the T1 renamed: its choice gone, not proposed again
+    assign._roles["flair"].value = "AX_T2.nii.gz"  # a choice of the user's (a wrong one, put right below): it stays
+    assign._relist.changed.emit(True)  # the folder listed again, with the mask
+    assert {r: c.value for r, c in assign._roles.items()} == {"t1": "T1_pre_old.nii.gz", "t1ce": "T1_post.nii.gz", "t2": "AX_T2.nii.gz", "flair": "AX_T2.nii.gz",
+                                                                 "seg": "lesion_mask.nii.gz"}, "the new files proposed, the user's choices kept"
+    assert "new: T1_pre_old.nii.gz, lesion_mask.nii.gz" in assign._status.value
+    assign._roles["flair"].value, assign._remember.value = "FLAIR.nii.gz", False
+    assert assign.open_case() is assign.open_case(), "Open pressed twice while it reads: the case opens once"
     qtbot.waitUntil(lambda: assign.worker is None and len(viewer.layers) == 7, timeout=60_000)
     viewer.layers[-1].paint((24, 2, 2), 1)  # ET, and so TC and WT
     recovery.flush()

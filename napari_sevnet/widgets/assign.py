@@ -28,29 +28,46 @@ class AssignWidget(DockWidget):
         # choices from a function: napari resets a dock's choices whenever a layer comes or goes, and a plain list
         # would go back to the one given here, losing the files listed and the user's choices
         self._roles = {role: ComboBox(label=label, choices=self._file_choices) for role, label in ROLE_LABELS.items()}
+        self._relist = PushButton(text="List the folder again", tooltip="Files added to or removed from the folder since; the choices made stay")
         self._remember = CheckBox(text="Remember for this folder", value=True, tooltip="Kept in your napari-sevnet settings, not in the data folder")
         self._open = PushButton(text="Open")
         self._status = Label(value="")
         self._status.native.setWordWrap(True)
-        self.extend([self._folder, *self._roles.values(), self._remember, self._open, self._status])
+        self.extend([self._folder, self._relist, *self._roles.values(), self._remember, self._open, self._status])
         self._folder.changed.connect(self._on_folder)
+        self._relist.changed.connect(self.relist)
         self._open.changed.connect(self.open_case)
 
     def _on_folder(self, _value=None) -> None:
         """List the folder's NIfTI files and propose a sequence for each (the remembered choice first)."""
+        self._read_folder(keep=False)
+
+    def relist(self) -> None:
+        """List the folder again (a file copied in since, one removed): the choices still there stay, the rest are proposed."""
+        self._read_folder(keep=True)
+
+    def _read_folder(self, keep: bool) -> None:
         from napari_sevnet.assignments import guess_roles, nifti_files, remembered
 
         folder = chosen_path(self._folder)
         if folder is None or not folder.is_dir():
             return
         files = nifti_files(folder)
-        proposal = remembered(folder) or guess_roles(files)
+        before = set(self._files)
         self._files = [p.name for p in files]
+        new = [name for name in self._files if name not in before]
+        if keep:  # only the new files are proposed: a sequence left empty on purpose stays empty
+            kept = {role: combo.value for role, combo in self._roles.items() if combo.value in self._files}
+            proposal = {role: p.name for role, p in guess_roles([p for p in files if p.name in new]).items() if role not in kept}
+        else:
+            kept, proposal = {}, {role: p.name for role, p in (remembered(folder) or guess_roles(files)).items()}
+        chosen = {**proposal, **kept}
         for role, combo in self._roles.items():
             combo.reset_choices()
-            combo.value = proposal[role].name if role in proposal else NONE
-        guessed = ", ".join(f"{ROLE_LABELS[r]} = {p.name}" for r, p in proposal.items())
-        self._status.value = f"{len(files)} NIfTI file(s); proposed: {guessed or 'nothing recognised'}. Check and press Open."
+            combo.value = chosen.get(role, NONE)
+        listed = f"{len(files)} NIfTI file(s)" + (f", new: {', '.join(new)}" if keep and new else "")
+        guessed = ", ".join(f"{ROLE_LABELS[r]} = {chosen[r]}" for r in ROLE_LABELS if r in chosen)
+        self._status.value = f"{listed}; {'chosen' if keep else 'proposed'}: {guessed or 'nothing recognised'}. Check and press Open."
 
     def _file_choices(self, _widget=None) -> list[str]:
         return [NONE, *self._files]
@@ -71,6 +88,8 @@ class AssignWidget(DockWidget):
         """Read the assigned files in a worker and add the case's layers; returns the worker (None on a bad choice)."""
         from napari.qt.threading import thread_worker
 
+        if self.worker is not None:  # pressed again while it reads: the case opens once
+            return self.worker
         try:
             mapping = self.mapping()
         except InputError as exc:
