@@ -320,6 +320,15 @@ def test_a_config_with_yaml_aliases_is_refused_at_once(tmp_path, capsys):
     assert time.perf_counter() - start < 5 and "aliases" in capsys.readouterr().err
 
 
+def test_a_mistyped_value_or_a_folder_that_is_no_run_is_named_in_words(tmp_path, capsys):
+    from training.cli import main
+
+    assert main(["-o", str(tmp_path / "run"), "epochs=abc"]) == 1
+    assert "config.epochs: expected a whole number, got 'abc'" in capsys.readouterr().err
+    assert main(["--resume", str(tmp_path)]) == 1
+    assert f"{tmp_path}: is not a run folder of sevnet-train (it holds no config.yaml)" in capsys.readouterr().err
+
+
 def test_a_run_folder_holds_one_training(phantom_dir, tmp_path, capsys):
     from filelock import FileLock
 

@@ -46,6 +46,8 @@ def main(argv=None) -> int:
         config_path = args.config
         if args.resume and config_path is None:
             config_path = args.resume / "config.yaml"
+            if not config_path.is_file():
+                raise InputError(args.resume, "is not a run folder of sevnet-train (it holds no config.yaml): name the -o folder of the run to continue")
         overrides = list(args.overrides)
         if args.init:
             overrides.append(f"init={args.init}")

@@ -115,6 +115,7 @@ class TrainConfig:
             raise ValueError(f"inference must be one of {INFERENCE_MODES}, not {self.inference!r}")
 
 
+SCALAR_WORDS = {int: "a whole number", float: "a number", str: "text"}  # what an override's value should have been
 _SECTIONS = {"model": ModelConfig, "data": DataConfig, "augment": AugmentConfig}
 
 
@@ -150,7 +151,7 @@ def _coerce(value, hint, where: str):
             try:
                 return scalar(value)
             except (TypeError, ValueError):
-                raise ValueError(f"{where}: expected a {scalar.__name__}, got {value!r}") from None
+                raise ValueError(f"{where}: expected {SCALAR_WORDS.get(scalar, scalar.__name__)}, got {value!r}") from None
     return value
 
 
