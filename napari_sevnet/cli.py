@@ -53,6 +53,7 @@ def predict_main(argv=None) -> int:
     parser.add_argument("--reference", default="t1ce", choices=["t1", "t1ce", "t2", "flair"], help="with --prepare: the series the others are registered to (default t1ce)")
     parser.add_argument("--no-bias-field", action="store_true", help="with --prepare: skip N4 bias-field correction")
     parser.add_argument("--probabilities", action="store_true", help="also write <case>_prob_{WT,TC,ET}.nii.gz")
+    parser.add_argument("--float32-maps", action="store_true", help="write the probability and uncertainty maps as float32 (default: 8 bits, steps of 1/255 that the NIfTI scale factor turns back into values: about 1 MB a map instead of 12 MB)")
     parser.add_argument("--uncertainty", action="store_true", help="also write <case>_uncertainty_{WT,TC,ET}.nii.gz (entropy, bits) and a case score in the report; implies --tta")
     parser.add_argument("--mc-samples", type=int, default=0, metavar="N", help="MC-dropout samples per flip (models trained with dropout only)")
     parser.add_argument("--min-et-voxels", type=int, metavar="N", help="BraTS post-processing: an ET of fewer voxels is relabelled necrosis (the BraTS 2021 winner used 200); off by default")
@@ -105,7 +106,7 @@ def predict_main(argv=None) -> int:
                 tqdm.write(f"sevnet-predict: {'note' if line in result.notes else 'warning'}: {case.case_id}: {line}", file=sys.stderr)
             with lock:
                 report = write_case_outputs(case, result, predictor, args.output, convention=convention, overwrite=args.overwrite, probabilities=args.probabilities,
-                                            native=True)
+                                            eight_bit_maps=not args.float32_maps, native=True)
             if report.get("segmentation_native"):
                 tqdm.write(f"sevnet-predict: note: {case.case_id}: a prepared case: its mask also on the native grid, {report['segmentation_native']}", file=sys.stderr)
             log.debug("%s: %s", case.case_id, report["volumes_ml"])

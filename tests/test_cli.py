@@ -218,3 +218,16 @@ def test_a_folder_assigned_in_napari_is_segmented_by_sevnet_predict_under_its_ow
         remember(folder, {"t1": folder / "T1_pre.nii.gz", "t1ce": folder / "T1_post.nii.gz", "t2": folder / "AX_T2.nii.gz", "flair": folder / "FLAIR.nii.gz"})
     assert predict_main(args) == 0
     assert sorted(p.name for p in out.glob("*_seg.nii.gz")) == ["patient_a_seg.nii.gz", "patient_b_seg.nii.gz"]
+
+
+def test_probability_maps_are_written_in_8_bits_unless_float32_is_asked(phantom_dir, random_checkpoint, tmp_path):
+    """A batch with maps filled disks at 11 MB a map; 8 bits keep what a probability says (steps of 1/255)."""
+    case = phantom_dir / "phantom_0000"
+    runs = {}
+    for name, extra in (("eight", []), ("full", ["--float32-maps"])):
+        assert predict_main([str(case), "-o", str(tmp_path / name), "--probabilities", "--checkpoint", str(random_checkpoint), "--device", "cpu", *extra]) == 0
+        runs[name] = nib.load(tmp_path / name / "phantom_0000_prob_WT.nii.gz")
+    assert runs["eight"].get_data_dtype() == np.uint8 and runs["full"].get_data_dtype() == np.float32
+    eight, full = runs["eight"].get_fdata(), runs["full"].get_fdata()
+    assert 0 < full.max() <= 1 and np.abs(eight - full).max() <= 0.5 / 255 + 1e-6, "read back as probabilities, within half a step"
+    np.testing.assert_array_equal(runs["eight"].affine, runs["full"].affine)
