@@ -20,6 +20,21 @@ def user_cache_dir() -> Path:
     return Path(os.environ.get("SEVNET_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "napari-sevnet")
 
 
+def private_dir(path: str | os.PathLike) -> Path:
+    """``path``, created where missing (with its missing parents) readable by the user alone: the user's cache holds
+    scan paths, which name patients, and masks. Best effort: a folder that cannot be made fails at the first write."""
+    path = Path(path)
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    for folder in reversed(missing):
+        try:
+            folder.mkdir(mode=0o700)
+        except FileExistsError:
+            pass
+        except OSError:
+            break
+    return path
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

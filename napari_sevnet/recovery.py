@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_sevnet.files import atomic_output, user_cache_dir, write_text_atomic
+from napari_sevnet.files import atomic_output, private_dir, user_cache_dir, write_text_atomic
 from napari_sevnet.regions import REGIONS
 
 log = logging.getLogger(__name__)
@@ -131,7 +131,7 @@ def save(key: str, regions: np.ndarray, *, case_id: str, name: str, paths: dict,
     20 MB for a full case), with ``uncertainty`` (the run's WT map, if it made one), its provenance with every
     record. ``interactions``: the edits tallied so far by tool.
     """
-    folder = Path(folder or recovery_dir())
+    folder = private_dir(folder or recovery_dir())
     model = None
     if result is not None and result.checkpoint is not None:
         model = {"checkpoint": str(result.checkpoint), "device": result.device,

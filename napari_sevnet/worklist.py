@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from napari_sevnet.errors import Cancelled, InputError
-from napari_sevnet.files import user_cache_dir
+from napari_sevnet.files import private_dir, user_cache_dir
 from napari_sevnet.regions import REGIONS
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ def model_cache(folder: Path, checkpoint: str) -> Path:
     except OSError as exc:
         elsewhere = user_cache_dir() / "worklist" / hashlib.sha256(str(Path(folder).resolve()).encode()).hexdigest()[:16] / model
         log.info("%s: cannot write there (%s); the worklist keeps its results in %s", folder, exc.strerror or exc, elsewhere)
-        return elsewhere
+        return private_dir(elsewhere)
 
 
 def _cached_report(case_id: str, files: dict[str, Path], case_folder: Path, cache: Path, passes: int) -> dict | None:

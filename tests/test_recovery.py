@@ -47,6 +47,18 @@ def test_a_copy_comes_back_for_the_same_unchanged_scans_only(tmp_path, recovery_
     assert recovery.pending(case.paths) == [] and not list(recovery_folder.iterdir())
 
 
+@pytest.mark.skipif(os.name != "posix", reason="folder modes are POSIX")
+def test_the_copies_sit_in_folders_only_the_user_can_read(tmp_path, monkeypatch):
+    """A copy names the scans' paths (often the patient's name) and holds the mask: not for other users of the machine."""
+    case = load_case(write_phantom(tmp_path / "cases", seed=4, shape=(32, 40, 32)))
+    monkeypatch.setenv("SEVNET_CACHE_DIR", str(tmp_path / "cache" / "napari-sevnet"))
+    monkeypatch.delenv("SEVNET_RECOVERY_DIR")
+    recovery.save(KEY, case.regions, case_id=case.case_id, name="x", paths=case.paths)
+    for folder in (tmp_path / "cache", tmp_path / "cache" / "napari-sevnet", recovery.recovery_dir()):
+        assert folder.is_dir() and folder.stat().st_mode & 0o077 == 0, oct(folder.stat().st_mode)
+    assert recovery.pending(case.paths), "and the copy is read back from there"
+
+
 def test_a_models_result_comes_back_with_its_output_provenance_and_tally(tmp_path, recovery_folder):
     from napari_sevnet.layers import LayerInfo
 

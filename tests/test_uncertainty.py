@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -237,6 +238,8 @@ def test_the_worklist_of_a_folder_it_cannot_write_keeps_its_results_in_the_users
     predictor = Predictor(phantom_checkpoint(), "cpu")
     (item,) = run_worklist(cases, predictor)
     assert item.error is None and not item.cached and Path(item.report["segmentation"]).is_relative_to(tmp_path / "user_cache")
+    if os.name == "posix":  # its reports name the scans' paths: for the user alone
+        assert (tmp_path / "user_cache").stat().st_mode & 0o077 == 0
     (again,) = run_worklist(cases, predictor)
     assert again.cached and again.report["volumes_ml"] == item.report["volumes_ml"]
 
