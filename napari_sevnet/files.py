@@ -35,10 +35,15 @@ def private_dir(path: str | os.PathLike) -> Path:
     return path
 
 
-def _umask() -> int:
-    mask = os.umask(0)
+def _read_umask() -> int:
+    """The process's umask, read once at import: reading it means setting it, and a file another thread created
+    between the two calls would be left writable by everyone (recovery copies and workers write while the GUI runs)."""
+    mask = os.umask(0o077)
     os.umask(mask)
     return mask
+
+
+_UMASK = _read_umask()
 
 
 @contextmanager
@@ -62,7 +67,7 @@ def atomic_output(path: str | os.PathLike, *, overwrite: bool = True, suffix: st
         yield tmp
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)

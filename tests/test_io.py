@@ -150,3 +150,18 @@ def test_an_eight_bit_map_reads_back_within_half_a_step_and_is_far_smaller(tmp_p
     back = grid.to_canonical(np.asarray(io.read_nifti(small)[0], np.float32))
     assert np.abs(back - volume).max() <= 0.5 / 255 + 1e-6
     assert small.stat().st_size < full.stat().st_size / 3
+
+
+@pytest.mark.skipif(__import__("os").name != "posix", reason="file modes are POSIX")
+def test_a_write_never_sets_the_umask_while_other_threads_create_files(tmp_path, monkeypatch):
+    """Reading the umask means setting it: a file another thread made meanwhile would be writable by all."""
+    import os
+
+    from napari_sevnet.files import write_text_atomic
+
+    def forbidden(_mask):
+        raise AssertionError("os.umask called while writing")
+
+    monkeypatch.setattr(os, "umask", forbidden)
+    path = write_text_atomic(tmp_path / "report.json", "{}")
+    assert path.read_text(encoding="utf-8") == "{}" and path.stat().st_mode & 0o002 == 0, "not writable by all"
