@@ -95,6 +95,7 @@ class Case:
     label_convention: str | None = None  # convention the segmentation file used
     layout: str = "brats2021"
     sequences: tuple[str, ...] = MODALITIES  # the sequences present (a missing one is zero in ``image``)
+    warnings: tuple[str, ...] = ()  # what reading the files changed that may make a result wrong (voxels without a value)
 
     @property
     def spacing(self) -> tuple[float, float, float]:
@@ -362,11 +363,20 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _as_intensity(data: np.ndarray, path: Path) -> np.ndarray:
+def _as_intensity(data: np.ndarray, path: Path, warnings: list[str]) -> np.ndarray:
+    """A scan's voxels as float32; NaN (no value: SPM and some registration tools write it outside the field of view)
+    is read as 0, background, and said in ``warnings``, since where it lies inside the head the mask there is a guess."""
     data = np.asarray(data, dtype=np.float32)
-    if not np.all(np.isfinite(data)):
-        bad = int(np.count_nonzero(~np.isfinite(data)))
-        raise InputError(path, f"{bad} voxels are NaN or infinite")
+    if np.isinf(data).any():
+        raise InputError(path, f"{int(np.count_nonzero(np.isinf(data)))} voxels are infinite (a damaged or wrongly scaled file)")
+    missing = np.isnan(data)
+    if missing.all():
+        raise InputError(path, "every voxel is NaN (no value)")
+    if missing.any():
+        data = np.where(missing, np.float32(0), data)
+        n = int(np.count_nonzero(missing))
+        warnings.append(f"{path.name}: {n:,} voxels ({100 * n / missing.size:.1f}%) have no value (NaN, as some tools write outside the field of view) "
+                        "and were read as 0, background; where they lie inside the head the mask there is not to be relied on")
     if not np.any(data):
         raise InputError(path, "every voxel is zero (an empty modality)")
     return data
@@ -433,6 +443,7 @@ def load_case(
     else:
         raise InputError(None, "give a case path or a modality mapping")
 
+    warnings: list[str] = []
     if layout == "msd":
         data, img = read_nifti(files["image"], allow_4d=True)
         if data.ndim == 3:
@@ -440,7 +451,7 @@ def load_case(
         if data.ndim != 4 or data.shape[3] != len(MSD_CHANNELS):
             raise InputError(files["image"], f"Decathlon image must be 4D with {len(MSD_CHANNELS)} channels ({', '.join(MSD_CHANNELS)}), got shape {data.shape}")
         grid = grid_of(img)
-        channels = {name: _as_intensity(data[..., i], files["image"]) for i, name in enumerate(MSD_CHANNELS)}
+        channels = {name: _as_intensity(data[..., i], files["image"], warnings) for i, name in enumerate(MSD_CHANNELS)}
         image = np.stack([grid.to_canonical(channels[m]) for m in MODALITIES])
         paths = {m: files["image"] for m in MODALITIES}
         convention = label_convention or "msd"
@@ -456,13 +467,14 @@ def load_case(
                 grid, ref = g, files[m]
             else:
                 _same_grid(grid, g, files[m], ref)
-            volumes[m] = grid.to_canonical(_as_intensity(data, files[m]))
+            volumes[m] = grid.to_canonical(_as_intensity(data, files[m], warnings))
         shape = next(iter(volumes.values())).shape
         image = np.stack([volumes[m] if m in volumes else np.zeros(shape, np.float32) for m in MODALITIES])
         paths = {m: files[m] for m in present}
         convention = label_convention
 
-    case = Case(case_id=case_id, image=image, grid=grid, paths=paths, layout=layout, sequences=tuple(m for m in MODALITIES if m in paths))
+    case = Case(case_id=case_id, image=image, grid=grid, paths=paths, layout=layout, sequences=tuple(m for m in MODALITIES if m in paths),
+                warnings=tuple(warnings))
     if "seg" in files:
         case.regions, case.label_convention = read_segmentation(files["seg"], grid, case.reference, convention)
         case.paths["seg"] = files["seg"]

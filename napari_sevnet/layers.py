@@ -61,7 +61,7 @@ class LayerInfo:
     thresholds: dict[str, float] | None = None  # results: region -> the probability its edge was cut at (the Correct dock moves it)
     run: int | None = None  # results: the how-manieth run on this case in the viewer (None: a mask from the case's files)
     sequences: tuple[str, ...] | None = None  # results: the sequences the model was given
-    warnings: tuple[str, ...] | None = None  # results: what the run said may make them wrong (an input unlike the training data)
+    warnings: tuple[str, ...] | None = None  # results: what the run said may make them wrong (an input unlike the training data); scans: what reading them changed
 
     def to_metadata(self) -> dict:
         return {META_KEY: self}
@@ -143,7 +143,7 @@ def case_layers(case: Case, visible: str = "flair") -> list[tuple]:
             "colormap": "gray",
             "contrast_limits": contrast_limits(case.image[i]),
             "visible": m == visible,
-            "metadata": info.but(modality=m).to_metadata(),
+            "metadata": info.but(modality=m, warnings=case.warnings or None).to_metadata(),  # a result made from it says them again
         }
         layers.append((case.image[i], kwargs, "image"))
     if case.regions is not None:
@@ -311,6 +311,11 @@ def read_case_layers(path) -> list[tuple]:
 
     layers = case_layers(case) + _layer_tuples(_recovered(case, napari.current_viewer()))
     prepare_viewer()
+    if case.warnings:
+        from napari.utils.notifications import show_warning
+
+        for line in case.warnings:
+            show_warning(f"{case.case_id}: {line}")
     if case.missing:
         from napari.utils.notifications import show_info
 

@@ -140,7 +140,7 @@ def _report(case: Case, result, predictor, paths: dict, convention: str, maps: d
         "sequences": list(result.sequences),
         "postprocessing": result.postprocessing,
         "uncertainty": uncertainty_summary(result, case.spacing) if result.uncertainty is not None else None,
-        "warnings": result.warnings,
+        "warnings": [*case.warnings, *result.warnings],  # reading the scans' (voxels without a value), then the model's
         "notes": result.notes,
         "readout": measure(result.regions, case.spacing, case.grid).to_json(),
     }

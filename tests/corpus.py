@@ -37,8 +37,8 @@ CASE_KINDS = {
     "absurd_dimensions": "GiB as float32",
     "complex_dtype": "unsupported voxel type",
     "rgb_dtype": "unsupported voxel type",
-    "nan_voxels": "NaN or infinite",
-    "inf_voxels": "NaN or infinite",
+    "inf_voxels": "voxels are infinite",
+    "all_nan_modality": "every voxel is NaN",
     "all_zero_modality": "every voxel is zero",
     "shape_differs": "shape .* differs",
     "spacing_differs": "spacing .* differs",
@@ -63,6 +63,7 @@ WARNED_KINDS = {
     "intensity_offset": "no zero background",
     "half_mm_voxels": "resampled from 0.50x0.50x0.50 mm",
     "mostly_negative_intensities": "mostly negative",
+    "nan_outside_the_field_of_view": r"_t1\.nii\.gz: [\d,]+ voxels \([\d.]+%\) have no value \(NaN",
 }
 
 CHECKPOINT_KINDS = {
@@ -143,10 +144,12 @@ def make_bad_case(root: Path, kind: str) -> tuple[Path, Path]:
     elif kind == "rgb_dtype":
         rgb = np.zeros(data.shape, dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
         _resave(t1, rgb)
-    elif kind in ("nan_voxels", "inf_voxels"):
+    elif kind == "inf_voxels":
         bad = data.astype(np.float32)
-        bad[3, 4, 5] = np.nan if kind == "nan_voxels" else np.inf
+        bad[3, 4, 5] = np.inf
         _resave(t1, bad)
+    elif kind == "all_nan_modality":
+        _resave(t1, np.full(data.shape, np.nan, np.float32))
     elif kind == "all_zero_modality":
         _resave(t1, np.zeros_like(data))
     elif kind == "shape_differs":
@@ -234,6 +237,10 @@ def make_warned_case(root: Path, kind: str) -> Path:
     elif kind == "mostly_negative_intensities":
         img = nib.load(t1)
         _resave(t1, -np.asanyarray(img.dataobj).astype(np.float32))
+    elif kind == "nan_outside_the_field_of_view":  # as SPM reslices: no value where the original field of view did not reach
+        data = np.asanyarray(nib.load(t1).dataobj).astype(np.float32)
+        data[:3] = np.nan
+        _resave(t1, data)
     elif kind == "half_mm_voxels":
         for path in folder.glob("*.nii.gz"):
             img = nib.load(path)

@@ -165,3 +165,19 @@ def test_a_write_never_sets_the_umask_while_other_threads_create_files(tmp_path,
     monkeypatch.setattr(os, "umask", forbidden)
     path = write_text_atomic(tmp_path / "report.json", "{}")
     assert path.read_text(encoding="utf-8") == "{}" and path.stat().st_mode & 0o002 == 0, "not writable by all"
+
+
+def test_voxels_without_a_value_are_read_as_background_and_said(tmp_path):
+    """SPM and some registration tools write NaN where the original field of view did not reach: the case opens, and says so."""
+    folder, truth = write_case(tmp_path / "c", AFFINES["RAS"])
+    flair = folder / "case_flair.nii.gz"
+    data = np.asanyarray(nib.load(flair).dataobj).astype(np.float32)
+    data[:2] = np.nan  # two slabs of the file's first axis: 2 x 24 x 20 of 20 x 24 x 28 voxels
+    nib.save(nib.Nifti1Image(data, AFFINES["RAS"]), flair)
+    case = io.load_case(folder)
+    (warning,) = case.warnings
+    assert warning.startswith("case_flair.nii.gz: 960 voxels (7.1%) have no value (NaN") and "not to be relied on" in warning
+    flair_index = io.MODALITIES.index("flair")
+    assert np.isfinite(case.image).all() and (case.image[flair_index] == 0).sum() >= 960
+    np.testing.assert_array_equal(case.image[0], truth["image"][0])  # the other scans as they were
+    assert io.load_case(write_case(tmp_path / "d", AFFINES["RAS"])[0]).warnings == ()

@@ -349,6 +349,36 @@ def test_error_is_a_notification_not_a_crash(qtbot, segment_widget, tmp_path, mo
     assert widget._input_image()[1]["t1"] is same["T1"]
 
 
+def test_a_scan_with_voxels_without_a_value_opens_and_its_result_says_so(qtbot, make_napari_viewer, phantom_dir, tmp_path, monkeypatch):
+    """NaN where the field of view did not reach (SPM writes it so) is read as background; the warning stays with the result."""
+    import shutil
+
+    from napari_sevnet.widgets.segment import SegmentWidget
+
+    case = tmp_path / "phantom_0001"
+    shutil.copytree(phantom_dir / "phantom_0001", case)
+    flair = case / "phantom_0001_flair.nii.gz"
+    img = nib.load(flair)
+    data = np.asanyarray(img.dataobj).astype(np.float32)
+    data[:, :, :4] = np.nan
+    nib.save(nib.Nifti1Image(data, img.affine), flair)
+    warned = []
+    monkeypatch.setattr("napari.utils.notifications.show_warning", warned.append)
+    viewer = make_napari_viewer()
+    layers = open_case(viewer, case)
+    assert any("phantom_0001_flair.nii.gz" in w and "have no value (NaN" in w for w in warned), warned
+    assert np.isfinite(layers["FLAIR"].data).all()
+    widget = SegmentWidget(viewer)
+    widget.set_checkpoint(phantom_checkpoint())
+    viewer.window.add_dock_widget(widget)
+    widget.run()
+    wait_for_run(qtbot, widget)
+    said = LayerInfo.from_layer(widget.result_layers["WT"]).warnings
+    assert any("have no value (NaN" in w for w in said), "kept with the result (its recovery copy and its export say it again)"
+    assert "have no value (NaN" in widget._status.value
+    widget._on_destroyed()
+
+
 def test_painting_keeps_the_regions_nested_and_volumes_follow_the_edit_its_undo_and_redo(qtbot, segment_widget):
     viewer, widget = segment_widget
     widget.run()

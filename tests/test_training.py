@@ -395,3 +395,22 @@ def test_a_model_card_extends_another_and_replaces_only_what_it_names(tmp_path):
     held_out = load_card(ROOT / "training" / "model_cards" / "sevnet_lite_brats_heldout.yaml")
     assert held_out["known_failures"] == shipped["known_failures"] and held_out["name"] != shipped["name"]
     assert held_out["training_data"]["citations"] == shipped["training_data"]["citations"]
+
+
+def test_a_training_case_with_voxels_without_a_value_is_trained_on_and_said(tmp_path, caplog):
+    import logging
+
+    import nibabel as nib
+
+    from napari_sevnet.phantom import write_phantom
+    from training.data import CaseRef, load_preprocessed
+
+    folder = write_phantom(tmp_path / "cases", seed=3, shape=(32, 40, 32))
+    t2 = folder / f"{folder.name}_t2.nii.gz"
+    img = nib.load(t2)
+    data = np.asanyarray(img.dataobj).astype(np.float32)
+    data[:2] = np.nan
+    nib.save(nib.Nifti1Image(data, img.affine), t2)
+    with caplog.at_level(logging.WARNING, logger="training.data"):
+        image, _ = load_preprocessed(CaseRef(folder.name, folder), tmp_path / "cache")
+    assert np.isfinite(image).all() and any("_t2.nii.gz" in r.getMessage() and "have no value" in r.getMessage() for r in caplog.records)

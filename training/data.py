@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,8 @@ from napari_sevnet.files import atomic_output
 from napari_sevnet.inference import preprocess
 from napari_sevnet.io import MODALITIES, find_case_files, find_cases, load_case, role_of
 from training.config import AugmentConfig, DataConfig
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -142,6 +145,8 @@ def load_preprocessed(ref: CaseRef, cache_dir: Path) -> tuple[np.ndarray, np.nda
         with np.load(path) as data:
             return data["image"], data["regions"]
     case = load_case(ref.folder, allow_missing=True)
+    for line in case.warnings:  # voxels without a value, read as background: trained on, but said
+        log.warning("%s: %s", ref.folder, line)
     image, box = preprocess(case.image)
     regions = case.regions[(slice(None), *box)].astype(np.uint8)
     with atomic_output(path, suffix=".npz") as tmp:

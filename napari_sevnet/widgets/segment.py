@@ -371,6 +371,8 @@ class SegmentWidget(DockWidget):
         """Build the WT/TC/ET Labels layers in the worker: only inserting them needs the GUI thread."""
         reference = SegmentWidget._reference(chosen)
         source = LayerInfo.from_layer(reference) or LayerInfo()
+        # what reading the scans changed (voxels without a value) may make this result wrong too
+        read = dict.fromkeys(w for layer in chosen.values() for w in ((LayerInfo.from_layer(layer) or LayerInfo()).warnings or ()))
         info = LayerInfo(  # a new group ties the three layers of one run together
             case_id=case_id,
             grid=source.grid,
@@ -384,7 +386,7 @@ class SegmentWidget(DockWidget):
             thresholds=result.postprocessing.get("thresholds"),
             run=run,
             sequences=result.sequences,
-            warnings=tuple(result.warnings) or None,
+            warnings=(*read, *result.warnings) or None,
         )
         layers = region_labels(result.regions, reference.scale, reference.translate, info)
         if result.uncertainty is not None:
@@ -396,11 +398,12 @@ class SegmentWidget(DockWidget):
         self.uncertainty_layer = None
         self.last_result = None
         self._final_status = f"{case_id} run {run}: done in {result.timings['total_s']:.1f} s on {result.device} ({RESEARCH_USE})"
-        if result.notes or result.warnings:  # the input was not what the model was trained on: say so where it is seen
+        warnings = list(LayerInfo.from_layer(layers[0]).warnings or ())  # the model's and those of reading the scans
+        if result.notes or warnings:  # the input was not what the model was trained on: say so where it is seen
             from napari.utils.notifications import show_warning
 
-            self._final_status += "; " + "; ".join(result.notes + [f"warning: {w}" for w in result.warnings])
-            for line in result.warnings:
+            self._final_status += "; " + "; ".join(result.notes + [f"warning: {w}" for w in warnings])
+            for line in warnings:
                 show_warning(f"{case_id}: {line}")
         regions = [layer for layer in layers if LayerInfo.from_layer(layer).region is not None]
         self._inserter.insert(self._viewer, layers, on_added=self._on_layer_added, then=[self._collector.freeze_survivors] if self._collector is not None else [],
