@@ -156,6 +156,8 @@ def main(argv=None) -> int:
     try:
         if args.screenshot is not None and (args.screenshot.is_dir() or not args.screenshot.parent.is_dir()):  # said now, not after the run
             raise InputError(args.screenshot, "is a folder: name the PNG file" if args.screenshot.is_dir() else "its folder does not exist")
+        if args.case is not None and not args.case.exists():  # before starting a display server and napari for it
+            raise InputError(args.case, "cannot access: no such file or folder")
         if not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
             screenshot = args.screenshot or Path("demo_screenshot.png")
             xvfb = start_xvfb()

@@ -41,10 +41,15 @@ def test_the_demo_segments_a_case_without_t1ce_says_what_that_costs_and_saves_th
     assert pixels.shape[0] > 400 and pixels.shape[1] > 600 and pixels.std() > 10, "a screenshot of the viewer, not a blank image"
 
 
-def test_a_screenshot_that_cannot_be_saved_is_said_before_the_run(tmp_path, capsys):
+def test_a_screenshot_that_cannot_be_saved_is_said_before_the_run(tmp_path, capsys, monkeypatch):
     from napari_sevnet.demo import main
 
     assert main([str(tmp_path / "no_case"), "--screenshot", str(tmp_path / "missing" / "shot.png")]) == 1
     assert main(["--screenshot", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert "shot.png: its folder does not exist" in err and f"{tmp_path}: is a folder: name the PNG file" in err
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    monkeypatch.setattr("napari_sevnet.demo.start_xvfb", lambda: pytest.fail("a display server started for a case that does not exist"))
+    assert main([str(tmp_path / "no_case"), "--screenshot", str(tmp_path / "shot.png")]) == 1
+    assert f"{tmp_path / 'no_case'}: cannot access" in capsys.readouterr().err, "a mistyped case is said before napari starts"
