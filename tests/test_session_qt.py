@@ -397,5 +397,5 @@ def test_a_finetune_that_ends_worse_than_its_starting_model_says_so(make_napari_
     finetune._finish(0)
     assert ("worse than the starting model" in finetune._status.value) is warned and bool(warnings) is warned
     if warned:
-        assert "0.600 after against 0.800 before" in warnings[0] and "on the exported cases" in warnings[0]
+        assert "0.600 after against 0.800 before" in warnings[0] and "Dice on the exported cases" in warnings[0]
     assert finetune._use.enabled, "the user may still choose the new model"

@@ -351,7 +351,7 @@ class FineTuneWidget(DockWidget):
         best = max(later, key=mean)
         if mean(best) >= mean(start):
             return None
-        what = DICE_AXIS.get(self.validation_kind, "Dice").lower()
+        what = DICE_AXIS.get(self.validation_kind, "Dice")  # Dice: a name, capitalised mid-sentence too
         return f"{what}: mean {mean(best):.3f} after against {mean(start):.3f} before (" + ", ".join(f"{r} {start[r]:.2f} -> {best[r]:.2f}" for r in REGIONS) + ")"
 
     def _fail(self, message: str):
