@@ -22,10 +22,11 @@ from napari_sevnet.io import MODALITIES, Case, case_id_of_files, find_case_files
 
 ROLES = (*MODALITIES, "seg")
 #: words in a file or layer name that say its sequence (after lower-casing and splitting on anything not a letter or digit)
-FLAIR_WORDS = {"flair", "t2f", "fla", "t2flair"}
-CONTRAST_WORDS = {"ce", "c", "gd", "post", "contrast", "enh", "gad"}
+FLAIR_WORDS = {"flair", "t2f", "fla", "t2flair", "darkfluid"}  # Siemens names its 3D FLAIR "SPACE dark-fluid"
+CONTRAST_WORDS = {"ce", "c", "gd", "post", "contrast", "enh", "gad", "gado", "km", "kontrast"}  # KM: Kontrastmittel, German protocols
 T1CE_WORDS = {"t1ce", "t1c", "t1gd", "t1post", "t1contrast", "t1gad"}
-T1_WORDS = {"t1", "t1n", "t1w", "t1pre", "t1native"}
+# vendors' names of 3D T1-weighted sequences count as T1 (MPRAGE, SPGR/FSPGR/BRAVO, VIBE; Philips' sT1W)
+T1_WORDS = {"t1", "t1n", "t1w", "t1pre", "t1native", "st1w", "mprage", "spgr", "fspgr", "bravo", "vibe"}
 T2_WORDS = {"t2", "t2w"}
 SEG_WORDS = {"seg", "mask", "label", "labels", "segmentation"}
 
@@ -34,9 +35,9 @@ def role_from_name(name: str) -> str | None:
     """The sequence (or 'seg') a name suggests: 'T1_post' -> 't1ce', 'AX FLAIR' -> 'flair', else None."""
     words = [w for w in re.split(r"[^a-z0-9]+", (nifti_stem(name) or name).lower()) if w]
     joined = "".join(words)
-    if FLAIR_WORDS & set(words) or "flair" in joined:
+    if FLAIR_WORDS & set(words) or "flair" in joined or "darkfluid" in joined:
         return "flair"
-    if T1CE_WORDS & set(words) or ("t1" in words and CONTRAST_WORDS & set(words)):
+    if T1CE_WORDS & set(words) or (T1_WORDS & set(words) and CONTRAST_WORDS & set(words)):
         return "t1ce"
     if T1_WORDS & set(words):
         return "t1"

@@ -116,6 +116,20 @@ def test_sevnet_predict_on_a_prepared_case_also_writes_its_mask_on_the_native_gr
     assert "segmentation_native" not in report and any("no longer at" in n for n in report["notes"])
 
 
+@pytest.mark.parametrize(("name", "role"), [
+    ("3_t1_mprage_sag_p2_iso.nii.gz", "t1"), ("7_t1_mprage_sag_p2_iso_post.nii.gz", "t1ce"), ("MPRAGE.nii.gz", "t1"),
+    ("t1_mprage_tra_KM.nii.gz", "t1ce"), ("T1W_3D_TFE_Gado.nii.gz", "t1ce"), ("sT1W_3D_TFE_+C.nii.gz", "t1ce"), ("Ax_T1_FSPGR_3D_C+.nii.gz", "t1ce"),
+    ("T1_mprage_nativ.nii.gz", "t1"), ("t2_space_dark-fluid_sag.nii.gz", "flair"), ("3D_T2_SPACE_DarkFluid.nii.gz", "flair"),
+    ("t2_tse_tra.nii.gz", "t2"), ("AX_T2_FLAIR.nii.gz", "flair"), ("ep2d_diff_3scan_trace_ADC.nii.gz", None),
+])
+def test_vendors_series_names_are_proposed_for_their_sequence(name, role):
+    """The names scanners give their series (Siemens, GE, Philips; German protocols' KM for contrast): a 3D FLAIR named
+    'dark-fluid' proposed as T2 would put FLAIR where the model reads T2 and leave FLAIR empty."""
+    from napari_sevnet.assignments import role_from_name
+
+    assert role_from_name(name) == role
+
+
 def test_series_that_cannot_be_prepared_are_refused_by_name(tmp_path):
     import SimpleITK as sitk
 
