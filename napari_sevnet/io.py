@@ -564,8 +564,8 @@ def _labels_to_regions(labels: np.ndarray, convention: str | None, path: Path) -
         conv = reg.convention_name(convention) if convention else reg.guess_convention(labels)
         return reg.labels_to_regions(labels, conv), conv
     except ValueError as exc:
-        hint = ("; if the file uses other labels, name its convention: --labels 2021, 2023 or msd where a command offers it, "
-                "or a BraTS 2023 name (<case>-seg.nii.gz, labels 1/2/3) for training data") if "label" in str(exc) else ""
+        hint = ("; to name the file's convention: --labels 2021, 2023 or msd where a command offers it (sevnet-export: --mask-labels), "
+                "a BraTS name (<case>_seg.nii.gz: 2021 labels, <case>-seg.nii.gz: 2023) for training data") if "label" in str(exc) else ""
         raise InputError(path, f"{exc}{hint}") from None
 
 

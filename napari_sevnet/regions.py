@@ -58,6 +58,10 @@ def guess_convention(labels: np.ndarray) -> str:
         raise ValueError("label map holds both 3 and 4: neither BraTS 2021 (1/2/4) nor BraTS 2023 (1/2/3)")
     if 3 in values:
         raise ValueError("label values 0-3 are BraTS 2023 labels or the Decathlon's (which swap necrosis and edema), and the file does not say which")
+    if values == {0, 1} or values == {1}:
+        raise ValueError("label map holds label 1 alone: in BraTS labels that is necrosis with no oedema and no enhancing tumour around it, "
+                         "but a mask painted with one label (the default of ITK-SNAP and most editors) is far likelier; label its regions "
+                         "(necrosis 1, oedema 2, enhancing 4), or, if it is necrosis alone, say it is in BraTS 2021 labels")
     return "brats2021"
 
 

@@ -311,3 +311,11 @@ def test_export_cli(case, tmp_path, phantom_dir):
     assert snapshot(tmp_path / "ds") == before
     assert other.exists()
     assert set(REGIONS) == set(record["edits"])
+
+    # a correction painted in ITK-SNAP with its one default label: not taken as necrosis alone (WT = TC, no ET) into training
+    painted = tmp_path / "corrected.nii.gz"
+    nib.save(nib.Nifti1Image((np.asanyarray(nib.load(case.paths["seg"]).dataobj) > 0).astype(np.uint8), nib.load(case.paths["seg"]).affine), painted)
+    result = subprocess.run([str(Path(sys.executable).parent / "sevnet-export"), str(folder), str(painted), "-d", str(tmp_path / "ds")], capture_output=True, text=True)
+    assert result.returncode == 2 and "corrected.nii.gz: label map holds label 1 alone" in result.stderr and "--mask-labels" in result.stderr
+    assert snapshot(tmp_path / "ds") == before
+    assert export_main([str(folder), str(painted), "-d", str(tmp_path / "ds"), "--mask-labels", "2021"]) == 0, "said to be necrosis alone: taken as such"

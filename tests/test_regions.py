@@ -40,6 +40,9 @@ def test_guess_convention_only_where_the_values_leave_no_doubt():
     assert reg.guess_convention(np.array([0, 2])) == "brats2021"  # the same in 2021 and 2023
     with pytest.raises(ValueError, match="Decathlon"):
         reg.guess_convention(np.array([0, 1, 2, 3]))  # 2023 or the Decathlon's: the naming must say
+    with pytest.raises(ValueError, match="label 1 alone.*ITK-SNAP"):
+        reg.guess_convention(np.array([0, 1]))  # necrosis alone, or a mask painted with an editor's one default label
+    assert reg.guess_convention(np.array([0])) == "brats2021", "an empty mask is empty in every convention"
 
 
 def test_make_nested_adds_inner_regions_outwards():
