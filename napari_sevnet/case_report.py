@@ -94,7 +94,7 @@ def render(case: Case, regions: np.ndarray, readout: Readout, *, checkpoint: str
         f"<td>{', '.join(f'{v:.1f}' for v in les.centroid_ras_mm)}</td>"
         + (f"<td>{les.diameters.slice}</td><td>{les.diameters.longest_mm:.1f}</td><td>{les.diameters.perpendicular_mm:.1f}</td><td>{les.diameters.product_mm2:.0f}</td>"
            if les.diameters else "<td>-</td><td>-</td><td>-</td><td>-</td>")
-        + f"<td>{'yes' if les.measurable else 'no'}</td></tr>"
+        + f"<td>{les.measurable_words}</td></tr>"
         for les in readout.lesions
     )
     volumes = "".join(f"<tr><td>{r}</td><td>{format_ml(readout.volumes_ml[r])}</td></tr>" for r in REGIONS)
@@ -111,7 +111,8 @@ def render(case: Case, regions: np.ndarray, readout: Readout, *, checkpoint: str
         "<p>Outlines: WT green, TC red, ET yellow; on the axial slice the RANO diameters (cyan, magenta). Radiological view: the patient's right on the left.</p></section>",
         "<section id='lesions'><h2>Lesions (RANO)</h2><table><tr><th>#</th><th>NCR mL</th><th>ED mL</th><th>ET mL</th><th>centroid RAS mm</th><th>slice</th>"
         f"<th>longest mm</th><th>perpendicular mm</th><th>product mm²</th><th>measurable</th></tr>{rows}</table>"
-        f"<p>Sum of products of measurable lesions: <b>{readout.sum_of_products_mm2:.0f} mm²</b> ({readout.measurable} measurable: both diameters at least 10 mm).</p></section>",
+        f"<p>Sum of products of the target lesions: <b>{readout.sum_of_products_mm2:.0f} mm²</b> ({readout.measurable} measurable: both diameters at least 10 mm, "
+        "or twice the slice thickness where slices are thicker than 5 mm, seen on at least two axial slices; the five largest are the targets, RANO 2010).</p></section>",
         f"<section id='volumes'><h2>Volumes</h2><table><tr><th>region</th><th>mL</th></tr>{volumes}</table></section>",
         "<section id='uncertainty'><h2>Uncertainty</h2>"
         + (f"<p>Score {uncertainty['score']:.3f} (0: the model is sure; higher: check this case first).</p>" if uncertainty else "<p>Not computed for this run.</p>")

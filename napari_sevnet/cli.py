@@ -372,7 +372,7 @@ def measure_main(argv=None) -> int:
     from napari_sevnet import case_report
     from napari_sevnet.assignments import load_assigned_or_named
     from napari_sevnet.io import read_segmentation
-    from napari_sevnet.readout import compare_visits, format_ml, measure
+    from napari_sevnet.readout import TARGET_LESIONS, compare_visits, format_ml, measure
     from napari_sevnet.report import checkpoint_of
 
     try:
@@ -400,8 +400,8 @@ def measure_main(argv=None) -> int:
     print(f"{'#':>2} {'NCR mL':>7} {'ED mL':>7} {'ET mL':>7} {'longest':>8} {'perp.':>7} {'product':>8}  measurable")
     for lesion in readout.lesions:
         d = lesion.diameters
-        print(f"{lesion.index:>2} {format_ml(lesion.ncr_ml):>7} {format_ml(lesion.ed_ml):>7} {format_ml(lesion.et_ml):>7} " + (f"{d.longest_mm:8.1f} {d.perpendicular_mm:7.1f} {d.product_mm2:8.0f}" if d else f"{'-':>8} {'-':>7} {'-':>8}") + f"  {'yes' if lesion.measurable else 'no'}")
-    print(f"sum of products {readout.sum_of_products_mm2:.0f} mm^2 over {readout.measurable} measurable lesion(s)" + (f"; since the baseline: {comparison['category']}" if comparison else ""))
+        print(f"{lesion.index:>2} {format_ml(lesion.ncr_ml):>7} {format_ml(lesion.ed_ml):>7} {format_ml(lesion.et_ml):>7} " + (f"{d.longest_mm:8.1f} {d.perpendicular_mm:7.1f} {d.product_mm2:8.0f}" if d else f"{'-':>8} {'-':>7} {'-':>8}") + f"  {lesion.measurable_words}")
+    print(f"sum of products {readout.sum_of_products_mm2:.0f} mm^2 over {readout.measurable} measurable lesion(s)" + (f", the {TARGET_LESIONS} largest summed" if readout.measurable > TARGET_LESIONS else "") + (f"; since the baseline: {comparison['category']}" if comparison else ""))
     return 0
 
 

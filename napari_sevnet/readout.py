@@ -7,8 +7,10 @@ enhancing tumour (ET) in mL, the centroid in scanner coordinates (mm, RAS as
 the file's affine gives them), and on the axial slice where its enhancing
 part is largest the RANO bidimensional measurement: the longest diameter of
 the enhancing part and the longest diameter perpendicular to it. A lesion is
-measurable when both are at least 10 mm (RANO 2010, Wen et al.); the sum of
-the products over measurable lesions is what response assessment compares.
+measurable when both are at least 10 mm (twice the slice thickness where
+slices are thicker than 5 mm) and its enhancing part is seen on at least two
+axial slices (RANO 2010, Wen et al.); the sum of the products over the target
+lesions, the five largest measurable ones, is what response assessment compares.
 
 Two visits (:func:`compare_visits`): the change of each volume and of the
 sum of products, absolute and in percent, and the RANO category from the
@@ -29,6 +31,8 @@ from scipy import ndimage
 from napari_sevnet.io import SourceGrid
 
 MEASURABLE_MM = 10.0
+MEASURABLE_SLICES = 2  # RANO: seen on two or more axial slices
+TARGET_LESIONS = 5  # RANO 2010: up to five target lesions are measured and summed
 PROGRESSION, PARTIAL_RESPONSE = 0.25, -0.50
 STRUCTURE = np.ones((3, 3, 3), bool)
 
@@ -47,6 +51,8 @@ class Diameters:
     perpendicular_mm: float
     longest: tuple[tuple[float, float, float], tuple[float, float, float]]
     perpendicular: tuple[tuple[float, float, float], tuple[float, float, float]]
+    slices: int = MEASURABLE_SLICES  # the axial slices the enhancing part is seen on
+    minimum_mm: float = MEASURABLE_MM  # each diameter's least for a measurable lesion (10 mm; twice the slice thickness over 5 mm)
 
     @property
     def product_mm2(self) -> float:
@@ -54,7 +60,7 @@ class Diameters:
 
     @property
     def measurable(self) -> bool:
-        return self.longest_mm >= MEASURABLE_MM and self.perpendicular_mm >= MEASURABLE_MM
+        return self.longest_mm >= self.minimum_mm and self.perpendicular_mm >= self.minimum_mm and self.slices >= MEASURABLE_SLICES
 
 
 @dataclass
@@ -66,6 +72,7 @@ class Lesion:
     centroid_ras_mm: tuple[float, float, float]
     voxel: tuple[int, int, int]  # the centroid as a voxel of the canonical grid, for the viewer
     diameters: Diameters | None  # None: no enhancing part
+    target: bool = False  # one of the (at most five) largest measurable lesions, whose products are summed
 
     @property
     def measurable(self) -> bool:
@@ -74,6 +81,11 @@ class Lesion:
     @property
     def product_mm2(self) -> float:
         return self.diameters.product_mm2 if self.measurable else 0.0
+
+    @property
+    def measurable_words(self) -> str:
+        """The table's 'measurable' cell: a measurable lesion past the five largest is not summed."""
+        return ("yes" if self.target else "yes (not summed)") if self.measurable else "no"
 
     def to_json(self) -> dict:
         out = asdict(self)
@@ -90,7 +102,8 @@ class Readout:
 
     @property
     def sum_of_products_mm2(self) -> float:
-        return float(sum(lesion.product_mm2 for lesion in self.lesions))
+        """Over the target lesions (the five largest measurable), as RANO sums them."""
+        return float(sum(lesion.product_mm2 for lesion in self.lesions if lesion.target))
 
     @property
     def measurable(self) -> int:
@@ -98,7 +111,8 @@ class Readout:
 
     def to_json(self) -> dict:
         return {"lesions": [lesion.to_json() for lesion in self.lesions], "volumes_ml": self.volumes_ml,
-                "sum_of_products_mm2": self.sum_of_products_mm2, "measurable_lesions": self.measurable}
+                "sum_of_products_mm2": self.sum_of_products_mm2, "measurable_lesions": self.measurable,
+                "target_lesions": sum(lesion.target for lesion in self.lesions)}
 
 
 def canonical_affine(grid: SourceGrid) -> np.ndarray:
@@ -135,6 +149,8 @@ def measure(regions: np.ndarray, spacing, grid: SourceGrid | None = None) -> Rea
             areas = lesion_et.sum(axis=(1, 2))
             z = int(np.argmax(areas))
             diameters = rano_diameters(lesion_et[z], spacing[1:], z + box[0].start, (box[1].start, box[2].start))
+            diameters.slices = int(np.count_nonzero(areas))
+            diameters.minimum_mm = max(MEASURABLE_MM, 2.0 * float(spacing[0]) if spacing[0] > 5.0 else 0.0)
         readout.lesions.append(Lesion(
             index=k, ncr_ml=float((lesion & ~et[box]).sum()) * voxel_ml, ed_ml=float(ed_counts[k]) * voxel_ml, et_ml=float(lesion_et.sum()) * voxel_ml,
             centroid_ras_mm=tuple(round(float(v), 2) for v in world[:3]), voxel=tuple(int(round(v)) for v in centroid), diameters=diameters,
@@ -142,6 +158,8 @@ def measure(regions: np.ndarray, spacing, grid: SourceGrid | None = None) -> Rea
     readout.lesions.sort(key=lambda lesion: (-lesion.product_mm2, -(lesion.et_ml + lesion.ncr_ml)))
     for number, lesion in enumerate(readout.lesions, start=1):
         lesion.index = number
+    for lesion in [lesion for lesion in readout.lesions if lesion.measurable][:TARGET_LESIONS]:
+        lesion.target = True
     return readout
 
 

@@ -53,6 +53,30 @@ def test_a_lesion_table_of_two_lesions_one_too_small_to_measure():
     assert second.ncr_ml == 0 and format_ml(second.ncr_ml) == "0"
 
 
+def test_rano_measurability_needs_two_slices_and_twice_a_thick_slice_and_sums_five_targets():
+    """RANO 2010: both diameters at least 10 mm (twice the slice thickness over 5 mm), seen on two or more axial
+    slices; of several measurable lesions the five largest are the targets whose products are summed."""
+    shape = (12, 120, 180)
+    regions = np.zeros((3, *shape), bool)
+    regions[2, 5] = ellipse(shape[1:], (20, 20), 8.0, 8.0)  # 16 mm across, on one axial slice only
+    for k, radius in enumerate((14.0, 13.0, 12.0, 11.0, 10.0, 9.0)):  # six measurable lesions, largest first
+        regions[2, 3:7] |= ellipse(shape[1:], (60 + 40 * (k // 3), 40 + 50 * (k % 3)), radius, radius)
+    regions[1] = regions[0] = regions[2]
+    readout = measure(regions, (1.0, 1.0, 1.0))
+    flat = next(lesion for lesion in readout.lesions if lesion.diameters.slices == 1)
+    assert flat.diameters.longest_mm >= 10 and not flat.measurable and flat.measurable_words == "no", "seen on one slice only"
+    measurable = [lesion for lesion in readout.lesions if lesion.measurable]
+    assert len(measurable) == 6 and [lesion.target for lesion in measurable] == [True] * 5 + [False]
+    assert measurable[-1].measurable_words == "yes (not summed)" and measurable[-1].diameters.longest_mm < measurable[4].diameters.longest_mm
+    assert readout.sum_of_products_mm2 == pytest.approx(sum(lesion.product_mm2 for lesion in measurable[:5]))
+    assert readout.to_json()["target_lesions"] == 5 and readout.to_json()["measurable_lesions"] == 6
+    small = np.zeros((3, 12, 40, 40), bool)
+    small[:, 3:7] = ellipse((40, 40), (20, 20), 5.5, 5.5)  # 11 mm across on four slices
+    (thin,) = measure(small, (1.0, 1.0, 1.0)).lesions
+    (thick,) = measure(small, (6.0, 1.0, 1.0)).lesions  # 6 mm slices: each diameter must reach 12 mm
+    assert thin.measurable and thick.diameters.minimum_mm == 12.0 and not thick.measurable
+
+
 def test_a_speck_of_tumour_reads_as_less_than_a_tenth_not_as_nothing():
     assert [format_ml(v) for v in (0.0, 0.004, 0.049, 0.05, 1.26)] == ["0", "<0.1", "<0.1", "0.1", "1.3"]
 

@@ -153,7 +153,7 @@ class ReadoutWidget(DockWidget):
             d = lesion.diameters
             cells = [str(lesion.index), format_ml(lesion.ncr_ml), format_ml(lesion.ed_ml), format_ml(lesion.et_ml),
                      *((str(d.slice), f"{d.longest_mm:.1f}", f"{d.perpendicular_mm:.1f}", f"{d.product_mm2:.0f}") if d else ("-", "-", "-", "-")),
-                     "yes" if lesion.measurable else "no"]
+                     lesion.measurable_words]
             for col, text in enumerate(cells):
                 self.table.setItem(row, col, QTableWidgetItem(text))
         if readout is None:
