@@ -261,7 +261,7 @@ def compare_visits(baseline: Readout, follow_up: Readout, *, baseline_id: str | 
         "volumes_ml": {r: change(baseline.volumes_ml[r], follow_up.volumes_ml[r]) for r in baseline.volumes_ml},
         "sum_of_products_mm2": change(before, after),
         "category": category,
-        "criteria": "RANO imaging thresholds on the sum of bidimensional products (>= +25 %: progression; <= -50 %: partial response; no enhancement left: complete response); steroids, clinical state and non-enhancing growth are not assessed",
+        "criteria": "RANO imaging thresholds on the sum of bidimensional products of the target lesions, the five largest measurable, at each visit (>= +25 %: progression; <= -50 %: partial response; no enhancement left: complete response); steroids, clinical state and non-enhancing growth are not assessed",
         "caveat": visit_caveat(baseline_id, follow_up_id),
     }
 
