@@ -47,7 +47,9 @@ def predict_main(argv=None) -> int:
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--tta", action="store_true", help="average the 8 mirror flips (about 6x slower; what it gained on the held-out real cases: README, benchmarks/results/real-heldout-tta.md)")
     parser.add_argument("--labels", choices=["2021", "2023"], help="label convention of the written masks (2021: <case>_seg, labels 1/2/4; 2023: <case>-seg, labels 1/2/3); default: the case's own (a case named as in BraTS 2023 gets 2023, any other 2021)")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs of the same cases (their old maps go too)")
+    again = parser.add_mutually_exclusive_group()
+    again.add_argument("--overwrite", action="store_true", help="replace existing outputs of the same cases (their old maps go too)")
+    again.add_argument("--skip-existing", action="store_true", help="pass over a case whose result a finished run with the same model, inputs and TTA left (a batch run again after a crash or a stop); a result of other settings is still an error")
     parser.add_argument("--allow-missing", action="store_true", help="segment cases that lack one to three sequences (with a model trained for it, as the default is)")
     parser.add_argument("--prepare", action="store_true", help="raw clinical series (own grids, with the skull): co-register, 1 mm, skull-strip first; the mask is written on the reference series' own grid")
     parser.add_argument("--reference", default="t1ce", choices=["t1", "t1ce", "t2", "flair"], help="with --prepare: the series the others are registered to (default t1ce)")
@@ -61,6 +63,8 @@ def predict_main(argv=None) -> int:
     parser.add_argument("--threshold", type=float, metavar="P", help="one probability threshold for all three regions (default: the model's own per region, README \"Post-processing\")")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
+    if args.skip_existing and args.prepare:
+        parser.error("--skip-existing is for cases segmented as they are; with --prepare each run prepares the raw series again")
     _setup_logging(args.verbose)
 
     from filelock import FileLock
@@ -69,8 +73,8 @@ def predict_main(argv=None) -> int:
     from napari_sevnet.assignments import load_assigned_or_named
     from napari_sevnet.inference import Predictor, enable_huge_pages
     from napari_sevnet.io import find_cases
-    from napari_sevnet.regions import convention_name
-    from napari_sevnet.report import check_outputs_free, write_case_outputs
+    from napari_sevnet.regions import REGIONS, convention_name
+    from napari_sevnet.report import check_outputs_free, finished_before, write_case_outputs
 
     enable_huge_pages()
     cases = [Path(p) for p in args.inputs] if args.prepare else find_cases(args.inputs)
@@ -91,7 +95,7 @@ def predict_main(argv=None) -> int:
         return 2
     args.output.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(args.output / ".sevnet-predict.lock"))  # two runs into one folder claim each case's outputs in turn
-    failed = 0
+    failed = skipped = 0
     for path in tqdm(cases, desc="cases", unit="case", disable=None):
         try:
             if args.prepare:
@@ -100,6 +104,10 @@ def predict_main(argv=None) -> int:
                 continue
             case = load_assigned_or_named(path, allow_missing=args.allow_missing)
             convention = convention_name(args.labels) if args.labels else "brats2023" if case.layout == "brats2023" else "brats2021"
+            if args.skip_existing and finished_before(case, args.output, convention, checkpoint=predictor.checkpoint, tta=args.tta or args.uncertainty,
+                                                      maps=[f"{kind}_{r}" for kind, asked in (("prob", args.probabilities), ("uncertainty", args.uncertainty)) if asked for r in REGIONS]):
+                skipped += 1
+                continue
             check_outputs_free(case.case_id, args.output, convention, overwrite=args.overwrite)
             result = predictor.predict(case.image, spacing=case.spacing, sequences=case.sequences)
             for line in [*result.notes, *case.warnings, *result.warnings]:
@@ -113,6 +121,8 @@ def predict_main(argv=None) -> int:
         except InputError as exc:
             failed += 1
             tqdm.write(f"sevnet-predict: error: {exc}", file=sys.stderr)
+    if skipped:
+        print(f"sevnet-predict: {skipped} of {len(cases)} cases were done already (--skip-existing) and kept", file=sys.stderr)
     if failed:
         print(f"sevnet-predict: {failed} of {len(cases)} cases failed", file=sys.stderr)
     return 1 if failed else 0

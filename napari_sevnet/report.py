@@ -57,7 +57,38 @@ def check_outputs_free(case_id: str, out_dir: Path, convention: str, *, overwrit
         return
     for out in output_paths(case_id, out_dir, convention).values():
         if out.exists():
-            raise InputError(out, "already exists; pass --overwrite to replace it")
+            raise InputError(out, "already exists; pass --overwrite to replace it, or --skip-existing to keep a finished run's")
+
+
+def finished_before(case: Case, out_dir: Path, convention: str, *, checkpoint: str | None, tta: bool, maps: list[str]) -> bool:
+    """Whether ``out_dir`` holds this case's result from a run of the same model, inputs and test-time augmentation,
+    with the ``maps`` asked for (its report is written last: a report means a complete set). False when there is none;
+    a result of another run, or one whose files are gone, is an InputError saying what differs."""
+    paths = output_paths(case.case_id, out_dir, convention)
+    if not paths["report"].exists():
+        return False
+    try:
+        report = json.loads(paths["report"].read_text(encoding="utf-8"))
+        made_with, inputs, kept = report.get("checkpoint"), report.get("inputs") or {}, report.get("maps") or {}
+    except (OSError, ValueError, AttributeError) as exc:
+        raise InputError(paths["report"], f"unreadable ({exc}); pass --overwrite to segment the case again") from None
+
+    def same(a, b) -> bool:
+        return a is not None and b is not None and Path(a).resolve() == Path(b).resolve()
+
+    differs = []
+    if not same(made_with, checkpoint):
+        differs.append(f"the model {made_with}")
+    if {role: str(Path(p).resolve()) for role, p in inputs.items()} != {role: str(Path(p).resolve()) for role, p in case.paths.items()}:
+        differs.append("other input files")
+    if bool(report.get("tta")) != tta:
+        differs.append(f"test-time augmentation {'on' if report.get('tta') else 'off'}")
+    missing = [name for name in maps if not (name in kept and Path(kept[name]).is_file())] + ([] if paths["seg"].is_file() else [paths["seg"].name])
+    if missing:
+        differs.append(f"no {', '.join(missing)}")
+    if differs:
+        raise InputError(paths["report"], f"is a run with {'; '.join(differs)}: pass --overwrite to segment the case again")
+    return True
 
 
 def write_case_outputs(case: Case, result, predictor, out_dir: Path, *, convention: str, overwrite: bool = False, probabilities: bool = False,

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pytest
 
 from napari_sevnet.cli import evaluate_main, predict_main
 
@@ -231,3 +232,28 @@ def test_probability_maps_are_written_in_8_bits_unless_float32_is_asked(phantom_
     eight, full = runs["eight"].get_fdata(), runs["full"].get_fdata()
     assert 0 < full.max() <= 1 and np.abs(eight - full).max() <= 0.5 / 255 + 1e-6, "read back as probabilities, within half a step"
     np.testing.assert_array_equal(runs["eight"].affine, runs["full"].affine)
+
+
+def test_a_batch_run_again_with_skip_existing_keeps_what_a_finished_run_left_and_does_the_rest(phantom_dir, random_checkpoint, tmp_path, capsys):
+    """After a crash or a stop halfway through a folder: the finished cases are kept, the others done, and a result of other settings is not taken for done."""
+    cases = tmp_path / "cases"
+    shutil.copytree(phantom_dir, cases)
+    out = tmp_path / "pred"
+    base = ["-o", str(out), "--checkpoint", str(random_checkpoint), "--device", "cpu"]
+    assert predict_main([str(cases / "phantom_0000"), *base]) == 0
+    finished = (out / "phantom_0000_seg.nii.gz").stat().st_mtime_ns
+    capsys.readouterr()
+    assert predict_main([str(cases), *base, "--skip-existing"]) == 0
+    err = capsys.readouterr().err
+    assert "1 of 3 cases were done already" in err and (out / "phantom_0000_seg.nii.gz").stat().st_mtime_ns == finished
+    assert all((out / f"phantom_000{i}_report.json").is_file() for i in range(3))
+    assert predict_main([str(cases), *base]) == 1, "without the flag, a finished case is an error"
+    assert "already exists; pass --overwrite to replace it, or --skip-existing" in capsys.readouterr().err
+    assert predict_main([str(cases), *base, "--skip-existing", "--tta"]) == 1, "made without TTA: not the run asked for"
+    assert "is a run with test-time augmentation off: pass --overwrite" in capsys.readouterr().err
+    assert predict_main([str(cases), *base, "--skip-existing", "--probabilities"]) == 1
+    assert "no prob_WT, prob_TC, prob_ET" in capsys.readouterr().err
+    (out / "phantom_0001_seg.nii.gz").unlink()  # a result half gone is not done
+    assert predict_main([str(cases / "phantom_0001"), *base, "--skip-existing"]) == 1 and "no phantom_0001_seg.nii.gz" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        predict_main([str(cases), *base, "--skip-existing", "--overwrite"])
