@@ -273,7 +273,12 @@ class Predictor:
             timings["preprocess_s"] = time.perf_counter() - t0
 
             t1 = time.perf_counter()
-            probs, attention, disagreement, members = self._infer(crop, report, is_cancelled, passes, uncertainty)
+            try:
+                probs, attention, disagreement, members = self._infer(crop, report, is_cancelled, passes, uncertainty)
+            except torch.cuda.OutOfMemoryError:
+                if self.device.type != "cuda":
+                    raise
+                probs, attention, disagreement, members = self._infer_in_less_memory(crop, report, is_cancelled, passes, uncertainty, notes)
             timings["inference_s"] = time.perf_counter() - t1
             if not np.all(np.isfinite(probs)):
                 raise InputError(self.checkpoint, "the model gave NaN or infinite probabilities on this case: its weights are damaged or it diverged in training")
@@ -404,6 +409,23 @@ class Predictor:
         attention = {k: v / max(counts[0], 1) for k, v in attention_sum.items()}
         disagreement = ((votes > 0) & (votes < len(members)))[0].cpu().numpy() if votes is not None else None
         return probs, attention, disagreement, len(members)
+
+    def _infer_in_less_memory(self, crop, report, is_cancelled, passes: int, uncertainty: bool, notes: list[str]):
+        """The GPU ran out of memory (a laptop's small one): windows instead of the whole brain in one pass, then the CPU
+        (for this and later calls: a GPU too small once stays too small); each step is said in ``notes``."""
+        torch.cuda.empty_cache()
+        if self.whole_crop:
+            self.whole_crop = False
+            try:
+                out = self._infer(crop, report, is_cancelled, passes, uncertainty)
+                notes.append("the GPU ran out of memory for the whole brain in one pass: segmented in windows (slower; later cases too)")
+                return out
+            except torch.cuda.OutOfMemoryError:
+                torch.cuda.empty_cache()
+        self.device = torch.device("cpu")
+        self.model.to(self.device)
+        notes.append("the GPU ran out of memory: segmented on the CPU instead (slower; later cases too); choose the CPU, or free the GPU, to avoid the retry")
+        return self._infer(crop, report, is_cancelled, passes, uncertainty)
 
     def _sliding(self, x, attention_sum, counts, report, is_cancelled, pass_index, passes):
         from monai.inferers import sliding_window_inference

@@ -63,6 +63,42 @@ def test_sliding_window_matches_whole_crop_closely(random_checkpoint, phantom):
     assert np.abs(whole.probabilities - windows.probabilities).mean() < 0.05
 
 
+@pytest.mark.parametrize("windows_fit", [True, False])
+def test_a_gpu_out_of_memory_falls_back_to_windows_then_to_the_cpu_and_says_so(random_checkpoint, phantom, windows_fit):
+    """A laptop's small GPU: the whole brain in one pass does not fit; windows may; else the CPU does it (no GPU here:
+    the GPU's answers are simulated, the work itself is done on the CPU)."""
+    predictor = Predictor(random_checkpoint, "cpu", whole_crop=True)
+    expected = predictor.predict(phantom.image)
+    real, calls = predictor._infer, []
+
+    def on_a_small_gpu(*args):
+        calls.append((predictor.device.type, predictor.whole_crop))
+        if predictor.device.type == "cuda":
+            if predictor.whole_crop or not windows_fit:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            predictor.device = torch.device("cpu")  # the windows' work, done here
+            try:
+                return real(*args)
+            finally:
+                predictor.device = torch.device("cuda")
+        return real(*args)
+
+    predictor._infer, predictor.device = on_a_small_gpu, torch.device("cuda")
+    result = predictor.predict(phantom.image)
+    if windows_fit:
+        assert calls == [("cuda", True), ("cuda", False)] and result.device == "cuda"
+        assert any("segmented in windows" in note for note in result.notes)
+    else:
+        assert calls == [("cuda", True), ("cuda", False), ("cpu", False)] and result.device == "cpu"
+        assert any("segmented on the CPU instead" in note for note in result.notes)
+        assert predictor.device.type == "cpu", "later cases go straight to the CPU"
+    assert result.regions.shape == expected.regions.shape
+    predictor.device = torch.device("cpu")  # out of memory on the CPU is not the GPU's: no retry hides it
+    predictor._infer = lambda *args: (_ for _ in ()).throw(torch.cuda.OutOfMemoryError("CUDA out of memory"))
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        predictor.predict(phantom.image)
+
+
 def test_tta_averages_mirror_flips(random_checkpoint, phantom):
     plain = Predictor(random_checkpoint, "cpu").predict(phantom.image)
     tta = Predictor(random_checkpoint, "cpu", tta=True).predict(phantom.image)
