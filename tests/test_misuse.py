@@ -354,3 +354,22 @@ def test_a_run_folder_holds_one_training(phantom_dir, tmp_path, capsys):
     assert main(["--resume", str(tmp_path / "run"), "epochs=1"]) == 1
     assert "trained 2 epochs already" in capsys.readouterr().err
     assert main(["--resume", str(tmp_path / "run"), "epochs=3", "val_every=3"]) == 0, "how long it trains may change"
+
+
+def test_a_gpu_out_of_memory_in_training_says_what_to_change(tmp_path, capsys, monkeypatch):
+    """The Fine-tune dock shows the trainer's error line: what to change, not the last line of a traceback."""
+    import json as _json
+
+    import torch
+
+    from training.cli import main
+
+    def too_big(*_args, **_kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 3.50 GiB (GPU 0; 3.81 GiB total capacity)")
+
+    monkeypatch.setattr("training.loop.train", too_big)
+    assert main(["-o", str(tmp_path / "run"), "--progress-json"]) == 1
+    out, err = capsys.readouterr()
+    (event,) = [_json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert event["event"] == "error" and "the GPU ran out of memory (CUDA out of memory. Tried to allocate 3.50 GiB" in event["message"]
+    assert "batch_size=1" in err and "CUDA_VISIBLE_DEVICES=" in err and "Traceback" not in err

@@ -36,6 +36,8 @@ def main(argv=None) -> int:
 
     signal.signal(signal.SIGTERM, _stop_on_sigterm)  # the plugin's Cancel: stop like Ctrl-C, checkpoints intact
 
+    import torch
+
     from napari_sevnet.inference import enable_huge_pages
     from training.config import load_config
     from training.loop import train
@@ -59,6 +61,14 @@ def main(argv=None) -> int:
         if args.progress_json:
             print(json.dumps(events.event(events.ERROR, message=str(exc))), flush=True)
         print(f"sevnet-train: error: {exc}", file=sys.stderr)
+        return 1
+    except torch.cuda.OutOfMemoryError as exc:  # a GPU too small for the batch and patch: say what to change, not a traceback
+        message = (f"the GPU ran out of memory ({str(exc).splitlines()[0][:120]}): train with a smaller batch_size (e.g. batch_size=1) or patch_size "
+                   "(e.g. patch_size=[96,96,96]), or on the CPU (CUDA_VISIBLE_DEVICES= sevnet-train ..., or the Fine-tune dock's Device: cpu); "
+                   "epochs already finished are kept (--resume RUN_DIR)")
+        if args.progress_json:
+            print(json.dumps(events.event(events.ERROR, message=message)), flush=True)
+        print(f"sevnet-train: error: {message}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         if args.progress_json:
