@@ -139,6 +139,9 @@ def _predict_prepared(path: Path, args, predictor, convention: str) -> None:
     prepared = prepare_case(path, args.output / "prepared", reference=args.reference, bias_field=not args.no_bias_field)
     case = load_case(prepared.folder, allow_missing=True)
     result = predictor.predict(case.image, spacing=case.spacing, sequences=case.sequences)
+    warnings = [*prepared.warnings, *result.warnings]  # reading the raw series', then the model's
+    for line in [*result.notes, *warnings]:
+        print(f"sevnet-predict: {'note' if line in result.notes else 'warning'}: {case.case_id}: {line}", file=sys.stderr)
     seg = args.output / (f"{case.case_id}-seg.nii.gz" if convention == "brats2023" else f"{case.case_id}_seg.nii.gz")
     if seg.exists() and not args.overwrite:
         raise InputError(seg, "already exists; pass --overwrite to replace it")
@@ -155,7 +158,7 @@ def _predict_prepared(path: Path, args, predictor, convention: str) -> None:
               "native_reference": str(prepared.native_reference), "prepared_case": str(prepared.folder), "prepare_timings_s": prepared.timings_s,
               "brain_ml": prepared.brain_ml, "volumes_ml_prepared": volumes_ml(result.regions, case.spacing),
               "volumes_ml_native": {r: float(regions[i].sum()) * float(np.prod(native_spacing)) / 1000 for i, r in enumerate(("WT", "TC", "ET"))},
-              "sequences": list(result.sequences), "checkpoint": result.checkpoint, "warnings": result.warnings, "notes": result.notes, "dicom_seg": dicom_seg}
+              "sequences": list(result.sequences), "checkpoint": result.checkpoint, "warnings": warnings, "notes": result.notes, "dicom_seg": dicom_seg}
     _write_json(args.output / f"{case.case_id}_report.json", report)
 
 

@@ -65,6 +65,7 @@ class Prepared:
     brain_ml: float | None = None  # None: the skull was kept (nothing stripped, nothing measured)
     sequences: tuple[str, ...] = MODALITIES  # those found and prepared
     unused: tuple[str, ...] = ()  # 'file (T2: the file taken)' for each series whose name says a sequence another series was taken for
+    warnings: tuple[str, ...] = ()  # what reading the series changed that may make the result wrong (voxels without a value)
 
     @property
     def summary(self) -> str:
@@ -74,7 +75,8 @@ class Prepared:
         if self.unused:
             lacks += f"not used: {'; '.join(self.unused)} (move the series not meant out of the folder); "
         brain = f"brain {self.brain_ml:.0f} mL" if self.brain_ml is not None else "skull kept (not stripped)"
-        return f"{lacks}{brain}; " + ", ".join(f"{k[:-2].replace('_', ' ')} {v:.1f} s" for k, v in self.timings_s.items())
+        warned = "".join(f"warning: {line}; " for line in self.warnings)
+        return f"{lacks}{warned}{brain}; " + ", ".join(f"{k[:-2].replace('_', ' ')} {v:.1f} s" for k, v in self.timings_s.items())
 
 
 def _sitk():
@@ -96,6 +98,22 @@ def read_series(path: Path):
     if min(size) < 3:
         raise InputError(path, f"holds {min(size)} slice(s) along one axis ({size}): a localizer or a single slice, not a volume to segment")
     return image
+
+
+def voxels_without_value(path: Path) -> str | None:
+    """Words for a NIfTI series' NaN voxels (SimpleITK reads them as 0 without a word), None when it has none."""
+    import nibabel as nib
+
+    if nifti_stem(path.name) is None:
+        return None  # DICOM: whole numbers, never NaN
+    image = nib.load(str(path))
+    if image.get_data_dtype().kind != "f":
+        return None
+    missing = int(np.count_nonzero(np.isnan(np.asanyarray(image.dataobj))))
+    if not missing:
+        return None
+    return (f"{path.name}: {missing:,} voxels ({100 * missing / int(np.prod(image.shape)):.1f}%) have no value (NaN) and were read as 0, background; "
+            "where they lie inside the head the mask there is not to be relied on")
 
 
 def find_series(folder: Path) -> dict[str, Path]:
@@ -301,6 +319,7 @@ def _prepare(files: dict[str, Path], out_dir: Path, reference: str, case_id: str
     timings: dict[str, float] = {}
     t = time.perf_counter()
     series = {m: read_series(p) for m, p in files.items()}
+    warnings = tuple(line for line in map(voxels_without_value, files.values()) if line)
     grid = prepared_grid(series[reference])
     timings["read_s"] = time.perf_counter() - t
     volumes, transforms = {}, {}
@@ -352,7 +371,8 @@ def _prepare(files: dict[str, Path], out_dir: Path, reference: str, case_id: str
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return Prepared(case_id, folder, reference, Path(record["native"][reference]), timings, brain_ml, tuple(m for m in MODALITIES if m in volumes), unused)
+    return Prepared(case_id, folder, reference, Path(record["native"][reference]), timings, brain_ml, tuple(m for m in MODALITIES if m in volumes), unused,
+                    warnings)
 
 
 def to_native(values: np.ndarray, grid, prepared_folder: Path, *, threshold: float | None = 0.5):

@@ -97,6 +97,23 @@ def test_a_raw_case_is_prepared_and_a_mask_survives_the_way_back(tmp_path):
     assert abs(float((np.asarray(saved.dataobj) > 0).sum()) * np.prod(native.header.get_zooms()[:3]) / 1000 - prepared_ml) / prepared_ml < 0.03
 
 
+def test_a_raw_series_with_voxels_without_a_value_is_prepared_and_says_so(tmp_path):
+    """SimpleITK reads NaN as 0 without a word: the preparation says it, as opening a case does."""
+    from napari_sevnet.prepare import prepare_case, voxels_without_value
+
+    raw = make_raw(write_phantom(tmp_path / "p", seed=3, shape=SHAPE), tmp_path / "raw" / "p13")
+    flair = next(raw.glob("*FLAIR*"))
+    image = nib.load(flair)
+    data = np.asanyarray(image.dataobj).astype(np.float32)
+    data[:, :, :2] = np.nan  # two slices the field of view did not reach
+    nib.save(nib.Nifti1Image(data, image.affine), flair)
+    assert voxels_without_value(next(raw.glob("*T1*"))) is None
+    prepared = prepare_case(raw, tmp_path / "prepared", strip=False, bias_field=False)
+    (warning,) = prepared.warnings
+    assert warning.startswith(f"{flair.name}: {2 * data.shape[0] * data.shape[1]:,} voxels") and "have no value (NaN)" in warning
+    assert f"warning: {warning}" in prepared.summary
+
+
 def test_sevnet_predict_on_a_prepared_case_also_writes_its_mask_on_the_native_grid(tmp_path, random_checkpoint):
     """As napari's Save does: a clinician who prepared first and segments later still gets the mask on the scan as acquired."""
     from napari_sevnet.cli import predict_main
