@@ -125,10 +125,11 @@ def load_assigned_or_named(path: str | os.PathLike, *, allow_missing: bool = Tru
             raise InputError(folder, f"case {case.case_id!r} has no {', '.join(case.missing)} by its BraTS names")
         return case
     except InputError as exc:
-        if "must share one grid" in exc.problem or re.search(r"shape .* differs", exc.problem):
-            raise InputError(exc.path, f"{exc.problem}. These look like raw series, each on its own grid: prepare them first "
-                             "(co-register, 1 mm, skull strip) with Plugins > napari-sevnet > Prepare raw scans, or sevnet-prepare FOLDER -o OUT") from None
         files = nifti_files(folder)
+        if "must share one grid" in exc.problem or re.search(r"shape .* differs", exc.problem) or _on_own_grids(files):
+            raise InputError(exc.path, f"{exc.problem}. These look like raw series, each on its own grid: prepare them first "
+                             "(co-register, 1 mm, skull strip) with Plugins > napari-sevnet > Prepare raw scans, sevnet-predict --prepare FOLDER -o OUT, "
+                             "or sevnet-prepare FOLDER -o OUT") from None
         unrecognised = [p.name for p in files if role_of(p.name) is None or role_of(p.name)[0] != _case_id_of(files)]
         single = "is a single 3D volume" in exc.problem
         if not (unrecognised or single):
@@ -139,6 +140,23 @@ def load_assigned_or_named(path: str | os.PathLike, *, allow_missing: bool = Tru
             "or assign them to sequences with Plugins > napari-sevnet > Assign sequences, which remembers the choice for this folder "
             "(napari and sevnet-predict then open it as assigned)",
         ) from None
+
+
+def _on_own_grids(files: list[Path]) -> bool:
+    """Whether a folder's scans lie on different grids (shapes or voxel sizes, from the headers): raw series, not a case."""
+    import nibabel as nib
+    import numpy as np
+
+    grids = set()
+    for path in files:
+        try:
+            header = nib.load(str(path)).header
+        except Exception:  # noqa: BLE001 - an unreadable file is said when the case is read
+            continue
+        if role_of(path.name) is not None and role_of(path.name)[1] == "seg":
+            continue
+        grids.add((tuple(int(n) for n in header.get_data_shape()[:3]), tuple(np.round(header.get_zooms()[:3], 2).tolist())))
+    return len(grids) > 1
 
 
 def _case_id_of(files: list[Path]) -> str | None:

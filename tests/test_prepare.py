@@ -97,6 +97,16 @@ def test_a_raw_case_is_prepared_and_a_mask_survives_the_way_back(tmp_path):
     assert abs(float((np.asarray(saved.dataobj) > 0).sum()) * np.prod(native.header.get_zooms()[:3]) / 1000 - prepared_ml) / prepared_ml < 0.03
 
 
+def test_a_folder_of_raw_series_given_as_a_case_is_pointed_to_the_preparation(tmp_path, random_checkpoint, capsys):
+    """Series on their own grids under scanners' names: not 'rename them or assign them', which would only lead to the grid error next."""
+    from napari_sevnet.cli import predict_main
+
+    raw = make_raw(write_phantom(tmp_path / "p", seed=3, shape=SHAPE), tmp_path / "raw" / "p14")
+    assert predict_main([str(raw), "-o", str(tmp_path / "out"), "--checkpoint", str(random_checkpoint)]) == 1
+    err = capsys.readouterr().err
+    assert "These look like raw series, each on its own grid" in err and "sevnet-predict --prepare FOLDER" in err and "Rename them" not in err
+
+
 def test_a_raw_series_with_voxels_without_a_value_is_prepared_and_says_so(tmp_path):
     """SimpleITK reads NaN as 0 without a word: the preparation says it, as opening a case does."""
     from napari_sevnet.prepare import prepare_case, voxels_without_value
