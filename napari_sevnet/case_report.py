@@ -127,7 +127,8 @@ def render(case: Case, regions: np.ndarray, readout: Readout, *, checkpoint: str
         sections.append(
             "<section id='visits'><h2>Change since the baseline</h2>"
             + (f"<p class='notice'><b>Check the visits:</b> {html.escape(comparison['caveat'])}.</p>" if comparison.get("caveat") else "")
-            + f"<p>Sum of products {spd['baseline']:.0f} → {spd['follow_up']:.0f} mm² ({pct}): <b>{html.escape(comparison['category'])}</b>.</p>"
+            + f"<p>Sum of products {spd['baseline']:.0f} → {spd['follow_up']:.0f} mm² ({pct}): <b>{html.escape(comparison['category'])}</b>"
+            + (f" (new lesion {', '.join(f'#{n}' for n in comparison['new_lesions'])})" if comparison.get("new_lesions") else "") + ".</p>"
             f"<table><tr><th>region</th><th>baseline mL</th><th>follow-up mL</th><th>change</th><th>%</th></tr>{changes}</table><p>{html.escape(comparison['criteria'])}.</p></section>"
         )
     style = "body{font-family:sans-serif;max-width:1100px;margin:1em auto}table{border-collapse:collapse}td,th{border:1px solid #999;padding:2px 6px}.notice{background:#fff3cd;padding:6px}img{width:100%}"

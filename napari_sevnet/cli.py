@@ -385,7 +385,7 @@ def measure_main(argv=None) -> int:
     from napari_sevnet import case_report
     from napari_sevnet.assignments import load_assigned_or_named
     from napari_sevnet.io import read_segmentation
-    from napari_sevnet.readout import TARGET_LESIONS, compare_visits, format_ml, measure
+    from napari_sevnet.readout import TARGET_LESIONS, compare_visits, format_ml, measure, new_lesions
     from napari_sevnet.report import checkpoint_of
 
     try:
@@ -398,8 +398,11 @@ def measure_main(argv=None) -> int:
             if base_case.reference.resolve() == case.reference.resolve() or args.baseline[1].resolve() == args.mask.resolve():
                 raise InputError(args.baseline[0], f"the baseline is the follow-up itself ({args.case}, {args.mask}): give the earlier visit's case and mask")
             base_regions, _ = read_segmentation(args.baseline[1], base_case.grid, base_case.reference, args.labels)
-            # volumes and products are measured on each visit's own grid: the comparison needs no registration
-            comparison = compare_visits(measure(base_regions, base_case.spacing, base_case.grid), readout, baseline_id=base_case.case_id, follow_up_id=case.case_id)
+            # volumes and products are measured on each visit's own grid: the comparison needs no registration; new lesions
+            # are found where the visits share one grid (co-registered, as BraTS' longitudinal cases are)
+            one_grid = base_regions.shape == regions.shape and np.allclose(base_case.grid.affine, case.grid.affine, atol=1e-3)
+            comparison = compare_visits(measure(base_regions, base_case.spacing, base_case.grid), readout, baseline_id=base_case.case_id, follow_up_id=case.case_id,
+                                        new=new_lesions(base_regions, regions, readout, case.spacing) if one_grid else None)
             if comparison["caveat"]:
                 print(f"sevnet-measure: warning: {comparison['caveat']}", file=sys.stderr)
         if args.report:
@@ -414,7 +417,8 @@ def measure_main(argv=None) -> int:
     for lesion in readout.lesions:
         d = lesion.diameters
         print(f"{lesion.index:>2} {format_ml(lesion.ncr_ml):>7} {format_ml(lesion.ed_ml):>7} {format_ml(lesion.et_ml):>7} " + (f"{d.longest_mm:8.1f} {d.perpendicular_mm:7.1f} {d.product_mm2:8.0f}" if d else f"{'-':>8} {'-':>7} {'-':>8}") + f"  {lesion.measurable_words}")
-    print(f"sum of products {readout.sum_of_products_mm2:.0f} mm^2 over {readout.measurable} measurable lesion(s)" + (f", the {TARGET_LESIONS} largest summed" if readout.measurable > TARGET_LESIONS else "") + (f"; since the baseline: {comparison['category']}" if comparison else ""))
+    print(f"sum of products {readout.sum_of_products_mm2:.0f} mm^2 over {readout.measurable} measurable lesion(s)" + (f", the {TARGET_LESIONS} largest summed" if readout.measurable > TARGET_LESIONS else "") + (f"; since the baseline: {comparison['category']}" if comparison else "")
+          + (f" (new lesion {', '.join(f'#{n}' for n in comparison['new_lesions'])})" if comparison and comparison["new_lesions"] else ""))
     return 0
 
 

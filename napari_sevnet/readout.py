@@ -15,7 +15,9 @@ lesions, the five largest measurable ones, is what response assessment compares.
 Two visits (:func:`compare_visits`): the change of each volume and of the
 sum of products, absolute and in percent, and the RANO category from the
 product (>= 25 % increase: progression; >= 50 % decrease: partial response;
-no enhancing tumour left: complete response; else stable). The imaging
+no enhancing tumour left: complete response; else stable), and, when the
+visits lie on one grid, a new measurable lesion apart from the baseline's
+tumour core is progression too (:func:`new_lesions`). The imaging
 criteria only: RANO also weighs steroids, clinical state and non-enhancing
 growth, which a segmentation cannot see.
 """
@@ -33,6 +35,7 @@ from napari_sevnet.io import SourceGrid
 MEASURABLE_MM = 10.0
 MEASURABLE_SLICES = 2  # RANO: seen on two or more axial slices
 TARGET_LESIONS = 5  # RANO 2010: up to five target lesions are measured and summed
+NEW_LESION_MM = 5.0  # a follow-up lesion farther than this from the baseline's tumour core is a new one, not the old one grown
 PROGRESSION, PARTIAL_RESPONSE = 0.25, -0.50
 STRUCTURE = np.ones((3, 3, 3), bool)
 
@@ -73,6 +76,7 @@ class Lesion:
     voxel: tuple[int, int, int]  # the centroid as a voxel of the canonical grid, for the viewer
     diameters: Diameters | None  # None: no enhancing part
     target: bool = False  # one of the (at most five) largest measurable lesions, whose products are summed
+    component: int = 0  # its label in ``ndimage.label(TC, STRUCTURE)``: how :func:`new_lesions` finds its voxels again
 
     @property
     def measurable(self) -> bool:
@@ -153,7 +157,7 @@ def measure(regions: np.ndarray, spacing, grid: SourceGrid | None = None) -> Rea
             diameters.minimum_mm = max(MEASURABLE_MM, 2.0 * float(spacing[0]) if spacing[0] > 5.0 else 0.0)
         readout.lesions.append(Lesion(
             index=k, ncr_ml=float((lesion & ~et[box]).sum()) * voxel_ml, ed_ml=float(ed_counts[k]) * voxel_ml, et_ml=float(lesion_et.sum()) * voxel_ml,
-            centroid_ras_mm=tuple(round(float(v), 2) for v in world[:3]), voxel=tuple(int(round(v)) for v in centroid), diameters=diameters,
+            centroid_ras_mm=tuple(round(float(v), 2) for v in world[:3]), voxel=tuple(int(round(v)) for v in centroid), diameters=diameters, component=k,
         ))
     readout.lesions.sort(key=lambda lesion: (-lesion.product_mm2, -(lesion.et_ml + lesion.ncr_ml)))
     for number, lesion in enumerate(readout.lesions, start=1):
@@ -238,10 +242,24 @@ def visit_caveat(baseline_id: str | None, follow_up_id: str | None) -> str | Non
     return None
 
 
-def compare_visits(baseline: Readout, follow_up: Readout, *, baseline_id: str | None = None, follow_up_id: str | None = None) -> dict:
+def new_lesions(baseline_regions: np.ndarray, follow_up_regions: np.ndarray, follow_up: Readout, spacing) -> list[int]:
+    """The numbers of the follow-up's measurable lesions that lie apart from every part of the baseline's tumour core
+    (more than :data:`NEW_LESION_MM` from it): new lesions, which RANO counts as progression whatever the sum does.
+    Both visits' regions on one grid (the follow-up's, ``spacing``)."""
+    base_core = np.asarray(baseline_regions[1], bool)
+    labels, _ = ndimage.label(np.asarray(follow_up_regions[1], bool), structure=STRUCTURE)
+    if not base_core.any():
+        return [lesion.index for lesion in follow_up.lesions if lesion.measurable]
+    distance = ndimage.distance_transform_edt(~base_core, sampling=spacing)
+    return [lesion.index for lesion in follow_up.lesions if lesion.measurable and distance[labels == lesion.component].min() > NEW_LESION_MM]
+
+
+def compare_visits(baseline: Readout, follow_up: Readout, *, baseline_id: str | None = None, follow_up_id: str | None = None,
+                   new: list[int] | None = None) -> dict:
     """Change from ``baseline`` to ``follow_up``: volumes and sum of products (absolute, %) and the RANO imaging category.
 
-    With the case ids, a ``caveat`` says when they show two patients or visits the wrong way round.
+    ``new``: the follow-up's new measurable lesions (:func:`new_lesions`; None: not assessed, the visits not being on
+    one grid), each progression. With the case ids, a ``caveat`` says when they show two patients or visits the wrong way round.
     """
     def change(a: float, b: float) -> dict:
         return {"baseline": a, "follow_up": b, "absolute": b - a, "percent": (100.0 * (b - a) / a) if a else None}
@@ -253,6 +271,8 @@ def compare_visits(baseline: Readout, follow_up: Readout, *, baseline_id: str | 
         category = "progression"
     elif not before and after:
         category = "progression"  # new measurable enhancing disease
+    elif new:
+        category = "progression"  # a new measurable lesion, whatever the sum did
     elif before and (after - before) / before <= PARTIAL_RESPONSE:
         category = "partial response"
     else:
@@ -261,7 +281,11 @@ def compare_visits(baseline: Readout, follow_up: Readout, *, baseline_id: str | 
         "volumes_ml": {r: change(baseline.volumes_ml[r], follow_up.volumes_ml[r]) for r in baseline.volumes_ml},
         "sum_of_products_mm2": change(before, after),
         "category": category,
-        "criteria": "RANO imaging thresholds on the sum of bidimensional products of the target lesions, the five largest measurable, at each visit (>= +25 %: progression; <= -50 %: partial response; no enhancement left: complete response); steroids, clinical state and non-enhancing growth are not assessed",
+        "new_lesions": new,
+        "criteria": "RANO imaging thresholds on the sum of bidimensional products of the target lesions, the five largest measurable, at each visit (>= +25 %: progression; <= -50 %: partial response; no enhancement left: complete response), "
+                    + (f"and a new measurable lesion (more than {NEW_LESION_MM:.0f} mm from the baseline's tumour core) is progression; " if new is not None
+                       else "new lesions not assessed (the visits are not on one grid); ")
+                    + "steroids, clinical state and non-enhancing growth are not assessed",
         "caveat": visit_caveat(baseline_id, follow_up_id),
     }
 

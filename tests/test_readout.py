@@ -100,6 +100,32 @@ def test_two_visits_growth_by_a_known_factor_is_progression_and_the_percentages_
     assert compare_visits(before, empty)["category"] == "complete response"
 
 
+def test_a_new_measurable_lesion_is_progression_though_the_sum_grew_less_than_a_quarter():
+    """RANO: a new lesion is progression whatever the sum of products does; the old lesion grown into its margin is not new."""
+    from napari_sevnet.readout import new_lesions
+
+    def visit(*lesions):
+        regions = np.zeros((3, 20, 120, 160), bool)
+        for centre, radius in lesions:
+            regions[2, 5:15] |= ellipse((120, 160), centre, radius, radius)
+        regions[1] = regions[0] = regions[2]
+        return regions
+
+    base = visit(((60, 50), 20.0))
+    grown = visit(((60, 50), 21.0))  # the same lesion, a little larger
+    spread = visit(((60, 50), 20.0), ((60, 125), 6.0))  # and a 12 mm lesion far from it
+    base_readout = measure(base, (1.0, 1.0, 1.0))
+    for follow, expected_new, category in ((grown, [], "stable disease"), (spread, [2], "progression")):
+        readout = measure(follow, (1.0, 1.0, 1.0))
+        new = new_lesions(base, follow, readout, (1.0, 1.0, 1.0))
+        change = compare_visits(base_readout, readout, new=new)
+        assert new == expected_new and change["category"] == category and change["new_lesions"] == expected_new
+        assert abs(change["sum_of_products_mm2"]["percent"]) < 25
+    assert "a new measurable lesion" in change["criteria"]
+    unassessed = compare_visits(base_readout, measure(spread, (1.0, 1.0, 1.0)))  # visits not on one grid: said, not guessed
+    assert unassessed["category"] == "stable disease" and unassessed["new_lesions"] is None and "new lesions not assessed" in unassessed["criteria"]
+
+
 def test_the_case_report_has_its_sections_and_sevnet_measure_works_end_to_end(tmp_path):
     import json
     import re
@@ -226,8 +252,13 @@ def test_sevnet_measure_warns_when_the_baseline_is_the_later_visit(tmp_path, cap
             shutil.copy(first / f"{first.name}{suffix}.nii.gz", folder / f"{name}{new}.nii.gz")
         visits[name] = folder
     early, late = visits.values()
-    assert measure_main([str(early), str(early / f"{early.name}-seg.nii.gz"), "--baseline", str(late), str(late / f"{late.name}-seg.nii.gz"), "--labels", "2021"]) == 0
+    out = tmp_path / "change.json"
+    assert measure_main([str(early), str(early / f"{early.name}-seg.nii.gz"), "--baseline", str(late), str(late / f"{late.name}-seg.nii.gz"), "--labels", "2021",
+                         "-o", str(out)]) == 0
     assert "sevnet-measure: warning: the baseline BraTS-GLI-00001-001 is not an earlier timepoint" in capsys.readouterr().err
+    import json
+
+    assert json.loads(out.read_text(encoding="utf-8"))["change"]["new_lesions"] == [], "one grid: new lesions looked for (none: the same mask)"
 
 
 def write_phantom_case(folder):

@@ -52,7 +52,7 @@ class ReadoutWidget(DockWidget):
         self.readout = None
         self.measuring = None  # the worker measuring the table (self.worker: the report or comparison under way)
         self.comparison = None
-        self._compared: tuple | None = None  # (the follow-up result's group, the baseline's case id and Readout) of the last Compare
+        self._compared: tuple | None = None  # (the follow-up result's group, the baseline's case id, Readout and regions on the follow-up's grid or None) of the last Compare
         self.shapes = None
         self._tracked: dict = {}
         self._debounce = QTimer(self.native)
@@ -209,16 +209,20 @@ class ReadoutWidget(DockWidget):
         info = LayerInfo.from_layer(reference)
         spacing = tuple(float(v) for v in reference.scale)
         # the change since a baseline only when it was compared with this very result, not the one selected before it
-        baseline = self._compared[1:] if self._compared is not None and self._compared[0] == info.group else None  # (its case id, its Readout)
+        baseline = self._compared[1:] if self._compared is not None and self._compared[0] == info.group else None  # (its case id, Readout, regions here)
 
         @thread_worker
         def work():
             from napari_sevnet import case_report
-            from napari_sevnet.readout import compare_visits, measure
+            from napari_sevnet.readout import compare_visits, measure, new_lesions
 
             case = case_from_layers(layers, reference)
             readout = measure(regions, spacing, info.grid)  # the mask as it is now: the table's last measurement may predate an edit
-            comparison = compare_visits(baseline[1], readout, baseline_id=baseline[0], follow_up_id=info.case_id) if baseline is not None else None
+            comparison = None
+            if baseline is not None:
+                base_id, base_readout, base_here = baseline
+                new = new_lesions(base_here, regions, readout, spacing) if base_here is not None else None
+                comparison = compare_visits(base_readout, readout, baseline_id=base_id, follow_up_id=info.case_id, new=new)
             return case_report.write(path, case, regions, readout, checkpoint=info.checkpoint, comparison=comparison)
 
         self._status.value = "writing the report..."
@@ -248,12 +252,11 @@ class ReadoutWidget(DockWidget):
         @thread_worker
         def work():
             from napari_sevnet.io import MODALITIES
-            from napari_sevnet.readout import align_regions, alignment_sequence, compare_visits, measure
+            from napari_sevnet.readout import align_regions, alignment_sequence, compare_visits, measure, new_lesions
 
-            base_readout = measure(base, tuple(baseline.scale), base_info.grid)
-            comparison = compare_visits(base_readout, measure(now, tuple(follow.scale), now_info.grid), baseline_id=base_info.case_id, follow_up_id=now_info.case_id)
+            base_readout, now_readout = measure(base, tuple(baseline.scale), base_info.grid), measure(now, tuple(follow.scale), now_info.grid)
             aligned, unaligned = None, None
-            if not same_grid:  # the baseline's regions onto the follow-up's scan, for the eye; the change needs no registration
+            if not same_grid:  # the baseline's regions onto the follow-up's scan, for the eye and for new lesions; volumes and products need no registration
                 base_case, now_case = case_from_layers(layers, baseline), case_from_layers(layers, follow)
                 sequence = alignment_sequence(now_case.sequences, base_case.sequences)
                 if sequence is None:
@@ -264,14 +267,19 @@ class ReadoutWidget(DockWidget):
                         aligned = align_regions(now_case.image[channel], now_case.spacing, base_case.image[channel], base_case.spacing, base)
                     except RuntimeError as exc:  # SimpleITK's own words
                         unaligned = f"registering the visits' {sequence} failed ({str(exc).strip().splitlines()[-1]})"
-            return comparison, base_readout, aligned, unaligned
+            on_follow_up = base if same_grid else aligned  # the baseline where the follow-up lies: new lesions are found there
+            new = new_lesions(on_follow_up, now, now_readout, tuple(follow.scale)) if on_follow_up is not None else None
+            comparison = compare_visits(base_readout, now_readout, baseline_id=base_info.case_id, follow_up_id=now_info.case_id, new=new)
+            return comparison, base_readout, on_follow_up, aligned, unaligned
 
         def show(out):
-            comparison, base_readout, aligned, unaligned = out
-            self.comparison, self._compared = comparison, (now_info.group, base_info.case_id, base_readout)
+            comparison, base_readout, on_follow_up, aligned, unaligned = out
+            self.comparison, self._compared = comparison, (now_info.group, base_info.case_id, base_readout, on_follow_up)
             spd = comparison["sum_of_products_mm2"]
             pct = f"{spd['percent']:+.1f} %" if spd["percent"] is not None else "n/a"
+            new = comparison["new_lesions"]
             self._status.value = (f"since {baseline.name.replace(' WT', '')}: sum of products {spd['baseline']:.0f} → {spd['follow_up']:.0f} mm² ({pct}): {comparison['category']}"
+                                  + (f" (new lesion {', '.join(f'#{n}' for n in new)})" if new else "")
                                   + (f"; the baseline is not shown on this scan: {unaligned}" if unaligned else "")
                                   + (f"; warning: {comparison['caveat']}" if comparison["caveat"] else ""))
             if comparison["caveat"]:
