@@ -322,7 +322,8 @@ def test_worklist_ranks_by_score_marks_exported_cases_and_opens_them(qtbot, make
     assert worklist.items[0].case_id == "phantom_0012", "the lowest-contrast case is the most uncertain"
     assert [worklist.table.item(row, 0).text() for row in range(3)] == [item.case_id for item in worklist.items]
     assert not any(item.cached or item.done for item in worklist.items)
-    assert worklist._bar.value == 100 and worklist._status.value.startswith("3 case(s), most uncertain first"), "progress inside each case"
+    assert worklist._bar.value == 100 and worklist._status.value.startswith("3 case(s), most uncertain first")
+    assert worklist._bar.label == "Cases", "once done, the bar is the folder's, not the last case's"
     assert all(item.report["uncertainty"]["members"] == 2 for item in worklist.items), "fast by default: the scan and its mirror"
 
     warned = []

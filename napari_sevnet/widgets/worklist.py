@@ -148,6 +148,9 @@ class WorklistWidget(DockWidget):
     def _on_finished(self):
         self._start.enabled, self._cancel.enabled = True, False
         self.worker = None
+        # the bar followed each case; now it says how much of the folder was gone through, not the last case at 100 %
+        self._bar.label = "Cases"
+        self._bar.value = int(round(100 * len(self.items) / self._total)) if self._total else 0
         if not self._status.value.startswith(("cancelled", "failed")):
             self._status.value = f"{len(self.items)} case(s), most uncertain first; double-click to open ({RESEARCH_USE})"
 
