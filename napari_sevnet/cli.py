@@ -110,8 +110,7 @@ def predict_main(argv=None) -> int:
                 continue
             check_outputs_free(case.case_id, args.output, convention, overwrite=args.overwrite)
             result = predictor.predict(case.image, spacing=case.spacing, sequences=case.sequences)
-            for line in [*result.notes, *case.warnings, *result.warnings]:
-                tqdm.write(f"sevnet-predict: {'note' if line in result.notes else 'warning'}: {case.case_id}: {line}", file=sys.stderr)
+            _say(case.case_id, result.notes, [*case.warnings, *result.warnings])
             with lock:
                 report = write_case_outputs(case, result, predictor, args.output, convention=convention, overwrite=args.overwrite, probabilities=args.probabilities,
                                             eight_bit_maps=not args.float32_maps, native=True)
@@ -128,6 +127,15 @@ def predict_main(argv=None) -> int:
     return 1 if failed else 0
 
 
+def _say(case_id: str, notes: list[str], warnings: list[str]) -> None:
+    """A case's notes and warnings on stderr, one line each, between the progress bar's updates."""
+    from tqdm import tqdm
+
+    for kind, lines in (("note", notes), ("warning", warnings)):
+        for line in lines:
+            tqdm.write(f"sevnet-predict: {kind}: {case_id}: {line}", file=sys.stderr)
+
+
 def _predict_prepared(path: Path, args, predictor, convention: str) -> None:
     """Prepare a raw case, segment it, write the mask on the reference's native grid and in the prepared space."""
     import nibabel as nib
@@ -140,8 +148,7 @@ def _predict_prepared(path: Path, args, predictor, convention: str) -> None:
     case = load_case(prepared.folder, allow_missing=True)
     result = predictor.predict(case.image, spacing=case.spacing, sequences=case.sequences)
     warnings = [*prepared.warnings, *result.warnings]  # reading the raw series', then the model's
-    for line in [*result.notes, *warnings]:
-        print(f"sevnet-predict: {'note' if line in result.notes else 'warning'}: {case.case_id}: {line}", file=sys.stderr)
+    _say(case.case_id, result.notes, warnings)
     seg = args.output / (f"{case.case_id}-seg.nii.gz" if convention == "brats2023" else f"{case.case_id}_seg.nii.gz")
     if seg.exists() and not args.overwrite:
         raise InputError(seg, "already exists; pass --overwrite to replace it")
@@ -385,7 +392,7 @@ def measure_main(argv=None) -> int:
     from napari_sevnet import case_report
     from napari_sevnet.assignments import load_assigned_or_named
     from napari_sevnet.io import read_segmentation
-    from napari_sevnet.readout import TARGET_LESIONS, compare_visits, format_ml, measure, new_lesions
+    from napari_sevnet.readout import TARGET_LESIONS, compare_visits, format_ml, measure, new_lesions, on_one_grid
     from napari_sevnet.report import checkpoint_of
 
     try:
@@ -400,9 +407,8 @@ def measure_main(argv=None) -> int:
             base_regions, _ = read_segmentation(args.baseline[1], base_case.grid, base_case.reference, args.labels)
             # volumes and products are measured on each visit's own grid: the comparison needs no registration; new lesions
             # are found where the visits share one grid (co-registered, as BraTS' longitudinal cases are)
-            one_grid = base_regions.shape == regions.shape and np.allclose(base_case.grid.affine, case.grid.affine, atol=1e-3)
             comparison = compare_visits(measure(base_regions, base_case.spacing, base_case.grid), readout, baseline_id=base_case.case_id, follow_up_id=case.case_id,
-                                        new=new_lesions(base_regions, regions, readout, case.spacing) if one_grid else None)
+                                        new=new_lesions(base_regions, regions, readout, case.spacing) if on_one_grid(base_regions, base_case.grid, regions, case.grid) else None)
             if comparison["caveat"]:
                 print(f"sevnet-measure: warning: {comparison['caveat']}", file=sys.stderr)
         if args.report:

@@ -363,6 +363,12 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+def no_value_warning(name: str, missing: int, total: int) -> str:
+    """What a scan's NaN voxels, read as background, mean for the result (the case reader's and the raw series' words)."""
+    return (f"{name}: {missing:,} voxels ({100 * missing / total:.1f}%) have no value (NaN) and were read as 0, background (some tools write NaN "
+            "outside the field of view); where they lie inside the head the mask there is not to be relied on")
+
+
 def _as_intensity(data: np.ndarray, path: Path, warnings: list[str]) -> np.ndarray:
     """A scan's voxels as float32; NaN (no value: SPM and some registration tools write it outside the field of view)
     is read as 0, background, and said in ``warnings``, since where it lies inside the head the mask there is a guess."""
@@ -374,9 +380,7 @@ def _as_intensity(data: np.ndarray, path: Path, warnings: list[str]) -> np.ndarr
         raise InputError(path, "every voxel is NaN (no value)")
     if missing.any():
         data = np.where(missing, np.float32(0), data)
-        n = int(np.count_nonzero(missing))
-        warnings.append(f"{path.name}: {n:,} voxels ({100 * n / missing.size:.1f}%) have no value (NaN, as some tools write outside the field of view) "
-                        "and were read as 0, background; where they lie inside the head the mask there is not to be relied on")
+        warnings.append(no_value_warning(path.name, int(np.count_nonzero(missing)), missing.size))
     if not np.any(data):
         raise InputError(path, "every voxel is zero (an empty modality)")
     return data

@@ -48,7 +48,7 @@ import numpy as np
 
 from napari_sevnet.errors import InputError
 from napari_sevnet.files import write_text_atomic
-from napari_sevnet.io import MODALITIES, MODALITY_LABELS, nifti_stem
+from napari_sevnet.io import MODALITIES, MODALITY_LABELS, nifti_stem, no_value_warning
 
 PREPARED_SPACING_MM = 1.0
 MIN_OVERLAP = 0.5  # of the moving series' brain-sized box that must lie in the reference's field of view after registration
@@ -110,10 +110,7 @@ def voxels_without_value(path: Path) -> str | None:
     if image.get_data_dtype().kind != "f":
         return None
     missing = int(np.count_nonzero(np.isnan(np.asanyarray(image.dataobj))))
-    if not missing:
-        return None
-    return (f"{path.name}: {missing:,} voxels ({100 * missing / int(np.prod(image.shape)):.1f}%) have no value (NaN) and were read as 0, background; "
-            "where they lie inside the head the mask there is not to be relied on")
+    return no_value_warning(path.name, missing, int(np.prod(image.shape))) if missing else None
 
 
 def find_series(folder: Path) -> dict[str, Path]:

@@ -242,6 +242,11 @@ def visit_caveat(baseline_id: str | None, follow_up_id: str | None) -> str | Non
     return None
 
 
+def on_one_grid(regions_a: np.ndarray, grid_a: SourceGrid, regions_b: np.ndarray, grid_b: SourceGrid) -> bool:
+    """Whether two visits' regions lie voxel for voxel on one grid (co-registered, as BraTS' longitudinal cases are)."""
+    return regions_a.shape == regions_b.shape and np.allclose(grid_a.affine, grid_b.affine, atol=1e-3)
+
+
 def new_lesions(baseline_regions: np.ndarray, follow_up_regions: np.ndarray, follow_up: Readout, spacing) -> list[int]:
     """The numbers of the follow-up's measurable lesions that lie apart from every part of the baseline's tumour core
     (more than :data:`NEW_LESION_MM` from it): new lesions, which RANO counts as progression whatever the sum does.

@@ -233,6 +233,8 @@ class ReadoutWidget(DockWidget):
         """Change since the baseline result, its RANO category, and the two visits side by side; returns the worker."""
         from napari.qt.threading import thread_worker
 
+        from napari_sevnet.readout import on_one_grid
+
         if self._still_working():
             return self.worker
         baseline, follow = self._baseline.value, self._tracked.get("WT")
@@ -246,7 +248,7 @@ class ReadoutWidget(DockWidget):
         base_group = region_group(self._viewer.layers, baseline)
         base = np.stack([np.asarray(base_group[r].data) > 0 for r in REGIONS])
         now = np.stack([np.asarray(self._tracked[r].data) > 0 for r in REGIONS])
-        same_grid = base.shape == now.shape and np.allclose(base_info.grid.affine, now_info.grid.affine, atol=1e-3)
+        same_grid = on_one_grid(base, base_info.grid, now, now_info.grid)
         layers = list(self._viewer.layers)
 
         @thread_worker
