@@ -392,7 +392,7 @@ def measure_main(argv=None) -> int:
     from napari_sevnet import case_report
     from napari_sevnet.assignments import load_assigned_or_named
     from napari_sevnet.io import read_segmentation
-    from napari_sevnet.readout import TARGET_LESIONS, compare_visits, format_ml, measure, new_lesions, on_one_grid
+    from napari_sevnet.readout import TARGET_LESIONS, baseline_on_follow_up, compare_visits, format_ml, measure, new_lesions, on_one_grid
     from napari_sevnet.report import checkpoint_of
 
     try:
@@ -405,10 +405,15 @@ def measure_main(argv=None) -> int:
             if base_case.reference.resolve() == case.reference.resolve() or args.baseline[1].resolve() == args.mask.resolve():
                 raise InputError(args.baseline[0], f"the baseline is the follow-up itself ({args.case}, {args.mask}): give the earlier visit's case and mask")
             base_regions, _ = read_segmentation(args.baseline[1], base_case.grid, base_case.reference, args.labels)
-            # volumes and products are measured on each visit's own grid: the comparison needs no registration; new lesions
-            # are found where the visits share one grid (co-registered, as BraTS' longitudinal cases are)
+            # volumes and products are measured on each visit's own grid and need no registration; new lesions are looked for
+            # on the baseline where the follow-up lies: as it is on one grid (BraTS' longitudinal cases), else registered there
+            on_follow_up, how = (base_regions, None) if on_one_grid(base_regions, base_case.grid, regions, case.grid) else baseline_on_follow_up(base_case, base_regions, case)
+            if how:
+                print(f"sevnet-measure: the visits lie on two grids: the baseline was {how} onto the follow-up to look for new lesions" if on_follow_up is not None
+                      else f"sevnet-measure: warning: new lesions not assessed: the visits lie on two grids and {how}", file=sys.stderr)
             comparison = compare_visits(measure(base_regions, base_case.spacing, base_case.grid), readout, baseline_id=base_case.case_id, follow_up_id=case.case_id,
-                                        new=new_lesions(base_regions, regions, readout, case.spacing) if on_one_grid(base_regions, base_case.grid, regions, case.grid) else None)
+                                        new=new_lesions(on_follow_up, regions, readout, case.spacing) if on_follow_up is not None else None,
+                                        unassessed=None if on_follow_up is not None else how)
             if comparison["caveat"]:
                 print(f"sevnet-measure: warning: {comparison['caveat']}", file=sys.stderr)
         if args.report:

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from scipy import ndimage
 
-from napari_sevnet.io import SourceGrid
+from napari_sevnet.io import MODALITIES, MODALITY_LABELS, SourceGrid
 
 MEASURABLE_MM = 10.0
 MEASURABLE_SLICES = 2  # RANO: seen on two or more axial slices
@@ -260,11 +260,11 @@ def new_lesions(baseline_regions: np.ndarray, follow_up_regions: np.ndarray, fol
 
 
 def compare_visits(baseline: Readout, follow_up: Readout, *, baseline_id: str | None = None, follow_up_id: str | None = None,
-                   new: list[int] | None = None) -> dict:
+                   new: list[int] | None = None, unassessed: str | None = None) -> dict:
     """Change from ``baseline`` to ``follow_up``: volumes and sum of products (absolute, %) and the RANO imaging category.
 
-    ``new``: the follow-up's new measurable lesions (:func:`new_lesions`; None: not assessed, the visits not being on
-    one grid), each progression. With the case ids, a ``caveat`` says when they show two patients or visits the wrong way round.
+    ``new``: the follow-up's new measurable lesions (:func:`new_lesions`; None: not assessed, for the reason
+    ``unassessed``, by default the visits not being on one grid), each progression. With the case ids, a ``caveat`` says when they show two patients or visits the wrong way round.
     """
     def change(a: float, b: float) -> dict:
         return {"baseline": a, "follow_up": b, "absolute": b - a, "percent": (100.0 * (b - a) / a) if a else None}
@@ -289,7 +289,7 @@ def compare_visits(baseline: Readout, follow_up: Readout, *, baseline_id: str | 
         "new_lesions": new,
         "criteria": "RANO imaging thresholds on the sum of bidimensional products of the target lesions, the five largest measurable, at each visit (>= +25 %: progression; <= -50 %: partial response; no enhancement left: complete response), "
                     + (f"and a new measurable lesion (more than {NEW_LESION_MM:.0f} mm from the baseline's tumour core) is progression; " if new is not None
-                       else "new lesions not assessed (the visits are not on one grid); ")
+                       else f"new lesions not assessed ({unassessed or 'the visits are not on one grid'}); ")
                     + "steroids, clinical state and non-enhancing growth are not assessed",
         "caveat": visit_caveat(baseline_id, follow_up_id),
     }
@@ -302,6 +302,21 @@ ALIGNMENT_SEQUENCES = ("flair", "t2", "t1ce", "t1")
 def alignment_sequence(fixed_sequences, moving_sequences) -> str | None:
     """The sequence to register two visits on (FLAIR first: the whole tumour and the head's outline), None if they share none."""
     return next((m for m in ALIGNMENT_SEQUENCES if m in fixed_sequences and m in moving_sequences), None)
+
+
+def baseline_on_follow_up(base_case, base_regions: np.ndarray, follow_case) -> tuple[np.ndarray | None, str]:
+    """The baseline's regions registered onto the follow-up's grid (visits on two grids), and what was done, in words:
+    ``(regions, "registered rigidly on FLAIR")``, or ``(None, why not)`` when the visits share no sequence or the
+    registration fails. Both cases are :class:`~napari_sevnet.io.Case`."""
+    sequence = alignment_sequence(follow_case.sequences, base_case.sequences)
+    if sequence is None:
+        return None, "the two visits share no sequence to register them on"
+    channel = MODALITIES.index(sequence)
+    try:
+        aligned = align_regions(follow_case.image[channel], follow_case.spacing, base_case.image[channel], base_case.spacing, base_regions)
+    except RuntimeError as exc:  # SimpleITK's own words
+        return None, f"registering the visits' {MODALITY_LABELS[sequence]} failed ({str(exc).strip().splitlines()[-1]})"
+    return aligned, f"registered rigidly on {MODALITY_LABELS[sequence]}"
 
 
 def align_regions(fixed_image: np.ndarray, fixed_spacing, moving_image: np.ndarray, moving_spacing, moving_regions: np.ndarray) -> np.ndarray:

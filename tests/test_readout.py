@@ -265,3 +265,63 @@ def write_phantom_case(folder):
     from napari_sevnet.phantom import write_phantom
 
     return write_phantom(folder, seed=4, shape=(48, 56, 48))
+
+
+def test_sevnet_measure_registers_a_baseline_on_another_grid_and_finds_a_new_lesion(tmp_path, capsys):
+    """Visits from two sessions lie on two grids: the baseline is registered onto the follow-up (as the Compare dock
+    does) and a new measurable lesion far from its tumour core is progression; the same tumour alone is not new."""
+    import json
+
+    import nibabel as nib
+    from scipy import ndimage
+
+    from napari_sevnet.cli import measure_main
+    from napari_sevnet.io import load_case, write_mask
+    from napari_sevnet.phantom import write_phantom
+
+    baseline = write_phantom(tmp_path / "v1", seed=4, shape=(64, 72, 64))
+    case = load_case(baseline)
+    # a 13 mm enhancing ball in the brain, as far from the tumour core as the head allows (over 13 mm)
+    room = np.minimum(ndimage.distance_transform_edt(~case.regions[1]), ndimage.distance_transform_edt(case.image[3] > 0))
+    centre = np.unravel_index(room.argmax(), room.shape)
+    zz, yy, xx = np.indices(case.shape)
+    ball = (zz - centre[0]) ** 2 + (yy - centre[1]) ** 2 + (xx - centre[2]) ** 2 <= 6.5**2
+    spread = case.regions | ball
+    mask = tmp_path / "spread_seg.nii.gz"
+    write_mask(spread, case.grid, mask, "brats2021")
+
+    def later_session(name, seg):
+        """The same head a visit later on a grid shifted by 4 voxels and 6 mm, as a scanner's next session puts it."""
+        folder = tmp_path / name / baseline.name
+        folder.mkdir(parents=True)
+        for path in [*baseline.glob("*_t1*.nii.gz"), *baseline.glob("*_t2.nii.gz"), *baseline.glob("*_flair.nii.gz"), seg]:
+            img = nib.load(path)
+            affine = img.affine.copy()
+            affine[:3, 3] += (6.0, 0.0, 0.0)
+            target = folder / (f"{baseline.name}_seg.nii.gz" if path == seg else path.name)
+            nib.save(nib.Nifti1Image(np.roll(np.asanyarray(img.dataobj), 4, axis=0), affine), target)
+        return folder
+
+    for name, seg, new, category in (("same", baseline / f"{baseline.name}_seg.nii.gz", 0, "stable disease"), ("spread", mask, 1, "progression")):
+        follow = later_session(name, seg)
+        out = tmp_path / f"{name}.json"
+        assert measure_main([str(follow), str(follow / f"{baseline.name}_seg.nii.gz"), "--baseline", str(baseline), str(baseline / f"{baseline.name}_seg.nii.gz"),
+                             "-o", str(out)]) == 0
+        assert "the baseline was registered rigidly on FLAIR onto the follow-up" in capsys.readouterr().err
+        change = json.loads(out.read_text(encoding="utf-8"))["change"]
+        assert len(change["new_lesions"]) == new and change["category"] == category, change
+        assert "a new measurable lesion" in change["criteria"]
+
+    # two visits that share no sequence cannot be registered: said, in the output and in the criteria
+    for path in follow.glob("*_t1*.nii.gz"):
+        path.unlink()
+    for path in baseline.glob("*_t2.nii.gz"):
+        path.unlink()
+    for path in baseline.glob("*_flair.nii.gz"):
+        path.unlink()
+    out = tmp_path / "unregistered.json"
+    assert measure_main([str(follow), str(follow / f"{baseline.name}_seg.nii.gz"), "--baseline", str(baseline), str(baseline / f"{baseline.name}_seg.nii.gz"),
+                         "-o", str(out)]) == 0
+    assert "new lesions not assessed: the visits lie on two grids and the two visits share no sequence to register them on" in capsys.readouterr().err
+    change = json.loads(out.read_text(encoding="utf-8"))["change"]
+    assert change["new_lesions"] is None and "new lesions not assessed (the two visits share no sequence" in change["criteria"]

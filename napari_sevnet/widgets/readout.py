@@ -253,25 +253,16 @@ class ReadoutWidget(DockWidget):
 
         @thread_worker
         def work():
-            from napari_sevnet.io import MODALITIES
-            from napari_sevnet.readout import align_regions, alignment_sequence, compare_visits, measure, new_lesions
+            from napari_sevnet.readout import baseline_on_follow_up, compare_visits, measure, new_lesions
 
             base_readout, now_readout = measure(base, tuple(baseline.scale), base_info.grid), measure(now, tuple(follow.scale), now_info.grid)
             aligned, unaligned = None, None
             if not same_grid:  # the baseline's regions onto the follow-up's scan, for the eye and for new lesions; volumes and products need no registration
-                base_case, now_case = case_from_layers(layers, baseline), case_from_layers(layers, follow)
-                sequence = alignment_sequence(now_case.sequences, base_case.sequences)
-                if sequence is None:
-                    unaligned = "the two visits share no sequence to register them on"
-                else:
-                    channel = MODALITIES.index(sequence)
-                    try:
-                        aligned = align_regions(now_case.image[channel], now_case.spacing, base_case.image[channel], base_case.spacing, base)
-                    except RuntimeError as exc:  # SimpleITK's own words
-                        unaligned = f"registering the visits' {sequence} failed ({str(exc).strip().splitlines()[-1]})"
+                aligned, how = baseline_on_follow_up(case_from_layers(layers, baseline), base, case_from_layers(layers, follow))
+                unaligned = None if aligned is not None else how
             on_follow_up = base if same_grid else aligned  # the baseline where the follow-up lies: new lesions are found there
             new = new_lesions(on_follow_up, now, now_readout, tuple(follow.scale)) if on_follow_up is not None else None
-            comparison = compare_visits(base_readout, now_readout, baseline_id=base_info.case_id, follow_up_id=now_info.case_id, new=new)
+            comparison = compare_visits(base_readout, now_readout, baseline_id=base_info.case_id, follow_up_id=now_info.case_id, new=new, unassessed=unaligned)
             return comparison, base_readout, on_follow_up, aligned, unaligned
 
         def show(out):
