@@ -9,7 +9,7 @@ probabilities, SE attention and, when the run made one, its uncertainty map) and
 device, thresholds, sequences), so a recovered result is a result again: the
 learned clicks and the whole edge work on it, and its export says which model
 made it and what the correction changed. When the same scans, unchanged, are
-opened again (a case folder, a ``sevnet-predict`` output, the Worklist), each
+opened again, where they were or moved to another folder (a case folder, a ``sevnet-predict`` output, the Worklist), each
 copy comes back as the layers "<case> WT (recovered)", with a notice saying
 when it was made.
 Exporting the result or saving it with the plugin's writer discards its copy
@@ -192,14 +192,23 @@ def records(folder: Path | None = None) -> list[tuple[dict, Recovery]]:
     return found
 
 
+def _moved_alike(scans: dict) -> dict:
+    """The scans as a move leaves them (file name, size, modification time; not the folder): a patient's folder moved
+    or renamed since still finds its copies."""
+    return {role: (Path(s["path"]).name, s["size"], s["mtime_ns"]) for role, s in scans.items()} if isinstance(scans, dict) else {}
+
+
 def pending(paths: dict, folder: Path | None = None, kept: list[tuple[dict, Recovery]] | None = None) -> list[Recovery]:
-    """The copies kept for these scans, unchanged since (oldest first); ``kept``: :func:`records` read once for many cases."""
+    """The copies kept for these scans, unchanged since, where they are now or moved (oldest first); ``kept``:
+    :func:`records` read once for many cases."""
     try:
         wanted = _scans(paths)
     except OSError:
         return []
+    if not wanted:
+        return []
     kept = records(folder) if kept is None else kept
-    return sorted((recovery for scans, recovery in kept if scans == wanted), key=lambda r: r.saved_at)
+    return sorted((recovery for scans, recovery in kept if scans == wanted or _moved_alike(scans) == _moved_alike(wanted)), key=lambda r: r.saved_at)
 
 
 def recovered_layers(case_id: str, grid, paths: dict | None, scale, shape, open_groups=(), translate=None) -> tuple[list, str | None]:

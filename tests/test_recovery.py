@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -34,6 +35,16 @@ def test_a_copy_comes_back_for_the_same_unchanged_scans_only(tmp_path, recovery_
     assert recovery.pending(case.paths) == [], "a scan rewritten since: the copy may not fit it"
     os.utime(flair, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert len(recovery.pending(case.paths)) == 1
+
+    # the patient's folder moved (or renamed) since: the same files, found where they are now
+    moved = tmp_path / "archive" / "patient 4"
+    moved.parent.mkdir()
+    folder = flair.parent.rename(moved)
+    moved_paths = {role: folder / path.name for role, path in case.paths.items()}
+    assert [r.key for r in recovery.pending(moved_paths)] == [KEY], "a moved folder finds its copy"
+    shutil.copytree(folder, tmp_path / "copied", copy_function=shutil.copy)  # a plain copy (new times: maybe not the same scans) does not
+    assert recovery.pending({role: tmp_path / "copied" / path.name for role, path in case.paths.items()}) == []
+    folder.rename(flair.parent)
 
     record = recovery_folder / f"{KEY}.json"
     data = json.loads(record.read_text())
