@@ -122,11 +122,14 @@ def render(case: Case, regions: np.ndarray, readout: Readout, *, checkpoint: str
     if comparison:
         spd = comparison["sum_of_products_mm2"]
         pct = f"{spd['percent']:+.1f} %" if spd["percent"] is not None else "n/a"
+        dates = comparison.get("study_dates") or {}
         changes = "".join(f"<tr><td>{r}</td><td>{c['baseline']:.1f}</td><td>{c['follow_up']:.1f}</td><td>{c['absolute']:+.1f}</td><td>"
                           + (f"{c['percent']:+.1f} %" if c["percent"] is not None else "n/a") + "</td></tr>" for r, c in comparison["volumes_ml"].items())
         sections.append(
             "<section id='visits'><h2>Change since the baseline</h2>"
             + (f"<p class='notice'><b>Check the visits:</b> {html.escape(comparison['caveat'])}.</p>" if comparison.get("caveat") else "")
+            + (f"<p>Baseline scanned {_on(dates.get('baseline'))}, follow-up {_on(dates.get('follow_up'))}"
+               + (f" ({comparison['days']} days later)" if comparison.get("days") is not None else "") + ".</p>" if any(dates.values()) else "")
             + f"<p>Sum of products {spd['baseline']:.0f} → {spd['follow_up']:.0f} mm² ({pct}): <b>{html.escape(comparison['category'])}</b>"
             + (f" (new lesion {', '.join(f'#{n}' for n in comparison['new_lesions'])})" if comparison.get("new_lesions") else "") + ".</p>"
             f"<table><tr><th>region</th><th>baseline mL</th><th>follow-up mL</th><th>change</th><th>%</th></tr>{changes}</table><p>{html.escape(comparison['criteria'])}.</p></section>"
@@ -169,3 +172,7 @@ def write(path: str | Path, case: Case, regions: np.ndarray, readout: Readout, *
         if scan != scan_of(case):
             raise InputError(path, f"already holds the report of another scan ({scan}); choose another name for the report of {case.case_id} (nothing was written)")
     return write_text_atomic(path, render(case, regions, readout, **kwargs))
+
+
+def _on(date: str | None) -> str:
+    return f"on {html.escape(date)}" if date else "on a date the files do not say"

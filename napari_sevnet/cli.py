@@ -392,6 +392,7 @@ def measure_main(argv=None) -> int:
     from napari_sevnet import case_report
     from napari_sevnet.assignments import load_assigned_or_named
     from napari_sevnet.io import read_segmentation
+    from napari_sevnet.prepare import visit_of
     from napari_sevnet.readout import TARGET_LESIONS, baseline_on_follow_up, compare_visits, format_ml, measure, new_lesions, on_one_grid
     from napari_sevnet.report import checkpoint_of
 
@@ -413,7 +414,8 @@ def measure_main(argv=None) -> int:
                       else f"sevnet-measure: warning: new lesions not assessed: the visits lie on two grids and {how}", file=sys.stderr)
             comparison = compare_visits(measure(base_regions, base_case.spacing, base_case.grid), readout, baseline_id=base_case.case_id, follow_up_id=case.case_id,
                                         new=new_lesions(on_follow_up, regions, readout, case.spacing) if on_follow_up is not None else None,
-                                        unassessed=None if on_follow_up is not None else how)
+                                        unassessed=None if on_follow_up is not None else how,
+                                        baseline_visit=visit_of(base_case.paths), follow_up_visit=visit_of(case.paths))
             if comparison["caveat"]:
                 print(f"sevnet-measure: warning: {comparison['caveat']}", file=sys.stderr)
         if args.report:

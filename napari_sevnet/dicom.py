@@ -34,6 +34,12 @@ class Series:
     patient_id: str
     files: list[str]
     role: str | None  # the sequence its description suggests
+    study_date: str = ""  # the study's date as YYYY-MM-DD (0008,0020), "" where the files do not say it
+
+    @property
+    def visit(self) -> dict:
+        """Who and when, as the files say (what tells two visits of a patient apart, and their order)."""
+        return {k: v for k, v in (("patient_id", self.patient_id), ("study_date", self.study_date)) if v}
 
     @property
     def label(self) -> str:
@@ -43,6 +49,16 @@ class Series:
 def _tag(reader, key: str) -> str:
     """A DICOM tag of the file ``reader`` read, stripped; empty where the file lacks it."""
     return reader.GetMetaData(key).strip() if reader.HasMetaDataKey(key) else ""
+
+
+def _iso_date(value: str) -> str:
+    """A DICOM date (YYYYMMDD) as YYYY-MM-DD; "" for one that is not a date."""
+    import datetime as dt
+
+    try:
+        return dt.datetime.strptime(value, "%Y%m%d").date().isoformat()
+    except ValueError:
+        return ""
 
 
 def find_series(folder: str | Path) -> list[Series]:
@@ -62,7 +78,8 @@ def find_series(folder: str | Path) -> list[Series]:
             reader.ReadImageInformation()
             description = _tag(reader, "0008|103e")  # Series Description
             patient = _tag(reader, "0010|0020")  # Patient ID
-            found.append(Series(uid, description, patient, list(files), role_from_name(description)))
+            date = _tag(reader, "0008|0020") or _tag(reader, "0008|0022")  # Study Date, else Acquisition Date
+            found.append(Series(uid, description, patient, list(files), role_from_name(description), _iso_date(date)))
     if not found:
         raise InputError(folder, "holds no DICOM series")
     return found

@@ -20,7 +20,9 @@ skull-stripped. :func:`prepare_case`:
    (``python -m benchmarks.bias_field``, ``python -m benchmarks.raw_scans``;
    README, "Raw clinical scans");
 6. writes the prepared case in the BraTS layout with ``prepare.json``: the
-   grids, the transforms (also as ITK ``.tfm`` files) and each step's time.
+   grids, the transforms (also as ITK ``.tfm`` files), each step's time and,
+   from DICOM, the patient id and study date (:func:`visit_of`: two visits'
+   patient and order are checked by them).
 
 :func:`to_native` maps a mask (or probabilities) of the prepared case back
 onto the reference's native grid: probabilities are resampled linearly and
@@ -212,7 +214,7 @@ def prepare_case(inputs: Path | dict[str, Path], out_dir: Path, *, reference: st
                          if Path(inputs).exists() else "cannot access: no such folder")
     if Path(out_dir).exists() and not Path(out_dir).is_dir():
         raise InputError(out_dir, "is a file: the output is the folder the prepared cases go into")
-    dicom_dir = None
+    dicom_dir, visit = None, {}
     if series and (isinstance(inputs, dict) or not is_dicom_folder(Path(inputs))):
         raise InputError(None if isinstance(inputs, dict) else inputs,
                          "picking series by UID is for a folder of DICOM files; NIfTI series are told by their names (T1, T1ce/post-Gd, T2, FLAIR): rename the file")
@@ -222,12 +224,13 @@ def prepare_case(inputs: Path | dict[str, Path], out_dir: Path, *, reference: st
         dicom_dir = Path(tempfile.mkdtemp(prefix="sevnet-dicom-"))
         chosen = dicom.choose(dicom.find_series(inputs), series)
         files = dicom.convert(chosen, dicom_dir)
+        visit = chosen[reference].visit if reference in chosen else {}
     else:
         files = find_series(Path(inputs)) if not isinstance(inputs, dict) else {k: Path(v) for k, v in inputs.items()}
     unused = () if isinstance(inputs, dict) or dicom_dir is not None else _unused_series(Path(inputs), files)
     try:
         return _prepare(files, Path(out_dir), reference, case_id or (Path(inputs).name if not isinstance(inputs, dict) else None), strip, bias_field,
-                        dicom=dicom_dir is not None, unused=unused)
+                        dicom=dicom_dir is not None, unused=unused, visit=visit)
     finally:
         if dicom_dir is not None:
             shutil.rmtree(dicom_dir, ignore_errors=True)
@@ -303,7 +306,7 @@ def _refuse_existing(folder: Path) -> None:
 
 
 def _prepare(files: dict[str, Path], out_dir: Path, reference: str, case_id: str | None, strip: bool, bias_field: bool, dicom: bool,
-             unused: tuple[str, ...] = ()) -> Prepared:
+             unused: tuple[str, ...] = (), visit: dict | None = None) -> Prepared:
     sitk = _sitk()
     if reference not in files:
         found = ", ".join(f"{MODALITY_LABELS.get(m, m)} ({p.name})" for m, p in files.items())
@@ -360,7 +363,7 @@ def _prepare(files: dict[str, Path], out_dir: Path, reference: str, case_id: str
         if dicom:  # the converted series live in a temporary folder: the reference's native grid is kept with the case
             shutil.copyfile(files[reference], staging / f"{case_id}_{reference}_native.nii.gz")
             native = {reference: str(folder / f"{case_id}_{reference}_native.nii.gz")}
-        record = {"case_id": case_id, "reference": reference, "native": native, "dicom": dicom,
+        record = {"case_id": case_id, "reference": reference, "native": native, "dicom": dicom, "visit": visit or {},
                   "unused_series": list(unused), "spacing_mm": PREPARED_SPACING_MM, "skull_stripped": strip, "bias_field": "N4" if bias_field else None, "brain_ml": brain_ml, "timings_s": timings,
                   "transforms": {m: f"{case_id}_{m}_to_native.tfm" for m in volumes}}
         write_text_atomic(staging / PREPARE_RECORD, json.dumps(record, indent=2) + "\n")
@@ -426,6 +429,19 @@ def prepared_folder_of(paths: dict | None) -> Path | None:
         if (folder / PREPARE_RECORD).is_file():
             return folder
     return None
+
+
+def visit_of(paths: dict | None) -> dict:
+    """Patient id and study date of a case prepared from DICOM (its ``prepare.json``), {} for any other case:
+    what lets two visits' order and patient be checked where their names say nothing."""
+    folder = prepared_folder_of(paths)
+    if folder is None:
+        return {}
+    try:
+        visit = json.loads((folder / PREPARE_RECORD).read_text(encoding="utf-8")).get("visit")
+    except (OSError, ValueError):
+        return {}
+    return {k: str(v) for k, v in visit.items() if k in ("patient_id", "study_date") and v} if isinstance(visit, dict) else {}
 
 
 def native_reference_of(prepared_folder: Path) -> Path:

@@ -227,8 +227,21 @@ def _hull(points: np.ndarray) -> np.ndarray:
 _BRATS_VISIT = re.compile(r"BraTS-([A-Za-z]+)-(\d+)-(\d+)")
 
 
-def visit_caveat(baseline_id: str | None, follow_up_id: str | None) -> str | None:
-    """Words when the two case ids say the visits cannot be baseline and follow-up (BraTS 2023+ ids name patient and timepoint)."""
+def visit_caveat(baseline_id: str | None, follow_up_id: str | None, baseline_visit: dict | None = None, follow_up_visit: dict | None = None) -> str | None:
+    """Words when the visits cannot be baseline and follow-up: by the patient ids and study dates of cases prepared from
+    DICOM (``*_visit``: :func:`napari_sevnet.prepare.visit_of`), else by the case ids (BraTS 2023+ ids name patient and timepoint)."""
+    base, follow = baseline_visit or {}, follow_up_visit or {}
+    if base.get("patient_id") and follow.get("patient_id") and base["patient_id"] != follow["patient_id"]:
+        return (f"the baseline {baseline_id} and the follow-up {follow_up_id} are two different patients by their DICOM patient ids "
+                f"({base['patient_id']}, {follow['patient_id']}): a change between two patients means nothing; choose this patient's earlier visit")
+    if base.get("study_date") and follow.get("study_date"):
+        if base["study_date"] == follow["study_date"]:
+            return (f"the baseline {baseline_id} and the follow-up {follow_up_id} were scanned the same day ({base['study_date']}): "
+                    "they are not two visits; choose this patient's earlier visit as the baseline")
+        if base["study_date"] > follow["study_date"]:
+            return (f"the baseline {baseline_id} was scanned on {base['study_date']}, after the follow-up {follow_up_id} ({follow['study_date']}): "
+                    "the visits are the wrong way round, and the change and its category read backwards")
+        return None
     ids = [_BRATS_VISIT.fullmatch(str(i or "")) for i in (baseline_id, follow_up_id)]
     if not all(ids):
         return None  # other ids say nothing about who or when: nothing to check
@@ -260,11 +273,13 @@ def new_lesions(baseline_regions: np.ndarray, follow_up_regions: np.ndarray, fol
 
 
 def compare_visits(baseline: Readout, follow_up: Readout, *, baseline_id: str | None = None, follow_up_id: str | None = None,
-                   new: list[int] | None = None, unassessed: str | None = None) -> dict:
+                   new: list[int] | None = None, unassessed: str | None = None, baseline_visit: dict | None = None, follow_up_visit: dict | None = None) -> dict:
     """Change from ``baseline`` to ``follow_up``: volumes and sum of products (absolute, %) and the RANO imaging category.
 
     ``new``: the follow-up's new measurable lesions (:func:`new_lesions`; None: not assessed, for the reason
-    ``unassessed``, by default the visits not being on one grid), each progression. With the case ids, a ``caveat`` says when they show two patients or visits the wrong way round.
+    ``unassessed``, by default the visits not being on one grid), each progression. With the case ids and the visits
+    (:func:`visit_caveat`), a ``caveat`` says when they show two patients or visits the wrong way round; ``study_dates``
+    and ``days`` between them where both are known.
     """
     def change(a: float, b: float) -> dict:
         return {"baseline": a, "follow_up": b, "absolute": b - a, "percent": (100.0 * (b - a) / a) if a else None}
@@ -291,8 +306,16 @@ def compare_visits(baseline: Readout, follow_up: Readout, *, baseline_id: str | 
                     + (f"and a new measurable lesion (more than {NEW_LESION_MM:.0f} mm from the baseline's tumour core) is progression; " if new is not None
                        else f"new lesions not assessed ({unassessed or 'the visits are not on one grid'}); ")
                     + "steroids, clinical state and non-enhancing growth are not assessed",
-        "caveat": visit_caveat(baseline_id, follow_up_id),
+        "caveat": visit_caveat(baseline_id, follow_up_id, baseline_visit, follow_up_visit),
+        "study_dates": {"baseline": (baseline_visit or {}).get("study_date"), "follow_up": (follow_up_visit or {}).get("study_date")},
+        "days": _days_between((baseline_visit or {}).get("study_date"), (follow_up_visit or {}).get("study_date")),
     }
+
+
+def _days_between(earlier: str | None, later: str | None) -> int | None:
+    import datetime as dt
+
+    return (dt.date.fromisoformat(later) - dt.date.fromisoformat(earlier)).days if earlier and later else None
 
 
 #: the sequence two visits are registered on: the first that both have

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import shutil
@@ -353,6 +354,11 @@ def test_dicom_series_in_and_a_dicom_seg_out(tmp_path):
     assert sorted(s.role for s in found) == ["flair", "t1", "t1ce", "t2"], "the sequence proposed from each description"
     prepared = prepare_case(exported, tmp_path / "prepared", strip=False)
     assert (prepared.folder / "p11_t1ce.nii.gz").is_file() and prepared.native_reference.is_file()
+    from napari_sevnet.io import load_case
+    from napari_sevnet.prepare import visit_of
+
+    today = dt.date.today().isoformat()  # the study date the series were written with
+    assert visit_of(load_case(prepared.folder).paths) == {"patient_id": "DOE^PAT11", "study_date": today}, "who and when kept, to check two visits by"
     reference = next(s for s in found if s.role == "t1ce")
     native = nib.load(str(prepared.native_reference))
     regions = np.zeros((3, *native.shape), bool)

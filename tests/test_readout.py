@@ -325,3 +325,37 @@ def test_sevnet_measure_registers_a_baseline_on_another_grid_and_finds_a_new_les
     assert "new lesions not assessed: the visits lie on two grids and the two visits share no sequence to register them on" in capsys.readouterr().err
     change = json.loads(out.read_text(encoding="utf-8"))["change"]
     assert change["new_lesions"] is None and "new lesions not assessed (the two visits share no sequence" in change["criteria"]
+
+
+@pytest.mark.parametrize("baseline, follow_up, says", [
+    ({"patient_id": "DOE^A", "study_date": "2024-01-10"}, {"patient_id": "ROE^B", "study_date": "2024-04-10"}, "two different patients by their DICOM patient ids (DOE^A, ROE^B)"),
+    ({"patient_id": "DOE^A", "study_date": "2024-04-10"}, {"patient_id": "DOE^A", "study_date": "2024-01-10"}, "was scanned on 2024-04-10, after the follow-up"),
+    ({"study_date": "2024-01-10"}, {"study_date": "2024-01-10"}, "scanned the same day (2024-01-10)"),
+    ({"patient_id": "DOE^A", "study_date": "2024-01-10"}, {"patient_id": "DOE^A", "study_date": "2024-04-10"}, None),
+])
+def test_visits_prepared_from_dicom_are_checked_by_their_patient_id_and_study_date(tmp_path, capsys, baseline, follow_up, says):
+    """Clinic cases carry no BraTS ids: the patient id and study date kept by the preparation tell two patients, the
+    same day or the wrong order apart, in sevnet-measure, its JSON and the report, which says the interval."""
+    import json
+    import shutil
+
+    from napari_sevnet.cli import measure_main
+    from napari_sevnet.prepare import PREPARE_RECORD
+
+    first = write_phantom_case(tmp_path / "a")
+    visits = []
+    for name, visit in (("visit1", baseline), ("visit2", follow_up)):
+        folder = shutil.copytree(first, tmp_path / name)
+        (folder / PREPARE_RECORD).write_text(json.dumps({"case_id": first.name, "reference": "t1ce", "visit": visit}))  # as the preparation writes it
+        visits.append(folder)
+    out, report = tmp_path / "change.json", tmp_path / "report.html"
+    seg = f"{first.name}_seg.nii.gz"
+    assert measure_main([str(visits[1]), str(visits[1] / seg), "--baseline", str(visits[0]), str(visits[0] / seg), "-o", str(out), "--report", str(report)]) == 0
+    err, change = capsys.readouterr().err, json.loads(out.read_text(encoding="utf-8"))["change"]
+    assert change["study_dates"] == {"baseline": baseline["study_date"], "follow_up": follow_up["study_date"]}
+    page = report.read_text(encoding="utf-8")
+    if says:
+        assert says in change["caveat"] and f"sevnet-measure: warning: the baseline" in err and "Check the visits:" in page
+    else:
+        assert change["caveat"] is None and "warning" not in err
+        assert change["days"] == 91 and "Baseline scanned on 2024-01-10, follow-up on 2024-04-10 (91 days later)." in page

@@ -253,6 +253,7 @@ class ReadoutWidget(DockWidget):
 
         @thread_worker
         def work():
+            from napari_sevnet.prepare import visit_of
             from napari_sevnet.readout import baseline_on_follow_up, compare_visits, measure, new_lesions
 
             base_readout, now_readout = measure(base, tuple(baseline.scale), base_info.grid), measure(now, tuple(follow.scale), now_info.grid)
@@ -262,7 +263,8 @@ class ReadoutWidget(DockWidget):
                 unaligned = None if aligned is not None else how
             on_follow_up = base if same_grid else aligned  # the baseline where the follow-up lies: new lesions are found there
             new = new_lesions(on_follow_up, now, now_readout, tuple(follow.scale)) if on_follow_up is not None else None
-            comparison = compare_visits(base_readout, now_readout, baseline_id=base_info.case_id, follow_up_id=now_info.case_id, new=new, unassessed=unaligned)
+            comparison = compare_visits(base_readout, now_readout, baseline_id=base_info.case_id, follow_up_id=now_info.case_id, new=new, unassessed=unaligned,
+                                        baseline_visit=visit_of(base_info.paths), follow_up_visit=visit_of(now_info.paths))
             return comparison, base_readout, on_follow_up, aligned, unaligned
 
         def show(out):
