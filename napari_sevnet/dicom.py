@@ -22,6 +22,7 @@ import numpy as np
 
 from napari_sevnet.errors import InputError
 from napari_sevnet.io import MODALITIES as SEQUENCES
+from napari_sevnet.io import MODALITY_LABELS as SEQUENCE_LABELS
 from napari_sevnet.regions import REGIONS
 
 SEGMENT_NAMES = {"WT": "Whole tumour", "TC": "Tumour core", "ET": "Enhancing tumour"}
@@ -35,6 +36,7 @@ class Series:
     files: list[str]
     role: str | None  # the sequence its description suggests
     study_date: str = ""  # the study's date as YYYY-MM-DD (0008,0020), "" where the files do not say it
+    study_uid: str = ""  # the study (visit) it belongs to: a case is the series of one study
 
     @property
     def visit(self) -> dict:
@@ -43,7 +45,7 @@ class Series:
 
     @property
     def label(self) -> str:
-        return f"{self.description or self.uid} ({len(self.files)} images)"
+        return f"{self.description or self.uid}" + (f", {self.study_date}" if self.study_date else "") + f" ({len(self.files)} images)"
 
 
 def _tag(reader, key: str) -> str:
@@ -79,7 +81,7 @@ def find_series(folder: str | Path) -> list[Series]:
             description = _tag(reader, "0008|103e")  # Series Description
             patient = _tag(reader, "0010|0020")  # Patient ID
             date = _tag(reader, "0008|0020") or _tag(reader, "0008|0022")  # Study Date, else Acquisition Date
-            found.append(Series(uid, description, patient, list(files), role_from_name(description), _iso_date(date)))
+            found.append(Series(uid, description, patient, list(files), role_from_name(description), _iso_date(date), _tag(reader, "0020|000d")))
     if not found:
         raise InputError(folder, "holds no DICOM series")
     return found
@@ -108,9 +110,25 @@ def choose(series: list[Series], roles: dict[str, str | None] | None = None) -> 
     patients = {s.patient_id for s in chosen.values() if s.patient_id}
     if len(patients) > 1:
         raise InputError(None, "the chosen series belong to different patients: " + ", ".join(f"{r} {s.patient_id}" for r, s in chosen.items()))
+    studies = {s.study_uid for s in series if s.study_uid}
+    if len(studies) > 1 and not roles:  # which visit is meant is the user's to say, not the first series found
+        raise InputError(None, f"the series are of {len(studies)} studies (visits): {_studies(series)}; a case is one visit: "
+                               "give the folder of one visit, or choose its series by hand")
+    if len({s.study_uid for s in chosen.values() if s.study_uid}) > 1:
+        raise InputError(None, "the chosen series come from different studies (visits): "
+                               + ", ".join(f"{SEQUENCE_LABELS[r]} of {chosen[r].study_date or chosen[r].study_uid}" for r in SEQUENCES if r in chosen)
+                               + "; a case is one visit: choose the series of one study")
     if not chosen:
         raise InputError(None, "no series description says T1, T1ce (post-Gd), T2 or FLAIR: choose the series by hand")
     return chosen
+
+
+def _studies(series: list[Series]) -> str:
+    """Each study of ``series`` with its date and number of series, oldest first."""
+    by_study: dict[str, list[Series]] = {}
+    for s in series:
+        by_study.setdefault(s.study_uid, []).append(s)
+    return ", ".join(f"{group[0].study_date or 'undated'} ({len(group)} series)" for group in sorted(by_study.values(), key=lambda g: g[0].study_date))
 
 
 def convert(chosen: dict[str, Series], out_dir: Path) -> dict[str, Path]:

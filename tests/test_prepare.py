@@ -311,16 +311,39 @@ def test_a_dicom_series_left_out_by_hand_is_not_taken_from_its_description(tmp_p
     assert inputs == exported and set(dicom.choose(found, series)) == {"t1ce"}
 
 
-def write_dicom_series(image_path: Path, folder: Path, description: str, patient: str, series_number: int) -> None:
-    """A NIfTI volume as a DICOM MR series (one file per slice), as a scanner exports it."""
+def test_a_folder_of_two_visits_is_not_made_into_one_case(tmp_path):
+    """A PACS export often holds several studies of a patient: the series of two visits are not proposed or prepared
+    as one case (registration would succeed, the tumour would be a mix of two dates); each series shows its date."""
+    from napari_sevnet import dicom
+    from napari_sevnet.prepare import series_options
+
+    raw = make_raw(write_phantom(tmp_path / "p", seed=3, shape=SHAPE), tmp_path / "raw" / "p14")
+    exported = tmp_path / "dicom" / "p14"
+    for number, (name, description) in enumerate({"T1_AX_POST_GAD": "T1 AX POST GAD", "FLAIR_AX": "FLAIR AX"}.items(), start=2):
+        write_dicom_series(raw / f"{name}.nii.gz", exported / f"visit1-{number}", description, "DOE^PAT14", number, "1.2.826.0.1.3680043.8.498.11", "20240110")
+        write_dicom_series(raw / f"{name}.nii.gz", exported / f"visit2-{number}", description, "DOE^PAT14", number + 10, "1.2.826.0.1.3680043.8.498.12", "20240410")
+    found = dicom.find_series(exported)
+    with pytest.raises(InputError, match=r"of 2 studies \(visits\): 2024-01-10 \(2 series\), 2024-04-10 \(2 series\); a case is one visit"):
+        dicom.choose(found)
+    first = {s.role: s.uid for s in found if s.study_date == "2024-01-10"}
+    second = {s.role: s.uid for s in found if s.study_date == "2024-04-10"}
+    with pytest.raises(InputError, match="different studies .visits.: T1ce of 2024-01-10, FLAIR of 2024-04-10"):
+        dicom.choose(found, {"t1ce": first["t1ce"], "flair": second["flair"]})
+    assert {r: s.uid for r, s in dicom.choose(found, second).items()} == second, "one visit's series, chosen by hand"
+    offered = series_options(exported)  # the dock proposes nothing and shows each series' date to choose by
+    assert offered.proposal == {} and sorted(offered.options)[:2] == ["FLAIR AX, 2024-01-10 (21 images)", "FLAIR AX, 2024-04-10 (21 images)"]
+
+
+def write_dicom_series(image_path: Path, folder: Path, description: str, patient: str, series_number: int,
+                       study: str = "1.2.826.0.1.3680043.8.498.1", date: str | None = None) -> None:
+    """A NIfTI volume as a DICOM MR series (one file per slice), as a scanner exports it (``date``: YYYYMMDD, else today)."""
     import time as _time
 
     import SimpleITK as sitk
 
     image = sitk.Cast(sitk.ReadImage(str(image_path)), sitk.sitkInt16)
     folder.mkdir(parents=True)
-    stamp = _time.strftime("%Y%m%d")
-    study = "1.2.826.0.1.3680043.8.498.1"
+    stamp = date or _time.strftime("%Y%m%d")
     series_uid = f"1.2.826.0.1.3680043.8.498.{series_number}.{int(_time.time() * 1000) % 10**9}"
     direction = image.GetDirection()
     writer = sitk.ImageFileWriter()
