@@ -221,14 +221,18 @@ def prepare_case(inputs: Path | dict[str, Path], out_dir: Path, *, reference: st
     if not isinstance(inputs, dict) and is_dicom_folder(Path(inputs)):
         from napari_sevnet import dicom
 
+        try:
+            chosen = dicom.choose(dicom.find_series(inputs), series)
+        except InputError as exc:  # the choice's words, said of the folder the series are in
+            raise (InputError(inputs, exc.problem) if exc.path is None else exc) from None
         dicom_dir = Path(tempfile.mkdtemp(prefix="sevnet-dicom-"))
-        chosen = dicom.choose(dicom.find_series(inputs), series)
-        files = dicom.convert(chosen, dicom_dir)
         visit = chosen[reference].visit if reference in chosen else {}
-    else:
-        files = find_series(Path(inputs)) if not isinstance(inputs, dict) else {k: Path(v) for k, v in inputs.items()}
-    unused = () if isinstance(inputs, dict) or dicom_dir is not None else _unused_series(Path(inputs), files)
-    try:
+    try:  # the converted series are removed whatever happens
+        if dicom_dir is not None:
+            files = dicom.convert(chosen, dicom_dir)
+        else:
+            files = find_series(Path(inputs)) if not isinstance(inputs, dict) else {k: Path(v) for k, v in inputs.items()}
+        unused = () if isinstance(inputs, dict) or dicom_dir is not None else _unused_series(Path(inputs), files)
         return _prepare(files, Path(out_dir), reference, case_id or (Path(inputs).name if not isinstance(inputs, dict) else None), strip, bias_field,
                         dicom=dicom_dir is not None, unused=unused, visit=visit)
     finally:

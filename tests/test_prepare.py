@@ -330,6 +330,11 @@ def test_a_folder_of_two_visits_is_not_made_into_one_case(tmp_path):
     with pytest.raises(InputError, match="different studies .visits.: T1ce of 2024-01-10, FLAIR of 2024-04-10"):
         dicom.choose(found, {"t1ce": first["t1ce"], "flair": second["flair"]})
     assert {r: s.uid for r, s in dicom.choose(found, second).items()} == second, "one visit's series, chosen by hand"
+    from napari_sevnet.prepare import prepare_case
+
+    with pytest.raises(InputError, match=f"^{exported}: the series are of 2 studies"):  # named by the folder, before any work
+        prepare_case(exported, tmp_path / "prepared", strip=False)
+    assert not (tmp_path / "prepared").exists()
     offered = series_options(exported)  # the dock proposes nothing and shows each series' date to choose by
     assert offered.proposal == {} and sorted(offered.options)[:2] == ["FLAIR AX, 2024-01-10 (21 images)", "FLAIR AX, 2024-04-10 (21 images)"]
 
