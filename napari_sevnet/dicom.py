@@ -138,6 +138,7 @@ def convert(chosen: dict[str, Series], out_dir: Path) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     written = {}
     for role, series in chosen.items():
+        _check_slices(series)
         reader = sitk.ImageSeriesReader()
         reader.SetFileNames(series.files)
         try:
@@ -149,6 +150,34 @@ def convert(chosen: dict[str, Series], out_dir: Path) -> dict[str, Path]:
         written[role] = out_dir / f"{role}.nii.gz"
         sitk.WriteImage(image, str(written[role]))
     return written
+
+
+def _check_slices(series: Series) -> None:
+    """Refuse a series that is not one volume of evenly spaced slices: ITK would read it as one, only warning.
+
+    Several images at one slice position are several volumes in one series (a dual-echo PD/T2, diffusion b-values,
+    perfusion times), read interleaved as one; a gap is a missing slice, read as evenly spaced, the anatomy shifted."""
+    import SimpleITK as sitk
+
+    positions = []
+    for name in series.files:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(name)
+        reader.ReadImageInformation()
+        position, orientation = _tag(reader, "0020|0032"), _tag(reader, "0020|0037")  # "" where absent: not a number either
+        try:
+            row, column = np.array(orientation.split("\\"), float).reshape(2, 3)
+            positions.append(float(np.dot(np.cross(row, column), np.array(position.split("\\"), float))))
+        except ValueError:
+            return  # the files do not say where their slices lie: ITK's order is all there is
+    distinct = np.unique(np.round(positions, 2))
+    if len(distinct) < len(positions):
+        raise InputError(series.files[0], f"series {series.label} holds {len(positions)} images at {len(distinct)} slice positions: several volumes in one series "
+                                          "(echoes of a dual-echo PD/T2, diffusion b-values or perfusion times); export the volume meant as a series of its own, or choose another")
+    gaps = np.diff(distinct)
+    if len(gaps) > 1 and gaps.max() > 1.5 * gaps.min():
+        raise InputError(series.files[0], f"series {series.label} has slices missing: the gaps between slices run from {gaps.min():.2f} to {gaps.max():.2f} mm; "
+                                          "export the series again whole, or choose another")
 
 
 def write_seg(regions_native: np.ndarray, reference: Series, path: str | Path) -> Path:

@@ -339,6 +339,43 @@ def test_a_folder_of_two_visits_is_not_made_into_one_case(tmp_path):
     assert offered.proposal == {} and sorted(offered.options)[:2] == ["FLAIR AX, 2024-01-10 (21 images)", "FLAIR AX, 2024-04-10 (21 images)"]
 
 
+def test_a_dicom_series_of_two_echoes_or_with_a_slice_missing_is_refused_by_name(tmp_path):
+    """ITK reads two echoes of one series interleaved as one volume, and a series with a slice missing as evenly
+    spaced, each with a warning no user sees: both are refused, naming the series and why."""
+    import SimpleITK as sitk
+
+    from napari_sevnet import dicom
+
+    volume = sitk.GetImageFromArray(np.random.default_rng(0).integers(0, 100, (10, 32, 32)).astype(np.int16))
+    volume.SetSpacing((1.0, 1.0, 3.0))
+
+    def write(folder, echoes, skip=()):
+        folder.mkdir()
+        writer = sitk.ImageFileWriter()
+        writer.KeepOriginalImageUIDOn()
+        for echo in range(echoes):
+            for k in range(volume.GetDepth()):
+                if k in skip:
+                    continue
+                image = volume[:, :, k]
+                for key, value in {"0010|0020": "DOE^PAT15", "0020|000d": "1.2.3", "0020|000e": f"1.2.3.{folder.name}", "0008|103e": "PD_T2_TSE",
+                                   "0008|0060": "MR", "0008|0016": "1.2.840.10008.5.1.4.1.1.4", "0008|0018": f"1.2.3.{folder.name}.{echo}.{k}",
+                                   "0020|0013": str(1 + k + 100 * echo), "0018|0086": str(echo + 1), "0020|0037": "1\\0\\0\\0\\1\\0",
+                                   "0020|0032": "\\".join(f"{v:.6f}" for v in volume.TransformIndexToPhysicalPoint((0, 0, k)))}.items():
+                    image.SetMetaData(key, value)
+                writer.SetFileName(str(folder / f"e{echo}_{k:03d}.dcm"))
+                writer.Execute(image)
+        (series,) = dicom.find_series(folder)
+        return series
+
+    with pytest.raises(InputError, match=r"PD_T2_TSE, [0-9-]+ \(20 images\) holds 20 images at 10 slice positions: several volumes in one series"):
+        dicom.convert({"t2": write(tmp_path / "1", echoes=2)}, tmp_path / "out")
+    with pytest.raises(InputError, match="has slices missing: the gaps between slices run from 3.00 to 6.00 mm"):
+        dicom.convert({"t2": write(tmp_path / "2", echoes=1, skip=(4,))}, tmp_path / "out")
+    written = dicom.convert({"t2": write(tmp_path / "3", echoes=1)}, tmp_path / "out")  # one whole echo reads as it is
+    assert sitk.ReadImage(str(written["t2"])).GetSize() == (32, 32, 10)
+
+
 def write_dicom_series(image_path: Path, folder: Path, description: str, patient: str, series_number: int,
                        study: str = "1.2.826.0.1.3680043.8.498.1", date: str | None = None) -> None:
     """A NIfTI volume as a DICOM MR series (one file per slice), as a scanner exports it (``date``: YYYYMMDD, else today)."""
