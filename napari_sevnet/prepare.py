@@ -37,6 +37,7 @@ ANTsPyNet fetch their weights on first use, which fails offline.
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
 import os
 import shutil
@@ -445,7 +446,14 @@ def visit_of(paths: dict | None) -> dict:
         visit = json.loads((folder / PREPARE_RECORD).read_text(encoding="utf-8")).get("visit")
     except (OSError, ValueError):
         return {}
-    return {k: str(v) for k, v in visit.items() if k in ("patient_id", "study_date") and v} if isinstance(visit, dict) else {}
+    if not isinstance(visit, dict):
+        return {}
+    found = {k: str(v) for k, v in visit.items() if k in ("patient_id", "study_date") and v}
+    try:
+        _dt.date.fromisoformat(found.get("study_date", "2000-01-01"))
+    except ValueError:  # a record edited by hand: no date rather than a wrong one
+        found.pop("study_date")
+    return found
 
 
 def native_reference_of(prepared_folder: Path) -> Path:

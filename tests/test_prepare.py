@@ -447,3 +447,15 @@ def test_dicom_series_in_and_a_dicom_seg_out(tmp_path):
         dicom.choose(found, {"t1": reference.uid, "t1ce": reference.uid})
     moved = dicom.choose(found, {"t1": reference.uid})
     assert moved["t1"].uid == reference.uid and "t1ce" not in moved, "the series is not also left as T1ce"
+
+
+def test_a_visit_record_edited_by_hand_gives_no_date_rather_than_a_wrong_one(tmp_path):
+    from napari_sevnet.prepare import PREPARE_RECORD, visit_of
+
+    scan = tmp_path / "case_t1.nii.gz"
+    scan.write_bytes(b"")
+    for visit, expected in (({"patient_id": "DOE", "study_date": "2024-13-45"}, {"patient_id": "DOE"}), ("not a record", {}),
+                            ({"patient_id": "DOE", "study_date": "2024-02-05", "other": 1}, {"patient_id": "DOE", "study_date": "2024-02-05"})):
+        (tmp_path / PREPARE_RECORD).write_text(json.dumps({"visit": visit}))
+        assert visit_of({"t1": scan}) == expected
+    assert visit_of({"t1": tmp_path / "elsewhere" / "x.nii.gz"}) == {}, "a case not prepared here"
