@@ -1,0 +1,123 @@
+"""Does fine-tuning on one corrected case help that case, and what does it do to the next patients?
+
+    python -m benchmarks.finetune_heldout [--case FOLDER] [--others FOLDER ...] [--lr 1e-3 1e-4] [--epochs N] [--steps N]
+                                          [--checkpoint CKPT] [--work DIR] [-o OUT.json]
+
+The Fine-tune dock's loop on real scans no model here trained on. One held-out case (default the low-grade
+Brats18_TCIA10_637_1, the one the model gets most wrong) is exported with its expert mask as the clinician's
+correction (``sevnet-export``), and ``HELD_OUT_MODEL`` (never trained on the split's held-out cases) is fine-tuned on
+it as the dock runs it (``training/configs/finetune.yaml``, the dock's epochs and steps), once per learning rate.
+Each model is scored on the corrected case itself (what the dock's validation shows) and on the split's other
+held-out cases, which it never saw (the next patients), with paired per-case Dice differences against the starting
+model. Fine-tuning runs are kept under ``--work`` and not run again when they finished there (``done`` beside them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from benchmarks.real_heldout import DATA, HELD_OUT_MODEL, REGIONS, ROOT, SPLIT, evaluate, find_cases, labelled_cases, paired, write_results
+
+CONFIG = ROOT / "training" / "configs" / "finetune.yaml"
+DEFAULT_CASE = "Brats18_TCIA10_637_1"
+
+
+def fine_tune(case: Path, base: str, lr: float, epochs: int, steps: int, work: Path) -> tuple[Path, list[str]]:
+    """The case exported with its own mask as the correction, then ``base`` fine-tuned on it; (last checkpoint, command)."""
+    from napari_sevnet.cli import export_main
+    from napari_sevnet.io import load_case
+
+    dataset = work / "dataset"
+    if not (dataset / case.name).is_dir():
+        mask = load_case(case).paths.get("seg")
+        if mask is None:
+            raise SystemExit(f"{case}: has no mask to fine-tune on")
+        if export_main([str(case), str(mask), "-d", str(dataset), "--annotator", "expert mask (benchmark)"]) != 0:
+            raise SystemExit(f"{case}: the export failed (see above)")
+    run_dir = work / f"lr-{lr:g}"
+    command = [sys.executable, "-m", "training.cli", "--config", str(CONFIG), "--init", str(base), "-o", str(run_dir),
+               f"data.roots={json.dumps([str(dataset)])}", f"lr={lr:g}", f"epochs={epochs}", f"steps_per_epoch={steps}"]
+    if not (run_dir / "done").is_file():
+        stopped = (run_dir / "last.json").is_file()  # a run cut short: continued from its last finished epoch
+        print(f"fine-tuning at lr {lr:g}: {epochs} x {steps} steps" + (" (resumed)" if stopped else ""), flush=True)
+        subprocess.run([sys.executable, "-m", "training.cli", "--resume", str(run_dir)] if stopped else command, cwd=ROOT, check=True)
+        (run_dir / "done").write_text(time.strftime("%Y-%m-%d %H:%M") + "\n")
+    return run_dir / "last.json", command
+
+
+def table(out: dict) -> str:
+    models = out["models"]
+    lines = [f"Fine-tuned on {out['case']} (its expert mask as the correction), scored on it and on {len(out['others'])} other held-out cases it never saw.", "",
+             "| model | on the corrected case: WT / TC / ET Dice | on the others (mean): WT / TC / ET Dice | others, change against the start (mean, 95 % CI) |",
+             "|---|---|---|---|"]
+    for label, m in models.items():
+        own = " / ".join(f"{m['own']['mean'][r]['dice']:.3f}" for r in REGIONS)
+        others = " / ".join(f"{m['others']['mean'][r]['dice']:.3f}" for r in REGIONS)
+        change = "; ".join(f"{r} {d['mean']:+.3f} ({d['ci95'][0]:+.3f} to {d['ci95'][1]:+.3f})" for r, d in m["others_vs_start"].items()) if "others_vs_start" in m else "-"
+        lines.append(f"| {label} | {own} | {others} | {change} |")
+    lines += ["", "| case | " + " | ".join(f"{label} WT / TC / ET" for label in models) + " |", "|---|" + "---|" * len(models)]
+    for case_id in [out["case"], *out["others"]]:
+        cells = []
+        for m in models.values():
+            scored = m["own"] if case_id == out["case"] else m["others"]
+            cells.append(" / ".join(f"{scored['cases'][case_id][r]['dice']:.3f}" for r in REGIONS))
+        lines.append(f"| {case_id}{' (fine-tuned on)' if case_id == out['case'] else ''} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    defaults = yaml.safe_load(CONFIG.read_text(encoding="utf-8"))
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.finetune_heldout", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--case", type=Path, help=f"the corrected case to fine-tune on (default: {DEFAULT_CASE} of the real data)")
+    parser.add_argument("--others", nargs="+", type=Path, metavar="PATH", help="the next patients to score (default: the split's other held-out cases)")
+    parser.add_argument("--lr", nargs="+", type=float, default=[defaults["lr"], defaults["lr"] / 10], help="learning rates to fine-tune at (default: the dock's and a tenth of it)")
+    parser.add_argument("--epochs", type=int, default=defaults["epochs"], help="default: the dock's")
+    parser.add_argument("--steps", type=int, default=defaults["steps_per_epoch"], help="steps per epoch (default: the dock's)")
+    parser.add_argument("--checkpoint", default=str(HELD_OUT_MODEL), help="the starting model (default: HELD_OUT_MODEL, never trained on the held-out cases)")
+    parser.add_argument("--work", type=Path, default=ROOT / "runs" / "finetune_heldout", help="where the fine-tuning runs go (kept: a finished one is not run again)")
+    parser.add_argument("-o", "--output", type=Path, help="JSON to write, with its table beside it (default: print only)")
+    args = parser.parse_args(argv)
+
+    if args.case is None:
+        held_out = json.loads(SPLIT.read_text(encoding="utf-8"))["held_out"]
+        found = find_cases(held_out, DATA)
+        case, others = found.pop(DEFAULT_CASE), found
+    else:
+        given = labelled_cases([args.case])
+        if len(given) != 1:
+            raise SystemExit(f"{args.case}: give the folder of one labelled case to fine-tune on (found {len(given)})")
+        case, others = next(iter(given.values())), {}
+    if args.others:
+        others = labelled_cases(args.others)
+    others.pop(case.name, None)
+    if not others:
+        raise SystemExit("no other case to score: give --others")
+    models = {"start": {"checkpoint": args.checkpoint, "own": evaluate(args.checkpoint, {case.name: case}), "others": evaluate(args.checkpoint, others)}}
+    for lr in args.lr:
+        checkpoint, command = fine_tune(case, args.checkpoint, lr, args.epochs, args.steps, args.work)
+        label = f"fine-tuned, lr {lr:g}"
+        print(label, flush=True)
+        models[label] = {"checkpoint": str(checkpoint), "command": command, "own": evaluate(str(checkpoint), {case.name: case}), "others": evaluate(str(checkpoint), others)}
+        models[label]["others_vs_start"] = paired(models["start"]["others"], models[label]["others"])
+    for m in models.values():
+        for part in ("own", "others"):
+            m[part].pop("attention"), m[part].pop("se_spread")
+    out = {"date": time.strftime("%Y-%m-%d %H:%M"), "host": platform.node(), "case": case.name, "others": list(others),
+           "epochs": args.epochs, "steps_per_epoch": args.steps, "models": models}
+    text = table(out)
+    print(text)
+    if args.output:
+        write_results(args.output, out, text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
