@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -64,6 +66,9 @@ def test_two_visits_on_different_grids_are_compared_and_aligned(qtbot, make_napa
         nib.save(nib.Nifti1Image(data, affine), moved / path.name)
     if follow_up_without_flair:
         (moved / "phantom_0004_flair.nii.gz").unlink()
+    for folder, date in ((first, "2024-01-10"), (moved, "2024-04-10")):  # as prepared from the scanner's DICOM: who and when
+        (folder / "prepare.json").write_text(json.dumps({"case_id": "phantom_0004", "reference": "t1ce", "native": {"t1ce": str(folder / "phantom_0004_t1ce.nii.gz")},
+                                                         "visit": {"patient_id": "DOE^PAT4", "study_date": date}}))
     viewer = make_napari_viewer(show=True)
     readout = ReadoutWidget(viewer)
     viewer.window.add_dock_widget(readout)
@@ -85,7 +90,7 @@ def test_two_visits_on_different_grids_are_compared_and_aligned(qtbot, make_napa
     qtbot.waitUntil(lambda: readout.worker is None and readout.comparison is not None, timeout=120_000)
     assert readout.comparison["category"] == "stable disease" and abs(readout.comparison["sum_of_products_mm2"]["percent"]) < 5
     assert readout.comparison["new_lesions"] == [], "visits on two grids: new lesions looked for on the registered baseline (none: the same tumour)"
-    assert "not shown on this scan" not in readout._status.value
+    assert "not shown on this scan" not in readout._status.value and "(91 days before)" in readout._status.value
     on_follow = [layer for layer in viewer.layers[n:] if layer.name == "phantom_0004 on phantom_0004 WT (file)"]
     assert viewer.grid.enabled and len(on_follow) == 1, "the baseline's regions registered onto the follow-up's scan"
     aligned = np.asarray(on_follow[0].data) > 0
