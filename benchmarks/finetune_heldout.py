@@ -1,12 +1,14 @@
 """Does fine-tuning on one corrected case help that case, and what does it do to the next patients?
 
-    python -m benchmarks.finetune_heldout [--case FOLDER] [--others FOLDER ...] [--lr 1e-3 1e-4] [--epochs N] [--steps N]
-                                          [--checkpoint CKPT] [--work DIR] [-o OUT.json]
+    python -m benchmarks.finetune_heldout [--variants default lr/10 replay frozen-encoder] [--case FOLDER] [--others FOLDER ...]
+                                          [--epochs N] [--steps N] [--checkpoint CKPT] [--work DIR] [-o OUT.json]
 
 The Fine-tune dock's loop on real scans no model here trained on. One held-out case (default the low-grade
 Brats18_TCIA10_637_1, the one the model gets most wrong) is exported with its expert mask as the clinician's
 correction (``sevnet-export``), and ``HELD_OUT_MODEL`` (never trained on the split's held-out cases) is fine-tuned on
-it as the dock runs it (``training/configs/finetune.yaml``, the dock's epochs and steps), once per learning rate.
+it as the dock runs it (``training/configs/finetune.yaml``, the dock's epochs and steps), once per variant:
+``default`` (the dock's settings), ``lr/10`` (a tenth of its learning rate), ``replay`` (the split's training cases,
+which the model learnt from, mixed in: the dock's *Replay data*) and ``frozen-encoder`` (only the decoder learns).
 Each model is scored on the corrected case itself (what the dock's validation shows) and on the split's other
 held-out cases, which it never saw (the next patients), with paired per-case Dice differences against the starting
 model. Fine-tuning runs are kept under ``--work`` and not run again when they finished there (``done`` beside them).
@@ -30,7 +32,24 @@ CONFIG = ROOT / "training" / "configs" / "finetune.yaml"
 DEFAULT_CASE = "Brats18_TCIA10_637_1"
 
 
-def fine_tune(case: Path, base: str, lr: float, epochs: int, steps: int, work: Path) -> tuple[Path, list[str]]:
+def variant_overrides(name: str, lr: float) -> list[str]:
+    """The trainer settings of a variant, on top of the dock's (``lr``: the dock's learning rate)."""
+    if name == "default":
+        return []
+    if name == "lr/10":
+        return [f"lr={lr / 10:g}"]
+    if name == "replay":
+        train = find_cases(json.loads(SPLIT.read_text(encoding="utf-8"))["train"], DATA)
+        return [f"data.replay_roots={json.dumps([str(p) for p in train.values()])}"]
+    if name == "frozen-encoder":
+        return ["freeze_encoder=true"]
+    raise SystemExit(f"unknown variant {name!r}: choose from {', '.join(VARIANTS)}")
+
+
+VARIANTS = ("default", "lr/10", "replay", "frozen-encoder")
+
+
+def fine_tune(case: Path, base: str, variant: str, overrides: list[str], epochs: int, steps: int, work: Path) -> tuple[Path, list[str]]:
     """The case exported with its own mask as the correction, then ``base`` fine-tuned on it; (last checkpoint, command)."""
     from napari_sevnet.cli import export_main
     from napari_sevnet.io import load_case
@@ -42,12 +61,12 @@ def fine_tune(case: Path, base: str, lr: float, epochs: int, steps: int, work: P
             raise SystemExit(f"{case}: has no mask to fine-tune on")
         if export_main([str(case), str(mask), "-d", str(dataset), "--annotator", "expert mask (benchmark)"]) != 0:
             raise SystemExit(f"{case}: the export failed (see above)")
-    run_dir = work / f"lr-{lr:g}"
+    run_dir = work / variant.replace("/", "-")
     command = [sys.executable, "-m", "training.cli", "--config", str(CONFIG), "--init", str(base), "-o", str(run_dir),
-               f"data.roots={json.dumps([str(dataset)])}", f"lr={lr:g}", f"epochs={epochs}", f"steps_per_epoch={steps}"]
+               f"data.roots={json.dumps([str(dataset)])}", f"epochs={epochs}", f"steps_per_epoch={steps}", *overrides]
     if not (run_dir / "done").is_file():
         stopped = (run_dir / "last.json").is_file()  # a run cut short: continued from its last finished epoch
-        print(f"fine-tuning at lr {lr:g}: {epochs} x {steps} steps" + (" (resumed)" if stopped else ""), flush=True)
+        print(f"fine-tuning, {variant}: {epochs} x {steps} steps" + (" (resumed)" if stopped else ""), flush=True)
         subprocess.run([sys.executable, "-m", "training.cli", "--resume", str(run_dir)] if stopped else command, cwd=ROOT, check=True)
         (run_dir / "done").write_text(time.strftime("%Y-%m-%d %H:%M") + "\n")
     return run_dir / "last.json", command
@@ -55,7 +74,8 @@ def fine_tune(case: Path, base: str, lr: float, epochs: int, steps: int, work: P
 
 def table(out: dict) -> str:
     models = out["models"]
-    lines = [f"Fine-tuned on {out['case']} (its expert mask as the correction), scored on it and on {len(out['others'])} other held-out cases it never saw.", "",
+    lines = [f"Fine-tuned on {out['case']} (its expert mask as the correction; {out['epochs']} x {out['steps_per_epoch']} steps), scored on it "
+             f"and on {len(out['others'])} other held-out cases it never saw.", "",
              "| model | on the corrected case: WT / TC / ET Dice | on the others (mean): WT / TC / ET Dice | others, change against the start (mean, 95 % CI) |",
              "|---|---|---|---|"]
     for label, m in models.items():
@@ -78,7 +98,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.finetune_heldout", description=__doc__.split("\n\n")[0])
     parser.add_argument("--case", type=Path, help=f"the corrected case to fine-tune on (default: {DEFAULT_CASE} of the real data)")
     parser.add_argument("--others", nargs="+", type=Path, metavar="PATH", help="the next patients to score (default: the split's other held-out cases)")
-    parser.add_argument("--lr", nargs="+", type=float, default=[defaults["lr"], defaults["lr"] / 10], help="learning rates to fine-tune at (default: the dock's and a tenth of it)")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS, help="how to fine-tune (default: all)")
     parser.add_argument("--epochs", type=int, default=defaults["epochs"], help="default: the dock's")
     parser.add_argument("--steps", type=int, default=defaults["steps_per_epoch"], help="steps per epoch (default: the dock's)")
     parser.add_argument("--checkpoint", default=str(HELD_OUT_MODEL), help="the starting model (default: HELD_OUT_MODEL, never trained on the held-out cases)")
@@ -101,9 +121,9 @@ def main(argv=None) -> int:
     if not others:
         raise SystemExit("no other case to score: give --others")
     models = {"start": {"checkpoint": args.checkpoint, "own": evaluate(args.checkpoint, {case.name: case}), "others": evaluate(args.checkpoint, others)}}
-    for lr in args.lr:
-        checkpoint, command = fine_tune(case, args.checkpoint, lr, args.epochs, args.steps, args.work)
-        label = f"fine-tuned, lr {lr:g}"
+    for variant in args.variants:
+        checkpoint, command = fine_tune(case, args.checkpoint, variant, variant_overrides(variant, defaults["lr"]), args.epochs, args.steps, args.work)
+        label = f"fine-tuned, {variant}"
         print(label, flush=True)
         models[label] = {"checkpoint": str(checkpoint), "command": command, "own": evaluate(str(checkpoint), {case.name: case}), "others": evaluate(str(checkpoint), others)}
         models[label]["others_vs_start"] = paired(models["start"]["others"], models[label]["others"])

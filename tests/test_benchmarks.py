@@ -124,19 +124,20 @@ def test_a_benchmark_without_the_real_data_says_where_it_looked_not_a_traceback(
 
 def test_finetune_heldout_fine_tunes_on_one_case_and_scores_it_and_the_others_against_the_start(phantom_dir, random_checkpoint, tmp_path):
     """The Fine-tune dock's loop as a benchmark (plumbing on phantoms and a random model; the figures are the real data's):
-    one case exported with its mask, the model fine-tuned on it per learning rate, a finished run not run again."""
+    one case exported with its mask, the model fine-tuned on it per variant, a finished run not run again."""
     from benchmarks.finetune_heldout import main
 
     case, *others = sorted(p for p in phantom_dir.iterdir() if p.is_dir())
     out, work = tmp_path / "ft.json", tmp_path / "work"
-    argv = ["--case", str(case), "--others", *map(str, others), "--checkpoint", str(random_checkpoint), "--lr", "1e-3", "--epochs", "1", "--steps", "1",
-            "--work", str(work), "-o", str(out)]
+    argv = ["--case", str(case), "--others", *map(str, others), "--checkpoint", str(random_checkpoint), "--variants", "default", "frozen-encoder",
+            "--epochs", "1", "--steps", "1", "--work", str(work), "-o", str(out)]
     assert main(argv) == 0
     result = json.loads(out.read_text(encoding="utf-8"))
-    assert list(result["models"]) == ["start", "fine-tuned, lr 0.001"] and result["others"] == [p.name for p in others]
-    tuned = result["models"]["fine-tuned, lr 0.001"]
+    assert list(result["models"]) == ["start", "fine-tuned, default", "fine-tuned, frozen-encoder"] and result["others"] == [p.name for p in others]
+    tuned = result["models"]["fine-tuned, default"]
     assert set(tuned["own"]["cases"]) == {case.name} and set(tuned["others_vs_start"]["WT"]["per_case"]) == {p.name for p in others}
-    assert (work / "dataset" / case.name).is_dir() and (work / "lr-0.001" / "done").is_file()
-    finished = (work / "lr-0.001" / "last.json").stat().st_mtime_ns
-    assert main(argv) == 0 and (work / "lr-0.001" / "last.json").stat().st_mtime_ns == finished, "a finished run is reused"
-    assert "| fine-tuned, lr 0.001 |" in out.with_suffix(".md").read_text(encoding="utf-8")
+    assert "freeze_encoder=true" in result["models"]["fine-tuned, frozen-encoder"]["command"]
+    assert (work / "dataset" / case.name).is_dir() and (work / "default" / "done").is_file()
+    finished = (work / "default" / "last.json").stat().st_mtime_ns
+    assert main(argv) == 0 and (work / "default" / "last.json").stat().st_mtime_ns == finished, "a finished run is reused"
+    assert "| fine-tuned, default |" in out.with_suffix(".md").read_text(encoding="utf-8")

@@ -273,7 +273,7 @@ class ReadoutWidget(DockWidget):
             spd = comparison["sum_of_products_mm2"]
             pct = f"{spd['percent']:+.1f} %" if spd["percent"] is not None else "n/a"
             new = comparison["new_lesions"]
-            self._status.value = (f"since {baseline.name.replace(' WT', '')}" + (f" ({comparison['days']} days before)" if comparison["days"] is not None else "") + ": sum of products {spd['baseline']:.0f} → {spd['follow_up']:.0f} mm² ({pct}): {comparison['category']}"
+            self._status.value = (f"since {baseline.name.replace(' WT', '')}" + (f" ({comparison['days']} days before)" if comparison["days"] is not None else "") + f": sum of products {spd['baseline']:.0f} → {spd['follow_up']:.0f} mm² ({pct}): {comparison['category']}"
                                   + (f" (new lesion {', '.join(f'#{n}' for n in new)})" if new else "")
                                   + (f"; the baseline is not shown on this scan: {unaligned}" if unaligned else "")
                                   + (f"; warning: {comparison['caveat']}" if comparison["caveat"] else ""))
