@@ -252,7 +252,8 @@ def training_caveats(path: str | os.PathLike | None) -> list[str]:
     if made.get("init") and not card.get("held_out_figures") and validated <= trained:
         cases = len(trained)
         caveats.append(f"the model was fine-tuned from {Path(made['init']).name} on {cases} case(s) and measured only on cases it trained on: "
-                       "its accuracy on other scans is not known (the starting model's figures do not carry over); check its masks closely")
+                       "on other patients' real scans, such a fine-tune segmented worse than the model it started from "
+                       "(README, 'Fine-tuning on one corrected case'); use it for the cases it was fine-tuned on, and check its masks of any other scan closely")
     return caveats
 
 

@@ -209,7 +209,7 @@ def test_export_follows_the_selected_run_and_warns_about_an_unedited_mask(qtbot,
     assert ref.folder.name == "phantom_0003" and (tmp_path / "dataset" / "phantom_0003_v2").is_dir()
 
 
-def test_finetune_cancelled_before_its_first_epoch_leaves_nothing(qtbot, make_napari_viewer, tmp_path):
+def test_finetune_cancelled_before_its_first_epoch_leaves_nothing(qtbot, make_napari_viewer, tmp_path, monkeypatch):
     from napari_sevnet.export import export_case
     from napari_sevnet.widgets.finetune import FineTuneWidget
 
@@ -219,7 +219,11 @@ def test_finetune_cancelled_before_its_first_epoch_leaves_nothing(qtbot, make_na
     finetune = FineTuneWidget(viewer)
     finetune.dataset = tmp_path / "ds"
     finetune._device.value = "cpu"
+    warnings = []
+    monkeypatch.setattr("napari.utils.notifications.show_warning", warnings.append)
     finetune.start()
+    assert len(warnings) == 1 and "without Replay data" in warnings[0] and "warning: without Replay data" in finetune.log.toPlainText(), \
+        "a fine-tune without original cases is told what it did to other patients' scans"
     qtbot.waitUntil(lambda: finetune.validation_kind is not None, timeout=120_000)  # the trainer is up, no epoch yet
     finetune.cancel()
     qtbot.waitUntil(lambda: finetune.process is None, timeout=60_000)
@@ -396,6 +400,7 @@ def test_a_finetune_that_ends_worse_than_its_starting_model_says_so(make_napari_
         finetune._on_line(json.dumps(line))
     finetune._finish(0)
     assert ("worse than the starting model" in finetune._status.value) is warned and bool(warnings) is warned
+    assert warned or "maybe worse on other patients" in finetune._status.value, "better on its own cases is not better on the next patient's"
     if warned:
         assert "0.600 after against 0.800 before" in warnings[0] and "Dice on the exported cases" in warnings[0]
     assert finetune._use.enabled, "the user may still choose the new model"

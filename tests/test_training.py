@@ -274,6 +274,7 @@ def test_fine_tune_from_checkpoint_with_frozen_encoder_and_replay(phantom_dir, t
     cfg.model.config, cfg.data.val_cases, cfg.data.validate_on_train = None, 0, True  # as the Fine-tune dock runs it
     (caveat,) = training_caveats(train(cfg) / "last.json")
     assert "fine-tuned from last.json on 3 case(s) and measured only on cases it trained on" in caveat
+    assert "on other patients' real scans, such a fine-tune segmented worse than the model it started from" in caveat, "what was measured, said"
 
 
 def test_fine_tune_that_changes_the_se_squeeze_restarts_the_excitations(phantom_dir, tmp_path, caplog):

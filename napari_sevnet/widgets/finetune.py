@@ -47,7 +47,8 @@ TOOLTIPS = {
     "dataset": "A dataset written by the Export widget or sevnet-export (it has a dataset.json).",
     "base": "Checkpoint to start from. Empty: the model the Segment widget uses.",
     "lr": "Learning rate (AdamW, decayed to 0 over the run).",
-    "replay": "Optional folder of original labelled cases mixed into training so the model keeps what it knew.",
+    "replay": "Folder of original labelled cases (such as BraTS training cases) mixed into training so the model keeps what it knew; "
+              "without it, a fine-tune on one case segmented other patients' scans much worse (README).",
     "rerun": "After switching the model, segment the current case again (new layers; your edits stay).",
 }
 
@@ -62,6 +63,12 @@ def _finetune_config() -> Path:
     import training
 
     return Path(training.__file__).resolve().parent / "configs" / "finetune.yaml"
+
+
+#: said when a fine-tune starts without replay data (what benchmarks.finetune_heldout measured on real scans)
+NO_REPLAY_WARNING = ("without Replay data, fine-tuning on a corrected case made the model segment other patients' real scans much worse "
+                     "(README, 'Fine-tuning on one corrected case'); with original labelled cases as Replay data far less so. "
+                     "Without them, use the new model for the cases it is fine-tuned on.")
 
 
 class FineTuneWidget(DockWidget):
@@ -207,6 +214,11 @@ class FineTuneWidget(DockWidget):
         self._use.enabled = False
         self._draw()
         self.log.clear()
+        if chosen_path(self._replay) is None:
+            from napari.utils.notifications import show_warning
+
+            self.log.appendPlainText(f"warning: {NO_REPLAY_WARNING}")
+            show_warning(f"Fine-tune: {NO_REPLAY_WARNING}")
         self.log.appendPlainText(f"$ {' '.join(args)}")
 
         process = self.process = QProcess(self.native)
@@ -320,8 +332,10 @@ class FineTuneWidget(DockWidget):
                 self._status.value = f"done, but worse than the starting model: {worse}"
                 show_warning(f"Fine-tuning finished, but the new model is worse than the one it started from: {worse}. Keep the old model unless you know why.")
             else:
-                self._status.value = f"done: {self.checkpoint}"
-                show_info(f"Fine-tuning finished; 'Use this model' switches the Segment widget to {self.checkpoint}")
+                self._status.value = f"done: {self.checkpoint}; better on the exported cases, maybe worse on other patients"
+                show_info(f"Fine-tuning finished; 'Use this model' switches the Segment widget to {self.checkpoint}. It was validated on the exported "
+                          "cases only: on other patients' real scans such a fine-tune segmented worse than the model it started from "
+                          "(README, 'Fine-tuning on one corrected case'), so check its masks of other scans closely.")
         elif self._cancelled:
             self.checkpoint = last if last is not None and last.is_file() else None
             if self.checkpoint is None and self.run_dir is not None:
