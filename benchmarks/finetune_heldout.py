@@ -1,6 +1,6 @@
 """Does fine-tuning on one corrected case help that case, and what does it do to the next patients?
 
-    python -m benchmarks.finetune_heldout [--variants default lr/10 replay frozen-encoder] [--case FOLDER] [--others FOLDER ...]
+    python -m benchmarks.finetune_heldout [--variants default lr/10 replay 'replay, lr/10' frozen-encoder] [--case FOLDER] [--others FOLDER ...]
                                           [--epochs N] [--steps N] [--checkpoint CKPT] [--work DIR] [-o OUT.json]
 
 The Fine-tune dock's loop on real scans no model here trained on. One held-out case (default the low-grade
@@ -8,7 +8,8 @@ Brats18_TCIA10_637_1, the one the model gets most wrong) is exported with its ex
 correction (``sevnet-export``), and ``HELD_OUT_MODEL`` (never trained on the split's held-out cases) is fine-tuned on
 it as the dock runs it (``training/configs/finetune.yaml``, the dock's epochs and steps), once per variant:
 ``default`` (the dock's settings), ``lr/10`` (a tenth of its learning rate), ``replay`` (the split's training cases,
-which the model learnt from, mixed in: the dock's *Replay data*) and ``frozen-encoder`` (only the decoder learns).
+which the model learnt from, mixed in: the dock's *Replay data*), ``replay, lr/10`` (both) and ``frozen-encoder``
+(only the decoder learns).
 Each model is scored on the corrected case itself (what the dock's validation shows) and on the split's other
 held-out cases, which it never saw (the next patients), with paired per-case Dice differences against the starting
 model. Fine-tuning runs are kept under ``--work`` and not run again when they finished there (``done`` beside them).
@@ -41,12 +42,14 @@ def variant_overrides(name: str, lr: float) -> list[str]:
     if name == "replay":
         train = find_cases(json.loads(SPLIT.read_text(encoding="utf-8"))["train"], DATA)
         return [f"data.replay_roots={json.dumps([str(p) for p in train.values()])}"]
+    if name == "replay, lr/10":
+        return [*variant_overrides("replay", lr), *variant_overrides("lr/10", lr)]
     if name == "frozen-encoder":
         return ["freeze_encoder=true"]
     raise SystemExit(f"unknown variant {name!r}: choose from {', '.join(VARIANTS)}")
 
 
-VARIANTS = ("default", "lr/10", "replay", "frozen-encoder")
+VARIANTS = ("default", "lr/10", "replay", "replay, lr/10", "frozen-encoder")
 
 
 def fine_tune(case: Path, base: str, variant: str, overrides: list[str], epochs: int, steps: int, work: Path) -> tuple[Path, list[str]]:
@@ -61,7 +64,7 @@ def fine_tune(case: Path, base: str, variant: str, overrides: list[str], epochs:
             raise SystemExit(f"{case}: has no mask to fine-tune on")
         if export_main([str(case), str(mask), "-d", str(dataset), "--annotator", "expert mask (benchmark)"]) != 0:
             raise SystemExit(f"{case}: the export failed (see above)")
-    run_dir = work / variant.replace("/", "-")
+    run_dir = work / variant.replace("/", "-").replace(", ", "-")
     command = [sys.executable, "-m", "training.cli", "--config", str(CONFIG), "--init", str(base), "-o", str(run_dir),
                f"data.roots={json.dumps([str(dataset)])}", f"epochs={epochs}", f"steps_per_epoch={steps}", *overrides]
     if not (run_dir / "done").is_file():

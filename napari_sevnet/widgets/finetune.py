@@ -65,10 +65,12 @@ def _finetune_config() -> Path:
     return Path(training.__file__).resolve().parent / "configs" / "finetune.yaml"
 
 
-#: said when a fine-tune starts without replay data (what benchmarks.finetune_heldout measured on real scans)
+#: what benchmarks.finetune_heldout measured on real scans (README, 'Fine-tuning on one corrected case'): without replay
+#: the dock's learning rate fits the corrected case best; with replay a tenth of it harmed other patients least
+LR_WITHOUT_REPLAY, LR_WITH_REPLAY = "1e-3", "1e-4"
 NO_REPLAY_WARNING = ("without Replay data, fine-tuning on a corrected case made the model segment other patients' real scans much worse "
-                     "(README, 'Fine-tuning on one corrected case'); with original labelled cases as Replay data far less so. "
-                     "Without them, use the new model for the cases it is fine-tuned on.")
+                     "(README, 'Fine-tuning on one corrected case'); with original labelled cases as Replay data and a learning rate of "
+                     f"{LR_WITH_REPLAY}, far less so. Without them, use the new model for the cases it is fine-tuned on.")
 
 
 class FineTuneWidget(DockWidget):
@@ -78,7 +80,7 @@ class FineTuneWidget(DockWidget):
         self._base = FileEdit(label="Base model", filter="*.json", nullable=True, tooltip=TOOLTIPS["base"])
         self._epochs = SpinBox(label="Epochs", min=1, max=1000, value=8)
         self._steps = SpinBox(label="Steps per epoch", min=1, max=10_000, value=20)
-        self._lr = LineEdit(label="Learning rate", value="1e-3", tooltip=TOOLTIPS["lr"])
+        self._lr = LineEdit(label="Learning rate", value=LR_WITHOUT_REPLAY, tooltip=TOOLTIPS["lr"])
         self._device = ComboBox(label="Device", choices=["auto", "cpu", "cuda"], value="auto")
         self._replay = FileEdit(label="Replay data", mode="d", nullable=True, tooltip=TOOLTIPS["replay"])
         self._start = PushButton(text="Start")
@@ -117,11 +119,20 @@ class FineTuneWidget(DockWidget):
         self._stderr_tail = ""
         self._last_stderr: str | None = None
 
+        self._replay.changed.connect(self._replay_changed)
         self._start.changed.connect(self.start)
         self._cancel.changed.connect(self.cancel)
         self._use.changed.connect(self.use_model)
 
     # ------------------------------------------------------------------ choices
+
+    def _replay_changed(self, _value=None):
+        """The learning rate measured best for the choice, unless the user typed their own."""
+        with_replay = chosen_path(self._replay) is not None
+        if self._lr.value == (LR_WITHOUT_REPLAY if with_replay else LR_WITH_REPLAY):
+            self._lr.value = LR_WITH_REPLAY if with_replay else LR_WITHOUT_REPLAY
+            self._status.value = (f"learning rate {self._lr.value}: " + ("with replay, a tenth of it kept other patients' scans best (README)" if with_replay
+                                                                          else "without replay, the default"))
 
     @property
     def dataset(self) -> Path | None:
