@@ -244,7 +244,7 @@ def test_paths_typed_on_the_command_line_are_kept_from_where_they_were_typed(pha
     assert load_config(None, [f"data.roots={phantom_dir}"]).data.roots == [str(phantom_dir)]
 
 
-def test_fine_tune_from_checkpoint_with_frozen_encoder_and_replay(phantom_dir, tmp_path, capsys):
+def test_fine_tune_from_checkpoint_with_frozen_encoder_and_replay(phantom_dir, tmp_path, capsys, caplog):
     base = train(small_config(phantom_dir, tmp_path / "base", epochs=1, patch_size=[24, 24, 24]))
     declared = json.loads((base / "last.json").read_text(encoding="utf-8"))
     declared["preprocessing"]["min_component_ml"] = 0.5  # as the shipped default declares its cleanup
@@ -272,7 +272,9 @@ def test_fine_tune_from_checkpoint_with_frozen_encoder_and_replay(phantom_dir, t
     assert training_caveats(run / "last.json") == [], "a fine-tune validated on a case it did not train on"
     cfg = small_config(phantom_dir, tmp_path / "ft2", epochs=1, init=str(base / "last.json"), patch_size=None, steps_per_epoch=1)
     cfg.model.config, cfg.data.val_cases, cfg.data.validate_on_train = None, 0, True  # as the Fine-tune dock runs it
+    assert "without replay data" not in caplog.text, "the run with replay data is not warned"
     (caveat,) = training_caveats(train(cfg) / "last.json")
+    assert "fine-tuning on 3 corrected case(s) without replay data: on real scans such a fine-tune segmented other patients much worse" in caplog.text
     assert "fine-tuned from last.json on 3 case(s) and measured only on cases it trained on" in caveat
     assert "on other patients' real scans, such a fine-tune segmented worse than the model it started from" in caveat, "what was measured, said"
 
