@@ -109,7 +109,9 @@ def test_two_visits_on_different_grids_are_compared_and_aligned(qtbot, make_napa
         readout._report_path.value = report
         readout.write_report()
         qtbot.waitUntil(lambda report=report: readout.worker is None and report.is_file(), timeout=60_000)
-        assert ("<section id='visits'>" in report.read_text(encoding="utf-8")) is visits, report.name
+        page = report.read_text(encoding="utf-8")
+        assert ("<section id='visits'>" in page) is visits, report.name
+        assert ("Baseline scanned on 2024-01-10, follow-up on 2024-04-10 (91 days later)." in page) is visits, "the report says what the dock said"
 
 
 def test_the_report_path_left_from_the_last_patient_does_not_replace_that_patients_report(qtbot, make_napari_viewer, tmp_path):

@@ -52,7 +52,7 @@ class ReadoutWidget(DockWidget):
         self.readout = None
         self.measuring = None  # the worker measuring the table (self.worker: the report or comparison under way)
         self.comparison = None
-        self._compared: tuple | None = None  # (the follow-up result's group, the baseline's case id, Readout and regions on the follow-up's grid or None) of the last Compare
+        self._compared: tuple | None = None  # (the follow-up result's group, the baseline's regions on its grid or None, compare_visits' other arguments) of the last Compare
         self.shapes = None
         self._tracked: dict = {}
         self._debounce = QTimer(self.native)
@@ -209,7 +209,7 @@ class ReadoutWidget(DockWidget):
         info = LayerInfo.from_layer(reference)
         spacing = tuple(float(v) for v in reference.scale)
         # the change since a baseline only when it was compared with this very result, not the one selected before it
-        baseline = self._compared[1:] if self._compared is not None and self._compared[0] == info.group else None  # (its case id, Readout, regions here)
+        baseline = self._compared[1:] if self._compared is not None and self._compared[0] == info.group else None  # (its regions here, the comparison's arguments)
 
         @thread_worker
         def work():
@@ -220,9 +220,8 @@ class ReadoutWidget(DockWidget):
             readout = measure(regions, spacing, info.grid)  # the mask as it is now: the table's last measurement may predate an edit
             comparison = None
             if baseline is not None:
-                base_id, base_readout, base_here = baseline
-                new = new_lesions(base_here, regions, readout, spacing) if base_here is not None else None
-                comparison = compare_visits(base_readout, readout, baseline_id=base_id, follow_up_id=info.case_id, new=new)
+                base_here, compared = baseline  # the comparison as Compare made it, of the mask as it is now
+                comparison = compare_visits(follow_up=readout, new=new_lesions(base_here, regions, readout, spacing) if base_here is not None else None, **compared)
             return case_report.write(path, case, regions, readout, checkpoint=info.checkpoint, comparison=comparison)
 
         self._status.value = "writing the report..."
@@ -263,13 +262,13 @@ class ReadoutWidget(DockWidget):
                 unaligned = None if aligned is not None else how
             on_follow_up = base if same_grid else aligned  # the baseline where the follow-up lies: new lesions are found there
             new = new_lesions(on_follow_up, now, now_readout, tuple(follow.scale)) if on_follow_up is not None else None
-            comparison = compare_visits(base_readout, now_readout, baseline_id=base_info.case_id, follow_up_id=now_info.case_id, new=new, unassessed=unaligned,
-                                        baseline_visit=visit_of(base_info.paths), follow_up_visit=visit_of(now_info.paths))
-            return comparison, base_readout, on_follow_up, aligned, unaligned
+            compared = {"baseline": base_readout, "baseline_id": base_info.case_id, "follow_up_id": now_info.case_id, "unassessed": unaligned,
+                        "baseline_visit": visit_of(base_info.paths), "follow_up_visit": visit_of(now_info.paths)}
+            return compare_visits(follow_up=now_readout, new=new, **compared), compared, on_follow_up, aligned, unaligned
 
         def show(out):
-            comparison, base_readout, on_follow_up, aligned, unaligned = out
-            self.comparison, self._compared = comparison, (now_info.group, base_info.case_id, base_readout, on_follow_up)
+            comparison, compared, on_follow_up, aligned, unaligned = out
+            self.comparison, self._compared = comparison, (now_info.group, on_follow_up, compared)
             spd = comparison["sum_of_products_mm2"]
             pct = f"{spd['percent']:+.1f} %" if spd["percent"] is not None else "n/a"
             new = comparison["new_lesions"]
