@@ -285,6 +285,7 @@ def compare_visits(baseline: Readout, follow_up: Readout, *, baseline_id: str | 
         return {"baseline": a, "follow_up": b, "absolute": b - a, "percent": (100.0 * (b - a) / a) if a else None}
 
     before, after = baseline.sum_of_products_mm2, follow_up.sum_of_products_mm2
+    dates = {"baseline": (baseline_visit or {}).get("study_date"), "follow_up": (follow_up_visit or {}).get("study_date")}
     if follow_up.volumes_ml.get("ET", 0.0) == 0.0 and baseline.volumes_ml.get("ET", 0.0) > 0.0:
         category = "complete response"
     elif before and (after - before) / before >= PROGRESSION:
@@ -307,8 +308,8 @@ def compare_visits(baseline: Readout, follow_up: Readout, *, baseline_id: str | 
                        else f"new lesions not assessed ({unassessed or 'the visits are not on one grid'}); ")
                     + "steroids, clinical state and non-enhancing growth are not assessed",
         "caveat": visit_caveat(baseline_id, follow_up_id, baseline_visit, follow_up_visit),
-        "study_dates": {"baseline": (baseline_visit or {}).get("study_date"), "follow_up": (follow_up_visit or {}).get("study_date")},
-        "days": _days_between((baseline_visit or {}).get("study_date"), (follow_up_visit or {}).get("study_date")),
+        "study_dates": dates,
+        "days": _days_between(dates["baseline"], dates["follow_up"]),
     }
 
 

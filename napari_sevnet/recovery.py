@@ -208,7 +208,8 @@ def pending(paths: dict, folder: Path | None = None, kept: list[tuple[dict, Reco
     if not wanted:
         return []
     kept = records(folder) if kept is None else kept
-    return sorted((recovery for scans, recovery in kept if scans == wanted or _moved_alike(scans) == _moved_alike(wanted)), key=lambda r: r.saved_at)
+    moved = _moved_alike(wanted)
+    return sorted((recovery for scans, recovery in kept if scans == wanted or _moved_alike(scans) == moved), key=lambda r: r.saved_at)
 
 
 def recovered_layers(case_id: str, grid, paths: dict | None, scale, shape, open_groups=(), translate=None) -> tuple[list, str | None]:
