@@ -1,6 +1,7 @@
 """Does fine-tuning on one corrected case help that case, and what does it do to the next patients?
 
-    python -m benchmarks.finetune_heldout [--variants default lr/10 replay 'replay, lr/10' frozen-encoder] [--case FOLDER] [--others FOLDER ...]
+    python -m benchmarks.finetune_heldout [--variants default lr/10 replay 'replay, lr/10' frozen-encoder l2-sp] [--case FOLDER] [--others FOLDER ...]
+                                          [--replay FOLDER ...]
                                           [--epochs N] [--steps N] [--checkpoint CKPT] [--work DIR] [-o OUT.json]
 
 The Fine-tune dock's loop on real scans no model here trained on. One held-out case (default the low-grade
@@ -8,9 +9,11 @@ Brats18_TCIA10_637_1, the one the model gets most wrong) is exported with its ex
 correction (``sevnet-export``), and ``HELD_OUT_MODEL`` (never trained on the split's held-out cases) is fine-tuned on
 it as the dock runs it (``training/configs/finetune.yaml``, the dock's epochs and steps), once per variant:
 ``default`` (the dock's settings), ``lr/10`` (a tenth of its learning rate), ``replay`` (the split's training cases,
-which the model learnt from, mixed in: the dock's *Replay data*), ``replay, lr/10`` (both) and ``frozen-encoder``
-(only the decoder learns).
-Each model is scored on the corrected case itself (what the dock's validation shows) and on the split's other
+which the model learnt from, mixed in: the dock's *Replay data*), ``replay, lr/10`` (both), ``frozen-encoder``
+(only the decoder learns) and ``l2-sp`` (the weights pulled back to the starting model's, ``l2sp=0.01``: no replay data
+needed, which a clinic rarely has). With replay, the dock keeps two replay cases out of it and scores them before and during
+the fine-tune (``data.replay_check_cases``); what that check saw is set beside what the next patients saw.
+Each model (the best checkpoint, the one the dock's *Use this model* takes) is scored on the corrected case itself (what the dock's validation shows) and on the split's other
 held-out cases, which it never saw (the next patients), with paired per-case Dice differences against the starting
 model. Fine-tuning runs are kept under ``--work`` and not run again when they finished there (``done`` beside them).
 """
@@ -33,27 +36,31 @@ CONFIG = ROOT / "training" / "configs" / "finetune.yaml"
 DEFAULT_CASE = "Brats18_TCIA10_637_1"
 
 
-def variant_overrides(name: str, lr: float) -> list[str]:
-    """The trainer settings of a variant, on top of the dock's (``lr``: the dock's learning rate)."""
+def variant_overrides(name: str, lr: float, replay: list[Path] | None = None) -> list[str]:
+    """The trainer settings of a variant, on top of the dock's (``lr``: the dock's learning rate; ``replay``: the
+    original cases to replay, default the split's training cases)."""
     if name == "default":
         return []
     if name == "lr/10":
         return [f"lr={lr / 10:g}"]
     if name == "replay":
-        train = find_cases(json.loads(SPLIT.read_text(encoding="utf-8"))["train"], DATA)
-        return [f"data.replay_roots={json.dumps([str(p) for p in train.values()])}"]
+        replay = replay or list(find_cases(json.loads(SPLIT.read_text(encoding="utf-8"))["train"], DATA).values())
+        return [f"data.replay_roots={json.dumps([str(p) for p in replay])}"]
     if name == "replay, lr/10":
-        return [*variant_overrides("replay", lr), *variant_overrides("lr/10", lr)]
+        return [*variant_overrides("replay", lr, replay), *variant_overrides("lr/10", lr)]
     if name == "frozen-encoder":
         return ["freeze_encoder=true"]
+    if name == "l2-sp":  # its weight set before any run: the penalty's gradient, 2 x 0.01 x 0.025, matches the start's rms loss
+        return [f"l2sp={L2SP}"]  # gradient (5e-4) at a drift of 0.025 per weight; weights the case barely pulls on stay put
     raise SystemExit(f"unknown variant {name!r}: choose from {', '.join(VARIANTS)}")
 
 
-VARIANTS = ("default", "lr/10", "replay", "replay, lr/10", "frozen-encoder")
+VARIANTS = ("default", "lr/10", "replay", "replay, lr/10", "frozen-encoder", "l2-sp")
+L2SP = 0.01
 
 
 def fine_tune(case: Path, base: str, variant: str, overrides: list[str], epochs: int, steps: int, work: Path) -> tuple[Path, list[str]]:
-    """The case exported with its own mask as the correction, then ``base`` fine-tuned on it; (last checkpoint, command)."""
+    """The case exported with its own mask as the correction, then ``base`` fine-tuned on it; (best checkpoint, command)."""
     from napari_sevnet.cli import export_main
     from napari_sevnet.io import load_case
 
@@ -72,20 +79,31 @@ def fine_tune(case: Path, base: str, variant: str, overrides: list[str], epochs:
         print(f"fine-tuning, {variant}: {epochs} x {steps} steps" + (" (resumed)" if stopped else ""), flush=True)
         subprocess.run([sys.executable, "-m", "training.cli", "--resume", str(run_dir)] if stopped else command, cwd=ROOT, check=True)
         (run_dir / "done").write_text(time.strftime("%Y-%m-%d %H:%M") + "\n")
-    return run_dir / "last.json", command
+    return run_dir / "best.json", command
+
+
+def replay_check(checkpoint: Path) -> dict | None:
+    """What the fine-tune's own check saw on the replay cases it kept out: their Dice before and at this checkpoint."""
+    seen = json.loads(checkpoint.read_text(encoding="utf-8")).get("metrics", {}).get("other_patients")
+    if not seen:
+        return None
+    return {**seen, "change": {r: seen["dice"][r] - seen["start"][r] for r in REGIONS}}
 
 
 def table(out: dict) -> str:
     models = out["models"]
     lines = [f"Fine-tuned on {out['case']} (its expert mask as the correction; {out['epochs']} x {out['steps_per_epoch']} steps), scored on it "
              f"and on {len(out['others'])} other held-out cases it never saw.", "",
-             "| model | on the corrected case: WT / TC / ET Dice | on the others (mean): WT / TC / ET Dice | others, change against the start (mean, 95 % CI) |",
-             "|---|---|---|---|"]
+             "| model | on the corrected case: WT / TC / ET Dice | on the others (mean): WT / TC / ET Dice | others, change against the start (mean, 95 % CI) "
+             "| the run's own check: change on the replay cases kept out, WT / TC / ET |",
+             "|---|---|---|---|---|"]
     for label, m in models.items():
         own = " / ".join(f"{m['own']['mean'][r]['dice']:.3f}" for r in REGIONS)
         others = " / ".join(f"{m['others']['mean'][r]['dice']:.3f}" for r in REGIONS)
         change = "; ".join(f"{r} {d['mean']:+.3f} ({d['ci95'][0]:+.3f} to {d['ci95'][1]:+.3f})" for r, d in m["others_vs_start"].items()) if "others_vs_start" in m else "-"
-        lines.append(f"| {label} | {own} | {others} | {change} |")
+        check = m.get("replay_check")
+        checked = " / ".join(f"{check['change'][r]:+.3f}" for r in REGIONS) + f" ({', '.join(check['cases'])})" if check else "-"
+        lines.append(f"| {label} | {own} | {others} | {change} | {checked} |")
     lines += ["", "| case | " + " | ".join(f"{label} WT / TC / ET" for label in models) + " |", "|---|" + "---|" * len(models)]
     for case_id in [out["case"], *out["others"]]:
         cells = []
@@ -101,6 +119,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.finetune_heldout", description=__doc__.split("\n\n")[0])
     parser.add_argument("--case", type=Path, help=f"the corrected case to fine-tune on (default: {DEFAULT_CASE} of the real data)")
     parser.add_argument("--others", nargs="+", type=Path, metavar="PATH", help="the next patients to score (default: the split's other held-out cases)")
+    parser.add_argument("--replay", nargs="+", type=Path, metavar="PATH", help="original labelled cases for the replay variants (default: the split's training cases)")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS, help="how to fine-tune (default: all)")
     parser.add_argument("--epochs", type=int, default=defaults["epochs"], help="default: the dock's")
     parser.add_argument("--steps", type=int, default=defaults["steps_per_epoch"], help="steps per epoch (default: the dock's)")
@@ -125,11 +144,13 @@ def main(argv=None) -> int:
         raise SystemExit("no other case to score: give --others")
     models = {"start": {"checkpoint": args.checkpoint, "own": evaluate(args.checkpoint, {case.name: case}), "others": evaluate(args.checkpoint, others)}}
     for variant in args.variants:
-        checkpoint, command = fine_tune(case, args.checkpoint, variant, variant_overrides(variant, defaults["lr"]), args.epochs, args.steps, args.work)
+        checkpoint, command = fine_tune(case, args.checkpoint, variant, variant_overrides(variant, defaults["lr"], args.replay), args.epochs, args.steps, args.work)
         label = f"fine-tuned, {variant}"
         print(label, flush=True)
         models[label] = {"checkpoint": str(checkpoint), "command": command, "own": evaluate(str(checkpoint), {case.name: case}), "others": evaluate(str(checkpoint), others)}
         models[label]["others_vs_start"] = paired(models["start"]["others"], models[label]["others"])
+        if replay_check(checkpoint):
+            models[label]["replay_check"] = replay_check(checkpoint)
     for m in models.values():
         for part in ("own", "others"):
             m[part].pop("attention"), m[part].pop("se_spread")

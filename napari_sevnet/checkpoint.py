@@ -251,7 +251,10 @@ def training_caveats(path: str | os.PathLike | None) -> list[str]:
     trained, validated = set(made.get("train_cases") or []), set(made.get("val_cases") or [])
     if made.get("init") and not card.get("held_out_figures") and validated <= trained:
         cases = len(trained)
-        caveats.append(f"the model was fine-tuned from {Path(made['init']).name} on {cases} case(s) and measured only on cases it trained on: "
+        others = (data.get("metrics") or {}).get("other_patients")
+        checked = (f"; on {len(others['cases'])} original case(s) kept out of its replay (learnt by the model it started from) its Dice went "
+                   + ", ".join(f"{r} {others['start'][r]:.2f} -> {others['dice'][r]:.2f}" for r in others["start"])) if others else ""
+        caveats.append(f"the model was fine-tuned from {Path(made['init']).name} on {cases} case(s) and measured only on cases it trained on{checked}: "
                        "on other patients' real scans, such a fine-tune segmented worse than the model it started from "
                        "(README, 'Fine-tuning on one corrected case'); use it for the cases it was fine-tuned on, and check its masks of any other scan closely")
     return caveats

@@ -141,3 +141,21 @@ def test_finetune_heldout_fine_tunes_on_one_case_and_scores_it_and_the_others_ag
     finished = (work / "default" / "last.json").stat().st_mtime_ns
     assert main(argv) == 0 and (work / "default" / "last.json").stat().st_mtime_ns == finished, "a finished run is reused"
     assert "| fine-tuned, default |" in out.with_suffix(".md").read_text(encoding="utf-8")
+
+
+def test_finetune_heldout_sets_the_runs_own_check_on_kept_out_replay_cases_beside_the_next_patients(phantom_dir, random_checkpoint, tmp_path):
+    """With replay, the dock's fine-tune scores two replay cases it kept out; the benchmark says whether that check saw the harm."""
+    from benchmarks.finetune_heldout import main
+    from napari_sevnet.phantom import write_phantom
+
+    case, *others = sorted(p for p in phantom_dir.iterdir() if p.is_dir())
+    replay = [write_phantom(tmp_path / "originals", seed, (32, 40, 32)) for seed in (5, 6, 7, 8)]
+    out = tmp_path / "ft.json"
+    assert main(["--case", str(case), "--others", *map(str, others), "--checkpoint", str(random_checkpoint), "--variants", "replay",
+                 "--replay", *map(str, replay), "--epochs", "1", "--steps", "1", "--work", str(tmp_path / "work"), "-o", str(out)]) == 0
+    tuned = json.loads(out.read_text(encoding="utf-8"))["models"]["fine-tuned, replay"]
+    assert tuned["checkpoint"].endswith("best.json"), "scored as the dock hands it over"
+    check = tuned["replay_check"]
+    assert len(check["cases"]) == 2 and set(check["cases"]) <= {p.name for p in replay}
+    assert check["change"]["WT"] == pytest.approx(check["dice"]["WT"] - check["start"]["WT"])
+    assert f"({', '.join(check['cases'])})" in out.with_suffix(".md").read_text(encoding="utf-8")

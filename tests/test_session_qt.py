@@ -419,3 +419,36 @@ def test_choosing_replay_data_sets_the_learning_rate_measured_best_with_it_unles
     finetune._lr.value = "5e-4"  # the user's own choice is never changed
     finetune._replay.value = tmp_path
     assert finetune._lr.value == "5e-4"
+
+
+@pytest.mark.parametrize("others_after, harmed", [(0.85, True), (0.89, False)])
+def test_a_finetune_that_harms_the_replay_cases_it_kept_out_says_so_at_its_best_epoch(make_napari_viewer, monkeypatch, tmp_path, others_after, harmed):
+    """Better on the exported case is not better for the next patient: the run's kept-out replay cases say which it is."""
+    from napari_sevnet.widgets.finetune import FineTuneWidget
+    from training import events
+
+    warnings, infos = [], []
+    monkeypatch.setattr("napari.utils.notifications.show_warning", warnings.append)
+    monkeypatch.setattr("napari.utils.notifications.show_info", infos.append)
+    finetune = FineTuneWidget(make_napari_viewer())
+    finetune.process = object()  # a run in flight, fed the trainer's progress lines below
+
+    def dice(value):
+        return {r: value for r in ("WT", "TC", "ET")}
+
+    kept_out = ["Brats18_CBICA_AME_1", "Brats18_TCIA01_201_1"]
+    lines = [events.event(events.START, run_dir=str(tmp_path), epochs=2, start_epoch=0, train_cases=1, val_cases=1, validation="training_cases", device="cpu")]
+    for epoch, own, others in [(0, 0.7, 0.9), (1, 0.8, 0.5), (2, 0.85, others_after)]:  # the best epoch (2) decides, not epoch 1's dip
+        lines += [events.event(events.VALIDATION, epoch=epoch, dice=dice(own), hd95=dice(5.0), mean_dice=own),
+                  events.event(events.OTHERS, epoch=epoch, dice=dice(others), mean_dice=others, cases=kept_out)]
+    lines.append(events.event(events.DONE, run_dir=str(tmp_path), best=str(tmp_path / "best.json"), best_mean_dice=0.85, seconds=1.0))
+    for line in lines:
+        finetune._on_line(json.dumps(line))
+    assert "Dice on other patients (Brats18_CBICA_AME_1, Brats18_TCIA01_201_1, kept out of the replay) WT 0.500" in finetune.log.toPlainText()
+    assert sum(line.get_linestyle() == "--" for line in finetune.figure.axes[1].lines) == 3, "the kept-out cases' Dice is plotted per region"
+    finetune._finish(0)
+    assert ("worse on other patients" in finetune._status.value) is harmed and bool(warnings) is harmed
+    assert "2 original case(s) kept out of the replay, WT 0.90 -> " + f"{others_after:.2f}" in finetune._status.value
+    if not harmed:
+        assert "other patients held" in finetune._status.value and "starting model had learnt from" in infos[-1]
+    assert finetune._use.enabled, "the user may still choose the new model"

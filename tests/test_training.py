@@ -279,6 +279,57 @@ def test_fine_tune_from_checkpoint_with_frozen_encoder_and_replay(phantom_dir, t
     assert "on other patients' real scans, such a fine-tune segmented worse than the model it started from" in caveat, "what was measured, said"
 
 
+def test_fine_tune_with_replay_scores_the_replay_cases_kept_out_as_other_patients(phantom_dir, tmp_path, capsys, caplog, monkeypatch):
+    """benchmarks.finetune_heldout: a fine-tune that fits its case can harm the next patients; kept-out replay cases measure it."""
+    from training import events
+
+    base = train(small_config(phantom_dir, tmp_path / "base", epochs=1, patch_size=[24, 24, 24]))
+    replay = tmp_path / "replay"
+    for seed in (7, 8, 9):
+        write_phantom(replay, seed, (32, 40, 32))
+    cfg = small_config(phantom_dir, tmp_path / "ft", epochs=1, init=str(base / "last.json"), patch_size=None, lr=1e-2)
+    cfg.model.config, cfg.data.val_cases, cfg.data.validate_on_train = None, 0, True  # as the Fine-tune dock runs it
+    cfg.data.replay_roots, cfg.data.replay_check_cases = [str(replay)], 2
+    monkeypatch.setattr(events, "OTHERS_TOLERANCE", -1.0)  # any change counts as harm: the warning's path, whatever the phantoms do
+    capsys.readouterr()
+    run = train(cfg, progress_json=True)
+    split = json.loads((run / "data.json").read_text(encoding="utf-8"))
+    assert len(split["replay_check"]) == 1 and len(split["replay"]) == 2, "at most half the replay cases are kept out"
+    assert set(split["replay"]).isdisjoint(split["replay_check"]), "a case scored as another patient is never trained on"
+    assert "data.replay_check_cases=2, but 3 replay case(s) keep only 1 out" in caplog.text
+    others = [e for e in map(json.loads, capsys.readouterr().out.splitlines()) if e["event"] == "others"]
+    assert [e["epoch"] for e in others] == [0, 1] and others[0]["cases"] == split["replay_check"]
+    _, info = load_checkpoint(run / "best.json")
+    assert info.metrics["other_patients"] == {"cases": split["replay_check"], "start": others[0]["dice"], "dice": others[1]["dice"]}
+    assert info.provenance["replay_check_cases"] == [str(replay / split["replay_check"][0])]
+    assert "the best checkpoint segments the 1 replay case(s) kept out of the fine-tune" in caplog.text
+    from napari_sevnet.checkpoint import training_caveats
+
+    (caveat,) = training_caveats(run / "best.json")
+    assert f"on 1 original case(s) kept out of its replay (learnt by the model it started from) its Dice went WT {others[0]['dice']['WT']:.2f} -> " in caveat
+    caplog.clear()
+    train(load_config(run / "config.yaml", ["epochs=2"]), resume=run)
+    _, info = load_checkpoint(run / "last.json")
+    assert info.metrics["other_patients"]["start"] == others[0]["dice"], "a resumed run compares with the starting model still"
+    assert "the best checkpoint segments the 1 replay case(s)" in caplog.text
+
+
+def test_l2sp_keeps_a_fine_tune_near_its_starting_weights(phantom_dir, tmp_path):
+    """L2-SP: a fine-tune without replay data is pulled back to what the model knew, not only by a smaller rate."""
+    base = train(small_config(phantom_dir, tmp_path / "base", epochs=1, patch_size=[24, 24, 24]))
+    start = load_file(base / "last.safetensors")
+
+    def drift(l2sp: float) -> float:
+        cfg = small_config(phantom_dir, tmp_path / f"ft{l2sp}", epochs=1, steps_per_epoch=4, init=str(base / "last.json"), patch_size=None, lr=1e-2, l2sp=l2sp)
+        cfg.model.config = None
+        tuned = load_file(train(cfg) / "last.safetensors")
+        return sum(float(((tuned[k] - start[k]) ** 2).sum()) for k in start if "running" not in k and start[k].is_floating_point())
+
+    assert drift(100.0) < drift(0.0) / 2
+    with pytest.raises(ValueError, match="l2sp=0.1: the penalty pulls a fine-tune toward its init checkpoint"):
+        train(small_config(phantom_dir, tmp_path / "scratch", epochs=1, l2sp=0.1))
+
+
 def test_fine_tune_that_changes_the_se_squeeze_restarts_the_excitations(phantom_dir, tmp_path, caplog):
     base = train(small_config(phantom_dir, tmp_path / "base", epochs=1, patch_size=[24, 24, 24]))
     cfg = small_config(phantom_dir, tmp_path / "ft", epochs=1, init=str(base / "last.json"), lr=1e-9, patch_size=None)

@@ -41,6 +41,9 @@ class DataConfig:
     val_cases: int | None = None  # fixed number of validation cases instead of 1/folds
     replay_roots: list[str] = field(default_factory=list)  # original cases mixed into fine-tuning
     replay_fraction: float = 0.5
+    # that many replay cases are kept out of the replay and scored before and during fine-tuning: other patients, whose
+    # Dice tells whether the fine-tune harms them (0: none; at most half the replay cases)
+    replay_check_cases: int = 0
     cache_dir: str | None = None  # default: <output>/../.cache
     validate_on_train: bool = False  # fine-tuning a few corrected cases: report how well the model now fits them
 
@@ -93,6 +96,9 @@ class TrainConfig:
     # also keep each epoch's weights as epoch_NNN (for stochastic weight averaging: python -m training.average run/epoch_*.json)
     keep_epochs: bool = False
     freeze_encoder: bool = False
+    # fine-tuning: weight of an L2 penalty pulling the weights back to the init checkpoint's (L2-SP, Li et al. 2018), so
+    # a fine-tune on few cases moves only the weights those cases need moved; 0: none
+    l2sp: float = 0.0
     label_convention: str = "brats2021"
 
     def __post_init__(self):

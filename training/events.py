@@ -10,6 +10,7 @@ START = "start"
 STEP = "step"
 EPOCH = "epoch"  # sent after the epoch's checkpoint is saved: a run stopped on it keeps that epoch
 VALIDATION = "validation"
+OTHERS = "others"  # the replay cases kept out of a fine-tune (data.replay_check_cases): other patients it may harm
 DONE = "done"
 ERROR = "error"
 STOPPED = "stopped"
@@ -20,10 +21,19 @@ FIELDS: dict[str, tuple[str, ...]] = {
     STEP: ("epoch", "epochs", "step", "steps", "loss", "eta_s"),
     EPOCH: ("epoch", "epochs", "loss", "lr", "eta_s"),
     VALIDATION: ("epoch", "dice", "hd95", "mean_dice"),  # dice / hd95: {region: value}
+    OTHERS: ("epoch", "dice", "mean_dice", "cases"),  # cases: their ids
     DONE: ("run_dir", "best", "best_mean_dice", "seconds"),
     ERROR: ("message",),
     STOPPED: ("message",),
 }
+
+#: how far the mean Dice of the replay cases kept out of a fine-tune (OTHERS) may fall before the run says it harmed other patients
+OTHERS_TOLERANCE = 0.02
+
+
+def fell_by(start: dict, now: dict) -> float:
+    """How far the mean Dice over the regions fell from ``start`` to ``now`` ({region: Dice}; negative: it rose)."""
+    return sum(start[r] - now[r] for r in start) / len(start)
 
 
 def event(name: str, **fields) -> dict:

@@ -84,6 +84,8 @@ class Emitter:
             log.info("epoch %d/%d  loss %.4f  lr %.2e  eta %.0fs", fields["epoch"], fields["epochs"], fields["loss"], fields["lr"], fields["eta_s"])
         elif name == events.VALIDATION:
             log.info("validation epoch %d  dice %s  mean %.4f", fields["epoch"], fields["dice"], fields["mean_dice"])
+        elif name == events.OTHERS:
+            log.info("other patients (%s) epoch %d  dice %s  mean %.4f", ", ".join(fields["cases"]), fields["epoch"], fields["dice"], fields["mean_dice"])
         elif name in (events.DONE, events.START):
             log.info("%s: %s", name, fields)
 
@@ -231,6 +233,9 @@ class Trainer:
         self.start_epoch, self.best = 0, -1.0
         self.elapsed_before = 0.0  # wall time of the epochs before a resume
         self.postprocessing: dict = {}  # the init checkpoint's thresholds and clean-up, carried into this run's checkpoints
+        self.others_start: dict | None = None  # the starting model's Dice on the replay cases kept out (data.replay_check_cases)
+        self.others_now: dict | None = None
+        self.others_best: dict | None = None  # theirs at the best epoch: what the best checkpoint does to other patients
         self._lock = None  # the run folder's, held while this training writes there
 
     def run(self) -> Path:
@@ -261,6 +266,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed % 2**32)
         self.model, squeeze_changed_from = self._build_model()
+        self.anchor = self._l2sp_anchor()
         self._setup_data()
         if squeeze_changed_from is not None and state is None:
             patches = [self.dataset[i][0] for i in range(min(len(self.train_refs), EXCITATION_RESTART_PATCHES))]
@@ -282,6 +288,7 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
             torch.set_rng_state(state["torch_rng"])
             self.start_epoch, self.best = int(state["epoch"]) + 1, float(state["best"])
+            self.others_start, self.others_best = state.get("others_start"), state.get("others_best")
             self.elapsed_before = float(state.get("elapsed_s", 0.0))
             if self.dist.main and self.start_epoch == cfg.epochs:
                 log.info("%s: all %d epochs are trained; nothing to do (resume with epochs=N to train longer)", self.run_dir, cfg.epochs)
@@ -295,7 +302,8 @@ class Trainer:
         self.info = self._checkpoint_info()
         if self.dist.main:
             save_config(cfg, self.run_dir / "config.yaml")
-            split = {"train": [r.case_id for r in self.train_refs], "val": [r.case_id for r in self.val_refs], "replay": [r.case_id for r in self.replay_refs]}
+            split = {"train": [r.case_id for r in self.train_refs], "val": [r.case_id for r in self.val_refs], "replay": [r.case_id for r in self.replay_refs],
+                     "replay_check": [r.case_id for r in self.check_refs]}
             write_text_atomic(self.run_dir / "data.json", json.dumps(split, indent=2))
         self.writer = _tensorboard(self.run_dir) if self.dist.main else None
         self.emit(events.START, run_dir=str(self.run_dir), epochs=cfg.epochs, start_epoch=self.start_epoch, train_cases=len(self.train_refs),
@@ -403,6 +411,15 @@ class Trainer:
             freeze_encoder(model)
         return model.to(self.device), squeeze_changed_from
 
+    def _l2sp_anchor(self) -> list[tuple[nn.Parameter, torch.Tensor]] | None:
+        """The trainable weights paired with their starting values, for ``l2sp`` (None: no penalty)."""
+        cfg = self.cfg
+        if not cfg.l2sp:
+            return None
+        if cfg.l2sp < 0 or not cfg.init:
+            raise ValueError(f"l2sp={cfg.l2sp}: the penalty pulls a fine-tune toward its init checkpoint; give a positive weight and init=CHECKPOINT")
+        return [(p, p.detach().clone()) for p in self.model.parameters() if p.requires_grad]
+
     def _setup_data(self) -> None:
         cfg = self.cfg
         self.train_refs, self.val_refs = split_cases(discover_cases(cfg.data.roots), cfg.data)
@@ -416,6 +433,7 @@ class Trainer:
             self.replay_refs = [r for r in self.replay_refs if r.case_id not in own]
             if self.dist.main:
                 log.info("replay leaves out %s: the training data holds their own (corrected) masks", ", ".join(corrected))
+        self.check_refs = self._replay_check_cases()
         if cfg.init and self.validation_kind == "training_cases" and not self.replay_refs and self.dist.main:
             log.warning("fine-tuning on %d corrected case(s) without replay data: on real scans such a fine-tune segmented other patients "
                         "much worse (python -m benchmarks.finetune_heldout); use the model for these cases, or add "
@@ -428,7 +446,22 @@ class Trainer:
         cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else self.run_dir.parent / ".cache"
         self.dataset = PatchDataset(self.train_refs + self.replay_refs, cache_dir, cfg.patch_size, cfg.augment)
         self.val_arrays = [load_preprocessed(r, cache_dir) for r in self.val_refs]
+        self.check_arrays = [load_preprocessed(r, cache_dir) for r in self.check_refs]
         self.training_spacing = training_spacing(self.train_refs)
+
+    def _replay_check_cases(self) -> list:
+        """``data.replay_check_cases`` replay cases taken out of the replay (a fixed draw), at most half of them."""
+        wanted = self.cfg.data.replay_check_cases
+        if wanted < 0:
+            raise ValueError(f"data.replay_check_cases is {wanted}: give 0 (no check) or the number of replay cases to keep out")
+        n = min(wanted, len(self.replay_refs) // 2)
+        if n < wanted and self.replay_refs and self.dist.main:
+            log.warning("data.replay_check_cases=%d, but %d replay case(s) keep only %d out of the replay to check other patients on",
+                        wanted, len(self.replay_refs), n)
+        kept_out = set(np.random.default_rng(12345).permutation(len(self.replay_refs))[:n].tolist())
+        check = [r for i, r in enumerate(self.replay_refs) if i in kept_out]
+        self.replay_refs = [r for i, r in enumerate(self.replay_refs) if i not in kept_out]
+        return check
 
     def _checkpoint_info(self) -> CheckpointInfo:
         cfg = self.cfg
@@ -445,6 +478,7 @@ class Trainer:
                 train_cases=[str(r.folder) for r in self.train_refs],
                 val_cases=[str(r.folder) for r in self.val_refs],
                 replay_cases=[str(r.folder) for r in self.replay_refs],
+                replay_check_cases=[str(r.folder) for r in self.check_refs],
                 world_size=self.dist.world,
             ),
         )
@@ -457,7 +491,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         with torch.autocast("cuda", dtype=torch.float16, enabled=self.use_amp):
             loss = self.loss_fn(self.network(x).float(), y)
-        self.scaler.scale(loss).backward()
+        penalty = self.cfg.l2sp * sum(((p - p0) ** 2).sum() for p, p0 in self.anchor) if self.anchor else 0.0
+        self.scaler.scale(loss + penalty).backward()
         if cfg.grad_clip > 0:
             self.scaler.unscale_(self.optimizer)
             nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
@@ -491,6 +526,8 @@ class Trainer:
         if self.cfg.init and self.start_epoch == 0 and self.val_arrays and self.dist.main:
             metrics = validate(Predictor(model=self.model, info=self.info, device=self.device), self.val_arrays)
             self.emit(events.VALIDATION, epoch=0, **metrics)
+        if self.start_epoch == 0:
+            self.others_start = self.check_others(0)
 
     def validate(self, epoch: int) -> dict | None:
         """Metrics on the validation cases every ``val_every`` epochs and at the end (main process only)."""
@@ -500,7 +537,16 @@ class Trainer:
             return None
         metrics = validate(Predictor(model=self.model, info=self.info, device=self.device), self.val_arrays)
         self.emit(events.VALIDATION, epoch=epoch + 1, **metrics)
+        self.others_now = self.check_others(epoch + 1)
         return metrics
+
+    def check_others(self, epoch: int) -> dict | None:
+        """Dice on the replay cases kept out of the replay (main process only): what the fine-tune does to other patients."""
+        if not (self.check_arrays and self.dist.main):
+            return None
+        dice = validate(Predictor(model=self.model, info=self.info, device=self.device), self.check_arrays)["dice"]
+        self.emit(events.OTHERS, epoch=epoch, dice=dice, mean_dice=float(np.mean(list(dice.values()))), cases=[r.case_id for r in self.check_refs])
+        return dice
 
     def step_schedule(self, metrics: dict | None) -> None:
         if self.cfg.schedule != "plateau":
@@ -524,8 +570,11 @@ class Trainer:
                 self.writer.add_scalar(f"dice/{r}", metrics["dice"][r], epoch + 1)
         elapsed = self.elapsed_before + time.perf_counter() - self.t_start
         self.info.metrics = {"epoch": epoch + 1, "train_loss": loss, "elapsed_s": round(elapsed, 1), **(metrics or {})}
+        if metrics and self.others_now is not None and self.others_start is not None:
+            self.info.metrics["other_patients"] = {"cases": [r.case_id for r in self.check_refs], "start": self.others_start, "dice": self.others_now}
         if metrics and metrics["mean_dice"] > self.best:
             self.best = metrics["mean_dice"]
+            self.others_best = self.others_now
             save_checkpoint(self.run_dir / "best", self.model, self.info)
         save_checkpoint(self.run_dir / "last", self.model, self.info)
         if self.cfg.keep_epochs:
@@ -537,6 +586,8 @@ class Trainer:
                 "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
                 "epoch": epoch,
                 "best": self.best,
+                "others_start": self.others_start,
+                "others_best": self.others_best,
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict(),
@@ -549,6 +600,10 @@ class Trainer:
 
     def finish(self) -> Path:
         self.bar.close()
+        if self.others_start and self.others_best and events.fell_by(self.others_start, self.others_best) > events.OTHERS_TOLERANCE and self.dist.main:
+            log.warning("the best checkpoint segments the %d replay case(s) kept out of the fine-tune (%s) worse than the starting model: %s; "
+                        "it may be worse for other patients too", len(self.check_refs), ", ".join(r.case_id for r in self.check_refs),
+                        ", ".join(f"{r} {self.others_start[r]:.3f} -> {self.others_best[r]:.3f}" for r in REGIONS))
         if self.writer is not None:
             self.writer.close()
         self.emit(events.DONE, run_dir=str(self.run_dir), best=str(self.run_dir / "best.json"), best_mean_dice=self.best,

@@ -4,7 +4,8 @@ The trainer runs in its own process (a ``QProcess``: no thread, no blocking),
 so a crash or an out-of-memory there never takes napari down. Its
 ``--progress-json`` lines drive the progress bar, the ETA, the loss and
 validation-Dice plot (epoch 0: the starting model) and the log; a run whose
-best epoch ends below the starting model says so when it finishes. Cancel sends SIGTERM: the trainer stops as on
+best epoch ends below the starting model says so when it finishes, and so does one
+that segments the replay cases it kept out (other patients) worse than the model it started from. Cancel sends SIGTERM: the trainer stops as on
 Ctrl-C and keeps the checkpoint of the last finished epoch. "Use this model"
 hands the new checkpoint to the Segment widget (and re-segments); the run
 folder stays in ``DATASET/runs/`` for reproducibility.
@@ -111,6 +112,8 @@ class FineTuneWidget(DockWidget):
         self.checkpoint: Path | None = None  # the model "Use this model" switches to
         self.losses: list[tuple[int, float]] = []
         self.dice: list[tuple[int, dict]] = []
+        self.others: list[tuple[int, dict]] = []  # Dice on the replay cases the run kept out (training.events OTHERS)
+        self.others_cases: list[str] = []
         self.validation_kind: str | None = None  # what the Dice is measured on (training.events START)
         self.error_message: str | None = None
         self.exit_code: int | None = None
@@ -219,6 +222,7 @@ class FineTuneWidget(DockWidget):
             self._fail(f"{self.run_dir.parent}: cannot create the folder for the run ({exc.strerror or exc}); copy the dataset to a folder you can write to")
             return None
         self.losses, self.dice, self.error_message, self.exit_code, self.checkpoint = [], [], None, None, None
+        self.others, self.others_cases = [], []
         self.validation_kind = None
         self._cancelled, self._stdout_tail, self._stderr_tail, self._last_stderr = False, "", "", None
         self._bar.value = 0
@@ -307,6 +311,12 @@ class FineTuneWidget(DockWidget):
             self.dice.append((event["epoch"], event["dice"]))
             self.log.appendPlainText(f"epoch {event['epoch']}: Dice " + "  ".join(f"{r} {event['dice'][r]:.3f}" for r in REGIONS))
             self._draw()
+        elif kind == events.OTHERS:
+            self.others.append((event["epoch"], event["dice"]))
+            self.others_cases = event["cases"]
+            self.log.appendPlainText(f"epoch {event['epoch']}: Dice on other patients ({', '.join(event['cases'])}, kept out of the replay) "
+                                     + "  ".join(f"{r} {event['dice'][r]:.3f}" for r in REGIONS))
+            self._draw()
         elif kind == events.DONE:
             self.checkpoint = Path(event["best"])
             self.log.appendPlainText(f"done in {event['seconds']:.0f} s: {event['run_dir']}")
@@ -336,12 +346,20 @@ class FineTuneWidget(DockWidget):
         last = self.run_dir / "last.json" if self.run_dir else None
         if exit_code == 0 and self.checkpoint is not None:
             self._bar.value = 1000
-            worse = self.worse_than_start()
-            if worse:
-                from napari.utils.notifications import show_warning
+            worse, harmed, others = self.worse_than_start(), self.harm_to_others(), self.others_at_best()
+            from napari.utils.notifications import show_warning
 
+            if worse:
                 self._status.value = f"done, but worse than the starting model: {worse}"
                 show_warning(f"Fine-tuning finished, but the new model is worse than the one it started from: {worse}. Keep the old model unless you know why.")
+            elif harmed:
+                self._status.value = f"done, better on the exported cases but worse on other patients: {harmed}"
+                show_warning(f"Fine-tuning finished: the new model fits the exported cases better, but segments other patients worse ({harmed}). "
+                             "Use it for the cases it was fine-tuned on, or keep the old model.")
+            elif others:
+                self._status.value = f"done: {self.checkpoint}; better on the exported cases, and other patients held: {others}"
+                show_info(f"Fine-tuning finished; 'Use this model' switches the Segment widget to {self.checkpoint}. On other patients ({others}) "
+                          "it held; they were cases the starting model had learnt from, so new patients may still fare worse: check its masks closely.")
             else:
                 self._status.value = f"done: {self.checkpoint}; better on the exported cases, maybe worse on other patients"
                 show_info(f"Fine-tuning finished; 'Use this model' switches the Segment widget to {self.checkpoint}. It was validated on the exported "
@@ -379,6 +397,23 @@ class FineTuneWidget(DockWidget):
         what = DICE_AXIS.get(self.validation_kind, "Dice")  # Dice: a name, capitalised mid-sentence too
         return f"{what}: mean {mean(best):.3f} after against {mean(start):.3f} before (" + ", ".join(f"{r} {start[r]:.2f} -> {best[r]:.2f}" for r in REGIONS) + ")"
 
+    def _best_epoch(self) -> int | None:
+        """The epoch of the best checkpoint: the first with the highest validation mean Dice (as the trainer keeps it)."""
+        later = [(e, d) for e, d in self.dice if e > 0]
+        return max(later, key=lambda item: sum(item[1][r] for r in REGIONS))[0] if later else None
+
+    def others_at_best(self) -> str | None:
+        """Dice on the replay cases the run kept out, at the start and at the best epoch, in words (None: not checked)."""
+        start, best = dict(self.others).get(0), dict(self.others).get(self._best_epoch())
+        if start is None or best is None:
+            return None
+        return f"{len(self.others_cases)} original case(s) kept out of the replay, " + ", ".join(f"{r} {start[r]:.2f} -> {best[r]:.2f}" for r in REGIONS)
+
+    def harm_to_others(self) -> str | None:
+        """:meth:`others_at_best` when the kept-out cases' mean Dice fell by more than ``events.OTHERS_TOLERANCE``, else None."""
+        start, best = dict(self.others).get(0), dict(self.others).get(self._best_epoch())
+        return self.others_at_best() if start is not None and best is not None and events.fell_by(start, best) > events.OTHERS_TOLERANCE else None
+
     def _fail(self, message: str):
         from napari.utils.notifications import show_error
 
@@ -411,6 +446,9 @@ class FineTuneWidget(DockWidget):
             twin = ax.twinx()
             for region in REGIONS:
                 twin.plot([e for e, _ in self.dice], [d[region] for _, d in self.dice], "o-", color=REGION_COLOURS[region], label=f"Dice {region}")
+            for region in REGIONS if self.others else ():
+                twin.plot([e for e, _ in self.others], [d[region] for _, d in self.others], "s--", color=REGION_COLOURS[region], alpha=0.6,
+                          label=f"{region}, other patients")
             twin.set_ylim(0, 1)
             twin.set_ylabel(DICE_AXIS.get(self.validation_kind, "Dice"))
             twin.legend(loc="lower right", fontsize="small")
