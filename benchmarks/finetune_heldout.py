@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -77,9 +78,30 @@ def fine_tune(case: Path, base: str, variant: str, overrides: list[str], epochs:
     if not (run_dir / "done").is_file():
         stopped = (run_dir / "last.json").is_file()  # a run cut short: continued from its last finished epoch
         print(f"fine-tuning, {variant}: {epochs} x {steps} steps" + (" (resumed)" if stopped else ""), flush=True)
-        subprocess.run([sys.executable, "-m", "training.cli", "--resume", str(run_dir)] if stopped else command, cwd=ROOT, check=True)
+        _run_trainer([sys.executable, "-m", "training.cli", "--resume", str(run_dir)] if stopped else command)
         (run_dir / "done").write_text(time.strftime("%Y-%m-%d %H:%M") + "\n")
     return run_dir / "best.json", command
+
+
+def _run_trainer(command: list[str]) -> None:
+    """The trainer in a child process, stopped with this one (Ctrl-C, or SIGTERM as a job's time limit sends it): it keeps
+    its last finished epoch, which the next run resumes, and never goes on alone to hold the run folder's lock."""
+    child = subprocess.Popen(command, cwd=ROOT)
+    try:
+        code = child.wait()
+    except BaseException:
+        child.terminate()  # the trainer stops as on Ctrl-C, its checkpoints intact
+        try:
+            child.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            child.kill()
+        raise
+    if code:
+        raise SystemExit(f"the trainer failed (exit code {code}): {' '.join(command)}")
+
+
+def _stop_on_sigterm(signum, frame):
+    raise SystemExit(128 + signum)
 
 
 def replay_check(checkpoint: Path) -> dict | None:
@@ -164,4 +186,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     raise SystemExit(main())

@@ -159,3 +159,24 @@ def test_finetune_heldout_sets_the_runs_own_check_on_kept_out_replay_cases_besid
     assert len(check["cases"]) == 2 and set(check["cases"]) <= {p.name for p in replay}
     assert check["change"]["WT"] == pytest.approx(check["dice"]["WT"] - check["start"]["WT"])
     assert f"({', '.join(check['cases'])})" in out.with_suffix(".md").read_text(encoding="utf-8")
+
+
+def test_finetune_heldout_stopped_stops_its_trainer_too(phantom_dir, random_checkpoint, tmp_path):
+    """A benchmark killed by a job's time limit (SIGTERM) left its trainer running on, holding the run folder's lock."""
+    import signal
+    import time
+
+    from filelock import FileLock
+
+    case, *others = sorted(p for p in phantom_dir.iterdir() if p.is_dir())
+    work = tmp_path / "work"
+    benchmark = subprocess.Popen([sys.executable, "-m", "benchmarks.finetune_heldout", "--case", str(case), "--others", *map(str, others),
+                                  "--checkpoint", str(random_checkpoint), "--variants", "default", "--epochs", "1", "--steps", "100000",
+                                  "--work", str(work)], cwd=Path(__file__).resolve().parents[1], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while not (work / "default" / "data.json").is_file():  # the trainer has claimed its folder and started training
+        assert benchmark.poll() is None and time.monotonic() < deadline, "the trainer never started"
+        time.sleep(0.5)
+    benchmark.send_signal(signal.SIGTERM)
+    assert benchmark.wait(timeout=120) != 0
+    FileLock(str(work / "default" / ".training.lock")).acquire(timeout=30)  # raises if a trainer still holds it
