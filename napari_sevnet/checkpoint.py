@@ -252,7 +252,8 @@ def training_caveats(path: str | os.PathLike | None) -> list[str]:
     if made.get("init") and not card.get("held_out_figures") and validated <= trained:
         cases = len(trained)
         others = (data.get("metrics") or {}).get("other_patients")
-        checked = (f"; on {len(others['cases'])} original case(s) kept out of its replay (learnt by the model it started from) its Dice went "
+        checked = (f"; on {len(others['cases'])} original case(s) kept out of its replay ({others.get('learnt_by_start', 0)} learnt by the model it "
+                   "started from) its Dice went "
                    + ", ".join(f"{r} {others['start'][r]:.2f} -> {others['dice'][r]:.2f}" for r in others["start"])) if others else ""
         caveats.append(f"the model was fine-tuned from {Path(made['init']).name} on {cases} case(s) and measured only on cases it trained on{checked}: "
                        "on other patients' real scans, such a fine-tune segmented worse than the model it started from "

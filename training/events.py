@@ -21,7 +21,7 @@ FIELDS: dict[str, tuple[str, ...]] = {
     STEP: ("epoch", "epochs", "step", "steps", "loss", "eta_s"),
     EPOCH: ("epoch", "epochs", "loss", "lr", "eta_s"),
     VALIDATION: ("epoch", "dice", "hd95", "mean_dice"),  # dice / hd95: {region: value}
-    OTHERS: ("epoch", "dice", "mean_dice", "cases"),  # cases: their ids
+    OTHERS: ("epoch", "dice", "mean_dice", "cases", "learnt_by_start"),  # cases: their ids; learnt_by_start: how many the starting model trained on
     DONE: ("run_dir", "best", "best_mean_dice", "seconds"),
     ERROR: ("message",),
     STOPPED: ("message",),

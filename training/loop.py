@@ -236,6 +236,7 @@ class Trainer:
         self.others_start: dict | None = None  # the starting model's Dice on the replay cases kept out (data.replay_check_cases)
         self.others_now: dict | None = None
         self.others_best: dict | None = None  # theirs at the best epoch: what the best checkpoint does to other patients
+        self.start_cases: set[str] = set()  # the case ids the init checkpoint trained on
         self._lock = None  # the run folder's, held while this training writes there
 
     def run(self) -> Path:
@@ -389,6 +390,7 @@ class Trainer:
         squeeze_changed_from = None
         if cfg.init:
             model, init_info, squeeze_changed_from = _start_from(cfg)
+            self.start_cases = {Path(c).name for c in init_info.provenance.get("train_cases") or []}
             cfg.patch_size = cfg.patch_size or init_info.preprocessing.get("patch_size")
             cfg.inference = cfg.inference or init_info.preprocessing.get("inference")
             if cfg.augment.sequence_dropout is None:
@@ -540,12 +542,19 @@ class Trainer:
         self.others_now = self.check_others(epoch + 1)
         return metrics
 
+    @property
+    def check_learnt_by_start(self) -> int:
+        """How many of the kept-out replay cases the starting model trained on: for those the check measures forgetting,
+        not what new patients meet."""
+        return sum(r.case_id in self.start_cases for r in self.check_refs)
+
     def check_others(self, epoch: int) -> dict | None:
         """Dice on the replay cases kept out of the replay (main process only): what the fine-tune does to other patients."""
         if not (self.check_arrays and self.dist.main):
             return None
         dice = validate(Predictor(model=self.model, info=self.info, device=self.device), self.check_arrays)["dice"]
-        self.emit(events.OTHERS, epoch=epoch, dice=dice, mean_dice=float(np.mean(list(dice.values()))), cases=[r.case_id for r in self.check_refs])
+        self.emit(events.OTHERS, epoch=epoch, dice=dice, mean_dice=float(np.mean(list(dice.values()))), cases=[r.case_id for r in self.check_refs],
+                  learnt_by_start=self.check_learnt_by_start)
         return dice
 
     def step_schedule(self, metrics: dict | None) -> None:
@@ -571,7 +580,8 @@ class Trainer:
         elapsed = self.elapsed_before + time.perf_counter() - self.t_start
         self.info.metrics = {"epoch": epoch + 1, "train_loss": loss, "elapsed_s": round(elapsed, 1), **(metrics or {})}
         if metrics and self.others_now is not None and self.others_start is not None:
-            self.info.metrics["other_patients"] = {"cases": [r.case_id for r in self.check_refs], "start": self.others_start, "dice": self.others_now}
+            self.info.metrics["other_patients"] = {"cases": [r.case_id for r in self.check_refs], "learnt_by_start": self.check_learnt_by_start,
+                                                   "start": self.others_start, "dice": self.others_now}
         if metrics and metrics["mean_dice"] > self.best:
             self.best = metrics["mean_dice"]
             self.others_best = self.others_now

@@ -114,6 +114,7 @@ class FineTuneWidget(DockWidget):
         self.dice: list[tuple[int, dict]] = []
         self.others: list[tuple[int, dict]] = []  # Dice on the replay cases the run kept out (training.events OTHERS)
         self.others_cases: list[str] = []
+        self.others_learnt = 0  # how many of them the starting model trained on
         self.validation_kind: str | None = None  # what the Dice is measured on (training.events START)
         self.error_message: str | None = None
         self.exit_code: int | None = None
@@ -222,7 +223,7 @@ class FineTuneWidget(DockWidget):
             self._fail(f"{self.run_dir.parent}: cannot create the folder for the run ({exc.strerror or exc}); copy the dataset to a folder you can write to")
             return None
         self.losses, self.dice, self.error_message, self.exit_code, self.checkpoint = [], [], None, None, None
-        self.others, self.others_cases = [], []
+        self.others, self.others_cases, self.others_learnt = [], [], 0
         self.validation_kind = None
         self._cancelled, self._stdout_tail, self._stderr_tail, self._last_stderr = False, "", "", None
         self._bar.value = 0
@@ -313,7 +314,7 @@ class FineTuneWidget(DockWidget):
             self._draw()
         elif kind == events.OTHERS:
             self.others.append((event["epoch"], event["dice"]))
-            self.others_cases = event["cases"]
+            self.others_cases, self.others_learnt = event["cases"], event["learnt_by_start"]
             self.log.appendPlainText(f"epoch {event['epoch']}: Dice on other patients ({', '.join(event['cases'])}, kept out of the replay) "
                                      + "  ".join(f"{r} {event['dice'][r]:.3f}" for r in REGIONS))
             self._draw()
@@ -358,8 +359,10 @@ class FineTuneWidget(DockWidget):
                              "Use it for the cases it was fine-tuned on, or keep the old model.")
             elif others:
                 self._status.value = f"done: {self.checkpoint}; better on the exported cases, and other patients held: {others}"
+                seen = ("they were cases the starting model had learnt from, so new patients may still fare worse" if self.others_learnt
+                        else "cases the starting model never trained on, though two cases say little")
                 show_info(f"Fine-tuning finished; 'Use this model' switches the Segment widget to {self.checkpoint}. On other patients ({others}) "
-                          "it held; they were cases the starting model had learnt from, so new patients may still fare worse: check its masks closely.")
+                          f"it held; {seen}: check its masks closely.")
             else:
                 self._status.value = f"done: {self.checkpoint}; better on the exported cases, maybe worse on other patients"
                 show_info(f"Fine-tuning finished; 'Use this model' switches the Segment widget to {self.checkpoint}. It was validated on the exported "
@@ -407,7 +410,9 @@ class FineTuneWidget(DockWidget):
         start, best = dict(self.others).get(0), dict(self.others).get(self._best_epoch())
         if start is None or best is None:
             return None
-        return f"{len(self.others_cases)} original case(s) kept out of the replay, " + ", ".join(f"{r} {start[r]:.2f} -> {best[r]:.2f}" for r in REGIONS)
+        learnt = f"{self.others_learnt} of them learnt by the starting model" if self.others_learnt else "none learnt by the starting model"
+        return (f"{len(self.others_cases)} original case(s) kept out of the replay ({learnt}), "
+                + ", ".join(f"{r} {start[r]:.2f} -> {best[r]:.2f}" for r in REGIONS))
 
     def harm_to_others(self) -> str | None:
         """:meth:`others_at_best` when the kept-out cases' mean Dice fell by more than ``events.OTHERS_TOLERANCE``, else None."""
