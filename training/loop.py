@@ -452,7 +452,8 @@ class Trainer:
         self.training_spacing = training_spacing(self.train_refs)
 
     def _replay_check_cases(self) -> list:
-        """``data.replay_check_cases`` replay cases taken out of the replay (a fixed draw), at most half of them."""
+        """``data.replay_check_cases`` replay cases taken out of the replay (a fixed draw), at most half of them; cases the
+        starting model never trained on first, since on those the check sees what new patients meet."""
         wanted = self.cfg.data.replay_check_cases
         if wanted < 0:
             raise ValueError(f"data.replay_check_cases is {wanted}: give 0 (no check) or the number of replay cases to keep out")
@@ -460,7 +461,8 @@ class Trainer:
         if n < wanted and self.replay_refs and self.dist.main:
             log.warning("data.replay_check_cases=%d, but %d replay case(s) keep only %d out of the replay to check other patients on",
                         wanted, len(self.replay_refs), n)
-        kept_out = set(np.random.default_rng(12345).permutation(len(self.replay_refs))[:n].tolist())
+        drawn = np.random.default_rng(12345).permutation(len(self.replay_refs)).tolist()
+        kept_out = set(sorted(drawn, key=lambda i: self.replay_refs[i].case_id in self.start_cases)[:n])
         check = [r for i, r in enumerate(self.replay_refs) if i in kept_out]
         self.replay_refs = [r for i, r in enumerate(self.replay_refs) if i not in kept_out]
         return check
