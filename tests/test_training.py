@@ -319,6 +319,20 @@ def test_fine_tune_with_replay_scores_the_replay_cases_kept_out_as_other_patient
     assert "the best checkpoint segments the 1 replay case(s)" in caplog.text
 
 
+def test_a_replay_check_on_cases_the_starting_model_learnt_says_it_cannot_tell(phantom_dir, tmp_path, caplog):
+    """On real scans two kept-out training cases held while new patients fell (benchmarks.finetune_heldout)."""
+    from training.loop import Trainer
+
+    for seed in (7, 8):
+        write_phantom(tmp_path / "replay", seed, (32, 40, 32))
+    trainer = Trainer(small_config(phantom_dir, tmp_path, data={"roots": [str(phantom_dir)], "replay_check_cases": 1}))
+    trainer.replay_refs = discover_cases([tmp_path / "replay"])
+    trainer.start_cases = {"phantom_0007", "phantom_0008"}
+    (checked,) = trainer._replay_check_cases()
+    assert checked.case_id in trainer.start_cases and len(trainer.replay_refs) == 1
+    assert "were all learnt by the starting model" in caplog.text and "add labelled cases it never trained on" in caplog.text
+
+
 def test_l2sp_keeps_a_fine_tune_near_its_starting_weights(phantom_dir, tmp_path):
     """L2-SP: a fine-tune without replay data is pulled back to what the model knew, not only by a smaller rate."""
     base = train(small_config(phantom_dir, tmp_path / "base", epochs=1, patch_size=[24, 24, 24]))

@@ -465,6 +465,10 @@ class Trainer:
         kept_out = set(sorted(drawn, key=lambda i: self.replay_refs[i].case_id in self.start_cases)[:n])
         check = [r for i, r in enumerate(self.replay_refs) if i in kept_out]
         self.replay_refs = [r for i, r in enumerate(self.replay_refs) if i not in kept_out]
+        if check and all(r.case_id in self.start_cases for r in check) and self.dist.main:
+            log.warning("the replay cases kept out to check other patients (%s) were all learnt by the starting model: on real scans such cases "
+                        "held while new patients were segmented worse (python -m benchmarks.finetune_heldout); add labelled cases it never "
+                        "trained on to the replay data for a check that can tell", ", ".join(r.case_id for r in check))
         return check
 
     def _checkpoint_info(self) -> CheckpointInfo:

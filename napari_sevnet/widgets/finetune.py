@@ -74,6 +74,11 @@ NO_REPLAY_WARNING = ("without Replay data, fine-tuning on a corrected case made 
                      f"{LR_WITH_REPLAY}, far less so. Without them, use the new model for the cases it is fine-tuned on.")
 
 
+UNTOLD_CHECK = ("The replay cases kept out to check it were all learnt by the starting model, and on real scans such cases held while "
+                "new patients were segmented worse (README, 'Fine-tuning on one corrected case'): add labelled cases it never trained on "
+                "to the Replay data for a check that can tell.")
+
+
 class FineTuneWidget(DockWidget):
     def __init__(self, napari_viewer):
         super().__init__(napari_viewer)
@@ -357,12 +362,13 @@ class FineTuneWidget(DockWidget):
                 self._status.value = f"done, better on the exported cases but worse on other patients: {harmed}"
                 show_warning(f"Fine-tuning finished: the new model fits the exported cases better, but segments other patients worse ({harmed}). "
                              "Use it for the cases it was fine-tuned on, or keep the old model.")
+            elif others and self.others_learnt == len(self.others_cases):
+                self._status.value = f"done: {self.checkpoint}; better on the exported cases, but the check cannot tell how new patients fare: {others}"
+                show_warning(f"Fine-tuning finished; 'Use this model' switches the Segment widget to {self.checkpoint}. {UNTOLD_CHECK}")
             elif others:
                 self._status.value = f"done: {self.checkpoint}; better on the exported cases, and other patients held: {others}"
-                seen = ("they were cases the starting model had learnt from, so new patients may still fare worse" if self.others_learnt
-                        else "cases the starting model never trained on, though two cases say little")
                 show_info(f"Fine-tuning finished; 'Use this model' switches the Segment widget to {self.checkpoint}. On other patients ({others}) "
-                          f"it held; {seen}: check its masks closely.")
+                          "it held, though a few cases say little: check its masks closely.")
             else:
                 self._status.value = f"done: {self.checkpoint}; better on the exported cases, maybe worse on other patients"
                 show_info(f"Fine-tuning finished; 'Use this model' switches the Segment widget to {self.checkpoint}. It was validated on the exported "
