@@ -446,6 +446,7 @@ def test_a_finetune_that_harms_the_replay_cases_it_kept_out_says_so_at_its_best_
         finetune._on_line(json.dumps(line))
     assert "Dice on other patients (Brats18_CBICA_AME_1, Brats18_TCIA01_201_1, kept out of the replay) WT 0.500" in finetune.log.toPlainText()
     assert sum(line.get_linestyle() == "--" for line in finetune.figure.axes[1].lines) == 3, "the kept-out cases' Dice is plotted per region"
+    assert finetune.figure.axes[1].get_ylabel() == "Dice on the exported cases (solid)"
     finetune._finish(0)
     untold = not harmed and learnt == 2  # every kept-out case was learnt by the start: measured held while new patients fell
     assert ("worse on other patients" in finetune._status.value) is harmed and bool(warnings) is (harmed or untold)

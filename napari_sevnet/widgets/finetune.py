@@ -461,8 +461,8 @@ class FineTuneWidget(DockWidget):
                 twin.plot([e for e, _ in self.others], [d[region] for _, d in self.others], "s--", color=REGION_COLOURS[region], alpha=0.6,
                           label=f"{region}, other patients")
             twin.set_ylim(0, 1)
-            twin.set_ylabel(DICE_AXIS.get(self.validation_kind, "Dice"))
-            twin.legend(loc="lower right", fontsize="small")
+            twin.set_ylabel(DICE_AXIS.get(self.validation_kind, "Dice") + (" (solid)" if self.others else ""))
+            twin.legend(loc="lower right", fontsize="small", ncol=2 if self.others else 1)  # two columns: own and other patients side by side
         self.canvas.draw_idle()
 
 
