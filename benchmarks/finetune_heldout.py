@@ -1,6 +1,6 @@
 """Does fine-tuning on one corrected case help that case, and what does it do to the next patients?
 
-    python -m benchmarks.finetune_heldout [--variants default lr/10 replay 'replay, lr/10' frozen-encoder l2-sp] [--case FOLDER] [--others FOLDER ...]
+    python -m benchmarks.finetune_heldout [--variants default lr/10 replay 'replay, lr/10' frozen-encoder l2-sp 'l2-sp, x10'] [--case FOLDER] [--others FOLDER ...]
                                           [--replay FOLDER ...]
                                           [--epochs N] [--steps N] [--checkpoint CKPT] [--work DIR] [-o OUT.json]
 
@@ -10,8 +10,8 @@ correction (``sevnet-export``), and ``HELD_OUT_MODEL`` (never trained on the spl
 it as the dock runs it (``training/configs/finetune.yaml``, the dock's epochs and steps), once per variant:
 ``default`` (the dock's settings), ``lr/10`` (a tenth of its learning rate), ``replay`` (the split's training cases,
 which the model learnt from, mixed in: the dock's *Replay data*), ``replay, lr/10`` (both), ``frozen-encoder``
-(only the decoder learns) and ``l2-sp`` (the weights pulled back to the starting model's, ``l2sp=0.01``: no replay data
-needed, which a clinic rarely has). With replay, the dock keeps two replay cases out of it and scores them before and during
+(only the decoder learns), ``l2-sp`` (the weights pulled back to the starting model's, ``l2sp=0.01``: no replay data
+needed, which a clinic rarely has) and ``l2-sp, x10`` (``l2sp=0.1``, run after ``l2-sp`` was scored). With replay, the dock keeps two replay cases out of it and scores them before and during
 the fine-tune (``data.replay_check_cases``); what that check saw is set beside what the next patients saw.
 Each model (the best checkpoint, the one the dock's *Use this model* takes) is scored on the corrected case itself (what the dock's validation shows) and on the split's other
 held-out cases, which it never saw (the next patients), with paired per-case Dice differences against the starting
@@ -53,10 +53,12 @@ def variant_overrides(name: str, lr: float, replay: list[Path] | None = None) ->
         return ["freeze_encoder=true"]
     if name == "l2-sp":  # its weight set before any run: the penalty's gradient, 2 x 0.01 x 0.025, matches the start's rms loss
         return [f"l2sp={L2SP}"]  # gradient (5e-4) at a drift of 0.025 per weight; weights the case barely pulls on stay put
+    if name == "l2-sp, x10":
+        return [f"l2sp={10 * L2SP:g}"]
     raise SystemExit(f"unknown variant {name!r}: choose from {', '.join(VARIANTS)}")
 
 
-VARIANTS = ("default", "lr/10", "replay", "replay, lr/10", "frozen-encoder", "l2-sp")
+VARIANTS = ("default", "lr/10", "replay", "replay, lr/10", "frozen-encoder", "l2-sp", "l2-sp, x10")
 L2SP = 0.01
 
 
