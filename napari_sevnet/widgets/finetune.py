@@ -49,7 +49,8 @@ TOOLTIPS = {
     "base": "Checkpoint to start from. Empty: the model the Segment widget uses.",
     "lr": "Learning rate (AdamW, decayed to 0 over the run).",
     "replay": "Folder of original labelled cases (such as BraTS training cases) mixed into training so the model keeps what it knew; "
-              "without it, a fine-tune on one case segmented other patients' scans much worse (README).",
+              "without it, a fine-tune on one case segmented other patients' scans much worse (README). Two of them are kept out and "
+              "scored as other patients: include cases the model never trained on, or that check cannot tell.",
     "rerun": "After switching the model, segment the current case again (new layers; your edits stay).",
 }
 
