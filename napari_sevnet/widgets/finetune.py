@@ -305,6 +305,9 @@ class FineTuneWidget(DockWidget):
         if kind == events.START:
             self.validation_kind = event["validation"]
             self._status.value = f"training on {event['train_cases']} case(s), {event['device']}"
+            if event["validation"] == "held_out":
+                self.log.appendPlainText(f"{event['val_cases']} of the exported cases kept out of training to validate it: cases it never "
+                                         "sees, whose Dice says what new patients meet (export more cases to train on more)")
         elif kind == events.STEP:
             total = event["epochs"] * event["steps"]
             done = (event["epoch"] - 1) * event["steps"] + event["step"]
