@@ -173,8 +173,9 @@ def main(argv=None) -> int:
         print(label, flush=True)
         models[label] = {"checkpoint": str(checkpoint), "command": command, "own": evaluate(str(checkpoint), {case.name: case}), "others": evaluate(str(checkpoint), others)}
         models[label]["others_vs_start"] = paired(models["start"]["others"], models[label]["others"])
-        if replay_check(checkpoint):
-            models[label]["replay_check"] = replay_check(checkpoint)
+        check = replay_check(checkpoint)
+        if check:
+            models[label]["replay_check"] = check
     for m in models.values():
         for part in ("own", "others"):
             m[part].pop("attention"), m[part].pop("se_spread")

@@ -356,28 +356,10 @@ class FineTuneWidget(DockWidget):
         last = self.run_dir / "last.json" if self.run_dir else None
         if exit_code == 0 and self.checkpoint is not None:
             self._bar.value = 1000
-            worse, harmed, others = self.worse_than_start(), self.harm_to_others(), self.others_at_best()
+            self._status.value, warn, message = self._verdict()
             from napari.utils.notifications import show_warning
 
-            if worse:
-                self._status.value = f"done, but worse than the starting model: {worse}"
-                show_warning(f"Fine-tuning finished, but the new model is worse than the one it started from: {worse}. Keep the old model unless you know why.")
-            elif harmed:
-                self._status.value = f"done, better on the exported cases but worse on other patients: {harmed}"
-                show_warning(f"Fine-tuning finished: the new model fits the exported cases better, but segments other patients worse ({harmed}). "
-                             "Use it for the cases it was fine-tuned on, or keep the old model.")
-            elif others and self.others_learnt == len(self.others_cases):
-                self._status.value = f"done: {self.checkpoint}; better on the exported cases, but the check cannot tell how new patients fare: {others}"
-                show_warning(f"Fine-tuning finished; 'Use this model' switches the Segment widget to {self.checkpoint}. {UNTOLD_CHECK}")
-            elif others:
-                self._status.value = f"done: {self.checkpoint}; better on the exported cases, and other patients held: {others}"
-                show_info(f"Fine-tuning finished; 'Use this model' switches the Segment widget to {self.checkpoint}. On other patients ({others}) "
-                          "it held, though a few cases say little: check its masks closely.")
-            else:
-                self._status.value = f"done: {self.checkpoint}; better on the exported cases, maybe worse on other patients"
-                show_info(f"Fine-tuning finished; 'Use this model' switches the Segment widget to {self.checkpoint}. It was validated on the exported "
-                          "cases only: on other patients' real scans such a fine-tune segmented worse than the model it started from "
-                          "(README, 'Fine-tuning on one corrected case'), so check its masks of other scans closely.")
+            (show_warning if warn else show_info)(message)
         elif self._cancelled:
             self.checkpoint = last if last is not None and last.is_file() else None
             if self.checkpoint is None and self.run_dir is not None:
@@ -394,17 +376,39 @@ class FineTuneWidget(DockWidget):
             self._fail(f"{reason} (log and checkpoints in {self.run_dir})" if kept else reason)
         self._use.enabled = self.checkpoint is not None
 
+    def _verdict(self) -> tuple[str, bool, str]:
+        """(status line, whether to warn, notification) of a finished run, from its validation and its replay check."""
+        switches = f"Fine-tuning finished; 'Use this model' switches the Segment widget to {self.checkpoint}."
+        worse = self.worse_than_start()
+        if worse:
+            return (f"done, but worse than the starting model: {worse}", True,
+                    f"Fine-tuning finished, but the new model is worse than the one it started from: {worse}. Keep the old model unless you know why.")
+        found = self._others_start_and_best()
+        if found is None:
+            return (f"done: {self.checkpoint}; better on the exported cases, maybe worse on other patients", False,
+                    f"{switches} It was validated on the exported cases only: on other patients' real scans such a fine-tune segmented worse "
+                    "than the model it started from (README, 'Fine-tuning on one corrected case'), so check its masks of other scans closely.")
+        start, best = found
+        others = self._others_words(start, best)
+        if events.fell_by(start, best) > events.OTHERS_TOLERANCE:
+            return (f"done, better on the exported cases but worse on other patients: {others}", True,
+                    f"Fine-tuning finished: the new model fits the exported cases better, but segments other patients worse ({others}). "
+                    "Use it for the cases it was fine-tuned on, or keep the old model.")
+        if self.others_learnt == len(self.others_cases):
+            return f"done: {self.checkpoint}; better on the exported cases, but the check cannot tell how new patients fare: {others}", True, f"{switches} {UNTOLD_CHECK}"
+        return (f"done: {self.checkpoint}; better on the exported cases, and other patients held: {others}", False,
+                f"{switches} On other patients ({others}) it held, though a few cases say little: check its masks closely.")
+
     def worse_than_start(self) -> str | None:
         """Words saying how the best validated epoch falls below the starting model (epoch 0), or None if it does not."""
-        start = next((d for e, d in self.dice if e == 0), None)
-        later = [d for e, d in self.dice if e > 0]
-        if start is None or not later:
+        start, best_epoch = dict(self.dice).get(0), self._best_epoch()
+        if start is None or best_epoch is None:
             return None
 
         def mean(dice: dict) -> float:  # the trainer's mean_dice
             return sum(dice[r] for r in REGIONS) / len(REGIONS)
 
-        best = max(later, key=mean)
+        best = dict(self.dice)[best_epoch]
         if mean(best) >= mean(start):
             return None
         what = DICE_AXIS.get(self.validation_kind, "Dice")  # Dice: a name, capitalised mid-sentence too
@@ -415,19 +419,16 @@ class FineTuneWidget(DockWidget):
         later = [(e, d) for e, d in self.dice if e > 0]
         return max(later, key=lambda item: sum(item[1][r] for r in REGIONS))[0] if later else None
 
-    def others_at_best(self) -> str | None:
-        """Dice on the replay cases the run kept out, at the start and at the best epoch, in words (None: not checked)."""
+    def _others_start_and_best(self) -> tuple[dict, dict] | None:
+        """The kept-out replay cases' Dice at the start and at the best epoch (None: not checked at both)."""
         start, best = dict(self.others).get(0), dict(self.others).get(self._best_epoch())
-        if start is None or best is None:
-            return None
+        return None if start is None or best is None else (start, best)
+
+    def _others_words(self, start: dict, best: dict) -> str:
+        """The kept-out replay cases' Dice at the start and at the best epoch, in words."""
         learnt = f"{self.others_learnt} of them learnt by the starting model" if self.others_learnt else "none learnt by the starting model"
         return (f"{len(self.others_cases)} original case(s) kept out of the replay ({learnt}), "
                 + ", ".join(f"{r} {start[r]:.2f} -> {best[r]:.2f}" for r in REGIONS))
-
-    def harm_to_others(self) -> str | None:
-        """:meth:`others_at_best` when the kept-out cases' mean Dice fell by more than ``events.OTHERS_TOLERANCE``, else None."""
-        start, best = dict(self.others).get(0), dict(self.others).get(self._best_epoch())
-        return self.others_at_best() if start is not None and best is not None and events.fell_by(start, best) > events.OTHERS_TOLERANCE else None
 
     def _fail(self, message: str):
         from napari.utils.notifications import show_error
