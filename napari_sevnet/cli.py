@@ -367,6 +367,60 @@ def _mark_main(args) -> int:
     return 0
 
 
+def recovery_main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="sevnet-recovery",
+        description="The recovery copies of corrections neither exported nor saved (kept while napari runs, and after a crash): list them, "
+                    "write one as a mask without napari, or discard them (a copy names the scans' paths, which often name the patient).",
+    )
+    action = parser.add_mutually_exclusive_group()
+    action.add_argument("--save", metavar="KEY", help="write this copy (its key as listed, six characters or more) as a label NIfTI on its scans' grid (needs -o)")
+    action.add_argument("--discard", nargs="+", metavar="KEY", help="delete these copies")
+    action.add_argument("--discard-all", action="store_true", help="delete every copy in the folder")
+    parser.add_argument("-o", "--output", type=Path, help="with --save: the mask to write (.nii.gz)")
+    parser.add_argument("--labels", choices=["2021", "2023"], default="2021", help="with --save: the label convention written (default 2021: 1/2/4)")
+    parser.add_argument("--overwrite", action="store_true", help="with --save: replace an existing -o file")
+    parser.add_argument("--folder", type=Path, help="the recovery folder (default: $SEVNET_RECOVERY_DIR, else recovery/ in the user's cache)")
+    args = parser.parse_args(argv)
+    if (args.save is None) != (args.output is None):
+        parser.error("--save KEY and -o MASK go together")
+
+    from napari_sevnet import recovery
+
+    folder = args.folder or recovery.recovery_dir()
+    try:
+        if args.save:
+            scans, copy = recovery.find(args.save, folder)
+            changed = recovery.scans_now(scans)
+            written = recovery.write_as_mask(copy, scans, args.output, args.labels, overwrite=args.overwrite)
+            print(f"wrote {copy.name} of {copy.when} ({copy.case_id}) to {written}; the copy stays until discarded (--discard {copy.key[:8]})")
+            if changed:
+                print(f"sevnet-recovery: warning: {changed}: check that the mask lies on the scans as you expect", file=sys.stderr)
+            return 0
+        if args.discard or args.discard_all:
+            chosen = [copy for _, copy in recovery.records(folder)] if args.discard_all else [recovery.find(key, folder)[1] for key in args.discard]
+            for copy in chosen:
+                recovery.remove(copy)
+                print(f"discarded {copy.key[:8]}: {copy.name} of {copy.when} ({copy.case_id})")
+            if not chosen:
+                print(f"no recovery copies in {folder}")
+            return 0
+    except InputError as exc:
+        print(f"sevnet-recovery: error: {exc}", file=sys.stderr)
+        return 2
+    kept = sorted(recovery.records(folder), key=lambda found: found[1].saved_at)
+    if not kept:
+        print(f"no recovery copies in {folder}")
+        return 0
+    print(f"{len(kept)} recovery cop{'y' if len(kept) == 1 else 'ies'} in {folder} (each dropped {recovery.KEEP_DAYS} days after its last edit):")
+    for scans, copy in kept:
+        edits = {source: int(tally.get("edits", 0)) for source, tally in (copy.interactions or {}).items() if isinstance(tally, dict)}
+        tallied = f"{sum(edits.values())} edit(s) ({', '.join(f'{source} {n}' for source, n in sorted(edits.items()))})" if edits else "edits not tallied"
+        made_by = f"model {Path(copy.model['checkpoint']).name}" if copy.model and copy.model.get("checkpoint") else "a mask from files"
+        print(f"  {copy.key[:8]}  {copy.when}  {copy.name}  [{copy.case_id}]  {tallied}; {made_by}; scans: {recovery.scans_now(scans) or 'as they were'}")
+    return 0
+
+
 def measure_main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="sevnet-measure", description="Lesion table and RANO measurements of a mask; optionally the change since an earlier visit and a case report.")
     parser.add_argument("case", type=Path, help="the case (folder or any of its files)")

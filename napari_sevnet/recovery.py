@@ -16,7 +16,8 @@ Exporting the result or saving it with the plugin's writer discards its copy
 (the correction is safe elsewhere), and so does deleting the three layers of
 a recovered result (deleting the original's never does); an untouched copy is dropped after
 :data:`KEEP_DAYS`. The folder is ``$SEVNET_RECOVERY_DIR``, else ``recovery/``
-in the user's cache.
+in the user's cache. ``sevnet-recovery`` lists the copies, writes one as a mask
+without napari (:func:`write_as_mask`) and deletes them on purpose.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_sevnet.errors import InputError
 from napari_sevnet.files import atomic_output, private_dir, user_cache_dir, write_text_atomic
 from napari_sevnet.regions import REGIONS
 
@@ -190,6 +192,58 @@ def records(folder: Path | None = None) -> list[tuple[dict, Recovery]]:
                                                         record.get("model") if isinstance(record.get("model"), dict) else None,
                                                         record.get("interactions") if isinstance(record.get("interactions"), dict) else None)))
     return found
+
+
+def find(key: str, folder: Path | None = None) -> tuple[dict, Recovery]:
+    """The copy whose key starts with ``key`` (six characters or more, as ``sevnet-recovery`` lists them), with its scans."""
+    folder = Path(folder or recovery_dir())
+    if not re.fullmatch(r"[0-9a-f]{6,32}", key):
+        raise InputError(folder, f"{key!r} is not a copy's key: give at least its first six characters as listed")
+    matches = [(scans, r) for scans, r in records(folder) if r.key.startswith(key)]
+    if not matches:
+        raise InputError(folder, f"no recovery copy's key starts with {key} (list them with sevnet-recovery)")
+    if len(matches) > 1:
+        raise InputError(folder, f"{len(matches)} recovery copies' keys start with {key}: give more of it")
+    return matches[0]
+
+
+def scans_now(scans: dict) -> str | None:
+    """Why the scans a copy was made on cannot be taken as they were (gone, or changed since), or None."""
+    for role, scan in sorted((scans or {}).items()):
+        path = Path(scan["path"])
+        try:
+            stat = path.stat()
+        except OSError:
+            return f"its {role} scan {path} is gone"
+        if (stat.st_size, stat.st_mtime_ns) != (scan["size"], scan["mtime_ns"]):
+            return f"its {role} scan {path} changed after the copy was made"
+    return None
+
+
+def write_as_mask(recovery: Recovery, scans: dict, path: str | os.PathLike, convention: str = "brats2021", *, overwrite: bool = False) -> Path:
+    """The copy's WT/TC/ET as a label NIfTI on its scans' grid, as the plugin's writer saves a result (without napari:
+    a viewer that no longer starts, or scans opened elsewhere). Refused when the scans are gone or no longer on the copy's grid."""
+    from napari_sevnet.io import MODALITIES, grid_of, write_mask
+
+    reference = next((Path(scans[m]["path"]) for m in MODALITIES if m in (scans or {})), None)
+    if reference is None or not reference.is_file():
+        raise InputError(reference or recovery.folder / f"{recovery.key}.json", f"the scans of {recovery.name} are gone from where the copy was made: its grid cannot be written without them "
+                         "(scans moved since: open them in napari, where the copy comes back)")
+    import nibabel as nib
+
+    try:
+        grid = grid_of(nib.load(reference))
+    except Exception as exc:  # nibabel raises several kinds for a file that is not NIfTI any more
+        raise InputError(reference, f"cannot be read for the copy's grid ({exc})") from exc
+    regions = recovery.regions()
+    if regions.shape[1:] != tuple(grid.to_canonical(np.zeros(grid.shape, bool)).shape):
+        raise InputError(reference, f"its grid {grid.shape} is not the one {recovery.name}'s copy was made on")
+    return write_mask(regions, grid, path, convention, overwrite=overwrite)
+
+
+def remove(recovery: Recovery) -> None:
+    """Delete a copy now (``sevnet-recovery --discard``): its mask, record and the model's output kept with it."""
+    _remove(recovery.key, recovery.folder)
 
 
 def _moved_alike(scans: dict) -> dict:

@@ -58,6 +58,53 @@ def test_a_copy_comes_back_for_the_same_unchanged_scans_only(tmp_path, recovery_
     assert recovery.pending(case.paths) == [] and not list(recovery_folder.iterdir())
 
 
+def test_sevnet_recovery_lists_the_copies_writes_one_as_a_mask_without_napari_and_discards_them(tmp_path, recovery_folder, capsys):
+    """A copy holds a clinician's corrections and names the patient's scans: listed, rescued as a NIfTI when napari will not
+    start, deleted on purpose; every refusal names the file and the problem."""
+    import nibabel as nib
+
+    from napari_sevnet.cli import recovery_main
+    from napari_sevnet.io import read_segmentation
+
+    case = load_case(write_phantom(tmp_path / "cases", seed=4, shape=(32, 40, 32)))
+    regions = case.regions.copy()
+    regions[:, 3:6, 3:6, 3:6] = True
+    recovery.save(KEY, regions, case_id=case.case_id, name=f"{case.case_id} (run 2)", paths=case.paths,
+                  interactions={"brush": {"edits": 3, "voxels": 81, "undone": 0}, "learned click": {"edits": 2, "voxels": 900, "undone": 1}})
+    other = "fedcba9876543210fedcba9876543210"
+    recovery.save(other, case.regions, case_id=case.case_id, name=f"{case.case_id} (run 3)", paths=case.paths)
+    assert recovery_main([]) == 0
+    listed = capsys.readouterr().out
+    assert f"2 recovery copies in {recovery_folder}" in listed
+    assert "01234567" in listed and "phantom_0004 (run 2)" in listed and "5 edit(s) (brush 3, learned click 2)" in listed and "scans: as they were" in listed
+
+    out = tmp_path / "rescued" / "mask.nii.gz"
+    assert recovery_main(["--save", "012345", "-o", str(out)]) == 0
+    rescued, _ = read_segmentation(out, case.grid, case.reference)
+    np.testing.assert_array_equal(rescued, regions)
+    assert np.allclose(nib.load(out).affine, nib.load(case.reference).affine), "on the scans' own grid"
+    assert recovery_main(["--save", "012345", "-o", str(out)]) == 2 and "already exists; refusing to overwrite" in capsys.readouterr().err
+    assert recovery_main(["--save", "0123", "-o", str(out)]) == 2 and "'0123' is not a copy's key" in capsys.readouterr().err
+
+    flair = case.paths["flair"]
+    stat = flair.stat()
+    os.utime(flair, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    assert recovery_main(["--save", "012345", "-o", str(out), "--overwrite"]) == 0
+    assert f"its flair scan {flair.resolve()} changed after the copy was made" in capsys.readouterr().err, "written, with a warning"
+    os.utime(flair, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    t1 = case.paths["t1"]
+    t1.rename(t1.with_name("moved.nii.gz"))
+    assert recovery_main(["--save", "012345", "-o", str(tmp_path / "again.nii.gz")]) == 2
+    assert "are gone from where the copy was made" in capsys.readouterr().err and not (tmp_path / "again.nii.gz").exists()
+    t1.with_name("moved.nii.gz").rename(t1)
+
+    assert recovery_main(["--discard", "abcdef"]) == 2 and "no recovery copy's key starts with abcdef" in capsys.readouterr().err
+    assert recovery_main(["--discard", "0123456"]) == 0 and "discarded 01234567" in capsys.readouterr().out
+    assert [r.key for r in recovery.pending(case.paths)] == [other] and out.is_file(), "the other copy and the rescued mask stay"
+    assert recovery_main(["--discard-all"]) == 0 and not list(recovery_folder.iterdir())
+    assert recovery_main([]) == 0 and "no recovery copies" in capsys.readouterr().out
+
+
 @pytest.mark.skipif(os.name != "posix", reason="folder modes are POSIX")
 def test_the_copies_sit_in_folders_only_the_user_can_read(tmp_path, monkeypatch):
     """A copy names the scans' paths (often the patient's name) and holds the mask: not for other users of the machine."""
