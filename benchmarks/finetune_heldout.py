@@ -1,21 +1,24 @@
-"""Does fine-tuning on one corrected case help that case, and what does it do to the next patients?
+"""Does fine-tuning on corrected cases help those cases, and what does it do to the next patients?
 
-    python -m benchmarks.finetune_heldout [--variants default lr/10 replay 'replay, lr/10' frozen-encoder l2-sp 'l2-sp, x10'] [--case FOLDER] [--others FOLDER ...]
-                                          [--replay FOLDER ...]
+    python -m benchmarks.finetune_heldout [--variants default lr/10 replay 'replay, lr/10' frozen-encoder l2-sp 'l2-sp, x10'] [--case FOLDER ...] [--others FOLDER ...]
+                                          [--replay FOLDER ...] [--val-cases N]
                                           [--epochs N] [--steps N] [--checkpoint CKPT] [--work DIR] [-o OUT.json]
 
 The Fine-tune dock's loop on real scans no model here trained on. One held-out case (default the low-grade
-Brats18_TCIA10_637_1, the one the model gets most wrong) is exported with its expert mask as the clinician's
-correction (``sevnet-export``), and ``HELD_OUT_MODEL`` (never trained on the split's held-out cases) is fine-tuned on
-it as the dock runs it (``training/configs/finetune.yaml``, the dock's epochs and steps), once per variant:
+Brats18_TCIA10_637_1, the one the model gets most wrong), or each case given to ``--case``, is exported with its expert
+mask as the clinician's correction (``sevnet-export``), and ``HELD_OUT_MODEL`` (never trained on the split's held-out
+cases) is fine-tuned on them as the dock runs it (``training/configs/finetune.yaml``, the dock's epochs and steps; from
+two cases on, the trainer keeps a fifth of them, at least one, out to validate on, as the dock does, unless
+``--val-cases`` says how many: 0 trains on all), once per variant:
 ``default`` (the dock's settings), ``lr/10`` (a tenth of its learning rate), ``replay`` (the split's training cases,
 which the model learnt from, mixed in: the dock's *Replay data*), ``replay, lr/10`` (both), ``frozen-encoder``
 (only the decoder learns), ``l2-sp`` (the weights pulled back to the starting model's, ``l2sp=0.01``: no replay data
 needed, which a clinic rarely has) and ``l2-sp, x10`` (``l2sp=0.1``, run after ``l2-sp`` was scored). With replay, the dock keeps two replay cases out of it and scores them before and during
 the fine-tune (``data.replay_check_cases``); what that check saw is set beside what the next patients saw.
-Each model (the best checkpoint, the one the dock's *Use this model* takes) is scored on the corrected case itself (what the dock's validation shows) and on the split's other
+Each model (the best checkpoint, the one the dock's *Use this model* takes) is scored on the corrected cases themselves (what the dock's validation shows) and on the split's other
 held-out cases, which it never saw (the next patients), with paired per-case Dice differences against the starting
-model. Fine-tuning runs are kept under ``--work`` and not run again when they finished there (``done`` beside them).
+model. Fine-tuning runs are kept under ``--work`` and not run again when they finished there (``done`` beside them)
+with the same command; a work folder holds the runs of one set of corrected cases.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from pathlib import Path
 import yaml
 
 from benchmarks.real_heldout import DATA, HELD_OUT_MODEL, REGIONS, ROOT, SPLIT, evaluate, find_cases, labelled_cases, paired, write_results
+from napari_sevnet.files import write_text_atomic
 
 CONFIG = ROOT / "training" / "configs" / "finetune.yaml"
 DEFAULT_CASE = "Brats18_TCIA10_637_1"
@@ -62,27 +66,44 @@ VARIANTS = ("default", "lr/10", "replay", "replay, lr/10", "frozen-encoder", "l2
 L2SP = 0.01
 
 
-def fine_tune(case: Path, base: str, variant: str, overrides: list[str], epochs: int, steps: int, work: Path) -> tuple[Path, list[str]]:
-    """The case exported with its own mask as the correction, then ``base`` fine-tuned on it; (best checkpoint, command)."""
+def fine_tune(cases: list[Path], base: str, variant: str, overrides: list[str], epochs: int, steps: int, work: Path) -> tuple[Path, list[str]]:
+    """The cases exported with their own masks as the corrections, then ``base`` fine-tuned on them; (best checkpoint, command)."""
+    dataset = export_corrections(cases, work / "dataset")
+    run_dir = work / variant.replace("/", "-").replace(", ", "-")
+    command = [sys.executable, "-m", "training.cli", "--config", str(CONFIG), "--init", str(base), "-o", str(run_dir),
+               f"data.roots={json.dumps([str(dataset)])}", f"epochs={epochs}", f"steps_per_epoch={steps}", *overrides]
+    record = run_dir / "benchmark-command.json"
+    if record.is_file() and json.loads(record.read_text(encoding="utf-8")) != command[1:]:
+        raise SystemExit(f"{run_dir}: holds a fine-tune run with other settings ({record.name} there); give another --work, or remove that folder")
+    if not (run_dir / "done").is_file():
+        stopped = (run_dir / "last.json").is_file()  # a run cut short: continued from its last finished epoch
+        print(f"fine-tuning, {variant}: {epochs} x {steps} steps" + (" (resumed)" if stopped else ""), flush=True)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(record, json.dumps(command[1:]))  # what the run is, so a benchmark with other settings is not handed it
+        _run_trainer([sys.executable, "-m", "training.cli", "--resume", str(run_dir)] if stopped else command)
+        (run_dir / "done").write_text(time.strftime("%Y-%m-%d %H:%M") + "\n")
+    return run_dir / "best.json", command
+
+
+def export_corrections(cases: list[Path], dataset: Path) -> Path:
+    """Each case exported into ``dataset`` with its own mask as the correction; a dataset of other cases is refused
+    (the runs beside it were fine-tuned on those)."""
     from napari_sevnet.cli import export_main
     from napari_sevnet.io import load_case
 
-    dataset = work / "dataset"
-    if not (dataset / case.name).is_dir():
+    held = sorted(p.name for p in dataset.iterdir() if p.is_dir()) if dataset.is_dir() else []
+    wanted = sorted(case.name for case in cases)
+    if held and held != wanted:
+        raise SystemExit(f"{dataset}: holds the corrected cases {', '.join(held)}, not {', '.join(wanted)}; give another --work for another set of cases")
+    for case in cases:
+        if (dataset / case.name).is_dir():
+            continue
         mask = load_case(case).paths.get("seg")
         if mask is None:
             raise SystemExit(f"{case}: has no mask to fine-tune on")
         if export_main([str(case), str(mask), "-d", str(dataset), "--annotator", "expert mask (benchmark)"]) != 0:
             raise SystemExit(f"{case}: the export failed (see above)")
-    run_dir = work / variant.replace("/", "-").replace(", ", "-")
-    command = [sys.executable, "-m", "training.cli", "--config", str(CONFIG), "--init", str(base), "-o", str(run_dir),
-               f"data.roots={json.dumps([str(dataset)])}", f"epochs={epochs}", f"steps_per_epoch={steps}", *overrides]
-    if not (run_dir / "done").is_file():
-        stopped = (run_dir / "last.json").is_file()  # a run cut short: continued from its last finished epoch
-        print(f"fine-tuning, {variant}: {epochs} x {steps} steps" + (" (resumed)" if stopped else ""), flush=True)
-        _run_trainer([sys.executable, "-m", "training.cli", "--resume", str(run_dir)] if stopped else command)
-        (run_dir / "done").write_text(time.strftime("%Y-%m-%d %H:%M") + "\n")
-    return run_dir / "best.json", command
+    return dataset
 
 
 def _run_trainer(command: list[str]) -> None:
@@ -114,12 +135,20 @@ def replay_check(checkpoint: Path) -> dict | None:
     return {**seen, "change": {r: seen["dice"][r] - seen["start"][r] for r in REGIONS}}
 
 
+def kept_out_to_validate(checkpoint: Path) -> set[str]:
+    """The corrected cases the run validated on and never trained on (the trainer's split, as the dock's)."""
+    provenance = json.loads(checkpoint.read_text(encoding="utf-8")).get("provenance", {})
+    trained = {Path(p).name for p in provenance.get("train_cases") or []}
+    return {Path(p).name for p in provenance.get("val_cases") or []} - trained
+
+
 def table(out: dict) -> str:
-    models = out["models"]
-    lines = [f"Fine-tuned on {out['case']} (its expert mask as the correction; {out['epochs']} x {out['steps_per_epoch']} steps), scored on it "
-             f"and on {len(out['others'])} other held-out cases it never saw.", "",
-             "| model | on the corrected case: WT / TC / ET Dice | on the others (mean): WT / TC / ET Dice | others, change against the start (mean, 95 % CI) "
-             "| the run's own check: change on the replay cases kept out, WT / TC / ET |",
+    models, tuned_on, validated_on = out["models"], out["cases"], out["validated_on"]
+    kept_out = f", {', '.join(validated_on)} kept out to validate on, not trained on" if validated_on else ""
+    lines = [f"Fine-tuned on {', '.join(tuned_on)} (the expert masks as the corrections{kept_out}; {out['epochs']} x {out['steps_per_epoch']} steps), "
+             f"scored on {'it' if len(tuned_on) == 1 else 'them'} and on {len(out['others'])} other held-out cases it never saw.", "",
+             f"| model | on the corrected case{'s (mean)' if len(tuned_on) > 1 else ''}: WT / TC / ET Dice | on the others (mean): WT / TC / ET Dice "
+             "| others, change against the start (mean, 95 % CI) | the run's own check: change on the replay cases kept out, WT / TC / ET |",
              "|---|---|---|---|---|"]
     for label, m in models.items():
         own = " / ".join(f"{m['own']['mean'][r]['dice']:.3f}" for r in REGIONS)
@@ -129,22 +158,25 @@ def table(out: dict) -> str:
         checked = " / ".join(f"{check['change'][r]:+.3f}" for r in REGIONS) + f" ({', '.join(check['cases'])})" if check else "-"
         lines.append(f"| {label} | {own} | {others} | {change} | {checked} |")
     lines += ["", "| case | " + " | ".join(f"{label} WT / TC / ET" for label in models) + " |", "|---|" + "---|" * len(models)]
-    for case_id in [out["case"], *out["others"]]:
+    for case_id in [*tuned_on, *out["others"]]:
         cells = []
         for m in models.values():
-            scored = m["own"] if case_id == out["case"] else m["others"]
+            scored = m["own"] if case_id in tuned_on else m["others"]
             cells.append(" / ".join(f"{scored['cases'][case_id][r]['dice']:.3f}" for r in REGIONS))
-        lines.append(f"| {case_id}{' (fine-tuned on)' if case_id == out['case'] else ''} | " + " | ".join(cells) + " |")
+        role = " (kept out to validate on)" if case_id in validated_on else " (fine-tuned on)" if case_id in tuned_on else ""
+        lines.append(f"| {case_id}{role} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> int:
     defaults = yaml.safe_load(CONFIG.read_text(encoding="utf-8"))
     parser = argparse.ArgumentParser(prog="python -m benchmarks.finetune_heldout", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--case", type=Path, help=f"the corrected case to fine-tune on (default: {DEFAULT_CASE} of the real data)")
+    parser.add_argument("--case", nargs="+", type=Path, metavar="FOLDER", help=f"the corrected case(s) to fine-tune on (default: {DEFAULT_CASE} of the real data)")
     parser.add_argument("--others", nargs="+", type=Path, metavar="PATH", help="the next patients to score (default: the split's other held-out cases)")
     parser.add_argument("--replay", nargs="+", type=Path, metavar="PATH", help="original labelled cases for the replay variants (default: the split's training cases)")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS, help="how to fine-tune (default: all)")
+    parser.add_argument("--val-cases", type=int, metavar="N",
+                        help="corrected cases kept out to validate on (default: the dock's, from two cases on a fifth, at least one; 0: train on all)")
     parser.add_argument("--epochs", type=int, default=defaults["epochs"], help="default: the dock's")
     parser.add_argument("--steps", type=int, default=defaults["steps_per_epoch"], help="steps per epoch (default: the dock's)")
     parser.add_argument("--checkpoint", default=str(HELD_OUT_MODEL), help="the starting model (default: HELD_OUT_MODEL, never trained on the held-out cases)")
@@ -152,34 +184,38 @@ def main(argv=None) -> int:
     parser.add_argument("-o", "--output", type=Path, help="JSON to write, with its table beside it (default: print only)")
     args = parser.parse_args(argv)
 
+    held_out = json.loads(SPLIT.read_text(encoding="utf-8"))["held_out"]
+    others = labelled_cases(args.others) if args.others else find_cases(held_out, DATA)
     if args.case is None:
-        held_out = json.loads(SPLIT.read_text(encoding="utf-8"))["held_out"]
-        found = find_cases(held_out, DATA)
-        case, others = found.pop(DEFAULT_CASE), found
+        cases = {DEFAULT_CASE: find_cases([DEFAULT_CASE], DATA)[DEFAULT_CASE]}
     else:
-        given = labelled_cases([args.case])
-        if len(given) != 1:
-            raise SystemExit(f"{args.case}: give the folder of one labelled case to fine-tune on (found {len(given)})")
-        case, others = next(iter(given.values())), {}
-    if args.others:
-        others = labelled_cases(args.others)
-    others.pop(case.name, None)
+        cases = labelled_cases(args.case)
+        if len(cases) != len(args.case):
+            raise SystemExit(f"{', '.join(map(str, args.case))}: give each labelled case to fine-tune on as its own folder (found {len(cases)} case(s) in {len(args.case)} folder(s))")
+    for name in cases:
+        others.pop(name, None)
     if not others:
         raise SystemExit("no other case to score: give --others")
-    models = {"start": {"checkpoint": args.checkpoint, "own": evaluate(args.checkpoint, {case.name: case}), "others": evaluate(args.checkpoint, others)}}
+    if args.val_cases is not None and not 0 <= args.val_cases < len(cases):
+        raise SystemExit(f"--val-cases {args.val_cases}: keep between 0 and {len(cases) - 1} of the {len(cases)} corrected case(s) out to validate on")
+    split = [] if args.val_cases is None else [f"data.val_cases={args.val_cases}"]
+    models = {"start": {"checkpoint": args.checkpoint, "own": evaluate(args.checkpoint, cases), "others": evaluate(args.checkpoint, others)}}
+    validated_on: set[str] = set()
     for variant in args.variants:
-        checkpoint, command = fine_tune(case, args.checkpoint, variant, variant_overrides(variant, defaults["lr"], args.replay), args.epochs, args.steps, args.work)
+        overrides = [*split, *variant_overrides(variant, defaults["lr"], args.replay)]
+        checkpoint, command = fine_tune(list(cases.values()), args.checkpoint, variant, overrides, args.epochs, args.steps, args.work)
         label = f"fine-tuned, {variant}"
         print(label, flush=True)
-        models[label] = {"checkpoint": str(checkpoint), "command": command, "own": evaluate(str(checkpoint), {case.name: case}), "others": evaluate(str(checkpoint), others)}
+        models[label] = {"checkpoint": str(checkpoint), "command": command, "own": evaluate(str(checkpoint), cases), "others": evaluate(str(checkpoint), others)}
         models[label]["others_vs_start"] = paired(models["start"]["others"], models[label]["others"])
+        validated_on |= kept_out_to_validate(checkpoint)
         check = replay_check(checkpoint)
         if check:
             models[label]["replay_check"] = check
     for m in models.values():
         for part in ("own", "others"):
             m[part].pop("attention"), m[part].pop("se_spread")
-    out = {"date": time.strftime("%Y-%m-%d %H:%M"), "host": platform.node(), "case": case.name, "others": list(others),
+    out = {"date": time.strftime("%Y-%m-%d %H:%M"), "host": platform.node(), "cases": list(cases), "validated_on": sorted(validated_on), "others": list(others),
            "epochs": args.epochs, "steps_per_epoch": args.steps, "models": models}
     text = table(out)
     print(text)
