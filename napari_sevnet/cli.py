@@ -426,12 +426,17 @@ def measure_main(argv=None) -> int:
     parser.add_argument("case", type=Path, help="the case (folder or any of its files)")
     parser.add_argument("mask", type=Path, help="its mask (a prediction or a correction), on the case's grid")
     parser.add_argument("--baseline", nargs=2, type=Path, metavar=("CASE", "MASK"), help="an earlier visit of the same patient: report the change and the RANO category")
+    parser.add_argument("--dates", nargs=2, type=_iso_date, metavar=("BASELINE", "FOLLOW_UP"),
+                        help="with --baseline: the two visits' study dates (YYYY-MM-DD), which NIfTI files do not carry: the report gives the days "
+                             "between them and says when the visits are the wrong way round (cases prepared from DICOM know theirs)")
     parser.add_argument("--labels", choices=["2021", "2023", "msd"], help="label convention of the masks (default: what the files say)")
     parser.add_argument("--report", type=Path, help="also write the case report (self-contained HTML) here")
     parser.add_argument("--checkpoint", help="the model that made the mask, named in the report (default: the one its sevnet-predict report names)")
     parser.add_argument("-o", "--output", type=Path, help="write the read-out as JSON here")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing -o file, or a --report that is not this scan's own earlier report")
     args = parser.parse_args(argv)
+    if args.dates and not args.baseline:
+        parser.error("--dates goes with --baseline: they are the baseline's and the follow-up's study dates")
     _setup_logging(False)
     inputs = {p.resolve() for p in (args.case, args.mask, *(args.baseline or ()))}
     if args.report and args.output and args.report.resolve() == args.output.resolve():
@@ -469,7 +474,8 @@ def measure_main(argv=None) -> int:
             comparison = compare_visits(measure(base_regions, base_case.spacing, base_case.grid), readout, baseline_id=base_case.case_id, follow_up_id=case.case_id,
                                         new=new_lesions(on_follow_up, regions, readout, case.spacing) if on_follow_up is not None else None,
                                         unassessed=None if on_follow_up is not None else how,
-                                        baseline_visit=visit_of(base_case.paths), follow_up_visit=visit_of(case.paths))
+                                        baseline_visit=_dated(visit_of(base_case.paths), args.dates and args.dates[0], args.baseline[0]),
+                                        follow_up_visit=_dated(visit_of(case.paths), args.dates and args.dates[1], args.case))
             if comparison["caveat"]:
                 print(f"sevnet-measure: warning: {comparison['caveat']}", file=sys.stderr)
         if args.report:
@@ -487,6 +493,24 @@ def measure_main(argv=None) -> int:
     print(f"sum of products {readout.sum_of_products_mm2:.0f} mm^2 over {readout.measurable} measurable lesion(s)" + (f", the {TARGET_LESIONS} largest summed" if readout.measurable > TARGET_LESIONS else "") + (f"; since the baseline: {comparison['category']}" if comparison else "")
           + (f" (new lesion {', '.join(f'#{n}' for n in comparison['new_lesions'])})" if comparison and comparison["new_lesions"] else ""))
     return 0
+
+
+def _iso_date(text: str) -> str:
+    import datetime as dt
+
+    try:
+        return dt.date.fromisoformat(text).isoformat()
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date as YYYY-MM-DD") from None
+
+
+def _dated(visit: dict, date: str | None, case: Path) -> dict:
+    """A visit with the study date given on the command line; one that contradicts the date its DICOM gave is refused."""
+    if not date:
+        return visit
+    if visit.get("study_date") and visit["study_date"] != date:
+        raise InputError(case, f"was scanned on {visit['study_date']} by its DICOM series, not on {date} as --dates says")
+    return {**visit, "study_date": date}
 
 
 def _list_series(folders) -> int:

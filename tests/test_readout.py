@@ -359,3 +359,37 @@ def test_visits_prepared_from_dicom_are_checked_by_their_patient_id_and_study_da
     else:
         assert change["caveat"] is None and "warning" not in err
         assert change["days"] == 91 and "Baseline scanned on 2024-01-10, follow-up on 2024-04-10 (91 days later)." in page
+
+
+def test_sevnet_measure_takes_the_study_dates_nifti_visits_do_not_carry(tmp_path, capsys):
+    """Two NIfTI visits say nothing of when they were scanned: --dates gives the interval and catches the wrong order;
+    a date that contradicts the DICOM series' is refused, naming the case."""
+    import json
+    import shutil
+
+    from napari_sevnet.cli import measure_main
+    from napari_sevnet.prepare import PREPARE_RECORD
+
+    first = write_phantom_case(tmp_path / "a")
+    early, late = (shutil.copytree(first, tmp_path / name) for name in ("visit1", "visit2"))
+    seg = f"{first.name}_seg.nii.gz"
+    out, report = tmp_path / "change.json", tmp_path / "report.html"
+    visits = [str(late), str(late / seg), "--baseline", str(early), str(early / seg)]
+    assert measure_main([*visits, "--dates", "2024-01-10", "2024-04-10", "-o", str(out), "--report", str(report)]) == 0
+    change = json.loads(out.read_text(encoding="utf-8"))["change"]
+    assert change["days"] == 91 and change["caveat"] is None
+    assert "Baseline scanned on 2024-01-10, follow-up on 2024-04-10 (91 days later)." in report.read_text(encoding="utf-8")
+    assert measure_main([*visits, "--dates", "2024-04-10", "2024-01-10", "-o", str(out), "--overwrite"]) == 0
+    assert "was scanned on 2024-04-10, after the follow-up" in capsys.readouterr().err
+
+    (late / PREPARE_RECORD).write_text(json.dumps({"case_id": first.name, "reference": "t1ce", "visit": {"study_date": "2024-05-01"}}))
+    assert measure_main([*visits, "--dates", "2024-01-10", "2024-04-10"]) == 2
+    assert f"{late}: was scanned on 2024-05-01 by its DICOM series, not on 2024-04-10 as --dates says" in capsys.readouterr().err
+    for wrong, says in ((["--dates", "2024-13-01", "2024-04-10"], "'2024-13-01' is not a date as YYYY-MM-DD"),
+                        (["--dates", "2024-01-10"], "expected 2 arguments")):
+        with pytest.raises(SystemExit):
+            measure_main([*visits, *wrong])
+        assert says in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        measure_main([str(late), str(late / seg), "--dates", "2024-01-10", "2024-04-10"])
+    assert "--dates goes with --baseline" in capsys.readouterr().err
