@@ -207,6 +207,9 @@ def _write_json(path: Path, data) -> None:
     write_text_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
+WHOLE_TUMOUR_HINT = "if the references are whole-tumour masks painted with one label, sevnet-evaluate --whole-tumour-references scores the whole tumour alone"
+
+
 def evaluate_main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="sevnet-evaluate", description="BraTS metrics of predicted masks against reference masks.")
     parser.add_argument("pred_dir", type=Path, help="folder of <case>_seg.nii.gz predictions")
@@ -214,10 +217,13 @@ def evaluate_main(argv=None) -> int:
     parser.add_argument("-o", "--output", type=Path, help="where to write metrics.csv and metrics.json (default: pred_dir)")
     parser.add_argument("--lesion-wise", action="store_true", help="add the BraTS 2023 lesion-wise Dice and HD95 (gliomas: dilation 3, lesions over 50 mm^3)")
     parser.add_argument("--labels", choices=["2021", "2023", "msd"], help="label convention of the predictions (default: what each file says; a <case>.nii.gz submission file takes its reference's)")
+    parser.add_argument("--whole-tumour-references", action="store_true",
+                        help="the references are whole-tumour masks (every non-zero voxel is tumour: a FLAIR-abnormality mask painted with one label, "
+                             "as many clinics and public sets have): only WT is scored")
     args = parser.parse_args(argv)
     _setup_logging(False)
 
-    from napari_sevnet.io import find_segmentations, find_submissions, read_labels, role_of
+    from napari_sevnet.io import find_segmentations, find_submissions, read_labels, read_whole_tumour, role_of
     from napari_sevnet.metrics import case_lesion_metrics, case_metrics, mean_metrics
     from napari_sevnet.regions import REGIONS
 
@@ -244,6 +250,7 @@ def evaluate_main(argv=None) -> int:
     if unscored:
         print(f"sevnet-evaluate: note: {len(unscored)} reference case(s) under {args.gt_dir} have no prediction and are not in the mean: {', '.join(unscored)}", file=sys.stderr)
     rows, per_case, failed = [], [], 0
+    scored = ("WT",) if args.whole_tumour_references else REGIONS
     for case_id, pred_path in preds.items():
         candidates = refs.get(case_id, [])
         try:
@@ -252,24 +259,37 @@ def evaluate_main(argv=None) -> int:
             if len(candidates) > 1:
                 raise InputError(args.gt_dir, f"case {case_id} has {len(candidates)} reference masks: {', '.join(map(str, candidates))}; keep one, or name a folder that holds one")
             ref = candidates[0]
-            pred, pgrid = read_labels(pred_path, args.labels, default=role_of(ref.name)[2])
-            truth, tgrid = read_labels(ref)
+            if args.whole_tumour_references:  # TC and ET are not drawn in such a reference: scored as empty they would read as misses
+                pred, pgrid = read_labels(pred_path, args.labels, default=role_of(ref.name)[2])
+                whole, tgrid = read_whole_tumour(ref)
+                truth = np.stack([whole, np.zeros_like(whole), np.zeros_like(whole)])
+            else:
+                pred, pgrid = read_labels(pred_path, args.labels, default=role_of(ref.name)[2])
+                try:
+                    truth, tgrid = read_labels(ref)
+                except InputError as exc:
+                    if "label" in exc.problem:  # one label (0/1, 0/255): most likely a whole-tumour mask
+                        raise InputError(ref, f"{exc.problem}; {WHOLE_TUMOUR_HINT}") from None
+                    raise
+                if truth[0].any() and np.array_equal(truth[0], truth[1]) and not truth[2].any():
+                    print(f"sevnet-evaluate: warning: {ref}: holds necrosis alone (label 1), read by its BraTS name as BraTS labels; {WHOLE_TUMOUR_HINT}", file=sys.stderr)
             if pred.shape != truth.shape or not np.allclose(pgrid.affine, tgrid.affine, atol=1e-3):
                 raise InputError(pred_path, f"grid differs from the reference {ref}")
             m = case_metrics(pred, truth, tgrid.spacing)
             if args.lesion_wise:
                 for r, extra in case_lesion_metrics(pred, truth, tgrid.spacing).items():
                     m[r].update(extra)
+            m = {r: m[r] for r in scored}
         except InputError as exc:
             failed += 1
             print(f"sevnet-evaluate: error: {exc}", file=sys.stderr)
             continue
         per_case.append(m)
-        rows.append({"case": case_id, **{f"{r}_{k}": v for r in REGIONS for k, v in m[r].items()}})
+        rows.append({"case": case_id, **{f"{r}_{k}": v for r in scored for k, v in m[r].items()}})
     if not rows:
         return 1
     mean = mean_metrics(per_case)
-    rows.append({"case": "mean", **{f"{r}_{k}": v for r in REGIONS for k, v in mean[r].items()}})
+    rows.append({"case": "mean", **{f"{r}_{k}": v for r in scored for k, v in mean[r].items()}})
     out = args.output or args.pred_dir
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -280,6 +300,7 @@ def evaluate_main(argv=None) -> int:
             writer.writerows(rows)
         # which predictions were scored against which references: two evaluations of one folder are told apart
         _write_json(out / "metrics.json", {"predictions": str(args.pred_dir.resolve()), "references": str(args.gt_dir.resolve()), "labels": args.labels,
+                                           "regions_scored": list(scored),
                                            "cases": rows[:-1], "mean": mean, "references_without_prediction": unscored})
     except OSError as exc:  # a read-only or full disk: the table below is still printed
         print(f"sevnet-evaluate: error: {out}: cannot write metrics.csv and metrics.json ({exc.strerror or exc}); choose another -o", file=sys.stderr)
@@ -287,9 +308,9 @@ def evaluate_main(argv=None) -> int:
     else:
         print(f"sevnet-evaluate: wrote {out / 'metrics.csv'} and metrics.json" + (" (replacing an earlier evaluation's)" if earlier else ""), file=sys.stderr)
     columns = [("dice", "Dice", ".3f"), ("hd95", "HD95", ".2f")] + ([("lesion_dice", "LwDice", ".3f"), ("lesion_hd95", "LwHD95", ".2f")] if args.lesion_wise else [])
-    print(f"{'case':<24}" + "".join(f"{r + ' ' + title:>12}" for r in REGIONS for _, title, _ in columns))
+    print(f"{'case':<24}" + "".join(f"{r + ' ' + title:>12}" for r in scored for _, title, _ in columns))
     for row in rows:
-        print(f"{row['case']:<24}" + "".join(f"{row[f'{r}_{key}']:>12{fmt}}" for r in REGIONS for key, _, fmt in columns))
+        print(f"{row['case']:<24}" + "".join(f"{row[f'{r}_{key}']:>12{fmt}}" for r in scored for key, _, fmt in columns))
     return 1 if failed else 0
 
 

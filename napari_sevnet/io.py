@@ -582,6 +582,21 @@ def read_labels(path: str | os.PathLike, convention: str | None = None, *, defau
     return _labels_to_regions(grid.to_canonical(np.asarray(data)), convention or label_convention_of(path, img, default), path)[0], grid
 
 
+def read_whole_tumour(path: str | os.PathLike) -> tuple[np.ndarray, SourceGrid]:
+    """A whole-tumour mask on its own grid -> ((Z, Y, X) bool, its grid): every non-zero voxel is tumour, whatever its
+    label (a FLAIR-abnormality mask painted with one label, 0/1 or 0/255, or a full BraTS mask)."""
+    path = Path(path)
+    data, img = read_nifti(path)
+    data = np.asarray(data)
+    if not np.all(np.isfinite(data)) or not np.array_equal(np.rint(data), data):
+        raise InputError(path, "holds values that are not whole numbers: a scan rather than a mask?")
+    values = np.unique(data)
+    if len(values) > 8 or values.min(initial=0) < 0:
+        raise InputError(path, f"holds {len(values)} values from {values.min():g} to {values.max():g}: a scan rather than a whole-tumour mask?")
+    grid = grid_of(img)
+    return grid.to_canonical(data != 0), grid
+
+
 # --------------------------------------------------------------------------- writing
 
 

@@ -79,8 +79,8 @@ def case_metrics(pred_regions: np.ndarray, truth_regions: np.ndarray, spacing=(1
 
 
 def mean_metrics(per_case: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
-    """Mean of each metric per region over cases."""
-    return {r: {m: float(np.mean([c[r][m] for c in per_case])) for m in per_case[0][r]} for r in REGIONS} if per_case else {}
+    """Mean of each metric per region scored (all three, or the whole tumour alone) over cases."""
+    return {r: {m: float(np.mean([c[r][m] for c in per_case])) for m in per_case[0][r]} for r in per_case[0]} if per_case else {}
 
 
 #: BraTS 2023 gliomas: ground truth dilated 3 times (18-connected structure), lesions up to 50 mm^3 ignored

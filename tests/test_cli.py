@@ -105,6 +105,41 @@ def test_evaluate_scores_predictions_in_the_challenge_layout_in_the_references_c
     assert "nor <case>.nii.gz files named by a reference case's id" in capsys.readouterr().err
 
 
+def test_evaluate_scores_whole_tumour_references_on_the_whole_tumour_alone(phantom_dir, tmp_path, capsys):
+    """A clinic's or a public set's reference painted with one label (FLAIR abnormality, 0/1 or 0/255) was refused; scored
+    as BraTS labels it would be necrosis. With --whole-tumour-references it is the whole tumour, and TC and ET are not scored."""
+    from napari_sevnet.io import read_labels
+    from napari_sevnet.metrics import region_metrics
+
+    preds, refs = tmp_path / "preds", tmp_path / "refs"
+    preds.mkdir(), refs.mkdir()
+    expected = {}
+    for case, value in (("phantom_0000", 1), ("phantom_0001", 255)):
+        seg = phantom_dir / case / f"{case}_seg.nii.gz"
+        shutil.copy(seg, preds / seg.name)
+        img = nib.load(seg)
+        whole = np.asanyarray(img.dataobj) > 0
+        whole[: whole.shape[0] // 2] = False  # the reference differs from the prediction
+        nib.save(nib.Nifti1Image((whole * value).astype(np.uint8), img.affine), refs / seg.name)
+        pred, grid = read_labels(seg)
+        expected[case] = region_metrics(pred[0], grid.to_canonical(whole), grid.spacing)["dice"]
+    assert evaluate_main([str(preds), str(refs), "-o", str(tmp_path / "three")]) == 1
+    err = capsys.readouterr().err
+    assert "warning: " + str(refs / "phantom_0000_seg.nii.gz") + ": holds necrosis alone (label 1), read by its BraTS name as BraTS labels" in err
+    assert "phantom_0001_seg.nii.gz: unknown label values [255]" in err and err.count("--whole-tumour-references scores the whole tumour alone") == 2
+    assert evaluate_main([str(preds), str(refs), "-o", str(tmp_path / "wt"), "--whole-tumour-references"]) == 0
+    metrics = json.loads((tmp_path / "wt" / "metrics.json").read_text(encoding="utf-8"))
+    assert metrics["regions_scored"] == ["WT"] and set(metrics["mean"]) == {"WT"}
+    assert {row["case"]: row["WT_dice"] for row in metrics["cases"]} == pytest.approx(expected) and 0 < min(expected.values()) < 1
+    assert not any(key.startswith(("TC", "ET")) for key in metrics["cases"][0])
+    out = capsys.readouterr().out
+    assert "WT Dice" in out and "TC Dice" not in out
+    (refs / "phantom_0000_seg.nii.gz").unlink()
+    shutil.copy(phantom_dir / "phantom_0000" / "phantom_0000_t1.nii.gz", refs / "phantom_0000_seg.nii.gz")  # a scan given as the reference
+    assert evaluate_main([str(preds), str(refs), "-o", str(tmp_path / "wt"), "--whole-tumour-references"]) == 1
+    assert "a scan rather than" in capsys.readouterr().err
+
+
 def test_bad_case_gets_one_line_and_the_batch_continues(phantom_dir, random_checkpoint, tmp_path):
     bad = tmp_path / "bad_case"
     bad.mkdir()
