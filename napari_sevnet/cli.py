@@ -447,7 +447,7 @@ def measure_main(argv=None) -> int:
     parser.add_argument("case", type=Path, help="the case (folder or any of its files)")
     parser.add_argument("mask", type=Path, help="its mask (a prediction or a correction), on the case's grid")
     parser.add_argument("--baseline", nargs=2, type=Path, metavar=("CASE", "MASK"), help="an earlier visit of the same patient: report the change and the RANO category")
-    parser.add_argument("--dates", nargs=2, type=_iso_date, metavar=("BASELINE", "FOLLOW_UP"),
+    parser.add_argument("--dates", nargs=2, metavar=("BASELINE", "FOLLOW_UP"),
                         help="with --baseline: the two visits' study dates (YYYY-MM-DD), which NIfTI files do not carry: the report gives the days "
                              "between them and says when the visits are the wrong way round (cases prepared from DICOM know theirs)")
     parser.add_argument("--labels", choices=["2021", "2023", "msd"], help="label convention of the masks (default: what the files say)")
@@ -473,7 +473,7 @@ def measure_main(argv=None) -> int:
     from napari_sevnet.assignments import load_assigned_or_named
     from napari_sevnet.io import read_segmentation
     from napari_sevnet.prepare import visit_of
-    from napari_sevnet.readout import TARGET_LESIONS, baseline_on_follow_up, compare_visits, format_ml, measure, new_lesions, on_one_grid
+    from napari_sevnet.readout import TARGET_LESIONS, baseline_on_follow_up, compare_visits, format_ml, measure, new_lesions, on_one_grid, with_study_date
     from napari_sevnet.report import checkpoint_of
 
     try:
@@ -495,8 +495,8 @@ def measure_main(argv=None) -> int:
             comparison = compare_visits(measure(base_regions, base_case.spacing, base_case.grid), readout, baseline_id=base_case.case_id, follow_up_id=case.case_id,
                                         new=new_lesions(on_follow_up, regions, readout, case.spacing) if on_follow_up is not None else None,
                                         unassessed=None if on_follow_up is not None else how,
-                                        baseline_visit=_dated(visit_of(base_case.paths), args.dates and args.dates[0], args.baseline[0]),
-                                        follow_up_visit=_dated(visit_of(case.paths), args.dates and args.dates[1], args.case))
+                                        baseline_visit=with_study_date(visit_of(base_case.paths), args.dates and args.dates[0], args.baseline[0]),
+                                        follow_up_visit=with_study_date(visit_of(case.paths), args.dates and args.dates[1], args.case))
             if comparison["caveat"]:
                 print(f"sevnet-measure: warning: {comparison['caveat']}", file=sys.stderr)
         if args.report:
@@ -514,24 +514,6 @@ def measure_main(argv=None) -> int:
     print(f"sum of products {readout.sum_of_products_mm2:.0f} mm^2 over {readout.measurable} measurable lesion(s)" + (f", the {TARGET_LESIONS} largest summed" if readout.measurable > TARGET_LESIONS else "") + (f"; since the baseline: {comparison['category']}" if comparison else "")
           + (f" (new lesion {', '.join(f'#{n}' for n in comparison['new_lesions'])})" if comparison and comparison["new_lesions"] else ""))
     return 0
-
-
-def _iso_date(text: str) -> str:
-    import datetime as dt
-
-    try:
-        return dt.date.fromisoformat(text).isoformat()
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a date as YYYY-MM-DD") from None
-
-
-def _dated(visit: dict, date: str | None, case: Path) -> dict:
-    """A visit with the study date given on the command line; one that contradicts the date its DICOM gave is refused."""
-    if not date:
-        return visit
-    if visit.get("study_date") and visit["study_date"] != date:
-        raise InputError(case, f"was scanned on {visit['study_date']} by its DICOM series, not on {date} as --dates says")
-    return {**visit, "study_date": date}
 
 
 def _list_series(folders) -> int:

@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from scipy import ndimage
 
+from napari_sevnet.errors import InputError
 from napari_sevnet.io import MODALITIES, MODALITY_LABELS, SourceGrid
 
 MEASURABLE_MM = 10.0
@@ -253,6 +254,23 @@ def visit_caveat(baseline_id: str | None, follow_up_id: str | None, baseline_vis
         return (f"the baseline {baseline_id} is not an earlier timepoint than the follow-up {follow_up_id} by their ids: "
                 "the visits may be the wrong way round, and the change and its category read backwards")
     return None
+
+
+def with_study_date(visit: dict, date: str | None, where) -> dict:
+    """``visit`` (:func:`napari_sevnet.prepare.visit_of`) with the study date a user gave (YYYY-MM-DD), which NIfTI
+    visits do not carry; a date that is not one, or that contradicts the date its DICOM series gave, is an InputError
+    naming ``where``."""
+    import datetime as dt
+
+    if not date or not date.strip():
+        return visit
+    try:
+        date = dt.date.fromisoformat(date.strip()).isoformat()
+    except ValueError:
+        raise InputError(where, f"{date!r} is not a date as YYYY-MM-DD") from None
+    if visit.get("study_date") and visit["study_date"] != date:
+        raise InputError(where, f"was scanned on {visit['study_date']} by its DICOM series, not on {date}")
+    return {**visit, "study_date": date}
 
 
 def on_one_grid(regions_a: np.ndarray, grid_a: SourceGrid, regions_b: np.ndarray, grid_b: SourceGrid) -> bool:

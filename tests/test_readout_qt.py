@@ -143,3 +143,34 @@ def test_the_report_path_left_from_the_last_patient_does_not_replace_that_patien
     qtbot.waitUntil(lambda: readout.worker is None and bool(errors), timeout=60_000)
     assert "already holds the report of another scan" in errors[-1] and "phantom_0004" in errors[-1]
     assert (tmp_path / "report.html").read_bytes() == written
+
+
+def test_the_study_dates_nifti_visits_do_not_carry_are_typed_into_the_dock(qtbot, make_napari_viewer, tmp_path):
+    """Two NIfTI visits say nothing of when: the dates typed give the interval and catch the wrong order; a date that
+    is not one is refused, naming the field."""
+    import shutil
+
+    from napari_sevnet.widgets.readout import ReadoutWidget
+
+    first = write_phantom(tmp_path / "v1", seed=4, shape=(48, 56, 48))
+    later = shutil.copytree(first, tmp_path / "v2" / "phantom_0004")
+    viewer = make_napari_viewer(show=True)
+    readout = ReadoutWidget(viewer)
+    viewer.window.add_dock_widget(readout)
+    base_layers = viewer.open(str(first), plugin="napari-sevnet")
+    follow_layers = viewer.open(str(later), plugin="napari-sevnet")
+    viewer.layers.selection.active = follow_layers[-1]
+    qtbot.waitUntil(lambda: readout.readout is not None and readout.worker is None, timeout=30_000)
+    errors = []
+    readout.report_error = lambda title, exc: errors.append(str(exc))
+    readout._baseline.value = base_layers[4]
+    readout._baseline_date.value, readout._follow_up_date.value = "2024-04-31", "2024-01-10"
+    assert readout.compare() is None and errors == ["Baseline date (phantom_0004 (file)): '2024-04-31' is not a date as YYYY-MM-DD"]
+    readout._baseline_date.value = "2024-04-10"
+    readout.compare()
+    qtbot.waitUntil(lambda: readout.worker is None and readout.comparison is not None, timeout=60_000)
+    assert "was scanned on 2024-04-10, after the follow-up" in readout.comparison["caveat"] and "warning:" in readout._status.value
+    readout._baseline_date.value, readout._follow_up_date.value = "2024-01-10", "2024-04-10"
+    readout.compare()
+    qtbot.waitUntil(lambda: readout.worker is None and readout.comparison["caveat"] is None, timeout=60_000)
+    assert readout.comparison["days"] == 91 and "(91 days before)" in readout._status.value

@@ -14,7 +14,7 @@ the baseline's regions are registered (rigid) onto the follow-up's scan too.
 from __future__ import annotations
 
 import numpy as np
-from magicgui.widgets import ComboBox, FileEdit, Label, PushButton
+from magicgui.widgets import ComboBox, FileEdit, Label, LineEdit, PushButton
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QAbstractItemView, QHeaderView, QTableWidget, QTableWidgetItem
 
@@ -37,10 +37,14 @@ class ReadoutWidget(DockWidget):
         self._report_path = FileEdit(label="Report", mode="w", filter="*.html", nullable=True)
         self._write = PushButton(text="Write report")
         self._baseline = ComboBox(label="Baseline", choices=self.result_wt_layers, nullable=True, tooltip="The same patient's earlier result: the change is measured from it")
+        dated = ("YYYY-MM-DD, optional: NIfTI files carry no date; with both dates the change gives the days between the visits and says when "
+                 "they are the wrong way round (a case prepared from DICOM knows its own)")
+        self._baseline_date = LineEdit(label="Baseline date", tooltip=f"The baseline's study date, {dated}")
+        self._follow_up_date = LineEdit(label="Follow-up date", tooltip=f"The selected result's study date, {dated}")
         self._compare = PushButton(text="Compare with the baseline")
         self._status = Label(value="")
         self._status.native.setWordWrap(True)
-        self.extend([self._result, self._summary, self._report_path, self._write, self._baseline, self._compare, self._status])
+        self.extend([self._result, self._summary, self._report_path, self._write, self._baseline, self._baseline_date, self._follow_up_date, self._compare, self._status])
         self.table = QTableWidget(0, len(COLUMNS))
         self.table.setHorizontalHeaderLabels(COLUMNS)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
@@ -244,6 +248,15 @@ class ReadoutWidget(DockWidget):
         if base_info.paths == now_info.paths if base_info.paths else base_info.case_id == now_info.case_id:
             self.report_error("Compare", InputError(None, f"{baseline.name} is a result of the same scan as {follow.name}: choose the earlier visit's result as the baseline"))
             return None
+        from napari_sevnet.prepare import visit_of
+        from napari_sevnet.readout import with_study_date
+
+        try:
+            base_visit = with_study_date(visit_of(base_info.paths), self._baseline_date.value, f"Baseline date ({baseline.name.replace(' WT', '')})")
+            now_visit = with_study_date(visit_of(now_info.paths), self._follow_up_date.value, f"Follow-up date ({follow.name.replace(' WT', '')})")
+        except InputError as exc:
+            self.report_error("Compare", exc)
+            return None
         base_group = region_group(self._viewer.layers, baseline)
         base = np.stack([np.asarray(base_group[r].data) > 0 for r in REGIONS])
         now = np.stack([np.asarray(self._tracked[r].data) > 0 for r in REGIONS])
@@ -252,7 +265,6 @@ class ReadoutWidget(DockWidget):
 
         @thread_worker
         def work():
-            from napari_sevnet.prepare import visit_of
             from napari_sevnet.readout import baseline_on_follow_up, compare_visits, measure, new_lesions
 
             base_readout, now_readout = measure(base, tuple(baseline.scale), base_info.grid), measure(now, tuple(follow.scale), now_info.grid)
@@ -263,7 +275,7 @@ class ReadoutWidget(DockWidget):
             on_follow_up = base if same_grid else aligned  # the baseline where the follow-up lies: new lesions are found there
             new = new_lesions(on_follow_up, now, now_readout, tuple(follow.scale)) if on_follow_up is not None else None
             compared = {"baseline": base_readout, "baseline_id": base_info.case_id, "follow_up_id": now_info.case_id, "unassessed": unaligned,
-                        "baseline_visit": visit_of(base_info.paths), "follow_up_visit": visit_of(now_info.paths)}
+                        "baseline_visit": base_visit, "follow_up_visit": now_visit}
             return compare_visits(follow_up=now_readout, new=new, **compared), compared, on_follow_up, aligned, unaligned
 
         def show(out):
