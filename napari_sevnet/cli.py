@@ -259,12 +259,11 @@ def evaluate_main(argv=None) -> int:
             if len(candidates) > 1:
                 raise InputError(args.gt_dir, f"case {case_id} has {len(candidates)} reference masks: {', '.join(map(str, candidates))}; keep one, or name a folder that holds one")
             ref = candidates[0]
+            pred, pgrid = read_labels(pred_path, args.labels, default=role_of(ref.name)[2])
             if args.whole_tumour_references:  # TC and ET are not drawn in such a reference: scored as empty they would read as misses
-                pred, pgrid = read_labels(pred_path, args.labels, default=role_of(ref.name)[2])
                 whole, tgrid = read_whole_tumour(ref)
                 truth = np.stack([whole, np.zeros_like(whole), np.zeros_like(whole)])
             else:
-                pred, pgrid = read_labels(pred_path, args.labels, default=role_of(ref.name)[2])
                 try:
                     truth, tgrid = read_labels(ref)
                 except InputError as exc:
