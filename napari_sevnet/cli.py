@@ -1,6 +1,9 @@
-"""Command lines: ``sevnet-predict`` (segment cases to NIfTI + report) and ``sevnet-evaluate`` (BraTS metrics).
+"""Command lines: ``sevnet-predict`` (segment cases to NIfTI + report), ``sevnet-evaluate`` (BraTS metrics),
+``sevnet-export`` (a corrected case into a fine-tuning dataset), ``sevnet-recovery`` (the recovery copies of
+corrections), ``sevnet-measure`` (lesion table, RANO, change since a visit) and ``sevnet-prepare`` (raw series to a
+case). ``sevnet-train`` is :mod:`training.cli`.
 
-A bad case gets one line on stderr naming the file and the problem; the batch
+A bad case gets one line on stderr naming the file and the problem; a batch
 goes on, and the exit code is 1 if any case failed.
 """
 
