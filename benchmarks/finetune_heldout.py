@@ -66,8 +66,8 @@ VARIANTS = ("default", "lr/10", "replay", "replay, lr/10", "frozen-encoder", "l2
 L2SP = 0.01
 
 
-def fine_tune(cases: list[Path], base: str, variant: str, overrides: list[str], epochs: int, steps: int, work: Path) -> tuple[Path, list[str]]:
-    """The cases exported with their own masks as the corrections, then ``base`` fine-tuned on them; (best checkpoint, command)."""
+def fine_tune(cases: dict[str, Path], base: str, variant: str, overrides: list[str], epochs: int, steps: int, work: Path) -> tuple[Path, list[str]]:
+    """The cases (id -> folder) exported with their own masks as the corrections, then ``base`` fine-tuned on them; (best checkpoint, command)."""
     dataset = export_corrections(cases, work / "dataset")
     run_dir = work / variant.replace("/", "-").replace(", ", "-")
     command = [sys.executable, "-m", "training.cli", "--config", str(CONFIG), "--init", str(base), "-o", str(run_dir),
@@ -85,18 +85,18 @@ def fine_tune(cases: list[Path], base: str, variant: str, overrides: list[str], 
     return run_dir / "best.json", command
 
 
-def export_corrections(cases: list[Path], dataset: Path) -> Path:
-    """Each case exported into ``dataset`` with its own mask as the correction; a dataset of other cases is refused
-    (the runs beside it were fine-tuned on those)."""
+def export_corrections(cases: dict[str, Path], dataset: Path) -> Path:
+    """Each case (id -> folder) exported into ``dataset`` with its own mask as the correction; a dataset of other cases
+    is refused (the runs beside it were fine-tuned on those)."""
     from napari_sevnet.cli import export_main
     from napari_sevnet.io import load_case
 
     held = sorted(p.name for p in dataset.iterdir() if p.is_dir()) if dataset.is_dir() else []
-    wanted = sorted(case.name for case in cases)
+    wanted = sorted(cases)
     if held and held != wanted:
         raise SystemExit(f"{dataset}: holds the corrected cases {', '.join(held)}, not {', '.join(wanted)}; give another --work for another set of cases")
-    for case in cases:
-        if (dataset / case.name).is_dir():
+    for case_id, case in cases.items():
+        if (dataset / case_id).is_dir():
             continue
         mask = load_case(case).paths.get("seg")
         if mask is None:
@@ -203,7 +203,7 @@ def main(argv=None) -> int:
     validated_on: set[str] = set()
     for variant in args.variants:
         overrides = [*split, *variant_overrides(variant, defaults["lr"], args.replay)]
-        checkpoint, command = fine_tune(list(cases.values()), args.checkpoint, variant, overrides, args.epochs, args.steps, args.work)
+        checkpoint, command = fine_tune(cases, args.checkpoint, variant, overrides, args.epochs, args.steps, args.work)
         label = f"fine-tuned, {variant}"
         print(label, flush=True)
         models[label] = {"checkpoint": str(checkpoint), "command": command, "own": evaluate(str(checkpoint), cases), "others": evaluate(str(checkpoint), others)}
