@@ -144,7 +144,7 @@ def kept_out_to_validate(checkpoint: Path) -> set[str]:
 
 def table(out: dict) -> str:
     models, tuned_on, validated_on = out["models"], out["cases"], out["validated_on"]
-    kept_out = f", {', '.join(validated_on)} kept out to validate on, not trained on" if validated_on else ""
+    kept_out = f", {', '.join(validated_on)} kept out to validate on, not trained on" if validated_on else ", every one trained on" if len(tuned_on) > 1 else ""
     lines = [f"Fine-tuned on {', '.join(tuned_on)} (the expert masks as the corrections{kept_out}; {out['epochs']} x {out['steps_per_epoch']} steps), "
              f"scored on {'it' if len(tuned_on) == 1 else 'them'} and on {len(out['others'])} other held-out cases it never saw.", "",
              f"| model | on the corrected case{'s (mean)' if len(tuned_on) > 1 else ''}: WT / TC / ET Dice | on the others (mean): WT / TC / ET Dice "

@@ -157,7 +157,7 @@ def test_finetune_heldout_fine_tunes_on_several_cases_keeps_one_out_as_the_dock_
     assert set(result["models"]["fine-tuned, default"]["own"]["cases"]) == {first.name, second.name}
     (kept,) = result["validated_on"]
     table = out.with_suffix(".md").read_text(encoding="utf-8")
-    assert f"| {kept} (kept out to validate on) |" in table and "on the corrected cases (mean)" in table
+    assert f"| {kept} (kept out to validate on) |" in table and "on the corrected cases (mean)" in table and "every one trained on" not in table
     with pytest.raises(SystemExit, match=f"holds the corrected cases {first.name}, {second.name}, not {first.name}; give another --work"):
         main(["--case", str(first), *common])
     with pytest.raises(SystemExit, match="default: holds a fine-tune run with other settings"):
