@@ -8,8 +8,8 @@ The Fine-tune dock's loop on real scans no model here trained on. One held-out c
 Brats18_TCIA10_637_1, the one the model gets most wrong), or each case given to ``--case``, is exported with its expert
 mask as the clinician's correction (``sevnet-export``), and ``HELD_OUT_MODEL`` (never trained on the split's held-out
 cases) is fine-tuned on them as the dock runs it (``training/configs/finetune.yaml``, the dock's epochs and steps; from
-two cases on, the trainer keeps a fifth of them, at least one, out to validate on, as the dock does, unless
-``--val-cases`` says how many: 0 trains on all), once per variant:
+five cases on, the trainer keeps a fifth of them out to validate on, as the dock does, unless ``--val-cases`` says
+how many: 0 trains on all), once per variant:
 ``default`` (the dock's settings), ``lr/10`` (a tenth of its learning rate), ``replay`` (the split's training cases,
 which the model learnt from, mixed in: the dock's *Replay data*), ``replay, lr/10`` (both), ``frozen-encoder``
 (only the decoder learns), ``l2-sp`` (the weights pulled back to the starting model's, ``l2sp=0.01``: no replay data
@@ -176,7 +176,7 @@ def main(argv=None) -> int:
     parser.add_argument("--replay", nargs="+", type=Path, metavar="PATH", help="original labelled cases for the replay variants (default: the split's training cases)")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS, help="how to fine-tune (default: all)")
     parser.add_argument("--val-cases", type=int, metavar="N",
-                        help="corrected cases kept out to validate on (default: the dock's, from two cases on a fifth, at least one; 0: train on all)")
+                        help="corrected cases kept out to validate on (default: the dock's, from five cases on a fifth; 0: train on all)")
     parser.add_argument("--epochs", type=int, default=defaults["epochs"], help="default: the dock's")
     parser.add_argument("--steps", type=int, default=defaults["steps_per_epoch"], help="steps per epoch (default: the dock's)")
     parser.add_argument("--checkpoint", default=str(HELD_OUT_MODEL), help="the starting model (default: HELD_OUT_MODEL, never trained on the held-out cases)")

@@ -460,14 +460,17 @@ def test_a_finetune_that_harms_the_replay_cases_it_kept_out_says_so_at_its_best_
 
 
 def test_a_finetune_on_several_exported_cases_says_which_it_keeps_out_to_validate(make_napari_viewer, tmp_path):
-    """From two exported cases on the trainer validates on a fifth of them: the user learns that one was not trained on."""
+    """From five exported cases on the trainer validates on a fifth of them, fewer are all trained on: the log says which."""
     from napari_sevnet.widgets.finetune import FineTuneWidget
     from training import events
 
     finetune = FineTuneWidget(make_napari_viewer())
     finetune.process = object()
-    finetune._on_line(json.dumps(events.event(events.START, run_dir=str(tmp_path), epochs=2, start_epoch=0, train_cases=1, val_cases=1,
+    finetune._on_line(json.dumps(events.event(events.START, run_dir=str(tmp_path), epochs=2, start_epoch=0, train_cases=4, val_cases=1,
                                               validation="held_out", device="cpu")))
     assert "1 of the exported cases kept out of training to validate it" in finetune.log.toPlainText()
-    assert "training on 1 case(s)" in finetune._status.value
+    assert "training on 4 case(s)" in finetune._status.value
+    finetune._on_line(json.dumps(events.event(events.START, run_dir=str(tmp_path), epochs=2, start_epoch=0, train_cases=2, val_cases=2,
+                                              validation="training_cases", device="cpu")))
+    assert "all 2 exported cases trained on, and validated on themselves" in finetune.log.toPlainText()
     finetune.process = None  # no real trainer to stop when the viewer closes

@@ -96,6 +96,12 @@ def test_data_discovery_of_both_layouts_and_split(phantom_dir, tmp_path):
     cfg.split, cfg.val_cases, cfg.folds = None, None, 2
     folds = [split_cases(refs, type(cfg)(**{**cfg.__dict__, "fold": k}))[1] for k in range(2)]
     assert sorted(r.case_id for f in folds for r in f) == sorted(r.case_id for r in refs)
+    # the Fine-tune dock's rule: a fold kept out only from five cases on (with two, keeping one out harmed both it and other patients)
+    cfg.folds, cfg.keep_out_from = 5, 5
+    assert split_cases(refs, cfg) == (refs, []), "four cases: all trained on"
+    assert len(split_cases(refs + [refs[0]], cfg)[1]) == 1, "five: a fifth kept out"
+    cfg.val_cases = 1
+    assert len(split_cases(refs, cfg)[1]) == 1, "a number of validation cases given is kept whatever the count"
 
 
 def test_preprocessing_is_cached(phantom_dir, tmp_path):

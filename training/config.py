@@ -39,6 +39,7 @@ class DataConfig:
     folds: int = 5
     fold: int = 0
     val_cases: int | None = None  # fixed number of validation cases instead of 1/folds
+    keep_out_from: int = 2  # a fold is kept out to validate on from this many cases on; fewer are all trained on
     replay_roots: list[str] = field(default_factory=list)  # original cases mixed into fine-tuning
     replay_fraction: float = 0.5
     # that many replay cases are kept out of the replay and scored before and during fine-tuning: other patients, whose

@@ -117,7 +117,7 @@ def split_cases(cases: list[CaseRef], cfg: DataConfig) -> tuple[list[CaseRef], l
         return [by_id[i] for i in spec["train"]], [by_id[i] for i in spec.get("val", [])]
     if cfg.val_cases is not None and not 0 <= cfg.val_cases < len(cases):
         raise ValueError(f"data.val_cases is {cfg.val_cases} but {len(cases)} labelled case(s) were found: at least one must be left to train on (0 turns validation off)")
-    if len(cases) < 2:
+    if len(cases) < 2 or (cfg.val_cases is None and len(cases) < cfg.keep_out_from):
         return list(cases), []
     order = np.random.default_rng(12345).permutation(len(cases))
     if cfg.val_cases is not None:

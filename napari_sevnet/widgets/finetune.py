@@ -308,6 +308,9 @@ class FineTuneWidget(DockWidget):
             if event["validation"] == "held_out":
                 self.log.appendPlainText(f"{event['val_cases']} of the exported cases kept out of training to validate it: cases it never "
                                          "sees, whose Dice says what new patients meet (export more cases to train on more)")
+            elif event["train_cases"] > 1:
+                self.log.appendPlainText(f"all {event['train_cases']} exported cases trained on, and validated on themselves: the Dice says how well "
+                                         "the model now fits them, not what new patients meet (from five cases on, a fifth is kept out to tell that)")
         elif kind == events.STEP:
             total = event["epochs"] * event["steps"]
             done = (event["epoch"] - 1) * event["steps"] + event["step"]
