@@ -265,7 +265,7 @@ def evaluate_main(argv=None) -> int:
             pred, pgrid = read_labels(pred_path, args.labels, default=role_of(ref.name)[2])
             if args.whole_tumour_references:  # TC and ET are not drawn in such a reference: scored as empty they would read as misses
                 whole, tgrid = read_whole_tumour(ref)
-                truth = np.stack([whole, np.zeros_like(whole), np.zeros_like(whole)])
+                pred, truth = pred[:1], whole[None]
             else:
                 try:
                     truth, tgrid = read_labels(ref)
@@ -281,7 +281,6 @@ def evaluate_main(argv=None) -> int:
             if args.lesion_wise:
                 for r, extra in case_lesion_metrics(pred, truth, tgrid.spacing).items():
                     m[r].update(extra)
-            m = {r: m[r] for r in scored}
         except InputError as exc:
             failed += 1
             print(f"sevnet-evaluate: error: {exc}", file=sys.stderr)

@@ -72,10 +72,10 @@ def region_metrics(pred: np.ndarray, truth: np.ndarray, spacing=(1.0, 1.0, 1.0))
 
 
 def case_metrics(pred_regions: np.ndarray, truth_regions: np.ndarray, spacing=(1.0, 1.0, 1.0)) -> dict[str, dict[str, float]]:
-    """{region: {metric: value}} for the three nested regions (3, Z, Y, X)."""
+    """{region: {metric: value}} for the nested regions (n, Z, Y, X) in WT, TC, ET order: all three, or the first alone."""
     if pred_regions.shape != truth_regions.shape:
         raise ValueError(f"prediction shape {pred_regions.shape} differs from reference {truth_regions.shape}")
-    return {name: region_metrics(pred_regions[i], truth_regions[i], spacing) for i, name in enumerate(REGIONS)}
+    return {name: region_metrics(pred, truth, spacing) for name, pred, truth in zip(REGIONS, pred_regions, truth_regions)}
 
 
 def mean_metrics(per_case: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
@@ -150,5 +150,5 @@ def lesion_wise_metrics(
 
 
 def case_lesion_metrics(pred_regions: np.ndarray, truth_regions: np.ndarray, spacing=(1.0, 1.0, 1.0)) -> dict[str, dict[str, float]]:
-    """{region: lesion-wise metrics} for the three nested regions."""
-    return {name: lesion_wise_metrics(pred_regions[i], truth_regions[i], spacing) for i, name in enumerate(REGIONS)}
+    """{region: lesion-wise metrics} for the nested regions given (all three, or the first alone)."""
+    return {name: lesion_wise_metrics(pred, truth, spacing) for name, pred, truth in zip(REGIONS, pred_regions, truth_regions)}

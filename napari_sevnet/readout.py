@@ -262,7 +262,7 @@ def with_study_date(visit: dict, date: str | None, where) -> dict:
     naming ``where``."""
     import datetime as dt
 
-    if not date or not date.strip():
+    if not (date or "").strip():
         return visit
     try:
         date = dt.date.fromisoformat(date.strip()).isoformat()

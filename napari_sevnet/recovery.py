@@ -235,10 +235,12 @@ def write_as_mask(recovery: Recovery, scans: dict, path: str | os.PathLike, conv
         grid = grid_of(nib.load(reference))
     except Exception as exc:  # nibabel raises several kinds for a file that is not NIfTI any more
         raise InputError(reference, f"cannot be read for the copy's grid ({exc})") from exc
-    regions = recovery.regions()
-    if regions.shape[1:] != tuple(grid.to_canonical(np.zeros(grid.shape, bool)).shape):
-        raise InputError(reference, f"its grid {grid.shape} is not the one {recovery.name}'s copy was made on")
-    return write_mask(regions, grid, path, convention, overwrite=overwrite)
+    try:
+        return write_mask(recovery.regions(), grid, path, convention, overwrite=overwrite)
+    except InputError:  # the output's own problem (it exists, cannot be written), named as it is
+        raise
+    except ValueError as exc:  # mask_image: the copy's shape does not fit the scan's grid
+        raise InputError(reference, f"its grid {grid.shape} is not the one {recovery.name}'s copy was made on") from exc
 
 
 def remove(recovery: Recovery) -> None:
