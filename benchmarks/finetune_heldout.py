@@ -1,6 +1,6 @@
 """Does fine-tuning on corrected cases help those cases, and what does it do to the next patients?
 
-    python -m benchmarks.finetune_heldout [--variants default lr/10 replay 'replay, lr/10' frozen-encoder l2-sp 'l2-sp, x10'] [--case FOLDER ...] [--others FOLDER ...]
+    python -m benchmarks.finetune_heldout [--variants 'lr 1e-3' 'lr 1e-4' 'replay, lr 1e-3' dock ...] [--case FOLDER ...] [--others FOLDER ...]
                                           [--replay FOLDER ...] [--val-cases N]
                                           [--epochs N] [--steps N] [--checkpoint CKPT] [--work DIR] [-o OUT.json]
 
@@ -9,11 +9,12 @@ Brats18_TCIA10_637_1, the one the model gets most wrong), or each case given to 
 mask as the clinician's correction (``sevnet-export``), and ``HELD_OUT_MODEL`` (never trained on the split's held-out
 cases) is fine-tuned on them as the dock runs it (``training/configs/finetune.yaml``, the dock's epochs and steps; from
 five cases on, the trainer keeps a fifth of them out to validate on, as the dock does, unless ``--val-cases`` says
-how many: 0 trains on all), once per variant:
-``default`` (the dock's settings), ``lr/10`` (a tenth of its learning rate), ``replay`` (the split's training cases,
-which the model learnt from, mixed in: the dock's *Replay data*), ``replay, lr/10`` (both), ``frozen-encoder``
-(only the decoder learns), ``l2-sp`` (the weights pulled back to the starting model's, ``l2sp=0.01``: no replay data
-needed, which a clinic rarely has) and ``l2-sp, x10`` (``l2sp=0.1``, run after ``l2-sp`` was scored). With replay, the dock keeps two replay cases out of it and scores them before and during
+how many: 0 trains on all), once per variant. A variant is the dock's settings changed by its comma-separated parts:
+``lr X`` (the learning rate; 1e-3 was the dock's until 2026-12-07, 1e-4 is now), ``replay`` (the split's training
+cases, which the model learnt from, mixed in: the dock's *Replay data*), ``frozen-encoder`` (only the decoder learns)
+and ``l2-sp X`` (the weights pulled back to the starting model's with weight X, ``l2sp``: no replay data needed, which a
+clinic rarely has; 0.01 was set before any run, 0.1 run after it was scored); ``dock`` alone is the dock's settings as
+they are. The default list is the variants measured in the README. With replay, the dock keeps two replay cases out of it and scores them before and during
 the fine-tune (``data.replay_check_cases``); what that check saw is set beside what the next patients saw.
 Each model (the best checkpoint, the one the dock's *Use this model* takes) is scored on the corrected cases themselves (what the dock's validation shows) and on the split's other
 held-out cases, which it never saw (the next patients), with paired per-case Dice differences against the starting
@@ -41,35 +42,40 @@ CONFIG = ROOT / "training" / "configs" / "finetune.yaml"
 DEFAULT_CASE = "Brats18_TCIA10_637_1"
 
 
-def variant_overrides(name: str, lr: float, replay: list[Path] | None = None) -> list[str]:
-    """The trainer settings of a variant, on top of the dock's (``lr``: the dock's learning rate; ``replay``: the
-    original cases to replay, default the split's training cases)."""
-    if name == "default":
-        return []
-    if name == "lr/10":
-        return [f"lr={lr / 10:g}"]
-    if name == "replay":
-        replay = replay or list(find_cases(json.loads(SPLIT.read_text(encoding="utf-8"))["train"], DATA).values())
-        return [f"data.replay_roots={json.dumps([str(p) for p in replay])}"]
-    if name == "replay, lr/10":
-        return [*variant_overrides("replay", lr, replay), *variant_overrides("lr/10", lr)]
-    if name == "frozen-encoder":
-        return ["freeze_encoder=true"]
-    if name == "l2-sp":  # its weight set before any run: the penalty's gradient, 2 x 0.01 x 0.025, matches the start's rms loss
-        return [f"l2sp={L2SP}"]  # gradient (5e-4) at a drift of 0.025 per weight; weights the case barely pulls on stay put
-    if name == "l2-sp, x10":
-        return [f"l2sp={10 * L2SP:g}"]
-    raise SystemExit(f"unknown variant {name!r}: choose from {', '.join(VARIANTS)}")
+def variant_overrides(name: str, replay: list[Path] | None = None) -> list[str]:
+    """The trainer settings a variant names, on top of the dock's (``replay``: the original cases to replay, default the
+    split's training cases); a part it does not know is refused before anything runs."""
+    overrides = []
+    for part in (p.strip() for p in name.split(",")):
+        word, _, value = part.partition(" ")
+        if part == "replay":
+            replay = replay or list(find_cases(json.loads(SPLIT.read_text(encoding="utf-8"))["train"], DATA).values())
+            overrides.append(f"data.replay_roots={json.dumps([str(p) for p in replay])}")
+        elif part == "frozen-encoder":
+            overrides.append("freeze_encoder=true")
+        elif word in ("lr", "l2-sp") and _is_positive_number(value):
+            overrides.append(f"{'lr' if word == 'lr' else 'l2sp'}={float(value):g}")
+        elif part != "dock":
+            raise SystemExit(f"variant {name!r}: {part!r} is not one of 'lr X', 'replay', 'frozen-encoder', 'l2-sp X' or 'dock' (the dock's settings)")
+    return overrides
 
 
-VARIANTS = ("default", "lr/10", "replay", "replay, lr/10", "frozen-encoder", "l2-sp", "l2-sp, x10")
-L2SP = 0.01
+def _is_positive_number(text: str) -> bool:
+    try:
+        return float(text) > 0
+    except ValueError:
+        return False
+
+
+#: the variants the README reports; l2-sp's 0.01 was set before any run: the penalty's gradient, 2 x 0.01 x 0.025,
+#: matches the start's rms loss gradient (5e-4) at a drift of 0.025 per weight, so weights the case barely pulls on stay put
+VARIANTS = ("lr 1e-3", "lr 1e-4", "replay, lr 1e-3", "replay, lr 1e-4", "frozen-encoder, lr 1e-3", "l2-sp 0.01, lr 1e-3", "l2-sp 0.1, lr 1e-3")
 
 
 def fine_tune(cases: dict[str, Path], base: str, variant: str, overrides: list[str], epochs: int, steps: int, work: Path) -> tuple[Path, list[str]]:
     """The cases (id -> folder) exported with their own masks as the corrections, then ``base`` fine-tuned on them; (best checkpoint, command)."""
     dataset = export_corrections(cases, work / "dataset")
-    run_dir = work / variant.replace("/", "-").replace(", ", "-")
+    run_dir = work / variant.replace(", ", "-").replace(" ", "-")
     command = [sys.executable, "-m", "training.cli", "--config", str(CONFIG), "--init", str(base), "-o", str(run_dir),
                f"data.roots={json.dumps([str(dataset)])}", f"epochs={epochs}", f"steps_per_epoch={steps}", *overrides]
     record = run_dir / "benchmark-command.json"
@@ -174,7 +180,9 @@ def main(argv=None) -> int:
     parser.add_argument("--case", nargs="+", type=Path, metavar="FOLDER", help=f"the corrected case(s) to fine-tune on (default: {DEFAULT_CASE} of the real data)")
     parser.add_argument("--others", nargs="+", type=Path, metavar="PATH", help="the next patients to score (default: the split's other held-out cases)")
     parser.add_argument("--replay", nargs="+", type=Path, metavar="PATH", help="original labelled cases for the replay variants (default: the split's training cases)")
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS, help="how to fine-tune (default: all)")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), metavar="VARIANT",
+                        help="how to fine-tune: the dock's settings changed by 'lr X', 'replay', 'frozen-encoder', 'l2-sp X' (comma-separated), "
+                             "or 'dock' (default: those the README reports)")
     parser.add_argument("--val-cases", type=int, metavar="N",
                         help="corrected cases kept out to validate on (default: the dock's, from five cases on a fifth; 0: train on all)")
     parser.add_argument("--epochs", type=int, default=defaults["epochs"], help="default: the dock's")
@@ -184,6 +192,7 @@ def main(argv=None) -> int:
     parser.add_argument("-o", "--output", type=Path, help="JSON to write, with its table beside it (default: print only)")
     args = parser.parse_args(argv)
 
+    overrides = {variant: variant_overrides(variant, args.replay) for variant in args.variants}
     held_out = json.loads(SPLIT.read_text(encoding="utf-8"))["held_out"]
     others = labelled_cases(args.others) if args.others else find_cases(held_out, DATA)
     if args.case is None:
@@ -202,8 +211,7 @@ def main(argv=None) -> int:
     models = {"start": {"checkpoint": args.checkpoint, "own": evaluate(args.checkpoint, cases), "others": evaluate(args.checkpoint, others)}}
     validated_on: set[str] = set()
     for variant in args.variants:
-        overrides = [*split, *variant_overrides(variant, defaults["lr"], args.replay)]
-        checkpoint, command = fine_tune(cases, args.checkpoint, variant, overrides, args.epochs, args.steps, args.work)
+        checkpoint, command = fine_tune(cases, args.checkpoint, variant, [*split, *overrides[variant]], args.epochs, args.steps, args.work)
         label = f"fine-tuned, {variant}"
         print(label, flush=True)
         models[label] = {"checkpoint": str(checkpoint), "command": command, "own": evaluate(str(checkpoint), cases), "others": evaluate(str(checkpoint), others)}

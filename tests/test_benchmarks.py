@@ -122,6 +122,20 @@ def test_a_benchmark_without_the_real_data_says_where_it_looked_not_a_traceback(
     assert "nowhere" in result.stderr and "SEVNET_REAL_DATA" in result.stderr
 
 
+def test_finetune_heldout_variants_are_the_docks_settings_changed_by_their_parts_and_a_wrong_part_is_refused_first(tmp_path):
+    """'replay, lr 1e-4' is the dock's settings with replay at 1e-4; a typo is named before the starting model is scored."""
+    from benchmarks.finetune_heldout import VARIANTS, main, variant_overrides
+
+    originals = [tmp_path / "a", tmp_path / "b"]
+    assert variant_overrides("replay, lr 1e-4", originals) == [f'data.replay_roots=["{originals[0]}", "{originals[1]}"]', "lr=0.0001"]
+    assert variant_overrides("dock") == [] and variant_overrides("frozen-encoder, l2-sp 0.1") == ["freeze_encoder=true", "l2sp=0.1"]
+    assert all(any(o.startswith("lr=") for o in variant_overrides(v, originals)) for v in VARIANTS), "each reported variant names its rate"
+    for wrong in ("lr fast", "lr -1e-4", "replay; lr 1e-4", "default"):
+        with pytest.raises(SystemExit, match="is not one of 'lr X', 'replay'"):
+            main(["--case", str(tmp_path), "--variants", "lr 1e-4", wrong, "--work", str(tmp_path / "work")])
+    assert not (tmp_path / "work").exists()
+
+
 def test_finetune_heldout_fine_tunes_on_one_case_and_scores_it_and_the_others_against_the_start(phantom_dir, random_checkpoint, tmp_path):
     """The Fine-tune dock's loop as a benchmark (plumbing on phantoms and a random model; the figures are the real data's):
     one case exported with its mask, the model fine-tuned on it per variant, a finished run not run again."""
@@ -129,18 +143,19 @@ def test_finetune_heldout_fine_tunes_on_one_case_and_scores_it_and_the_others_ag
 
     case, *others = sorted(p for p in phantom_dir.iterdir() if p.is_dir())
     out, work = tmp_path / "ft.json", tmp_path / "work"
-    argv = ["--case", str(case), "--others", *map(str, others), "--checkpoint", str(random_checkpoint), "--variants", "default", "frozen-encoder",
+    argv = ["--case", str(case), "--others", *map(str, others), "--checkpoint", str(random_checkpoint), "--variants", "dock", "frozen-encoder, lr 1e-3",
             "--epochs", "1", "--steps", "1", "--work", str(work), "-o", str(out)]
     assert main(argv) == 0
     result = json.loads(out.read_text(encoding="utf-8"))
-    assert list(result["models"]) == ["start", "fine-tuned, default", "fine-tuned, frozen-encoder"] and result["others"] == [p.name for p in others]
-    tuned = result["models"]["fine-tuned, default"]
+    assert list(result["models"]) == ["start", "fine-tuned, dock", "fine-tuned, frozen-encoder, lr 1e-3"] and result["others"] == [p.name for p in others]
+    tuned = result["models"]["fine-tuned, dock"]
     assert set(tuned["own"]["cases"]) == {case.name} and set(tuned["others_vs_start"]["WT"]["per_case"]) == {p.name for p in others}
-    assert "freeze_encoder=true" in result["models"]["fine-tuned, frozen-encoder"]["command"]
-    assert (work / "dataset" / case.name).is_dir() and (work / "default" / "done").is_file()
-    finished = (work / "default" / "last.json").stat().st_mtime_ns
-    assert main(argv) == 0 and (work / "default" / "last.json").stat().st_mtime_ns == finished, "a finished run is reused"
-    assert "| fine-tuned, default |" in out.with_suffix(".md").read_text(encoding="utf-8")
+    assert {"freeze_encoder=true", "lr=0.001"} <= set(result["models"]["fine-tuned, frozen-encoder, lr 1e-3"]["command"])
+    assert not any(arg.startswith("lr=") for arg in tuned["command"]), "the dock's own learning rate, from finetune.yaml"
+    assert (work / "dataset" / case.name).is_dir() and (work / "dock" / "done").is_file()
+    finished = (work / "dock" / "last.json").stat().st_mtime_ns
+    assert main(argv) == 0 and (work / "dock" / "last.json").stat().st_mtime_ns == finished, "a finished run is reused"
+    assert "| fine-tuned, dock |" in out.with_suffix(".md").read_text(encoding="utf-8")
 
 
 def test_finetune_heldout_fine_tunes_on_several_cases_as_the_dock_does_and_never_reuses_another_sets_runs(phantom_dir, random_checkpoint, tmp_path):
@@ -151,16 +166,16 @@ def test_finetune_heldout_fine_tunes_on_several_cases_as_the_dock_does_and_never
 
     first, second, *others = sorted(p for p in phantom_dir.iterdir() if p.is_dir())
     out, work = tmp_path / "ft.json", tmp_path / "work"
-    common = ["--others", *map(str, others), "--checkpoint", str(random_checkpoint), "--variants", "default", "--epochs", "1", "--steps", "1", "--work", str(work)]
+    common = ["--others", *map(str, others), "--checkpoint", str(random_checkpoint), "--variants", "dock", "--epochs", "1", "--steps", "1", "--work", str(work)]
     assert main(["--case", str(first), str(second), *common, "-o", str(out)]) == 0
     result = json.loads(out.read_text(encoding="utf-8"))
     assert result["cases"] == [first.name, second.name] and result["validated_on"] == []
-    assert set(result["models"]["fine-tuned, default"]["own"]["cases"]) == {first.name, second.name}
+    assert set(result["models"]["fine-tuned, dock"]["own"]["cases"]) == {first.name, second.name}
     table = out.with_suffix(".md").read_text(encoding="utf-8")
     assert "every one trained on" in table and "on the corrected cases (mean)" in table
     with pytest.raises(SystemExit, match=f"holds the corrected cases {first.name}, {second.name}, not {first.name}; give another --work"):
         main(["--case", str(first), *common])
-    with pytest.raises(SystemExit, match="default: holds a fine-tune run with other settings"):
+    with pytest.raises(SystemExit, match="dock: holds a fine-tune run with other settings"):
         main(["--case", str(first), str(second), *common, "--val-cases", "1"])
     with pytest.raises(SystemExit, match="--val-cases 2: keep between 0 and 1 of the 2 corrected case"):
         main(["--case", str(first), str(second), *common, "--val-cases", "2"])
@@ -197,12 +212,12 @@ def test_finetune_heldout_stopped_stops_its_trainer_too(phantom_dir, random_chec
     case, *others = sorted(p for p in phantom_dir.iterdir() if p.is_dir())
     work = tmp_path / "work"
     benchmark = subprocess.Popen([sys.executable, "-m", "benchmarks.finetune_heldout", "--case", str(case), "--others", *map(str, others),
-                                  "--checkpoint", str(random_checkpoint), "--variants", "default", "--epochs", "1", "--steps", "100000",
+                                  "--checkpoint", str(random_checkpoint), "--variants", "dock", "--epochs", "1", "--steps", "100000",
                                   "--work", str(work)], cwd=Path(__file__).resolve().parents[1], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 240
-    while not (work / "default" / "data.json").is_file():  # the trainer has claimed its folder and started training
+    while not (work / "dock" / "data.json").is_file():  # the trainer has claimed its folder and started training
         assert benchmark.poll() is None and time.monotonic() < deadline, "the trainer never started"
         time.sleep(0.5)
     benchmark.send_signal(signal.SIGTERM)
     assert benchmark.wait(timeout=120) != 0
-    FileLock(str(work / "default" / ".training.lock")).acquire(timeout=30)  # raises if a trainer still holds it
+    FileLock(str(work / "dock" / ".training.lock")).acquire(timeout=30)  # raises if a trainer still holds it

@@ -280,7 +280,7 @@ def test_fine_tune_from_checkpoint_with_frozen_encoder_and_replay(phantom_dir, t
     cfg.model.config, cfg.data.val_cases, cfg.data.validate_on_train = None, 0, True  # as the Fine-tune dock runs it
     assert "without replay data" not in caplog.text, "the run with replay data is not warned"
     (caveat,) = training_caveats(train(cfg) / "last.json")
-    assert "fine-tuning on 3 corrected case(s) without replay data: on real scans such a fine-tune segmented other patients much worse" in caplog.text
+    assert "fine-tuning on 3 corrected case(s) without replay data: on real scans such a fine-tune segmented other patients worse" in caplog.text
     assert "fine-tuned from last.json on 3 case(s) and measured only on cases it trained on" in caveat
     assert "on other patients' real scans, such a fine-tune segmented worse than the model it started from" in caveat, "what was measured, said"
 

@@ -438,8 +438,8 @@ class Trainer:
         self.check_refs = self._replay_check_cases()
         if cfg.init and self.validation_kind == "training_cases" and not self.replay_refs and self.dist.main:
             log.warning("fine-tuning on %d corrected case(s) without replay data: on real scans such a fine-tune segmented other patients "
-                        "much worse (python -m benchmarks.finetune_heldout); use the model for these cases, or add "
-                        "'data.replay_roots=[ORIGINALS]' and lr=1e-4", len(self.train_refs))
+                        "worse (python -m benchmarks.finetune_heldout); add original labelled cases, 'data.replay_roots=[ORIGINALS]', "
+                        "to harm them less", len(self.train_refs))
         partial = [r for r in self.train_refs + self.val_refs + self.replay_refs if r.missing]
         if partial and not cfg.augment.sequence_dropout:
             named = "; ".join(f"{r.folder} lacks {', '.join(r.missing)}" for r in partial[:3]) + (f"; and {len(partial) - 3} more" if len(partial) > 3 else "")
