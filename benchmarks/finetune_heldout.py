@@ -45,9 +45,12 @@ DEFAULT_CASE = "Brats18_TCIA10_637_1"
 def variant_overrides(name: str, replay: list[Path] | None = None) -> list[str]:
     """The trainer settings a variant names, on top of the dock's (``replay``: the original cases to replay, default the
     split's training cases); a part it does not know is refused before anything runs."""
-    overrides = []
+    overrides, seen = [], set()
     for part in (p.strip() for p in name.split(",")):
         word, _, value = part.partition(" ")
+        if word in seen:
+            raise SystemExit(f"variant {name!r}: names {word!r} twice")
+        seen.add(word)
         if part == "replay":
             replay = replay or list(find_cases(json.loads(SPLIT.read_text(encoding="utf-8"))["train"], DATA).values())
             overrides.append(f"data.replay_roots={json.dumps([str(p) for p in replay])}")

@@ -133,6 +133,8 @@ def test_finetune_heldout_variants_are_the_docks_settings_changed_by_their_parts
     for wrong in ("lr fast", "lr -1e-4", "replay; lr 1e-4", "default"):
         with pytest.raises(SystemExit, match="is not one of 'lr X', 'replay'"):
             main(["--case", str(tmp_path), "--variants", "lr 1e-4", wrong, "--work", str(tmp_path / "work")])
+    with pytest.raises(SystemExit, match="'lr 1e-3, lr 1e-4': names 'lr' twice"):
+        variant_overrides("lr 1e-3, lr 1e-4")
     assert not (tmp_path / "work").exists()
 
 

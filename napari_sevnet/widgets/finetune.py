@@ -48,7 +48,8 @@ KILL_AFTER_MS = 15_000  # Cancel: SIGTERM first, SIGKILL if the trainer has not 
 TOOLTIPS = {
     "dataset": "A dataset written by the Export widget or sevnet-export (it has a dataset.json).",
     "base": "Checkpoint to start from. Empty: the model the Segment widget uses.",
-    "lr": "Learning rate (AdamW, decayed to 0 over the run).",
+    "lr": "Learning rate (AdamW, decayed to 0 over the run). The default, 1e-4, harmed other patients' real scans less than 1e-3, "
+          "with Replay data or without (README, 'The dock's learning rate').",
     "replay": "Folder of original labelled cases (such as BraTS training cases) mixed into training so the model keeps what it knew; "
               "without it, a fine-tune on corrected cases segmented other patients' scans worse (README). Two of them are kept out and "
               "scored as other patients: include cases the model never trained on, or that check cannot tell.",
