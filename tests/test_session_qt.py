@@ -411,7 +411,7 @@ def test_the_dock_starts_at_the_learning_rate_that_harmed_other_patients_least_a
     from napari_sevnet.widgets.finetune import FineTuneWidget
 
     finetune = FineTuneWidget(make_napari_viewer())
-    assert finetune._lr.value == "0.0001"
+    assert finetune._lr.value == "0.0001" and (finetune._epochs.value, finetune._steps.value) == (8, 20), "finetune.yaml's, as measured"
     finetune._replay.value = tmp_path
     assert finetune._lr.value == "0.0001", "the same rate with replay"
     finetune._lr.value = "5e-4"  # the user's own choice is never changed

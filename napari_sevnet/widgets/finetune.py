@@ -74,9 +74,10 @@ NO_REPLAY_WARNING = ("without Replay data, fine-tuning on corrected cases made t
                      "data, less so. Without them, check the new model's masks closely on every new patient.")
 
 
-def default_learning_rate() -> str:
-    """finetune.yaml's, the one the benchmark measured (README: 1e-4 harmed other patients' scans less than 1e-3, with replay or without)."""
-    return f"{yaml.safe_load(_finetune_config().read_text(encoding='utf-8'))['lr']:g}"
+def finetune_defaults() -> dict:
+    """finetune.yaml's settings, the ones the benchmark measured (README: its learning rate, 1e-4, harmed other patients'
+    scans less than 1e-3, with replay or without): the dock starts from them, so the two cannot drift apart."""
+    return yaml.safe_load(_finetune_config().read_text(encoding="utf-8"))
 
 
 UNTOLD_CHECK = ("The replay cases kept out to check it were all learnt by the starting model, and on real scans such cases held while "
@@ -89,9 +90,10 @@ class FineTuneWidget(DockWidget):
         super().__init__(napari_viewer)
         self._dataset = FileEdit(label="Dataset", mode="d", nullable=True, tooltip=TOOLTIPS["dataset"])
         self._base = FileEdit(label="Base model", filter="*.json", nullable=True, tooltip=TOOLTIPS["base"])
-        self._epochs = SpinBox(label="Epochs", min=1, max=1000, value=8)
-        self._steps = SpinBox(label="Steps per epoch", min=1, max=10_000, value=20)
-        self._lr = LineEdit(label="Learning rate", value=default_learning_rate(), tooltip=TOOLTIPS["lr"])
+        defaults = finetune_defaults()
+        self._epochs = SpinBox(label="Epochs", min=1, max=1000, value=defaults["epochs"])
+        self._steps = SpinBox(label="Steps per epoch", min=1, max=10_000, value=defaults["steps_per_epoch"])
+        self._lr = LineEdit(label="Learning rate", value=f"{defaults['lr']:g}", tooltip=TOOLTIPS["lr"])
         self._device = ComboBox(label="Device", choices=["auto", "cpu", "cuda"], value="auto")
         self._replay = FileEdit(label="Replay data", mode="d", nullable=True, tooltip=TOOLTIPS["replay"])
         self._start = PushButton(text="Start")
@@ -187,7 +189,7 @@ class FineTuneWidget(DockWidget):
         except ValueError:
             raise InputError(None, f"learning rate {self._lr.value!r} is not a number") from None
         if not 0 < lr < 1:
-            raise InputError(None, f"learning rate {lr} should lie between 0 and 1 ({default_learning_rate()} is the measured default)")
+            raise InputError(None, f"learning rate {lr} should lie between 0 and 1 ({finetune_defaults()['lr']:g} is the measured default)")
         if self._device.value == "cuda":
             import torch
 
