@@ -257,7 +257,7 @@ def training_caveats(path: str | os.PathLike | None) -> list[str]:
                    + ", ".join(f"{r} {others['start'][r]:.2f} -> {others['dice'][r]:.2f}" for r in others["start"])) if others else ""
         caveats.append(f"the model was fine-tuned from {Path(made['init']).name} on {cases} case(s) and measured only on cases it trained on{checked}: "
                        "on other patients' real scans, such a fine-tune segmented worse than the model it started from "
-                       "(README, 'Fine-tuning on one corrected case'); use it for the cases it was fine-tuned on, and check its masks of any other scan closely")
+                       "(README, 'Fine-tuning on one corrected case'); check its masks of every new scan closely (the cases it was fine-tuned on have their corrected masks already)")
     return caveats
 
 

@@ -393,7 +393,7 @@ class FineTuneWidget(DockWidget):
         if events.fell_by(start, best) > events.OTHERS_TOLERANCE:
             return (f"done, better on the exported cases but worse on other patients: {others}", True,
                     f"Fine-tuning finished: the new model fits the exported cases better, but segments other patients worse ({others}). "
-                    "Use it for the cases it was fine-tuned on, or keep the old model.")
+                    "Keep the old model for new patients.")
         if self.others_learnt == len(self.others_cases):
             return f"done: {self.checkpoint}; better on the exported cases, but the check cannot tell how new patients fare: {others}", True, f"{switches} {UNTOLD_CHECK}"
         return (f"done: {self.checkpoint}; better on the exported cases, and other patients held: {others}", False,
