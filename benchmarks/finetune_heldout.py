@@ -46,14 +46,14 @@ def variant_overrides(name: str, replay: list[Path] | None = None) -> list[str]:
     """The trainer settings a variant names, on top of the dock's (``replay``: the original cases to replay, default the
     split's training cases); a part it does not know is refused before anything runs."""
     overrides, seen = [], set()
-    for part in (p.strip() for p in name.split(",")):
+    for part in (text.strip() for text in name.split(",")):
         word, _, value = part.partition(" ")
         if word in seen:
             raise SystemExit(f"variant {name!r}: names {word!r} twice")
         seen.add(word)
         if part == "replay":
             replay = replay or list(find_cases(json.loads(SPLIT.read_text(encoding="utf-8"))["train"], DATA).values())
-            overrides.append(f"data.replay_roots={json.dumps([str(p) for p in replay])}")
+            overrides.append(f"data.replay_roots={json.dumps([str(case) for case in replay])}")
         elif part == "frozen-encoder":
             overrides.append("freeze_encoder=true")
         elif word in ("lr", "l2-sp") and _is_positive_number(value):

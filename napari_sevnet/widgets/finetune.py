@@ -91,6 +91,7 @@ class FineTuneWidget(DockWidget):
         self._dataset = FileEdit(label="Dataset", mode="d", nullable=True, tooltip=TOOLTIPS["dataset"])
         self._base = FileEdit(label="Base model", filter="*.json", nullable=True, tooltip=TOOLTIPS["base"])
         defaults = finetune_defaults()
+        self._keep_out_from = defaults["data"]["keep_out_from"]  # what the trainer, run with finetune.yaml, keeps out from
         self._epochs = SpinBox(label="Epochs", min=1, max=1000, value=defaults["epochs"])
         self._steps = SpinBox(label="Steps per epoch", min=1, max=10_000, value=defaults["steps_per_epoch"])
         self._lr = LineEdit(label="Learning rate", value=f"{defaults['lr']:g}", tooltip=TOOLTIPS["lr"])
@@ -307,7 +308,7 @@ class FineTuneWidget(DockWidget):
                                          "sees, whose Dice says what new patients meet (export more cases to train on more)")
             elif event["train_cases"] > 1:
                 self.log.appendPlainText(f"all {event['train_cases']} exported cases trained on, and validated on themselves: the Dice says how well "
-                                         "the model now fits them, not what new patients meet (from five cases on, a fifth is kept out to tell that)")
+                                         f"the model now fits them, not what new patients meet (from {self._keep_out_from} cases on, a fifth is kept out to tell that)")
         elif kind == events.STEP:
             total = event["epochs"] * event["steps"]
             done = (event["epoch"] - 1) * event["steps"] + event["step"]
