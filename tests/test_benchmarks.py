@@ -223,3 +223,48 @@ def test_finetune_heldout_stopped_stops_its_trainer_too(phantom_dir, random_chec
     benchmark.send_signal(signal.SIGTERM)
     assert benchmark.wait(timeout=120) != 0
     FileLock(str(work / "dock" / ".training.lock")).acquire(timeout=30)  # raises if a trainer still holds it
+
+
+def _markdown_tables(text: str) -> list[list[str]]:
+    """The tables of a markdown text, each as its lines (header, rule, rows)."""
+    tables, current = [], []
+    for line in [*text.splitlines(), ""]:
+        if line.startswith("|"):
+            current.append(line.rstrip())
+        elif current:
+            tables.append(current)
+            current = []
+    return tables
+
+
+def test_the_readmes_benchmark_tables_are_the_committed_results_own():
+    """A README table with the header of a table in benchmarks/results/*.md is a copy of one of those, row for row:
+    a benchmark rerun whose figures the README did not take up, or a figure edited by hand, fails here."""
+    results: dict[str, list[tuple[str, list[str]]]] = {}
+    for path in sorted((ROOT / "benchmarks" / "results").glob("*.md")):
+        for table in _markdown_tables(path.read_text(encoding="utf-8")):
+            results.setdefault(table[0], []).append((path.name, table))
+    copied = set()
+    for table in _markdown_tables((ROOT / "README.md").read_text(encoding="utf-8")):
+        sources = results.get(table[0], [])
+        same = [name for name, theirs in sources if theirs == table]
+        assert same or not sources, (f"README table '{table[0][:80]}...' differs from its source "
+                                     f"{sorted({name for name, _ in sources})}; copy the benchmark's table again")
+        copied.update(same)
+    # the tables the README copies today; a renamed column would otherwise leave a table unchecked without a word
+    assert {"correction.md", "latest.md", "rano-agreement.md", "raw-scans.md"} <= copied, copied
+
+
+def test_the_readmes_held_out_figures_are_the_default_models_committed_ones():
+    """The README's per-case held-out table of the default model (its headline accuracy) agrees with
+    benchmarks/results/real-heldout-default.md on every case and the mean: Dice, HD95 and WT sensitivity / precision."""
+    def cells(line: str) -> list[str]:
+        return [c.strip().strip("*").replace(" (low-grade)", "") for c in line.strip("|").split("|")]
+
+    source = next(t for t in _markdown_tables((ROOT / "benchmarks" / "results" / "real-heldout-default.md").read_text(encoding="utf-8"))
+                  if t[0].startswith("| case | WT Dice"))
+    theirs = {cells(row)[0]: cells(row)[1:8] for row in source[2:]}
+    readme = next(t for t in _markdown_tables((ROOT / "README.md").read_text(encoding="utf-8")) if t[0].startswith("| case | Dice WT | Dice TC"))
+    ours = {cells(row)[0]: cells(row)[1:8] for row in readme[2:] if cells(row)[0] in theirs}
+    assert set(ours) == set(theirs), sorted(set(theirs) - set(ours))
+    assert ours == theirs
