@@ -452,3 +452,24 @@ def test_a_long_message_wraps_instead_of_widening_the_dock(make_napari_viewer, d
     widget._status.value = "done, but worse than the starting model: " + "warning: the case lies outside what the model was trained on " * 12
     assert widget.native.minimumSizeHint().width() <= before, "the dock (and the viewer beside it) keeps its width"
     assert widget._status.native.wordWrap(), "the whole message can be read"
+
+
+def test_docks_added_in_one_go_end_up_as_tabs_of_one_group(make_napari_viewer, qtbot):
+    """Five docks added before any is shown join the oldest one's tabs (they used to pair up at random, leaving
+    the Segment dock squeezed above the others and its warnings cut off)."""
+    from napari_sevnet.widgets import open_widgets
+    from napari_sevnet.widgets.base import dock_of
+    from napari_sevnet.widgets.correct import CorrectWidget
+    from napari_sevnet.widgets.export import ExportWidget
+    from napari_sevnet.widgets.finetune import FineTuneWidget
+    from napari_sevnet.widgets.readout import ReadoutWidget
+    from napari_sevnet.widgets.segment import SegmentWidget
+
+    viewer = make_napari_viewer(show=True)
+    widgets = [cls(viewer) for cls in (SegmentWidget, CorrectWidget, ReadoutWidget, ExportWidget, FineTuneWidget)]
+    assert open_widgets(viewer) == widgets
+    for widget in widgets:
+        viewer.window.add_dock_widget(widget, name=type(widget).__name__, area="right")
+    docks = [dock_of(widget) for widget in widgets]
+    window = docks[0].parentWidget()
+    qtbot.waitUntil(lambda: set(window.tabifiedDockWidgets(docks[0])) == set(docks[1:]), timeout=5000)

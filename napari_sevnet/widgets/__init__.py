@@ -13,17 +13,17 @@ from __future__ import annotations
 import threading
 import weakref
 
-_OPEN: set = set()
+_OPEN: dict = {}  # the open docks in the order they were made (a dict: a set's order would change from run to run)
 _MODELS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # viewer -> its one loaded Predictor
 _MODELS_LOCK = threading.Lock()
 
 
 def register(widget) -> None:
-    _OPEN.add(widget)
+    _OPEN[widget] = None
 
 
 def unregister(widget) -> None:
-    _OPEN.discard(widget)
+    _OPEN.pop(widget, None)
 
 
 def unwrapped(viewer):
@@ -32,7 +32,7 @@ def unwrapped(viewer):
 
 
 def open_widgets(viewer) -> list:
-    """The napari-sevnet dock widgets open on ``viewer``."""
+    """The napari-sevnet dock widgets open on ``viewer``, oldest first."""
     viewer = unwrapped(viewer)
     return [widget for widget in list(_OPEN) if unwrapped(getattr(widget, "_viewer", None)) is viewer]
 

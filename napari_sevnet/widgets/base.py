@@ -153,7 +153,9 @@ def dock_of(widget):
 
 
 class _JoinTabsWhenShown(QObject):
-    """On the dock's first Show: tabify it with the napari-sevnet docks already in its window."""
+    """On the dock's first Show: tabify it with the oldest napari-sevnet dock in its window's area.
+
+    Always the oldest, so docks added in one go (before any has been shown) end up in one group of tabs."""
 
     def __init__(self, widget: DockWidget):
         super().__init__(widget.native)
