@@ -52,6 +52,12 @@ class RegionLabels(Labels):
         editor = _EDITORS.get(self)
         editor.redo() if editor is not None else super().redo()
 
+    @property
+    def _type_string(self) -> str:
+        # napari names a layer's type after its class; "regionlabels" had no icon in the layer list, no writer
+        # (File > Save wrote nothing for a model's result) and no Duplicate: to napari it is a Labels layer
+        return "labels"
+
     def _calculate_contour(self, labels, *args, **kwargs):
         # napari warns on every 3D redraw of a layer with outlines, before the plugin's restyle fills them for 3D
         # (display.follow_selection); napari has no outlines in 3D to draw, so nothing is lost by passing quietly

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import uuid
+import weakref
 from collections.abc import Collection
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -230,8 +231,8 @@ def read_prediction_layers(mask: Path, report_path: Path) -> list[tuple]:
 
 
 def _layer_tuples(layers) -> list[tuple]:
-    """A reader hands napari plain layer types: the regions come back as Labels, tied again as they go in (prepare_viewer)."""
-    return [(data, state, "labels" if kind == "regionlabels" else kind) for data, state, kind in (layer.as_layer_data_tuple() for layer in layers)]
+    """A reader hands napari layer data: the regions come back as plain Labels, tied again as they go in (prepare_viewer)."""
+    return [layer.as_layer_data_tuple() for layer in layers]
 
 
 def _recovered(case: Case, viewer) -> list:
@@ -342,6 +343,34 @@ def prepare_viewer(viewer=None) -> None:
         follow_selection(viewer)
         keep_nested(viewer)
         watch(viewer)  # recovery copies of each result's edits
+        forget_copies(viewer)
+
+
+def forget_copies(viewer) -> None:
+    """A layer napari duplicates (Layers > Duplicate) becomes a plain layer, a snapshot of its own.
+
+    The copy keeps the original's metadata, so Export, the writer and recovery, which find a result's WT/TC/ET by
+    their group, could take the copy for the original and export a mask edited no more. Runs before every other
+    handler of the viewer's insertions, so none of them sees the copy as part of a result.
+    """
+    def on_inserted(event) -> None:
+        layer = event.value
+        info = LayerInfo.from_layer(layer)
+        if info is None or (info.region, info.modality, info.uncertainty) == (None, None, None):
+            return
+        role = (info.group, info.region, info.modality, info.uncertainty)
+        for other in viewer.layers:
+            known = LayerInfo.from_layer(other) if other is not layer else None
+            if known is not None and (known.group, known.region, known.modality, known.uncertainty) == role:
+                layer.metadata = {key: value for key, value in layer.metadata.items() if key != META_KEY}
+                return
+
+    if viewer not in _COPIES_WATCHED:
+        _COPIES_WATCHED.add(viewer)
+        viewer.layers.events.inserted.connect(on_inserted, position="first")
+
+
+_COPIES_WATCHED: weakref.WeakSet = weakref.WeakSet()
 
 
 def write_regions(path: str, layer_data: list[tuple]) -> list[str]:

@@ -220,6 +220,35 @@ def test_segment_end_to_end_with_demo_weights(qtbot, segment_widget, phantom_dir
     assert best_after < 0.2 and worst_after < 0.4, f"event loop stalled {best_after * 1000:.0f} and {worst_after * 1000:.0f} ms while adding the result layers"
 
 
+def test_a_model_result_is_a_labels_layer_to_napari_saved_and_duplicated_as_one(qtbot, segment_widget, tmp_path):
+    """File > Save and Layers > Duplicate work on a model's result as on any Labels layer (napari took its class name
+    for the layer type: no writer was found and Duplicate raised), and a copy is a snapshot of its own: the result's
+    writer and group find the original, edited after the copy was made."""
+    from napari.layers import Labels
+    from napari.layers._layer_actions import _duplicate_layer
+
+    from napari_sevnet.layers import region_group
+
+    viewer, widget = segment_widget
+    widget.run()
+    wait_for_run(qtbot, widget)
+    result = widget.result_layers
+    viewer.layers.selection = set(result.values())
+    out = tmp_path / "result_seg.nii.gz"
+    assert viewer.layers.save(str(out), selected=True, plugin="napari-sevnet") == [str(out)]
+    assert viewer.layers.save(str(tmp_path / "any_writer_seg.nii.gz"), selected=True) == [str(tmp_path / "any_writer_seg.nii.gz")]
+    viewer.layers.selection = {result["WT"]}
+    _duplicate_layer(viewer.layers)
+    copy = viewer.layers[f"{result['WT'].name} copy"]
+    assert isinstance(copy, Labels) and LayerInfo.from_layer(copy) is None
+    result["WT"].data[0, 0, 0] = 1  # an edit after the copy was made
+    assert region_group(viewer.layers, result["TC"])["WT"] is result["WT"]
+    viewer.layers.selection = set(result.values())
+    edited = tmp_path / "edited_seg.nii.gz"
+    assert viewer.layers.save(str(edited), selected=True, plugin="napari-sevnet") == [str(edited)]
+    assert (np.asarray(nib.load(edited).dataobj) > 0).sum() == (np.asarray(nib.load(out).dataobj) > 0).sum() + 1
+
+
 def test_collector_frozen_while_docked_and_removed_layers_still_freed(qtbot, segment_widget):
     import gc
     import weakref
