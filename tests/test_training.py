@@ -285,6 +285,33 @@ def test_fine_tune_from_checkpoint_with_frozen_encoder_and_replay(phantom_dir, t
     assert "on other patients' real scans, such a fine-tune segmented worse than the model it started from" in caveat, "what was measured, said"
 
 
+def test_a_run_that_ends_below_its_starting_model_says_so_after_a_resume_too(phantom_dir, tmp_path, caplog, monkeypatch):
+    """The Fine-tune dock says when the best epoch falls below epoch 0; a fine-tune run from the command line says it too."""
+    import training.loop as loop
+
+    base = train(small_config(phantom_dir, tmp_path / "base", epochs=1, patch_size=[24, 24, 24]))
+    scores = iter([0.8, 0.5, 0.6, 0.7])  # the start (epoch 0), then each validation
+
+    def scored(_predictor, _arrays):
+        value = next(scores)
+        return {"dice": dict.fromkeys(("WT", "TC", "ET"), value), "hd95": dict.fromkeys(("WT", "TC", "ET"), 1.0), "mean_dice": value}
+
+    monkeypatch.setattr(loop, "validate", scored)
+    cfg = small_config(phantom_dir, tmp_path / "ft", epochs=1, init=str(base / "last.json"), patch_size=None)
+    cfg.model.config = None
+    run = train(cfg)
+    assert "validation mean Dice, 0.500, is below the starting model's, 0.800 (epoch 0)" in caplog.text
+    caplog.clear()
+    cfg.epochs = 2  # one more epoch after a resume: the start's figure comes from the saved state
+    train(cfg, resume=run)
+    assert "validation mean Dice, 0.600, is below the starting model's, 0.800 (epoch 0)" in caplog.text
+    caplog.clear()
+    cfg.epochs = 3
+    scores = iter([0.9])
+    train(cfg, resume=run)
+    assert "below the starting model's" not in caplog.text, "a best epoch above the start is not warned"
+
+
 def test_fine_tune_with_replay_scores_the_replay_cases_kept_out_as_other_patients(phantom_dir, tmp_path, capsys, caplog, monkeypatch):
     """benchmarks.finetune_heldout: a fine-tune that fits its case can harm the next patients; kept-out replay cases measure it."""
     from training import events
