@@ -265,14 +265,21 @@ def open_scans(layers) -> dict[str, str]:
 
 
 def segmented_layers(info: LayerInfo, layers) -> dict[str, str]:
-    """Sequence -> name of the image layer a result was segmented from: as its run recorded it, else (a recovered
-    result, which outlives the layers of its run) the open layer read from the same file."""
+    """Sequence -> name of the image layer a result was segmented from: as its run recorded it while a layer has that
+    name, else (a layer renamed since; a recovered result, which outlives the layers of its run) the open layer read
+    from the same file, else the recorded name (gone: the caller says which layer was removed)."""
     from napari_sevnet.io import MODALITIES
 
-    if info.source_layers is not None:
-        return dict(info.source_layers)
-    by_file = open_scans(layers)
-    return {m: by_file[str(path)] for m, path in (info.paths or {}).items() if m in MODALITIES and str(path) in by_file}
+    names, by_file = {layer.name for layer in layers}, open_scans(layers)
+    recorded, paths = info.source_layers or {}, info.paths or {}
+    found = {}
+    for m in MODALITIES:
+        path = str(paths.get(m))
+        if recorded.get(m) in names or (m in recorded and path not in by_file):
+            found[m] = recorded[m]
+        elif path in by_file:
+            found[m] = by_file[path]
+    return found
 
 
 def napari_get_reader(path):

@@ -434,7 +434,10 @@ def test_a_learned_click_needs_its_regions_guides_and_says_so_when_it_falls_back
     click_on_the_edge("WT")
     assert correct.fallback is None and "unavailable" not in correct._status.value
     sources = LayerInfo.from_layer(segment.result_layers["WT"]).source_layers
-    viewer.layers.remove(sources["t2"])
+    viewer.layers[sources["t2"]].name = "T2 before surgery"  # a scan renamed is still the scan it segmented
+    click_on_the_edge("WT")
+    assert correct.fallback is None, "the renamed T2 is found by its file"
+    viewer.layers.remove("T2 before surgery")
     click_on_the_edge("WT")
     assert "no T2 layer open" in correct.fallback, "WT's refiner compares voxels on T2 too"
     click_on_the_edge("TC")
