@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_sevnet.errors import InputError
+from napari_sevnet.regions import NECROSIS_ALONE, necrosis_alone
 
 log = logging.getLogger("napari_sevnet")
 
@@ -273,8 +274,8 @@ def evaluate_main(argv=None) -> int:
                     if "label" in exc.problem:  # one label (0/1, 0/255): most likely a whole-tumour mask
                         raise InputError(ref, f"{exc.problem}; {WHOLE_TUMOUR_HINT}") from None
                     raise
-                if truth[0].any() and np.array_equal(truth[0], truth[1]) and not truth[2].any():
-                    print(f"sevnet-evaluate: warning: {ref}: holds necrosis alone (label 1), read by its BraTS name as BraTS labels; {WHOLE_TUMOUR_HINT}", file=sys.stderr)
+                if necrosis_alone(truth):
+                    print(f"sevnet-evaluate: warning: {ref}: {NECROSIS_ALONE}; {WHOLE_TUMOUR_HINT}", file=sys.stderr)
             if pred.shape != truth.shape or not np.allclose(pgrid.affine, tgrid.affine, atol=1e-3):
                 raise InputError(pred_path, f"grid differs from the reference {ref}")
             m = case_metrics(pred, truth, tgrid.spacing)
@@ -354,6 +355,9 @@ def export_main(argv=None) -> int:
         case = load_assigned_or_named(args.case, allow_missing=False)
         default = "msd" if case.layout == "msd" else None  # a Decathlon case's masks use its labels unless they say otherwise
         corrected, _ = read_segmentation(args.mask, case.grid, case.reference, args.mask_labels, default=default)
+        if necrosis_alone(corrected) and args.mask_labels is None:  # exported, a whole-tumour mask would teach necrosis everywhere
+            raise InputError(args.mask, f"{NECROSIS_ALONE}; exported so, it would teach the model necrosis wherever the mask means tumour: "
+                                        "label its regions (necrosis 1, oedema 2, enhancing 4), or, if it is necrosis alone, say so with --mask-labels 2021")
         model = read_segmentation(args.model_mask, case.grid, case.reference, args.mask_labels, default=default)[0] if args.model_mask else None
         result = export_case(
             case, corrected, args.dataset, case_id=args.case_id, model_regions=model, checkpoint=args.checkpoint or (checkpoint_of(args.model_mask) if args.model_mask else None),

@@ -31,7 +31,7 @@ import numpy as np
 
 from napari_sevnet.errors import InputError, NotSaved
 from napari_sevnet.io import MODALITIES, MODALITY_LABELS, Case, SourceGrid, holds_nifti, load_case, nifti_stem, role_of, write_mask
-from napari_sevnet.regions import REGIONS, convention_name
+from napari_sevnet.regions import NECROSIS_ALONE, REGIONS, convention_name, necrosis_alone
 
 REGION_COLOURS = {"WT": "#2ecc40", "TC": "#ff4136", "ET": "#ffdc00"}
 META_KEY = "sevnet"
@@ -319,10 +319,14 @@ def read_case_layers(path) -> list[tuple]:
 
     layers = case_layers(case) + _layer_tuples(_recovered(case, napari.current_viewer()))
     prepare_viewer()
-    if case.warnings:
+    warnings = list(case.warnings)
+    if case.regions is not None and necrosis_alone(case.regions):
+        warnings.append(f"{Path(case.paths['seg']).name} {NECROSIS_ALONE}: then its WT layer is right, but its TC layer, all of it, "
+                        "is no tumour core; relabel the mask before exporting it for fine-tuning")
+    if warnings:
         from napari.utils.notifications import show_warning
 
-        for line in case.warnings:
+        for line in warnings:
             show_warning(f"{case.case_id}: {line}")
     if case.missing:
         from napari.utils.notifications import show_info

@@ -28,6 +28,16 @@ CONVENTIONS: dict[str, dict[str, int]] = {
 CONVENTION_ALIASES = {"2021": "brats2021", "2023": "brats2023", "decathlon": "msd"}
 
 
+#: what a mask read as necrosis alone (label 1 only, under a BraTS name) most likely is
+NECROSIS_ALONE = ("holds label 1 alone, read by its BraTS name as necrosis with no oedema and no enhancing tumour around it; "
+                  "a whole-tumour mask painted with one label (the default of ITK-SNAP and most editors) is far likelier")
+
+
+def necrosis_alone(regions: np.ndarray) -> bool:
+    """Whether (3, Z, Y, X) WT/TC/ET regions are a tumour of necrosis alone: what a one-label mask becomes in BraTS labels."""
+    return bool(regions[0].any() and not regions[2].any() and np.array_equal(regions[0], regions[1]))
+
+
 def convention_name(name: str) -> str:
     """Canonical convention name for ``name`` ('2021', 'brats2023', 'msd', ...)."""
     key = CONVENTION_ALIASES.get(str(name).lower(), str(name).lower())

@@ -125,7 +125,7 @@ def test_evaluate_scores_whole_tumour_references_on_the_whole_tumour_alone(phant
         expected[case] = region_metrics(pred[0], grid.to_canonical(whole), grid.spacing)["dice"]
     assert evaluate_main([str(preds), str(refs), "-o", str(tmp_path / "three")]) == 1
     err = capsys.readouterr().err
-    assert "warning: " + str(refs / "phantom_0000_seg.nii.gz") + ": holds necrosis alone (label 1), read by its BraTS name as BraTS labels" in err
+    assert "warning: " + str(refs / "phantom_0000_seg.nii.gz") + ": holds label 1 alone, read by its BraTS name as necrosis" in err
     assert "phantom_0001_seg.nii.gz: unknown label values [255]" in err and err.count("--whole-tumour-references scores the whole tumour alone") == 2
     assert evaluate_main([str(preds), str(refs), "-o", str(tmp_path / "wt"), "--whole-tumour-references"]) == 0
     metrics = json.loads((tmp_path / "wt" / "metrics.json").read_text(encoding="utf-8"))

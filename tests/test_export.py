@@ -318,4 +318,10 @@ def test_export_cli(case, tmp_path, phantom_dir):
     result = subprocess.run([str(Path(sys.executable).parent / "sevnet-export"), str(folder), str(painted), "-d", str(tmp_path / "ds")], capture_output=True, text=True)
     assert result.returncode == 2 and "corrected.nii.gz: label map holds label 1 alone" in result.stderr and "--mask-labels" in result.stderr
     assert snapshot(tmp_path / "ds") == before
+    named = tmp_path / "painted" / f"{case.case_id}_seg.nii.gz"  # the same under a BraTS name, which says its convention
+    named.parent.mkdir()
+    named.write_bytes(painted.read_bytes())
+    result = subprocess.run([str(Path(sys.executable).parent / "sevnet-export"), str(folder), str(named), "-d", str(tmp_path / "ds")], capture_output=True, text=True)
+    assert result.returncode == 2 and "holds label 1 alone, read by its BraTS name as necrosis" in result.stderr and "--mask-labels 2021" in result.stderr
+    assert snapshot(tmp_path / "ds") == before
     assert export_main([str(folder), str(painted), "-d", str(tmp_path / "ds"), "--mask-labels", "2021"]) == 0, "said to be necrosis alone: taken as such"

@@ -472,3 +472,31 @@ def test_a_finetune_on_several_exported_cases_says_which_it_keeps_out_to_validat
                                               validation="training_cases", device="cpu")))
     assert "all 2 exported cases trained on, and validated on themselves" in finetune.log.toPlainText()
     finetune.process = None  # no real trainer to stop when the viewer closes
+
+
+def test_a_one_label_mask_under_a_brats_name_is_said_at_opening_and_not_exported_as_necrosis(qtbot, make_napari_viewer, tmp_path, monkeypatch):
+    """A clinic's whole-tumour mask painted with one label and saved as <case>_seg: BraTS labels read it as necrosis alone
+    (WT = TC, no ET). Opening it says so; the Export dock refuses it until its core is drawn, so training never learns it."""
+    from napari_sevnet.widgets.export import ExportWidget
+
+    warned, errors = [], []
+    monkeypatch.setattr("napari.utils.notifications.show_warning", warned.append)
+    monkeypatch.setattr("napari.utils.notifications.show_error", errors.append)
+    folder = write_phantom(tmp_path / "cases", seed=3, shape=(48, 56, 48))
+    seg = folder / f"{folder.name}_seg.nii.gz"
+    img = nib.load(seg)
+    nib.save(nib.Nifti1Image((np.asanyarray(img.dataobj) > 0).astype(np.uint8), img.affine), seg)
+    viewer = make_napari_viewer()
+    layers = viewer.open(str(folder), plugin="napari-sevnet")
+    assert any(f"{seg.name} holds label 1 alone, read by its BraTS name as necrosis" in w for w in warned), warned
+    export = ExportWidget(viewer)
+    export._result.value = layers[4]
+    export._dataset.value = tmp_path / "ds"
+    assert export.export() is None and "its mask holds label 1 alone" in errors[-1] and "sevnet-export --mask-labels 2021" in errors[-1]
+    assert not (tmp_path / "ds").exists()
+    layers[5].data[:] = 0  # the core drawn anew (here: none)
+    layers[5].refresh()
+    worker = export.export()
+    assert worker is not None
+    qtbot.waitUntil(lambda: export.worker is None, timeout=60_000)
+    assert (tmp_path / "ds" / folder.name).is_dir()

@@ -19,7 +19,7 @@ from magicgui.widgets import CheckBox, ComboBox, FileEdit, Label, LineEdit, Push
 
 from napari_sevnet.errors import InputError
 from napari_sevnet.layers import LayerInfo, case_from_layers, region_group
-from napari_sevnet.regions import REGIONS
+from napari_sevnet.regions import NECROSIS_ALONE, REGIONS, necrosis_alone
 from napari_sevnet.widgets import find_widget
 from napari_sevnet.widgets.base import DockWidget, chosen_path
 
@@ -97,6 +97,10 @@ class ExportWidget(DockWidget):
             group = region_group(self._viewer.layers, layer)
             corrected = np.stack([np.asarray(group[r].data) > 0 for r in REGIONS])  # a copy: painting may go on
             info = LayerInfo.from_layer(layer)
+            if info.run is None and necrosis_alone(corrected):  # a mask read from a file, as one label made it
+                raise InputError(None, f"{layer.name.replace(' WT', '')}: its mask {NECROSIS_ALONE}; exported so, it would teach the model "
+                                       "necrosis wherever the mask means tumour: draw its core (TC) and enhancing tumour (ET) first (or, if it "
+                                       "is necrosis alone, export the file with sevnet-export --mask-labels 2021)")
             if self.edited(layer) is False:
                 from napari.utils.notifications import show_warning
 
