@@ -520,3 +520,18 @@ def test_a_training_case_with_voxels_without_a_value_is_trained_on_and_said(tmp_
     with caplog.at_level(logging.WARNING, logger="training.data"):
         image, _ = load_preprocessed(CaseRef(folder.name, folder), tmp_path / "cache")
     assert np.isfinite(image).all() and any("_t2.nii.gz" in r.getMessage() and "have no value" in r.getMessage() for r in caplog.records)
+
+
+def test_a_one_label_mask_read_as_necrosis_alone_is_trained_on_but_said(tmp_path, caplog):
+    import nibabel as nib
+
+    from training.data import load_preprocessed
+
+    folder = write_phantom(tmp_path / "cases", seed=3, shape=(32, 40, 32))
+    seg = folder / f"{folder.name}_seg.nii.gz"
+    img = nib.load(seg)
+    nib.save(nib.Nifti1Image((np.asanyarray(img.dataobj) > 0).astype(np.uint8), img.affine), seg)
+    (ref,) = discover_cases([tmp_path / "cases"])
+    _, regions = load_preprocessed(ref, tmp_path / "cache")
+    assert np.array_equal(regions[0], regions[1]) and regions[0].any()
+    assert f"{seg.name}: holds label 1 alone, read by its BraTS name as necrosis" in caplog.text and "leave the case out" in caplog.text

@@ -24,6 +24,7 @@ from napari_sevnet.export import active_cases, read_manifest
 from napari_sevnet.files import atomic_output
 from napari_sevnet.inference import preprocess
 from napari_sevnet.io import MODALITIES, find_case_files, find_cases, load_case, role_of
+from napari_sevnet.regions import NECROSIS_ALONE, necrosis_alone
 from training.config import AugmentConfig, DataConfig
 
 log = logging.getLogger(__name__)
@@ -147,6 +148,9 @@ def load_preprocessed(ref: CaseRef, cache_dir: Path) -> tuple[np.ndarray, np.nda
     case = load_case(ref.folder, allow_missing=True)
     for line in case.warnings:  # voxels without a value, read as background: trained on, but said
         log.warning("%s: %s", ref.folder, line)
+    if necrosis_alone(case.regions):  # most likely a one-label whole-tumour mask under a BraTS name: trained on, but said
+        log.warning("%s: %s: %s; trained on as such, it teaches necrosis wherever the mask means tumour: relabel it, or leave the case out",
+                    ref.folder, Path(case.paths["seg"]).name, NECROSIS_ALONE)
     image, box = preprocess(case.image)
     regions = case.regions[(slice(None), *box)].astype(np.uint8)
     with atomic_output(path, suffix=".npz") as tmp:
