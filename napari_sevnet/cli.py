@@ -447,6 +447,13 @@ def recovery_main(argv=None) -> int:
     return 0
 
 
+def _say_if_necrosis_alone(path, regions, convention) -> None:
+    """sevnet-measure's warning for a mask its labels read as necrosis alone, unless --labels said the convention."""
+    if convention is None and necrosis_alone(regions):
+        print(f"sevnet-measure: warning: {path}: {NECROSIS_ALONE}: its necrosis volume is then the whole tumour's; "
+              "label its regions, or say --labels 2021 if it is necrosis alone", file=sys.stderr)
+
+
 def measure_main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="sevnet-measure", description="Lesion table and RANO measurements of a mask; optionally the change since an earlier visit and a case report.")
     parser.add_argument("case", type=Path, help="the case (folder or any of its files)")
@@ -484,6 +491,7 @@ def measure_main(argv=None) -> int:
     try:
         case = load_assigned_or_named(args.case)
         regions, _ = read_segmentation(args.mask, case.grid, case.reference, args.labels)
+        _say_if_necrosis_alone(args.mask, regions, args.labels)
         readout = measure(regions, case.spacing, case.grid)
         comparison = None
         if args.baseline:
@@ -491,6 +499,7 @@ def measure_main(argv=None) -> int:
             if base_case.reference.resolve() == case.reference.resolve() or args.baseline[1].resolve() == args.mask.resolve():
                 raise InputError(args.baseline[0], f"the baseline is the follow-up itself ({args.case}, {args.mask}): give the earlier visit's case and mask")
             base_regions, _ = read_segmentation(args.baseline[1], base_case.grid, base_case.reference, args.labels)
+            _say_if_necrosis_alone(args.baseline[1], base_regions, args.labels)
             # volumes and products are measured on each visit's own grid and need no registration; new lesions are looked for
             # on the baseline where the follow-up lies: as it is on one grid (BraTS' longitudinal cases), else registered there
             on_follow_up, how = (base_regions, None) if on_one_grid(base_regions, base_case.grid, regions, case.grid) else baseline_on_follow_up(base_case, base_regions, case)

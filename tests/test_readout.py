@@ -393,3 +393,19 @@ def test_sevnet_measure_takes_the_study_dates_nifti_visits_do_not_carry(tmp_path
     with pytest.raises(SystemExit):
         measure_main([str(late), str(late / seg), "--dates", "2024-01-10", "2024-04-10"])
     assert "--dates goes with --baseline" in capsys.readouterr().err
+
+
+def test_sevnet_measure_says_when_a_mask_reads_as_necrosis_alone(tmp_path, capsys):
+    """A one-label whole-tumour mask under a BraTS name reads as necrosis alone: the table's NCR is then the whole tumour."""
+    import nibabel as nib
+
+    from napari_sevnet.cli import measure_main
+
+    case = write_phantom_case(tmp_path / "a")
+    seg = case / f"{case.name}_seg.nii.gz"
+    img = nib.load(seg)
+    nib.save(nib.Nifti1Image((np.asanyarray(img.dataobj) > 0).astype(np.uint8), img.affine), seg)
+    assert measure_main([str(case), str(seg), "-o", str(tmp_path / "one.json")]) == 0
+    assert f"{seg}: holds label 1 alone, read by its BraTS name as necrosis" in capsys.readouterr().err
+    assert measure_main([str(case), str(seg), "--labels", "2021", "-o", str(tmp_path / "said.json")]) == 0
+    assert "label 1 alone" not in capsys.readouterr().err, "said to be necrosis alone: taken at its word"
