@@ -111,15 +111,15 @@ def case_files(path: str | os.PathLike, *, allow_missing: bool = True) -> tuple[
     return case_id, files
 
 
-def load_assigned_or_named(path: str | os.PathLike, *, allow_missing: bool = True) -> Case:
+def load_assigned_or_named(path: str | os.PathLike, *, allow_missing: bool = True, read_mask: bool = True) -> Case:
     """Load a case by its BraTS names, or by the assignment remembered for its folder; say what to do when neither works."""
     path = Path(path)
     folder = path if path.is_dir() else path.parent
     mapping = remembered(folder)
     if mapping is not None:
-        return load_case(mapping=mapping, allow_missing=allow_missing)
+        return load_case(mapping=mapping, allow_missing=allow_missing, read_mask=read_mask)
     try:
-        case = load_case(path, allow_missing=allow_missing)
+        case = load_case(path, allow_missing=allow_missing, read_mask=read_mask)
         unnamed = [p.name for p in nifti_files(folder) if role_of(p.name) is None or role_of(p.name)[0] != case.case_id]
         if case.missing and unnamed and path.is_dir():  # the missing sequences may be the files whose names say nothing
             raise InputError(folder, f"case {case.case_id!r} has no {', '.join(case.missing)} by its BraTS names")

@@ -425,6 +425,7 @@ def load_case(
     mapping: Mapping[str, str | os.PathLike] | None = None,
     label_convention: str | None = None,
     allow_missing: bool = False,
+    read_mask: bool = True,
 ) -> Case:
     """Load a case from a folder, any one of its files, or an explicit ``{role: path}`` mapping.
 
@@ -432,7 +433,8 @@ def load_case(
     forces how a segmentation is read ('brats2021', 'brats2023', 'msd'); by
     default the file says it (:func:`label_convention_of`). With
     ``allow_missing`` a case with one to three of the four sequences loads: the
-    missing ones are zero and ``Case.sequences`` lists those present.
+    missing ones are zero and ``Case.sequences`` lists those present. Without
+    ``read_mask`` the case's mask is left unread and out of ``Case.paths``.
     """
     if mapping is not None:
         files = {str(k).lower(): Path(v) for k, v in mapping.items()}
@@ -479,7 +481,7 @@ def load_case(
 
     case = Case(case_id=case_id, image=image, grid=grid, paths=paths, layout=layout, sequences=tuple(m for m in MODALITIES if m in paths),
                 warnings=tuple(warnings))
-    if "seg" in files:
+    if "seg" in files and read_mask:
         case.regions, case.label_convention = read_segmentation(files["seg"], grid, case.reference, convention)
         case.paths["seg"] = files["seg"]
     return case
@@ -595,6 +597,19 @@ def read_whole_tumour(path: str | os.PathLike) -> tuple[np.ndarray, SourceGrid]:
         raise InputError(path, f"holds {len(values)} values from {values.min():g} to {values.max():g}: a scan rather than a whole-tumour mask?")
     grid = grid_of(img)
     return grid.to_canonical(data != 0), grid
+
+
+def read_one_label_mask(path: str | os.PathLike, grid: SourceGrid) -> tuple[np.ndarray, int] | None:
+    """((Z, Y, X) bool on ``grid``, the label) of a mask painted with one label (0/255, or 0/1), most likely a whole tumour;
+    None for any other file, or one on another grid."""
+    try:
+        data, img = read_nifti(path)
+    except InputError:
+        return None
+    values = np.unique(np.asarray(data))
+    if len(values) != 2 or values[0] != 0 or not float(values[1]).is_integer() or not _same_world_grid(grid, grid_of(img)):
+        return None
+    return grid_of(img).to_canonical(np.asarray(data) != 0), int(values[1])
 
 
 # --------------------------------------------------------------------------- writing

@@ -30,10 +30,11 @@ from pathlib import Path
 import numpy as np
 
 from napari_sevnet.errors import InputError, NotSaved
-from napari_sevnet.io import MODALITIES, MODALITY_LABELS, Case, SourceGrid, holds_nifti, load_case, nifti_stem, role_of, write_mask
+from napari_sevnet.io import MODALITIES, MODALITY_LABELS, Case, SourceGrid, holds_nifti, load_case, nifti_stem, read_one_label_mask, role_of, write_mask
 from napari_sevnet.regions import NECROSIS_ALONE, REGIONS, convention_name, necrosis_alone
 
 REGION_COLOURS = {"WT": "#2ecc40", "TC": "#ff4136", "ET": "#ffdc00"}
+ONE_LABEL_COLOUR = "dodgerblue"  # a mask painted with one label, shown as an outline: apart from the regions' colours
 META_KEY = "sevnet"
 SAMPLE_DATA_DIR = Path(__file__).resolve().parent.parent / "sample_data"
 
@@ -114,6 +115,15 @@ def region_labels(regions: np.ndarray, scale, translate, info: LayerInfo) -> lis
     layers = nested_region_layers(regions, **{r: {**region_layer_kwargs(r, scale, info), "translate": translate} for r in REGIONS})
     style_regions(dict(zip(REGIONS, layers)), editing="ET")  # ET is selected once they are in
     return layers
+
+
+def one_label_layer(whole: np.ndarray, case: Case, file_name: str) -> tuple:
+    """A mask painted with one label, beside the case's scans: no result (nothing exports or fine-tunes on it)."""
+    from napari.utils.colormaps import DirectLabelColormap
+
+    colormap = DirectLabelColormap(color_dict={None: ONE_LABEL_COLOUR, 0: "transparent"})
+    return whole.astype(np.uint8), {"name": f"{case.case_id} whole tumour ({file_name}, one label)", "scale": tuple(case.spacing),
+                                    "colormap": colormap, "opacity": 0.4}, "labels"
 
 
 def uncertainty_layer(entropy: np.ndarray, scale, translate, info: LayerInfo):
@@ -314,12 +324,24 @@ def read_case_layers(path) -> list[tuple]:
     report = report_beside(path) if Path(path).is_file() else None
     if report is not None:  # sevnet-predict's output: the mask with the scans it was made from
         return read_prediction_layers(Path(path), report)
-    case = load_assigned_or_named(path)
+    try:
+        case, outline = load_assigned_or_named(path), None
+    except InputError as exc:  # a mask painted with one label: the scans open, and the mask beside them to compare with
+        case = load_assigned_or_named(path, read_mask=False) if exc.path and "label" in exc.problem else None
+        outline = read_one_label_mask(exc.path, case.grid) if case is not None else None
+        if outline is None:
+            raise
+        mask_file = Path(exc.path).name
     import napari
 
     layers = case_layers(case) + _layer_tuples(_recovered(case, napari.current_viewer()))
     prepare_viewer()
     warnings = list(case.warnings)
+    if outline is not None:
+        layers.append(one_label_layer(outline[0], case, mask_file))
+        warnings.append(f"{mask_file} holds one label ({outline[1]}), not BraTS labels: opened as a whole tumour "
+                        "(blue) to compare with, not as WT/TC/ET; to correct or export it, label its regions (necrosis 1, "
+                        "oedema 2, enhancing 4); sevnet-evaluate --whole-tumour-references scores a result against it as it is")
     if case.regions is not None and necrosis_alone(case.regions):
         warnings.append(f"{Path(case.paths['seg']).name} {NECROSIS_ALONE}: then its WT layer is right, but its TC layer, all of it, "
                         "is no tumour core; relabel the mask before exporting it for fine-tuning")

@@ -181,3 +181,21 @@ def test_voxels_without_a_value_are_read_as_background_and_said(tmp_path):
     assert np.isfinite(case.image).all() and (case.image[flair_index] == 0).sum() >= 960
     np.testing.assert_array_equal(case.image[0], truth["image"][0])  # the other scans as they were
     assert io.load_case(write_case(tmp_path / "d", AFFINES["RAS"])[0]).warnings == ()
+
+
+def test_a_mask_painted_with_one_label_is_told_from_brats_labels_and_from_another_grid(tmp_path):
+    from napari_sevnet.phantom import write_phantom
+
+    case = io.load_case(write_phantom(tmp_path / "cases", seed=3, shape=(32, 40, 32)))
+    img = nib.load(case.paths["seg"])
+    brats = np.asanyarray(img.dataobj)
+    painted = tmp_path / "painted.nii.gz"
+    nib.save(nib.Nifti1Image((brats > 0).astype(np.uint8) * 255, img.affine), painted)
+    whole, label = io.read_one_label_mask(painted, case.grid)
+    assert label == 255 and np.array_equal(whole, case.regions[0])
+    assert io.read_one_label_mask(case.paths["seg"], case.grid) is None, "BraTS labels: three values"
+    shifted = np.array(img.affine)
+    shifted[:3, 3] += 5
+    nib.save(nib.Nifti1Image((brats > 0).astype(np.uint8), shifted), tmp_path / "elsewhere.nii.gz")
+    assert io.read_one_label_mask(tmp_path / "elsewhere.nii.gz", case.grid) is None, "another grid"
+    assert io.read_one_label_mask(tmp_path / "missing.nii.gz", case.grid) is None

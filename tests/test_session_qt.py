@@ -500,3 +500,24 @@ def test_a_one_label_mask_under_a_brats_name_is_said_at_opening_and_not_exported
     assert worker is not None
     qtbot.waitUntil(lambda: export.worker is None, timeout=60_000)
     assert (tmp_path / "ds" / folder.name).is_dir()
+
+
+def test_a_case_whose_mask_holds_one_label_opens_with_that_mask_beside_it_as_no_result(make_napari_viewer, tmp_path, monkeypatch):
+    """A clinic's FLAIR-abnormality mask painted 0/255 refused the whole case; now the scans open and the mask shows as
+    the whole tumour to compare with, with what it is said, while Export and the result lists never take it."""
+    from napari_sevnet.layers import LayerInfo, layer_groups
+    from napari_sevnet.widgets.export import ExportWidget
+
+    warned = []
+    monkeypatch.setattr("napari.utils.notifications.show_warning", warned.append)
+    folder = write_phantom(tmp_path / "cases", seed=3, shape=(48, 56, 48))
+    seg = folder / f"{folder.name}_seg.nii.gz"
+    img = nib.load(seg)
+    whole = np.asanyarray(img.dataobj) > 0
+    nib.save(nib.Nifti1Image(whole.astype(np.uint8) * 255, img.affine), seg)
+    viewer = make_napari_viewer()
+    layers = viewer.open(str(folder), plugin="napari-sevnet")
+    assert [layer.name for layer in layers][4:] == [f"{folder.name} whole tumour ({seg.name}, one label)"]
+    assert LayerInfo.from_layer(layers[4]) is None and int(np.count_nonzero(layers[4].data)) == int(whole.sum())
+    assert any(f"{seg.name} holds one label (255), not BraTS labels" in w for w in warned), warned
+    assert ExportWidget(viewer).result_wt_layers() == [] and len(layer_groups(viewer.layers)) == 1
