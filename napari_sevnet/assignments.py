@@ -126,6 +126,9 @@ def load_assigned_or_named(path: str | os.PathLike, *, allow_missing: bool = Tru
         return case
     except InputError as exc:
         files = nifti_files(folder)
+        named = role_of(Path(exc.path).name) if exc.path else None
+        if named and named[1] == "seg":  # the mask's own problem: no hint about the scans
+            raise
         if "must share one grid" in exc.problem or re.search(r"shape .* differs", exc.problem) or _on_own_grids(files):
             raise InputError(exc.path, f"{exc.problem}. These look like raw series, each on its own grid: prepare them first "
                              "(co-register, 1 mm, skull strip) with Plugins > napari-sevnet > Prepare raw scans, sevnet-predict --prepare FOLDER -o OUT, "
@@ -140,6 +143,19 @@ def load_assigned_or_named(path: str | os.PathLike, *, allow_missing: bool = Tru
             "or assign them to sequences with Plugins > napari-sevnet > Assign sequences, which remembers the choice for this folder "
             "(napari and sevnet-predict then open it as assigned)",
         ) from None
+
+
+def load_to_segment(path: str | os.PathLike, *, allow_missing: bool = True) -> tuple[Case, str | None]:
+    """A case to segment, and what was left out: a mask that cannot be read (a clinic's painted with one label, 0/255),
+    which segmenting does not use, is left unread and said, where it failed the whole case before."""
+    try:
+        return load_assigned_or_named(path, allow_missing=allow_missing), None
+    except InputError as exc:
+        try:  # the two reads differ in the mask alone: if this one works, the mask was what failed
+            case = load_assigned_or_named(path, allow_missing=allow_missing, read_mask=False)
+        except InputError:
+            raise exc from None
+        return case, f"its mask {Path(exc.path).name} was not read ({exc.problem.split(';')[0]}); the scans are segmented without it"
 
 
 def _on_own_grids(files: list[Path]) -> bool:

@@ -74,7 +74,7 @@ def predict_main(argv=None) -> int:
     from filelock import FileLock
     from tqdm import tqdm
 
-    from napari_sevnet.assignments import load_assigned_or_named
+    from napari_sevnet.assignments import load_to_segment
     from napari_sevnet.inference import Predictor, enable_huge_pages
     from napari_sevnet.io import find_cases
     from napari_sevnet.regions import REGIONS, convention_name
@@ -106,7 +106,9 @@ def predict_main(argv=None) -> int:
                 with lock:
                     _predict_prepared(path, args, predictor, convention_name(args.labels or "2021"))
                 continue
-            case = load_assigned_or_named(path, allow_missing=args.allow_missing)
+            case, left_out = load_to_segment(path, allow_missing=args.allow_missing)
+            if left_out:
+                tqdm.write(f"sevnet-predict: warning: {case.case_id}: {left_out}", file=sys.stderr)
             convention = convention_name(args.labels) if args.labels else "brats2023" if case.layout == "brats2023" else "brats2021"
             if args.skip_existing and finished_before(case, args.output, convention, checkpoint=predictor.checkpoint, tta=args.tta or args.uncertainty,
                                                       maps=[f"{kind}_{r}" for kind, asked in (("prob", args.probabilities), ("uncertainty", args.uncertainty)) if asked for r in REGIONS]):

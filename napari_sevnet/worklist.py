@@ -92,7 +92,9 @@ def _cached_report(case_id: str, files: dict[str, Path], case_folder: Path, cach
     except (OSError, ValueError):
         return None
     newest_input = max((p.stat().st_mtime for p in case_folder.iterdir() if p.is_file()), default=0)
-    same_inputs = report.get("inputs") == {role: str(Path(p).absolute()) for role, p in files.items()}
+    # the scans, role by role (a mask is no input of the model, and one that cannot be read is not recorded)
+    same_inputs = ({role: p for role, p in (report.get("inputs") or {}).items() if role != "seg"}
+                   == {role: str(Path(p).absolute()) for role, p in files.items() if role != "seg"})
     members = (report.get("uncertainty") or {}).get("members")
     kept_probabilities = all(f"prob_{r}" in (report.get("maps") or {}) for r in REGIONS)  # a cache from before they were kept is redone
     return report if newest_input <= stamp and same_inputs and members == passes and kept_probabilities else None
@@ -150,7 +152,7 @@ def run_worklist(
     reports the work inside a case.
     """
     from napari_sevnet import recovery
-    from napari_sevnet.assignments import case_files, load_assigned_or_named
+    from napari_sevnet.assignments import case_files, load_to_segment
     from napari_sevnet.io import find_cases
     from napari_sevnet.report import write_case_outputs
 
@@ -173,7 +175,7 @@ def run_worklist(
             item.report = _cached_report(case_id, files, case_folder, case_cache, passes)
             item.cached = item.report is not None
             if item.report is None:
-                case = load_assigned_or_named(case_folder)
+                case, _ = load_to_segment(case_folder)  # a mask it cannot read does not keep the case off the list
                 report = (lambda f, m, case_id=case_id: progress(case_id, f, m)) if progress else None
                 result = predictor.predict(case.image, spacing=case.spacing, sequences=case.sequences, tta=passes, uncertainty=True, cancel=cancel, progress=report)
                 # the probabilities too, so an opened case is corrected with the Correct dock's clicks as a Segment run is

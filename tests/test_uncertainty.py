@@ -422,3 +422,21 @@ def test_the_shipped_default_declares_its_cleanup_and_zero_turns_it_off():
     assert Predictor(device="cpu").min_component_ml[0] == 0.5
     assert Predictor(device="cpu", min_component_ml=0).min_component_ml == (0, 0, 0)
     assert Predictor(phantom_checkpoint(), "cpu").min_component_ml == (0, 0, 0)
+
+
+def test_the_worklist_ranks_and_opens_a_case_whose_mask_it_cannot_read(tmp_path):
+    """A clinic's mask painted 0/255 beside the scans kept the case off the list ("error"); ranking needs the scans only."""
+    import nibabel as nib
+
+    from napari_sevnet.widgets.worklist import case_result_layers
+    from napari_sevnet.worklist import run_worklist
+
+    folder = write_phantom(tmp_path / "cases", seed=21, shape=(48, 56, 48))
+    seg = folder / f"{folder.name}_seg.nii.gz"
+    img = nib.load(seg)
+    nib.save(nib.Nifti1Image((np.asanyarray(img.dataobj) > 0).astype(np.uint8) * 255, img.affine), seg)
+    (item,) = run_worklist(tmp_path / "cases", Predictor(device="cpu"))
+    assert item.error is None and item.report is not None and item.score >= 0
+    (again,) = run_worklist(tmp_path / "cases", Predictor(device="cpu"))
+    assert again.cached, "its result is kept like any other's"
+    assert len(case_result_layers(item, run=1)) >= 7, "it opens: its scans and the model's WT/TC/ET"

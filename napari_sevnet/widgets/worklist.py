@@ -237,7 +237,7 @@ def _duration(seconds: float) -> str:
 
 def case_result_layers(item, run: int, open_scans: dict[str, str] | None = None, taken: Collection[str] = ()) -> list:
     """The scans of a worklist case (those not open yet), the model's WT/TC/ET layers and its maps, as napari layers."""
-    from napari_sevnet.assignments import load_assigned_or_named
+    from napari_sevnet.assignments import load_to_segment
     from napari_sevnet.layers import prediction_layers
 
-    return prediction_layers(load_assigned_or_named(item.folder), item.report, run, open_scans, taken)
+    return prediction_layers(load_to_segment(item.folder)[0], item.report, run, open_scans, taken)
