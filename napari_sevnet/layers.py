@@ -34,7 +34,7 @@ from napari_sevnet.io import MODALITIES, MODALITY_LABELS, Case, SourceGrid, hold
 from napari_sevnet.regions import NECROSIS_ALONE, REGIONS, convention_name, necrosis_alone
 
 REGION_COLOURS = {"WT": "#2ecc40", "TC": "#ff4136", "ET": "#ffdc00"}
-ONE_LABEL_COLOUR = "dodgerblue"  # a mask painted with one label, shown as an outline: apart from the regions' colours
+ONE_LABEL_COLOUR = "dodgerblue"  # a mask painted with one label, shown beside a case: apart from the regions' colours
 META_KEY = "sevnet"
 SAMPLE_DATA_DIR = Path(__file__).resolve().parent.parent / "sample_data"
 
