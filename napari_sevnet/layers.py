@@ -380,23 +380,24 @@ def prepare_viewer(viewer=None) -> None:
 
 
 def forget_copies(viewer) -> None:
-    """A layer napari duplicates (Layers > Duplicate) becomes a plain layer, a snapshot of its own.
+    """A layer napari makes from one of ours (Layers > Duplicate, Convert to Image) becomes a plain layer of its own.
 
-    The copy keeps the original's metadata, so Export, the writer and recovery, which find a result's WT/TC/ET by
-    their group, could take the copy for the original and export a mask edited no more. Runs before every other
-    handler of the viewer's insertions, so none of them sees the copy as part of a result.
+    It keeps the original's metadata, so Export, the writer, the click tools and recovery, which find a result's
+    WT/TC/ET by their group, could take a copy for the original (and export a mask edited no more), or an image
+    for a region layer. Runs before every other handler of the viewer's insertions, so none of them sees it as ours.
     """
+    from napari.layers import Image, Labels
+
     def on_inserted(event) -> None:
         layer = event.value
         info = LayerInfo.from_layer(layer)
         if info is None or (info.region, info.modality, info.uncertainty) == (None, None, None):
             return
         role = (info.group, info.region, info.modality, info.uncertainty)
-        for other in viewer.layers:
-            known = LayerInfo.from_layer(other) if other is not layer else None
-            if known is not None and (known.group, known.region, known.modality, known.uncertainty) == role:
-                layer.metadata = {key: value for key, value in layer.metadata.items() if key != META_KEY}
-                return
+        converted = not isinstance(layer, Labels if info.region else Image)
+        if converted or any(other is not layer and (known := LayerInfo.from_layer(other)) is not None
+                            and (known.group, known.region, known.modality, known.uncertainty) == role for other in viewer.layers):
+            layer.metadata = {key: value for key, value in layer.metadata.items() if key != META_KEY}
 
     if viewer not in _COPIES_WATCHED:
         _COPIES_WATCHED.add(viewer)

@@ -225,8 +225,9 @@ def test_a_model_result_is_a_labels_layer_to_napari_saved_and_duplicated_as_one(
     for the layer type: no writer was found and Duplicate raised), and a copy is a snapshot of its own: the result's
     writer and group find the original, edited after the copy was made."""
     from napari.layers import Labels
-    from napari.layers._layer_actions import _duplicate_layer
+    from napari.layers._layer_actions import _convert_to_image, _duplicate_layer
 
+    from napari_sevnet.errors import InputError
     from napari_sevnet.layers import region_group
 
     viewer, widget = segment_widget
@@ -247,6 +248,11 @@ def test_a_model_result_is_a_labels_layer_to_napari_saved_and_duplicated_as_one(
     edited = tmp_path / "edited_seg.nii.gz"
     assert viewer.layers.save(str(edited), selected=True, plugin="napari-sevnet") == [str(edited)]
     assert (np.asarray(nib.load(edited).dataobj) > 0).sum() == (np.asarray(nib.load(out).dataobj) > 0).sum() + 1
+    viewer.layers.selection = {result["ET"]}
+    _convert_to_image(viewer.layers)  # napari's Convert to Image: the image is no ET layer
+    assert LayerInfo.from_layer(viewer.layers[result["ET"].name]) is None and result["ET"] not in viewer.layers
+    with pytest.raises(InputError, match="ET layer"):
+        region_group(viewer.layers, result["TC"])
 
 
 def test_collector_frozen_while_docked_and_removed_layers_still_freed(qtbot, segment_widget):
