@@ -315,6 +315,32 @@ def napari_get_reader(path):
     return read_case_layers if looks_like_a_case else None
 
 
+def case_for_viewer(load) -> tuple[Case, list[tuple], list[str]]:
+    """(case, its layer tuples, what to tell the user) as napari opens a case; ``load(read_mask)`` reads it.
+
+    A mask painted with one label comes beside the scans as a layer to compare with (it is no result), where it
+    failed the whole case before; one read as necrosis alone is said, since a one-label mask is far likelier.
+    """
+    try:
+        case, outline = load(True), None
+    except InputError as exc:
+        case = load(False) if exc.path and "label" in exc.problem else None
+        outline = read_one_label_mask(exc.path, case.grid) if case is not None else None
+        if outline is None:
+            raise
+        mask_file = Path(exc.path).name
+    layers, warnings = case_layers(case), list(case.warnings)
+    if outline is not None:
+        layers.append(one_label_layer(outline[0], case, mask_file))
+        warnings.append(f"{mask_file} holds one label ({outline[1]}), not BraTS labels: opened as a whole tumour "
+                        "(blue) to compare with, not as WT/TC/ET; to correct or export it, label its regions (necrosis 1, "
+                        "oedema 2, enhancing 4); sevnet-evaluate --whole-tumour-references scores a result against it as it is")
+    if case.regions is not None and necrosis_alone(case.regions):
+        warnings.append(f"{Path(case.paths['seg']).name} {NECROSIS_ALONE}: then its WT layer is right, but its TC layer, all of it, "
+                        "is no tumour core; relabel the mask before exporting it for fine-tuning")
+    return case, layers, warnings
+
+
 def read_case_layers(path) -> list[tuple]:
     """Read the case at ``path`` completely before returning, so a bad file adds no layer at all."""
     from napari_sevnet.assignments import load_assigned_or_named
@@ -324,27 +350,11 @@ def read_case_layers(path) -> list[tuple]:
     report = report_beside(path) if Path(path).is_file() else None
     if report is not None:  # sevnet-predict's output: the mask with the scans it was made from
         return read_prediction_layers(Path(path), report)
-    try:
-        case, outline = load_assigned_or_named(path), None
-    except InputError as exc:  # a mask painted with one label: the scans open, and the mask beside them to compare with
-        case = load_assigned_or_named(path, read_mask=False) if exc.path and "label" in exc.problem else None
-        outline = read_one_label_mask(exc.path, case.grid) if case is not None else None
-        if outline is None:
-            raise
-        mask_file = Path(exc.path).name
+    case, layers, warnings = case_for_viewer(lambda read_mask: load_assigned_or_named(path, read_mask=read_mask))
     import napari
 
-    layers = case_layers(case) + _layer_tuples(_recovered(case, napari.current_viewer()))
+    layers += _layer_tuples(_recovered(case, napari.current_viewer()))
     prepare_viewer()
-    warnings = list(case.warnings)
-    if outline is not None:
-        layers.append(one_label_layer(outline[0], case, mask_file))
-        warnings.append(f"{mask_file} holds one label ({outline[1]}), not BraTS labels: opened as a whole tumour "
-                        "(blue) to compare with, not as WT/TC/ET; to correct or export it, label its regions (necrosis 1, "
-                        "oedema 2, enhancing 4); sevnet-evaluate --whole-tumour-references scores a result against it as it is")
-    if case.regions is not None and necrosis_alone(case.regions):
-        warnings.append(f"{Path(case.paths['seg']).name} {NECROSIS_ALONE}: then its WT layer is right, but its TC layer, all of it, "
-                        "is no tumour core; relabel the mask before exporting it for fine-tuning")
     if warnings:
         from napari.utils.notifications import show_warning
 

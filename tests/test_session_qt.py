@@ -335,6 +335,15 @@ def test_the_reader_says_why_and_files_can_be_assigned_by_hand(qtbot, make_napar
     assert len(recovered) == 3 and all(np.asarray(layer.data)[24, 2, 2] for layer in recovered)
     assert warned and "were recovered" in warned[-1]
 
+    # the clinic's own mask painted 0/255: the case opens with it beside the scans, said, as the reader does
+    seg = nib.load(clinic / "lesion_mask.nii.gz")
+    nib.save(nib.Nifti1Image((np.asanyarray(seg.dataobj) > 0).astype(np.uint8) * 255, seg.affine), clinic / "lesion_mask.nii.gz")
+    viewer.layers.clear()
+    assign.open_case()
+    qtbot.waitUntil(lambda: assign.worker is None, timeout=60_000)
+    assert "clinic whole tumour (lesion_mask.nii.gz, one label)" in [layer.name for layer in viewer.layers]
+    assert any("lesion_mask.nii.gz holds one label (255)" in w for w in warned), warned
+
 
 def test_the_writers_own_message_reaches_the_user_and_images_may_be_selected(make_napari_viewer, tmp_path):
     from napari_sevnet.errors import NotSaved

@@ -107,28 +107,29 @@ class AssignWidget(DockWidget):
 
             from napari_sevnet.assignments import remember as keep
             from napari_sevnet.io import load_case
-            from napari_sevnet.layers import case_layers
+            from napari_sevnet.layers import case_for_viewer
             from napari_sevnet.recovery import recovered_layers
 
-            case = load_case(mapping=mapping, allow_missing=True)
+            case, tuples, warnings = case_for_viewer(lambda read_mask: load_case(mapping=mapping, allow_missing=True, read_mask=read_mask))
             if remember:
                 keep(folder, mapping)
-            layers = [Layer.create(data, kwargs, kind) for data, kwargs, kind in case_layers(case)]
+            layers = [Layer.create(data, kwargs, kind) for data, kwargs, kind in tuples]
             recovered, message = recovered_layers(case.case_id, case.grid, case.paths, case.spacing, case.shape, open_groups)
-            return layers + recovered, message
+            # corrections of this case that were neither exported nor saved came back with it: said too
+            return layers + recovered, [f"{case.case_id}: {line}" for line in warnings] + ([message] if message else [])
 
         def add(out):
+            from napari.utils.notifications import show_warning
+
             from napari_sevnet.layers import prepare_viewer
 
-            layers, message = out
+            layers, warnings = out
             prepare_viewer(self._viewer)
             for layer in layers:
                 self._viewer.add_layer(layer)
             self._status.value = f"opened {len(layers)} layer(s)" + (" and remembered the choice" if remember else "")
-            if message:  # corrections of this case that were neither exported nor saved came back with it
-                from napari.utils.notifications import show_warning
-
-                show_warning(message)
+            for line in warnings:
+                show_warning(line)
 
         def failed(exc):
             self._status.value = "not opened"
