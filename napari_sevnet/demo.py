@@ -46,17 +46,28 @@ def tumour_slice(regions: np.ndarray) -> int:
     return int(np.argmax(area)) if area.any() else regions.shape[1] // 2
 
 
+def demo_case(case_path: Path | None):
+    """The case to show (the bundled one by default) as napari's reader opens it: with sequences missing (the default
+    segments partial cases), and without its mask when that cannot be read (said; the demo compares with it when it can)."""
+    from napari_sevnet.assignments import load_to_segment
+    from napari_sevnet.layers import demo_case_folder
+
+    case, left_out = load_to_segment(case_path or demo_case_folder())
+    if left_out:
+        log.warning("%s: %s", case.case_id, left_out)
+    return case
+
+
 def run_viewer(case_path: Path | None, screenshot: Path | None, checkpoint: str | None, timeout: float) -> int:
     import napari
     from qtpy.QtWidgets import QApplication
 
     from napari_sevnet.display import camera
-    from napari_sevnet.io import load_case
-    from napari_sevnet.layers import case_layers, demo_case_folder
+    from napari_sevnet.layers import case_layers
     from napari_sevnet.widgets.attention import AttentionWidget
     from napari_sevnet.widgets.segment import SegmentWidget
 
-    case = load_case(case_path or demo_case_folder(), allow_missing=True)  # as napari's reader opens it: the default segments partial cases
+    case = demo_case(case_path)
     viewer = napari.Viewer(title=f"napari-sevnet demo: {case.case_id}")
     reference = case.regions
     case.regions = None  # show the model's segmentation, compare with the reference in the log
@@ -104,11 +115,11 @@ def run_headless_render(case_path: Path | None, screenshot: Path, checkpoint: st
     import matplotlib.pyplot as plt
 
     from napari_sevnet.inference import Predictor
-    from napari_sevnet.io import MODALITIES, MODALITY_LABELS, load_case
-    from napari_sevnet.layers import REGION_COLOURS, demo_case_folder
+    from napari_sevnet.io import MODALITIES, MODALITY_LABELS
+    from napari_sevnet.layers import REGION_COLOURS
     from napari_sevnet.regions import REGIONS
 
-    case = load_case(case_path or demo_case_folder(), allow_missing=True)
+    case = demo_case(case_path)
     result = Predictor(checkpoint).predict(case.image, spacing=case.spacing, sequences=case.sequences)
     for line in result.notes + result.warnings:
         log.warning("%s: %s", case.case_id, line)

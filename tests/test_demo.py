@@ -53,3 +53,17 @@ def test_a_screenshot_that_cannot_be_saved_is_said_before_the_run(tmp_path, caps
     monkeypatch.setattr("napari_sevnet.demo.start_xvfb", lambda: pytest.fail("a display server started for a case that does not exist"))
     assert main([str(tmp_path / "no_case"), "--screenshot", str(tmp_path / "shot.png")]) == 1
     assert f"{tmp_path / 'no_case'}: cannot access" in capsys.readouterr().err, "a mistyped case is said before napari starts"
+
+
+def test_the_demo_shows_a_case_whose_mask_it_cannot_read_and_says_so(tmp_path, caplog):
+    import nibabel as nib
+
+    from napari_sevnet.demo import demo_case
+    from napari_sevnet.phantom import write_phantom
+
+    folder = write_phantom(tmp_path / "cases", seed=3, shape=(32, 40, 32))
+    seg = folder / f"{folder.name}_seg.nii.gz"
+    img = nib.load(seg)
+    nib.save(nib.Nifti1Image((np.asanyarray(img.dataobj) > 0).astype(np.uint8) * 255, img.affine), seg)  # a clinic's 0/255 mask
+    case = demo_case(folder)
+    assert case.regions is None and f"its mask {seg.name} was not read (unknown label values [255]" in caplog.text
