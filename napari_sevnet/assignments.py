@@ -18,7 +18,7 @@ from pathlib import Path
 
 from napari_sevnet.errors import InputError
 from napari_sevnet.files import write_text_atomic
-from napari_sevnet.io import MODALITIES, Case, case_id_of_files, find_case_files, load_case, nifti_stem, role_of
+from napari_sevnet.io import MODALITIES, Case, case_id_of_files, find_case_files, load_case, nifti_stem, role_of, without_unreadable_mask
 
 ROLES = (*MODALITIES, "seg")
 #: words in a file or layer name that say its sequence (after lower-casing and splitting on anything not a letter or digit)
@@ -148,14 +148,10 @@ def load_assigned_or_named(path: str | os.PathLike, *, allow_missing: bool = Tru
 def load_to_segment(path: str | os.PathLike, *, allow_missing: bool = True) -> tuple[Case, str | None]:
     """A case to segment, and what was left out: a mask that cannot be read (a clinic's painted with one label, 0/255),
     which segmenting does not use, is left unread and said, where it failed the whole case before."""
-    try:
-        return load_assigned_or_named(path, allow_missing=allow_missing), None
-    except InputError as exc:
-        try:  # the two reads differ in the mask alone: if this one works, the mask was what failed
-            case = load_assigned_or_named(path, allow_missing=allow_missing, read_mask=False)
-        except InputError:
-            raise exc from None
-        return case, f"its mask {Path(exc.path).name} was not read ({exc.problem.split(';')[0]}); the scans are segmented without it"
+    case, mask_error = without_unreadable_mask(lambda read_mask: load_assigned_or_named(path, allow_missing=allow_missing, read_mask=read_mask))
+    if mask_error is None:
+        return case, None
+    return case, f"its mask {Path(mask_error.path).name} was not read ({mask_error.problem.split(';')[0]}); the scans are segmented without it"
 
 
 def _on_own_grids(files: list[Path]) -> bool:

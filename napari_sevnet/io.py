@@ -487,6 +487,17 @@ def load_case(
     return case
 
 
+def without_unreadable_mask(load) -> tuple[Case, InputError | None]:
+    """``load(read_mask)``'s case, and (read again without it) the error of its mask when the mask alone failed."""
+    try:
+        return load(True), None
+    except InputError as exc:
+        try:  # the two reads differ in the mask alone: if this one works, the mask was what failed
+            return load(False), exc
+        except InputError:
+            raise exc from None
+
+
 def case_id_of_files(paths: list[Path]) -> str:
     """The id of a case given file by file: the one their BraTS names share, else the folder that holds them all.
 

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_sevnet.errors import InputError, NotSaved
-from napari_sevnet.io import MODALITIES, MODALITY_LABELS, Case, SourceGrid, holds_nifti, load_case, nifti_stem, read_one_label_mask, role_of, write_mask
+from napari_sevnet.io import MODALITIES, MODALITY_LABELS, Case, SourceGrid, holds_nifti, load_case, nifti_stem, read_one_label_mask, role_of, without_unreadable_mask, write_mask
 from napari_sevnet.regions import NECROSIS_ALONE, REGIONS, convention_name, necrosis_alone
 
 REGION_COLOURS = {"WT": "#2ecc40", "TC": "#ff4136", "ET": "#ffdc00"}
@@ -321,16 +321,13 @@ def case_for_viewer(load) -> tuple[Case, list[tuple], list[str]]:
     A mask painted with one label comes beside the scans as a layer to compare with (it is no result), where it
     failed the whole case before; one read as necrosis alone is said, since a one-label mask is far likelier.
     """
-    try:
-        case, outline = load(True), None
-    except InputError as exc:
-        case = load(False) if exc.path and "label" in exc.problem else None
-        outline = read_one_label_mask(exc.path, case.grid) if case is not None else None
-        if outline is None:
-            raise
-        mask_file = Path(exc.path).name
+    case, mask_error = without_unreadable_mask(load)
+    outline = read_one_label_mask(mask_error.path, case.grid) if mask_error is not None and mask_error.path else None
+    if mask_error is not None and outline is None:
+        raise mask_error  # any other broken mask: no half-opened case
     layers, warnings = case_layers(case), list(case.warnings)
     if outline is not None:
+        mask_file = Path(mask_error.path).name
         layers.append(one_label_layer(outline[0], case, mask_file))
         warnings.append(f"{mask_file} holds one label ({outline[1]}), not BraTS labels: opened as a whole tumour "
                         "(blue) to compare with, not as WT/TC/ET; to correct or export it, label its regions (necrosis 1, "

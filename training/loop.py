@@ -236,7 +236,7 @@ class Trainer:
         self.others_start: dict | None = None  # the starting model's Dice on the replay cases kept out (data.replay_check_cases)
         self.others_now: dict | None = None
         self.others_best: dict | None = None  # theirs at the best epoch: what the best checkpoint does to other patients
-        self.start_dice: dict | None = None  # a fine-tune's starting model on the validation cases (epoch 0)
+        self.start_mean_dice: float | None = None  # a fine-tune's starting model on the validation cases (epoch 0)
         self.start_cases: set[str] = set()  # the case ids the init checkpoint trained on
         self._lock = None  # the run folder's, held while this training writes there
 
@@ -291,7 +291,7 @@ class Trainer:
             torch.set_rng_state(state["torch_rng"])
             self.start_epoch, self.best = int(state["epoch"]) + 1, float(state["best"])
             self.others_start, self.others_best = state.get("others_start"), state.get("others_best")
-            self.start_dice = state.get("start_dice")
+            self.start_mean_dice = state.get("start_mean_dice")
             self.elapsed_before = float(state.get("elapsed_s", 0.0))
             if self.dist.main and self.start_epoch == cfg.epochs:
                 log.info("%s: all %d epochs are trained; nothing to do (resume with epochs=N to train longer)", self.run_dir, cfg.epochs)
@@ -536,7 +536,7 @@ class Trainer:
         if self.cfg.init and self.start_epoch == 0 and self.val_arrays and self.dist.main:
             metrics = validate(Predictor(model=self.model, info=self.info, device=self.device), self.val_arrays)
             self.emit(events.VALIDATION, epoch=0, **metrics)
-            self.start_dice = metrics["dice"]
+            self.start_mean_dice = metrics["mean_dice"]
         if self.start_epoch == 0:
             self.others_start = self.check_others(0)
 
@@ -606,7 +606,7 @@ class Trainer:
                 "epoch": epoch,
                 "best": self.best,
                 "others_start": self.others_start,
-                "start_dice": self.start_dice,
+                "start_mean_dice": self.start_mean_dice,
                 "others_best": self.others_best,
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
@@ -620,10 +620,9 @@ class Trainer:
 
     def finish(self) -> Path:
         self.bar.close()
-        if self.start_dice and self.best < np.mean(list(self.start_dice.values())) and self.dist.main:
+        if self.start_mean_dice is not None and self.best < self.start_mean_dice and self.dist.main:
             log.warning("the best checkpoint's validation mean Dice, %.3f, is below the starting model's, %.3f (epoch 0): this run made "
-                        "the starting model (init) worse on its validation cases; keep it unless you know why", self.best,
-                        np.mean(list(self.start_dice.values())))
+                        "the starting model (init) worse on its validation cases; keep it unless you know why", self.best, self.start_mean_dice)
         if self.others_start and self.others_best and events.fell_by(self.others_start, self.others_best) > events.OTHERS_TOLERANCE and self.dist.main:
             log.warning("the best checkpoint segments the %d replay case(s) kept out of the fine-tune (%s) worse than the starting model: %s; "
                         "it may be worse for other patients too", len(self.check_refs), ", ".join(r.case_id for r in self.check_refs),

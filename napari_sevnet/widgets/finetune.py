@@ -92,6 +92,7 @@ class FineTuneWidget(DockWidget):
         self._base = FileEdit(label="Base model", filter="*.json", nullable=True, tooltip=TOOLTIPS["base"])
         defaults = finetune_defaults()
         self._keep_out_from = defaults["data"]["keep_out_from"]  # what the trainer, run with finetune.yaml, keeps out from
+        self._default_lr = defaults["lr"]
         self._epochs = SpinBox(label="Epochs", min=1, max=1000, value=defaults["epochs"])
         self._steps = SpinBox(label="Steps per epoch", min=1, max=10_000, value=defaults["steps_per_epoch"])
         self._lr = LineEdit(label="Learning rate", value=f"{defaults['lr']:g}", tooltip=TOOLTIPS["lr"])
@@ -190,7 +191,7 @@ class FineTuneWidget(DockWidget):
         except ValueError:
             raise InputError(None, f"learning rate {self._lr.value!r} is not a number") from None
         if not 0 < lr < 1:
-            raise InputError(None, f"learning rate {lr} should lie between 0 and 1 ({finetune_defaults()['lr']:g} is the measured default)")
+            raise InputError(None, f"learning rate {lr} should lie between 0 and 1 ({self._default_lr:g} is the measured default)")
         if self._device.value == "cuda":
             import torch
 
