@@ -414,12 +414,35 @@ def forget_copies(viewer) -> None:
 _COPIES_WATCHED: weakref.WeakSet = weakref.WeakSet()
 
 
+_OWN_SAVES: dict[Path, tuple[str, int, int]] = {}  # file -> (the result's group, mtime_ns, size) as this session saved it
+
+
+def _may_replace(path: Path, group: str | None) -> bool:
+    """Whether ``path`` may be written over: absent, or this result's own earlier save, unchanged since.
+
+    Saving a result again after more edits is an editor's everyday step (napari's
+    dialog has asked already); any other file (an expert's mask, another result's
+    save, a file changed since) is never replaced.
+    """
+    if not path.exists():
+        return False
+    stat = path.stat()
+    return group is not None and _OWN_SAVES.get(path.resolve()) == (group, stat.st_mtime_ns, stat.st_size)
+
+
+def _remember_save(path: Path, group: str | None) -> None:
+    if group is not None:
+        stat = path.stat()
+        _OWN_SAVES[path.resolve()] = (group, stat.st_mtime_ns, stat.st_size)
+
+
 def write_regions(path: str, layer_data: list[tuple]) -> list[str]:
     """npe2 writer: WT/TC/ET Labels layers -> one BraTS 2021 label NIfTI on the source grid.
 
     The file name may end in ``.2023.nii.gz`` to write the BraTS 2023 labels.
     A case prepared from raw series (``sevnet-prepare``) also gets
     ``<name>_native.nii.gz``: the same masks on the reference series' own grid.
+    A file is replaced only when it is this result's own earlier save.
     """
     by_region, names, groups = {}, [], set()
     grid = paths = None
@@ -445,18 +468,24 @@ def write_regions(path: str, layer_data: list[tuple]) -> list[str]:
         as_2023 = str(path).endswith((".2023.nii.gz", ".2023.nii")) or (named is not None and named[1:] == ("seg", "brats2023"))
         convention = convention_name("2023") if as_2023 else "brats2021"
         regions = np.stack([by_region[r] for r in REGIONS])
-        written = [str(write_mask(regions, grid, path, convention))]
-        from napari_sevnet.recovery import discard
-
-        for group in groups - {None}:
-            discard(group)  # saved: its recovery copy has done its work
+        (group,) = groups
         from napari_sevnet.prepare import prepared_folder_of, write_native_mask
 
         prepared = prepared_folder_of(paths)
+        targets = [Path(path)] + ([Path(path).with_name(f"{nifti_stem(Path(path).name)}_native.nii.gz")] if prepared is not None else [])
+        for target in targets:
+            if target.exists() and not _may_replace(target, group):
+                raise InputError(target, "already exists, and it is not this result's own earlier save: napari-sevnet replaces no other file (it may be an expert's mask or another correction); save under another name")
+        written = [write_mask(regions, grid, targets[0], convention, overwrite=True)]
         if prepared is not None:
-            stem = nifti_stem(Path(path).name)
-            written.append(str(write_native_mask(regions, grid, prepared, Path(path).with_name(f"{stem}_native.nii.gz"), convention)[0]))
-        return written
+            written.append(write_native_mask(regions, grid, prepared, targets[1], convention, overwrite=True)[0])
+        for target in written:
+            _remember_save(target, group)
+        from napari_sevnet.recovery import discard
+
+        if group is not None:
+            discard(group)  # saved: its recovery copy has done its work
+        return [str(target) for target in written]
     except InputError as exc:
         raise NotSaved(str(exc)) from None
 

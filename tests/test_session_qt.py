@@ -357,9 +357,20 @@ def test_the_writers_own_message_reaches_the_user_and_images_may_be_selected(mak
     viewer.layers.selection = set(layers)  # the scans and the masks
     out = tmp_path / "all_seg.nii.gz"
     assert viewer.layers.save(str(out), selected=True, plugin="napari-sevnet") == [str(out)]
-    with pytest.raises(NotSaved, match="already exists"):
-        viewer.layers.save(str(out), selected=True, plugin="napari-sevnet")
+    layers[4].data[20, 10:20, 10:20] = 1  # more edits, then saved again: the result's own file is replaced
+    assert viewer.layers.save(str(out), selected=True, plugin="napari-sevnet") == [str(out)]
+    assert np.asanyarray(nib.load(out).dataobj).astype(bool).sum() == layers[4].data.astype(bool).sum()
     other = viewer.open(str(write_phantom(tmp_path / "cases", seed=4, shape=(48, 56, 48))), plugin="napari-sevnet")
+    viewer.layers.selection = set(other[4:])
+    with pytest.raises(NotSaved, match="already exists, and it is not this result's own earlier save"):
+        viewer.layers.save(str(out), selected=True, plugin="napari-sevnet")  # another result never replaces it
+    viewer.layers.selection = set(layers[4:])
+    edited = nib.load(out)
+    nib.save(nib.Nifti1Image(np.asanyarray(edited.dataobj), edited.affine), out)  # changed by another program since
+    with pytest.raises(NotSaved, match="not this result's own earlier save"):
+        viewer.layers.save(str(out), selected=True, plugin="napari-sevnet")
+    with pytest.raises(NotSaved, match="not this result's own earlier save"):
+        viewer.layers.save(str(case / f"{case.name}_seg.nii.gz"), selected=True, plugin="napari-sevnet")  # the case's own mask
     viewer.layers.selection = {layers[4], other[5], other[6]}  # WT of one patient, TC and ET of another: never one file
     with pytest.raises(NotSaved, match=r"come from more than one result \(phantom_0003 WT \(file\), phantom_0004 TC"):
         viewer.layers.save(str(tmp_path / "mixed_seg.nii.gz"), selected=True, plugin="napari-sevnet")
