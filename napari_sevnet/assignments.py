@@ -6,7 +6,8 @@ name; the Assign dock shows the proposal, the user confirms or changes it,
 and :func:`remember` keeps the choice for that folder in the user's own
 configuration folder (``$SEVNET_CONFIG_DIR``, else
 ``$XDG_CONFIG_HOME/napari-sevnet``), never in the data folder. The reader
-then opens that folder directly (:func:`load_assigned_or_named`).
+then opens that folder directly (:func:`load_assigned_or_named`). Files named by
+their sequence alone (``t1.nii.gz``, ``flair.nii.gz``) need no one to confirm them.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from napari_sevnet.errors import InputError
 from napari_sevnet.files import write_text_atomic
-from napari_sevnet.io import MODALITIES, Case, case_id_of_files, find_case_files, load_case, nifti_stem, role_of, without_unreadable_mask
+from napari_sevnet.io import MODALITIES, NAMINGS, Case, case_id_of_files, find_case_files, load_case, nifti_stem, role_of, without_unreadable_mask
 
 ROLES = (*MODALITIES, "seg")
 #: words in a file or layer name that say its sequence (after lower-casing and splitting on anything not a letter or digit)
@@ -87,6 +88,29 @@ def remembered(folder: str | os.PathLike) -> dict[str, Path] | None:
     return mapping
 
 
+def named_by_sequence(folder: str | os.PathLike) -> dict[str, Path] | None:
+    """Files named by their sequence alone (``t1.nii.gz``, ``T1ce.nii``, ``flair.nii.gz``, ``seg.nii.gz``; BraTS 2023's
+    ``t1n``/``t1c``/``t2w``/``t2f``), as many tools write a case: as plain as BraTS names, so no one need confirm them.
+
+    None when no file is so named, when a sequence is named twice (``t1.nii`` beside ``t1.nii.gz``), when other files
+    have BraTS names, or when a sequence is missing and other files, named otherwise, may be it.
+    """
+    bare = {suffix.lstrip("_-"): role for table in NAMINGS.values() for suffix, role in table.items()}
+    mapping: dict[str, Path] = {}
+    others = []
+    for path in nifti_files(folder):
+        role = bare.get(nifti_stem(path.name).lower())
+        if role is None:
+            others.append(path)
+        elif role in mapping:
+            return None
+        else:
+            mapping[role] = path
+    if not any(m in mapping for m in MODALITIES) or any(role_of(p.name) for p in others):
+        return None
+    return mapping if not others or all(m in mapping for m in MODALITIES) else None
+
+
 def remember(folder: str | os.PathLike, mapping: dict[str, str | os.PathLike]) -> Path:
     """Keep ``mapping`` (role -> file in ``folder``) for the next time the folder is opened."""
     from filelock import FileLock
@@ -104,7 +128,8 @@ def remember(folder: str | os.PathLike, mapping: dict[str, str | os.PathLike]) -
 def case_files(path: str | os.PathLike, *, allow_missing: bool = True) -> tuple[str, dict[str, Path]]:
     """(case id, {role: file}) of a case as :func:`load_assigned_or_named` will read it, without reading the scans."""
     path = Path(path)
-    mapping = remembered(path if path.is_dir() else path.parent)
+    folder = path if path.is_dir() else path.parent
+    mapping = remembered(folder) or named_by_sequence(folder)
     if mapping is not None:
         return case_id_of_files([p for role, p in mapping.items() if role != "seg"]), mapping
     case_id, files, _ = find_case_files(path, allow_missing=allow_missing)
@@ -115,7 +140,7 @@ def load_assigned_or_named(path: str | os.PathLike, *, allow_missing: bool = Tru
     """Load a case by its BraTS names, or by the assignment remembered for its folder; say what to do when neither works."""
     path = Path(path)
     folder = path if path.is_dir() else path.parent
-    mapping = remembered(folder)
+    mapping = remembered(folder) or named_by_sequence(folder)
     if mapping is not None:
         return load_case(mapping=mapping, allow_missing=allow_missing, read_mask=read_mask)
     try:
@@ -139,7 +164,7 @@ def load_assigned_or_named(path: str | os.PathLike, *, allow_missing: bool = Tru
             raise
         found = ", ".join(unrecognised or [p.name for p in files])
         raise InputError(
-            exc.path, f"{exc.problem}. Not recognised as BraTS names: {found}. Rename them (<id>_t1, <id>_t1ce, <id>_t2, <id>_flair .nii.gz) "
+            exc.path, f"{exc.problem}. Not recognised as BraTS names: {found}. Rename them (<id>_t1, <id>_t1ce, <id>_t2, <id>_flair .nii.gz, or t1, t1ce, t2, flair .nii.gz) "
             "or assign them to sequences with Plugins > napari-sevnet > Assign sequences, which remembers the choice for this folder "
             "(napari and sevnet-predict then open it as assigned)",
         ) from None

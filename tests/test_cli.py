@@ -256,6 +256,32 @@ def test_a_folder_assigned_in_napari_is_segmented_by_sevnet_predict_under_its_ow
     assert sorted(p.name for p in out.glob("*_seg.nii.gz")) == ["patient_a_seg.nii.gz", "patient_b_seg.nii.gz"]
 
 
+def test_files_named_by_their_sequence_alone_are_a_case_named_after_its_folder(phantom_dir, random_checkpoint, tmp_path, monkeypatch, capsys):
+    """t1.nii.gz, flair.nii.gz, seg.nii.gz: as plain as BraTS names (many tools write cases so), read without an Assign step."""
+    from napari_sevnet.assignments import load_assigned_or_named
+
+    monkeypatch.setenv("SEVNET_CONFIG_DIR", str(tmp_path / "config"))
+    source = phantom_dir / "phantom_0000"
+    patient = tmp_path / "clinic" / "Patient Müller é"
+    patient.mkdir(parents=True)
+    for role, name in (("t1", "t1.nii.gz"), ("t1ce", "T1ce.nii.gz"), ("t2", "t2.nii.gz"), ("flair", "FLAIR.nii.gz"), ("seg", "seg.nii.gz")):
+        shutil.copy(source / f"phantom_0000_{role}.nii.gz", patient / name)
+    case = load_assigned_or_named(patient)
+    assert case.case_id == "Patient Müller é" and not case.missing and case.regions.sum() == load_assigned_or_named(source).regions.sum()
+    out = tmp_path / "pred"
+    args = [str(patient), "-o", str(out), "--checkpoint", str(random_checkpoint), "--device", "cpu"]
+    assert predict_main(args) == 0 and (out / "Patient Müller é_seg.nii.gz").is_file()
+
+    (patient / "FLAIR.nii.gz").rename(patient / "AX_FLAIR_3D.nii.gz")  # the missing FLAIR may be this file: not segmented without it
+    assert predict_main([*args, "--overwrite"]) == 1
+    assert "Not recognised as BraTS names: AX_FLAIR_3D.nii.gz" in capsys.readouterr().err
+    shutil.copy(source / "phantom_0000_flair.nii.gz", patient / "flair.nii")
+    shutil.copy(source / "phantom_0000_flair.nii.gz", patient / "flair.nii.gz")  # named twice: which one is not guessed
+    (patient / "AX_FLAIR_3D.nii.gz").unlink()
+    assert predict_main([*args, "--overwrite"]) == 1
+    assert "Not recognised as BraTS names" in capsys.readouterr().err
+
+
 def test_probability_maps_are_written_in_8_bits_unless_float32_is_asked(phantom_dir, random_checkpoint, tmp_path):
     """A batch with maps filled disks at 11 MB a map; 8 bits keep what a probability says (steps of 1/255)."""
     case = phantom_dir / "phantom_0000"
