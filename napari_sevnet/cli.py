@@ -265,7 +265,7 @@ def evaluate_main(argv=None) -> int:
             if len(candidates) > 1:
                 raise InputError(args.gt_dir, f"case {case_id} has {len(candidates)} reference masks: {', '.join(map(str, candidates))}; keep one, or name a folder that holds one")
             ref = candidates[0]
-            pred, pgrid = read_labels(pred_path, args.labels, default=role_of(ref.name)[2])
+            pred, pgrid = read_labels(pred_path, args.labels, default=(role_of(ref.name) or (None, None, None))[2])  # a bare seg.nii.gz: as its values say
             if args.whole_tumour_references:  # TC and ET are not drawn in such a reference: scored as empty they would read as misses
                 whole, tgrid = read_whole_tumour(ref)
                 pred, truth = pred[:1], whole[None]

@@ -181,7 +181,8 @@ def _is_labelled_case(path: Path) -> bool:
 
 
 def find_segmentations(folder: str | os.PathLike, *, exclude: frozenset[Path] = frozenset()) -> dict[str, list[Path]]:
-    """Case id -> its ``<case>_seg`` / ``<case>-seg`` NIfTI files anywhere below ``folder``.
+    """Case id -> its ``<case>_seg`` / ``<case>-seg`` NIfTI files anywhere below ``folder`` (a ``seg.nii.gz`` is
+    its folder's case, as in a case whose files are named by their sequence alone).
 
     Every file is listed, so a caller can refuse a case found twice rather
     than guess (a guess scores the wrong mask). ``exclude`` (resolved paths)
@@ -189,7 +190,7 @@ def find_segmentations(folder: str | os.PathLike, *, exclude: frozenset[Path] = 
     """
     found: dict[str, list[Path]] = {}
     for p in sorted(Path(folder).rglob("*")):
-        parsed = role_of(p.name)
+        parsed = role_of(p.name) or ((p.parent.name, "seg", None) if (nifti_stem(p.name) or "").lower() == "seg" else None)
         if parsed and parsed[1] == "seg" and p.is_file() and p.resolve() not in exclude:
             found.setdefault(parsed[0], []).append(p)
     return found
