@@ -386,7 +386,13 @@ def export_case(
     result (a recovered correction, days later) is recorded by its path alone instead of stopping the export.
     """
     dataset = Path(dataset)
-    case_id = check_case_id(case_id or case.case_id)
+    try:
+        case_id = check_case_id(case_id or case.case_id)
+    except InputError as exc:
+        if case_id:
+            raise
+        raise InputError(exc.path, f"{exc.problem}. It is the case's own id, from its folder or file names (which may name the patient): "
+                         "give the dataset's id for it (sevnet-export --case-id, the Export dock's Case id)") from None
     corrected = make_nested(np.asarray(corrected, bool))
     if corrected.shape != (len(REGIONS), *case.shape):
         raise InputError(None, f"corrected mask has shape {corrected.shape[1:]}, the case {case.case_id} has {case.shape}")

@@ -199,6 +199,16 @@ def test_case_ids_cannot_escape_the_dataset(case, tmp_path, case_id):
     assert sorted(p.name for p in tmp_path.iterdir()) in ([], ["ds"])
 
 
+def test_a_case_whose_own_id_cannot_name_a_folder_asks_for_one(case, tmp_path):
+    """A clinic's folder is often the patient's name: the message says where to give the dataset's id instead."""
+    from dataclasses import replace
+
+    named = replace(case, case_id="Patient Müller é")
+    with pytest.raises(InputError, match=r"It is the case's own id.*sevnet-export --case-id, the Export dock's Case id"):
+        ex.export_case(named, case.regions, tmp_path / "ds")
+    assert ex.export_case(named, case.regions, tmp_path / "ds", case_id="P0001").case_id == "P0001"
+
+
 def test_foreign_folders_and_broken_manifests_are_refused(case, tmp_path):
     foreign = tmp_path / "my_things"
     foreign.mkdir()
