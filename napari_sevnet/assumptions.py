@@ -11,7 +11,10 @@ these is segmented anyway when it can be, but never silently:
   that are mostly negative, or a brain volume outside a plausible range give a
   warning that reaches the CLI, the report and the GUI (:func:`input_warnings`);
 * a case with sequences missing gets the model card's held-out Dice for that set
-  of sequences, or says the set was never scored (:func:`sequence_set_warnings`).
+  of sequences, or says the set was never scored (:func:`sequence_set_warnings`);
+* two sequences that look the wrong way round (T2 and FLAIR, T1 and T1ce: the
+  pairs a clinic's export or a hand assignment mixes up) give a warning
+  (:func:`swapped_pair_warnings`).
 """
 
 from __future__ import annotations
@@ -70,6 +73,49 @@ def input_warnings(image: np.ndarray, spacing=TRAINING_SPACING_MM) -> list[str]:
     lo, hi = PLAUSIBLE_BRAIN_ML
     if not lo <= brain_ml <= hi:
         warnings.append(f"the non-zero volume is {brain_ml:.0f} mL, outside the {lo:.0f}-{hi:.0f} mL of a skull-stripped adult brain (skull not removed? part of the head only?)")
+    return warnings + swapped_pair_warnings(image)
+
+
+#: (x, y, what makes x's brightest voxels dull in y): on all 23 real cases here (BraTS 2013-2023, TCGA) the brightest
+#: 2 % of x rank lower in y than the brightest 2 % of y rank in x, by 0.07 to 0.79 (T2/FLAIR) and 0.12 to 0.73 (T1ce/T1)
+SWAPPABLE_PAIRS = (
+    ("t2", "flair", "CSF is the brightest on T2 and dark on FLAIR"),
+    ("t1ce", "t1", "contrast-enhancing vessels and tumour are the brightest on T1ce and not bright on T1"),
+)
+BRIGHTEST_FRACTION = 0.02
+_SAMPLES = 400_000  # voxels of the brain the ranks are taken on: enough for two decimals, a few ms
+
+
+def _brightest_rank(x: np.ndarray, y: np.ndarray) -> float:
+    """The mean rank (0-1) in ``y`` of the voxels brightest in ``x``; both are the brain's voxels in one order."""
+    top = x >= np.quantile(x, 1 - BRIGHTEST_FRACTION)
+    return float(np.searchsorted(np.sort(y), y[top]).mean() / y.size)
+
+
+def swap_score(image: np.ndarray, x: str, y: str) -> float | None:
+    """How far sequences ``x`` and ``y`` of ``image`` (4, Z, Y, X) look swapped: above 0 when the brightest voxels of x
+    are brighter in y than y's are in x, which the physics of the pair says is the wrong way round; None when one is absent."""
+    a, b = image[MODALITIES.index(x)], image[MODALITIES.index(y)]
+    brain = (a != 0) & (b != 0)
+    count = int(np.count_nonzero(brain))
+    if count < 1000:
+        return None
+    step = max(count // _SAMPLES, 1)
+    a, b = a[brain][::step].astype(np.float32), b[brain][::step].astype(np.float32)
+    return _brightest_rank(a, b) - _brightest_rank(b, a)
+
+
+def swapped_pair_warnings(image: np.ndarray) -> list[str]:
+    """A sentence for each pair of sequences that looks the wrong way round: a swap leaves no error, only a wrong result
+    (two held-out cases with T2 and FLAIR swapped: WT Dice 0.85 -> 0.48; T1 and T1ce: ET 0.80 -> 0.03)."""
+    warnings = []
+    for x, y, why in SWAPPABLE_PAIRS:
+        score = swap_score(image, x, y)
+        if score is not None and score > 0:
+            warnings.append(
+                f"{MODALITY_LABELS[x]} and {MODALITY_LABELS[y]} look swapped ({why}; here it is the other way round, by {score:.2f}): "
+                "check which file is which sequence (file names, Plugins > napari-sevnet > Assign sequences); the result is wrong if they are"
+            )
     return warnings
 
 

@@ -64,6 +64,8 @@ WARNED_KINDS = {
     "half_mm_voxels": "resampled from 0.50x0.50x0.50 mm",
     "mostly_negative_intensities": "mostly negative",
     "nan_outside_the_field_of_view": r"_t1\.nii\.gz: [\d,]+ voxels \([\d.]+%\) have no value \(NaN",
+    "t2_and_flair_swapped": r"T2 and FLAIR look swapped \(CSF",
+    "t1_and_t1ce_swapped": r"T1ce and T1 look swapped \(contrast-enhancing",
 }
 
 CHECKPOINT_KINDS = {
@@ -245,6 +247,11 @@ def make_warned_case(root: Path, kind: str) -> Path:
         for path in folder.glob("*.nii.gz"):
             img = nib.load(path)
             nib.save(nib.Nifti1Image(np.asanyarray(img.dataobj), np.diag([0.5, 0.5, 0.5, 1.0]) @ img.affine), path)
+    elif kind.endswith("_swapped"):  # two files each under the other's name: what a hand assignment or a clinic's export mixes up
+        x, y = {"t2_and_flair_swapped": ("t2", "flair"), "t1_and_t1ce_swapped": ("t1", "t1ce")}[kind]
+        (folder / f"{kind}_{x}.nii.gz").rename(folder / "swapping")
+        (folder / f"{kind}_{y}.nii.gz").rename(folder / f"{kind}_{x}.nii.gz")
+        (folder / "swapping").rename(folder / f"{kind}_{y}.nii.gz")
     else:
         raise KeyError(kind)
     return folder

@@ -73,3 +73,18 @@ def test_fine_tuning_the_default_on_a_real_case_it_gets_wrong_fits_its_consensus
     after = Predictor(tmp_path / "run" / "last.json", "cpu").predict(case.image)
     wt_before, wt_after = dice(before.regions[0], case.regions[0]), dice(after.regions[0], case.regions[0])
     assert wt_before < 0.6 and wt_after >= wt_before + 0.3, (wt_before, wt_after)
+
+
+@pytest.mark.slow
+def test_no_real_case_looks_swapped_and_each_swapped_copy_does():
+    """The swap check on every real case here: silent on the cases as they are, a warning on each pair swapped."""
+    from napari_sevnet.assumptions import SWAPPABLE_PAIRS, swap_score
+
+    cases = sorted(real_case("brats18").iterdir()) + [real_case(name) for name in ("BraTS2021_00006", "TCGA-DU-7294", "BraTS-GLI-00001-000")]
+    for folder in cases:
+        image = io.load_case(folder, read_mask=False).image
+        for x, y, _ in SWAPPABLE_PAIRS:
+            assert swap_score(image, x, y) < -0.05, (folder.name, x, y)
+            swapped = image.copy()
+            swapped[[io.MODALITIES.index(x), io.MODALITIES.index(y)]] = image[[io.MODALITIES.index(y), io.MODALITIES.index(x)]]
+            assert swap_score(swapped, x, y) > 0.05, (folder.name, x, y)
