@@ -318,14 +318,16 @@ def napari_get_reader(path):
 def case_for_viewer(load) -> tuple[Case, list[tuple], list[str]]:
     """(case, its layer tuples, what to tell the user) as napari opens a case; ``load(read_mask)`` reads it.
 
-    A mask painted with one label comes beside the scans as a layer to compare with (it is no result), where it
-    failed the whole case before; one read as necrosis alone is said, since a one-label mask is far likelier.
+    A mask painted with one label comes beside the scans as a layer to compare with (it is no result); any other
+    mask that cannot be read (another case's, labels of no known scheme) leaves the scans open without it, saying
+    why, as ``sevnet-predict`` segments them: where it failed the whole case before, the scans could not even be
+    looked at or segmented. One read as necrosis alone is said, since a one-label mask is far likelier.
     """
     case, mask_error = without_unreadable_mask(load)
     outline = read_one_label_mask(mask_error.path, case.grid) if mask_error is not None and mask_error.path else None
-    if mask_error is not None and outline is None:
-        raise mask_error  # any other broken mask: no half-opened case
     layers, warnings = case_layers(case), list(case.warnings)
+    if mask_error is not None and outline is None:
+        warnings.append(f"its mask {mask_error.path} is not shown, the scans are opened without it: {mask_error.problem}")
     if outline is not None:
         mask_file = Path(mask_error.path).name
         layers.append(one_label_layer(outline[0], case, mask_file))

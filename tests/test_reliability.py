@@ -9,6 +9,7 @@ no layer added in the plugin.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -95,13 +96,24 @@ def test_cli_gives_one_line_per_bad_case_and_writes_nothing(bad_cases, tmp_path,
 
 
 @pytest.mark.qt
-def test_plugin_adds_no_layer_for_any_bad_case(make_napari_viewer, bad_cases):
+def test_plugin_adds_no_layer_for_any_bad_case(make_napari_viewer, bad_cases, monkeypatch):
+    """A bad scan adds no layer; a bad mask alone opens the scans without it, saying which file and why."""
+    warned = []
+    monkeypatch.setattr("napari.utils.notifications.show_warning", warned.append)
     viewer = make_napari_viewer()
     for kind, (folder, culprit) in bad_cases.items():
         if kind == "unreadable_permissions" and AS_ROOT:
             continue  # covered by the library and CLI tests, which can drop root's override
         if kind == "missing_modality":
             continue  # the viewer opens a partial case on purpose (issue 18): checked below
+        if culprit.name.endswith(("_seg.nii.gz", "-seg.nii.gz")):
+            warned.clear()
+            viewer.open(str(folder), plugin="napari-sevnet")
+            assert [layer.name for layer in viewer.layers] == [f"{kind} {m}" for m in ("T1", "T1ce", "T2", "FLAIR")], kind
+            (said,) = [w for w in warned if culprit.name in w]
+            assert re.search(CASE_KINDS[kind], said) and "is not shown, the scans are opened without it" in said, said
+            viewer.layers.clear()
+            continue
         with pytest.raises(Exception) as err:
             viewer.open(str(folder), plugin="napari-sevnet")
         assert culprit.name in str(err.value), f"{kind}: {err.value}"
