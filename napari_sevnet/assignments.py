@@ -141,9 +141,9 @@ def load_assigned_or_named(path: str | os.PathLike, *, allow_missing: bool = Tru
     path = Path(path)
     folder = path if path.is_dir() else path.parent
     mapping = remembered(folder) or named_by_sequence(folder)
-    if mapping is not None:
-        return load_case(mapping=mapping, allow_missing=allow_missing, read_mask=read_mask)
     try:
+        if mapping is not None:
+            return load_case(mapping=mapping, allow_missing=allow_missing, read_mask=read_mask)
         case = load_case(path, allow_missing=allow_missing, read_mask=read_mask)
         unnamed = [p.name for p in nifti_files(folder) if role_of(p.name) is None or role_of(p.name)[0] != case.case_id]
         if case.missing and unnamed and path.is_dir():  # the missing sequences may be the files whose names say nothing
@@ -152,12 +152,14 @@ def load_assigned_or_named(path: str | os.PathLike, *, allow_missing: bool = Tru
     except InputError as exc:
         files = nifti_files(folder)
         named = role_of(Path(exc.path).name) if exc.path else None
-        if named and named[1] == "seg":  # the mask's own problem: no hint about the scans
-            raise
+        if (named and named[1] == "seg") or (mapping and exc.path and Path(exc.path) == mapping.get("seg")):
+            raise  # the mask's own problem: no hint about the scans
         if "must share one grid" in exc.problem or re.search(r"shape .* differs", exc.problem) or _on_own_grids(files):
             raise InputError(exc.path, f"{exc.problem}. These look like raw series, each on its own grid: prepare them first "
                              "(co-register, 1 mm, skull strip) with Plugins > napari-sevnet > Prepare raw scans, sevnet-predict --prepare FOLDER -o OUT, "
                              "or sevnet-prepare FOLDER -o OUT") from None
+        if mapping is not None:  # assigned by hand or named by sequence: the names are not the problem
+            raise
         unrecognised = [p.name for p in files if role_of(p.name) is None or role_of(p.name)[0] != _case_id_of(files)]
         single = "is a single 3D volume" in exc.problem
         if not (unrecognised or single):
@@ -190,7 +192,7 @@ def _on_own_grids(files: list[Path]) -> bool:
             header = nib.load(str(path)).header
         except Exception:  # noqa: BLE001 - an unreadable file is said when the case is read
             continue
-        if role_of(path.name) is not None and role_of(path.name)[1] == "seg":
+        if (role_of(path.name) is not None and role_of(path.name)[1] == "seg") or nifti_stem(path.name).lower() == "seg":
             continue
         grids.add((tuple(int(n) for n in header.get_data_shape()[:3]), tuple(np.round(header.get_zooms()[:3], 2).tolist())))
     return len(grids) > 1

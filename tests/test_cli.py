@@ -282,6 +282,11 @@ def test_files_named_by_their_sequence_alone_are_a_case_named_after_its_folder(p
     (patient / "AX_FLAIR_3D.nii.gz").unlink()
     assert predict_main([*args, "--overwrite"]) == 1
     assert "Not recognised as BraTS names" in capsys.readouterr().err
+    (patient / "flair.nii").unlink()
+    t2 = nib.load(patient / "t2.nii.gz")
+    nib.save(nib.Nifti1Image(np.asanyarray(t2.dataobj)[2:], t2.affine), patient / "t2.nii.gz")  # series on their own grids, as a scanner writes them
+    assert predict_main([*args, "--overwrite"]) == 1
+    assert "These look like raw series, each on its own grid: prepare them first" in capsys.readouterr().err
 
 
 def test_probability_maps_are_written_in_8_bits_unless_float32_is_asked(phantom_dir, random_checkpoint, tmp_path):
