@@ -7,7 +7,8 @@ and :func:`remember` keeps the choice for that folder in the user's own
 configuration folder (``$SEVNET_CONFIG_DIR``, else
 ``$XDG_CONFIG_HOME/napari-sevnet``), never in the data folder. The reader
 then opens that folder directly (:func:`load_assigned_or_named`). Files named by
-their sequence alone (``t1.nii.gz``, ``flair.nii.gz``) need no one to confirm them.
+their sequence alone (``t1.nii.gz``, ``flair.nii.gz``) need no one to confirm
+them: :mod:`napari_sevnet.io` reads them as it reads BraTS names.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from napari_sevnet.errors import InputError
 from napari_sevnet.files import write_text_atomic
-from napari_sevnet.io import MODALITIES, NAMINGS, Case, case_id_of_files, find_case_files, load_case, nifti_stem, role_of, without_unreadable_mask
+from napari_sevnet.io import MODALITIES, Case, case_id_of_files, find_case_files, load_case, nifti_stem, role_of, sequence_named, without_unreadable_mask
 
 ROLES = (*MODALITIES, "seg")
 #: words in a file or layer name that say its sequence (after lower-casing and splitting on anything not a letter or digit)
@@ -88,29 +89,6 @@ def remembered(folder: str | os.PathLike) -> dict[str, Path] | None:
     return mapping
 
 
-def named_by_sequence(folder: str | os.PathLike) -> dict[str, Path] | None:
-    """Files named by their sequence alone (``t1.nii.gz``, ``T1ce.nii``, ``flair.nii.gz``, ``seg.nii.gz``; BraTS 2023's
-    ``t1n``/``t1c``/``t2w``/``t2f``), as many tools write a case: as plain as BraTS names, so no one need confirm them.
-
-    None when no file is so named, when a sequence is named twice (``t1.nii`` beside ``t1.nii.gz``), when other files
-    have BraTS names, or when a sequence is missing and other files, named otherwise, may be it.
-    """
-    bare = {suffix.lstrip("_-"): role for table in NAMINGS.values() for suffix, role in table.items()}
-    mapping: dict[str, Path] = {}
-    others = []
-    for path in nifti_files(folder):
-        role = bare.get(nifti_stem(path.name).lower())
-        if role is None:
-            others.append(path)
-        elif role in mapping:
-            return None
-        else:
-            mapping[role] = path
-    if not any(m in mapping for m in MODALITIES) or any(role_of(p.name) for p in others):
-        return None
-    return mapping if not others or all(m in mapping for m in MODALITIES) else None
-
-
 def remember(folder: str | os.PathLike, mapping: dict[str, str | os.PathLike]) -> Path:
     """Keep ``mapping`` (role -> file in ``folder``) for the next time the folder is opened."""
     from filelock import FileLock
@@ -129,7 +107,7 @@ def case_files(path: str | os.PathLike, *, allow_missing: bool = True) -> tuple[
     """(case id, {role: file}) of a case as :func:`load_assigned_or_named` will read it, without reading the scans."""
     path = Path(path)
     folder = path if path.is_dir() else path.parent
-    mapping = remembered(folder) or named_by_sequence(folder)
+    mapping = remembered(folder)
     if mapping is not None:
         return case_id_of_files([p for role, p in mapping.items() if role != "seg"]), mapping
     case_id, files, _ = find_case_files(path, allow_missing=allow_missing)
@@ -140,12 +118,12 @@ def load_assigned_or_named(path: str | os.PathLike, *, allow_missing: bool = Tru
     """Load a case by its BraTS names, or by the assignment remembered for its folder; say what to do when neither works."""
     path = Path(path)
     folder = path if path.is_dir() else path.parent
-    mapping = remembered(folder) or named_by_sequence(folder)
+    mapping = remembered(folder)
     try:
         if mapping is not None:
             return load_case(mapping=mapping, allow_missing=allow_missing, read_mask=read_mask)
         case = load_case(path, allow_missing=allow_missing, read_mask=read_mask)
-        unnamed = [p.name for p in nifti_files(folder) if role_of(p.name) is None or role_of(p.name)[0] != case.case_id]
+        unnamed = [p.name for p in nifti_files(folder) if _unrecognised(p.name, case.case_id)]
         if case.missing and unnamed and path.is_dir():  # the missing sequences may be the files whose names say nothing
             raise InputError(folder, f"case {case.case_id!r} has no {', '.join(case.missing)} by its BraTS names")
         return case
@@ -160,7 +138,7 @@ def load_assigned_or_named(path: str | os.PathLike, *, allow_missing: bool = Tru
                              "or sevnet-prepare FOLDER -o OUT") from None
         if mapping is not None:  # assigned by hand or named by sequence: the names are not the problem
             raise
-        unrecognised = [p.name for p in files if role_of(p.name) is None or role_of(p.name)[0] != _case_id_of(files)]
+        unrecognised = [p.name for p in files if _unrecognised(p.name, _case_id_of(files))]
         single = "is a single 3D volume" in exc.problem
         if not (unrecognised or single):
             raise
@@ -192,10 +170,16 @@ def _on_own_grids(files: list[Path]) -> bool:
             header = nib.load(str(path)).header
         except Exception:  # noqa: BLE001 - an unreadable file is said when the case is read
             continue
-        if (role_of(path.name) is not None and role_of(path.name)[1] == "seg") or nifti_stem(path.name).lower() == "seg":
+        if (role_of(path.name) or (None, sequence_named(path.name)))[1] == "seg":
             continue
         grids.add((tuple(int(n) for n in header.get_data_shape()[:3]), tuple(np.round(header.get_zooms()[:3], 2).tolist())))
     return len(grids) > 1
+
+
+def _unrecognised(name: str, case_id: str | None) -> bool:
+    """Whether a file's name says nothing of the case: neither a BraTS name of ``case_id`` nor a sequence's name alone."""
+    named = role_of(name)
+    return (named is None or named[0] != case_id) and not (named is None and sequence_named(name))
 
 
 def _case_id_of(files: list[Path]) -> str | None:

@@ -136,6 +136,35 @@ def role_of(name: str) -> tuple[str, str, str] | None:
     return None
 
 
+#: a case's files named by their sequence alone, as many tools write one (``t1.nii.gz``, ``flair.nii.gz``, ``seg.nii.gz``;
+#: BraTS 2023's ``t1n``, ``t1c``, ``t2w``, ``t2f``): as plain as BraTS names; the case is named after its folder
+SEQUENCE_NAMES = {suffix.lstrip("_-"): role for table in NAMINGS.values() for suffix, role in table.items()}
+
+
+def sequence_named(name: str) -> str | None:
+    """The role of a file named by its sequence alone ('T1ce.nii' -> 't1ce'), else None."""
+    return SEQUENCE_NAMES.get((nifti_stem(name) or "").lower())
+
+
+def _named_by_sequence(entries: list[Path]) -> dict[str, Path] | None:
+    """{role: file} of a folder's files named by their sequence alone; None when none is, when other files have BraTS
+    names, or when a sequence is missing and other files, named otherwise, may be it (the Assign dock's work).
+    A sequence named twice (``t1.nii`` beside ``t1.nii.gz``) is an error, as a BraTS name twice is."""
+    mapping: dict[str, Path] = {}
+    others = []
+    for path in entries:
+        role = sequence_named(path.name)
+        if role is None:
+            others += [path] if nifti_stem(path.name) else []
+        elif role in mapping:
+            raise InputError(path.parent, f"duplicate {role} files: {mapping[role].name}, {path.name}")
+        else:
+            mapping[role] = path
+    if not any(m in mapping for m in MODALITIES) or any(role_of(p.name) for p in others):
+        return None
+    return mapping if not others or all(m in mapping for m in MODALITIES) else None
+
+
 def find_cases(inputs: list[str | os.PathLike], *, labelled: bool = False) -> list[Path]:
     """The cases named by ``inputs``: each is a case (its folder or one of its files) or a folder of case folders.
 
@@ -190,7 +219,7 @@ def find_segmentations(folder: str | os.PathLike, *, exclude: frozenset[Path] = 
     """
     found: dict[str, list[Path]] = {}
     for p in sorted(Path(folder).rglob("*")):
-        parsed = role_of(p.name) or ((p.parent.name, "seg", None) if (nifti_stem(p.name) or "").lower() == "seg" else None)
+        parsed = role_of(p.name) or ((p.parent.name, "seg", None) if sequence_named(p.name) == "seg" else None)
         if parsed and parsed[1] == "seg" and p.is_file() and p.resolve() not in exclude:
             found.setdefault(parsed[0], []).append(p)
     return found
@@ -216,10 +245,10 @@ def find_case_files(path: str | os.PathLike, *, allow_missing: bool = False) -> 
     path = Path(path)
     _check_readable(path)
     if path.is_file():
-        if role_of(path.name) is None:
+        if role_of(path.name) is None and sequence_named(path.name) is None:
             return _msd_files(path)
         folder = path.parent
-        wanted_id = role_of(path.name)[0]
+        wanted_id = role_of(path.name)[0] if role_of(path.name) else None
     else:
         folder, wanted_id = path, None
 
@@ -238,6 +267,11 @@ def find_case_files(path: str | os.PathLike, *, allow_missing: bool = False) -> 
         namings.setdefault(case_id, set()).add(naming)
     if wanted_id is not None:
         found = {wanted_id: found.get(wanted_id, {})}
+    by_sequence = None if found else _named_by_sequence(entries)
+    if by_sequence is not None:
+        case_id = folder.resolve().name
+        _check_sequences(case_id, sorted(by_sequence), folder, allow_missing)
+        return case_id, by_sequence, "sequence names"
     if not found:
         nifti = [e for e in entries if nifti_stem(e.name)]
         if len(nifti) == 1:
@@ -248,8 +282,8 @@ def find_case_files(path: str | os.PathLike, *, allow_missing: bool = False) -> 
                                      "or choose this folder as a folder of cases (the Worklist dock, sevnet-predict)")
         raise InputError(
             folder,
-            "no BraTS case files found: expected <id>_t1/_t1ce/_t2/_flair.nii.gz (2021) or "
-            "<id>-t1n/-t1c/-t2w/-t2f.nii.gz (2023), or give an explicit modality mapping",
+            "no BraTS case files found: expected <id>_t1/_t1ce/_t2/_flair.nii.gz (2021), "
+            "<id>-t1n/-t1c/-t2w/-t2f.nii.gz (2023) or t1/t1ce/t2/flair.nii.gz (the sequence alone), or give an explicit modality mapping",
         )
     if len(found) > 1:
         raise InputError(folder, f"holds files of several cases ({', '.join(sorted(found))}); open one file or one case folder")

@@ -281,7 +281,7 @@ def test_files_named_by_their_sequence_alone_are_a_case_named_after_its_folder(p
     shutil.copy(source / "phantom_0000_flair.nii.gz", patient / "flair.nii.gz")  # named twice: which one is not guessed
     (patient / "AX_FLAIR_3D.nii.gz").unlink()
     assert predict_main([*args, "--overwrite"]) == 1
-    assert "Not recognised as BraTS names" in capsys.readouterr().err
+    assert "duplicate flair files: flair.nii, flair.nii.gz" in capsys.readouterr().err
     (patient / "flair.nii").unlink()
     t2 = nib.load(patient / "t2.nii.gz")
     nib.save(nib.Nifti1Image(np.asanyarray(t2.dataobj)[2:], t2.affine), patient / "t2.nii.gz")  # series on their own grids, as a scanner writes them

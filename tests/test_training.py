@@ -84,6 +84,13 @@ def test_data_discovery_of_both_layouts_and_split(phantom_dir, tmp_path):
     write_case(tmp_path / "c2023", AFFINES["RAS"], naming="brats2023")
     refs = discover_cases([phantom_dir, tmp_path])
     assert [r.case_id for r in refs] == ["case", "phantom_0000", "phantom_0001", "phantom_0002"]
+    by_sequence = tmp_path / "more" / "patient_7"  # files named by their sequence alone: the folder is the case
+    by_sequence.mkdir(parents=True)
+    for role in ("t1", "t1ce", "t2", "flair", "seg"):
+        shutil.copy(phantom_dir / "phantom_0001" / f"phantom_0001_{role}.nii.gz", by_sequence / f"{role.upper()}.nii.gz")
+    (ref,) = discover_cases([tmp_path / "more"])
+    assert ref.case_id == "patient_7" and not ref.missing
+    assert PatchDataset([ref], tmp_path / "cache", [32, 32, 32], AugmentConfig()) is not None
     (tmp_path / "split.json").write_text(json.dumps({"train": ["phantom_0000", "case"], "val": ["phantom_0002"]}), encoding="utf-8")
     cfg = small_config(phantom_dir, tmp_path).data
     cfg.split = str(tmp_path / "split.json")
