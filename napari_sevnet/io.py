@@ -245,8 +245,8 @@ def find_case_files(path: str | os.PathLike, *, allow_missing: bool = False) -> 
     path = Path(path)
     _check_readable(path)
     if path.is_file():
-        if role_of(path.name) is None and sequence_named(path.name) is None:
-            return _msd_files(path)
+        if role_of(path.name) is None and (sequence_named(path.name) is None or _named_by_sequence(sorted(path.parent.iterdir())) is None):
+            return _msd_files(path)  # a file of a case named by sequence opens that case, never another named otherwise beside it
         folder = path.parent
         wanted_id = role_of(path.name)[0] if role_of(path.name) else None
     else:

@@ -268,6 +268,7 @@ def test_files_named_by_their_sequence_alone_are_a_case_named_after_its_folder(p
         shutil.copy(source / f"phantom_0000_{role}.nii.gz", patient / name)
     case = load_assigned_or_named(patient)
     assert case.case_id == "Patient Müller é" and not case.missing and case.regions.sum() == load_assigned_or_named(source).regions.sum()
+    assert load_assigned_or_named(patient / "T1ce.nii.gz").sequences == case.sequences, "one of its files opens the case"
     out = tmp_path / "pred"
     args = [str(patient), "-o", str(out), "--checkpoint", str(random_checkpoint), "--device", "cpu"]
     assert predict_main(args) == 0 and (out / "Patient Müller é_seg.nii.gz").is_file()
