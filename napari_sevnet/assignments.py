@@ -106,8 +106,7 @@ def remember(folder: str | os.PathLike, mapping: dict[str, str | os.PathLike]) -
 def case_files(path: str | os.PathLike, *, allow_missing: bool = True) -> tuple[str, dict[str, Path]]:
     """(case id, {role: file}) of a case as :func:`load_assigned_or_named` will read it, without reading the scans."""
     path = Path(path)
-    folder = path if path.is_dir() else path.parent
-    mapping = remembered(folder)
+    mapping = remembered(path if path.is_dir() else path.parent)
     if mapping is not None:
         return case_id_of_files([p for role, p in mapping.items() if role != "seg"]), mapping
     case_id, files, _ = find_case_files(path, allow_missing=allow_missing)

@@ -271,7 +271,8 @@ def find_case_files(path: str | os.PathLike, *, allow_missing: bool = False) -> 
     if by_sequence is not None:
         case_id = folder.resolve().name
         _check_sequences(case_id, sorted(by_sequence), folder, allow_missing)
-        return case_id, by_sequence, "sequence names"
+        brats2023 = {suffix.lstrip("-") for suffix in NAMINGS["brats2023"]} - {"seg"}
+        return case_id, by_sequence, "brats2023" if any(nifti_stem(f.name).lower() in brats2023 for f in by_sequence.values()) else "brats2021"
     if not found:
         nifti = [e for e in entries if nifti_stem(e.name)]
         if len(nifti) == 1:
@@ -517,7 +518,9 @@ def load_case(
     case = Case(case_id=case_id, image=image, grid=grid, paths=paths, layout=layout, sequences=tuple(m for m in MODALITIES if m in paths),
                 warnings=tuple(warnings))
     if "seg" in files and read_mask:
-        case.regions, case.label_convention = read_segmentation(files["seg"], grid, case.reference, convention)
+        # a seg.nii.gz beside t1n/t1c/t2w/t2f.nii.gz: BraTS 2023 labels unless the file says otherwise, as a -seg name would
+        bare_2023 = layout == "brats2023" and sequence_named(files["seg"].name) is not None
+        case.regions, case.label_convention = read_segmentation(files["seg"], grid, case.reference, convention, default="brats2023" if bare_2023 else None)
         case.paths["seg"] = files["seg"]
     return case
 

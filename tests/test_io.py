@@ -199,3 +199,18 @@ def test_a_mask_painted_with_one_label_is_told_from_brats_labels_and_from_anothe
     nib.save(nib.Nifti1Image((brats > 0).astype(np.uint8), shifted), tmp_path / "elsewhere.nii.gz")
     assert io.read_one_label_mask(tmp_path / "elsewhere.nii.gz", case.grid) is None, "another grid"
     assert io.read_one_label_mask(tmp_path / "missing.nii.gz", case.grid) is None
+
+
+@pytest.mark.parametrize("naming", ["brats2021", "brats2023"])
+def test_files_named_by_their_sequence_alone_read_as_their_brats_names(tmp_path, naming):
+    """t1.nii.gz ... seg.nii.gz (or BraTS 2023's t1n ... seg): the folder is the case, a 2023 set's mask has 2023 labels."""
+    folder, truth = write_case(tmp_path / "named" / "case", AFFINES["LPS"], naming=naming)
+    bare = tmp_path / "bare" / "Patient 7"
+    bare.mkdir(parents=True)
+    for path in folder.iterdir():
+        path.rename(bare / path.name.replace("case_", "").replace("case-", "").upper())
+    case = io.load_case(bare)
+    assert case.case_id == "Patient 7" and case.layout == naming and not case.missing
+    np.testing.assert_array_equal(case.image, truth["image"])
+    np.testing.assert_array_equal(case.regions, truth["regions"])
+    assert case.label_convention == naming
