@@ -340,6 +340,25 @@ def case_for_viewer(load) -> tuple[Case, list[tuple], list[str]]:
     return case, layers, warnings
 
 
+def _not_open_yet(layers: list[tuple], viewer) -> list[tuple]:
+    """The case's layer tuples but the scans (a file as the same sequence: not one assigned another since) and the mask's
+    regions read from the same files that ``viewer`` shows already."""
+    if viewer is None:
+        return layers
+    known = [info for info in map(LayerInfo.from_layer, viewer.layers) if info is not None]
+    scans = {(info.scan_path, info.modality) for info in known if info.modality}
+    masks = {(info.paths.get("seg"), info.region) for info in known if info.region and info.run is None and info.paths}
+    names = {layer.name for layer in viewer.layers}
+
+    def shown(layer: tuple) -> bool:
+        info = LayerInfo.from_metadata(layer[1].get("metadata"))
+        if info is None:
+            return layer[1]["name"] in names  # a mask painted with one label: by its name, which names its file
+        return (info.scan_path, info.modality) in scans if info.modality else (info.paths.get("seg"), info.region) in masks
+
+    return [layer for layer in layers if not shown(layer)]
+
+
 def read_case_layers(path) -> list[tuple]:
     """Read the case at ``path`` completely before returning, so a bad file adds no layer at all."""
     from napari_sevnet.assignments import load_assigned_or_named
@@ -352,7 +371,13 @@ def read_case_layers(path) -> list[tuple]:
     case, layers, warnings = case_for_viewer(lambda read_mask: load_assigned_or_named(path, read_mask=read_mask))
     import napari
 
-    layers += _layer_tuples(_recovered(case, napari.current_viewer()))
+    viewer = napari.current_viewer()
+    layers = _not_open_yet(layers, viewer) + _layer_tuples(_recovered(case, viewer))
+    if not layers:  # all its files chosen at once in File > Open, each of which opens the whole case; or opened again
+        from napari.utils.notifications import show_info
+
+        show_info(f"{case.case_id} is open already: its layers are in the layer list")
+        return [(None,)]  # napari's "read, nothing to add"
     prepare_viewer()
     if warnings:
         from napari.utils.notifications import show_warning

@@ -48,6 +48,31 @@ def test_reader_opens_folder_and_file(make_napari_viewer, phantom_dir):
     assert len(viewer2.open(str(phantom_dir / "phantom_0001" / "phantom_0001_t1ce.nii.gz"), plugin="napari-sevnet")) == 7
 
 
+def test_a_case_whose_files_are_chosen_together_or_opened_again_is_not_added_twice(make_napari_viewer, phantom_dir, monkeypatch, tmp_path):
+    """File > Open with all of a case's files selected reads each one, and each opens the whole case: once, not five times."""
+    told = []
+    monkeypatch.setattr("napari.utils.notifications.show_info", told.append)
+    viewer = make_napari_viewer()
+    case = phantom_dir / "phantom_0001"
+    viewer.open(sorted(str(p) for p in case.glob("*.nii.gz")), plugin="napari-sevnet")
+    names = [f"phantom_0001 {n}" for n in ("T1", "T1ce", "T2", "FLAIR")] + [f"phantom_0001 {r} (file)" for r in ("WT", "TC", "ET")]
+    assert [layer.name for layer in viewer.layers] == names
+    assert told.count("phantom_0001 is open already: its layers are in the layer list") == 4
+    viewer.open(str(case), plugin="napari-sevnet")  # opened again
+    assert [layer.name for layer in viewer.layers] == names
+    for name in names[4:]:
+        viewer.layers.remove(name)
+    viewer.open(str(case), plugin="napari-sevnet")  # its mask's layers deleted: they come back, beside the scans open
+    assert [layer.name for layer in viewer.layers] == names
+    from napari_sevnet.assignments import remember
+
+    monkeypatch.setenv("SEVNET_CONFIG_DIR", str(tmp_path / "config"))
+    remember(case, {"t1": case / "phantom_0001_t1.nii.gz", "t1ce": case / "phantom_0001_t1ce.nii.gz", "t2": case / "phantom_0001_flair.nii.gz",
+                    "flair": case / "phantom_0001_t2.nii.gz", "seg": case / "phantom_0001_seg.nii.gz"})
+    viewer.open(str(case), plugin="napari-sevnet")  # two files assigned to each other's sequence since: those two are new layers
+    assert [layer.name for layer in viewer.layers][len(names):] == ["phantom_0001 T2 [1]", "phantom_0001 FLAIR [1]"]
+
+
 def test_a_sevnet_predict_result_opens_with_its_scans_as_a_run_of_the_case(make_napari_viewer, phantom_dir, random_checkpoint, tmp_path, monkeypatch):
     import json
     import shutil
@@ -379,9 +404,14 @@ def test_error_is_a_notification_not_a_crash(qtbot, segment_widget, tmp_path, mo
     widget.follow_case(LayerInfo.from_layer(flair).group)
     widget._modalities["t1"].value = other["T1"]
     assert widget.run() is None and "2 different cases" in messages[-1]
-    same = open_case(viewer, phantom_dir / "phantom_0001")  # the same case opened again is still one case
-    widget._modalities["t1"].value = same["T1"]
-    assert widget._input_image()[1]["t1"] is same["T1"]
+    from napari.layers import Layer
+
+    from napari_sevnet.layers import case_layers
+
+    # the same case read again (the reader shows it once, but the Assign dock may read its files again) is still one case
+    same = viewer.add_layer(Layer.create(*case_layers(load_case(phantom_dir / "phantom_0001"))[0]))
+    widget._modalities["t1"].value = same
+    assert widget._input_image()[1]["t1"] is same
 
 
 def test_a_scan_with_voxels_without_a_value_opens_and_its_result_says_so(qtbot, make_napari_viewer, phantom_dir, tmp_path, monkeypatch):

@@ -39,12 +39,17 @@ def test_the_lesion_table_follows_edits_and_moves_the_viewer(qtbot, make_napari_
     readout.measure()
     qtbot.waitUntil(lambda: readout.worker is None and "made without T1ce" in readout._summary.value, timeout=30_000)
     # another result of the same scan is no earlier visit: "stable disease" would be made up
-    again = viewer.open(str(tmp_path / "phantom_0004"), plugin="napari-sevnet")
+    from napari.layers import Layer
+
+    from napari_sevnet.io import load_case
+    from napari_sevnet.layers import case_layers
+
+    again = [viewer.add_layer(Layer.create(*t)) for t in case_layers(load_case(tmp_path / "phantom_0004"))[4:]]  # its mask read a second time
     viewer.layers.selection.active = et
     qtbot.waitUntil(lambda: readout.worker is None, timeout=30_000)
     errors = []
     readout.report_error = lambda title, exc: errors.append(str(exc))
-    readout._baseline.value = again[4]
+    readout._baseline.value = again[0]
     assert readout.compare() is None and readout.comparison is None
     assert errors and "is a result of the same scan" in errors[0]
 
