@@ -340,15 +340,19 @@ def case_for_viewer(load) -> tuple[Case, list[tuple], list[str]]:
     return case, layers, warnings
 
 
-def _not_open_yet(layers: list[tuple], viewer) -> list[tuple]:
-    """The case's layer tuples but the scans (a file as the same sequence: not one assigned another since) and the mask's
-    regions read from the same files that ``viewer`` shows already."""
-    if viewer is None:
-        return layers
-    known = [info for info in map(LayerInfo.from_layer, viewer.layers) if info is not None]
+def shown_sources(layers) -> tuple[set, set, set]:
+    """What ``layers`` (a viewer's, read on the GUI thread) show of cases read from files: (file, sequence) of the
+    scans, (mask file, region) of the masks, and the layers' names; :func:`not_open_yet` leaves those out."""
+    known = [info for info in map(LayerInfo.from_layer, layers) if info is not None]
     scans = {(info.scan_path, info.modality) for info in known if info.modality}
     masks = {(info.paths.get("seg"), info.region) for info in known if info.region and info.run is None and info.paths}
-    names = {layer.name for layer in viewer.layers}
+    return scans, masks, {layer.name for layer in layers}
+
+
+def not_open_yet(layers: list[tuple], shown_already: tuple[set, set, set]) -> list[tuple]:
+    """A case's layer tuples but the scans (a file as the same sequence: not one assigned another since) and the mask's
+    regions read from the same files that the viewer shows already (:func:`shown_sources`)."""
+    scans, masks, names = shown_already
 
     def shown(layer: tuple) -> bool:
         info = LayerInfo.from_metadata(layer[1].get("metadata"))
@@ -372,7 +376,7 @@ def read_case_layers(path) -> list[tuple]:
     import napari
 
     viewer = napari.current_viewer()
-    layers = _not_open_yet(layers, viewer) + _layer_tuples(_recovered(case, viewer))
+    layers = (not_open_yet(layers, shown_sources(viewer.layers)) if viewer is not None else layers) + _layer_tuples(_recovered(case, viewer))
     if not layers:  # all its files chosen at once in File > Open, each of which opens the whole case; or opened again
         from napari.utils.notifications import show_info
 

@@ -304,6 +304,9 @@ def test_the_reader_says_why_and_files_can_be_assigned_by_hand(qtbot, make_napar
     assert {r: c.value for r, c in assign._roles.items()} == {"t1": "T1_pre.nii.gz", "t1ce": "T1_post.nii.gz", "t2": "AX_T2.nii.gz", "flair": "FLAIR.nii.gz", "seg": "(none)"}
     assign.open_case()
     qtbot.waitUntil(lambda: assign.worker is None and len(viewer.layers) == 4, timeout=60_000)
+    assign.open_case()  # opened once more: nothing added twice
+    qtbot.waitUntil(lambda: assign.worker is None, timeout=60_000)
+    assert len(viewer.layers) == 4 and assign._status.value.startswith("open already")
     again = make_napari_viewer()
     assert len(again.open(str(clinic), plugin="napari-sevnet")) == 4, "the assignment is remembered for the folder"
     assert not list(clinic.glob("*.json")), "nothing is written into the data folder"

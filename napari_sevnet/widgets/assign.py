@@ -96,10 +96,10 @@ class AssignWidget(DockWidget):
             self._status.value = "not opened"
             self.report_error("Assign sequences", exc)
             return None
-        from napari_sevnet.layers import layer_groups
+        from napari_sevnet.layers import layer_groups, shown_sources
 
         folder, remember = chosen_path(self._folder), self._remember.value
-        open_groups = layer_groups(self._viewer.layers)
+        open_groups, shown = layer_groups(self._viewer.layers), shown_sources(self._viewer.layers)
 
         @thread_worker
         def work():
@@ -107,13 +107,13 @@ class AssignWidget(DockWidget):
 
             from napari_sevnet.assignments import remember as keep
             from napari_sevnet.io import load_case
-            from napari_sevnet.layers import case_for_viewer
+            from napari_sevnet.layers import case_for_viewer, not_open_yet
             from napari_sevnet.recovery import recovered_layers
 
             case, tuples, warnings = case_for_viewer(lambda read_mask: load_case(mapping=mapping, allow_missing=True, read_mask=read_mask))
             if remember:
                 keep(folder, mapping)
-            layers = [Layer.create(data, kwargs, kind) for data, kwargs, kind in tuples]
+            layers = [Layer.create(data, kwargs, kind) for data, kwargs, kind in not_open_yet(tuples, shown)]  # opened twice: once
             recovered, message = recovered_layers(case.case_id, case.grid, case.paths, case.spacing, case.shape, open_groups)
             # corrections of this case that were neither exported nor saved came back with it: said too
             return layers + recovered, [f"{case.case_id}: {line}" for line in warnings] + ([message] if message else [])
@@ -127,7 +127,8 @@ class AssignWidget(DockWidget):
             prepare_viewer(self._viewer)
             for layer in layers:
                 self._viewer.add_layer(layer)
-            self._status.value = f"opened {len(layers)} layer(s)" + (" and remembered the choice" if remember else "")
+            opened = f"opened {len(layers)} layer(s)" if layers else "open already: its layers are in the layer list"
+            self._status.value = opened + (" and remembered the choice" if remember else "")
             for line in warnings:
                 show_warning(line)
 
