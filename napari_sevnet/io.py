@@ -265,8 +265,17 @@ def find_case_files(path: str | os.PathLike, *, allow_missing: bool = False) -> 
         case_id, role, naming = parsed
         found.setdefault(case_id, {}).setdefault(role, []).append(entry)
         namings.setdefault(case_id, set()).add(naming)
+    # a mask saved beside one case's scans under a name of its own ("corrected_seg.nii.gz") is no second case:
+    # the folder is that case; the file itself opens that case with it as the mask
+    scanned = {cid: roles for cid, roles in found.items() if any(m in roles for m in MODALITIES)}
     if wanted_id is not None:
-        found = {wanted_id: found.get(wanted_id, {})}
+        if set(found.get(wanted_id, {})) == {"seg"} and len(scanned) == 1:
+            case_id, roles = next(iter(scanned.items()))
+            found = {case_id: {**roles, "seg": [path]}}
+        else:
+            found = {wanted_id: found.get(wanted_id, {})}
+    elif len(scanned) == 1:
+        found = scanned
     by_sequence = None if found else _named_by_sequence(entries)
     if by_sequence is not None:
         case_id = folder.resolve().name

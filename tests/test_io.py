@@ -214,3 +214,20 @@ def test_files_named_by_their_sequence_alone_read_as_their_brats_names(tmp_path,
     np.testing.assert_array_equal(case.image, truth["image"])
     np.testing.assert_array_equal(case.regions, truth["regions"])
     assert case.label_convention == naming
+
+
+def test_a_correction_saved_beside_the_scans_under_its_own_name_is_no_second_case(tmp_path):
+    """corrected_seg.nii.gz in the case folder made the folder 'hold several cases' and the case unopenable."""
+    folder, truth = write_case(tmp_path / "case", AFFINES["LPS"])
+    corrected = truth["regions"].copy()
+    corrected[:, :2] = False
+    grid = io.load_case(folder).grid
+    for name in ("corrected_seg.nii.gz", "case_corrected_seg.nii.gz"):
+        io.write_mask(corrected, grid, folder / name)
+        case = io.load_case(folder)
+        assert case.case_id == "case" and case.paths["seg"].name == "case_seg.nii.gz"  # the folder: its own mask
+        np.testing.assert_array_equal(case.regions, truth["regions"])
+        case = io.load_case(folder / name)  # the file: the case with this mask
+        assert case.case_id == "case" and case.paths["seg"].name == name
+        np.testing.assert_array_equal(case.regions, corrected)
+        (folder / name).unlink()
