@@ -461,6 +461,22 @@ def _may_replace(path: Path, group: str | None) -> bool:
     return group is not None and _OWN_SAVES.get(path.resolve()) == (group, stat.st_mtime_ns, stat.st_size)
 
 
+def _our_mask_read_back(path: Path, info: LayerInfo | None) -> bool:
+    """Whether ``path`` is the file these mask layers were read from (no run of the model's), napari-sevnet wrote it and
+    it is not the case's own mask (``<case>_seg``): a correction saved on an earlier day under a name of its own, opened,
+    corrected further and saved again. An expert's or a clinic's mask, or the mask of an exported case, is never replaced so."""
+    import nibabel as nib
+
+    seg = (info.paths or {}).get("seg") if info is not None and info.run is None else None
+    if not seg or Path(seg).resolve() != path.resolve() or (role_of(path.name) or (None,))[0] == info.case_id:
+        return False
+    try:
+        description = bytes(nib.load(str(path)).header.get("descrip", b"")).split(b"\0")[0]
+    except Exception:  # noqa: BLE001 - a file nibabel cannot read is not one of ours
+        return False
+    return description.startswith(b"napari-sevnet ")
+
+
 def _remember_save(path: Path, group: str | None) -> None:
     if group is not None:
         stat = path.stat()
@@ -473,10 +489,10 @@ def write_regions(path: str, layer_data: list[tuple]) -> list[str]:
     The file name may end in ``.2023.nii.gz`` to write the BraTS 2023 labels.
     A case prepared from raw series (``sevnet-prepare``) also gets
     ``<name>_native.nii.gz``: the same masks on the reference series' own grid.
-    A file is replaced only when it is this result's own earlier save.
+    A file is replaced only when it is this result's own earlier save, or the napari-sevnet mask these layers were read from.
     """
     by_region, names, groups = {}, [], set()
-    grid = paths = None
+    grid = paths = source = None
     for data, meta, _ in layer_data:
         known = LayerInfo.from_metadata(meta.get("metadata"))
         info = known or LayerInfo()
@@ -485,7 +501,7 @@ def write_regions(path: str, layer_data: list[tuple]) -> list[str]:
             names.append(meta.get("name") or region)
             groups.add(known.group if known is not None else None)
             by_region.setdefault(region, []).append(np.asarray(data) > 0)
-            grid, paths = grid or info.grid, paths or info.paths
+            grid, paths, source = grid or info.grid, paths or info.paths, known
     missing = [r for r in REGIONS if r not in by_region]
     try:
         if len(groups) > 1 or any(len(masks) > 1 for masks in by_region.values()):  # one file would mix two results (or two patients)
@@ -505,8 +521,9 @@ def write_regions(path: str, layer_data: list[tuple]) -> list[str]:
         prepared = prepared_folder_of(paths)
         targets = [Path(path)] + ([Path(path).with_name(f"{nifti_stem(Path(path).name)}_native.nii.gz")] if prepared is not None else [])
         for target in targets:
-            if target.exists() and not _may_replace(target, group):
-                raise InputError(target, "already exists, and it is not this result's own earlier save: napari-sevnet replaces no other file (it may be an expert's mask or another correction); save under another name")
+            if target.exists() and not (_may_replace(target, group) or _our_mask_read_back(target, source)):
+                raise InputError(target, "already exists, and it is neither this result's own earlier save nor the napari-sevnet mask it was read from: "
+                                         "napari-sevnet replaces no other file (it may be an expert's mask or another correction); save under another name")
         written = [write_mask(regions, grid, targets[0], convention, overwrite=True)]
         if prepared is not None:
             written.append(write_native_mask(regions, grid, prepared, targets[1], convention, overwrite=True)[0])

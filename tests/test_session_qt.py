@@ -365,14 +365,14 @@ def test_the_writers_own_message_reaches_the_user_and_images_may_be_selected(mak
     assert np.asanyarray(nib.load(out).dataobj).astype(bool).sum() == layers[4].data.astype(bool).sum()
     other = viewer.open(str(write_phantom(tmp_path / "cases", seed=4, shape=(48, 56, 48))), plugin="napari-sevnet")
     viewer.layers.selection = set(other[4:])
-    with pytest.raises(NotSaved, match="already exists, and it is not this result's own earlier save"):
+    with pytest.raises(NotSaved, match="already exists, and it is neither this result's own earlier save"):
         viewer.layers.save(str(out), selected=True, plugin="napari-sevnet")  # another result never replaces it
     viewer.layers.selection = set(layers[4:])
     edited = nib.load(out)
     nib.save(nib.Nifti1Image(np.asanyarray(edited.dataobj), edited.affine), out)  # changed by another program since
-    with pytest.raises(NotSaved, match="not this result's own earlier save"):
+    with pytest.raises(NotSaved, match="neither this result's own earlier save nor the napari-sevnet mask it was read from"):
         viewer.layers.save(str(out), selected=True, plugin="napari-sevnet")
-    with pytest.raises(NotSaved, match="not this result's own earlier save"):
+    with pytest.raises(NotSaved, match="neither this result's own earlier save nor the napari-sevnet mask it was read from"):
         viewer.layers.save(str(case / f"{case.name}_seg.nii.gz"), selected=True, plugin="napari-sevnet")  # the case's own mask
     viewer.layers.selection = {layers[4], other[5], other[6]}  # WT of one patient, TC and ET of another: never one file
     with pytest.raises(NotSaved, match=r"come from more than one result \(phantom_0003 WT \(file\), phantom_0004 TC"):
@@ -381,6 +381,26 @@ def test_the_writers_own_message_reaches_the_user_and_images_may_be_selected(mak
     with pytest.raises(NotSaved, match="more than one result"):
         viewer.layers.save(str(tmp_path / "mixed_seg.nii.gz"), selected=True, plugin="napari-sevnet")
     assert not (tmp_path / "mixed_seg.nii.gz").exists()
+
+    # a correction saved beside the scans, opened another day, corrected further and saved back: its own file
+    from napari_sevnet.layers import LayerInfo
+
+    corrected = case / "corrected_seg.nii.gz"
+    viewer.layers.selection = set(layers[4:])
+    viewer.layers.save(str(corrected), selected=True, plugin="napari-sevnet")
+    later = make_napari_viewer()
+    reopened = [layer for layer in later.open(str(corrected), plugin="napari-sevnet") if LayerInfo.from_layer(layer).region]
+    reopened[0].data[30, 10:20, 10:20] = 1
+    later.layers.selection = set(reopened)
+    assert later.layers.save(str(corrected), selected=True, plugin="napari-sevnet") == [str(corrected)]
+    assert (np.asanyarray(nib.load(corrected).dataobj) > 0).sum() == (reopened[0].data > 0).sum()
+    other_tool = case / "expert2_seg.nii.gz"  # another tool's file, opened the same way: never replaced
+    nib.save(nib.Nifti1Image(np.asanyarray(nib.load(corrected).dataobj), nib.load(corrected).affine), other_tool)
+    later.layers.clear()
+    reopened = [layer for layer in later.open(str(other_tool), plugin="napari-sevnet") if LayerInfo.from_layer(layer).region]
+    later.layers.selection = set(reopened)
+    with pytest.raises(NotSaved, match="nor the napari-sevnet mask it was read from"):
+        later.layers.save(str(other_tool), selected=True, plugin="napari-sevnet")
 
 
 def test_the_window_fits_a_1000_pixel_screen_with_every_dock_open(qtbot, make_napari_viewer):
