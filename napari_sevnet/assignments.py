@@ -144,8 +144,8 @@ def load_assigned_or_named(path: str | os.PathLike, *, allow_missing: bool = Tru
         found = ", ".join(unrecognised or [p.name for p in files])
         raise InputError(
             exc.path, f"{exc.problem}. Not recognised as BraTS names: {found}. Rename them (<id>_t1, <id>_t1ce, <id>_t2, <id>_flair .nii.gz, or t1, t1ce, t2, flair .nii.gz) "
-            "or assign them to sequences with Plugins > napari-sevnet > Assign sequences, which remembers the choice for this folder "
-            "(napari and sevnet-predict then open it as assigned)",
+            "or assign them to sequences with Plugins > napari-sevnet > Assign sequences, or on the command line with sevnet-assign FOLDER, "
+            "which remember the choice for this folder (napari and every command then open it as assigned)",
         ) from None
 
 

@@ -449,6 +449,74 @@ def recovery_main(argv=None) -> int:
     return 0
 
 
+def assign_main(argv=None) -> int:
+    from napari_sevnet.assignments import ROLES
+
+    parser = argparse.ArgumentParser(
+        prog="sevnet-assign",
+        description="Which file is which sequence in case folders whose file names say nothing BraTS-like (a clinic's export), as napari's "
+                    "Assign dock does: list each file's proposed sequence, then remember the proposal (--accept) or your own choice "
+                    "(--t1 FILE ...) for sevnet-predict, -export, -measure, the Worklist and napari to read the folder by. "
+                    "The choice is kept in the user's configuration, never in the data folder.",
+    )
+    parser.add_argument("folders", nargs="+", type=Path, help="case folders, or folders of case folders")
+    parser.add_argument("--accept", action="store_true", help="remember each folder's proposal (not for a folder where it lacks a sequence: name that one)")
+    for role in ROLES:
+        parser.add_argument(f"--{role}", metavar="FILE", help=f"the {'mask' if role == 'seg' else role.upper()} file of the one folder given (its name), or none")
+    args = parser.parse_args(argv)
+    given = {role: getattr(args, role) for role in ROLES if getattr(args, role)}
+
+    from napari_sevnet.assignments import config_file, guess_roles, nifti_files, remember, remembered
+    from napari_sevnet.io import MODALITY_LABELS, find_cases
+
+    label = {**MODALITY_LABELS, "seg": "mask"}
+    try:
+        folders = find_cases(args.folders)
+    except OSError as exc:
+        print(f"sevnet-assign: error: {exc}", file=sys.stderr)
+        return 2
+    if given and len(folders) != 1:
+        parser.error(f"--t1, --t1ce, ... name the files of one case folder; {len(folders)} were given")
+    failed = 0
+    for folder in folders:
+        try:
+            files = nifti_files(folder) if folder.is_dir() else []
+            if not files:
+                raise InputError(folder, "holds no NIfTI files" if folder.is_dir() else "is not a folder")
+            before = remembered(folder)
+            chosen, said_none = dict(before or guess_roles(files)), set()
+            for role, name in given.items():
+                if name.lower() == "none":
+                    chosen.pop(role, None)
+                    said_none.add(role)
+                elif not (folder / name).is_file():
+                    raise InputError(folder / name, "is not a file in this folder")
+                else:
+                    chosen[role] = folder / name
+            print(f"{folder}: {'as remembered' if before else 'proposed'}{', with your choices' if given else ''}")
+            for path in files:
+                roles = [label[r] for r, p in chosen.items() if p == path]
+                print(f"  {path.name}  -> {', '.join(roles) or 'not used'}")
+            if not (args.accept or given):
+                continue
+            twice = sorted({p.name for p in chosen.values() if list(chosen.values()).count(p) > 1})
+            if twice:
+                raise InputError(folder, f"{', '.join(twice)} is chosen for more than one sequence")
+            unsaid = [label[m] for m in MODALITY_LABELS if m not in chosen and m not in said_none]
+            if unsaid:
+                raise InputError(folder, f"no file is chosen for {', '.join(unsaid)}: name it (--{unsaid[0].lower()} FILE) or say there is none (--{unsaid[0].lower()} none)")
+            if not any(m in chosen for m in MODALITY_LABELS):
+                raise InputError(folder, "no sequence is chosen: a case needs at least one of T1, T1ce, T2, FLAIR")
+            remember(folder, chosen)
+            print(f"  remembered (in {config_file()})")
+        except InputError as exc:
+            print(f"sevnet-assign: error: {exc}", file=sys.stderr)
+            failed += 1
+    if not (args.accept or given):
+        print("nothing remembered yet: --accept keeps the proposals, --t1 FILE ... a choice of your own")
+    return 1 if failed else 0
+
+
 def _say_if_necrosis_alone(path, regions, convention) -> None:
     """sevnet-measure's warning for a mask its labels read as necrosis alone, unless --labels said the convention."""
     if convention is None and necrosis_alone(regions):

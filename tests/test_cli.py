@@ -256,6 +256,31 @@ def test_a_folder_assigned_in_napari_is_segmented_by_sevnet_predict_under_its_ow
     assert sorted(p.name for p in out.glob("*_seg.nii.gz")) == ["patient_a_seg.nii.gz", "patient_b_seg.nii.gz"]
 
 
+def test_sevnet_assign_lists_the_proposal_and_remembers_it_for_the_other_commands(phantom_dir, random_checkpoint, tmp_path, monkeypatch, capsys):
+    """A server with no napari: the Assign dock's proposal on the command line, confirmed by --accept or chosen file by file."""
+    from napari_sevnet.cli import assign_main
+
+    monkeypatch.setenv("SEVNET_CONFIG_DIR", str(tmp_path / "config"))
+    clinic = tmp_path / "clinic"
+    for patient, flair in (("patient_a", "7_t2_flair_tra"), ("patient_b", "7_dark_fl_tra")):  # dcm2niix's names
+        (clinic / patient).mkdir(parents=True)
+        for role, name in (("t1", "3_t1_mprage_sag"), ("t1ce", "9_t1_mprage_sag_KM"), ("t2", "5_t2_tse_tra"), ("flair", flair)):
+            shutil.copy(phantom_dir / "phantom_0000" / f"phantom_0000_{role}.nii.gz", clinic / patient / f"{name}.nii.gz")
+    predict = [str(clinic), "-o", str(tmp_path / "pred"), "--checkpoint", str(random_checkpoint), "--device", "cpu"]
+    assert assign_main([str(clinic)]) == 0
+    out = capsys.readouterr().out
+    assert predict_main(predict) == 1 and "on the command line with sevnet-assign FOLDER" in capsys.readouterr().err  # listing remembers nothing
+    assert "9_t1_mprage_sag_KM.nii.gz  -> T1ce" in out and "7_dark_fl_tra.nii.gz  -> not used" in out and "nothing remembered yet" in out
+    assert assign_main([str(clinic), "--accept"]) == 1  # patient_b's FLAIR is not proposed: not accepted without it
+    assert "patient_b: no file is chosen for FLAIR: name it (--flair FILE) or say there is none (--flair none)" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        assign_main([str(clinic), "--flair", "7_dark_fl_tra.nii.gz"])  # a file of which folder?
+    assert assign_main([str(clinic / "patient_b"), "--flair", "nope.nii.gz"]) == 1 and "nope.nii.gz: is not a file in this folder" in capsys.readouterr().err
+    assert assign_main([str(clinic / "patient_b"), "--flair", "7_dark_fl_tra.nii.gz"]) == 0
+    assert predict_main(predict) == 0
+    assert sorted(p.name for p in (tmp_path / "pred").glob("*_seg.nii.gz")) == ["patient_a_seg.nii.gz", "patient_b_seg.nii.gz"]
+
+
 def test_files_named_by_their_sequence_alone_are_a_case_named_after_its_folder(phantom_dir, random_checkpoint, tmp_path, monkeypatch, capsys):
     """t1.nii.gz, flair.nii.gz, seg.nii.gz: as plain as BraTS names (many tools write cases so), read without an Assign step."""
     from napari_sevnet.assignments import load_assigned_or_named
