@@ -103,6 +103,19 @@ def remember(folder: str | os.PathLike, mapping: dict[str, str | os.PathLike]) -
     return target
 
 
+def forget(folder: str | os.PathLike) -> bool:
+    """Drop the choice remembered for ``folder`` (a wrong one, or a path that names a patient); whether there was one."""
+    from filelock import FileLock
+
+    target = config_file()
+    with FileLock(str(target) + ".lock"):
+        data = _all_remembered()
+        if data.pop(str(Path(folder).resolve()), None) is None:
+            return False
+        write_text_atomic(target, json.dumps(data, indent=2) + "\n")
+    return True
+
+
 def case_files(path: str | os.PathLike, *, allow_missing: bool = True) -> tuple[str, dict[str, Path]]:
     """(case id, {role: file}) of a case as :func:`load_assigned_or_named` will read it, without reading the scans."""
     path = Path(path)

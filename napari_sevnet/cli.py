@@ -460,7 +460,9 @@ def assign_main(argv=None) -> int:
                     "The choice is kept in the user's configuration, never in the data folder.",
     )
     parser.add_argument("folders", nargs="+", type=Path, help="case folders, or folders of case folders")
-    parser.add_argument("--accept", action="store_true", help="remember each folder's proposal (not for a folder where it lacks a sequence: name that one)")
+    action = parser.add_mutually_exclusive_group()
+    action.add_argument("--accept", action="store_true", help="remember each folder's proposal (not for a folder where it lacks a sequence: name that one)")
+    action.add_argument("--forget", action="store_true", help="forget the choice remembered for each folder (a wrong one; a folder path that names a patient)")
     for role in ROLES:
         parser.add_argument(f"--{role}", metavar="FILE", help=f"the {'mask' if role == 'seg' else role.upper()} file of the one folder given (its name), or none")
     args = parser.parse_args(argv)
@@ -477,6 +479,14 @@ def assign_main(argv=None) -> int:
         return 2
     if given and len(folders) != 1:
         parser.error(f"--t1, --t1ce, ... name the files of one case folder; {len(folders)} were given")
+    if given and args.forget:
+        parser.error("--forget takes no --t1, --t1ce, ...")
+    if args.forget:
+        from napari_sevnet.assignments import forget
+
+        for folder in folders:
+            print(f"{folder}: {'forgotten' if forget(folder) else 'nothing was remembered'}")
+        return 0
     failed = 0
     for folder in folders:
         try:

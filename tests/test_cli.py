@@ -279,6 +279,11 @@ def test_sevnet_assign_lists_the_proposal_and_remembers_it_for_the_other_command
     assert assign_main([str(clinic / "patient_b"), "--flair", "7_dark_fl_tra.nii.gz"]) == 0
     assert predict_main(predict) == 0
     assert sorted(p.name for p in (tmp_path / "pred").glob("*_seg.nii.gz")) == ["patient_a_seg.nii.gz", "patient_b_seg.nii.gz"]
+    capsys.readouterr()
+    assert assign_main([str(clinic / "patient_a"), "--forget"]) == 0 and "patient_a: forgotten" in capsys.readouterr().out
+    assert assign_main([str(clinic / "patient_a"), "--forget"]) == 0 and "patient_a: nothing was remembered" in capsys.readouterr().out
+    assert "patient_a" not in (tmp_path / "config" / "assignments.json").read_text(encoding="utf-8"), "its path, which may name the patient, is gone"
+    assert predict_main([*predict, "--overwrite"]) == 1  # patient_a is unassigned again; patient_b still segmented
 
 
 def test_files_named_by_their_sequence_alone_are_a_case_named_after_its_folder(phantom_dir, random_checkpoint, tmp_path, monkeypatch, capsys):
