@@ -89,6 +89,17 @@ def remembered(folder: str | os.PathLike) -> dict[str, Path] | None:
     return mapping
 
 
+def check_choice(folder: Path, chosen: dict[str, Path]) -> dict[str, Path]:
+    """``chosen`` (role -> file) if it can be a case: at least one sequence, no file for two roles (the Assign dock's and
+    sevnet-assign's rule)."""
+    if not any(m in chosen for m in MODALITIES):
+        raise InputError(folder, "choose a file for at least one sequence (T1, T1ce, T2, FLAIR)")
+    repeated = {p.name for p in chosen.values() if list(chosen.values()).count(p) > 1}
+    if repeated:
+        raise InputError(folder, f"{', '.join(sorted(repeated))} is chosen for more than one sequence")
+    return chosen
+
+
 def remember(folder: str | os.PathLike, mapping: dict[str, str | os.PathLike]) -> Path:
     """Keep ``mapping`` (role -> file in ``folder``) for the next time the folder is opened."""
     from filelock import FileLock

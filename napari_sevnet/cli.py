@@ -468,7 +468,7 @@ def assign_main(argv=None) -> int:
     args = parser.parse_args(argv)
     given = {role: getattr(args, role) for role in ROLES if getattr(args, role)}
 
-    from napari_sevnet.assignments import config_file, guess_roles, nifti_files, remember, remembered
+    from napari_sevnet.assignments import check_choice, config_file, guess_roles, nifti_files, remember, remembered
     from napari_sevnet.io import MODALITY_LABELS, find_cases
 
     label = {**MODALITY_LABELS, "seg": "mask"}
@@ -509,15 +509,10 @@ def assign_main(argv=None) -> int:
                 print(f"  {path.name}  -> {', '.join(roles) or 'not used'}")
             if not (args.accept or given):
                 continue
-            twice = sorted({p.name for p in chosen.values() if list(chosen.values()).count(p) > 1})
-            if twice:
-                raise InputError(folder, f"{', '.join(twice)} is chosen for more than one sequence")
             unsaid = [label[m] for m in MODALITY_LABELS if m not in chosen and m not in said_none]
             if unsaid:
                 raise InputError(folder, f"no file is chosen for {', '.join(unsaid)}: name it (--{unsaid[0].lower()} FILE) or say there is none (--{unsaid[0].lower()} none)")
-            if not any(m in chosen for m in MODALITY_LABELS):
-                raise InputError(folder, "no sequence is chosen: a case needs at least one of T1, T1ce, T2, FLAIR")
-            remember(folder, chosen)
+            remember(folder, check_choice(folder, chosen))
             print(f"  remembered (in {config_file()})")
         except InputError as exc:
             print(f"sevnet-assign: error: {exc}", file=sys.stderr)

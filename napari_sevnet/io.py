@@ -137,13 +137,14 @@ def role_of(name: str) -> tuple[str, str, str] | None:
 
 
 #: a case's files named by their sequence alone, as many tools write one (``t1.nii.gz``, ``flair.nii.gz``, ``seg.nii.gz``;
-#: BraTS 2023's ``t1n``, ``t1c``, ``t2w``, ``t2f``): as plain as BraTS names; the case is named after its folder
-SEQUENCE_NAMES = {suffix.lstrip("_-"): role for table in NAMINGS.values() for suffix, role in table.items()}
+#: BraTS 2023's ``t1n``, ``t1c``, ``t2w``, ``t2f``): as plain as BraTS names; the case is named after its folder.
+#: name -> (role, naming); ``seg`` is in both namings (the scans' names say which)
+SEQUENCE_NAMES = {suffix.lstrip("_-"): (role, naming) for naming, table in NAMINGS.items() for suffix, role in table.items()}
 
 
 def sequence_named(name: str) -> str | None:
     """The role of a file named by its sequence alone ('T1ce.nii' -> 't1ce'), else None."""
-    return SEQUENCE_NAMES.get((nifti_stem(name) or "").lower())
+    return SEQUENCE_NAMES.get((nifti_stem(name) or "").lower(), (None,))[0]
 
 
 def _named_by_sequence(entries: list[Path]) -> dict[str, Path] | None:
@@ -244,11 +245,12 @@ def find_case_files(path: str | os.PathLike, *, allow_missing: bool = False) -> 
     """
     path = Path(path)
     _check_readable(path)
+    by_sequence_only = False  # a file named by its sequence opens its own case, never another named otherwise beside it
     if path.is_file():
-        if role_of(path.name) is None and (sequence_named(path.name) is None or _named_by_sequence(sorted(path.parent.iterdir())) is None):
-            return _msd_files(path)  # a file of a case named by sequence opens that case, never another named otherwise beside it
-        folder = path.parent
-        wanted_id = role_of(path.name)[0] if role_of(path.name) else None
+        parsed = role_of(path.name)
+        if parsed is None and sequence_named(path.name) is None:
+            return _msd_files(path)
+        folder, wanted_id, by_sequence_only = path.parent, parsed[0] if parsed else None, parsed is None
     else:
         folder, wanted_id = path, None
 
@@ -276,12 +278,14 @@ def find_case_files(path: str | os.PathLike, *, allow_missing: bool = False) -> 
             found = {wanted_id: found.get(wanted_id, {})}
     elif len(scanned) == 1:
         found = scanned
-    by_sequence = None if found else _named_by_sequence(entries)
+    by_sequence = _named_by_sequence(entries) if by_sequence_only or not found else None
+    if by_sequence_only and by_sequence is None:
+        return _msd_files(path)
     if by_sequence is not None:
         case_id = folder.resolve().name
         _check_sequences(case_id, sorted(by_sequence), folder, allow_missing)
-        brats2023 = {suffix.lstrip("-") for suffix in NAMINGS["brats2023"]} - {"seg"}
-        return case_id, by_sequence, "brats2023" if any(nifti_stem(f.name).lower() in brats2023 for f in by_sequence.values()) else "brats2021"
+        schemes = {SEQUENCE_NAMES[nifti_stem(f.name).lower()][1] for role, f in by_sequence.items() if role != "seg"}
+        return case_id, by_sequence, "brats2023" if "brats2023" in schemes else "brats2021"
     if not found:
         nifti = [e for e in entries if nifti_stem(e.name)]
         if len(nifti) == 1:

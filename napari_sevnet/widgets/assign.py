@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from magicgui.widgets import CheckBox, ComboBox, FileEdit, Label, PushButton
 
+from napari_sevnet.assignments import check_choice
 from napari_sevnet.errors import InputError
 from napari_sevnet.io import MODALITY_LABELS
 from napari_sevnet.widgets.base import DockWidget, chosen_path
@@ -76,13 +77,7 @@ class AssignWidget(DockWidget):
         folder = chosen_path(self._folder)
         if folder is None:
             raise InputError(None, "choose the folder of the case")
-        chosen = {role: folder / combo.value for role, combo in self._roles.items() if combo.value not in (None, NONE)}
-        if not any(m in chosen for m in MODALITY_LABELS):
-            raise InputError(folder, "choose a file for at least one sequence (T1, T1ce, T2, FLAIR)")
-        repeated = {p.name for p in chosen.values() if list(chosen.values()).count(p) > 1}
-        if repeated:
-            raise InputError(folder, f"{', '.join(sorted(repeated))} is chosen for more than one sequence")
-        return chosen
+        return check_choice(folder, {role: folder / combo.value for role, combo in self._roles.items() if combo.value not in (None, NONE)})
 
     def open_case(self):
         """Read the assigned files in a worker and add the case's layers; returns the worker (None on a bad choice)."""
