@@ -21,6 +21,7 @@ ET     enhancing tumour     yellow #ffdc00
 from __future__ import annotations
 
 import os
+import time
 import uuid
 import weakref
 from collections.abc import Collection
@@ -368,6 +369,7 @@ def read_case_layers(path) -> list[tuple]:
     from napari_sevnet.assignments import load_assigned_or_named
     from napari_sevnet.report import report_beside
 
+    started = time.monotonic()
     path = path[0] if isinstance(path, list) else path
     report = report_beside(path) if Path(path).is_file() else None
     if report is not None:  # sevnet-predict's output: the mask with the scans it was made from
@@ -377,10 +379,13 @@ def read_case_layers(path) -> list[tuple]:
 
     viewer = napari.current_viewer()
     layers = (not_open_yet(layers, shown_sources(viewer.layers)) if viewer is not None else layers) + _layer_tuples(_recovered(case, viewer))
+    same_open = _answered_just_before(case, started, viewer)
     if not layers:  # all its files chosen at once in File > Open, each of which opens the whole case; or opened again
-        from napari.utils.notifications import show_info
+        if not same_open:  # the case's other files of the same File > Open: the case came in, nothing to say
+            from napari.utils.notifications import show_info
 
-        show_info(f"{case.case_id} is open already: its layers are in the layer list")
+            show_info(f"{case.case_id} is open already: its layers are in the layer list")
+        _LAST_ANSWERED["at"] = time.monotonic()
         return [(None,)]  # napari's "read, nothing to add"
     prepare_viewer()
     if warnings:
@@ -393,7 +398,28 @@ def read_case_layers(path) -> list[tuple]:
 
         show_info(f"{case.case_id} has no {', '.join(MODALITY_LABELS[m] for m in case.missing)}: the default model segments it with what is there "
                   "(it was trained with sequences left out; its figures per set of sequences are in its model card)")
+    _LAST_ANSWERED["at"] = time.monotonic()
     return layers
+
+
+#: the case the reader answered last (its files, as assigned) and when it, or the adding of a layer since, ended:
+#: napari reads the files chosen together in one File > Open one after another, each as the layers of the one
+#: before are added
+_LAST_ANSWERED: dict = {"case": None, "at": float("-inf")}
+_SAME_OPEN_S = 1.0
+_INSERTIONS_TIMED: weakref.WeakSet = weakref.WeakSet()
+
+
+def _answered_just_before(case, started: float, viewer) -> bool:
+    """Whether the read that started at ``started`` (time.monotonic) follows one of the same case with no pause between:
+    another of its files chosen in the same File > Open, not the case opened again by the user."""
+    if viewer is not None and viewer not in _INSERTIONS_TIMED:
+        _INSERTIONS_TIMED.add(viewer)
+        viewer.layers.events.inserted.connect(lambda _: _LAST_ANSWERED.update(at=time.monotonic()))
+    key = frozenset((role, str(Path(path).absolute())) for role, path in case.paths.items())
+    same = _LAST_ANSWERED["case"] == key and started - _LAST_ANSWERED["at"] < _SAME_OPEN_S
+    _LAST_ANSWERED["case"] = key
+    return same
 
 
 def prepare_viewer(viewer=None) -> None:

@@ -48,7 +48,7 @@ def test_reader_opens_folder_and_file(make_napari_viewer, phantom_dir):
     assert len(viewer2.open(str(phantom_dir / "phantom_0001" / "phantom_0001_t1ce.nii.gz"), plugin="napari-sevnet")) == 7
 
 
-def test_a_case_whose_files_are_chosen_together_or_opened_again_is_not_added_twice(make_napari_viewer, phantom_dir, monkeypatch, tmp_path):
+def test_a_case_whose_files_are_chosen_together_or_opened_again_is_not_added_twice(make_napari_viewer, qtbot, phantom_dir, monkeypatch, tmp_path):
     """File > Open with all of a case's files selected reads each one, and each opens the whole case: once, not five times."""
     told = []
     monkeypatch.setattr("napari.utils.notifications.show_info", told.append)
@@ -57,9 +57,14 @@ def test_a_case_whose_files_are_chosen_together_or_opened_again_is_not_added_twi
     viewer.open(sorted(str(p) for p in case.glob("*.nii.gz")), plugin="napari-sevnet")
     names = [f"phantom_0001 {n}" for n in ("T1", "T1ce", "T2", "FLAIR")] + [f"phantom_0001 {r} (file)" for r in ("WT", "TC", "ET")]
     assert [layer.name for layer in viewer.layers] == names
-    assert told.count("phantom_0001 is open already: its layers are in the layer list") == 4
+    assert not told, "the case's other files chosen with the first are not said to be open already"
+    qtbot.wait(1100)  # the user opens it again: not at once
     viewer.open(str(case), plugin="napari-sevnet")  # opened again
     assert [layer.name for layer in viewer.layers] == names
+    assert told == ["phantom_0001 is open already: its layers are in the layer list"]
+    qtbot.wait(1100)
+    viewer.open(sorted(str(p) for p in case.glob("*.nii.gz")), plugin="napari-sevnet")  # all of them again: said once
+    assert len(told) == 2
     for name in names[4:]:
         viewer.layers.remove(name)
     viewer.open(str(case), plugin="napari-sevnet")  # its mask's layers deleted: they come back, beside the scans open
