@@ -312,6 +312,17 @@ def test_the_reader_says_why_and_files_can_be_assigned_by_hand(qtbot, make_napar
     assert not list(clinic.glob("*.json")), "nothing is written into the data folder"
     config = json.loads((tmp_path / "config" / "assignments.json").read_text(encoding="utf-8"))
     assert config[str(clinic.resolve())]["t1ce"] == "T1_post.nii.gz"
+    assert assign._forget.enabled
+    assign._roles["t2"].value = "(none)"
+    assign._forget.changed.emit(True)  # the choice forgotten: gone from the settings, the files proposed again
+    assert str(clinic.resolve()) not in json.loads((tmp_path / "config" / "assignments.json").read_text(encoding="utf-8"))
+    assert assign._roles["t2"].value == "AX_T2.nii.gz" and not assign._forget.enabled
+    assert assign._status.value.startswith("Forgot the choice remembered for this folder. 4 NIfTI file(s)")
+    with pytest.raises(Exception, match="Assign sequences"):
+        make_napari_viewer().open(str(clinic), plugin="napari-sevnet")
+    assign.open_case()  # and remembered again
+    qtbot.waitUntil(lambda: assign.worker is None, timeout=60_000)
+    assert assign._forget.enabled and "remembered the choice" in assign._status.value
 
     # its mask corrected, then lost (a crash, the layers deleted): opened with the dock again, the correction comes back
     from napari_sevnet import recovery

@@ -5,7 +5,8 @@ Choose the folder; each file is proposed for the sequence its name suggests
 the four sequences (and an optional mask), and "Open" reads the case in a
 worker and adds its layers as the reader would (with the corrections kept as
 recovery copies, :mod:`napari_sevnet.recovery`). The choice is remembered for
-the folder, so dropping it on napari later opens it directly.
+the folder, so dropping it on napari later opens it directly, until "Forget"
+drops it (a wrong choice, or a folder path that names the patient).
 """
 
 from __future__ import annotations
@@ -32,12 +33,16 @@ class AssignWidget(DockWidget):
         self._relist = PushButton(text="List the folder again", tooltip="Files added to or removed from the folder since; the choices made stay")
         self._remember = CheckBox(text="Remember for this folder", value=True, tooltip="Kept in your napari-sevnet settings, not in the data folder")
         self._open = PushButton(text="Open")
+        self._forget = PushButton(text="Forget this folder's choice", enabled=False,
+                                  tooltip="Drop the choice remembered for this folder from your settings (a wrong one, or a folder path that names "
+                                          "the patient): the folder is then read by its file names again, and its files are proposed again")
         self._status = Label(value="")
         self._status.native.setWordWrap(True)
-        self.extend([self._folder, self._relist, *self._roles.values(), self._remember, self._open, self._status])
+        self.extend([self._folder, self._relist, *self._roles.values(), self._remember, self._open, self._forget, self._status])
         self._folder.changed.connect(self._on_folder)
         self._relist.changed.connect(self.relist)
         self._open.changed.connect(self.open_case)
+        self._forget.changed.connect(self.forget)
 
     def _on_folder(self, _value=None) -> None:
         """List the folder's NIfTI files and propose a sequence for each (the remembered choice first)."""
@@ -62,6 +67,7 @@ class AssignWidget(DockWidget):
             proposal = {role: p.name for role, p in guess_roles([p for p in files if p.name in new]).items() if role not in kept}
         else:
             kept, proposal = {}, {role: p.name for role, p in (remembered(folder) or guess_roles(files)).items()}
+        self._forget.enabled = remembered(folder) is not None
         chosen = {**proposal, **kept}
         for role, combo in self._roles.items():
             combo.reset_choices()
@@ -69,6 +75,17 @@ class AssignWidget(DockWidget):
         listed = f"{len(files)} NIfTI file(s)" + (f", new: {', '.join(new)}" if keep and new else "")
         guessed = ", ".join(f"{ROLE_LABELS[r]} = {chosen[r]}" for r in ROLE_LABELS if r in chosen)
         self._status.value = f"{listed}; {'chosen' if keep else 'proposed'}: {guessed or 'nothing recognised'}. Check and press Open."
+
+    def forget(self) -> None:
+        """Drop the folder's remembered choice and propose its files again."""
+        from napari_sevnet.assignments import forget
+
+        folder = chosen_path(self._folder)
+        if folder is None:
+            return
+        forgot = forget(folder)
+        self._read_folder(keep=False)
+        self._status.value = ("Forgot the choice remembered for this folder. " if forgot else "No choice was remembered for this folder. ") + self._status.value
 
     def _file_choices(self, _widget=None) -> list[str]:
         return [NONE, *self._files]
@@ -124,6 +141,7 @@ class AssignWidget(DockWidget):
                 self._viewer.add_layer(layer)
             opened = f"opened {len(layers)} layer(s)" if layers else "open already: its layers are in the layer list"
             self._status.value = opened + (" and remembered the choice" if remember else "")
+            self._forget.enabled = self._forget.enabled or remember
             for line in warnings:
                 show_warning(line)
 
