@@ -119,7 +119,7 @@ def predict_main(argv=None) -> int:
             _say(case.case_id, result.notes, [*case.warnings, *result.warnings])
             with lock:
                 report = write_case_outputs(case, result, predictor, args.output, convention=convention, overwrite=args.overwrite, probabilities=args.probabilities,
-                                            eight_bit_maps=not args.float32_maps, native=True)
+                                            eight_bit_maps=not args.float32_maps, native=True, mask_not_read=left_out)
             if report.get("segmentation_native"):
                 tqdm.write(f"sevnet-predict: note: {case.case_id}: a prepared case: its mask also on the native grid, {report['segmentation_native']}", file=sys.stderr)
             log.debug("%s: %s", case.case_id, report["volumes_ml"])

@@ -92,11 +92,13 @@ def finished_before(case: Case, out_dir: Path, convention: str, *, checkpoint: s
 
 
 def write_case_outputs(case: Case, result, predictor, out_dir: Path, *, convention: str, overwrite: bool = False, probabilities: bool = False,
-                       eight_bit_maps: bool = False, native: bool = False) -> dict:
+                       eight_bit_maps: bool = False, native: bool = False, mask_not_read: str | None = None) -> dict:
     """Write the mask, the optional maps and the report (last, so a report means a complete set); returns the report.
 
     ``eight_bit_maps``: the maps in steps of 1/255 (:func:`~napari_sevnet.io.write_volume`), as the worklist keeps them.
     ``native``: a prepared case's mask on its native grid as well (when that series is still where it was).
+    ``mask_not_read``: why the case's own mask was left unread (:func:`~napari_sevnet.assignments.load_to_segment`), kept
+    in the report so a list of results can say so.
 
     All or nothing: when one write fails (a full disk), the files this call
     wrote are removed again. With ``overwrite`` the case's maps (and a mask in
@@ -126,6 +128,8 @@ def write_case_outputs(case: Case, result, predictor, out_dir: Path, *, conventi
             report["segmentation_native"] = str(Path(on_native[1]).absolute())
         if native_note:
             report["notes"] = [*report["notes"], native_note]
+        if mask_not_read:
+            report["mask_not_read"] = mask_not_read
         write_text_atomic(paths["report"], json.dumps(report, indent=2))
     except BaseException:
         for path in written:

@@ -48,14 +48,21 @@ class WorkItem:
 
     @property
     def status(self) -> str:
-        """The Status column: error, done, cached or new, and how many warnings the result carries (the input was not
-        what the model was trained on: sequences missing, the skull there, ...; :attr:`warnings` lists them)."""
+        """The Status column: error, done, cached or new, a mask of the case's own left unread, and how many warnings the
+        result carries (the input was not what the model was trained on: sequences missing, the skull there, ...;
+        :attr:`warnings` lists them)."""
         if self.error:
             return "error: " + self.error
         status = "done (exported)" if self.done else ("cached" if self.cached else "new")
         if self.kept:  # work in progress on this case, which opening it brings back
             status += f"; {self.kept} correction(s) not exported"
+        if self.mask_not_read:  # a user who counts on their mask opening with the case learns it is not there
+            status += "; its mask not read"
         return status + (f"; {len(self.warnings)} warning(s)" if self.warnings else "")
+
+    @property
+    def mask_not_read(self) -> str | None:
+        return (self.report or {}).get("mask_not_read")
 
     @property
     def warnings(self) -> list[str]:
@@ -175,11 +182,12 @@ def run_worklist(
             item.report = _cached_report(case_id, files, case_folder, case_cache, passes)
             item.cached = item.report is not None
             if item.report is None:
-                case, _ = load_to_segment(case_folder)  # a mask it cannot read does not keep the case off the list
+                case, mask_not_read = load_to_segment(case_folder)  # a mask it cannot read does not keep the case off the list: said
                 report = (lambda f, m, case_id=case_id: progress(case_id, f, m)) if progress else None
                 result = predictor.predict(case.image, spacing=case.spacing, sequences=case.sequences, tta=passes, uncertainty=True, cancel=cancel, progress=report)
                 # the probabilities too, so an opened case is corrected with the Correct dock's clicks as a Segment run is
-                item.report = write_case_outputs(case, result, predictor, case_cache, convention="brats2021", overwrite=True, probabilities=True, eight_bit_maps=True)
+                item.report = write_case_outputs(case, result, predictor, case_cache, convention="brats2021", overwrite=True, probabilities=True, eight_bit_maps=True,
+                                                 mask_not_read=mask_not_read)
         except InputError as exc:
             item.error = str(exc)
         yield item

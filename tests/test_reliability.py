@@ -8,6 +8,7 @@ no layer added in the plugin.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -93,6 +94,8 @@ def test_cli_gives_one_line_per_bad_case_and_writes_nothing(bad_cases, tmp_path,
         assert line.startswith(said) and ("the scans are segmented without it" in line) == (kind in masks), line
     written = sorted(p.name for p in out.iterdir() if p.name != ".sevnet-predict.lock") if out.exists() else []
     assert written == sorted(f"{kind}_{suffix}" for kind in masks for suffix in ("seg.nii.gz", "report.json")), "only the cases whose mask alone was bad"
+    for kind in masks:  # and their reports say so
+        assert bad_cases[kind][1].name in json.loads((out / f"{kind}_report.json").read_text())["mask_not_read"]
 
 
 @pytest.mark.qt

@@ -437,6 +437,9 @@ def test_the_worklist_ranks_and_opens_a_case_whose_mask_it_cannot_read(tmp_path)
     nib.save(nib.Nifti1Image((np.asanyarray(img.dataobj) > 0).astype(np.uint8) * 255, img.affine), seg)
     (item,) = run_worklist(tmp_path / "cases", Predictor(device="cpu"))
     assert item.error is None and item.report is not None and item.score >= 0
+    assert item.status.startswith("new; its mask not read"), "a user counting on the mask opening with the case is told"
+    assert item.mask_not_read.startswith(f"its mask {seg.name} was not read (unknown label values [255]")
     (again,) = run_worklist(tmp_path / "cases", Predictor(device="cpu"))
     assert again.cached, "its result is kept like any other's"
+    assert again.mask_not_read == item.mask_not_read, "and said again on the next visit"
     assert len(case_result_layers(item, run=1)) >= 7, "it opens: its scans and the model's WT/TC/ET"

@@ -171,7 +171,7 @@ class WorklistWidget(DockWidget):
             volumes = (item.report or {}).get("volumes_ml", {})
             case = f"{item.case_id} ({item.folder.name})" if ids[item.case_id] > 1 else item.case_id  # two visits of one case id
             cells = [case, f"{item.score:.3f}" if item.report else "", *(f"{volumes.get(r, 0):.1f}" if item.report else "" for r in REGIONS), item.status]
-            tips = [str(item.folder), *cells[1:-1], "\n".join([item.status, *item.warnings])]
+            tips = [str(item.folder), *cells[1:-1], "\n".join([item.status, *filter(None, [item.mask_not_read]), *item.warnings])]
             for col, (text, tip) in enumerate(zip(cells, tips)):
                 self.table.setItem(row, col, QTableWidgetItem(text))
                 self.table.item(row, col).setToolTip(tip)
