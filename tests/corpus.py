@@ -66,6 +66,8 @@ WARNED_KINDS = {
     "nan_outside_the_field_of_view": r"_t1\.nii\.gz: [\d,]+ voxels \([\d.]+%\) have no value \(NaN",
     "t2_and_flair_swapped": r"T2 and FLAIR look swapped \(CSF",
     "t1_and_t1ce_swapped": r"T1ce and T1 look swapped \(contrast-enhancing",
+    "t1_and_t2_swapped": r"T2 and T1 look swapped \(CSF is the brightest on T2 and dark on T1;",
+    "t1ce_and_t2_swapped": r"T2 and T1ce look swapped \(CSF is the brightest on T2 and dark on T1ce;",
 }
 
 CHECKPOINT_KINDS = {
@@ -248,7 +250,7 @@ def make_warned_case(root: Path, kind: str) -> Path:
             img = nib.load(path)
             nib.save(nib.Nifti1Image(np.asanyarray(img.dataobj), np.diag([0.5, 0.5, 0.5, 1.0]) @ img.affine), path)
     elif kind.endswith("_swapped"):  # two files each under the other's name: what a hand assignment or a clinic's export mixes up
-        x, y = {"t2_and_flair_swapped": ("t2", "flair"), "t1_and_t1ce_swapped": ("t1", "t1ce")}[kind]
+        x, y = kind.removesuffix("_swapped").split("_and_")
         (folder / f"{kind}_{x}.nii.gz").rename(folder / "swapping")
         (folder / f"{kind}_{y}.nii.gz").rename(folder / f"{kind}_{x}.nii.gz")
         (folder / "swapping").rename(folder / f"{kind}_{y}.nii.gz")
