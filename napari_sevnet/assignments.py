@@ -30,6 +30,9 @@ T1CE_WORDS = {"t1ce", "t1c", "t1gd", "t1post", "t1contrast", "t1gad"}
 # vendors' names of 3D T1-weighted sequences count as T1 (MPRAGE, SPGR/FSPGR/BRAVO, VIBE; Philips' sT1W)
 T1_WORDS = {"t1", "t1n", "t1w", "t1pre", "t1native", "st1w", "mprage", "spgr", "fspgr", "bravo", "vibe"}
 T2_WORDS = {"t2", "t2w"}
+# T2*-weighted gradient echo and susceptibility series (Siemens' t2_fl2d_tra_hemo and t2_swi_tra with its magnitude,
+# phase and minimum-intensity projection, GE's SWAN and MERGE, Philips' T2 FFE) are not the T2 (spin echo) BraTS means
+T2STAR_WORDS = {"t2star", "t2s", "star", "swi", "swan", "hemo", "gre", "ffe", "fl2d", "fl3d", "medic", "merge", "susceptibility", "mag", "pha", "phase", "mip", "minip"}
 SEG_WORDS = {"seg", "mask", "label", "labels", "segmentation"}
 
 
@@ -44,16 +47,21 @@ def role_from_name(name: str) -> str | None:
     if T1_WORDS & set(words):
         return "t1"
     if T2_WORDS & set(words):
-        return "t2"
+        return None if T2STAR_WORDS & set(words) or re.search(r"t2\s*\*", name.lower()) else "t2"
     if SEG_WORDS & set(words):
         return "seg"
     return None
 
 
+def series_order(path: Path) -> list:
+    """Sort key that puts a scanner's series in their numbers' order ('3_t1_mprage' before '10_t2_tse'), not as text."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.name)]
+
+
 def guess_roles(files: list[Path]) -> dict[str, Path]:
-    """A role for each file whose name says one, each role used once (the first file that claims it)."""
+    """A role for each file whose name says one, each role used once (the first file that claims it, in series order)."""
     roles: dict[str, Path] = {}
-    for path in sorted(files):
+    for path in sorted(files, key=series_order):
         role = role_from_name(path.name)
         if role is not None and role not in roles:
             roles[role] = path

@@ -149,6 +149,10 @@ def test_sevnet_predict_on_a_prepared_case_also_writes_its_mask_on_the_native_gr
     ("t1_mprage_tra_KM.nii.gz", "t1ce"), ("T1W_3D_TFE_Gado.nii.gz", "t1ce"), ("sT1W_3D_TFE_+C.nii.gz", "t1ce"), ("Ax_T1_FSPGR_3D_C+.nii.gz", "t1ce"),
     ("T1_mprage_nativ.nii.gz", "t1"), ("t2_space_dark-fluid_sag.nii.gz", "flair"), ("3D_T2_SPACE_DarkFluid.nii.gz", "flair"),
     ("t2_tse_tra.nii.gz", "t2"), ("AX_T2_FLAIR.nii.gz", "flair"), ("ep2d_diff_3scan_trace_ADC.nii.gz", None),
+    # T2*-weighted gradient echo and susceptibility series are no T2 (spin echo): proposed as T2 they put a scan the
+    # model never saw where it reads T2
+    ("10_t2_fl2d_tra_hemo.nii.gz", None), ("8_t2_swi_tra.nii.gz", None), ("12_t2_swi_tra_Pha.nii.gz", None), ("AX_T2*_GRE.nii.gz", None),
+    ("T2_FFE.nii.gz", None), ("Ax_SWAN.nii.gz", None), ("t2_blade_tra.nii.gz", "t2"),
 ])
 def test_vendors_series_names_are_proposed_for_their_sequence(name, role):
     """The names scanners give their series (Siemens, GE, Philips; German protocols' KM for contrast): a 3D FLAIR named
@@ -156,6 +160,29 @@ def test_vendors_series_names_are_proposed_for_their_sequence(name, role):
     from napari_sevnet.assignments import role_from_name
 
     assert role_from_name(name) == role
+
+
+def test_a_siemens_export_is_proposed_by_series_number_and_its_other_candidates_are_named(tmp_path, monkeypatch, capsys):
+    """dcm2niix names series '<number>_<protocol>': in text order '10_t2_fl2d_tra_hemo' (T2*) came before '5_t2_tse_tra' and
+    was proposed as T2, and '14_t1_se_tra' before '3_t1_mprage_sag'; the files a sequence's name also fits are named."""
+    from pathlib import Path
+
+    from napari_sevnet.assignments import guess_roles
+    from napari_sevnet.cli import assign_main
+
+    names = ["2_localizer", "3_t1_mprage_sag", "5_t2_tse_tra", "6_t2_tirm_tra_dark-fluid", "7_ep2d_diff_tra_ADC", "8_t2_swi_tra",
+             "9_t1_mprage_sag_KM", "10_t2_fl2d_tra_hemo", "14_t1_se_tra", "15_t1_se_tra_KM"]
+    proposal = {role: path.name for role, path in guess_roles([Path(f"{n}.nii.gz") for n in names]).items()}
+    assert proposal == {"t1": "3_t1_mprage_sag.nii.gz", "t2": "5_t2_tse_tra.nii.gz", "flair": "6_t2_tirm_tra_dark-fluid.nii.gz", "t1ce": "9_t1_mprage_sag_KM.nii.gz"}
+    folder = tmp_path / "patient"
+    folder.mkdir()
+    for n in names:
+        (folder / f"{n}.nii.gz").write_bytes(b"")  # listed by name only
+    monkeypatch.setenv("SEVNET_CONFIG_DIR", str(tmp_path / "config"))
+    assert assign_main([str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert "  14_t1_se_tra.nii.gz  -> not used (named like T1 too)" in out and "  15_t1_se_tra_KM.nii.gz  -> not used (named like T1ce too)" in out
+    assert "  10_t2_fl2d_tra_hemo.nii.gz  -> not used\n" in out and "  5_t2_tse_tra.nii.gz  -> T2\n" in out
 
 
 def test_series_that_cannot_be_prepared_are_refused_by_name(tmp_path):

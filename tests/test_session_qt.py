@@ -358,6 +358,15 @@ def test_the_reader_says_why_and_files_can_be_assigned_by_hand(qtbot, make_napar
     assert "clinic whole tumour (lesion_mask.nii.gz, one label)" in [layer.name for layer in viewer.layers]
     assert any("lesion_mask.nii.gz holds one label (255)" in w for w in warned), warned
 
+    # a scanner's export with a repeat of a sequence in another plane: proposed by series number, the repeat named
+    siemens = tmp_path / "siemens"
+    siemens.mkdir()
+    for name in ("3_t1_mprage_sag", "5_t2_tse_tra", "6_t2_tirm_tra_dark-fluid", "9_t1_mprage_sag_KM", "10_t2_fl2d_tra_hemo", "14_t1_se_tra"):
+        (siemens / f"{name}.nii.gz").write_bytes(b"")
+    assign._folder.value = siemens
+    assert assign._roles["t1"].value == "3_t1_mprage_sag.nii.gz" and assign._roles["t2"].value == "5_t2_tse_tra.nii.gz"
+    assert "also named like a sequence: 14_t1_se_tra.nii.gz (T1)." in assign._status.value
+
 
 def test_the_writers_own_message_reaches_the_user_and_images_may_be_selected(make_napari_viewer, tmp_path):
     from napari_sevnet.errors import NotSaved
