@@ -298,7 +298,7 @@ def evaluate_main(argv=None) -> int:
     try:
         out.mkdir(parents=True, exist_ok=True)
         earlier = (out / "metrics.json").exists()
-        with open(out / "metrics.csv", "w", newline="") as fh:
+        with open(out / "metrics.csv", "w", newline="", encoding="utf-8") as fh:
             writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)

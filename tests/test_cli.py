@@ -302,7 +302,14 @@ def test_files_named_by_their_sequence_alone_are_a_case_named_after_its_folder(p
     out = tmp_path / "pred"
     args = [str(patient), "-o", str(out), "--checkpoint", str(random_checkpoint), "--device", "cpu"]
     assert predict_main(args) == 0 and (out / "Patient Müller é_seg.nii.gz").is_file()
-    assert evaluate_main([str(out), str(patient.parent)]) == 0  # the folder's seg.nii.gz is its reference
+    import locale
+
+    ctype = locale.setlocale(locale.LC_CTYPE)
+    locale.setlocale(locale.LC_CTYPE, "C")  # ASCII, as a server's locale may be (and as GDCM leaves it after writing DICOM)
+    try:
+        assert evaluate_main([str(out), str(patient.parent)]) == 0  # the folder's seg.nii.gz is its reference
+    finally:
+        locale.setlocale(locale.LC_CTYPE, ctype)
     assert [row["case"] for row in json.loads((out / "metrics.json").read_text())["cases"]] == ["Patient Müller é"]
 
     (patient / "FLAIR.nii.gz").rename(patient / "AX_FLAIR_3D.nii.gz")  # the missing FLAIR may be this file: not segmented without it

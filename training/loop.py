@@ -668,7 +668,7 @@ def _log_row(path: Path, epoch: int, loss: float, lr: float, metrics: dict | Non
         row.update({f"hd95_{r}": metrics["hd95"][r] for r in REGIONS})
         row["mean_dice"] = metrics["mean_dice"]
     new = not path.exists()
-    with open(path, "a", newline="") as fh:
+    with open(path, "a", newline="", encoding="utf-8") as fh:
         w = csv.DictWriter(fh, fieldnames=fields)
         if new:
             w.writeheader()
