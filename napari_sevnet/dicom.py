@@ -64,7 +64,8 @@ def _iso_date(value: str) -> str:
 
 
 def find_series(folder: str | Path) -> list[Series]:
-    """Every DICOM series below ``folder``, with its description, patient and the sequence its description suggests."""
+    """Every DICOM series below ``folder`` in series-number order, with its description, patient and the sequence its
+    description suggests."""
     import SimpleITK as sitk
 
     from napari_sevnet.assignments import role_from_name
@@ -81,10 +82,14 @@ def find_series(folder: str | Path) -> list[Series]:
             description = _tag(reader, "0008|103e")  # Series Description
             patient = _tag(reader, "0010|0020")  # Patient ID
             date = _tag(reader, "0008|0020") or _tag(reader, "0008|0022")  # Study Date, else Acquisition Date
-            found.append(Series(uid, description, patient, list(files), role_from_name(description), _iso_date(date), _tag(reader, "0020|000d")))
+            number = _tag(reader, "0020|0011")  # Series Number: the order the scanner acquired them in
+            found.append((int(number) if number.isdigit() else float("inf"), len(found),
+                          Series(uid, description, patient, list(files), role_from_name(description), _iso_date(date), _tag(reader, "0020|000d"))))
     if not found:
         raise InputError(folder, "holds no DICOM series")
-    return found
+    # in the scanner's order, not the folders' names' ('series10' before 'series5'): where two series fit one sequence the
+    # first acquired is proposed, as for a NIfTI export named by series number
+    return [series for _, _, series in sorted(found, key=lambda entry: entry[:2])]
 
 
 def choose(series: list[Series], roles: dict[str, str | None] | None = None) -> dict[str, Series]:

@@ -326,8 +326,11 @@ def test_a_dicom_series_left_out_by_hand_is_not_taken_from_its_description(tmp_p
     exported = tmp_path / "dicom" / "p13"
     for number, (name, description) in enumerate({"T1_AX_POST_GAD": "T1 AX POST GAD", "FLAIR_AX": "FLAIR AX"}.items(), start=2):
         write_dicom_series(raw / f"{name}.nii.gz", exported / f"series{number}", description, "DOE^PAT13", number)
+    # a second FLAIR acquired later (series 10) in a folder whose name sorts first: the first acquired is proposed
+    write_dicom_series(raw / "FLAIR_AX.nii.gz", exported / "series10", "FLAIR COR", "DOE^PAT13", 10)
     found = dicom.find_series(exported)
-    assert set(dicom.choose(found)) == {"t1ce", "flair"}
+    assert [s.description for s in found] == ["T1 AX POST GAD", "FLAIR AX", "FLAIR COR"], "in the scanner's order"
+    assert set(dicom.choose(found)) == {"t1ce", "flair"} and dicom.choose(found)["flair"].description == "FLAIR AX"
     assert set(dicom.choose(found, {"flair": "none"})) == {"t1ce"} and set(dicom.choose(found, {"flair": None})) == {"t1ce"}
     # as the Prepare dock offers them: the proposal by description, and a choice that leaves FLAIR out
     from napari_sevnet.prepare import series_options
