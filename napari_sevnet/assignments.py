@@ -20,7 +20,7 @@ from pathlib import Path
 
 from napari_sevnet.errors import InputError
 from napari_sevnet.files import write_text_atomic
-from napari_sevnet.io import MODALITIES, Case, case_id_of_files, find_case_files, load_case, nifti_stem, role_of, sequence_named, without_unreadable_mask
+from napari_sevnet.io import MODALITIES, Case, case_id_of_files, find_case_files, load_case, named_case_id, nifti_stem, role_of, sequence_named, without_unreadable_mask
 
 ROLES = (*MODALITIES, "seg")
 #: words in a file or layer name that say its sequence (after lower-casing and splitting on anything not a letter or digit)
@@ -154,7 +154,7 @@ def load_assigned_or_named(path: str | os.PathLike, *, allow_missing: bool = Tru
         if mapping is not None:
             return load_case(mapping=mapping, allow_missing=allow_missing, read_mask=read_mask)
         case = load_case(path, allow_missing=allow_missing, read_mask=read_mask)
-        unnamed = [p.name for p in nifti_files(folder) if _unrecognised(p.name, case.case_id)]
+        unnamed = [p.name for p in nifti_files(folder) if _unrecognised(p, case.case_id)]
         if case.missing and unnamed and path.is_dir():  # the missing sequences may be the files whose names say nothing
             raise InputError(folder, f"case {case.case_id!r} has no {', '.join(case.missing)} by its BraTS names")
         return case
@@ -169,7 +169,7 @@ def load_assigned_or_named(path: str | os.PathLike, *, allow_missing: bool = Tru
                              "or sevnet-prepare FOLDER -o OUT") from None
         if mapping is not None:  # assigned by hand or named by sequence: the names are not the problem
             raise
-        unrecognised = [p.name for p in files if _unrecognised(p.name, _case_id_of(files))]
+        unrecognised = [p.name for p in files if _unrecognised(p, _case_id_of(files))]
         single = "is a single 3D volume" in exc.problem
         if not (unrecognised or single):
             raise
@@ -207,13 +207,13 @@ def _on_own_grids(files: list[Path]) -> bool:
     return len(grids) > 1
 
 
-def _unrecognised(name: str, case_id: str | None) -> bool:
+def _unrecognised(path: Path, case_id: str | None) -> bool:
     """Whether a file's name says nothing of the case: neither a BraTS name of ``case_id`` nor a sequence's name alone."""
-    named = role_of(name)
-    return (named is None or named[0] != case_id) and not (named is None and sequence_named(name))
+    named = named_case_id(path)
+    return (named is None or named != case_id) and not (named is None and sequence_named(path.name))
 
 
 def _case_id_of(files: list[Path]) -> str | None:
     """The case id most BraTS-named files of a folder share (None when none is BraTS-named)."""
-    ids = [role_of(p.name)[0] for p in files if role_of(p.name)]
+    ids = [named_case_id(p) for p in files if role_of(p.name)]
     return max(set(ids), key=ids.count) if ids else None

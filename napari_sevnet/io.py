@@ -222,7 +222,7 @@ def find_segmentations(folder: str | os.PathLike, *, exclude: frozenset[Path] = 
     for p in sorted(Path(folder).rglob("*")):
         parsed = role_of(p.name) or ((p.parent.name, "seg", None) if sequence_named(p.name) == "seg" else None)
         if parsed and parsed[1] == "seg" and p.is_file() and p.resolve() not in exclude:
-            found.setdefault(parsed[0], []).append(p)
+            found.setdefault(_unless_a_plane(parsed[0], p.parent), []).append(p)
     return found
 
 
@@ -305,9 +305,26 @@ def find_case_files(path: str | os.PathLike, *, allow_missing: bool = False) -> 
     for role, files in roles.items():
         if len(files) > 1:
             raise InputError(folder, f"duplicate {role} files: {', '.join(f.name for f in files)}")
-    _check_sequences(case_id, sorted(roles), folder, allow_missing)
     layout = sorted(namings[case_id])[0] if len(namings[case_id]) == 1 else "mixed"
+    case_id = _unless_a_plane(case_id, folder)
+    _check_sequences(case_id, sorted(roles), folder, allow_missing)
     return case_id, {role: files[0] for role, files in roles.items()}, layout
+
+
+#: what a clinic's series names start with: the plane (``AX_T2.nii.gz``, ``SAG_T1.nii.gz``), never a case's id
+PLANE_WORDS = {"ax", "axial", "tra", "trans", "transverse", "transversal", "sag", "sagittal", "cor", "coronal"}
+
+
+def _unless_a_plane(case_id: str, folder: Path) -> str:
+    """The case id a BraTS-like name gives (``AX`` of ``AX_T2.nii.gz``), or the folder's name where that is a plane:
+    every patient's ``AX_T2`` would otherwise be case ``AX``, their outputs and exports colliding."""
+    return (Path(folder).resolve().name or case_id) if case_id.lower() in PLANE_WORDS else case_id
+
+
+def named_case_id(path: Path) -> str | None:
+    """The case a file's BraTS-like name gives it (its folder's for a plane's name, ``AX_SEG.nii.gz``), else None."""
+    parsed = role_of(Path(path).name)
+    return _unless_a_plane(parsed[0], Path(path).parent) if parsed else None
 
 
 def _check_sequences(case_id: str, roles: list[str], where, allow_missing: bool) -> None:
@@ -558,7 +575,7 @@ def case_id_of_files(paths: list[Path]) -> str:
     if not paths:
         return "case"
     parsed = [role_of(p.name) for p in paths]
-    if all(parsed) and len({named[0] for named in parsed}) == 1:
+    if all(parsed) and len({named[0] for named in parsed}) == 1 and parsed[0][0].lower() not in PLANE_WORDS:
         return parsed[0][0]
     folders = {p.absolute().parent for p in paths}  # as the user named them: a link's target folder is not the case's
     if len(folders) == 1 and next(iter(folders)).name:

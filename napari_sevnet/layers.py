@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_sevnet.errors import InputError, NotSaved
-from napari_sevnet.io import MODALITIES, MODALITY_LABELS, Case, SourceGrid, holds_nifti, load_case, nifti_stem, read_one_label_mask, role_of, without_unreadable_mask, write_mask
+from napari_sevnet.io import MODALITIES, MODALITY_LABELS, Case, SourceGrid, holds_nifti, load_case, named_case_id, nifti_stem, read_one_label_mask, role_of, without_unreadable_mask, write_mask
 from napari_sevnet.regions import NECROSIS_ALONE, REGIONS, convention_name, necrosis_alone
 
 REGION_COLOURS = {"WT": "#2ecc40", "TC": "#ff4136", "ET": "#ffdc00"}
@@ -494,7 +494,7 @@ def _our_mask_read_back(path: Path, info: LayerInfo | None) -> bool:
     import nibabel as nib
 
     seg = (info.paths or {}).get("seg") if info is not None and info.run is None else None
-    if not seg or Path(seg).resolve() != path.resolve() or (role_of(path.name) or (None,))[0] == info.case_id:
+    if not seg or Path(seg).resolve() != path.resolve() or named_case_id(path) == info.case_id:
         return False
     try:
         description = bytes(nib.load(str(path)).header.get("descrip", b"")).split(b"\0")[0]

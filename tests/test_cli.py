@@ -286,6 +286,29 @@ def test_sevnet_assign_lists_the_proposal_and_remembers_it_for_the_other_command
     assert predict_main([*predict, "--overwrite"]) == 1  # patient_a is unassigned again; patient_b still segmented
 
 
+def test_files_named_by_their_plane_and_sequence_are_a_case_named_after_its_folder(phantom_dir, random_checkpoint, tmp_path):
+    """AX_T1.nii.gz ... AX_SEG.nii.gz in each patient's folder read as BraTS names made every patient case 'AX': a batch
+    was refused (outputs colliding), references were keyed 'AX' and a second patient's export was refused."""
+    from napari_sevnet.cli import export_main
+    from napari_sevnet.io import find_segmentations, load_case
+
+    clinic = tmp_path / "clinic"
+    for patient, seed in (("patient_a", "phantom_0000"), ("patient_b", "phantom_0001")):
+        (clinic / patient).mkdir(parents=True)
+        for role in ("t1", "t1ce", "t2", "flair", "seg"):
+            shutil.copy(phantom_dir / seed / f"{seed}_{role}.nii.gz", clinic / patient / f"AX_{role.upper()}.nii.gz")
+    assert load_case(clinic / "patient_a").case_id == "patient_a" and load_case(clinic / "patient_b" / "AX_T2.nii.gz").case_id == "patient_b"
+    assert sorted(find_segmentations(clinic)) == ["patient_a", "patient_b"]
+    out = tmp_path / "pred"
+    assert predict_main([str(clinic), "-o", str(out), "--checkpoint", str(random_checkpoint), "--device", "cpu"]) == 0
+    assert sorted(p.name for p in out.glob("*_seg.nii.gz")) == ["patient_a_seg.nii.gz", "patient_b_seg.nii.gz"]
+    assert evaluate_main([str(out), str(clinic)]) == 0
+    assert [row["case"] for row in json.loads((out / "metrics.json").read_text())["cases"]] == ["patient_a", "patient_b"]
+    for patient in ("patient_a", "patient_b"):
+        assert export_main([str(clinic / patient), str(clinic / patient / "AX_SEG.nii.gz"), "-d", str(tmp_path / "dataset")]) == 0
+    assert sorted(p.name for p in (tmp_path / "dataset").iterdir() if p.is_dir()) == ["patient_a", "patient_b"]
+
+
 def test_files_named_by_their_sequence_alone_are_a_case_named_after_its_folder(phantom_dir, random_checkpoint, tmp_path, monkeypatch, capsys):
     """t1.nii.gz, flair.nii.gz, seg.nii.gz: as plain as BraTS names (many tools write cases so), read without an Assign step."""
     from napari_sevnet.assignments import load_assigned_or_named
