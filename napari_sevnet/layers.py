@@ -313,7 +313,18 @@ def napari_get_reader(path):
             looks_like_a_case = any(p.is_file() and nifti_stem(p.name) for p in entries) or any(p.is_dir() and holds_nifti(p) for p in entries)
     except OSError:
         return None
-    return read_case_layers if looks_like_a_case else None
+    if looks_like_a_case:
+        return read_case_layers
+    from napari_sevnet.prepare import is_dicom_folder
+
+    return refuse_dicom_folder if path.is_dir() and is_dicom_folder(path) else None
+
+
+def refuse_dicom_folder(path) -> list[tuple]:
+    """A folder of DICOM series dropped on napari: what to do with it, where napari would only say it "refused the file"."""
+    raise InputError(path[0] if isinstance(path, list) else path,
+                     "holds DICOM series, which are made into a case first (the sequences chosen, co-registered, skull-stripped): "
+                     "Plugins > napari-sevnet > Prepare raw scans with this folder, or sevnet-predict --prepare FOLDER -o OUT")
 
 
 def case_for_viewer(load) -> tuple[Case, list[tuple], list[str]]:

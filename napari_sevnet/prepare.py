@@ -38,6 +38,7 @@ ANTsPyNet fetch their weights on first use, which fails offline.
 from __future__ import annotations
 
 import datetime as _dt
+import itertools
 import json
 import os
 import shutil
@@ -298,7 +299,7 @@ def is_dicom_folder(folder: Path) -> bool:
     """A folder (tree) of DICOM files and no NIfTI: the preamble's 'DICM' marker, read from a few files."""
     if not folder.is_dir() or any(nifti_stem(p.name) for p in folder.iterdir() if p.is_file()):
         return False
-    for path in list(p for p in folder.rglob("*") if p.is_file())[:20]:
+    for path in itertools.islice((p for p in folder.rglob("*") if p.is_file()), 20):  # a few: a big tree is not walked whole
         with open(path, "rb") as fh:
             if fh.read(132)[128:132] == b"DICM":
                 return True

@@ -330,6 +330,10 @@ def test_a_dicom_series_left_out_by_hand_is_not_taken_from_its_description(tmp_p
     write_dicom_series(raw / "FLAIR_AX.nii.gz", exported / "series10", "FLAIR COR", "DOE^PAT13", 10)
     found = dicom.find_series(exported)
     assert [s.description for s in found] == ["T1 AX POST GAD", "FLAIR AX", "FLAIR COR"], "in the scanner's order"
+    from napari_sevnet.layers import napari_get_reader
+
+    with pytest.raises(InputError, match="holds DICOM series.*Prepare raw scans with this folder"):  # dropped on napari: not "refused"
+        napari_get_reader(str(exported))(str(exported))
     assert set(dicom.choose(found)) == {"t1ce", "flair"} and dicom.choose(found)["flair"].description == "FLAIR AX"
     assert set(dicom.choose(found, {"flair": "none"})) == {"t1ce"} and set(dicom.choose(found, {"flair": None})) == {"t1ce"}
     # as the Prepare dock offers them: the proposal by description, and a choice that leaves FLAIR out
