@@ -317,14 +317,26 @@ def napari_get_reader(path):
         return read_case_layers
     from napari_sevnet.prepare import is_dicom_folder
 
-    return refuse_dicom_folder if path.is_dir() and is_dicom_folder(path) else None
+    return open_in_prepare_dock if path.is_dir() and is_dicom_folder(path) else None
 
 
-def refuse_dicom_folder(path) -> list[tuple]:
-    """A folder of DICOM series dropped on napari: what to do with it, where napari would only say it "refused the file"."""
-    raise InputError(path[0] if isinstance(path, list) else path,
-                     "holds DICOM series, which are made into a case first (the sequences chosen, co-registered, skull-stripped): "
-                     "Plugins > napari-sevnet > Prepare raw scans with this folder, or sevnet-predict --prepare FOLDER -o OUT")
+def open_in_prepare_dock(path) -> list[tuple]:
+    """A folder of DICOM series dropped on napari: made into a case first, so the Prepare raw scans dock opens with it
+    (its series listed under the sequences their descriptions propose), where napari would only say it "refused the file"."""
+    import napari
+
+    path = Path(path[0] if isinstance(path, list) else path)
+    viewer = napari.current_viewer()
+    if viewer is None:
+        raise InputError(path, "holds DICOM series, which are made into a case first (the sequences chosen, co-registered, skull-stripped): "
+                               "Plugins > napari-sevnet > Prepare raw scans with this folder, or sevnet-predict --prepare FOLDER -o OUT")
+    from napari.utils.notifications import show_info
+
+    _, dock = viewer.window.add_plugin_dock_widget("napari-sevnet", "Prepare raw scans")
+    dock._folder.value = path
+    show_info(f"{path.name} holds DICOM series, which are made into a case first: check the sequences in the Prepare raw scans dock, "
+              "choose where the case goes and press Prepare and open")
+    return [(None,)]  # napari's "read, nothing to add"
 
 
 def case_for_viewer(load) -> tuple[Case, list[tuple], list[str]]:

@@ -290,6 +290,23 @@ def test_the_reader_offers_preparation_and_the_prepare_dock_opens_the_prepared_c
     assert record["brain_ml"] is None and "skull kept (not stripped)" in dock._status.value  # not "brain 0 mL"
 
 
+@pytest.mark.qt
+def test_a_dicom_folder_dropped_on_napari_opens_in_the_prepare_dock(qtbot, make_napari_viewer, tmp_path, monkeypatch):
+    """napari said only that the reader 'refused the file'; the folder now opens in the dock that makes it a case."""
+    raw = make_raw(write_phantom(tmp_path / "p", seed=3, shape=SHAPE), tmp_path / "raw" / "p14")
+    exported = tmp_path / "dicom" / "p14"
+    for number, (name, description) in enumerate({"T1_AX_POST_GAD": "T1 AX POST GAD", "FLAIR_AX": "FLAIR AX"}.items(), start=2):
+        write_dicom_series(raw / f"{name}.nii.gz", exported / f"series{number}", description, "DOE^PAT14", number)
+    told = []
+    monkeypatch.setattr("napari.utils.notifications.show_info", told.append)
+    viewer = make_napari_viewer()
+    assert viewer.open(str(exported), plugin="napari-sevnet") == [] and len(viewer.layers) == 0
+    dock = viewer.window.dock_widgets["Prepare raw scans (napari-sevnet)"]
+    qtbot.waitUntil(lambda: dock.found is not None, timeout=60_000)
+    assert dock._folder.value == exported and dock._series["t1ce"].value.startswith("T1 AX POST GAD") and dock._series["flair"].value.startswith("FLAIR AX")
+    assert told and "p14 holds DICOM series" in told[-1]
+
+
 def test_the_prepare_dock_lists_the_series_and_prepares_the_ones_chosen(qtbot, make_napari_viewer, tmp_path, monkeypatch):
     """A clinician confirms the proposal per sequence, and leaves out a series too damaged to use."""
     from napari_sevnet.widgets.prepare import NONE, PrepareWidget
@@ -332,7 +349,7 @@ def test_a_dicom_series_left_out_by_hand_is_not_taken_from_its_description(tmp_p
     assert [s.description for s in found] == ["T1 AX POST GAD", "FLAIR AX", "FLAIR COR"], "in the scanner's order"
     from napari_sevnet.layers import napari_get_reader
 
-    with pytest.raises(InputError, match="holds DICOM series.*Prepare raw scans with this folder"):  # dropped on napari: not "refused"
+    with pytest.raises(InputError, match="holds DICOM series.*Prepare raw scans with this folder"):  # without a viewer: said
         napari_get_reader(str(exported))(str(exported))
     assert set(dicom.choose(found)) == {"t1ce", "flair"} and dicom.choose(found)["flair"].description == "FLAIR AX"
     assert set(dicom.choose(found, {"flair": "none"})) == {"t1ce"} and set(dicom.choose(found, {"flair": None})) == {"t1ce"}
