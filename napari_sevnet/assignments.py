@@ -163,10 +163,14 @@ def load_assigned_or_named(path: str | os.PathLike, *, allow_missing: bool = Tru
         named = role_of(Path(exc.path).name) if exc.path else None
         if (named and named[1] == "seg") or (mapping and exc.path and Path(exc.path) == mapping.get("seg")):
             raise  # the mask's own problem: no hint about the scans
-        if "must share one grid" in exc.problem or re.search(r"shape .* differs", exc.problem) or _on_own_grids(files):
+        on_grids = "must share one grid" in exc.problem or re.search(r"shape .* differs", exc.problem)
+        if on_grids or _on_own_grids(files):
+            # what napari says as it opens the Prepare dock: the grids, not another problem the names raised first
+            why = exc if on_grids else InputError(folder, "its scans lie each on its own grid (shapes or voxel sizes differ), as a scanner writes "
+                                                          f"its series; read as one case: {Path(exc.path).name if exc.path else folder.name}: {exc.problem}")
             raise InputError(exc.path, f"{exc.problem}. These look like raw series, each on its own grid: prepare them first "
                              "(co-register, 1 mm, skull strip) with Plugins > napari-sevnet > Prepare raw scans, sevnet-predict --prepare FOLDER -o OUT, "
-                             "or sevnet-prepare FOLDER -o OUT") from None
+                             "or sevnet-prepare FOLDER -o OUT", remedy="Prepare raw scans") from why
         if mapping is not None:  # assigned by hand or named by sequence: the names are not the problem
             raise
         unrecognised = [p.name for p in files if _unrecognised(p, _case_id_of(files))]
@@ -177,8 +181,8 @@ def load_assigned_or_named(path: str | os.PathLike, *, allow_missing: bool = Tru
         raise InputError(
             exc.path, f"{exc.problem}. Not recognised as BraTS names: {found}. Rename them (<id>_t1, <id>_t1ce, <id>_t2, <id>_flair .nii.gz, or t1, t1ce, t2, flair .nii.gz) "
             "or assign them to sequences with Plugins > napari-sevnet > Assign sequences, or on the command line with sevnet-assign FOLDER, "
-            "which remember the choice for this folder (napari and every command then open it as assigned)",
-        ) from None
+            "which remember the choice for this folder (napari and every command then open it as assigned)", remedy="Assign sequences",
+        ) from exc
 
 
 def load_to_segment(path: str | os.PathLike, *, allow_missing: bool = True) -> tuple[Case, str | None]:

@@ -11,11 +11,16 @@ import os
 
 
 class InputError(ValueError):
-    """A file or folder the user gave cannot be used; ``str()`` names it and why."""
+    """A file or folder the user gave cannot be used; ``str()`` names it and why.
 
-    def __init__(self, path: str | os.PathLike | None, problem: str):
+    ``remedy``: the dock that makes such a folder usable ("Prepare raw scans" for raw series, "Assign sequences" for
+    files named in no known scheme), which napari opens with the folder instead of only saying the error.
+    """
+
+    def __init__(self, path: str | os.PathLike | None, problem: str, *, remedy: str | None = None):
         self.path = None if path is None else os.fspath(path)
         self.problem = problem
+        self.remedy = remedy
         super().__init__(f"{self.path}: {problem}" if self.path else problem)
 
 

@@ -563,7 +563,7 @@ def without_unreadable_mask(load) -> tuple[Case, InputError | None]:
         try:  # the two reads differ in the mask alone: if this one works, the mask was what failed
             return load(False), exc
         except InputError:
-            raise exc from None
+            raise exc from exc.__cause__  # not this second read's error; what the first came from (a remedy says it)
 
 
 def case_id_of_files(paths: list[Path]) -> str:

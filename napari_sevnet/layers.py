@@ -323,20 +323,39 @@ def napari_get_reader(path):
 def open_in_prepare_dock(path) -> list[tuple]:
     """A folder of DICOM series dropped on napari: made into a case first, so the Prepare raw scans dock opens with it
     (its series listed under the sequences their descriptions propose), where napari would only say it "refused the file"."""
+    path = Path(path[0] if isinstance(path, list) else path)
+    problem = InputError(path, "holds DICOM series, which are made into a case first (the sequences chosen, co-registered, skull-stripped): "
+                               "Plugins > napari-sevnet > Prepare raw scans with this folder, or sevnet-predict --prepare FOLDER -o OUT",
+                         remedy="Prepare raw scans")
+    if not _open_remedy(problem, path):
+        raise problem
+    return [(None,)]  # napari's "read, nothing to add"
+
+
+_REMEDY_STEPS = {"Prepare raw scans": "check the sequences, choose where the case goes and press Prepare and open",
+                 "Assign sequences": "check which file is which sequence and press Open"}
+
+
+def _open_remedy(problem: InputError, path: Path) -> bool:
+    """Open the dock that makes ``path``'s folder usable (``problem.remedy``) with that folder, saying what was wrong
+    (the error it was raised from) and what to do there; False without a viewer to open it in (a script): the error stands."""
     import napari
 
-    path = Path(path[0] if isinstance(path, list) else path)
     viewer = napari.current_viewer()
-    if viewer is None:
-        raise InputError(path, "holds DICOM series, which are made into a case first (the sequences chosen, co-registered, skull-stripped): "
-                               "Plugins > napari-sevnet > Prepare raw scans with this folder, or sevnet-predict --prepare FOLDER -o OUT")
-    from napari.utils.notifications import show_info
+    if problem.remedy is None or viewer is None:
+        return False
+    from napari.utils.notifications import show_info, show_warning
 
-    _, dock = viewer.window.add_plugin_dock_widget("napari-sevnet", "Prepare raw scans")
-    dock._folder.value = path
-    show_info(f"{path.name} holds DICOM series, which are made into a case first: check the sequences in the Prepare raw scans dock, "
-              "choose where the case goes and press Prepare and open")
-    return [(None,)]  # napari's "read, nothing to add"
+    folder = path if path.is_dir() else path.parent
+    _, dock = viewer.window.add_plugin_dock_widget("napari-sevnet", problem.remedy)
+    dock._folder.value = folder
+    then = f"the {problem.remedy} dock is open with {folder.name}: {_REMEDY_STEPS[problem.remedy]}"
+    cause = problem.__cause__
+    if isinstance(cause, InputError):  # the files' own problem (names, grids), which the dock puts right
+        show_warning(f"{Path(cause.path).name if cause.path else folder.name}: {cause.problem}. {then[0].upper()}{then[1:]}")
+    else:
+        show_info(f"{folder.name} {problem.problem.split(' (')[0]}: {then}")
+    return True
 
 
 def case_for_viewer(load) -> tuple[Case, list[tuple], list[str]]:
@@ -397,7 +416,12 @@ def read_case_layers(path) -> list[tuple]:
     report = report_beside(path) if Path(path).is_file() else None
     if report is not None:  # sevnet-predict's output: the mask with the scans it was made from
         return read_prediction_layers(Path(path), report)
-    case, layers, warnings = case_for_viewer(lambda read_mask: load_assigned_or_named(path, read_mask=read_mask))
+    try:
+        case, layers, warnings = case_for_viewer(lambda read_mask: load_assigned_or_named(path, read_mask=read_mask))
+    except InputError as exc:  # raw series, or files named in no known scheme: the dock that makes them a case opens
+        if not _open_remedy(exc, Path(path)):
+            raise
+        return [(None,)]
     import napari
 
     viewer = napari.current_viewer()

@@ -275,8 +275,8 @@ def test_the_reader_offers_preparation_and_the_prepare_dock_opens_the_prepared_c
     for path in raw.glob("*.nii.gz"):  # BraTS names, still on their own grids
         path.rename(raw / f"p10_{ {'T1_AX_SE': 't1', 'T1_AX_POST_GAD': 't1ce', 'AX_T2_TSE': 't2', 'FLAIR_AX': 'flair'}[path.name[:-7]] }.nii.gz")
     viewer = make_napari_viewer()
-    with pytest.raises(Exception, match="Prepare raw scans"):
-        viewer.open(str(raw), plugin="napari-sevnet")
+    assert viewer.open(str(raw), plugin="napari-sevnet") == [], "raw series: the dock that prepares them opens with the folder"
+    assert viewer.window.dock_widgets["Prepare raw scans (napari-sevnet)"]._folder.value == raw
     dock = PrepareWidget(viewer)
     viewer.window.add_dock_widget(dock)
     dock._folder.value, dock._output.value, dock._strip.value, dock._bias_field.value = raw, tmp_path / "prepared", False, False

@@ -272,6 +272,7 @@ def test_finetune_names_unusable_data_and_folders_before_starting_the_trainer(qt
 
 
 def test_the_reader_says_why_and_files_can_be_assigned_by_hand(qtbot, make_napari_viewer, tmp_path, monkeypatch):
+    from napari_sevnet.assignments import load_assigned_or_named
     from napari_sevnet.widgets.assign import AssignWidget
 
     monkeypatch.setenv("SEVNET_CONFIG_DIR", str(tmp_path / "config"))
@@ -290,10 +291,17 @@ def test_the_reader_says_why_and_files_can_be_assigned_by_hand(qtbot, make_napar
     assert len(viewer.open(str(partial), plugin="napari-sevnet")) == 2, "the sequences it has"
     assert told and "p has no T1, T2" in told[-1]
     viewer.layers.clear()
-    with pytest.raises(Exception, match="Assign sequences"):
-        viewer.open(str(clinic), plugin="napari-sevnet")
-    with pytest.raises(Exception, match="single 3D volume"):
-        viewer.open(str(clinic / "FLAIR.nii.gz"), plugin="napari-sevnet")
+    with pytest.raises(Exception, match=r"Assign sequences, or on the command line with sevnet-assign"):  # a script: said
+        load_assigned_or_named(clinic)
+    warned = []
+    monkeypatch.setattr("napari.utils.notifications.show_warning", warned.append)
+    assert viewer.open(str(clinic), plugin="napari-sevnet") == []  # in napari: the dock that assigns them opens with the folder
+    docked = viewer.window.dock_widgets["Assign sequences (napari-sevnet)"]
+    assert docked._folder.value == clinic and docked._roles["t1ce"].value == "T1_post.nii.gz"
+    assert "The Assign sequences dock is open with clinic: check which file is which sequence and press Open" in warned[-1], warned
+    viewer.window.remove_dock_widget(viewer.window.dock_widgets["Assign sequences (napari-sevnet)"].native.parent())
+    assert viewer.open(str(clinic / "FLAIR.nii.gz"), plugin="napari-sevnet") == []  # one of its files, as a single volume: the same
+    assert viewer.window.dock_widgets["Assign sequences (napari-sevnet)"]._folder.value == clinic
     with pytest.raises(Exception, match=r"holds no scans itself but case folders \(clinic, partial\).*Worklist"):
         viewer.open(str(tmp_path), plugin="napari-sevnet")  # the folder of all cases, dropped on the viewer
     assert len(viewer.layers) == 0
@@ -318,8 +326,8 @@ def test_the_reader_says_why_and_files_can_be_assigned_by_hand(qtbot, make_napar
     assert str(clinic.resolve()) not in json.loads((tmp_path / "config" / "assignments.json").read_text(encoding="utf-8"))
     assert assign._roles["t2"].value == "AX_T2.nii.gz" and not assign._forget.enabled
     assert assign._status.value.startswith("Forgot the choice remembered for this folder. 4 NIfTI file(s)")
-    with pytest.raises(Exception, match="Assign sequences"):
-        make_napari_viewer().open(str(clinic), plugin="napari-sevnet")
+    with pytest.raises(Exception, match="Assign sequences"):  # read by its names again
+        load_assigned_or_named(clinic)
     assign.open_case()  # and remembered again
     qtbot.waitUntil(lambda: assign.worker is None, timeout=60_000)
     assert assign._forget.enabled and "remembered the choice" in assign._status.value
