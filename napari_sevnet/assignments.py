@@ -166,8 +166,9 @@ def load_assigned_or_named(path: str | os.PathLike, *, allow_missing: bool = Tru
         on_grids = "must share one grid" in exc.problem or re.search(r"shape .* differs", exc.problem)
         if on_grids or _on_own_grids(files):
             # what napari says as it opens the Prepare dock: the grids, not another problem the names raised first
-            why = exc if on_grids else InputError(folder, "its scans lie each on its own grid (shapes or voxel sizes differ), as a scanner writes "
-                                                          f"its series; read as one case: {Path(exc.path).name if exc.path else folder.name}: {exc.problem}")
+            # a file's own problem (a 2D file) is said too; the folder's, read as a case ("several cases"), would mislead
+            own = f"; {Path(exc.path).name}: {exc.problem}" if exc.path and Path(exc.path).is_file() else ""
+            why = exc if on_grids else InputError(folder, f"its scans lie each on its own grid (shapes or voxel sizes differ), as a scanner writes its series{own}")
             raise InputError(exc.path, f"{exc.problem}. These look like raw series, each on its own grid: prepare them first "
                              "(co-register, 1 mm, skull strip) with Plugins > napari-sevnet > Prepare raw scans, sevnet-predict --prepare FOLDER -o OUT, "
                              "or sevnet-prepare FOLDER -o OUT", remedy="Prepare raw scans") from why

@@ -268,10 +268,14 @@ def test_the_real_raw_case_is_prepared_skull_stripped_and_segmented_onto_its_own
 
 
 @pytest.mark.qt
-def test_the_reader_offers_preparation_and_the_prepare_dock_opens_the_prepared_case(qtbot, make_napari_viewer, tmp_path):
+def test_the_reader_offers_preparation_and_the_prepare_dock_opens_the_prepared_case(qtbot, make_napari_viewer, tmp_path, monkeypatch):
     from napari_sevnet.widgets.prepare import PrepareWidget
 
     raw = make_raw(write_phantom(tmp_path / "p", seed=3, shape=SHAPE), tmp_path / "raw" / "p10")
+    warned = []
+    monkeypatch.setattr("napari.utils.notifications.show_warning", warned.append)
+    assert make_napari_viewer().open(str(raw), plugin="napari-sevnet") == []  # a clinic's series names: the grids are said,
+    assert warned[-1].startswith("p10: its scans lie each on its own grid") and "BraTS" not in warned[-1], warned  # not the names
     for path in raw.glob("*.nii.gz"):  # BraTS names, still on their own grids
         path.rename(raw / f"p10_{ {'T1_AX_SE': 't1', 'T1_AX_POST_GAD': 't1ce', 'AX_T2_TSE': 't2', 'FLAIR_AX': 'flair'}[path.name[:-7]] }.nii.gz")
     viewer = make_napari_viewer()
