@@ -69,7 +69,8 @@ def guess_roles(files: list[Path]) -> dict[str, Path]:
 
 
 def nifti_files(folder: str | os.PathLike) -> list[Path]:
-    return sorted(p for p in Path(folder).iterdir() if p.is_file() and nifti_stem(p.name))
+    """A folder's NIfTI files in series-number order (how the Assign dock and sevnet-assign list them)."""
+    return sorted((p for p in Path(folder).iterdir() if p.is_file() and nifti_stem(p.name)), key=series_order)
 
 
 def config_file() -> Path:

@@ -181,6 +181,7 @@ def test_a_siemens_export_is_proposed_by_series_number_and_its_other_candidates_
     monkeypatch.setenv("SEVNET_CONFIG_DIR", str(tmp_path / "config"))
     assert assign_main([str(folder)]) == 0
     out = capsys.readouterr().out
+    assert out.index("  3_t1_mprage_sag.nii.gz") < out.index("  10_t2_fl2d_tra_hemo.nii.gz"), "listed in series order"
     assert "  14_t1_se_tra.nii.gz  -> not used (named like T1 too)" in out and "  15_t1_se_tra_KM.nii.gz  -> not used (named like T1ce too)" in out
     assert "  10_t2_fl2d_tra_hemo.nii.gz  -> not used\n" in out and "  5_t2_tse_tra.nii.gz  -> T2\n" in out
 

@@ -344,7 +344,7 @@ def test_the_reader_says_why_and_files_can_be_assigned_by_hand(qtbot, make_napar
     assign._relist.changed.emit(True)  # the folder listed again, with the mask
     assert {r: c.value for r, c in assign._roles.items()} == {"t1": "T1_pre_old.nii.gz", "t1ce": "T1_post.nii.gz", "t2": "AX_T2.nii.gz", "flair": "AX_T2.nii.gz",
                                                                  "seg": "lesion_mask.nii.gz"}, "the new files proposed, the user's choices kept"
-    assert "new: T1_pre_old.nii.gz, lesion_mask.nii.gz" in assign._status.value
+    assert "new: lesion_mask.nii.gz, T1_pre_old.nii.gz" in assign._status.value
     assign._roles["flair"].value, assign._remember.value = "FLAIR.nii.gz", False
     assert assign.open_case() is assign.open_case(), "Open pressed twice while it reads: the case opens once"
     qtbot.waitUntil(lambda: assign.worker is None and len(viewer.layers) == 7, timeout=60_000)
