@@ -257,6 +257,7 @@ class SeriesOptions:
     dicom: bool
     options: dict[str, str]  # what the dock shows -> the series' UID (DICOM) or file path (NIfTI)
     proposal: dict[str, str]  # sequence -> what the dock shows
+    others: dict[str, str] = field(default_factory=dict)  # what the dock shows -> the sequence its name also fits, not proposed
 
     def inputs(self, folder: Path, chosen: dict[str, str]) -> tuple[Path | dict[str, Path], dict[str, str | None] | None]:
         """``prepare_case``'s inputs and ``series`` for the choice ``chosen`` ({sequence: what the dock shows})."""
@@ -285,14 +286,17 @@ def series_options(folder: Path) -> SeriesOptions:
             proposal = {m: shown[chosen[m].uid] for m in MODALITIES if m in chosen}
         except InputError:
             proposal = {}
-        return SeriesOptions(True, {label: uid for uid, label in shown.items()}, proposal)
-    from napari_sevnet.assignments import guess_roles, nifti_files
+        others = {shown[s.uid]: s.role for s in series if s.role in MODALITIES and shown[s.uid] not in proposal.values()}
+        return SeriesOptions(True, {label: uid for uid, label in shown.items()}, proposal, others)
+    from napari_sevnet.assignments import guess_roles, nifti_files, role_from_name
 
     files = nifti_files(folder)
     if not files:
         raise InputError(folder, "holds no NIfTI or DICOM series")
     guessed = guess_roles(files)
-    return SeriesOptions(False, {p.name: str(p) for p in files}, {m: guessed[m].name for m in MODALITIES if m in guessed})
+    proposal = {m: guessed[m].name for m in MODALITIES if m in guessed}
+    others = {p.name: role for p in files if (role := role_from_name(p.name)) in MODALITIES and p.name not in proposal.values()}
+    return SeriesOptions(False, {p.name: str(p) for p in files}, proposal, others)
 
 
 def is_dicom_folder(folder: Path) -> bool:

@@ -318,6 +318,7 @@ def test_the_prepare_dock_lists_the_series_and_prepares_the_ones_chosen(qtbot, m
 
     raw = make_raw(write_phantom(tmp_path / "p", seed=4, shape=SHAPE), tmp_path / "raw" / "p12")
     (raw / "LOCALIZER.nii.gz").write_bytes((raw / "AX_T2_TSE.nii.gz").read_bytes())  # a series no name says a sequence of
+    (raw / "SAG_T2_TSE.nii.gz").write_bytes((raw / "AX_T2_TSE.nii.gz").read_bytes())  # a second T2, in another plane: named
     errors = []
     monkeypatch.setattr("napari.utils.notifications.show_error", errors.append)
     viewer = make_napari_viewer()
@@ -326,7 +327,8 @@ def test_the_prepare_dock_lists_the_series_and_prepares_the_ones_chosen(qtbot, m
     dock._folder.value = raw
     qtbot.waitUntil(lambda: dock.found is not None, timeout=30_000)
     assert {m: c.value for m, c in dock._series.items()} == {"t1": "T1_AX_SE.nii.gz", "t1ce": "T1_AX_POST_GAD.nii.gz", "t2": "AX_T2_TSE.nii.gz", "flair": "FLAIR_AX.nii.gz"}
-    assert "LOCALIZER.nii.gz" in dock._series["t2"].choices and "5 NIfTI series; each sequence proposed" in dock._status.value
+    assert "LOCALIZER.nii.gz" in dock._series["t2"].choices and "6 NIfTI series; each sequence proposed" in dock._status.value
+    assert "Also named like a sequence: SAG_T2_TSE.nii.gz (T2)." in dock._status.value
     dock._output.value, dock._strip.value, dock._bias_field.value = tmp_path / "prepared", False, False
     dock._series["flair"].value = "LOCALIZER.nii.gz"
     viewer.add_image(np.zeros((4, 4, 4)))  # napari resets a dock's choices when a layer comes or goes: what was listed and chosen stays
@@ -363,6 +365,7 @@ def test_a_dicom_series_left_out_by_hand_is_not_taken_from_its_description(tmp_p
 
     offered = series_options(exported)
     assert offered.dicom and list(offered.proposal) == ["t1ce", "flair"] and offered.proposal["t1ce"].startswith("T1 AX POST GAD")
+    assert list(offered.others.values()) == ["flair"] and next(iter(offered.others)).startswith("FLAIR COR"), "the repeat is named"
     inputs, series = offered.inputs(exported, {"t1ce": offered.proposal["t1ce"]})
     assert inputs == exported and set(dicom.choose(found, series)) == {"t1ce"}
 

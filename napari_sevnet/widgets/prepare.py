@@ -72,8 +72,11 @@ class PrepareWidget(DockWidget):
                 combo.reset_choices()
                 combo.value = found.proposal.get(m, NONE)
             unnamed = [MODALITY_LABELS[m] for m in MODALITIES if m not in found.proposal]
+            # a repeat or another plane of a sequence, which the user may prefer to the first acquired
+            also = ", ".join(f"{shown} ({MODALITY_LABELS[role]})" for shown, role in found.others.items())
             self._status.value = (f"{len(found.options)} {'DICOM' if found.dicom else 'NIfTI'} series; "
                                   + (f"no name says {', '.join(unnamed)}: choose by hand. " if unnamed else "each sequence proposed from the names. ")
+                                  + (f"Also named like a sequence: {also}. " if also else "")
                                   + "Check each (none for a series too damaged to use), then Prepare and open.")
 
         def failed(exc):
