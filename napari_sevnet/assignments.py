@@ -166,8 +166,8 @@ def load_assigned_or_named(path: str | os.PathLike, *, allow_missing: bool = Tru
             raise  # the mask's own problem: no hint about the scans
         on_grids = "must share one grid" in exc.problem or re.search(r"shape .* differs", exc.problem)
         if on_grids or _on_own_grids(files):
-            # what napari says as it opens the Prepare dock: the grids, not another problem the names raised first
-            # a file's own problem (a 2D file) is said too; the folder's, read as a case ("several cases"), would mislead
+            # the cause napari says as it opens the Prepare dock: the grids, and a file's own problem (a 2D file), not
+            # what the folder read as one case said ("several cases"), which would mislead
             own = f"; {Path(exc.path).name}: {exc.problem}" if exc.path and Path(exc.path).is_file() else ""
             why = exc if on_grids else InputError(folder, f"its scans lie each on its own grid (shapes or voxel sizes differ), as a scanner writes its series{own}")
             raise InputError(exc.path, f"{exc.problem}. These look like raw series, each on its own grid: prepare them first "
