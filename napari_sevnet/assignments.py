@@ -68,6 +68,13 @@ def guess_roles(files: list[Path]) -> dict[str, Path]:
     return roles
 
 
+def also_named(files: list[Path], chosen) -> dict[Path, str]:
+    """{file: role} of the ``files`` not ``chosen`` (paths or names) whose names say a role all the same: a repeat, another
+    plane, which the user may want instead of the one proposed."""
+    taken = {Path(p).name for p in chosen}
+    return {p: role for p in files if p.name not in taken and (role := role_from_name(p.name))}
+
+
 def nifti_files(folder: str | os.PathLike) -> list[Path]:
     """A folder's NIfTI files in series-number order (how the Assign dock and sevnet-assign list them)."""
     return sorted((p for p in Path(folder).iterdir() if p.is_file() and nifti_stem(p.name)), key=series_order)

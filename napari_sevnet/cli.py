@@ -468,7 +468,7 @@ def assign_main(argv=None) -> int:
     args = parser.parse_args(argv)
     given = {role: getattr(args, role) for role in ROLES if getattr(args, role)}
 
-    from napari_sevnet.assignments import check_choice, config_file, guess_roles, nifti_files, remember, remembered, role_from_name
+    from napari_sevnet.assignments import also_named, check_choice, config_file, guess_roles, nifti_files, remember, remembered
     from napari_sevnet.io import MODALITY_LABELS, find_cases
 
     label = {**MODALITY_LABELS, "seg": "mask"}
@@ -504,9 +504,10 @@ def assign_main(argv=None) -> int:
                 else:
                     chosen[role] = folder / name
             print(f"{folder}: {'as remembered' if before else 'proposed'}{', with your choices' if given else ''}")
+            others = also_named(files, chosen.values())  # a repeat, another plane: the user may want it instead
             for path in files:
                 roles = [label[r] for r, p in chosen.items() if p == path]
-                named = role_from_name(path.name)  # a repeat, another plane: the user may want it instead
+                named = others.get(path)
                 print(f"  {path.name}  -> {', '.join(roles) or ('not used (named like ' + label[named] + ' too)' if named else 'not used')}")
             if not (args.accept or given):
                 continue

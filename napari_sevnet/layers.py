@@ -327,7 +327,7 @@ def open_in_prepare_dock(path) -> list[tuple]:
     problem = InputError(path, "holds DICOM series, which are made into a case first (the sequences chosen, co-registered, skull-stripped): "
                                "Plugins > napari-sevnet > Prepare raw scans with this folder, or sevnet-predict --prepare FOLDER -o OUT",
                          remedy="Prepare raw scans")
-    if not _open_remedy(problem, path):
+    if not _open_remedy(problem, path, note="holds DICOM series, which are made into a case first"):
         raise problem
     return [(None,)]  # napari's "read, nothing to add"
 
@@ -336,9 +336,10 @@ _REMEDY_STEPS = {"Prepare raw scans": "check the sequences, choose where the cas
                  "Assign sequences": "check which file is which sequence and press Open"}
 
 
-def _open_remedy(problem: InputError, path: Path) -> bool:
+def _open_remedy(problem: InputError, path: Path, note: str | None = None) -> bool:
     """Open the dock that makes ``path``'s folder usable (``problem.remedy``) with that folder, saying what was wrong
-    (the error it was raised from) and what to do there; False without a viewer to open it in (a script): the error stands."""
+    (the error it was raised from; else ``note``, nothing wrong with the files) and what to do there; False without a
+    viewer to open it in (a script): the error stands."""
     import napari
 
     viewer = napari.current_viewer()
@@ -354,7 +355,7 @@ def _open_remedy(problem: InputError, path: Path) -> bool:
     if isinstance(cause, InputError):  # the files' own problem (names, grids), which the dock puts right
         show_warning(f"{Path(cause.path).name if cause.path else folder.name}: {cause.problem}. {then[0].upper()}{then[1:]}")
     else:
-        show_info(f"{folder.name} {problem.problem.split(' (')[0]}: {then}")
+        show_info(f"{folder.name} {note}: {then}")
     return True
 
 

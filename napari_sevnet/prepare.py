@@ -244,10 +244,10 @@ def prepare_case(inputs: Path | dict[str, Path], out_dir: Path, *, reference: st
 
 def _unused_series(folder: Path, files: dict[str, Path]) -> tuple[str, ...]:
     """Series whose names say a sequence that another series of ``folder`` was taken for (a repeat, a second plane)."""
-    from napari_sevnet.assignments import nifti_files, role_from_name
+    from napari_sevnet.assignments import also_named, nifti_files
 
-    return tuple(f"{p.name} ({MODALITY_LABELS[role]}: {files[role].name} taken)" for p in nifti_files(folder)
-                 if p not in files.values() and (role := role_from_name(p.name)) in files)
+    return tuple(f"{p.name} ({MODALITY_LABELS[role]}: {files[role].name} taken)" for p, role in also_named(nifti_files(folder), files.values()).items()
+                 if role in files)
 
 
 @dataclass
@@ -288,14 +288,14 @@ def series_options(folder: Path) -> SeriesOptions:
             proposal = {}
         others = {shown[s.uid]: s.role for s in series if s.role in MODALITIES and shown[s.uid] not in proposal.values()}
         return SeriesOptions(True, {label: uid for uid, label in shown.items()}, proposal, others)
-    from napari_sevnet.assignments import guess_roles, nifti_files, role_from_name
+    from napari_sevnet.assignments import also_named, guess_roles, nifti_files
 
     files = nifti_files(folder)
     if not files:
         raise InputError(folder, "holds no NIfTI or DICOM series")
     guessed = guess_roles(files)
     proposal = {m: guessed[m].name for m in MODALITIES if m in guessed}
-    others = {p.name: role for p in files if (role := role_from_name(p.name)) in MODALITIES and p.name not in proposal.values()}
+    others = {p.name: role for p, role in also_named(files, proposal.values()).items() if role in MODALITIES}
     return SeriesOptions(False, {p.name: str(p) for p in files}, proposal, others)
 
 

@@ -53,7 +53,7 @@ class AssignWidget(DockWidget):
         self._read_folder(keep=True)
 
     def _read_folder(self, keep: bool) -> None:
-        from napari_sevnet.assignments import guess_roles, nifti_files, remembered, role_from_name
+        from napari_sevnet.assignments import also_named, guess_roles, nifti_files, remembered
 
         folder = chosen_path(self._folder)
         if folder is None or not folder.is_dir():
@@ -74,7 +74,7 @@ class AssignWidget(DockWidget):
             combo.value = chosen.get(role, NONE)
         listed = f"{len(files)} NIfTI file(s)" + (f", new: {', '.join(new)}" if keep and new else "")
         guessed = ", ".join(f"{ROLE_LABELS[r]} = {chosen[r]}" for r in ROLE_LABELS if r in chosen)
-        others = [f"{p.name} ({ROLE_LABELS[role]})" for p in files if p.name not in chosen.values() and (role := role_from_name(p.name))]
+        others = [f"{p.name} ({ROLE_LABELS[role]})" for p, role in also_named(files, chosen.values()).items()]
         also = f"; also named like a sequence: {', '.join(others)}" if others else ""  # a repeat, another plane: maybe the better one
         self._status.value = f"{listed}; {'chosen' if keep else 'proposed'}: {guessed or 'nothing recognised'}{also}. Check and press Open."
 
